@@ -1,0 +1,190 @@
+"""ModelBuilder: raw images -> base tower -> optional shared neck -> one head per task."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import keras
+from keras import layers
+
+from kerasmtl.heads import HEADS, build_head
+from kerasmtl.layers import ImagePreprocessing
+from kerasmtl.tasks import Task
+from kerasmtl.towers import create_tower, get_tower_spec
+
+
+class ModelBuilder:
+    """Builds a multi-output Keras model whose outputs are named after its tasks.
+
+    The model takes raw 0-255 images (uint8 or float) of ``input_shape``; a
+    `kerasmtl.layers.ImagePreprocessing` layer applies the base tower's own scaling, so a
+    saved model needs no outside preprocessing. The base tower is a nested model named
+    ``"base"``; each head's output layer is named after its task and the model returns a
+    dict keyed by task name.
+
+    Example:
+
+    ```python
+    from kerasmtl import ModelBuilder, Task
+    tasks = [Task("gender", "binary", ("male", "female")),
+             Task("age", "multiclass", ("15-25", "25-35", "35-45"))]
+    model = ModelBuilder(tasks, base="bottleneck", input_shape=(64, 64, 3)).build()
+    ```
+
+    Args:
+        tasks: the tasks, one head each (names must be unique).
+        base: a registered tower name (see `kerasmtl.towers.list_towers()`).
+        input_shape: ``(height, width, channels)``, channels 1 or 3.
+        weights: tower weights: None, ``"imagenet"`` or a file path.
+        head: ``"dense"`` or ``"conv"`` for every task, or a mapping task name -> kind
+            (tasks not named use ``"dense"``).
+        head_kwargs: options for every head (e.g. ``{"units": [256], "dropout": 0.3}``).
+        neck: widths of a shared Dense neck after global average pooling (e.g.
+            ``[4096, 4096]``); empty for none. Needs dense heads.
+        neck_dropout: dropout after each neck layer.
+        freeze_layers: freeze the first N layers of the base tower.
+        freeze_stages: freeze the base tower's first N stages (its stem counts as one
+            stage for the custom towers).
+        base_kwargs: tower-specific options (e.g. ``{"width": 16}`` for custom towers).
+        name: model name.
+
+    Raises:
+        ValueError: for inconsistent arguments, stating the rule and the value received.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        base: str = "resnet50",
+        input_shape: Sequence[int] = (224, 224, 3),
+        weights: str | None = None,
+        head: str | Mapping[str, str] = "dense",
+        head_kwargs: Mapping | None = None,
+        neck: Sequence[int] = (),
+        neck_dropout: float = 0.5,
+        freeze_layers: int = 0,
+        freeze_stages: int = 0,
+        base_kwargs: Mapping | None = None,
+        name: str | None = None,
+    ):
+        tasks = list(tasks)
+        if not tasks:
+            raise ValueError("ModelBuilder needs at least one Task. Received: tasks=[]")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Task names must be unique. Received: {names}")
+        self.spec = get_tower_spec(base)
+        input_shape = tuple(int(d) for d in input_shape)
+        if len(input_shape) != 3 or input_shape[-1] not in (1, 3):
+            raise ValueError(
+                f"input_shape must be (height, width, channels) with 1 or 3 channels. "
+                f"Received: input_shape={input_shape}"
+            )
+        heads = dict(head) if isinstance(head, Mapping) else {n: head for n in names}
+        for task_name, kind in heads.items():
+            if task_name not in names:
+                raise ValueError(f"head names unknown task {task_name!r}. Tasks: {names}")
+            if kind not in HEADS:
+                raise ValueError(f"head must be one of {HEADS}. Received: head={kind!r} for {task_name!r}")
+        if neck and any(kind == "conv" for kind in heads.values()):
+            raise ValueError(
+                "A shared neck flattens the feature map, so conv heads cannot follow it. "
+                f"Received: neck={list(neck)}, head={head!r}"
+            )
+        if freeze_layers < 0 or freeze_stages < 0:
+            raise ValueError(
+                f"freeze_layers and freeze_stages must be >= 0. Received: "
+                f"freeze_layers={freeze_layers}, freeze_stages={freeze_stages}"
+            )
+        if freeze_stages > len(self.spec.stages):
+            raise ValueError(
+                f"Tower {base!r} has {len(self.spec.stages)} stages {list(self.spec.stages)}. "
+                f"Received: freeze_stages={freeze_stages}"
+            )
+        self.tasks = tasks
+        self.base = base
+        self.input_shape = input_shape
+        self.weights = weights
+        self.heads = {n: heads.get(n, "dense") for n in names}
+        self.head_kwargs = dict(head_kwargs or {})
+        self.neck = [int(u) for u in neck]
+        self.neck_dropout = float(neck_dropout)
+        self.freeze_layers = int(freeze_layers)
+        self.freeze_stages = int(freeze_stages)
+        self.base_kwargs = dict(base_kwargs or {})
+        self.name = name or f"kerasmtl_{base}"
+
+    def build_tower(self) -> keras.Model:
+        """Builds the base tower (named ``"base"``) with its freezing applied."""
+        channels = self.input_shape[-1]
+        tower_channels = 3 if (self.spec.rgb_weights and self.weights is not None) else channels
+        tower_shape = self.input_shape[:2] + (tower_channels,)
+        tower = create_tower(self.base, tower_shape, weights=self.weights, **self.base_kwargs)
+        tower.name = "base"
+        self._freeze(tower)
+        return tower
+
+    def build(self) -> keras.Model:
+        """Builds the model.
+
+        Returns:
+            A functional `keras.Model` mapping raw images to a dict of task outputs.
+        """
+        tower = self.build_tower()
+        inputs = keras.Input(shape=self.input_shape, name="images")
+        x = ImagePreprocessing(
+            mode=self.spec.preprocessing,
+            output_channels=tower.input_shape[-1],
+            name="preprocessing",
+        )(inputs)
+        features = tower(x)
+        if self.neck:
+            features = layers.GlobalAveragePooling2D(name="neck_gap")(features)
+            for i, width in enumerate(self.neck):
+                features = layers.Dense(width, activation="relu", name=f"neck_dense{i + 1}")(features)
+                if self.neck_dropout:
+                    features = layers.Dropout(self.neck_dropout, name=f"neck_dropout{i + 1}")(features)
+        outputs = {
+            task.name: build_head(self.heads[task.name], features, task, **self.head_kwargs)
+            for task in self.tasks
+        }
+        return keras.Model(inputs, outputs, name=self.name)
+
+    def _freeze(self, tower: keras.Model) -> None:
+        frozen = set()
+        if self.freeze_layers:
+            frozen.update(layer.name for layer in tower.layers[: self.freeze_layers])
+        if self.freeze_stages:
+            prefixes = self.spec.stages[: self.freeze_stages]
+            frozen.update(
+                layer.name
+                for layer in tower.layers
+                if any(layer.name == p or layer.name.startswith(p + "_") for p in prefixes)
+            )
+        for layer in tower.layers:
+            if layer.name in frozen:
+                layer.trainable = False
+
+    def get_config(self) -> dict:
+        """The constructor arguments, JSON-ready (tasks as dicts)."""
+        return {
+            "tasks": [t.to_dict() for t in self.tasks],
+            "base": self.base,
+            "input_shape": list(self.input_shape),
+            "weights": self.weights,
+            "head": dict(self.heads),
+            "head_kwargs": self.head_kwargs,
+            "neck": self.neck,
+            "neck_dropout": self.neck_dropout,
+            "freeze_layers": self.freeze_layers,
+            "freeze_stages": self.freeze_stages,
+            "base_kwargs": self.base_kwargs,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "ModelBuilder":
+        """Inverse of `get_config`."""
+        config = dict(config)
+        config["tasks"] = [Task.from_dict(t) for t in config["tasks"]]
+        return cls(**config)

@@ -1,0 +1,79 @@
+"""Small serialisable layers the builders use (all reload with ``safe_mode=True``)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+# Per-channel statistics of ImageNet, RGB order, on the 0-255 scale.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+PREPROCESSING_MODES = ("unit", "caffe", "torch", "none")
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class ImagePreprocessing(keras.layers.Layer):
+    """Turns raw 0-255 pixels (any dtype) into what a tower expects.
+
+    Modes:
+
+    - ``"unit"``: divide by 255 (custom towers).
+    - ``"caffe"``: RGB -> BGR and subtract the ImageNet BGR mean
+      (keras.applications ResNet50 / VGG16, same as their ``preprocess_input``).
+    - ``"torch"``: divide by 255, subtract the ImageNet mean and divide by its std
+      (torchvision models; for one channel the first channel's statistics are used).
+    - ``"none"``: only cast to float32.
+
+    Args:
+        mode: one of the modes above.
+        output_channels: if 3 and the input has 1 channel, the grey channel is repeated
+            (feeding grayscale images to a tower with 3-channel weights). None keeps
+            the input's channels.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, mode="unit", output_channels=None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING_MODES:
+            raise ValueError(
+                f"mode must be one of {PREPROCESSING_MODES}. Received: mode={mode!r}"
+            )
+        if output_channels not in (None, 1, 3):
+            raise ValueError(
+                f"output_channels must be None, 1 or 3. Received: output_channels={output_channels!r}"
+            )
+        self.mode = mode
+        self.output_channels = output_channels
+
+    def call(self, images):
+        x = ops.cast(images, "float32")
+        channels = x.shape[-1]
+        if self.output_channels == 3 and channels == 1:
+            x = ops.concatenate([x, x, x], axis=-1)
+            channels = 3
+        if self.mode == "unit":
+            return x / 255.0
+        if self.mode == "caffe":
+            if channels == 3:
+                x = x[..., ::-1]
+                return x - ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype="float32")
+            return x - CAFFE_MEAN_BGR[1]
+        if self.mode == "torch":
+            mean = IMAGENET_MEAN[:channels] if channels == 3 else IMAGENET_MEAN[:1]
+            std = IMAGENET_STD[:channels] if channels == 3 else IMAGENET_STD[:1]
+            mean = ops.convert_to_tensor(mean, dtype="float32")
+            std = ops.convert_to_tensor(std, dtype="float32")
+            return (x - mean) / std
+        return x
+
+    def compute_output_shape(self, input_shape):
+        if self.output_channels == 3 and input_shape[-1] == 1:
+            return tuple(input_shape[:-1]) + (3,)
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mode": self.mode, "output_channels": self.output_channels})
+        return config

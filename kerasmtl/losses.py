@@ -1,0 +1,196 @@
+"""Losses and metrics that skip missing labels.
+
+A missing label is encoded as -1 for classification targets and NaN for regression
+targets (see `kerasmtl.tasks`). Each loss here averages only over the labels that are
+present in the batch, so a batch whose labels are all missing contributes exactly 0 and
+an unlabelled sample changes no gradient. Each metric passes a 0/1 presence mask as the
+sample weight of the Keras metric it extends.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+MISSING = -1.0
+_EPSILON = 1e-7
+
+
+def presence_mask(y_true, kind: str):
+    """Returns a float mask of shape ``(batch,)``: 1 where the label is present.
+
+    Args:
+        y_true: a target batch as produced by `Task.encode`.
+        kind: ``"binary"``, ``"multiclass"`` or ``"regression"``.
+
+    Returns:
+        The mask, float32. For regression a sample counts as present only when all of
+        its values are present.
+    """
+    y_true = ops.convert_to_tensor(y_true)
+    if kind == "regression":
+        finite = ops.logical_not(ops.isnan(ops.cast(y_true, "float32")))
+        if len(y_true.shape) > 1:
+            finite = ops.all(finite, axis=-1)
+        return ops.cast(finite, "float32")
+    y = ops.cast(y_true, "float32")
+    if len(y.shape) > 1:
+        y = ops.reshape(y, (ops.shape(y)[0], -1))[:, 0]
+    return ops.cast(ops.not_equal(y, MISSING), "float32")
+
+
+def _masked_mean(per_sample, mask):
+    """Mean over present samples, returned per sample so Keras's mean reduction holds.
+
+    Keras reduces a per-sample loss with ``sum / batch_size``; scaling each present value
+    by ``batch_size / n_present`` turns that into ``sum / n_present``.
+    """
+    batch = ops.cast(ops.shape(mask)[0], "float32")
+    present = ops.sum(mask)
+    scale = batch / ops.maximum(present, 1.0)
+    return per_sample * mask * scale
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy over present labels (targets 0/1, -1 = missing).
+
+    Args:
+        from_logits: whether predictions are logits.
+        name: loss name.
+        reduction: Keras reduction.
+    """
+
+    def __init__(self, from_logits=False, name="masked_bce", reduction="sum_over_batch_size"):
+        super().__init__(name=name, reduction=reduction)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        mask = presence_mask(y_true, "binary")
+        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), ops.shape(y_pred))
+        y_true = ops.where(ops.equal(y_true, MISSING), ops.zeros_like(y_true), y_true)
+        per_value = keras.losses.binary_crossentropy(
+            y_true[..., None], y_pred[..., None], from_logits=self.from_logits
+        )
+        per_sample = ops.mean(ops.reshape(per_value, (ops.shape(y_pred)[0], -1)), axis=-1)
+        return _masked_mean(per_sample, mask)
+
+    def get_config(self):
+        return {"from_logits": self.from_logits, "name": self.name, "reduction": self.reduction}
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
+    """Sparse categorical cross-entropy over present labels (class index, -1 = missing).
+
+    Args:
+        from_logits: whether predictions are logits.
+        name: loss name.
+        reduction: Keras reduction.
+    """
+
+    def __init__(self, from_logits=False, name="masked_sparse_cce", reduction="sum_over_batch_size"):
+        super().__init__(name=name, reduction=reduction)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        mask = presence_mask(y_true, "multiclass")
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        labels = ops.where(ops.equal(labels, -1), ops.zeros_like(labels), labels)
+        per_sample = keras.losses.sparse_categorical_crossentropy(
+            labels, y_pred, from_logits=self.from_logits
+        )
+        return _masked_mean(per_sample, mask)
+
+    def get_config(self):
+        return {"from_logits": self.from_logits, "name": self.name, "reduction": self.reduction}
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class MaskedMeanSquaredError(keras.losses.Loss):
+    """Mean squared error over present regression targets (NaN = missing).
+
+    Args:
+        name: loss name.
+        reduction: Keras reduction.
+    """
+
+    def __init__(self, name="masked_mse", reduction="sum_over_batch_size"):
+        super().__init__(name=name, reduction=reduction)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), ops.shape(y_pred))
+        missing = ops.isnan(y_true)
+        mask = ops.cast(ops.logical_not(ops.any(missing, axis=-1)), "float32")
+        y_true = ops.where(missing, y_pred, y_true)
+        per_sample = ops.mean(ops.square(y_true - y_pred), axis=-1)
+        return _masked_mean(per_sample, mask)
+
+    def get_config(self):
+        return {"name": self.name, "reduction": self.reduction}
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class MaskedSignedMeanSquaredError(keras.losses.Loss):
+    """Mean squared error of a binary task trained on -1 / +1 targets.
+
+    Targets arrive encoded as 0 / 1 (-1 = missing) and are mapped to -1 / +1, so the
+    output is read with threshold 0 (the recipe of training attributes with MSE on
+    CelebA's native +-1 labels).
+
+    Args:
+        name: loss name.
+        reduction: Keras reduction.
+    """
+
+    def __init__(self, name="masked_signed_mse", reduction="sum_over_batch_size"):
+        super().__init__(name=name, reduction=reduction)
+
+    def call(self, y_true, y_pred):
+        mask = presence_mask(y_true, "binary")
+        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), ops.shape(y_pred))
+        signed = 2.0 * ops.maximum(y_true, 0.0) - 1.0
+        per_sample = ops.mean(ops.reshape(ops.square(signed - y_pred), (ops.shape(y_pred)[0], -1)), axis=-1)
+        return _masked_mean(per_sample, mask)
+
+    def get_config(self):
+        return {"name": self.name, "reduction": self.reduction}
+
+
+def _masked_update(metric_class, kind):
+    """Builds update_state for a metric that ignores missing labels."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        mask = presence_mask(y_true, kind)
+        if sample_weight is not None:
+            mask = mask * ops.reshape(ops.cast(sample_weight, "float32"), ops.shape(mask))
+        if kind == "regression":
+            y_true = ops.where(ops.isnan(y_true), y_pred, y_true)
+        elif kind == "multiclass":
+            y_true = ops.maximum(ops.cast(y_true, "int32"), 0)
+        else:
+            y_true = ops.maximum(ops.cast(y_true, "float32"), 0.0)
+        return metric_class.update_state(self, y_true, y_pred, sample_weight=mask)
+
+    return update_state
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class MaskedBinaryAccuracy(keras.metrics.BinaryAccuracy):
+    """`keras.metrics.BinaryAccuracy` over present labels only."""
+
+    update_state = _masked_update(keras.metrics.BinaryAccuracy, "binary")
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class MaskedSparseCategoricalAccuracy(keras.metrics.SparseCategoricalAccuracy):
+    """`keras.metrics.SparseCategoricalAccuracy` over present labels only."""
+
+    update_state = _masked_update(keras.metrics.SparseCategoricalAccuracy, "multiclass")
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class MaskedMeanAbsoluteError(keras.metrics.MeanAbsoluteError):
+    """`keras.metrics.MeanAbsoluteError` over present targets only."""
+
+    update_state = _masked_update(keras.metrics.MeanAbsoluteError, "regression")
