@@ -120,7 +120,7 @@ def create_tower(name: str, input_shape, weights=None, **kwargs) -> keras.Model:
 
 def _import_builtin_towers():
     # Imported lazily so that registering modules can import this one.
-    from kerasmtl.towers import applications, custom  # noqa: F401
+    from kerasmtl.towers import applications, custom, resnet  # noqa: F401
 
 
 __all__ = ["TowerSpec", "register_tower", "create_tower", "get_tower_spec", "list_towers"]
