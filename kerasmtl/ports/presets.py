@@ -1,0 +1,376 @@
+"""The four PyTorch CelebA models of the source projects as Keras presets.
+
+Each preset is a `PortSpec`: its tasks, input shape, recommended compile settings and
+callbacks, augmentation notes, and the prefix renames (``torch_key_map``) that let
+`kerasmtl.ports.load_torch_weights` load the PyTorch model's own ``state_dict`` into the
+Keras model. Models take raw 0-255 images (a ``torch`` ImagePreprocessing layer comes
+first), hold their tower as a nested model named ``"base"`` and return a dict of outputs
+keyed by task name. Where one PyTorch ``Linear`` emits several attributes, the Keras model
+keeps that layer whole and splits its columns into one named output per attribute
+(`TakeColumns`), so the imported weights are exact.
+
+=====================  ============================================================
+``vgg16_dst``           000: torchvision VGG16 (to its 1000 logits) + ``fc``
+                        (Linear(1000, 512)-ReLU-Dropout-Linear(512, 8)), sigmoid per
+                        attribute, BCE, dynamic task scheduling ("dst").
+``resnet18_gray``       001: ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128
+                        grayscale, classifier 512-4096-4096 (ReLU, Dropout 0.5), 8 heads
+                        Linear(4096, 512)-ReLU-Linear(512, 1), BCE with logits, Adam 0.01.
+``resnext50_mse``       002: ResNeXt50_32x4d with ``fc = Linear(2048, 40)``, first 6
+                        children frozen, MSE on -1/+1 targets (threshold 0), Adamax.
+``resnet18_landmarks``  003: ResNet18 + attribute head (3 logits) + landmark head (10
+                        normalised coordinates), loss 50 x BCE + 100 x MSE, Adam 1e-3,
+                        early stopping patience 2; with its single-task baselines
+                        ``resnet18_attributes_only`` and ``resnet18_landmarks_only``.
+=====================  ============================================================
+
+Choices where the source text is silent (all overridable): the 8 attributes of 000 are
+those listed in 001; 000's added layers and their 512 width; 000's optimizer (Adam 1e-4)
+and input size (224x224); 002's learning rate (PyTorch's Adamax default 0.002); 003's
+hidden width (256), input size (224x224) and module names (``backbone``, ``attr_head``,
+``landmark_head``; the baselines use ``backbone`` + ``head``).
+
+Freezing differs in one respect: ``requires_grad = False`` in PyTorch leaves BatchNorm
+layers updating their running statistics in train mode, while a frozen Keras
+BatchNormalization runs in inference mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import keras
+from keras import layers
+
+from kerasmtl.builder import ModelBuilder
+from kerasmtl.heads import dense_head
+from kerasmtl.layers import ImagePreprocessing
+from kerasmtl.ports.layers import TakeColumns
+from kerasmtl.ports.torchvision import vgg16_classifier, vgg16_features
+from kerasmtl.tasks import Task
+
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
+    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
+    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings",
+    "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+EIGHT_ATTRIBUTES = (
+    "Eyeglasses", "Male", "Smiling", "Wearing_Hat", "Wearing_Necklace", "Wearing_Necktie",
+    "Wearing_Earrings", "Wearing_Lipstick",
+)
+SMILE_ATTRIBUTES = ("High_Cheekbones", "Mouth_Slightly_Open", "Smiling")
+LANDMARK_COLUMNS = (
+    "lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
+    "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y",
+)
+#: Landmarks as (x, y) divided by the aligned image's width 178 and height 218; left and
+#: right eyes (0, 1) and mouth corners (3, 4) swap under a horizontal flip.
+LANDMARKS = Task("landmarks", "regression", columns=LANDMARK_COLUMNS, flip_pairs=((0, 1), (3, 4)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PortSpec:
+    """A ported model and how its source trained it.
+
+    Attributes:
+        name: preset name (also the Keras model's name).
+        source: the source project and what it describes.
+        build: ``build(spec, input_shape, **options) -> keras.Model``.
+        tasks: the model's tasks, in output order.
+        input_shape: default ``(H, W, C)`` of raw images.
+        optimizer: Keras optimizer class name.
+        learning_rate: its learning rate.
+        loss_weights: per-task weights reproducing the source's total loss (None: all 1).
+        task_weighting: ``"static"`` or ``"dst"`` (dynamic task scheduling, seed 000).
+        early_stopping_patience: epochs of patience on ``val_loss``, or None.
+        epochs: epochs the source trained for.
+        augmentation: the source's input pipeline, in words.
+        torch_key_map: ``(torch prefix, Keras prefix)`` renames for the source's state_dict.
+        backbone_skip: torchvision ImageNet checkpoint keys not loaded by
+            ``create(..., backbone_weights=path)`` (replaced layers).
+    """
+
+    name: str
+    source: str
+    build: Callable[..., keras.Model]
+    tasks: tuple[Task, ...]
+    input_shape: tuple[int, int, int]
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    loss_weights: Mapping[str, float] | None = None
+    task_weighting: str = "static"
+    early_stopping_patience: int | None = None
+    epochs: int | None = None
+    augmentation: str = ""
+    torch_key_map: tuple[tuple[str, str], ...] = ()
+    backbone_skip: tuple[str, ...] = ("fc.",)
+
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
+        """A fresh optimizer of the recommended kind and learning rate."""
+        return keras.optimizers.get(
+            {"class_name": self.optimizer, "config": {"learning_rate": self.learning_rate}}
+        )
+
+    def compile_kwargs(self) -> dict:
+        """``model.compile`` arguments: optimizer, per-task losses, loss weights, metrics."""
+        return {
+            "optimizer": self.make_optimizer(),
+            "loss": {t.name: t.make_loss() for t in self.tasks},
+            "loss_weights": dict(self.loss_weights) if self.loss_weights else None,
+            "metrics": {t.name: t.make_metrics() for t in self.tasks},
+        }
+
+    def callbacks(self) -> list:
+        """Callbacks of the source's training loop (early stopping, when it used one)."""
+        if self.early_stopping_patience is None:
+            return []
+        return [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=self.early_stopping_patience, restore_best_weights=True
+            )
+        ]
+
+
+_PORTS: dict[str, PortSpec] = {}
+
+
+def register_port(spec: PortSpec) -> PortSpec:
+    """Adds ``spec`` to the preset registry."""
+    if spec.name in _PORTS:
+        raise ValueError(f"A port named {spec.name!r} is already registered.")
+    _PORTS[spec.name] = spec
+    return spec
+
+
+def list_ports() -> list[str]:
+    """Names of the registered presets, sorted."""
+    return sorted(_PORTS)
+
+
+def get_port_spec(name: str) -> PortSpec:
+    """The `PortSpec` registered under ``name``."""
+    if name not in _PORTS:
+        raise ValueError(f"Unknown port. Expected one of {list_ports()}. Received: name={name!r}")
+    return _PORTS[name]
+
+
+def default_key_map(model_name: str) -> tuple[tuple[str, str], ...]:
+    """The torch key renames of the preset named ``model_name`` (none for other models)."""
+    spec = _PORTS.get(model_name)
+    return spec.torch_key_map if spec else ()
+
+
+def create(name: str, input_shape=None, weights=None, backbone_weights=None, **options) -> keras.Model:
+    """Builds the Keras model of preset ``name``.
+
+    Args:
+        name: a registered preset (see `list_ports`).
+        input_shape: ``(H, W, C)`` of raw images; None uses the preset's.
+        weights: None, a ``.weights.h5`` file of this Keras model, or a PyTorch checkpoint
+            of the source model (its own module names), loaded strictly.
+        backbone_weights: a torchvision ImageNet checkpoint (complete classifier) whose
+            backbone keys are loaded, except ``spec.backbone_skip``.
+        **options: preset-specific builder options (e.g. ``hidden=128``).
+
+    Returns:
+        A functional `keras.Model` named ``name`` with dict outputs keyed by task name.
+    """
+    from kerasmtl.ports.torch_weights import load_torch_weights
+
+    spec = get_port_spec(name)
+    shape = tuple(int(d) for d in (input_shape or spec.input_shape))
+    model = spec.build(spec, shape, **options)
+    if backbone_weights is not None:
+        result = load_torch_weights(model, backbone_weights, strict=False, key_map=(), skip=spec.backbone_skip)
+        if result.unexpected_keys:
+            raise ValueError(
+                f"backbone_weights holds keys that port {name!r} has no layer for (another "
+                f"architecture?): {list(result.unexpected_keys)[:10]}"
+            )
+    if weights is not None:
+        if str(weights).endswith(".weights.h5"):
+            model.load_weights(weights)
+        else:
+            load_torch_weights(model, weights, strict=True, key_map=spec.torch_key_map)
+    return model
+
+
+# ----------------------------------------------------------------------- builders
+def _assemble(spec, builder: ModelBuilder, top: Callable) -> keras.Model:
+    """Raw images -> torch preprocessing -> ``builder``'s tower -> ``top(features)``."""
+    tower = builder.build_tower()
+    inputs = keras.Input(shape=builder.input_shape, name="images")
+    x = ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")(inputs)
+    return keras.Model(inputs, top(tower(x)), name=spec.name)
+
+
+def _split(x, tasks, units_name):
+    """One Dense layer for all binary tasks, split into one named output per task."""
+    x = layers.Dense(len(tasks), name=units_name)(x)
+    return {t.name: TakeColumns(i, i + 1, t.activation, name=t.name)(x) for i, t in enumerate(tasks)}
+
+
+def _mlp_head(x, units, hidden, prefix, output_name=None):
+    """``nn.Sequential(Linear(in, hidden), ReLU(), Linear(hidden, units))``."""
+    x = layers.Dense(hidden, activation="relu", name=f"{prefix}_0")(x)
+    return layers.Dense(units, name=output_name or f"{prefix}_2", dtype="float32")(x)
+
+
+def _build_vgg16_dst(spec, input_shape, hidden=512, dropout=0.5):
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = ImagePreprocessing("torch", output_channels=3, name="preprocessing")(inputs)
+    tower_input = keras.Input(shape=input_shape[:2] + (3,), name="images")
+    tower = keras.Model(tower_input, vgg16_features(tower_input), name="base")
+    x = vgg16_classifier(tower(x))
+    x = layers.Dense(hidden, activation="relu", name="fc_0")(x)
+    x = layers.Dropout(dropout, name="fc_2")(x)
+    return keras.Model(inputs, _split(x, spec.tasks, "fc_3"), name=spec.name)
+
+
+def _build_resnet18_gray(spec, input_shape, dropout=0.5):
+    return ModelBuilder(
+        spec.tasks,
+        base="resnet18",
+        input_shape=input_shape,
+        neck=(4096, 4096),
+        neck_dropout=dropout,
+        head_kwargs={"units": (512,), "dropout": 0.0},
+        base_kwargs={"stem": "3x3"},
+        name=spec.name,
+    ).build()
+
+
+def _build_resnext50_mse(spec, input_shape, freeze_stages=6):
+    builder = ModelBuilder(
+        spec.tasks, base="resnext50_32x4d", input_shape=input_shape, freeze_stages=freeze_stages
+    )
+
+    def top(features):
+        x = layers.GlobalAveragePooling2D(name="avgpool")(features)
+        return _split(x, spec.tasks, "fc")
+
+    return _assemble(spec, builder, top)
+
+
+def _build_resnet18_landmarks(spec, input_shape, hidden=256):
+    builder = ModelBuilder(spec.tasks, base="resnet18", input_shape=input_shape)
+    attributes = [t for t in spec.tasks if t.kind == "binary"]
+    landmarks = LANDMARKS in spec.tasks
+    single = not (attributes and landmarks)
+
+    def top(features):
+        x = layers.GlobalAveragePooling2D(name="avgpool")(features)
+        outputs = {}
+        if attributes:
+            prefix = "head" if single else "attr_head"
+            logits = _mlp_head(x, len(attributes), hidden, prefix)
+            for i, task in enumerate(attributes):
+                outputs[task.name] = TakeColumns(i, i + 1, task.activation, name=task.name)(logits)
+        if landmarks:
+            prefix = "head" if single else "landmark_head"
+            outputs[LANDMARKS.name] = _mlp_head(x, LANDMARKS.units, hidden, prefix, LANDMARKS.name)
+        return outputs
+
+    return _assemble(spec, builder, top)
+
+
+# ------------------------------------------------------------------------ presets
+def _binary(names, **kwargs):
+    return tuple(Task(n, "binary", classes=("no", "yes"), **kwargs) for n in names)
+
+
+_SEED3_COMMON = dict(
+    build=_build_resnet18_landmarks,
+    input_shape=(224, 224, 3),
+    optimizer="adam",
+    learning_rate=1e-3,
+    early_stopping_patience=2,
+    epochs=15,
+    augmentation="Resize to the input size and ImageNet normalisation; no augmentation.",
+)
+
+register_port(PortSpec(
+    name="vgg16_dst",
+    source="000: VGG16 (ImageNet) + added fully connected layers, 8 CelebA attributes, "
+    "per-task BCE switched on/off each epoch by dynamic task scheduling.",
+    build=_build_vgg16_dst,
+    tasks=_binary(EIGHT_ATTRIBUTES),
+    input_shape=(224, 224, 3),
+    optimizer="adam",
+    learning_rate=1e-4,
+    task_weighting="dst",
+    epochs=5,
+    augmentation="Resize to the input size and ImageNet normalisation.",
+    torch_key_map=(("vgg.", ""),),
+    backbone_skip=(),
+))
+
+register_port(PortSpec(
+    name="resnet18_gray",
+    source="001: ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128 grayscale, "
+    "classifier 512-4096-4096 with dropout, 8 heads, BCE with logits, Adam 0.01.",
+    build=_build_resnet18_gray,
+    tasks=_binary(EIGHT_ATTRIBUTES, from_logits=True),
+    input_shape=(128, 128, 1),
+    optimizer="adam",
+    learning_rate=0.01,
+    epochs=5,
+    augmentation="Resize to 128x128, grayscale, normalise with mean 0.485 and std 0.229.",
+    torch_key_map=(
+        ("backbone.0.", "conv1."), ("backbone.1.", "bn1."), ("backbone.4.", "layer1."),
+        ("backbone.5.", "layer2."), ("backbone.6.", "layer3."), ("backbone.7.", "layer4."),
+        ("classifier.0.", "neck_dense1."), ("classifier.3.", "neck_dense2."),
+    ) + tuple(
+        pair
+        for i, name in enumerate(EIGHT_ATTRIBUTES)
+        for pair in ((f"heads.{i}.fc1.", f"{name}.dense1."), (f"heads.{i}.fc2.", f"{name}."))
+    ),
+    backbone_skip=("fc.", "conv1."),
+))
+
+register_port(PortSpec(
+    name="resnext50_mse",
+    source="002: ResNeXt50_32x4d (ImageNet) with fc = Linear(2048, 40), first 6 children "
+    "frozen, MSE on -1/+1 labels read at threshold 0, Adamax.",
+    build=_build_resnext50_mse,
+    tasks=_binary(CELEBA_ATTRIBUTES, loss="mse"),
+    input_shape=(218, 178, 3),
+    optimizer="adamax",
+    learning_rate=0.002,
+    loss_weights={name: 1.0 / 40 for name in CELEBA_ATTRIBUTES},
+    epochs=12,
+    augmentation="Random horizontal flip; resize to 220 wide x 270 high, then crop back "
+    "to 178 x 218.",
+))
+
+register_port(PortSpec(
+    name="resnet18_landmarks",
+    source="003: ResNet18 (ImageNet) with an attribute head (3 logits) and a landmark head "
+    "(10 coordinates), loss 50 x BCE + 100 x MSE, Adam 1e-3, early stopping patience 2.",
+    tasks=_binary(SMILE_ATTRIBUTES, from_logits=True) + (LANDMARKS,),
+    loss_weights={**{n: 50.0 / 3 for n in SMILE_ATTRIBUTES}, LANDMARKS.name: 100.0},
+    torch_key_map=(("backbone.", ""), ("landmark_head.2.", "landmarks.")),
+    **_SEED3_COMMON,
+))
+
+register_port(PortSpec(
+    name="resnet18_attributes_only",
+    source="003 baseline: ResNet18 with the attribute head only, BCE with logits.",
+    tasks=_binary(SMILE_ATTRIBUTES, from_logits=True),
+    loss_weights={n: 1.0 / 3 for n in SMILE_ATTRIBUTES},
+    torch_key_map=(("backbone.", ""),),
+    **_SEED3_COMMON,
+))
+
+register_port(PortSpec(
+    name="resnet18_landmarks_only",
+    source="003 baseline: ResNet18 with the landmark head only, MSE.",
+    tasks=(LANDMARKS,),
+    torch_key_map=(("backbone.", ""), ("head.2.", "landmarks.")),
+    **_SEED3_COMMON,
+))

@@ -1,0 +1,97 @@
+"""Complete torchvision classifiers in Keras: ResNet18, ResNeXt50_32x4d, VGG16.
+
+The models take channels-last images already preprocessed the torchvision way
+(``(x / 255 - mean) / std``) and return the 1000 logits, with every weighted layer named
+after its torchvision module (``.`` -> ``_``), so a torchvision checkpoint on disk loads
+with `kerasmtl.ports.load_torch_weights` and gives PyTorch's outputs.
+
+VGG16 ends its feature extractor with ``AdaptiveAvgPool2d((7, 7))`` (Keras's
+``AdaptiveAveragePooling2D`` computes the same bins) and flattens in PyTorch's
+``(C, H, W)`` order: a ``Permute`` layer before ``Flatten`` makes ``classifier.0``'s weights
+load unchanged.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from kerasmtl.towers.resnet import resnet_features
+
+#: VGG16 ``features``: channels per 3x3 conv, "M" for 2x2 max pooling.
+VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+_RESNETS = {
+    "resnet18": dict(block="basic", blocks=(2, 2, 2, 2)),
+    "resnext50_32x4d": dict(block="bottleneck", blocks=(3, 4, 6, 3), groups=32, base_width=4),
+}
+TORCHVISION_MODELS = tuple(_RESNETS) + ("vgg16",)
+
+
+def vgg16_features(inputs, prefix="features"):
+    """torchvision ``vgg16().features``: 13 conv-ReLU layers and 5 max poolings.
+
+    Args:
+        inputs: preprocessed image tensor.
+        prefix: name prefix; layer ``i`` of the Sequential is named ``{prefix}_{i}``.
+
+    Returns:
+        The feature map tensor (stride 32, 512 channels).
+    """
+    x = inputs
+    for index, item in enumerate(VGG16_CONFIG):
+        if item == "M":
+            x = layers.MaxPooling2D(2, name=f"{prefix}_{index}")(x)
+        else:
+            x = layers.Conv2D(item, 3, padding="same", activation="relu", name=f"{prefix}_{index}")(x)
+    return x
+
+
+def vgg16_classifier(features, num_classes=1000, dropout=0.5, prefix="classifier"):
+    """torchvision VGG16 ``avgpool`` + ``classifier`` on a feature map.
+
+    Args:
+        features: the ``features`` output.
+        num_classes: units of ``classifier.6``.
+        dropout: rate of ``classifier.2`` and ``classifier.5``.
+        prefix: name prefix of the classifier layers.
+
+    Returns:
+        The logits tensor.
+    """
+    x = layers.AdaptiveAveragePooling2D((7, 7), name="avgpool")(features)
+    x = layers.Permute((3, 1, 2), name="avgpool_chw")(x)  # flatten in PyTorch's C, H, W order
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(4096, activation="relu", name=f"{prefix}_0")(x)
+    x = layers.Dropout(dropout, name=f"{prefix}_2")(x)
+    x = layers.Dense(4096, activation="relu", name=f"{prefix}_3")(x)
+    x = layers.Dropout(dropout, name=f"{prefix}_5")(x)
+    return layers.Dense(num_classes, name=f"{prefix}_6")(x)
+
+
+def torchvision_model(name: str, input_shape=(224, 224, 3), weights=None, num_classes=1000) -> keras.Model:
+    """Builds a complete torchvision classifier in Keras.
+
+    Args:
+        name: ``"resnet18"``, ``"resnext50_32x4d"`` or ``"vgg16"``.
+        input_shape: ``(H, W, C)`` of preprocessed float images.
+        weights: None or a torchvision checkpoint path (``.pth``) loaded strictly.
+        num_classes: width of the last layer.
+
+    Returns:
+        A functional `keras.Model` named ``name`` returning logits.
+    """
+    if name not in TORCHVISION_MODELS:
+        raise ValueError(f"name must be one of {TORCHVISION_MODELS}. Received: name={name!r}")
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    if name == "vgg16":
+        outputs = vgg16_classifier(vgg16_features(inputs), num_classes)
+    else:
+        x = resnet_features(inputs, **_RESNETS[name])
+        x = layers.GlobalAveragePooling2D(name="avgpool")(x)
+        outputs = layers.Dense(num_classes, name="fc")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    if weights is not None:
+        from kerasmtl.ports.torch_weights import load_torch_weights
+
+        load_torch_weights(model, weights, strict=True, key_map=())
+    return model
