@@ -1,0 +1,403 @@
+"""Learning-rate range test (Smith 2015; fastai's ``lr_find``) for any Keras model and data.
+
+`lr_range_test` trains for a few steps while the learning rate sweeps from ``min_lr`` to
+``max_lr``, records each batch's own loss, and then puts the model's weights and the
+optimizer's state back exactly as they were. The returned `LRRangeTestResult` holds the
+curve, the suggestions of several rules (pure functions below: `suggest_valley`,
+`suggest_steep`, `suggest_minimum`), a plot and a CSV export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from kerasmtl.callbacks.schedules import annealing_exp, annealing_linear
+
+SWEEP_MODES = {"exp": annealing_exp, "linear": annealing_linear}
+
+
+def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's ``valley`` rule: a point in the longest stretch of decreasing loss.
+
+    Finds the longest decreasing subsequence of the losses and returns the learning rate
+    about halfway into its middle third (fastai's arithmetic, whose start index may be one
+    before the valley; it is clamped at 0).
+
+    Args:
+        lrs: learning rates, increasing.
+        losses: (smoothed) losses, same length.
+
+    Returns:
+        The suggested learning rate.
+    """
+    losses = [float(x) for x in _check_curve(lrs, losses)[1]]
+    n = len(losses)
+    longest = [1] * n
+    max_start = max_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+            if longest[max_end] < longest[i]:
+                max_end = i
+                max_start = max_end - longest[max_end]
+    sections = (max_end - max_start) / 3
+    return float(lrs[max(max_start + int(sections) + int(sections / 2), 0)])
+
+
+def suggest_steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The learning rate where the loss falls fastest against log(lr) (fastai's ``steep``).
+
+    Args:
+        lrs: learning rates, increasing and > 0.
+        losses: (smoothed) losses, same length.
+
+    Returns:
+        The left end of the steepest segment.
+    """
+    lrs, losses = _check_curve(lrs, losses)
+    slopes = np.diff(losses) / np.diff(np.log(lrs))
+    return float(lrs[int(np.nanargmin(slopes))])
+
+
+def suggest_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """A tenth of the learning rate at the lowest loss (fastai's ``minimum``).
+
+    Args:
+        lrs: learning rates.
+        losses: (smoothed) losses, same length.
+
+    Returns:
+        The suggested learning rate.
+    """
+    lrs, losses = _check_curve(lrs, losses)
+    return float(lrs[int(np.nanargmin(losses))]) / 10
+
+
+SUGGESTION_RULES = {"valley": suggest_valley, "steep": suggest_steep, "minimum": suggest_minimum}
+
+
+def _check_curve(lrs, losses):
+    lrs, losses = np.asarray(lrs, dtype="float64"), np.asarray(losses, dtype="float64")
+    if lrs.shape != losses.shape or lrs.ndim != 1 or len(lrs) < 2:
+        raise ValueError(
+            "A suggestion needs two 1-D sequences of the same length >= 2. Received: "
+            f"lrs of shape {lrs.shape}, losses of shape {losses.shape}"
+        )
+    return lrs, losses
+
+
+@dataclasses.dataclass
+class LRRangeTestResult:
+    """The curve of a learning-rate range test.
+
+    Attributes:
+        lrs: learning rate of each recorded step.
+        losses: each step's own training loss.
+        smoothed: bias-corrected exponential moving average of ``losses``.
+        steps: the number of steps asked for (sets how many points `trimmed` drops).
+        stop_reason: ``"completed"``, ``"diverged"``, ``"nan"`` or ``"out_of_data"``.
+    """
+
+    lrs: np.ndarray
+    losses: np.ndarray
+    smoothed: np.ndarray
+    steps: int
+    stop_reason: str
+
+    def trimmed(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lrs, smoothed)`` without the first 10 % of ``steps`` and the last 5 points,
+        as fastai does before suggesting."""
+        keep = slice(self.steps // 10, max(len(self.lrs) - 5, 0))
+        return self.lrs[keep], self.smoothed[keep]
+
+    def suggest(self, rule: str = "valley") -> float:
+        """The learning rate suggested by ``rule`` (a key of `SUGGESTION_RULES`) on the
+        trimmed smoothed curve.
+
+        Raises:
+            ValueError: for an unknown rule or a curve too short to judge (the test
+                stopped within its first 10 % + 5 steps: lower ``min_lr`` / ``max_lr``).
+        """
+        if rule not in SUGGESTION_RULES:
+            raise ValueError(f"rule must be one of {sorted(SUGGESTION_RULES)}. Received: rule={rule!r}")
+        lrs, smoothed = self.trimmed()
+        if len(lrs) < 2:
+            raise ValueError(
+                f"The range test recorded {len(self.lrs)} steps ({self.stop_reason}); after "
+                f"dropping the first {self.steps // 10} and the last 5 too few remain to suggest "
+                "a learning rate. Lower min_lr or max_lr, or run more steps."
+            )
+        return SUGGESTION_RULES[rule](lrs, smoothed)
+
+    @property
+    def suggestions(self) -> dict[str, float]:
+        """Every rule's suggestion, ``{rule: lr}``."""
+        return {rule: self.suggest(rule) for rule in SUGGESTION_RULES}
+
+    def to_frame(self):
+        """The curve as a pandas DataFrame with columns lr, loss, smoothed_loss."""
+        import pandas as pd
+
+        return pd.DataFrame({"lr": self.lrs, "loss": self.losses, "smoothed_loss": self.smoothed})
+
+    def to_csv(self, path) -> None:
+        """Writes the curve (columns lr, loss, smoothed_loss) to a CSV file."""
+        self.to_frame().to_csv(path, index=False)
+
+    def plot(self, path, rules: Sequence[str] = tuple(SUGGESTION_RULES)) -> None:
+        """Saves loss against learning rate (log axis) with the suggestions marked, as PNG.
+
+        Args:
+            path: output file.
+            rules: suggestion rules to mark (skipped if the curve is too short).
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        try:
+            ax.plot(self.lrs, self.losses, color="0.75", lw=1, label="loss")
+            ax.plot(self.lrs, self.smoothed, color="C0", lw=2, label="smoothed loss")
+            lrs, smoothed = self.trimmed()
+            for i, rule in enumerate(rules if len(lrs) >= 2 else ()):
+                lr = self.suggest(rule)
+                y = np.interp(np.log(lr), np.log(lrs), smoothed)
+                ax.plot([lr], [y], "o", color=f"C{i + 1}", ms=8, label=f"{rule}: {lr:.2e}")
+            finite = self.smoothed[np.isfinite(self.smoothed)]
+            if finite.size:
+                # Keep the divergence spike from flattening the interesting part.
+                top = min(finite.max(), finite[0] + 2 * (finite[0] - finite.min()) + 1e-12)
+                ax.set_ylim(finite.min() - 0.05 * abs(top - finite.min()), top)
+            ax.set_xscale("log")
+            ax.set_xlabel("learning rate")
+            ax.set_ylabel("training loss")
+            ax.set_title(f"LR range test ({len(self.lrs)} steps, {self.stop_reason})")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+        finally:
+            plt.close(fig)
+
+
+class LRRangeTest(keras.callbacks.Callback):
+    """Sweeps the learning rate during ``fit``, records each batch's loss, then restores.
+
+    At the start of training it snapshots every model variable and every optimizer
+    variable (iterations, learning rate, moments; the optimizer is built by then, so an
+    optimizer that was never used ends as a built one with zero moments and zero
+    iterations, the state its first step would start from). Before batch ``i`` it sets
+    the learning rate to ``min_lr -> max_lr`` at position ``i / (steps - 1)`` (geometric
+    for ``mode="exp"``, linear for ``"linear"``) and resets the model's metrics, so the
+    batch's ``logs["loss"]`` is that batch's own loss, across epoch boundaries and uneven
+    batches alike. It stops after ``steps`` batches, or when the smoothed loss exceeds
+    ``diverge_factor`` times its best, or on a NaN/inf loss. At the end of training it
+    assigns the snapshot back (bit-identical). A learning rate given as a
+    ``LearningRateSchedule`` or callable is swapped for a variable during the sweep and
+    put back afterwards (the train function is retraced both times).
+
+    Most users call `lr_range_test`, which runs ``fit`` for the right number of epochs.
+    With ``steps_per_execution > 1`` the rate changes once per execution.
+
+    Args:
+        min_lr: first learning rate (> 0 for ``mode="exp"``).
+        max_lr: last learning rate.
+        steps: number of batches in the sweep (>= 2).
+        mode: ``"exp"`` or ``"linear"``.
+        smoothing: EMA coefficient (beta) for the smoothed loss, in [0, 1).
+        diverge_factor: stop when the smoothed loss is above this times the best (> 1).
+        stop_on_divergence: whether to stop early on divergence (NaN always stops).
+        restore: restore the snapshot at the end of training.
+    """
+
+    def __init__(
+        self,
+        min_lr: float = 1e-7,
+        max_lr: float = 10.0,
+        steps: int = 100,
+        mode: str = "exp",
+        smoothing: float = 0.98,
+        diverge_factor: float = 4.0,
+        stop_on_divergence: bool = True,
+        restore: bool = True,
+    ):
+        super().__init__()
+        if mode not in SWEEP_MODES:
+            raise ValueError(f"mode must be one of {sorted(SWEEP_MODES)}. Received: mode={mode!r}")
+        if not 0.0 <= min_lr < max_lr or (mode == "exp" and min_lr == 0.0):
+            raise ValueError(
+                "Need 0 < min_lr < max_lr (min_lr may be 0 for mode='linear'). Received: "
+                f"min_lr={min_lr!r}, max_lr={max_lr!r}, mode={mode!r}"
+            )
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"steps must be an int >= 2. Received: steps={steps!r}")
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1). Received: smoothing={smoothing!r}")
+        if not diverge_factor > 1.0:
+            raise ValueError(f"diverge_factor must be > 1. Received: diverge_factor={diverge_factor!r}")
+        self.min_lr = float(min_lr)
+        self.max_lr = float(max_lr)
+        self.steps = steps
+        self.mode = mode
+        self.smoothing = float(smoothing)
+        self.diverge_factor = float(diverge_factor)
+        self.stop_on_divergence = bool(stop_on_divergence)
+        self.restore_weights = bool(restore)
+        self._snapshot = None
+        self._reset()
+
+    def _reset(self):
+        self._lrs, self._losses, self._smoothed = [], [], []
+        self._average, self._best = 0.0, math.inf
+        self.stop_reason = "out_of_data"
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of sweep step ``step`` (0-based)."""
+        return SWEEP_MODES[self.mode](self.min_lr, self.max_lr, step / (self.steps - 1))
+
+    @property
+    def result(self) -> LRRangeTestResult:
+        """The curve recorded so far."""
+        return LRRangeTestResult(
+            lrs=np.asarray(self._lrs, dtype="float64"),
+            losses=np.asarray(self._losses, dtype="float64"),
+            smoothed=np.asarray(self._smoothed, dtype="float64"),
+            steps=self.steps,
+            stop_reason=self.stop_reason,
+        )
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        optimizer = model.optimizer
+        if optimizer is None:
+            raise ValueError("The LR range test needs a compiled model (model.compile(optimizer=...)).")
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        self._reset()
+        state = list(model.variables) + list(optimizer.variables)
+        self._snapshot = [(v, np.array(keras.ops.convert_to_numpy(v), copy=True)) for v in state]
+        self._schedule = None
+        if isinstance(optimizer.learning_rate, keras.Variable):
+            self._lr_variable = optimizer.learning_rate
+        else:
+            # The optimizer's own schedule object (its public getter evaluates it).
+            self._schedule = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+            self._lr_variable = keras.Variable(self.min_lr, dtype="float32", trainable=False, name="lr_sweep")
+            optimizer.learning_rate = lambda: self._lr_variable
+            model.make_train_function(force=True)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        lr = self.lr_at(len(self._lrs))
+        self._lr_variable.assign(lr)
+        self._lrs.append(lr)
+        self.model.reset_metrics()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {})["loss"])
+        self._losses.append(loss)
+        beta = self.smoothing
+        self._average = beta * self._average + (1 - beta) * loss
+        smoothed = self._average / (1 - beta ** len(self._losses))
+        self._smoothed.append(smoothed)
+        if not math.isfinite(smoothed):
+            self.stop_reason = "nan"
+        elif self.stop_on_divergence and smoothed > self.diverge_factor * self._best:
+            self.stop_reason = "diverged"
+        elif len(self._losses) >= self.steps:
+            self.stop_reason = "completed"
+        else:
+            self._best = min(self._best, smoothed)
+            return
+        self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_weights:
+            self.restore()
+
+    def restore(self) -> None:
+        """Puts back the snapshot taken at the start of training (once; later calls do
+        nothing)."""
+        if self._snapshot is None:
+            return
+        for variable, value in self._snapshot:
+            variable.assign(value)
+        self._snapshot = None
+        if self._schedule is not None:
+            self.model.optimizer.learning_rate = self._schedule
+            self._schedule = None
+            self.model.make_train_function(force=True)
+
+
+def lr_range_test(
+    model: keras.Model,
+    data,
+    y=None,
+    *,
+    batch_size: int | None = None,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    steps: int = 100,
+    mode: str = "exp",
+    smoothing: float = 0.98,
+    diverge_factor: float = 4.0,
+    stop_on_divergence: bool = True,
+    verbose: int = 0,
+    **fit_kwargs,
+) -> LRRangeTestResult:
+    """Runs a learning-rate range test and leaves the model as it found it.
+
+    Works on whatever ``model.fit`` accepts: numpy arrays (``data``, ``y``), a
+    ``keras.utils.PyDataset``, a ``tf.data.Dataset`` or a Python generator, with any
+    number of outputs (the sweep follows the total loss). A short dataset is passed
+    over several times; a generator that runs out ends the test early
+    (``stop_reason="out_of_data"``). Afterwards the weights and every optimizer variable
+    are bit-identical to before (see `LRRangeTest`), and ``model.history`` is unchanged.
+
+    Example:
+
+    ```python
+    result = lr_range_test(model, train_data, min_lr=1e-6, max_lr=1.0, steps=100)
+    result.plot("lr_find.png"); result.to_csv("lr_find.csv")
+    model.optimizer.learning_rate = result.suggest("valley")
+    ```
+
+    Args:
+        model: a compiled, built Keras model.
+        data: training inputs, or a dataset / generator yielding ``(x, y)``.
+        y: targets when ``data`` holds only the inputs.
+        batch_size: for array inputs.
+        min_lr, max_lr, steps, mode, smoothing, diverge_factor, stop_on_divergence: see
+            `LRRangeTest`.
+        verbose: ``fit``'s verbosity.
+        **fit_kwargs: passed to ``model.fit`` (e.g. ``shuffle``, ``class_weight``).
+
+    Returns:
+        The `LRRangeTestResult`.
+    """
+    callback = LRRangeTest(
+        min_lr=min_lr,
+        max_lr=max_lr,
+        steps=steps,
+        mode=mode,
+        smoothing=smoothing,
+        diverge_factor=diverge_factor,
+        stop_on_divergence=stop_on_divergence,
+    )
+    history = getattr(model, "history", None)
+    try:
+        # Every epoch has at least one batch, so `steps` epochs are enough; the callback
+        # stops training after its last step.
+        model.fit(
+            data, y, batch_size=batch_size, epochs=steps, callbacks=[callback], verbose=verbose, **fit_kwargs
+        )
+    finally:
+        callback.restore()
+        model.history = history
+    return callback.result

@@ -1,0 +1,309 @@
+"""One-cycle learning-rate and momentum policy (Smith 2018), as PyTorch's ``OneCycleLR``."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from kerasmtl.callbacks.schedules import annealing_cos, annealing_linear
+
+ANNEAL_STRATEGIES = {"cos": annealing_cos, "linear": annealing_linear}
+
+
+class _ScheduledFloat(float):
+    """A float for Python-side checks whose value inside the train step is a variable.
+
+    Keras 3 optimizers keep ``momentum`` / ``beta_1`` as Python floats: they decide at
+    build time whether momentum slots exist (``momentum != 0``), are written into the
+    config, and are read into the traced train step as constants. Put in their place,
+    this object keeps the float behaviour for comparisons, configs and pickling (the
+    value it was created with), while tensor conversion (``ops.cast``, TensorFlow ops)
+    and arithmetic read ``self.variable``, so assigning the variable changes the update
+    of the next step without retracing. TensorFlow backend.
+    """
+
+    dtype = "float32"
+
+    def __new__(cls, value: float, name: str):
+        self = super().__new__(cls, value)
+        self.variable = keras.Variable(float(value), dtype="float32", trainable=False, name=name)
+        return self
+
+    def __tf_tensor__(self, dtype=None, name=None):
+        value = self.variable.value
+        return value if dtype is None else tf.cast(value, dtype)
+
+    def __reduce__(self):
+        return float, (float(self),)
+
+    def __add__(self, other):
+        return ops.add(self.variable, other)
+
+    def __radd__(self, other):
+        return ops.add(other, self.variable)
+
+    def __sub__(self, other):
+        return ops.subtract(self.variable, other)
+
+    def __rsub__(self, other):
+        return ops.subtract(other, self.variable)
+
+    def __mul__(self, other):
+        return ops.multiply(self.variable, other)
+
+    def __rmul__(self, other):
+        return ops.multiply(other, self.variable)
+
+    def __truediv__(self, other):
+        return ops.divide(self.variable, other)
+
+    def __rtruediv__(self, other):
+        return ops.divide(other, self.variable)
+
+    def __pow__(self, other):
+        return ops.power(self.variable, other)
+
+    def __rpow__(self, other):
+        return ops.power(other, self.variable)
+
+
+def _inner_optimizer(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def momentum_attribute(optimizer) -> str | None:
+    """Name of the optimizer's first-moment coefficient: ``"beta_1"`` (Adam family,
+    Lion), ``"momentum"`` (SGD, RMSprop), or None if it has neither."""
+    inner = _inner_optimizer(optimizer)
+    for name in ("beta_1", "momentum"):
+        if isinstance(getattr(inner, name, None), (int, float)):
+            return name
+    return None
+
+
+class OneCycle(keras.callbacks.Callback):
+    """Sets the learning rate and momentum of every training step by the one-cycle policy.
+
+    The values are PyTorch's ``torch.optim.lr_scheduler.OneCycleLR`` closed form, same
+    arguments and defaults: the learning rate rises from ``max_lr / div_factor`` to
+    ``max_lr`` over the first ``pct_start`` of ``total_steps`` and then anneals to
+    ``max_lr / div_factor / final_div_factor``; momentum moves in anti-phase between
+    ``max_momentum`` and ``base_momentum``. With ``three_phase=True`` the rate comes back
+    down to the initial rate symmetrically, then anneals to the minimum.
+
+    The step is read from ``optimizer.iterations`` before each batch, so a run resumed from
+    a saved ``.keras`` model, or a second ``fit(..., initial_epoch=k)``, continues the same
+    cycle. Momentum is SGD's / RMSprop's ``momentum`` or the ``beta_1`` of Adam, AdamW,
+    Adamax, Nadam, Lion. Keras holds these as Python floats baked into the traced step, so
+    during ``fit`` this callback swaps the attribute for a float whose value in the step is
+    a variable it assigns every batch (TensorFlow backend); at the end of training the
+    attribute becomes a plain float again, equal to the last momentum used (like the
+    learning rate, which keeps its last value). Saved configs hold a plain float.
+
+    ``lr`` and ``momentum`` (or ``beta_1``) are published in the batch and epoch ``logs``
+    (the values of the last step done), so History, CSVLogger and TensorBoard record them;
+    list this callback before those in ``callbacks``.
+
+    Running past the cycle is an error, as in PyTorch: the callback raises before the
+    optimizer's update number ``total_steps + 1``. With ``steps_per_execution > 1`` the
+    values change once per execution.
+
+    Example:
+
+    ```python
+    steps = epochs * len(train_data)
+    model.fit(train_data, epochs=epochs, callbacks=[OneCycle(max_lr=1e-2, total_steps=steps)])
+    ```
+
+    Args:
+        max_lr: the peak learning rate.
+        total_steps: optimizer updates in the whole cycle.
+        pct_start: fraction of the cycle spent raising the rate.
+        anneal_strategy: ``"cos"`` or ``"linear"``.
+        div_factor: initial rate is ``max_lr / div_factor``.
+        final_div_factor: final rate is the initial rate divided by this.
+        three_phase: use the three-phase variant.
+        base_momentum: lowest momentum (reached at the peak rate).
+        max_momentum: highest momentum (at the start and end).
+        cycle_momentum: also schedule momentum / beta_1.
+        verbose: if > 0, print the values at each epoch's start.
+
+    Raises:
+        ValueError: for invalid arguments (in the constructor); in ``fit``, for an optimizer
+            with no momentum to cycle or a cycle already over.
+        TypeError: if the optimizer's learning rate is a schedule or callable.
+    """
+
+    # Batch ends only write their own batch's logs, so Keras may dispatch them asynchronously.
+    async_safe = True
+
+    def __init__(
+        self,
+        max_lr: float,
+        total_steps: int,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+        cycle_momentum: bool = True,
+        verbose: int = 0,
+    ):
+        super().__init__()
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+            raise ValueError(f"total_steps must be a positive int. Received: total_steps={total_steps!r}")
+        if not 0.0 <= pct_start <= 1.0:
+            raise ValueError(f"pct_start must be in [0, 1]. Received: pct_start={pct_start!r}")
+        if anneal_strategy not in ANNEAL_STRATEGIES:
+            raise ValueError(
+                f"anneal_strategy must be one of {sorted(ANNEAL_STRATEGIES)}. "
+                f"Received: anneal_strategy={anneal_strategy!r}"
+            )
+        if not max_lr > 0 or not div_factor > 0 or not final_div_factor > 0:
+            raise ValueError(
+                "max_lr, div_factor and final_div_factor must be > 0. Received: "
+                f"max_lr={max_lr!r}, div_factor={div_factor!r}, final_div_factor={final_div_factor!r}"
+            )
+        if cycle_momentum and not 0.0 <= base_momentum <= max_momentum <= 1.0:
+            raise ValueError(
+                "Momentum bounds must satisfy 0 <= base_momentum <= max_momentum <= 1. Received: "
+                f"base_momentum={base_momentum!r}, max_momentum={max_momentum!r}"
+            )
+        self.max_lr = float(max_lr)
+        self.total_steps = total_steps
+        self.pct_start = float(pct_start)
+        self.anneal_strategy = anneal_strategy
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        self.three_phase = bool(three_phase)
+        self.base_momentum = float(base_momentum)
+        self.max_momentum = float(max_momentum)
+        self.cycle_momentum = bool(cycle_momentum)
+        self.verbose = verbose
+
+        initial = self.max_lr / self.div_factor
+        lr = {"initial": initial, "max": self.max_lr, "min": initial / self.final_div_factor}
+        mom = {"base": self.base_momentum, "max": self.max_momentum}
+        t, p = total_steps, self.pct_start
+        if self.three_phase:
+            phases = [
+                (float(p * t) - 1, lr["initial"], lr["max"], mom["max"], mom["base"]),
+                (float(2 * p * t) - 2, lr["max"], lr["initial"], mom["base"], mom["max"]),
+                (t - 1, lr["initial"], lr["min"], mom["max"], mom["max"]),
+            ]
+        else:
+            phases = [
+                (float(p * t) - 1, lr["initial"], lr["max"], mom["max"], mom["base"]),
+                (t - 1, lr["max"], lr["min"], mom["base"], mom["max"]),
+            ]
+        self._phases = phases
+        self._anneal = ANNEAL_STRATEGIES[anneal_strategy]
+        self._momentum = None
+        self._momentum_name = None
+        self._last = None
+        self._pending = {}
+
+    def values(self, step: int) -> tuple[float, float]:
+        """The learning rate and momentum for optimizer step ``step`` (0-based).
+
+        Args:
+            step: number of updates done before this one, in ``[0, total_steps]``.
+
+        Returns:
+            ``(learning_rate, momentum)``; momentum follows the cycle even when
+            ``cycle_momentum`` is False (it is then not applied).
+
+        Raises:
+            ValueError: if ``step > total_steps``.
+        """
+        if step > self.total_steps:
+            raise ValueError(
+                f"OneCycle was asked for step {step} of a cycle of total_steps="
+                f"{self.total_steps}."
+            )
+        start = 0.0
+        for i, (end, lr0, lr1, m0, m1) in enumerate(self._phases):
+            if step <= end or i == len(self._phases) - 1:
+                # A zero-length phase (PyTorch divides by zero there) counts as done.
+                pct = (step - start) / (end - start) if end != start else 1.0
+                return self._anneal(lr0, lr1, pct), self._anneal(m0, m1, pct)
+            start = end
+        raise AssertionError("unreachable")
+
+    def _step(self) -> int:
+        return int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _check_step(self, step: int) -> None:
+        if step >= self.total_steps:
+            raise ValueError(
+                f"The one-cycle schedule is over: the optimizer has made {step} updates and "
+                f"the cycle has total_steps={self.total_steps}. Pass the total number of "
+                "updates of the whole run (epochs * steps per epoch, the same value when "
+                "resuming) or start from a fresh optimizer."
+            )
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if not isinstance(optimizer.learning_rate, keras.Variable):
+            raise TypeError(
+                "OneCycle sets the learning rate every step, so the optimizer needs a float "
+                "learning_rate, not a LearningRateSchedule or callable. Received: "
+                f"learning_rate={optimizer.learning_rate!r}"
+            )
+        self._last = None
+        self._pending = {}
+        self._check_step(self._step())
+        if not self.cycle_momentum:
+            return
+        name = momentum_attribute(optimizer)
+        inner = _inner_optimizer(optimizer)
+        if name is None or float(getattr(inner, name)) == 0.0:
+            raise ValueError(
+                "cycle_momentum=True needs an optimizer with momentum > 0 (SGD, RMSprop) or "
+                f"beta_1 (Adam family, Lion); or pass cycle_momentum=False. Received: "
+                f"{type(inner).__name__} with momentum={getattr(inner, 'momentum', None)!r}"
+            )
+        current = getattr(inner, name)
+        if not isinstance(current, _ScheduledFloat):
+            current = _ScheduledFloat(current, name=f"one_cycle_{name}")
+            setattr(inner, name, current)
+            self.model.make_train_function(force=True)  # retrace so the step reads the variable
+        self._momentum, self._momentum_name = current, name
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self._step()
+        self._check_step(step)
+        lr, momentum = self.values(step)
+        self.model.optimizer.learning_rate = lr
+        if self._momentum is not None:
+            self._momentum.variable.assign(momentum)
+        self._last = self._pending[batch] = (lr, momentum)
+
+    def _publish(self, values, logs):
+        if logs is None or values is None:
+            return
+        logs["lr"] = values[0]
+        if self._momentum_name is not None:
+            logs[self._momentum_name] = values[1]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._publish(self._pending.pop(batch, None), logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.verbose > 0:
+            lr, momentum = self.values(min(self._step(), self.total_steps))
+            print(f"\nEpoch {epoch + 1}: OneCycle lr={lr:.4g}, momentum={momentum:.4g}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._publish(self._last, logs)
+
+    def on_train_end(self, logs=None):
+        if self._momentum is None:
+            return
+        value = float(ops.convert_to_numpy(self._momentum.variable))
+        setattr(_inner_optimizer(self.model.optimizer), self._momentum_name, value)
+        self._momentum = None
+        self.model.make_train_function(force=True)
