@@ -209,10 +209,15 @@ def _assemble(spec, builder: ModelBuilder, top: Callable) -> keras.Model:
     return keras.Model(inputs, top(tower(x)), name=spec.name)
 
 
+def _activation(task):
+    # A binary task trained with MSE on -1/+1 targets needs a linear output.
+    return "linear" if task.loss == "mse" else task.activation
+
+
 def _split(x, tasks, units_name):
     """One Dense layer for all binary tasks, split into one named output per task."""
     x = layers.Dense(len(tasks), name=units_name)(x)
-    return {t.name: TakeColumns(i, i + 1, t.activation, name=t.name)(x) for i, t in enumerate(tasks)}
+    return {t.name: TakeColumns(i, i + 1, _activation(t), name=t.name)(x) for i, t in enumerate(tasks)}
 
 
 def _mlp_head(x, units, hidden, prefix, output_name=None):

@@ -33,6 +33,7 @@ CONVERSIONS = {
 }
 IGNORED_PARAMS = ("num_batches_tracked",)
 _CHECKPOINT_WRAPPERS = ("state_dict", "model_state_dict", "model")
+_LISTED = 25  # keys listed per kind in an error message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,34 @@ class LoadResult:
 
 
 class WeightMismatchError(ValueError):
-    """A torch state_dict does not fit a Keras model (the message lists the keys)."""
+    """A torch state_dict does not fit a Keras model.
+
+    Attributes:
+        missing_keys: Keras weights left empty, as ``<layer name>.<torch param>``.
+        unexpected_keys: torch keys with no Keras layer to go to.
+        wrong_shape_keys: ``"<torch key>: got <shape>, expected <shape>"`` entries.
+    """
+
+    def __init__(self, model_name, missing, unexpected, wrong_shape, strict):
+        self.missing_keys = tuple(missing)
+        self.unexpected_keys = tuple(unexpected)
+        self.wrong_shape_keys = tuple(wrong_shape)
+        lines = [f"The state_dict does not fit model {model_name!r} (strict={strict})."]
+        for title, keys in (
+            ("Missing (Keras layer.param)", missing),
+            ("Unexpected torch keys", unexpected),
+            ("Wrongly shaped torch keys (shapes in torch layout)", wrong_shape),
+        ):
+            if keys:
+                lines.append(f"{title} [{len(keys)}]:")
+                lines.extend(f"  {k}" for k in keys[:_LISTED])
+                if len(keys) > _LISTED:
+                    lines.append(f"  ... and {len(keys) - _LISTED} more")
+        prefixes = {key.split(".", 1)[0] for key in unexpected}
+        if missing and len(prefixes) == 1 and all("." in key for key in unexpected):
+            prefix = f"{prefixes.pop()}."
+            lines.append(f"Every unexpected key starts with {prefix!r}: key_map=[({prefix!r}, '')] drops it.")
+        super().__init__("\n".join(lines))
 
 
 def import_torch():
@@ -185,9 +213,8 @@ def load_torch_weights(
         variable, axes = rule
         value = array if axes is None else np.transpose(array, axes)
         if tuple(value.shape) != tuple(variable.shape):
-            expected = tuple(variable.shape) if axes is None else tuple(
-                np.array(variable.shape)[np.argsort(axes)]
-            )
+            shape = [int(d) for d in variable.shape]
+            expected = tuple(shape) if axes is None else tuple(shape[i] for i in np.argsort(axes))
             wrong_shape.append(f"{key}: got {tuple(array.shape)}, expected {expected}")
             continue
         assignments.append((variable, value))
@@ -204,7 +231,7 @@ def load_torch_weights(
         if type(layer).__name__ not in CONVERSIONS
     ]
     if wrong_shape or (strict and (missing or unexpected)):
-        raise WeightMismatchError(_mismatch_message(model.name, missing, unexpected, wrong_shape, strict))
+        raise WeightMismatchError(model.name, missing, unexpected, wrong_shape, strict)
     for variable, value in assignments:
         variable.assign(value.astype(variable.dtype))
     return LoadResult(tuple(missing), tuple(unexpected))
@@ -219,15 +246,3 @@ def _rule_for(layer, param):
             return variable, axes
     return None
 
-
-def _mismatch_message(model_name, missing, unexpected, wrong_shape, strict):
-    lines = [f"The state_dict does not fit model {model_name!r} (strict={strict})."]
-    for title, keys in (
-        ("Missing (Keras layer.param)", missing),
-        ("Unexpected torch keys", unexpected),
-        ("Wrongly shaped torch keys (shapes in torch layout)", wrong_shape),
-    ):
-        if keys:
-            lines.append(f"{title} [{len(keys)}]:")
-            lines.extend(f"  {k}" for k in keys)
-    return "\n".join(lines)

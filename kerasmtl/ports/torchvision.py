@@ -28,21 +28,24 @@ TORCHVISION_MODELS = tuple(_RESNETS) + ("vgg16",)
 
 
 def vgg16_features(inputs, prefix="features"):
-    """torchvision ``vgg16().features``: 13 conv-ReLU layers and 5 max poolings.
+    """torchvision ``vgg16().features``: 13 conv-ReLU pairs and 5 max poolings (31 modules).
 
     Args:
         inputs: preprocessed image tensor.
-        prefix: name prefix; layer ``i`` of the Sequential is named ``{prefix}_{i}``.
+        prefix: name prefix; module ``i`` of the Sequential is named ``{prefix}_{i}`` (the
+            ReLU modules are the convolutions' activations).
 
     Returns:
         The feature map tensor (stride 32, 512 channels).
     """
-    x = inputs
-    for index, item in enumerate(VGG16_CONFIG):
+    x, index = inputs, 0
+    for item in VGG16_CONFIG:
         if item == "M":
             x = layers.MaxPooling2D(2, name=f"{prefix}_{index}")(x)
-        else:
+            index += 1
+        else:  # Conv2d at index, ReLU at index + 1
             x = layers.Conv2D(item, 3, padding="same", activation="relu", name=f"{prefix}_{index}")(x)
+            index += 2
     return x
 
 
