@@ -69,7 +69,7 @@ def conv_head(features, task: Task, filters: Sequence[int] = (64,), dropout: flo
     x = features
     for i, width in enumerate(filters):
         x = layers.Conv2D(int(width), 3, padding="same", use_bias=False, name=f"{task.name}_conv{i + 1}")(x)
-        x = layers.BatchNormalization(name=f"{task.name}_bn{i + 1}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{task.name}_bn{i + 1}")(x)
         x = layers.ReLU(name=f"{task.name}_relu{i + 1}")(x)
     x = layers.GlobalAveragePooling2D(name=f"{task.name}_gap")(x)
     if dropout:

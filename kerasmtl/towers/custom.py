@@ -20,12 +20,15 @@ from keras import layers
 from kerasmtl.towers import register_tower
 
 _STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
+# Faster-moving BatchNorm statistics than Keras's 0.99: these towers train from scratch
+# on small datasets, where 0.99 leaves the inference statistics far behind the weights.
+BN_MOMENTUM = 0.9
 
 
 def _conv_bn_relu(x, filters, kernel, name, separable=False):
     conv = layers.SeparableConv2D if (separable and kernel > 1) else layers.Conv2D
     x = conv(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -35,11 +38,11 @@ def _bottleneck_block(x, filters, name, separable):
     shortcut = x
     if x.shape[-1] != expanded:
         shortcut = layers.Conv2D(expanded, 1, use_bias=False, name=f"{name}_proj_conv")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     y = _conv_bn_relu(x, filters, 1, f"{name}_1")
     y = _conv_bn_relu(y, filters, 3, f"{name}_2", separable=separable)
     y = layers.Conv2D(expanded, 1, use_bias=False, name=f"{name}_3_conv")(y)
-    y = layers.BatchNormalization(name=f"{name}_3_bn")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_3_bn")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 

@@ -1,0 +1,153 @@
+"""Command-line arguments shared by the experiment scripts, and YAML config files.
+
+Flags come in groups (data, model, training) so every script takes the same data and
+model flags. ``--config FILE`` reads a YAML mapping whose keys are flag names (``image-size``
+or ``image_size``); flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Sequence
+
+import yaml
+
+from kerasmtl.heads import HEADS
+from kerasmtl.towers import list_towers
+from kerasmtl.training import OPTIMIZERS
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run is built from; a run folder stores it as ``config.yaml``."""
+
+    # data
+    data: str | None = None
+    image_size: int = 64
+    grayscale: bool = False
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    class_weights: bool = False
+    sample_size: int = 1200
+    workers: int = 1
+    # model
+    base: str = "bottleneck"
+    head: str = "conv"
+    weights: str | None = None
+    width: int | None = None
+    neck: list[int] = dataclasses.field(default_factory=list)
+    freeze_stages: int = 0
+    # training
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
+    optimizer: str = "adam"
+    seed: int = 0
+    out: str | None = None
+    verbose: int = 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_DEFAULTS = TrainConfig()
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the data flags."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", help="hvc dataset folder (hvc_annotations.csv + images); default: the bundled synthetic sample")
+    group.add_argument("--image-size", type=int, help=f"side of the square model input (default {_DEFAULTS.image_size})")
+    group.add_argument("--grayscale", action=argparse.BooleanOptionalAction, help="train on 1-channel images")
+    group.add_argument("--val-fraction", type=float, help=f"share of rows for validation (default {_DEFAULTS.val_fraction})")
+    group.add_argument("--test-fraction", type=float, help=f"share of rows for testing (default {_DEFAULTS.test_fraction})")
+    group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, help="weight classes by inverse frequency")
+    group.add_argument("--sample-size", type=int, help=f"images in the synthetic sample (default {_DEFAULTS.sample_size})")
+    group.add_argument("--workers", type=int, help="generator worker threads (default 1)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the model flags."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--base", choices=list_towers(), help=f"base tower (default {_DEFAULTS.base})")
+    group.add_argument("--head", choices=HEADS, help=f"head tower per task (default {_DEFAULTS.head})")
+    group.add_argument("--weights", help="base tower weights: 'imagenet' or a file path (default: random)")
+    group.add_argument("--width", type=int, help="stem width of the custom towers (bottleneck, separable)")
+    group.add_argument("--neck", type=int, nargs="*", help="widths of a shared Dense neck, e.g. --neck 4096 4096")
+    group.add_argument("--freeze-stages", type=int, help="freeze the first N stages of the base tower")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the training flags."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, help=f"(default {_DEFAULTS.epochs})")
+    group.add_argument("--batch-size", type=int, help=f"(default {_DEFAULTS.batch_size})")
+    group.add_argument("--lr", type=float, help=f"learning rate (default {_DEFAULTS.lr})")
+    group.add_argument("--lr-schedule", choices=("constant", "cosine"), help="constant, or cosine decay to 0 over the run (default cosine)")
+    group.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help=f"(default {_DEFAULTS.optimizer})")
+    group.add_argument("--seed", type=int, help="random seed of split, shuffling, augmentation and weights")
+    group.add_argument("--out", help="run folder (default runs/<dataset>-<base>-seed<seed>)")
+    group.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras verbosity: 1 progress bar, 2 one line per epoch")
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with ``--config`` and the data, model and training flag groups."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML file whose keys are flag names; command-line flags win")
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    add_training_arguments(parser)
+    return parser
+
+
+def load_yaml_config(path: str | os.PathLike, known: Sequence[str]) -> dict:
+    """Reads a YAML config (``yaml.safe_load``) whose keys are flag names.
+
+    Args:
+        path: the YAML file.
+        known: accepted keys (underscore form).
+
+    Returns:
+        ``{key_with_underscores: value}``.
+
+    Raises:
+        ValueError: not a mapping, or an unknown key.
+    """
+    with open(path, encoding="utf-8") as handle:
+        content = yaml.safe_load(handle) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: a config file is a YAML mapping of flag names to values. Received: {type(content).__name__}")
+    config = {str(k).replace("-", "_"): v for k, v in content.items()}
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}. Known keys: {sorted(known)}")
+    return config
+
+
+def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, config_class=TrainConfig):
+    """Parses flags (and ``--config``) into a config object.
+
+    Precedence: the config class's defaults < the YAML file < command-line flags.
+
+    Args:
+        parser: from `build_parser` (plus any script-specific flags).
+        argv: arguments; default ``sys.argv[1:]``.
+        config_class: a dataclass whose fields are the flags' destinations.
+
+    Returns:
+        ``(config, extra)``: the config object and a dict of parsed flags that are not
+        fields of ``config_class`` (script-specific flags).
+    """
+    args = vars(parser.parse_args(argv))
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    values = {}
+    path = args.pop("config", None)
+    if path is not None:
+        values.update(load_yaml_config(path, fields | set(args)))
+    values.update({k: v for k, v in args.items() if v is not None})
+    config = config_class(**{k: v for k, v in values.items() if k in fields})
+    extra = {k: v for k, v in values.items() if k not in fields}
+    return config, extra

@@ -1,0 +1,175 @@
+"""A dataset is a table: one row per image, an absolute ``path`` column and one column
+per task (the raw labels). These helpers work on any such table, whatever its source.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
+
+from kerasmtl.data.errors import DataError
+from kerasmtl.tasks import MISSING_CLASS, Task
+
+
+def resolve_image_paths(
+    relative_paths: Sequence[str],
+    folder: str | os.PathLike,
+    source: str | os.PathLike,
+    rows: Sequence[int],
+    check_files: bool = True,
+) -> list[str]:
+    """Turns image paths relative to ``folder`` into absolute paths, inside the folder.
+
+    Args:
+        relative_paths: paths as written in the annotations.
+        folder: the dataset folder.
+        source: the annotations file (for error messages).
+        rows: the row / line number of each path (for error messages).
+        check_files: also require that each file exists.
+
+    Returns:
+        Absolute paths, in order.
+
+    Raises:
+        DataError: listing every path that leaves the folder (e.g. ``../../etc/passwd``
+            or an absolute path elsewhere) or, with ``check_files``, that does not exist.
+    """
+    root = Path(folder).resolve()
+    resolved, problems = [], []
+    for relative, row in zip(relative_paths, rows):
+        path = (root / str(relative)).resolve()
+        if root not in path.parents:
+            problems.append((str(source), int(row), f"image path {relative!r} resolves outside {root}"))
+        elif check_files and not path.is_file():
+            problems.append((str(source), int(row), f"image file {str(path)!r} does not exist"))
+        resolved.append(str(path))
+    if problems:
+        raise DataError(f"{source}: {len(problems)} bad image path(s)", problems)
+    return resolved
+
+
+def encode_targets(frame: pd.DataFrame, tasks: Sequence[Task], where: str = "") -> dict[str, np.ndarray]:
+    """Encodes each task's columns of ``frame`` into training targets.
+
+    Args:
+        frame: the table.
+        tasks: the tasks; each reads ``task.columns``.
+        where: context for error messages.
+
+    Returns:
+        ``{task.name: targets}`` (see `kerasmtl.tasks`).
+
+    Raises:
+        DataError: a column is missing or a label is not a known class.
+    """
+    targets = {}
+    for task in tasks:
+        missing = [c for c in task.columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{where}: task {task.name!r} needs column(s) {missing}. Received columns: {list(frame.columns)}")
+        values = frame[list(task.columns)].to_numpy() if task.kind == "regression" else frame[task.columns[0]].tolist()
+        try:
+            targets[task.name] = task.encode(values, where=where)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+    return targets
+
+
+def stratify_column(frame: pd.DataFrame, tasks: Sequence[Task]) -> str | None:
+    """Picks the classification task whose rarest class is rarest (so every split sees it).
+
+    Returns:
+        The column name, or None when no classification task exists.
+    """
+    best, best_share = None, 2.0
+    for task in tasks:
+        if task.kind == "regression":
+            continue
+        shares = frame[task.columns[0]].value_counts(normalize=True)
+        if len(shares) and shares.min() < best_share:
+            best, best_share = task.columns[0], shares.min()
+    return best
+
+
+def split_table(
+    frame: pd.DataFrame,
+    tasks: Sequence[Task],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    stratify_by: str | None = "auto",
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Splits a table into train / validation / test, stratified on one label column.
+
+    Args:
+        frame: the table.
+        tasks: its tasks (used when ``stratify_by="auto"``).
+        val_fraction: share of rows for validation.
+        test_fraction: share of rows for testing.
+        seed: random seed; the same seed gives the same split.
+        stratify_by: a column name, ``"auto"`` for `stratify_column`, or None for a
+            plain random split. A class with fewer than 2 rows per split cannot be
+            stratified: the split then falls back to random and says so in a warning.
+
+    Returns:
+        ``(train, val, test)`` tables (index reset).
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction and test_fraction must be in [0, 1) with a sum below 1. "
+            f"Received: val_fraction={val_fraction}, test_fraction={test_fraction}"
+        )
+    column = stratify_column(frame, tasks) if stratify_by == "auto" else stratify_by
+
+    def _split(table, fraction, salt):
+        if fraction == 0:
+            return table, table.iloc[:0]
+        labels = table[column] if column else None
+        try:
+            return train_test_split(table, test_size=fraction, random_state=seed + salt, stratify=labels)
+        except ValueError:
+            import warnings
+
+            warnings.warn(f"Cannot stratify on {column!r} (a class is too rare); splitting at random.")
+            return train_test_split(table, test_size=fraction, random_state=seed + salt)
+
+    rest, test = _split(frame, test_fraction, 0)
+    train, val = _split(rest, val_fraction / (1.0 - test_fraction), 1)
+    return tuple(t.reset_index(drop=True) for t in (train, val, test))
+
+
+def class_weights(targets: np.ndarray, task: Task) -> dict[int, float]:
+    """Balanced class weights (scikit-learn's ``"balanced"`` rule) from encoded targets.
+
+    Args:
+        targets: encoded targets of a classification task (missing labels ignored).
+        task: the task.
+
+    Returns:
+        ``{class index: weight}`` for every class of the task; classes absent from
+        the data get weight 1.
+    """
+    if task.kind == "regression":
+        raise ValueError(f"Class weights apply to classification tasks. Received: {task.kind} task {task.name!r}")
+    labels = np.asarray(targets).reshape(-1).astype(int)
+    labels = labels[labels != MISSING_CLASS]
+    present = np.unique(labels)
+    weights = dict.fromkeys(range(len(task.classes)), 1.0)
+    if len(present):
+        values = compute_class_weight("balanced", classes=present, y=labels)
+        weights.update({int(c): float(w) for c, w in zip(present, values)})
+    return weights
+
+
+def majority_class(targets: np.ndarray, task: Task) -> int:
+    """Index of the most frequent present class (ties: the lowest index)."""
+    labels = np.asarray(targets).reshape(-1).astype(int)
+    labels = labels[labels != MISSING_CLASS]
+    counts = np.bincount(labels, minlength=len(task.classes))
+    return int(np.argmax(counts))

@@ -1,0 +1,188 @@
+"""The training workflow behind ``experiments/train_person.py``.
+
+files -> table -> split -> generators -> model -> fit -> run folder
+(config, model, history, metrics, training curves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from kerasmtl.builder import ModelBuilder
+from kerasmtl.cli import TrainConfig, build_parser, parse_config
+from kerasmtl.data.generator import MultiOutputGenerator
+from kerasmtl.data.person import load_hvc
+from kerasmtl.data.sample import ensure_sample
+from kerasmtl.data.tables import class_weights, encode_targets, split_table
+from kerasmtl.evaluate import evaluate_model
+from kerasmtl.plots import plot_history
+from kerasmtl.runs import RunFolder
+from kerasmtl.tasks import Task
+from kerasmtl.towers import get_tower_spec
+from kerasmtl.training import compile_model, make_optimizer
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """The splits of a dataset and their generators."""
+
+    tasks: list[Task]
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    train_data: MultiOutputGenerator
+    val_data: MultiOutputGenerator | None
+    test_data: MultiOutputGenerator
+    source: str
+
+
+def dataset_folder(config: TrainConfig) -> Path:
+    """The hvc folder to train on: ``config.data``, or the bundled sample (written if needed)."""
+    if config.data:
+        return Path(config.data)
+    return ensure_sample(n_images=config.sample_size, seed=0)
+
+
+def prepare_data(config: TrainConfig) -> PreparedData:
+    """Loads, validates and splits the dataset and builds its generators.
+
+    Args:
+        config: the run's config.
+
+    Returns:
+        The prepared splits and generators.
+
+    Raises:
+        DataError: for a bad CSV, unknown labels or missing images (before any training).
+    """
+    folder = dataset_folder(config)
+    frame, tasks = load_hvc(folder)
+    train, val, test = split_table(frame, tasks, config.val_fraction, config.test_fraction, seed=config.seed)
+    channels = 1 if config.grayscale else 3
+    common = dict(batch_size=config.batch_size, image_size=config.image_size, channels=channels, workers=config.workers)
+    train_targets = encode_targets(train, tasks, where=str(folder))
+    weights = None
+    if config.class_weights:
+        weights = {t.name: class_weights(train_targets[t.name], t) for t in tasks if t.kind != "regression"}
+    train_data = MultiOutputGenerator(
+        train["path"].tolist(), train_targets, shuffle=True, seed=config.seed, class_weights=weights, **common
+    )
+    val_data = MultiOutputGenerator.from_table(val, tasks, shuffle=False, **common) if len(val) else None
+    test_data = MultiOutputGenerator.from_table(test, tasks, shuffle=False, **common)
+    return PreparedData(tasks, train, val, test, train_data, val_data, test_data, str(folder))
+
+
+def model_builder(config: TrainConfig, tasks: Sequence[Task]) -> ModelBuilder:
+    """The `ModelBuilder` a config describes."""
+    base_kwargs = {}
+    if config.width is not None:
+        if get_tower_spec(config.base).preprocessing != "unit":
+            raise ValueError(f"--width applies to the custom towers (bottleneck, separable). Received: base={config.base!r}")
+        base_kwargs["width"] = config.width
+    channels = 1 if config.grayscale else 3
+    return ModelBuilder(
+        tasks,
+        base=config.base,
+        input_shape=(config.image_size, config.image_size, channels),
+        weights=config.weights,
+        head=config.head,
+        neck=config.neck,
+        freeze_stages=config.freeze_stages,
+        base_kwargs=base_kwargs,
+    )
+
+
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """The optimizer's learning rate: a float, or a cosine decay over the whole run."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, config.epochs * steps_per_epoch))
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine'. Received: lr_schedule={config.lr_schedule!r}")
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<dataset>-<base>-seed<seed>``: the same command always uses the same folder."""
+    dataset = Path(config.data).name if config.data else "sample"
+    return Path("runs") / f"{dataset}-{config.base}-seed{config.seed}"
+
+
+def write_report(run: RunFolder, reports: dict, tasks: Sequence[Task]) -> str:
+    """Writes ``metrics.json`` and returns a printable table of the test results."""
+    classified = [t for t in tasks if t.kind != "regression"]
+    summary = {
+        "mean_accuracy": float(np.mean([reports[t.name]["accuracy"] for t in classified])) if classified else None,
+        "outputs_beating_baseline": sum(reports[t.name]["accuracy"] > reports[t.name]["baseline_accuracy"] for t in classified),
+        "outputs": len(classified),
+    }
+    run.write_json("metrics.json", {"test": reports, "summary": summary})
+    lines = [f"{'output':<14}{'accuracy':>10}{'baseline':>10}{'macro F1':>10}"]
+    for task in classified:
+        r = reports[task.name]
+        lines.append(f"{task.name:<14}{r['accuracy']:>10.3f}{r['baseline_accuracy']:>10.3f}{r['f1']:>10.3f}")
+    lines.append(f"{summary['outputs_beating_baseline']} of {summary['outputs']} outputs beat their majority-class baseline")
+    return "\n".join(lines)
+
+
+def run_training(config: TrainConfig) -> RunFolder:
+    """Trains a model as ``config`` says and writes its run folder.
+
+    Args:
+        config: the run's config.
+
+    Returns:
+        The run folder.
+    """
+    keras.utils.set_random_seed(config.seed)
+    data = prepare_data(config)
+    run = RunFolder(config.out or default_run_dir(config))
+    run.write_yaml("config.yaml", config.to_dict() | {"resolved_data": data.source})
+    run.write_json("tasks.json", [t.to_dict() for t in data.tasks])
+    model = model_builder(config, data.tasks).build()
+    compile_model(model, data.tasks, make_optimizer(config.optimizer, learning_rate(config, len(data.train_data))))
+    callbacks = [
+        keras.callbacks.CSVLogger(str(run.file("history.csv"))),
+        keras.callbacks.ModelCheckpoint(str(run.file("checkpoint.keras"))),
+    ]
+    model.fit(
+        data.train_data,
+        validation_data=data.val_data,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        verbose=config.verbose,
+    )
+    model.save(run.file("model.keras"))
+    plot_history(pd.read_csv(run.file("history.csv")), run.file("training_curves.png"), [t.name for t in data.tasks])
+    test_targets = encode_targets(data.test, data.tasks)
+    train_targets = encode_targets(data.train, data.tasks)
+    reports = evaluate_model(model, data.test_data, test_targets, data.tasks, train_targets)
+    print(write_report(run, reports, data.tasks))
+    print(f"Run folder: {run.path}")
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``experiments/train_person.py``."""
+    from kerasmtl.data.errors import DataError
+
+    parser = build_parser("Train a multi-output person-attributes model (default: the bundled sample).")
+    config, _ = parse_config(parser, argv)
+    try:
+        run_training(config)
+    except (DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    sys.exit(main())

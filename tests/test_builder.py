@@ -1,0 +1,113 @@
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY_TOWER
+from kerasmtl import ModelBuilder
+from kerasmtl.data import hvc_tasks
+from kerasmtl.training import compile_model
+
+TOWERS = {
+    "bottleneck": TINY_TOWER,
+    "separable": TINY_TOWER,
+    "vgg16": None,
+    "resnet50": None,
+}
+
+
+def _images(n=2, size=32, channels=3):
+    return np.random.default_rng(1).integers(0, 256, (n, size, size, channels)).astype("uint8")
+
+
+@pytest.mark.parametrize("base", list(TOWERS))
+@pytest.mark.parametrize("head", ["dense", "conv"])
+def test_every_tower_with_person_heads_round_trips(base, head, tmp_path):
+    tasks = hvc_tasks()
+    model = ModelBuilder(tasks, base=base, head=head, input_shape=(32, 32, 3), base_kwargs=TOWERS[base]).build()
+    assert sorted(model.output_names) == sorted(t.name for t in tasks)
+    images = _images()
+    before = model(images, training=False)
+    for task in tasks:
+        assert tuple(before[task.name].shape) == (2, task.num_outputs)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    after = reloaded(images, training=False)
+    for task in tasks:
+        np.testing.assert_array_equal(np.asarray(before[task.name]), np.asarray(after[task.name]))
+
+
+def test_mixed_binary_multiclass_regression_heads(mixed_tasks):
+    model = ModelBuilder(mixed_tasks, base="bottleneck", input_shape=(32, 32, 3), base_kwargs=TINY_TOWER).build()
+    out = model(_images(), training=False)
+    probabilities = np.asarray(out["age"])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.all((np.asarray(out["smiling"]) > 0) & (np.asarray(out["smiling"]) < 1))
+    assert out["landmarks"].shape == (2, 10)
+
+
+def test_grayscale_input_feeds_rgb_pretrained_tower_by_repeating_channel(tmp_path):
+    tower = ModelBuilder(hvc_tasks(), base="vgg16", input_shape=(32, 32, 3)).build_tower()
+    weights = tmp_path / "vgg16.weights.h5"
+    tower.save_weights(weights)
+    model = ModelBuilder(hvc_tasks(), base="vgg16", input_shape=(32, 32, 1), weights=str(weights)).build()
+    assert model.input_shape == (None, 32, 32, 1)
+    assert model.get_layer("base").input_shape == (None, 32, 32, 3)
+    np.testing.assert_array_equal(model.get_layer("base").get_weights()[0], tower.get_weights()[0])
+
+
+def test_raw_uint8_pixels_are_scaled_inside_the_model(mixed_tasks):
+    model = ModelBuilder(mixed_tasks, base="bottleneck", input_shape=(32, 32, 3), base_kwargs=TINY_TOWER).build()
+    images = _images()
+    as_uint8 = model(images, training=False)
+    as_float = model(images.astype("float32"), training=False)
+    np.testing.assert_allclose(np.asarray(as_uint8["age"]), np.asarray(as_float["age"]), rtol=1e-6)
+    preprocessing = model.get_layer("preprocessing")
+    assert float(np.max(np.asarray(preprocessing(images)))) <= 1.0
+
+
+def test_freeze_stages_freezes_exactly_the_named_stages():
+    model = ModelBuilder(hvc_tasks(), base="resnet50", input_shape=(32, 32, 3), freeze_stages=2).build()
+    base = model.get_layer("base")
+    frozen = {layer.name for layer in base.layers if not layer.trainable and layer.weights}
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    assert frozen and all(name.startswith(("conv1_", "conv2_")) for name in frozen)
+    assert not any(name.startswith(("conv1_", "conv2_")) for name in trainable)
+
+
+def test_freeze_layers_counts_layers():
+    model = ModelBuilder(hvc_tasks(), base="vgg16", input_shape=(32, 32, 3), freeze_layers=4).build()
+    flags = [layer.trainable for layer in model.get_layer("base").layers]
+    assert flags[:4] == [False] * 4 and all(flags[4:])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(base="resnet9000"), "Unknown base tower"),
+        (dict(input_shape=(32, 32, 4)), "1 or 3 channels"),
+        (dict(neck=[16], head="conv"), "conv heads cannot follow"),
+        (dict(head="fancy"), "head must be one of"),
+        (dict(freeze_stages=9), "stages"),
+        (dict(input_shape=(16, 16, 3)), "at least 32x32"),
+    ],
+)
+def test_bad_arguments_are_rejected_with_the_value(kwargs, message, mixed_tasks):
+    options = dict(base="bottleneck", input_shape=(32, 32, 3), base_kwargs=TINY_TOWER) | kwargs
+    with pytest.raises(ValueError, match=message):
+        ModelBuilder(mixed_tasks, **options).build()
+
+
+def test_neck_and_dense_heads_train_one_step(mixed_tasks):
+    model = ModelBuilder(mixed_tasks, base="separable", input_shape=(32, 32, 3), base_kwargs=TINY_TOWER, neck=[16, 16]).build()
+    compile_model(model, mixed_tasks, "adam")
+    targets = {
+        "smiling": mixed_tasks[0].encode(["yes", "no", None, "yes"]),
+        "age": mixed_tasks[1].encode(["old", "young", "middle", None]),
+        "landmarks": np.random.default_rng(0).random((4, 10)).astype("float32"),
+    }
+    before = [w.copy() for w in model.get_layer("neck_dense1").get_weights()]
+    history = model.fit(_images(4), targets, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert {"smiling_loss", "age_loss", "landmarks_loss"} <= set(history.history)
+    assert not np.allclose(before[0], model.get_layer("neck_dense1").get_weights()[0])
