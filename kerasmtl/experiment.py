@@ -132,6 +132,30 @@ def write_report(run: RunFolder, reports: dict, tasks: Sequence[Task]) -> str:
     return "\n".join(lines)
 
 
+def build_callbacks(config: TrainConfig, run: RunFolder, data: PreparedData, model: keras.Model) -> list:
+    """The callbacks of a training run, in the order Keras calls them."""
+    return [
+        keras.callbacks.CSVLogger(str(run.file("history.csv"))),
+        keras.callbacks.ModelCheckpoint(str(run.file("checkpoint.keras"))),
+    ]
+
+
+def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: keras.Model) -> dict:
+    """Saves the model, evaluates it on the test split and writes the report and figures.
+
+    Returns:
+        ``{task name: report}`` for the test split.
+    """
+    model.save(run.file("model.keras"))
+    plot_history(pd.read_csv(run.file("history.csv")), run.file("training_curves.png"), [t.name for t in data.tasks])
+    test_targets = encode_targets(data.test, data.tasks)
+    train_targets = encode_targets(data.train, data.tasks)
+    reports = evaluate_model(model, data.test_data, test_targets, data.tasks, train_targets)
+    print(write_report(run, reports, data.tasks))
+    print(f"Run folder: {run.path}")
+    return reports
+
+
 def run_training(config: TrainConfig) -> RunFolder:
     """Trains a model as ``config`` says and writes its run folder.
 
@@ -148,24 +172,14 @@ def run_training(config: TrainConfig) -> RunFolder:
     run.write_json("tasks.json", [t.to_dict() for t in data.tasks])
     model = model_builder(config, data.tasks).build()
     compile_model(model, data.tasks, make_optimizer(config.optimizer, learning_rate(config, len(data.train_data))))
-    callbacks = [
-        keras.callbacks.CSVLogger(str(run.file("history.csv"))),
-        keras.callbacks.ModelCheckpoint(str(run.file("checkpoint.keras"))),
-    ]
     model.fit(
         data.train_data,
         validation_data=data.val_data,
         epochs=config.epochs,
-        callbacks=callbacks,
+        callbacks=build_callbacks(config, run, data, model),
         verbose=config.verbose,
     )
-    model.save(run.file("model.keras"))
-    plot_history(pd.read_csv(run.file("history.csv")), run.file("training_curves.png"), [t.name for t in data.tasks])
-    test_targets = encode_targets(data.test, data.tasks)
-    train_targets = encode_targets(data.train, data.tasks)
-    reports = evaluate_model(model, data.test_data, test_targets, data.tasks, train_targets)
-    print(write_report(run, reports, data.tasks))
-    print(f"Run folder: {run.path}")
+    finish_run(config, run, data, model)
     return run
 
 
