@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 import torch
-
 import torch_reference as ref
+
 from kerasmtl import ModelBuilder, Task
 from kerasmtl.layers import IMAGENET_MEAN, IMAGENET_STD
 from kerasmtl.ports import (
@@ -56,16 +56,26 @@ def _assert_close(keras_out, torch_out):
     np.testing.assert_allclose(keras_out, torch_out, rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("name, factory", [("resnet18", ref.resnet18), ("resnext50_32x4d", ref.resnext50_32x4d), ("vgg16", ref.vgg16)])
-def test_torchvision_classifier_matches_pytorch(name, factory):
+@pytest.mark.parametrize(
+    "name, factory, shape",
+    [
+        ("resnet18", ref.resnet18, (64, 64, 3)),
+        ("resnet18", ref.resnet18, (45, 38, 3)),  # odd sizes: symmetric padding matters
+        ("resnext50_32x4d", ref.resnext50_32x4d, (64, 64, 3)),
+        ("vgg16", ref.vgg16, (64, 64, 3)),
+    ],
+)
+def test_torchvision_classifier_matches_pytorch(name, factory, shape):
     module = ref.randomize_batch_norm(factory())
-    raw = _raw_images((64, 64, 3))
+    raw = _raw_images(shape)
     x = _torch_input(raw)
-    model = torchvision_model(name, input_shape=(64, 64, 3))
+    model = torchvision_model(name, input_shape=shape)
     load_torch_weights(model, module.state_dict())
     with torch.no_grad():
         expected = module(x).numpy()
-    _assert_close(keras.ops.convert_to_numpy(model(x.numpy().transpose(0, 2, 3, 1), training=False)), expected)
+    _assert_close(
+        keras.ops.convert_to_numpy(model(x.numpy().transpose(0, 2, 3, 1), training=False)), expected
+    )
 
 
 def _attributes(port):
@@ -84,7 +94,9 @@ def test_vgg16_dst_matches_seed_000():
 
 def test_resnet18_gray_matches_seed_001_from_file(tmp_path):
     module = ref.randomize_batch_norm(ref.MTM())
-    assert "backbone.0.weight" in module.state_dict() and "heads.3.fc1.weight" in module.state_dict()
+    assert (
+        "backbone.0.weight" in module.state_dict() and "heads.3.fc1.weight" in module.state_dict()
+    )
     path = tmp_path / "mtm.pth"
     torch.save(module.state_dict(), path)
     raw = _raw_images((64, 64, 1))
@@ -147,7 +159,9 @@ def test_torchvision_checkpoint_seeds_a_model_builder_tower(tmp_path):
         x = _torch_input(raw)
         for child in list(module.children())[:-2]:
             x = child(x)
-    _assert_close(keras.ops.convert_to_numpy(features(raw, training=False)), x.numpy().transpose(0, 2, 3, 1))
+    _assert_close(
+        keras.ops.convert_to_numpy(features(raw, training=False)), x.numpy().transpose(0, 2, 3, 1)
+    )
 
 
 def test_backbone_weights_skip_the_replaced_stem_and_fc(tmp_path):
@@ -158,12 +172,18 @@ def test_backbone_weights_skip_the_replaced_stem_and_fc(tmp_path):
     model = create("resnet18_gray", input_shape=(32, 32, 1), backbone_weights=str(path))
     base = model.get_layer("base")
     expected = module.state_dict()["layer4.1.conv2.weight"].numpy().transpose(2, 3, 1, 0)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(base.get_layer("layer4_1_conv2").kernel), expected)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(base.get_layer("layer4_1_conv2").kernel), expected
+    )
     # conv1 keeps its 1-channel 3x3 shape (and random values); the head is untouched.
     assert tuple(base.get_layer("conv1").kernel.shape) == (3, 3, 1, 64)
     # Another architecture's checkpoint is refused, not partly loaded.
     with pytest.raises(WeightMismatchError) as error:
-        create("resnet18_landmarks", input_shape=(32, 32, 3), backbone_weights=ref.resnext50_32x4d().state_dict())
+        create(
+            "resnet18_landmarks",
+            input_shape=(32, 32, 3),
+            backbone_weights=ref.resnext50_32x4d().state_dict(),
+        )
     assert "layer1.0.conv3.weight" in error.value.unexpected_keys
     assert "... and" in str(error.value)
     assert fresh.count_params() == model.count_params()
@@ -190,7 +210,9 @@ def test_mismatched_state_dict_is_refused_with_every_key_listed(small_resnet):
     assert "extra.weight" in message
     assert "fc.weight: got (10, 512), expected (1000, 512)" in message
     # Nothing is assigned when the load is refused.
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("layer1_0_conv1").kernel), before)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.get_layer("layer1_0_conv1").kernel), before
+    )
 
 
 def test_non_strict_load_reports_what_it_left_out(small_resnet):
@@ -201,7 +223,8 @@ def test_non_strict_load_reports_what_it_left_out(small_resnet):
     assert set(result.missing_keys) == {"fc.weight", "fc.bias"}
     assert result.unexpected_keys == ("extra.weight",)
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(model.get_layer("bn1").moving_variance), state["bn1.running_var"].numpy()
+        keras.ops.convert_to_numpy(model.get_layer("bn1").moving_variance),
+        state["bn1.running_var"].numpy(),
     )
     with pytest.raises(WeightMismatchError, match="fc.weight"):
         load_torch_weights(model, {**state, "fc.weight": torch.zeros(1000, 3)}, strict=False)

@@ -81,7 +81,10 @@ class ResNet(nn.Module):
             )
         layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width) for _ in range(1, blocks)]
+        layers += [
+            block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
+            for _ in range(1, blocks)
+        ]
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -99,7 +102,11 @@ def resnext50_32x4d(num_classes=1000):
 
 
 class VGG(nn.Module):
-    CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    # fmt: off
+    CONFIG = (
+        64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+    )
+    # fmt: on
 
     def __init__(self, num_classes=1000):
         super().__init__()
@@ -113,8 +120,12 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(True),
+            nn.Dropout(),
             nn.Linear(4096, num_classes),
         )
         # Variance-preserving init: under PyTorch's default init VGG16's activations shrink
@@ -140,7 +151,9 @@ class VGG16DST(nn.Module):
     def __init__(self, hidden=512, num_tasks=8):
         super().__init__()
         self.vgg = vgg16()
-        self.fc = nn.Sequential(nn.Linear(1000, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, num_tasks))
+        self.fc = nn.Sequential(
+            nn.Linear(1000, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, num_tasks)
+        )
 
     def forward(self, x):
         return torch.sigmoid(self.fc(self.vgg(x)))
@@ -167,8 +180,12 @@ class MTM(nn.Module):
         resnet18_model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.backbone = nn.Sequential(*list(resnet18_model.children())[:-1])
         self.classifier = nn.Sequential(
-            nn.Linear(512, 4096), nn.ReLU(), nn.Dropout(p=0.5),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(p=0.5),
+            nn.Linear(512, 4096),
+            nn.ReLU(),
+            nn.Dropout(p=0.5),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Dropout(p=0.5),
         )
         self.heads = nn.ModuleList([MTH(4096) for _ in range(8)])
 

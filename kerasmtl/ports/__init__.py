@@ -24,14 +24,19 @@ from kerasmtl.ports.presets import (
     list_ports,
     register_port,
 )
-from kerasmtl.ports.torch_weights import LoadResult, WeightMismatchError, load_torch_weights, read_state_dict
+from kerasmtl.ports.torch_weights import (
+    LoadResult,
+    WeightMismatchError,
+    load_torch_weights,
+    read_state_dict,
+)
 from kerasmtl.ports.torchvision import TORCHVISION_MODELS, torchvision_model
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
+    "TORCHVISION_MODELS",
     "LoadResult",
     "PortSpec",
-    "TORCHVISION_MODELS",
     "TakeColumns",
     "WeightMismatchError",
     "create",

@@ -38,18 +38,18 @@ BatchNormalization runs in inference mode.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import keras
 from keras import layers
 
 from kerasmtl.builder import ModelBuilder
-from kerasmtl.heads import dense_head
 from kerasmtl.layers import ImagePreprocessing
 from kerasmtl.ports.layers import TakeColumns
 from kerasmtl.ports.torchvision import vgg16_classifier, vgg16_features
 from kerasmtl.tasks import Task
 
+# fmt: off
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
     "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
@@ -68,6 +68,7 @@ LANDMARK_COLUMNS = (
     "lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
     "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y",
 )
+# fmt: on
 #: Landmarks as (x, y) divided by the aligned image's width 178 and height 218; left and
 #: right eyes (0, 1) and mouth corners (3, 4) swap under a horizontal flip.
 LANDMARKS = Task("landmarks", "regression", columns=LANDMARK_COLUMNS, flip_pairs=((0, 1), (3, 4)))
@@ -165,7 +166,9 @@ def default_key_map(model_name: str) -> tuple[tuple[str, str], ...]:
     return spec.torch_key_map if spec else ()
 
 
-def create(name: str, input_shape=None, weights=None, backbone_weights=None, **options) -> keras.Model:
+def create(
+    name: str, input_shape=None, weights=None, backbone_weights=None, **options
+) -> keras.Model:
     """Builds the Keras model of preset ``name``.
 
     Args:
@@ -186,7 +189,9 @@ def create(name: str, input_shape=None, weights=None, backbone_weights=None, **o
     shape = tuple(int(d) for d in (input_shape or spec.input_shape))
     model = spec.build(spec, shape, **options)
     if backbone_weights is not None:
-        result = load_torch_weights(model, backbone_weights, strict=False, key_map=(), skip=spec.backbone_skip)
+        result = load_torch_weights(
+            model, backbone_weights, strict=False, key_map=(), skip=spec.backbone_skip
+        )
         if result.unexpected_keys:
             raise ValueError(
                 f"backbone_weights holds keys that port {name!r} has no layer for (another "
@@ -205,7 +210,9 @@ def _assemble(spec, builder: ModelBuilder, top: Callable) -> keras.Model:
     """Raw images -> torch preprocessing -> ``builder``'s tower -> ``top(features)``."""
     tower = builder.build_tower()
     inputs = keras.Input(shape=builder.input_shape, name="images")
-    x = ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")(inputs)
+    x = ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")(
+        inputs
+    )
     return keras.Model(inputs, top(tower(x)), name=spec.name)
 
 
@@ -217,7 +224,9 @@ def _activation(task):
 def _split(x, tasks, units_name):
     """One Dense layer for all binary tasks, split into one named output per task."""
     x = layers.Dense(len(tasks), name=units_name)(x)
-    return {t.name: TakeColumns(i, i + 1, _activation(t), name=t.name)(x) for i, t in enumerate(tasks)}
+    return {
+        t.name: TakeColumns(i, i + 1, _activation(t), name=t.name)(x) for i, t in enumerate(tasks)
+    }
 
 
 def _mlp_head(x, units, hidden, prefix, output_name=None):
@@ -289,93 +298,111 @@ def _binary(names, **kwargs):
     return tuple(Task(n, "binary", classes=("no", "yes"), **kwargs) for n in names)
 
 
-_SEED3_COMMON = dict(
-    build=_build_resnet18_landmarks,
-    input_shape=(224, 224, 3),
-    optimizer="adam",
-    learning_rate=1e-3,
-    early_stopping_patience=2,
-    epochs=15,
-    augmentation="Resize to the input size and ImageNet normalisation; no augmentation.",
+_SEED3_COMMON = {
+    "build": _build_resnet18_landmarks,
+    "input_shape": (224, 224, 3),
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "early_stopping_patience": 2,
+    "epochs": 15,
+    "augmentation": "Resize to the input size and ImageNet normalisation; no augmentation.",
+}
+
+register_port(
+    PortSpec(
+        name="vgg16_dst",
+        source="000: VGG16 (ImageNet) + added fully connected layers, 8 CelebA attributes, "
+        "per-task BCE switched on/off each epoch by dynamic task scheduling.",
+        build=_build_vgg16_dst,
+        tasks=_binary(EIGHT_ATTRIBUTES),
+        input_shape=(224, 224, 3),
+        optimizer="adam",
+        learning_rate=1e-4,
+        task_weighting="dst",
+        epochs=5,
+        augmentation="Resize to the input size and ImageNet normalisation.",
+        torch_key_map=(("vgg.", ""),),
+        backbone_skip=(),
+    )
 )
 
-register_port(PortSpec(
-    name="vgg16_dst",
-    source="000: VGG16 (ImageNet) + added fully connected layers, 8 CelebA attributes, "
-    "per-task BCE switched on/off each epoch by dynamic task scheduling.",
-    build=_build_vgg16_dst,
-    tasks=_binary(EIGHT_ATTRIBUTES),
-    input_shape=(224, 224, 3),
-    optimizer="adam",
-    learning_rate=1e-4,
-    task_weighting="dst",
-    epochs=5,
-    augmentation="Resize to the input size and ImageNet normalisation.",
-    torch_key_map=(("vgg.", ""),),
-    backbone_skip=(),
-))
+register_port(
+    PortSpec(
+        name="resnet18_gray",
+        source="001: ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128 grayscale, "
+        "classifier 512-4096-4096 with dropout, 8 heads, BCE with logits, Adam 0.01.",
+        build=_build_resnet18_gray,
+        tasks=_binary(EIGHT_ATTRIBUTES, from_logits=True),
+        input_shape=(128, 128, 1),
+        optimizer="adam",
+        learning_rate=0.01,
+        epochs=5,
+        augmentation="Resize to 128x128, grayscale, normalise with mean 0.485 and std 0.229.",
+        torch_key_map=(
+            ("backbone.0.", "conv1."),
+            ("backbone.1.", "bn1."),
+            ("backbone.4.", "layer1."),
+            ("backbone.5.", "layer2."),
+            ("backbone.6.", "layer3."),
+            ("backbone.7.", "layer4."),
+            ("classifier.0.", "neck_dense1."),
+            ("classifier.3.", "neck_dense2."),
+        )
+        + tuple(
+            pair
+            for i, name in enumerate(EIGHT_ATTRIBUTES)
+            for pair in ((f"heads.{i}.fc1.", f"{name}.dense1."), (f"heads.{i}.fc2.", f"{name}."))
+        ),
+        backbone_skip=("fc.", "conv1."),
+    )
+)
 
-register_port(PortSpec(
-    name="resnet18_gray",
-    source="001: ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128 grayscale, "
-    "classifier 512-4096-4096 with dropout, 8 heads, BCE with logits, Adam 0.01.",
-    build=_build_resnet18_gray,
-    tasks=_binary(EIGHT_ATTRIBUTES, from_logits=True),
-    input_shape=(128, 128, 1),
-    optimizer="adam",
-    learning_rate=0.01,
-    epochs=5,
-    augmentation="Resize to 128x128, grayscale, normalise with mean 0.485 and std 0.229.",
-    torch_key_map=(
-        ("backbone.0.", "conv1."), ("backbone.1.", "bn1."), ("backbone.4.", "layer1."),
-        ("backbone.5.", "layer2."), ("backbone.6.", "layer3."), ("backbone.7.", "layer4."),
-        ("classifier.0.", "neck_dense1."), ("classifier.3.", "neck_dense2."),
-    ) + tuple(
-        pair
-        for i, name in enumerate(EIGHT_ATTRIBUTES)
-        for pair in ((f"heads.{i}.fc1.", f"{name}.dense1."), (f"heads.{i}.fc2.", f"{name}."))
-    ),
-    backbone_skip=("fc.", "conv1."),
-))
+register_port(
+    PortSpec(
+        name="resnext50_mse",
+        source="002: ResNeXt50_32x4d (ImageNet) with fc = Linear(2048, 40), first 6 children "
+        "frozen, MSE on -1/+1 labels read at threshold 0, Adamax.",
+        build=_build_resnext50_mse,
+        tasks=_binary(CELEBA_ATTRIBUTES, loss="mse"),
+        input_shape=(218, 178, 3),
+        optimizer="adamax",
+        learning_rate=0.002,
+        loss_weights={name: 1.0 / 40 for name in CELEBA_ATTRIBUTES},
+        epochs=12,
+        augmentation="Random horizontal flip; resize to 220 wide x 270 high, then crop back "
+        "to 178 x 218.",
+    )
+)
 
-register_port(PortSpec(
-    name="resnext50_mse",
-    source="002: ResNeXt50_32x4d (ImageNet) with fc = Linear(2048, 40), first 6 children "
-    "frozen, MSE on -1/+1 labels read at threshold 0, Adamax.",
-    build=_build_resnext50_mse,
-    tasks=_binary(CELEBA_ATTRIBUTES, loss="mse"),
-    input_shape=(218, 178, 3),
-    optimizer="adamax",
-    learning_rate=0.002,
-    loss_weights={name: 1.0 / 40 for name in CELEBA_ATTRIBUTES},
-    epochs=12,
-    augmentation="Random horizontal flip; resize to 220 wide x 270 high, then crop back "
-    "to 178 x 218.",
-))
+register_port(
+    PortSpec(
+        name="resnet18_landmarks",
+        source="003: ResNet18 (ImageNet) with an attribute head (3 logits) and a landmark head "
+        "(10 coordinates), loss 50 x BCE + 100 x MSE, Adam 1e-3, early stopping patience 2.",
+        tasks=_binary(SMILE_ATTRIBUTES, from_logits=True) + (LANDMARKS,),
+        loss_weights={**{n: 50.0 / 3 for n in SMILE_ATTRIBUTES}, LANDMARKS.name: 100.0},
+        torch_key_map=(("backbone.", ""), ("landmark_head.2.", "landmarks.")),
+        **_SEED3_COMMON,
+    )
+)
 
-register_port(PortSpec(
-    name="resnet18_landmarks",
-    source="003: ResNet18 (ImageNet) with an attribute head (3 logits) and a landmark head "
-    "(10 coordinates), loss 50 x BCE + 100 x MSE, Adam 1e-3, early stopping patience 2.",
-    tasks=_binary(SMILE_ATTRIBUTES, from_logits=True) + (LANDMARKS,),
-    loss_weights={**{n: 50.0 / 3 for n in SMILE_ATTRIBUTES}, LANDMARKS.name: 100.0},
-    torch_key_map=(("backbone.", ""), ("landmark_head.2.", "landmarks.")),
-    **_SEED3_COMMON,
-))
+register_port(
+    PortSpec(
+        name="resnet18_attributes_only",
+        source="003 baseline: ResNet18 with the attribute head only, BCE with logits.",
+        tasks=_binary(SMILE_ATTRIBUTES, from_logits=True),
+        loss_weights={n: 1.0 / 3 for n in SMILE_ATTRIBUTES},
+        torch_key_map=(("backbone.", ""),),
+        **_SEED3_COMMON,
+    )
+)
 
-register_port(PortSpec(
-    name="resnet18_attributes_only",
-    source="003 baseline: ResNet18 with the attribute head only, BCE with logits.",
-    tasks=_binary(SMILE_ATTRIBUTES, from_logits=True),
-    loss_weights={n: 1.0 / 3 for n in SMILE_ATTRIBUTES},
-    torch_key_map=(("backbone.", ""),),
-    **_SEED3_COMMON,
-))
-
-register_port(PortSpec(
-    name="resnet18_landmarks_only",
-    source="003 baseline: ResNet18 with the landmark head only, MSE.",
-    tasks=(LANDMARKS,),
-    torch_key_map=(("backbone.", ""), ("head.2.", "landmarks.")),
-    **_SEED3_COMMON,
-))
+register_port(
+    PortSpec(
+        name="resnet18_landmarks_only",
+        source="003 baseline: ResNet18 with the landmark head only, MSE.",
+        tasks=(LANDMARKS,),
+        torch_key_map=(("backbone.", ""), ("head.2.", "landmarks.")),
+        **_SEED3_COMMON,
+    )
+)

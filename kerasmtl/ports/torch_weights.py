@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -76,7 +76,9 @@ class WeightMismatchError(ValueError):
         prefixes = {key.split(".", 1)[0] for key in unexpected}
         if missing and len(prefixes) == 1 and all("." in key for key in unexpected):
             prefix = f"{prefixes.pop()}."
-            lines.append(f"Every unexpected key starts with {prefix!r}: key_map=[({prefix!r}, '')] drops it.")
+            lines.append(
+                f"Every unexpected key starts with {prefix!r}: key_map=[({prefix!r}, '')] drops it."
+            )
         super().__init__("\n".join(lines))
 
 
@@ -144,7 +146,9 @@ def weighted_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
         if not layer.weights:
             continue
         if layer.name in found:
-            raise ValueError(f"Two layers holding weights are named {layer.name!r} in {model.name!r}.")
+            raise ValueError(
+                f"Two layers holding weights are named {layer.name!r} in {model.name!r}."
+            )
         found[layer.name] = layer
     return found
 
@@ -158,7 +162,7 @@ def keras_layer_name(module_path: str, key_map: Sequence[tuple[str, str]] = ()) 
     dotted = module_path + "."
     for old, new in key_map:
         if dotted.startswith(old):
-            dotted = new + dotted[len(old):]
+            dotted = new + dotted[len(old) :]
             break
     return dotted[:-1].replace(".", "_")
 
@@ -245,4 +249,3 @@ def _rule_for(layer, param):
         if torch_param == param and variable is not None:
             return variable, axes
     return None
-

@@ -19,10 +19,19 @@ from keras import layers
 from kerasmtl.towers.resnet import resnet_features
 
 #: VGG16 ``features``: channels per 3x3 conv, "M" for 2x2 max pooling.
-VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+# fmt: off
+VGG16_CONFIG = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)
+# fmt: on
 _RESNETS = {
-    "resnet18": dict(block="basic", blocks=(2, 2, 2, 2)),
-    "resnext50_32x4d": dict(block="bottleneck", blocks=(3, 4, 6, 3), groups=32, base_width=4),
+    "resnet18": {"block": "basic", "blocks": (2, 2, 2, 2)},
+    "resnext50_32x4d": {
+        "block": "bottleneck",
+        "blocks": (3, 4, 6, 3),
+        "groups": 32,
+        "base_width": 4,
+    },
 }
 TORCHVISION_MODELS = tuple(_RESNETS) + ("vgg16",)
 
@@ -44,7 +53,9 @@ def vgg16_features(inputs, prefix="features"):
             x = layers.MaxPooling2D(2, name=f"{prefix}_{index}")(x)
             index += 1
         else:  # Conv2d at index, ReLU at index + 1
-            x = layers.Conv2D(item, 3, padding="same", activation="relu", name=f"{prefix}_{index}")(x)
+            x = layers.Conv2D(item, 3, padding="same", activation="relu", name=f"{prefix}_{index}")(
+                x
+            )
             index += 2
     return x
 
@@ -71,7 +82,9 @@ def vgg16_classifier(features, num_classes=1000, dropout=0.5, prefix="classifier
     return layers.Dense(num_classes, name=f"{prefix}_6")(x)
 
 
-def torchvision_model(name: str, input_shape=(224, 224, 3), weights=None, num_classes=1000) -> keras.Model:
+def torchvision_model(
+    name: str, input_shape=(224, 224, 3), weights=None, num_classes=1000
+) -> keras.Model:
     """Builds a complete torchvision classifier in Keras.
 
     Args:

@@ -56,7 +56,13 @@ def torch_padded_conv(x, filters, kernel, stride, name, groups=1, use_bias=False
     else:
         padding = "same" if pad else "valid"
     return layers.Conv2D(
-        filters, kernel, strides=stride, padding=padding, groups=groups, use_bias=use_bias, name=name
+        filters,
+        kernel,
+        strides=stride,
+        padding=padding,
+        groups=groups,
+        use_bias=use_bias,
+        name=name,
     )(x)
 
 
