@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerasmtl.callbacks import OneCycle
+from kerasmtl.callbacks import OneCycle, has_momentum
 
 CONFIGS = [
     dict(max_lr=0.1, total_steps=100),
@@ -177,6 +177,8 @@ def test_optimizer_requirements():
     with pytest.raises(TypeError, match="float learning_rate"):
         model.fit(x, y, verbose=0, callbacks=[OneCycle(0.1, total_steps=5)])
 
+    assert has_momentum(keras.optimizers.Nadam()) and has_momentum(keras.optimizers.SGD(momentum=0.9))
+    assert not has_momentum(keras.optimizers.SGD()) and not has_momentum(keras.optimizers.Adagrad())
     model = _linear_model(keras.optimizers.SGD(0.1), np.zeros((3, 1), "float32"))
     with pytest.raises(ValueError, match="momentum > 0"):
         model.fit(x, y, verbose=0, callbacks=[OneCycle(0.1, total_steps=5)])

@@ -10,13 +10,14 @@ from kerasmtl.callbacks.lr_range_test import (
     suggest_steep,
     suggest_valley,
 )
-from kerasmtl.callbacks.one_cycle import OneCycle
+from kerasmtl.callbacks.one_cycle import OneCycle, has_momentum
 
 __all__ = [
     "LRRangeTest",
     "LRRangeTestResult",
     "OneCycle",
     "SUGGESTION_RULES",
+    "has_momentum",
     "lr_range_test",
     "schedules",
     "suggest_minimum",

@@ -82,6 +82,13 @@ def momentum_attribute(optimizer) -> str | None:
     return None
 
 
+def has_momentum(optimizer) -> bool:
+    """Whether `OneCycle` can cycle this optimizer's momentum: it has a non-zero
+    ``beta_1`` or ``momentum`` (an SGD built with ``momentum=0`` has no momentum slots)."""
+    name = momentum_attribute(optimizer)
+    return name is not None and float(getattr(_inner_optimizer(optimizer), name)) != 0.0
+
+
 class OneCycle(keras.callbacks.Callback):
     """Sets the learning rate and momentum of every training step by the one-cycle policy.
 
@@ -260,7 +267,7 @@ class OneCycle(keras.callbacks.Callback):
             return
         name = momentum_attribute(optimizer)
         inner = _inner_optimizer(optimizer)
-        if name is None or float(getattr(inner, name)) == 0.0:
+        if not has_momentum(optimizer):
             raise ValueError(
                 "cycle_momentum=True needs an optimizer with momentum > 0 (SGD, RMSprop) or "
                 f"beta_1 (Adam family, Lion); or pass cycle_momentum=False. Received: "
