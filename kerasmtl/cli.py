@@ -45,6 +45,8 @@ class TrainConfig:
     lr: float = 2e-3
     lr_schedule: str = "cosine"
     optimizer: str = "adam"
+    lr_find: bool = False
+    one_cycle: bool = False
     seed: int = 0
     out: str | None = None
     verbose: int = 1
@@ -88,6 +90,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=float, help=f"learning rate (default {_DEFAULTS.lr})")
     group.add_argument("--lr-schedule", choices=("constant", "cosine"), help="constant, or cosine decay to 0 over the run (default cosine)")
     group.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help=f"(default {_DEFAULTS.optimizer})")
+    group.add_argument("--lr-find", action=argparse.BooleanOptionalAction, help="run an LR range test first and train with its suggestion (replaces --lr)")
+    group.add_argument("--one-cycle", action=argparse.BooleanOptionalAction, help="one-cycle policy peaking at --lr, with momentum cycling (replaces --lr-schedule)")
     group.add_argument("--seed", type=int, help="random seed of split, shuffling, augmentation and weights")
     group.add_argument("--out", help="run folder (default runs/<dataset>-<base>-seed<seed>)")
     group.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras verbosity: 1 progress bar, 2 one line per epoch")
