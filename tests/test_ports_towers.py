@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 from kerasmtl import ModelBuilder, Task
-from kerasmtl.ports import TakeColumns, create, get_port_spec, list_ports, torchvision_model
+from kerasmtl.ports import (
+    TakeColumns,
+    create,
+    get_port_spec,
+    list_ports,
+    read_state_dict,
+    torchvision_model,
+)
 from kerasmtl.towers import create_tower, get_tower_spec
 
 # torchvision parameter counts with the 1000-class fc (BatchNorm running statistics are
@@ -190,3 +199,11 @@ def test_take_columns_validates_its_range():
     np.testing.assert_allclose(out, 1 / (1 + np.exp(-np.array([[0.0, 2.0]]))), atol=1e-6)
     with pytest.raises(ValueError, match="start < stop"):
         TakeColumns(3, 3)
+
+
+def test_reading_a_checkpoint_without_torch_says_how_to_install_it(tmp_path, monkeypatch):
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
+    with pytest.raises(ImportError, match=r"pip install kerasmtl\[torch\]"):
+        read_state_dict(str(path))

@@ -82,7 +82,7 @@ def _attributes(port):
     return [t.name for t in get_port_spec(port).tasks]
 
 
-def test_vgg16_dst_matches_seed_000():
+def test_vgg16_dst_matches_its_pytorch_model():
     module = ref.randomize_batch_norm(ref.VGG16DST())
     raw = _raw_images((64, 64, 3))
     model = create("vgg16_dst", input_shape=(64, 64, 3))
@@ -92,7 +92,7 @@ def test_vgg16_dst_matches_seed_000():
     _assert_close(_keras_outputs(model, raw, _attributes("vgg16_dst")), expected)
 
 
-def test_resnet18_gray_matches_seed_001_from_file(tmp_path):
+def test_resnet18_gray_matches_its_pytorch_model_from_file(tmp_path):
     module = ref.randomize_batch_norm(ref.MTM())
     assert (
         "backbone.0.weight" in module.state_dict() and "heads.3.fc1.weight" in module.state_dict()
@@ -106,7 +106,7 @@ def test_resnet18_gray_matches_seed_001_from_file(tmp_path):
     _assert_close(_keras_outputs(model, raw, _attributes("resnet18_gray")), expected)
 
 
-def test_resnext50_mse_matches_seed_002():
+def test_resnext50_mse_matches_its_pytorch_model():
     module = ref.randomize_batch_norm(ref.resnext50_40())
     raw = _raw_images((64, 64, 3))
     model = create("resnext50_mse", input_shape=(64, 64, 3))
@@ -116,7 +116,7 @@ def test_resnext50_mse_matches_seed_002():
     _assert_close(_keras_outputs(model, raw, _attributes("resnext50_mse")), expected)
 
 
-def test_resnext50_mse_trains_what_seed_002_trains():
+def test_resnext50_mse_trains_what_its_pytorch_model_trains():
     """Freezing the first 6 children leaves layer3, layer4 and fc trainable."""
     module = ref.resnext50_40()
     for child in list(module.children())[:6]:
@@ -135,7 +135,7 @@ def test_resnext50_mse_trains_what_seed_002_trains():
         ("resnet18_landmarks_only", lambda: ref.SingleTaskCelebAModel(10)),
     ],
 )
-def test_resnet18_landmark_ports_match_seed_003(port, factory):
+def test_resnet18_landmark_ports_match_their_pytorch_models(port, factory):
     module = ref.randomize_batch_norm(factory())
     raw = _raw_images((64, 64, 3))
     model = create(port, input_shape=(64, 64, 3))

@@ -146,7 +146,7 @@ def vgg16(num_classes=1000):
 
 # ------------------------------------------------------------ the source models
 class VGG16DST(nn.Module):
-    """000: VGG16 (to its 1000 logits) + added fully connected layers, 8 sigmoids."""
+    """vgg16_dst: VGG16 (to its 1000 logits) + added fully connected layers, 8 sigmoids."""
 
     def __init__(self, hidden=512, num_tasks=8):
         super().__init__()
@@ -160,7 +160,7 @@ class VGG16DST(nn.Module):
 
 
 class MTH(nn.Module):
-    """001: one task head, as in the source text."""
+    """resnet18_gray: one task head, as in the source text."""
 
     def __init__(self, input_dim):
         super().__init__()
@@ -172,7 +172,7 @@ class MTH(nn.Module):
 
 
 class MTM(nn.Module):
-    """001: ResNet18 backbone with a 1-channel 3x3 stem, classifier and 8 heads."""
+    """resnet18_gray: ResNet18 backbone with a 1-channel 3x3 stem, classifier and 8 heads."""
 
     def __init__(self):
         super().__init__()
@@ -196,7 +196,7 @@ class MTM(nn.Module):
 
 
 def resnext50_40():
-    """002: ResNeXt50_32x4d with its fc replaced by Linear(2048, 40)."""
+    """resnext50_mse: ResNeXt50_32x4d with its fc replaced by Linear(2048, 40)."""
     model = resnext50_32x4d()
     model.fc = nn.Linear(2048, 40)
     return model
@@ -207,7 +207,7 @@ def _mlp(hidden, units):
 
 
 class MultiTaskCelebAModel(nn.Module):
-    """003: shared ResNet18, attribute head (3 logits) and landmark head (10 values)."""
+    """resnet18_landmarks: shared ResNet18, attribute head (3 logits) and landmark head (10 values)."""
 
     def __init__(self, hidden=256):
         super().__init__()
@@ -222,7 +222,7 @@ class MultiTaskCelebAModel(nn.Module):
 
 
 class SingleTaskCelebAModel(nn.Module):
-    """003 baselines: ResNet18 and one head."""
+    """resnet18_landmarks baselines: ResNet18 and one head."""
 
     def __init__(self, units, hidden=256):
         super().__init__()

@@ -10,25 +10,25 @@ keeps that layer whole and splits its columns into one named output per attribut
 (`TakeColumns`), so the imported weights are exact.
 
 =====================  ============================================================
-``vgg16_dst``           000: torchvision VGG16 (to its 1000 logits) + ``fc``
+``vgg16_dst``           torchvision VGG16 (to its 1000 logits) + ``fc``
                         (Linear(1000, 512)-ReLU-Dropout-Linear(512, 8)), sigmoid per
                         attribute, BCE, dynamic task scheduling ("dst").
-``resnet18_gray``       001: ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128
+``resnet18_gray``       ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128
                         grayscale, classifier 512-4096-4096 (ReLU, Dropout 0.5), 8 heads
                         Linear(4096, 512)-ReLU-Linear(512, 1), BCE with logits, Adam 0.01.
-``resnext50_mse``       002: ResNeXt50_32x4d with ``fc = Linear(2048, 40)``, first 6
+``resnext50_mse``       ResNeXt50_32x4d with ``fc = Linear(2048, 40)``, first 6
                         children frozen, MSE on -1/+1 targets (threshold 0), Adamax.
-``resnet18_landmarks``  003: ResNet18 + attribute head (3 logits) + landmark head (10
+``resnet18_landmarks``  ResNet18 + attribute head (3 logits) + landmark head (10
                         normalised coordinates), loss 50 x BCE + 100 x MSE, Adam 1e-3,
                         early stopping patience 2; with its single-task baselines
                         ``resnet18_attributes_only`` and ``resnet18_landmarks_only``.
 =====================  ============================================================
 
-Choices where the source text is silent (all overridable): the 8 attributes of 000 are
-those listed in 001; 000's added layers and their 512 width; 000's optimizer (Adam 1e-4)
-and input size (224x224); 002's learning rate (PyTorch's Adamax default 0.002); 003's
-hidden width (256), input size (224x224) and module names (``backbone``, ``attr_head``,
-``landmark_head``; the baselines use ``backbone`` + ``head``).
+Choices where the source text is silent (all overridable): ``vgg16_dst``'s 8 attributes
+are those of ``resnet18_gray``, its added layers and their width 512, its optimizer (Adam
+1e-4) and input size (224x224); ``resnext50_mse``'s learning rate (PyTorch's Adamax default
+0.002); ``resnet18_landmarks``'s hidden width (256), input size (224x224) and module names
+(``backbone``, ``attr_head``, ``landmark_head``; the baselines use ``backbone`` + ``head``).
 
 Freezing differs in one respect: ``requires_grad = False`` in PyTorch leaves BatchNorm
 layers updating their running statistics in train mode, while a frozen Keras
@@ -87,7 +87,7 @@ class PortSpec:
         optimizer: Keras optimizer class name.
         learning_rate: its learning rate.
         loss_weights: per-task weights reproducing the source's total loss (None: all 1).
-        task_weighting: ``"static"`` or ``"dst"`` (dynamic task scheduling, seed 000).
+        task_weighting: ``"static"`` or ``"dst"`` (dynamic task scheduling).
         early_stopping_patience: epochs of patience on ``val_loss``, or None.
         epochs: epochs the source trained for.
         augmentation: the source's input pipeline, in words.
@@ -311,7 +311,7 @@ _SEED3_COMMON = {
 register_port(
     PortSpec(
         name="vgg16_dst",
-        source="000: VGG16 (ImageNet) + added fully connected layers, 8 CelebA attributes, "
+        source="VGG16 (ImageNet) + added fully connected layers, 8 CelebA attributes, "
         "per-task BCE switched on/off each epoch by dynamic task scheduling.",
         build=_build_vgg16_dst,
         tasks=_binary(EIGHT_ATTRIBUTES),
@@ -329,7 +329,7 @@ register_port(
 register_port(
     PortSpec(
         name="resnet18_gray",
-        source="001: ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128 grayscale, "
+        source="ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128 grayscale, "
         "classifier 512-4096-4096 with dropout, 8 heads, BCE with logits, Adam 0.01.",
         build=_build_resnet18_gray,
         tasks=_binary(EIGHT_ATTRIBUTES, from_logits=True),
@@ -360,7 +360,7 @@ register_port(
 register_port(
     PortSpec(
         name="resnext50_mse",
-        source="002: ResNeXt50_32x4d (ImageNet) with fc = Linear(2048, 40), first 6 children "
+        source="ResNeXt50_32x4d (ImageNet) with fc = Linear(2048, 40), first 6 children "
         "frozen, MSE on -1/+1 labels read at threshold 0, Adamax.",
         build=_build_resnext50_mse,
         tasks=_binary(CELEBA_ATTRIBUTES, loss="mse"),
@@ -377,7 +377,7 @@ register_port(
 register_port(
     PortSpec(
         name="resnet18_landmarks",
-        source="003: ResNet18 (ImageNet) with an attribute head (3 logits) and a landmark head "
+        source="ResNet18 (ImageNet) with an attribute head (3 logits) and a landmark head "
         "(10 coordinates), loss 50 x BCE + 100 x MSE, Adam 1e-3, early stopping patience 2.",
         tasks=_binary(SMILE_ATTRIBUTES, from_logits=True) + (LANDMARKS,),
         loss_weights={**{n: 50.0 / 3 for n in SMILE_ATTRIBUTES}, LANDMARKS.name: 100.0},
@@ -389,7 +389,7 @@ register_port(
 register_port(
     PortSpec(
         name="resnet18_attributes_only",
-        source="003 baseline: ResNet18 with the attribute head only, BCE with logits.",
+        source="Baseline of resnet18_landmarks: ResNet18 with the attribute head only, BCE with logits.",
         tasks=_binary(SMILE_ATTRIBUTES, from_logits=True),
         loss_weights={n: 1.0 / 3 for n in SMILE_ATTRIBUTES},
         torch_key_map=(("backbone.", ""),),
@@ -400,7 +400,7 @@ register_port(
 register_port(
     PortSpec(
         name="resnet18_landmarks_only",
-        source="003 baseline: ResNet18 with the landmark head only, MSE.",
+        source="Baseline of resnet18_landmarks: ResNet18 with the landmark head only, MSE.",
         tasks=(LANDMARKS,),
         torch_key_map=(("backbone.", ""), ("head.2.", "landmarks.")),
         **_SEED3_COMMON,
