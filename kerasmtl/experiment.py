@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl.builder import ModelBuilder
+from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
 from kerasmtl.cli import TrainConfig, build_parser, parse_config
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.person import load_hvc
@@ -101,8 +102,9 @@ def model_builder(config: TrainConfig, tasks: Sequence[Task]) -> ModelBuilder:
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
-    """The optimizer's learning rate: a float, or a cosine decay over the whole run."""
-    if config.lr_schedule == "constant":
+    """The optimizer's learning rate: a float, or a cosine decay over the whole run
+    (``--one-cycle`` needs a float: its callback sets the rate every step)."""
+    if config.lr_schedule == "constant" or config.one_cycle:
         return config.lr
     if config.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, config.epochs * steps_per_epoch))
@@ -134,7 +136,11 @@ def write_report(run: RunFolder, reports: dict, tasks: Sequence[Task]) -> str:
 
 def build_callbacks(config: TrainConfig, run: RunFolder, data: PreparedData, model: keras.Model) -> list:
     """The callbacks of a training run, in the order Keras calls them."""
-    return [
+    callbacks = []
+    if config.one_cycle:  # first, so CSVLogger records the lr and momentum it publishes
+        steps = config.epochs * len(data.train_data)
+        callbacks.append(OneCycle(config.lr, total_steps=steps, cycle_momentum=has_momentum(model.optimizer)))
+    return callbacks + [
         keras.callbacks.CSVLogger(str(run.file("history.csv"))),
         keras.callbacks.ModelCheckpoint(str(run.file("checkpoint.keras"))),
     ]
@@ -156,6 +162,32 @@ def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: k
     return reports
 
 
+def find_learning_rate(
+    config: TrainConfig, data: PreparedData, model: keras.Model, run: RunFolder, **test_kwargs
+) -> LRRangeTestResult:
+    """Runs the LR range test on the training data, leaving the model and the data's epoch as
+    they were; writes ``lr_find.csv`` and ``lr_find.png`` and prints the suggestions.
+
+    Args:
+        config: the run's config (optimizer).
+        data: the prepared data.
+        model: the built model; compiled here with ``config.optimizer``.
+        run: the run folder.
+        **test_kwargs: options of `kerasmtl.callbacks.lr_range_test` (min_lr, max_lr, steps...).
+
+    Returns:
+        The range test's result.
+    """
+    compile_model(model, data.tasks, make_optimizer(config.optimizer, config.lr))
+    result = lr_range_test(model, data.train_data, **test_kwargs)
+    data.train_data.set_epoch(0)
+    result.to_csv(run.file("lr_find.csv"))
+    result.plot(run.file("lr_find.png"))
+    suggestions = ", ".join(f"{rule} {lr:.3g}" for rule, lr in result.suggestions.items())
+    print(f"LR range test: {len(result.lrs)} steps ({result.stop_reason}); suggestions: {suggestions}")
+    return result
+
+
 def run_training(config: TrainConfig) -> RunFolder:
     """Trains a model as ``config`` says and writes its run folder.
 
@@ -171,6 +203,8 @@ def run_training(config: TrainConfig) -> RunFolder:
     run.write_yaml("config.yaml", config.to_dict() | {"resolved_data": data.source})
     run.write_json("tasks.json", [t.to_dict() for t in data.tasks])
     model = model_builder(config, data.tasks).build()
+    if config.lr_find:
+        config = dataclasses.replace(config, lr=find_learning_rate(config, data, model, run).suggest())
     compile_model(model, data.tasks, make_optimizer(config.optimizer, learning_rate(config, len(data.train_data))))
     model.fit(
         data.train_data,
