@@ -171,11 +171,14 @@ class LRRangeTestResult:
                 lr = self.suggest(rule)
                 y = np.interp(np.log(lr), np.log(lrs), smoothed)
                 ax.plot([lr], [y], "o", color=f"C{i + 1}", ms=8, label=f"{rule}: {lr:.2e}")
-            finite = self.smoothed[np.isfinite(self.smoothed)]
-            if finite.size:
+            values = np.concatenate([self.losses, self.smoothed])
+            values = values[np.isfinite(values)]
+            if values.size and np.isfinite(self.smoothed[0]):
                 # Keep the divergence spike from flattening the interesting part.
-                top = min(finite.max(), finite[0] + 2 * (finite[0] - finite.min()) + 1e-12)
-                ax.set_ylim(finite.min() - 0.05 * abs(top - finite.min()), top)
+                bottom = values.min()
+                top = min(values.max(), self.smoothed[0] + 2 * (self.smoothed[0] - bottom))
+                if top > bottom:
+                    ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.05 * (top - bottom))
             ax.set_xscale("log")
             ax.set_xlabel("learning rate")
             ax.set_ylabel("training loss")
