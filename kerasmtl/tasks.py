@@ -140,7 +140,7 @@ class Task:
     @property
     def activation(self) -> str:
         """Activation of the output layer."""
-        if self.kind == "regression" or self.from_logits:
+        if self.kind == "regression" or self.from_logits or self.loss == "mse":
             return "linear"
         return "sigmoid" if self.kind == "binary" else "softmax"
 

@@ -57,3 +57,9 @@ def test_inconsistent_descriptions_are_rejected(kwargs, message):
 def test_to_dict_round_trip(mixed_tasks):
     for task in mixed_tasks:
         assert Task.from_dict(task.to_dict()) == task
+
+
+def test_mse_binary_task_has_a_linear_output_read_at_zero():
+    task = Task("smiling", "binary", ("no", "yes"), loss="mse")
+    assert task.activation == "linear" and task.threshold == 0.0
+    assert task.decode(np.array([[-0.9], [0.2]])) == ["no", "yes"]
