@@ -39,15 +39,36 @@ def presence_mask(y_true, kind: str):
     return ops.cast(ops.not_equal(y, MISSING), "float32")
 
 
+def _global_present(present):
+    """``(labels present in the global batch, replicas in sync)``.
+
+    Under a ``tf.distribute`` strategy each replica sees a slice of the global batch and
+    Keras sums the replicas' gradients; the count of present labels is summed over the
+    replicas so every replica divides by the same global count. Without a strategy (or
+    on other backends) this is ``(present, 1)``.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return present, 1.0
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return present, 1.0
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(present))
+    return total, float(context.num_replicas_in_sync)
+
+
 def _masked_mean(per_sample, mask):
     """Mean over present samples, returned per sample so Keras's mean reduction holds.
 
-    Keras reduces a per-sample loss with ``sum / batch_size``; scaling each present value
-    by ``batch_size / n_present`` turns that into ``sum / n_present``.
+    Keras reduces a per-sample loss with ``sum / batch_size`` (then divides by the number
+    of replicas under a distribution strategy); scaling each present value by
+    ``batch_size * replicas / n_present`` (``n_present`` counted over the global batch)
+    turns that into ``sum / n_present`` over the global batch.
     """
     batch = ops.cast(ops.shape(mask)[0], "float32")
-    present = ops.sum(mask)
-    scale = batch / ops.maximum(present, 1.0)
+    present, replicas = _global_present(ops.sum(mask))
+    scale = batch * replicas / ops.maximum(present, 1.0)
     return per_sample * mask * scale
 
 
