@@ -200,3 +200,25 @@ def test_optimizer_requirements():
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OneCycle(**{"max_lr": 0.1, "total_steps": 10, **kwargs})
+
+
+@pytest.mark.slow  # ~30 s: a 100-step range test, then training and evaluation
+def test_training_flow_with_lr_find_and_one_cycle(hvc_folder, tmp_path):
+    import pandas as pd
+
+    from kerasmtl.callbacks import LRRangeTestResult
+    from kerasmtl.cli import TrainConfig
+    from kerasmtl.experiment import prepare_data, run_training
+
+    config = TrainConfig(data=str(hvc_folder), image_size=32, width=8, batch_size=16, epochs=2,
+                         lr_find=True, one_cycle=True, out=str(tmp_path / "run"), verbose=0)
+    run = run_training(config)
+    curve = pd.read_csv(run.file("lr_find.csv"))
+    suggestion = LRRangeTestResult(curve["lr"].values, curve["loss"].values, curve["smoothed_loss"].values,
+                                   100, "completed").suggest()
+    steps_per_epoch = len(prepare_data(config).train_data)
+    cycle = OneCycle(suggestion, total_steps=2 * steps_per_epoch)
+    history = pd.read_csv(run.file("history.csv"))
+    expected = [cycle.values(steps_per_epoch * (e + 1) - 1) for e in range(2)]
+    np.testing.assert_allclose(history["lr"], [lr for lr, _ in expected], rtol=1e-6)
+    np.testing.assert_allclose(history["beta_1"], [m for _, m in expected], rtol=1e-6)
