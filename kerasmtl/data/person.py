@@ -15,13 +15,17 @@ which the dataset's own description lists the labels; it does not depend on the 
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.tables import resolve_image_paths
+from kerasmtl.data.validate import find_duplicates
 from kerasmtl.tasks import Task
 
 ANNOTATIONS = "hvc_annotations.csv"
@@ -60,41 +64,60 @@ def hvc_tasks() -> list[Task]:
     return tasks
 
 
-def read_hvc_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
-    """Reads and validates an hvc annotations CSV.
-
-    Args:
-        csv_path: path of ``hvc_annotations.csv``.
+def _read_rows(csv_path: Path) -> tuple[list[str], list[list[str]], list[int], list[tuple]]:
+    """Reads a CSV file with the `csv` module, keeping each row's line number.
 
     Returns:
-        The table with the CSV's columns, every value a stripped string, and the CSV
-        line number of each row in column ``csv_line`` (header = line 1).
-
-    Raises:
-        DataError: empty file, missing columns, or labels outside `HVC_CLASSES`,
-            naming the file, column and rows.
+        ``(header, rows, lines, problems)``: rows whose field count differs from the
+        header's are left out and become ``(file, line, reason)`` problems.
     """
-    csv_path = Path(csv_path)
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{csv_path}: not UTF-8 text ({error})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header, rows, lines, problems = None, [], [], []
+    previous = 0
+    try:
+        for fields in reader:
+            first, previous = previous + 1, reader.line_num
+            if not fields or all(not f.strip() for f in fields):
+                continue  # blank line
+            if header is None:
+                header = [f.strip() for f in fields]
+                continue
+            while len(fields) > len(header) and not fields[-1].strip():
+                fields = fields[:-1]  # trailing commas
+            if len(fields) != len(header):
+                problems.append((str(csv_path), first, f"row has {len(fields)} field(s); the header has {len(header)}"))
+                continue
+            rows.append([f.strip() for f in fields])
+            lines.append(first)
+    except csv.Error as error:
+        raise DataError(f"{csv_path}: line {reader.line_num}: not a valid CSV file ({error})") from None
+    if header is None:
+        raise DataError(f"{csv_path}: the file is empty; expected a header {','.join(HVC_COLUMNS)}")
+    return header, rows, lines, problems
+
+
+def _read_hvc_table(csv_path: Path) -> tuple[pd.DataFrame, list[tuple]]:
+    """Reads an hvc CSV; file-level problems raise, row-level ones are returned."""
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: annotations file not found (expected {ANNOTATIONS}).")
-    try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{csv_path}: the file is empty; expected a header {','.join(HVC_COLUMNS)}") from None
-    except pd.errors.ParserError as error:
-        raise DataError(f"{csv_path}: not a valid CSV file ({error})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in HVC_COLUMNS if c not in frame.columns]
+    header, rows, lines, problems = _read_rows(csv_path)
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"{csv_path}: column(s) {repeated} appear more than once in the header. Received columns: {header}")
+    missing = [c for c in HVC_COLUMNS if c not in header]
     if missing:
         raise DataError(
             f"{csv_path}: missing column(s) {missing}; an hvc annotations file has the columns "
-            f"{list(HVC_COLUMNS)}. Received columns: {list(frame.columns)}"
+            f"{list(HVC_COLUMNS)}. Received columns: {header}"
         )
-    if frame.empty:
+    if not rows and not problems:
         raise DataError(f"{csv_path}: the file has a header but no rows.")
-    frame = frame.apply(lambda column: column.str.strip())
-    frame["csv_line"] = frame.index + 2
-    problems = []
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    frame["csv_line"] = np.asarray(lines, dtype=np.int64)
     for column, classes in HVC_CLASSES.items():
         bad = frame.loc[~frame[column].isin(classes), [column, "csv_line"]]
         for value, line in bad.itertuples(index=False):
@@ -103,9 +126,59 @@ def read_hvc_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
             )
     empty_paths = frame.loc[frame["image_path"] == "", "csv_line"]
     problems += [(str(csv_path), int(line), "column 'image_path' is empty") for line in empty_paths]
+    named = frame["image_path"].map(lambda p: os.path.normpath(p) if p else None)
+    problems += find_duplicates(named.tolist(), frame["csv_line"].tolist(), frame[list(HVC_CLASSES)], str(csv_path))
+    problems.sort(key=lambda p: p[1])
+    return frame, problems
+
+
+def read_hvc_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
+    """Reads and validates an hvc annotations CSV.
+
+    Args:
+        csv_path: path of ``hvc_annotations.csv``.
+
+    Returns:
+        The table with the CSV's columns, every value a stripped string, and the CSV
+        line number of each row in column ``csv_line`` (header = line 1; blank lines
+        and quoted line breaks are counted).
+
+    Raises:
+        DataError: empty file, missing or repeated columns, rows with the wrong number
+            of fields, labels outside `HVC_CLASSES`, empty image paths, or an image
+            listed twice, naming the file, column and rows.
+    """
+    csv_path = Path(csv_path)
+    frame, problems = _read_hvc_table(csv_path)
     if problems:
         raise DataError(f"{csv_path}: {len(problems)} invalid value(s) (row = CSV line number)", problems)
     return frame
+
+
+def scan_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task], list[tuple]]:
+    """Reads a person-attributes folder without stopping at bad rows.
+
+    For a check of the whole dataset before training (`kerasmtl.data.validate`):
+    file-level problems still raise, but row-level ones are returned so that all of
+    them can be listed, or the rows left out.
+
+    Args:
+        folder: the folder holding ``hvc_annotations.csv``.
+
+    Returns:
+        ``(table, tasks, problems)``: the rows with the right number of fields, an
+        absolute ``path`` column (not yet checked: it may lie outside the folder or
+        not exist), the tasks, and the ``(file, row, reason)`` problems found.
+
+    Raises:
+        DataError: no annotations file, empty file, missing or repeated columns.
+    """
+    folder = Path(folder)
+    csv_path = folder / ANNOTATIONS
+    frame, problems = _read_hvc_table(csv_path)
+    root = folder.resolve()
+    frame["path"] = [str(root / p) for p in frame["image_path"]]
+    return frame, hvc_tasks(), problems
 
 
 def load_hvc(folder: str | os.PathLike, check_files: bool = True) -> tuple[pd.DataFrame, list[Task]]:

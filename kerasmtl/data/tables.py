@@ -43,7 +43,12 @@ def resolve_image_paths(
     root = Path(folder).resolve()
     resolved, problems = [], []
     for relative, row in zip(relative_paths, rows):
-        path = (root / str(relative)).resolve()
+        try:
+            path = (root / str(relative)).resolve()
+        except (OSError, ValueError, RuntimeError) as error:  # e.g. a NUL byte, a symlink loop
+            problems.append((str(source), int(row), f"image path {relative!r} is not a valid path ({error})"))
+            resolved.append(str(relative))
+            continue
         if root not in path.parents:
             problems.append((str(source), int(row), f"image path {relative!r} resolves outside {root}"))
         elif check_files and not path.is_file():

@@ -1,0 +1,433 @@
+"""One pass over a dataset table before training: every row must be usable.
+
+Any table with an image ``path`` column and one column per task label (what every loader
+of the package returns) can be checked. A row is rejected when:
+
+- its image path is empty, not a valid path, or resolves outside the dataset folder
+  (``../../etc/passwd``, an absolute path elsewhere, a symbolic link leading out);
+- the same image is listed again (keeping the first row when the labels agree, rejecting
+  every copy when they disagree);
+- a label is not one of its task's classes, or a regression value is not a finite number;
+- the image file is missing, is not an image, cannot be decoded to the end (a truncated
+  JPEG counts: OpenCV would decode it silently with grey rows), or is too large.
+
+Image *modes* are not a reason to reject: grayscale, palette, 1-bit, RGBA / LA, CMYK,
+YCbCr, 16-bit and float images are all converted by the decode path the generator uses
+(OpenCV first, `imread_pil` where OpenCV cannot read a file). Odd sizes are resized.
+
+File-level problems (no such file, no rows, a missing column) raise `DataError` at once;
+row-level problems are collected into `Problem` s so that one run lists them all.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from kerasmtl.data.errors import DataError
+from kerasmtl.tasks import Task
+
+#: Largest accepted image, in pixels (Pillow's decompression-bomb limit).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+#: The columns of ``skipped.csv`` and of `Problem`.
+PROBLEM_COLUMNS = ("file", "row", "reason")
+
+
+class Problem(NamedTuple):
+    """One rejected row: the annotations file, the row (line number) and why."""
+
+    file: str
+    row: int
+    reason: str
+
+
+# ------------------------------------------------------------------- decoding
+def _is_missing(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    try:
+        return bool(np.isnan(value))
+    except TypeError:
+        return False
+
+
+def _to_uint8(image: Image.Image) -> Image.Image:
+    """Converts any Pillow mode to ``RGB`` or ``L`` (8 bits per channel).
+
+    16-bit and 32-bit integer images are scaled by 1/257 (65535 -> 255), as OpenCV
+    does when it reads a 16-bit PNG in colour; float images holding values in [0, 1]
+    are scaled by 255, others clipped to [0, 255]. Transparency is dropped (the colour
+    under it is kept), as with OpenCV's ``IMREAD_COLOR``.
+    """
+    mode = image.mode
+    if mode in ("RGB", "L"):
+        return image
+    if mode.startswith("I") or mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        if mode == "F" and array.size and np.nanmax(array) <= 1.0:
+            array = array * 255.0
+        elif mode != "F":
+            array = array / 257.0
+        array = np.nan_to_num(array, nan=0.0, posinf=255.0, neginf=0.0)
+        return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+    if mode in ("1", "LA", "La"):
+        return image.convert("L")
+    return image.convert("RGB")  # P, PA, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV
+
+
+def imread_pil(path: str | os.PathLike, channels: int = 3) -> np.ndarray | None:
+    """Reads an image with Pillow, in OpenCV's layout: a drop-in for ``cv2.imread``.
+
+    The generator reads with OpenCV; this is its fallback for the files OpenCV cannot
+    read (e.g. float TIFFs). EXIF orientation is applied, as ``cv2.imread`` does.
+
+    Args:
+        path: image file.
+        channels: 3 for colour (``BGR`` order, like ``cv2.IMREAD_COLOR``), 1 for a 2-D
+            grayscale array (like ``cv2.IMREAD_GRAYSCALE``).
+
+    Returns:
+        A uint8 array, or None when the file is missing, not an image, or truncated.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = _to_uint8(ImageOps.exif_transpose(image))
+            image = image.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(image)
+    except Exception:  # noqa: BLE001 - any decoder failure means "cannot read", like cv2
+        return None
+    return array if channels == 1 else np.ascontiguousarray(array[..., ::-1])
+
+
+def check_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str | None:
+    """Checks that an image file exists, decodes to its end and has a usable size.
+
+    JPEGs are decoded at reduced scale (Pillow's ``draft``: the whole entropy-coded
+    stream is read, so truncation is still caught, at a fraction of the cost).
+
+    Args:
+        path: image file.
+        max_pixels: largest accepted ``width * height``.
+
+    Returns:
+        None when the image is usable, else the reason it is not.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        return f"image file {path!r} does not exist"
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width < 1 or height < 1:
+                return f"image file {path!r} has size {width}x{height}; both sides must be >= 1"
+            if width * height > max_pixels:
+                return f"image file {path!r} has {width}x{height} pixels, more than the limit of {max_pixels}"
+            if image.format == "JPEG":
+                image.draft(None, (1, 1))
+            image.load()
+            _to_uint8(image)
+    except UnidentifiedImageError:
+        import cv2  # formats only OpenCV reads (e.g. OpenEXR, PFM)
+
+        if cv2.imread(path, cv2.IMREAD_COLOR) is not None:
+            return None
+        return f"image file {path!r} is not an image (unknown format)"
+    except Image.DecompressionBombError as error:
+        return f"image file {path!r} is too large to decode ({error})"
+    except Exception as error:  # noqa: BLE001 - a decoder can fail in many ways
+        return f"image file {path!r} cannot be decoded ({type(error).__name__}: {error})"
+    return None
+
+
+# ---------------------------------------------------------------- row checks
+def _rows(frame: pd.DataFrame, row_column: str | None) -> list[int]:
+    if row_column and row_column in frame.columns:
+        return [int(r) for r in frame[row_column]]
+    return [int(r) + 1 for r in range(len(frame))]
+
+
+def find_path_problems(
+    paths: Sequence,
+    rows: Sequence[int],
+    source: str,
+    root: str | os.PathLike | None = None,
+    shown: Sequence | None = None,
+) -> tuple[list[Problem], list[str | None]]:
+    """Resolves image paths and rejects empty ones and those outside ``root``.
+
+    Args:
+        paths: image paths (absolute, or relative to ``root``).
+        rows: row number of each path.
+        source: the annotations file (for messages).
+        root: the dataset folder every image must lie in; None accepts any path.
+        shown: the paths as written in the annotations (for messages); default ``paths``.
+
+    Returns:
+        ``(problems, resolved)``: resolved absolute paths, None where a path was rejected.
+    """
+    base = Path(root).resolve() if root is not None else None
+    shown = list(paths) if shown is None else list(shown)
+    problems, resolved = [], []
+    for path, row, written in zip(paths, rows, shown):
+        if _is_missing(path) or _is_missing(written):
+            problems.append(Problem(source, row, "image path is empty"))
+            resolved.append(None)
+            continue
+        try:
+            full = (base / str(path) if base is not None else Path(str(path))).resolve()
+        except (OSError, ValueError, RuntimeError) as error:
+            problems.append(Problem(source, row, f"image path {written!r} is not a valid path ({error})"))
+            resolved.append(None)
+            continue
+        if base is not None and base not in full.parents:
+            problems.append(Problem(source, row, f"image path {written!r} resolves outside {base}"))
+            resolved.append(None)
+            continue
+        resolved.append(str(full))
+    return problems, resolved
+
+
+def find_label_problems(frame: pd.DataFrame, tasks: Sequence[Task], rows: Sequence[int], source: str) -> list[Problem]:
+    """Rejects labels that are not a class of their task, and non-finite regression values.
+
+    Missing labels (empty, None, NaN) are accepted: the losses skip them.
+
+    Raises:
+        DataError: a task column is missing from the table (a file-level problem).
+    """
+    needed = [c for t in tasks for c in t.columns]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing} for the tasks. Received columns: {list(frame.columns)}")
+    rows = np.asarray(rows)
+    problems = []
+    for task in tasks:
+        if task.kind == "regression":
+            for column in task.columns:
+                values = frame[column]
+                numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+                given = ~values.map(_is_missing).to_numpy(dtype=bool)
+                bad = given & ~np.isfinite(numbers)
+                for i in np.flatnonzero(bad):
+                    problems.append(
+                        Problem(source, int(rows[i]), f"column {column!r}: value {values.iloc[i]!r} is not a finite number")
+                    )
+            continue
+        column = task.columns[0]
+        values = frame[column]
+        bad_values = set()
+        for value in pd.unique(values):
+            try:
+                task.encode([value])
+            except (ValueError, TypeError):
+                bad_values.add(value)
+        if bad_values:
+            for i in np.flatnonzero(values.isin(bad_values).to_numpy()):
+                problems.append(
+                    Problem(
+                        source,
+                        int(rows[i]),
+                        f"column {column!r}: label {values.iloc[i]!r} is not one of {list(task.classes)}",
+                    )
+                )
+    return problems
+
+
+def find_duplicates(
+    paths: Sequence[str | None], rows: Sequence[int], labels: pd.DataFrame | None, source: str
+) -> list[Problem]:
+    """Rejects images listed more than once.
+
+    When every copy carries the same labels the first row is kept and the others are
+    rejected; when the labels disagree there is no telling which is right, so every
+    copy is rejected.
+
+    Args:
+        paths: resolved image paths (None entries are ignored).
+        rows: row number of each path.
+        labels: the label columns, one row per path (None: compare nothing).
+        source: the annotations file.
+    """
+    seen: dict[str, list[int]] = {}
+    for i, path in enumerate(paths):
+        if path is not None:
+            seen.setdefault(path, []).append(i)
+    problems = []
+    for path, positions in seen.items():
+        if len(positions) < 2:
+            continue
+        listed = [int(rows[i]) for i in positions]
+        agree = labels is None or len(labels.iloc[positions].astype(str).drop_duplicates()) == 1
+        if agree:
+            for i in positions[1:]:
+                problems.append(Problem(source, int(rows[i]), f"image {path!r} is listed again (first on row {listed[0]})"))
+        else:
+            for i in positions:
+                problems.append(Problem(source, int(rows[i]), f"image {path!r} is listed on rows {listed} with different labels"))
+    return problems
+
+
+def find_image_problems(
+    paths: Sequence[str], rows: Sequence[int], source: str, workers: int | None = None, max_pixels: int = MAX_PIXELS
+) -> list[Problem]:
+    """Runs `check_image` over ``paths`` in a thread pool (Pillow decodes without the GIL).
+
+    Args:
+        paths: image files.
+        rows: row number of each file.
+        source: the annotations file.
+        workers: threads; default ``min(4, cpu count)``.
+        max_pixels: see `check_image`.
+    """
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) < 32:
+        reasons = [check_image(p, max_pixels) for p in paths]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            reasons = list(pool.map(lambda p: check_image(p, max_pixels), paths, chunksize=16))
+    return [Problem(source, int(row), reason) for row, reason in zip(rows, reasons) if reason is not None]
+
+
+# ------------------------------------------------------------------ the pass
+@dataclass
+class ValidationReport:
+    """What `validate_table` found.
+
+    Attributes:
+        frame: the rows without problems (index reset), ``path`` resolved.
+        problems: every rejected row, sorted by row.
+        checked: number of rows checked.
+        source: the annotations file.
+    """
+
+    frame: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+    checked: int = 0
+    source: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def accept(self, skip_bad: bool = False) -> pd.DataFrame:
+        """The table to train on.
+
+        Args:
+            skip_bad: leave rejected rows out instead of raising.
+
+        Returns:
+            `frame`.
+
+        Raises:
+            DataError: listing every problem, unless ``skip_bad``; also when no row is
+                left.
+        """
+        if self.problems and not skip_bad:
+            raise DataError(
+                f"{self.source}: {len(self.problems)} of {self.checked} row(s) cannot be used "
+                "(fix them, or pass --skip-bad to train without them)",
+                self.problems,
+            )
+        if self.frame.empty:
+            raise DataError(f"{self.source}: no usable row is left out of {self.checked}", self.problems)
+        return self.frame
+
+
+def validate_table(
+    frame: pd.DataFrame,
+    tasks: Sequence[Task],
+    source: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    path_column: str = "path",
+    shown_column: str | None = None,
+    row_column: str | None = "csv_line",
+    problems: Iterable = (),
+    check_images: bool = True,
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> ValidationReport:
+    """Checks every row of a dataset table (see the module docstring for the rules).
+
+    Args:
+        frame: the table: an image path column and the tasks' label columns.
+        tasks: the tasks whose labels are checked.
+        source: the annotations file, named in every problem.
+        root: the dataset folder images must lie in (None: anywhere).
+        path_column: the image path column (absolute, or relative to ``root``).
+        shown_column: the column with the paths as written in the annotations, for
+            messages (e.g. ``image_path``); default ``path_column``.
+        row_column: the column holding each row's line number in ``source``; when
+            absent, rows are numbered from 1 in table order.
+        problems: ``(file, row, reason)`` problems a loader already found; those rows
+            are rejected without further checks.
+        check_images: decode every image (else only paths and labels are checked).
+        workers: decode threads.
+        max_pixels: largest accepted image.
+
+    Returns:
+        The report; call ``report.accept(skip_bad)`` for the table to train on.
+
+    Raises:
+        DataError: file-level problems (missing path or label column).
+    """
+    source = str(source)
+    if path_column not in frame.columns:
+        raise DataError(f"{source}: the table has no {path_column!r} column. Received columns: {list(frame.columns)}")
+    frame = frame.reset_index(drop=True)
+    rows = _rows(frame, row_column)
+    found = [Problem(str(f), int(r), str(why)) for f, r, why in problems]
+    rejected = {p.row for p in found}
+    keep = np.array([r not in rejected for r in rows], dtype=bool)
+
+    subset = frame[keep].reset_index(drop=True)
+    sub_rows = [r for r, k in zip(rows, keep) if k]
+    shown = subset[shown_column].tolist() if shown_column else None
+    path_problems, resolved = find_path_problems(subset[path_column].tolist(), sub_rows, source, root, shown)
+    found += path_problems
+    found += find_label_problems(subset, tasks, sub_rows, source)
+    label_columns = list(dict.fromkeys(c for t in tasks for c in t.columns))
+    found += find_duplicates(resolved, sub_rows, subset[label_columns] if label_columns else None, source)
+
+    rejected = {p.row for p in found}
+    todo = [(p, r) for p, r in zip(resolved, sub_rows) if p is not None and r not in rejected]
+    if todo:
+        if check_images:
+            found += find_image_problems([p for p, _ in todo], [r for _, r in todo], source, workers, max_pixels)
+        else:
+            found += [Problem(source, r, f"image file {p!r} does not exist") for p, r in todo if not os.path.isfile(p)]
+
+    rejected = {p.row for p in found}
+    good = np.array([r not in rejected for r in sub_rows], dtype=bool)
+    clean = subset[good].copy()
+    clean[path_column] = [p for p, g in zip(resolved, good) if g]
+    found.sort(key=lambda p: (p.row, p.file, p.reason))
+    return ValidationReport(clean.reset_index(drop=True), found, checked=len(frame), source=source)
+
+
+def problems_csv(problems: Iterable) -> str:
+    """``(file, row, reason)`` problems as CSV text with a header."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PROBLEM_COLUMNS)
+    for file, row, reason in problems:
+        writer.writerow([file, int(row), reason])
+    return buffer.getvalue()
+
+
+def read_problems(path: str | os.PathLike) -> list[Problem]:
+    """Reads a ``skipped.csv`` back."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [Problem(r["file"], int(r["row"]), r["reason"]) for r in csv.DictReader(handle)]
