@@ -198,9 +198,9 @@ class LRRangeTest(keras.callbacks.Callback):
     optimizer that was never used ends as a built one with zero moments and zero
     iterations, the state its first step would start from). Before batch ``i`` it sets
     the learning rate to ``min_lr -> max_lr`` at position ``i / (steps - 1)`` (geometric
-    for ``mode="exp"``, linear for ``"linear"``) and resets the model's metrics, so the
-    batch's ``logs["loss"]`` is that batch's own loss, across epoch boundaries and uneven
-    batches alike. It stops after ``steps`` batches, or when the smoothed loss exceeds
+    for ``mode="exp"``, linear for ``"linear"``) and resets the model's loss tracker, so
+    the batch's ``logs["loss"]`` is that batch's own loss, across epoch boundaries and
+    uneven batches alike (other metrics in the batch logs keep their running means). It stops after ``steps`` batches, or when the smoothed loss exceeds
     ``diverge_factor`` times its best, or on a NaN/inf loss. At the end of training it
     assigns the snapshot back (bit-identical). A learning rate given as a
     ``LearningRateSchedule`` or callable is swapped for a variable during the sweep and
@@ -284,6 +284,9 @@ class LRRangeTest(keras.callbacks.Callback):
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
         self._reset()
+        # Zeroing the loss tracker before a batch makes logs["loss"] that batch's own loss.
+        trackers = [m for m in model.metrics if m.name == "loss"]
+        self._reset_loss = trackers[0].reset_state if trackers else model.reset_metrics
         state = list(model.variables) + list(optimizer.variables)
         self._snapshot = [(v, np.array(keras.ops.convert_to_numpy(v), copy=True)) for v in state]
         self._schedule = None
@@ -300,7 +303,7 @@ class LRRangeTest(keras.callbacks.Callback):
         lr = self.lr_at(len(self._lrs))
         self._lr_variable.assign(lr)
         self._lrs.append(lr)
-        self.model.reset_metrics()
+        self._reset_loss()
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {})["loss"])
