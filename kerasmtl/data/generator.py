@@ -1,18 +1,56 @@
-"""MultiOutputGenerator: image files -> uint8 batches with a dict of targets per task."""
+"""MultiOutputGenerator: image files -> uint8 batches (originals + augmented copies) with
+a dict of targets per task.
+
+Batch layout with an augmentation pipeline and ``copies=c``: the ``B`` decoded images
+first, unchanged, then copy 1 of all ``B``, copy 2, ... — ``(1 + c) * B`` images — with
+the targets (and sample weights) repeated in the same order. ``include_original=False``
+drops the first block.
+
+Reproducibility: shuffling depends on ``(seed, epoch)`` and the augmentation draws of a
+batch on ``(seed, epoch, batch index)`` only, so the same seed gives the same batches
+whatever order Keras asks for them in and whichever thread or process computes them.
+``__getitem__`` has no side effects (TensorFlow calls it twice for the first batches).
+With ``use_multiprocessing=True`` Keras 3 (``OrderedEnqueuer``) starts a new worker pool
+at every epoch start, after ``on_epoch_end`` has advanced the epoch counter, so each
+worker sees the current epoch.
+
+Keypoints: tasks named in ``keypoints`` hold ``(x, y)`` pairs normalised to [0, 1] in
+continuous image coordinates — 0 is the left edge of the first pixel, 1 the right edge
+of the last; the centre of pixel column ``i`` is ``(i + 0.5) / width``. In that
+convention a horizontal flip maps ``x -> 1 - x`` exactly. Coordinates made as
+``i / width`` from integer pixel indices are off by ``1 / width`` after a flip; make them
+as ``(i + 0.5) / width``. The points follow every geometric transform of the pipeline
+(albumentations keypoints; a resize moves them by at most half a pixel), an odd number
+of ``HorizontalFlip``\\ s swaps each ``flip_pairs`` pair (left eye <-> right eye), and
+photometric transforms and cutout leave them alone. Missing (NaN) points stay NaN.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
+import multiprocessing
+import random
+import threading
+import warnings
 from typing import Mapping, Sequence
 
+import albumentations as A
 import cv2
 import keras
 import numpy as np
 import pandas as pd
 
+from kerasmtl.data.augment import as_pipeline
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.tables import encode_targets
 from kerasmtl.tasks import MISSING_CLASS, Task
+
+#: What `MultiOutputGenerator` does with an unreadable image.
+BAD_IMAGE_ACTIONS = ("raise", "skip")
+
+# Distinguishes the augmentation random stream from the shuffling one.
+_AUGMENT_STREAM = 0xA06
 
 
 def read_image(path: str, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
@@ -33,36 +71,56 @@ def read_image(path: str, image_size: tuple[int, int], channels: int = 3) -> np.
     image = cv2.imread(str(path), flag)
     if image is None:
         raise DataError(f"{path}: cannot read this file as an image (missing, truncated or not an image).")
-    height, width = image_size
-    if image.shape[0] != height or image.shape[1] != width:
-        shrinking = image.shape[0] > height or image.shape[1] > width
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        image = cv2.resize(image, (width, height), interpolation=interpolation)
+    image = fit_size(image, image_size)
     if channels == 1:
         return image[..., None]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def fit_size(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Resizes ``image`` to ``(height, width)`` if needed (area interpolation when shrinking)."""
+    height, width = image_size
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    shrinking = image.shape[0] > height or image.shape[1] > width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
 class MultiOutputGenerator(keras.utils.PyDataset):
-    """Feeds a multi-output model from image files.
+    """Feeds a multi-output model from image files, with optional augmented copies.
 
     Each batch is ``(images, targets)`` or, with ``class_weights``, ``(images, targets,
-    sample_weights)``: ``images`` is uint8 ``(B, H, W, C)`` and ``targets`` a dict keyed by
-    task name (see `kerasmtl.tasks` for the encodings). The order of rows is shuffled
-    afresh each epoch from ``(seed, epoch)``, so the same seed gives the same batches.
-    ``__getitem__`` has no side effects; the epoch counter advances in `on_epoch_end`.
+    sample_weights)``: ``images`` is uint8 ``(N, H, W, C)`` and ``targets`` a dict keyed by
+    task name (see `kerasmtl.tasks` for the encodings). Without ``augment``, ``N`` is the
+    number of rows read (``batch_size``, less in the last batch). With ``augment``, ``N``
+    is ``(include_original + copies)`` times that: the originals, then each copy (see the
+    module docstring). Images stay uint8 from decoding to the model.
 
     Args:
         paths: image file paths.
         targets: ``{task name: encoded targets}``, one row per path.
         batch_size: images read per batch.
         image_size: ``(height, width)`` of the emitted images (or one int for square).
+            Augmented images of another size (e.g. after a crop) are resized to it.
         channels: 3 (RGB) or 1 (grayscale).
         shuffle: reshuffle each epoch.
-        seed: random seed of the shuffling.
+        seed: random seed of the shuffling and of the augmentations.
         class_weights: optional ``{task name: {class index: weight}}``; emits per-task
             sample weights. Keras 3 takes no ``class_weight`` for
             multi-output models: this is the way to weight classes.
+        augment: None (no augmentation), a pipeline name of `kerasmtl.data.augment`
+            (e.g. ``"default"``), or an albumentations Compose / transform(s).
+        copies: augmented copies of each image per batch (>= 1; used with ``augment``).
+        include_original: put the un-augmented images first in each batch.
+        keypoints: ``{task name: flip_pairs}`` of the keypoint tasks (``(x, y)`` pairs
+            in [0, 1]) whose targets move with the image; `from_table` fills it from the
+            tasks that declare ``flip_pairs``.
+        on_bad_image: ``"raise"``: an unreadable image stops with a `DataError` naming
+            the file. ``"skip"``: it is left out, warned about and recorded in
+            `skipped`; its place in the batch is taken by the batch's readable rows (in
+            turn), so batches keep their size. With ``use_multiprocessing`` the record
+            is shared with the worker processes.
         workers, use_multiprocessing, max_queue_size: as for `keras.utils.PyDataset`.
     """
 
@@ -76,6 +134,11 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         shuffle: bool = True,
         seed: int = 0,
         class_weights: Mapping[str, Mapping[int, float]] | None = None,
+        augment=None,
+        copies: int = 1,
+        include_original: bool = True,
+        keypoints: Mapping[str, Sequence[Sequence[int]]] | None = None,
+        on_bad_image: str = "raise",
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -94,18 +157,36 @@ class MultiOutputGenerator(keras.utils.PyDataset):
             raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
+        if on_bad_image not in BAD_IMAGE_ACTIONS:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_ACTIONS}. Received: on_bad_image={on_bad_image!r}")
         self.batch_size = int(batch_size)
         self.image_size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(int(s) for s in image_size)
         self.channels = int(channels)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.sample_weights = self._sample_weights(class_weights or {})
+        self.augment = as_pipeline(augment)
+        if self.augment is not None and int(copies) < 1:
+            raise ValueError(f"copies must be >= 1 with an augmentation pipeline. Received: copies={copies}")
+        self.copies = int(copies) if self.augment is not None else 0
+        self.include_original = bool(include_original) or self.augment is None
+        self.keypoints = self._keypoint_pairs(keypoints or {})
+        self.on_bad_image = on_bad_image
+        self._manager = None
+        if on_bad_image == "skip" and use_multiprocessing:
+            self._manager = multiprocessing.Manager()
+            self._skipped = self._manager.dict()
+        else:
+            self._skipped = {}
+        self._local = threading.local()
         self.epoch = 0
         self._order = self._epoch_order(0)
 
     @classmethod
     def from_table(cls, frame: pd.DataFrame, tasks: Sequence[Task], path_column: str = "path", **kwargs):
         """Builds a generator from a table with an image path column and task columns.
+
+        Tasks with ``flip_pairs`` become keypoint tasks unless ``keypoints`` is given.
 
         Args:
             frame: the table.
@@ -116,6 +197,7 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         Returns:
             The generator.
         """
+        kwargs.setdefault("keypoints", {t.name: t.flip_pairs for t in tasks if t.flip_pairs})
         return cls(frame[path_column].tolist(), encode_targets(frame, tasks), **kwargs)
 
     # ---------------------------------------------------------------- PyDataset
@@ -130,17 +212,28 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"Batch index {index} out of range [0, {len(self)}).")
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        images = self.read_images(rows)
+        images, rows = self._read_batch(rows, index)
         targets = {name: value[rows] for name, value in self.targets.items()}
-        if self.sample_weights is None:
+        weights = None if self.sample_weights is None else {n: v[rows] for n, v in self.sample_weights.items()}
+        if self.augment is not None:
+            images, targets = self._augment_batch(images, targets, index)
+            repeats = int(self.include_original) + self.copies
+            if weights is not None:
+                weights = {name: np.concatenate([value] * repeats) for name, value in weights.items()}
+        if weights is None:
             return images, targets
-        return images, targets, {name: value[rows] for name, value in self.sample_weights.items()}
+        return images, targets, weights
 
     def on_epoch_end(self):
         self.epoch += 1
         self._order = self._epoch_order(self.epoch)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``{path: reason}`` of the images skipped so far (``on_bad_image="skip"``)."""
+        return dict(self._skipped)
+
     def set_epoch(self, epoch: int) -> None:
         """Positions the generator at ``epoch`` (e.g. when resuming a run)."""
         self.epoch = int(epoch)
@@ -153,6 +246,141 @@ class MultiOutputGenerator(keras.utils.PyDataset):
             batch[i] = read_image(self.paths[row], self.image_size, self.channels)
         return batch
 
+    def augmentation_rng(self, index: int) -> np.random.Generator:
+        """The random generator of batch ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT_STREAM])
+
+    def _read_batch(self, rows: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.on_bad_image == "raise":
+            return self.read_images(rows), rows
+        batch = np.empty((len(rows),) + self.image_size + (self.channels,), dtype=np.uint8)
+        good = []
+        for row in rows:
+            image = self._read_or_skip(row)
+            if image is not None:
+                batch[len(good)] = image
+                good.append(row)
+        if len(good) == len(rows):
+            return batch, rows
+        if not good:  # the whole batch is unreadable: borrow the next readable row of the epoch
+            for row in np.roll(self._order, -(index + 1) * self.batch_size):
+                image = self._read_or_skip(row)
+                if image is not None:
+                    batch[0] = image
+                    good.append(row)
+                    break
+            else:
+                raise DataError(f"None of the {len(self.paths)} images can be read; skipped: {sorted(self.skipped)[:5]}")
+        for k in range(len(good), len(rows)):
+            batch[k] = batch[k % len(good)]
+        return batch, np.array([good[k % len(good)] for k in range(len(rows))], dtype=rows.dtype)
+
+    def _read_or_skip(self, row: int) -> np.ndarray | None:
+        path = self.paths[row]
+        try:
+            return read_image(path, self.image_size, self.channels)
+        except DataError as error:
+            if path not in self._skipped:
+                self._skipped[path] = str(error)
+                warnings.warn(f"Skipping an unreadable image: {error}", stacklevel=2)
+            return None
+
+    # ------------------------------------------------------------- augmentation
+    def _thread_pipeline(self) -> A.BaseCompose:
+        """This thread's own copy of the pipeline (transforms keep per-call state)."""
+        pipeline = getattr(self._local, "pipeline", None)
+        if pipeline is None:
+            pipeline = copy.deepcopy(self.augment)
+            if self.keypoints:
+                pipeline = A.Compose(
+                    [pipeline],
+                    keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+                    save_applied_params=True,
+                )
+            self._local.pipeline = pipeline
+        return pipeline
+
+    def _augment_batch(self, images: np.ndarray, targets: dict, index: int):
+        n = len(images)
+        pipeline = self._thread_pipeline()
+        rng = self.augmentation_rng(index)
+        pipeline.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+        start = n if self.include_original else 0
+        out = np.empty((start + self.copies * n,) + images.shape[1:], dtype=np.uint8)
+        if self.include_original:
+            out[:n] = images
+        repeats = int(self.include_original) + self.copies
+        out_targets = {name: np.concatenate([value] * repeats) for name, value in targets.items()}
+        for k in range(self.copies):
+            for i in range(n):
+                j = start + k * n + i
+                if self.keypoints:
+                    image, points = self._augment_with_keypoints(pipeline, images[i], targets, i)
+                    for name, value in points.items():
+                        out_targets[name][j] = value
+                else:
+                    image = pipeline(image=images[i])["image"]
+                out[j] = fit_size(image, self.image_size).reshape(out.shape[1:])
+        return out, out_targets
+
+    def _augment_with_keypoints(self, pipeline, image: np.ndarray, targets: dict, i: int):
+        height, width = image.shape[:2]
+        names = list(self.keypoints)
+        sizes = [targets[name].shape[1] // 2 for name in names]
+        points = np.concatenate([targets[name][i].reshape(-1, 2) for name in names]).astype(np.float64)
+        missing = np.isnan(points).any(axis=1)
+        # albumentations keypoints: pixel-index coordinates (pixel centres at integers)
+        pixels = np.where(missing[:, None], 0.0, points * (width, height) - 0.5)
+        result = pipeline(image=image, keypoints=pixels)
+        out_image = result["image"]
+        out_height, out_width = out_image.shape[:2]
+        out_pixels = np.asarray(result["keypoints"], dtype=np.float64)[:, :2]
+        moved = (out_pixels + 0.5) / (out_width, out_height)
+        # points no transform moved keep their exact values (no float32 round trip)
+        still = (out_pixels == pixels.astype(np.float32)).all(axis=1)
+        moved[still] = points[still]
+        moved[missing] = np.nan
+        flipped = sum(name == "HorizontalFlip" for name, _ in result.get("applied_transforms", ())) % 2 == 1
+        values, offset = {}, 0
+        for name, size in zip(names, sizes):
+            task_points = moved[offset : offset + size]
+            offset += size
+            if flipped:
+                for a, b in self.keypoints[name]:
+                    task_points[[a, b]] = task_points[[b, a]]
+            values[name] = task_points.reshape(-1).astype(targets[name].dtype)
+        return out_image, values
+
+    def _keypoint_pairs(self, keypoints) -> dict[str, tuple[tuple[int, int], ...]]:
+        pairs = {}
+        for name, flip_pairs in keypoints.items():
+            if name not in self.targets:
+                raise ValueError(f"keypoints names unknown task {name!r}. Tasks: {sorted(self.targets)}")
+            value = self.targets[name]
+            if value.ndim != 2 or value.shape[1] % 2:
+                raise ValueError(
+                    f"A keypoint task holds (x, y) pairs: targets of shape (n, 2k). "
+                    f"Received: shape={value.shape} for task {name!r}"
+                )
+            points = value.shape[1] // 2
+            pairs[name] = tuple((int(a), int(b)) for a, b in flip_pairs)
+            for a, b in pairs[name]:
+                if not (0 <= a < points and 0 <= b < points):
+                    raise ValueError(f"flip pair {(a, b)} of task {name!r} is out of range for {points} points.")
+        return pairs
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        state["_manager"] = None  # the record itself (a proxy) travels; its server stays here
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ internals
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(len(self.paths))
