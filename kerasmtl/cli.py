@@ -14,6 +14,7 @@ from typing import Sequence
 
 import yaml
 
+from kerasmtl.data.augment import list_pipelines
 from kerasmtl.heads import HEADS
 from kerasmtl.towers import list_towers
 from kerasmtl.training import OPTIMIZERS
@@ -32,6 +33,9 @@ class TrainConfig:
     class_weights: bool = False
     sample_size: int = 1200
     workers: int = 1
+    augment: bool = True
+    augment_pipeline: str = "default"
+    copies: int = 1
     # model
     base: str = "bottleneck"
     head: str = "conv"
@@ -69,6 +73,18 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, help="weight classes by inverse frequency")
     group.add_argument("--sample-size", type=int, help=f"images in the synthetic sample (default {_DEFAULTS.sample_size})")
     group.add_argument("--workers", type=int, help="generator worker threads (default 1)")
+    group.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction,
+        help="add augmented copies to each training batch (default on; never for validation / test)",
+    )
+    group.add_argument(
+        "--augment-pipeline", choices=list_pipelines(),
+        help=f"named augmentation pipeline (default {_DEFAULTS.augment_pipeline})",
+    )
+    group.add_argument(
+        "--copies", type=int,
+        help=f"augmented copies per image: a step sees (1 + copies) x batch-size images (default {_DEFAULTS.copies})",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
