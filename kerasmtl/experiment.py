@@ -19,6 +19,7 @@ import pandas as pd
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
 from kerasmtl.cli import TrainConfig, build_parser, parse_config
+from kerasmtl.data.augment import save_pipeline
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.person import load_hvc
 from kerasmtl.data.sample import ensure_sample
@@ -73,8 +74,11 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     weights = None
     if config.class_weights:
         weights = {t.name: class_weights(train_targets[t.name], t) for t in tasks if t.kind != "regression"}
+    augment = dict(augment=config.augment_pipeline, copies=config.copies) if config.augment else {}
+    keypoints = {t.name: t.flip_pairs for t in tasks if t.flip_pairs}
     train_data = MultiOutputGenerator(
-        train["path"].tolist(), train_targets, shuffle=True, seed=config.seed, class_weights=weights, **common
+        train["path"].tolist(), train_targets, shuffle=True, seed=config.seed, class_weights=weights,
+        keypoints=keypoints, **augment, **common,
     )
     val_data = MultiOutputGenerator.from_table(val, tasks, shuffle=False, **common) if len(val) else None
     test_data = MultiOutputGenerator.from_table(test, tasks, shuffle=False, **common)
@@ -202,6 +206,8 @@ def run_training(config: TrainConfig) -> RunFolder:
     run = RunFolder(config.out or default_run_dir(config))
     run.write_yaml("config.yaml", config.to_dict() | {"resolved_data": data.source})
     run.write_json("tasks.json", [t.to_dict() for t in data.tasks])
+    if data.train_data.augment is not None:
+        save_pipeline(data.train_data.augment, run.file("augmentation.yaml"))
     model = model_builder(config, data.tasks).build()
     if config.lr_find:
         config = dataclasses.replace(config, lr=find_learning_rate(config, data, model, run).suggest())
