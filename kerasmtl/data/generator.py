@@ -44,6 +44,7 @@ import pandas as pd
 from kerasmtl.data.augment import as_pipeline
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.tables import encode_targets
+from kerasmtl.data.validate import imread_pil
 from kerasmtl.tasks import MISSING_CLASS, Task
 
 #: What `MultiOutputGenerator` does with an unreadable image.
@@ -69,6 +70,8 @@ def read_image(path: str, image_size: tuple[int, int], channels: int = 3) -> np.
     """
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     image = cv2.imread(str(path), flag)
+    if image is None:  # formats OpenCV cannot read (e.g. float TIFF): Pillow, same layout
+        image = imread_pil(path, channels)
     if image is None:
         raise DataError(f"{path}: cannot read this file as an image (missing, truncated or not an image).")
     image = fit_size(image, image_size)
