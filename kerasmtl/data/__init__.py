@@ -1,5 +1,15 @@
 """Datasets as tables, and the generator that feeds them to a model."""
 
+from kerasmtl.data.augment import (
+    ChannelShift,
+    celeba_resize_crop,
+    default_pipeline,
+    get_pipeline,
+    list_pipelines,
+    load_pipeline,
+    make_pipeline,
+    save_pipeline,
+)
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator, read_image
 from kerasmtl.data.person import HVC_CLASSES, HVC_COLUMNS, hvc_tasks, load_hvc
@@ -7,17 +17,25 @@ from kerasmtl.data.sample import ensure_sample, make_sample
 from kerasmtl.data.tables import class_weights, encode_targets, majority_class, split_table
 
 __all__ = [
+    "ChannelShift",
     "DataError",
     "HVC_CLASSES",
     "HVC_COLUMNS",
     "MultiOutputGenerator",
+    "celeba_resize_crop",
     "class_weights",
+    "default_pipeline",
     "encode_targets",
     "ensure_sample",
+    "get_pipeline",
     "hvc_tasks",
+    "list_pipelines",
     "load_hvc",
+    "load_pipeline",
     "majority_class",
+    "make_pipeline",
     "make_sample",
     "read_image",
+    "save_pipeline",
     "split_table",
 ]
