@@ -20,8 +20,7 @@ clipped to ``[0, 255]``. The default pipeline uses ``RGBShift``: it already hold
 ``RandomBrightnessContrast``, whose brightness term is a single offset for all channels,
 so Keras's channel shift would mostly repeat it; a per-channel shift adds invariance to
 white balance and colour casts, which brightness cannot give. Pick Keras's meaning with
-``make_pipeline(channel_shift_mode="keras")`` (it also works on grayscale images, which
-``RGBShift`` does not).
+``make_pipeline(channel_shift_mode="keras")`` or the ``"keras_channel_shift"`` pipeline.
 
 Pipelines are saved with `save_pipeline` (albumentations' own JSON / YAML format) and
 read back with `load_pipeline`; `ChannelShift` is registered with albumentations'
