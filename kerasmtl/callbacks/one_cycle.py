@@ -192,25 +192,17 @@ class OneCycle(keras.callbacks.Callback):
         self.verbose = verbose
 
         initial = self.max_lr / self.div_factor
-        lr = {"initial": initial, "max": self.max_lr, "min": initial / self.final_div_factor}
-        mom = {"base": self.base_momentum, "max": self.max_momentum}
+        final = initial / self.final_div_factor
+        low, high = self.base_momentum, self.max_momentum
         t, p = total_steps, self.pct_start
+        # (end step, lr from, lr to, momentum from, momentum to), as torch's OneCycleLR.
+        self._phases = [(float(p * t) - 1, initial, self.max_lr, high, low)]
         if self.three_phase:
-            phases = [
-                (float(p * t) - 1, lr["initial"], lr["max"], mom["max"], mom["base"]),
-                (float(2 * p * t) - 2, lr["max"], lr["initial"], mom["base"], mom["max"]),
-                (t - 1, lr["initial"], lr["min"], mom["max"], mom["max"]),
-            ]
+            self._phases += [(float(2 * p * t) - 2, self.max_lr, initial, low, high), (t - 1, initial, final, high, high)]
         else:
-            phases = [
-                (float(p * t) - 1, lr["initial"], lr["max"], mom["max"], mom["base"]),
-                (t - 1, lr["max"], lr["min"], mom["base"], mom["max"]),
-            ]
-        self._phases = phases
+            self._phases += [(t - 1, self.max_lr, final, low, high)]
         self._anneal = ANNEAL_STRATEGIES[anneal_strategy]
-        self._momentum = None
-        self._momentum_name = None
-        self._last = None
+        self._momentum = self._momentum_name = self._last = None
         self._pending = {}
 
     def values(self, step: int) -> tuple[float, float]:
@@ -260,8 +252,8 @@ class OneCycle(keras.callbacks.Callback):
                 "learning_rate, not a LearningRateSchedule or callable. Received: "
                 f"learning_rate={optimizer.learning_rate!r}"
             )
-        self._last = None
-        self._pending = {}
+        self._last, self._pending = None, {}
+        self._momentum = self._momentum_name = None
         self._check_step(self._step())
         if not self.cycle_momentum:
             return
