@@ -11,8 +11,30 @@ from kerasmtl.callbacks.lr_range_test import (
     suggest_valley,
 )
 from kerasmtl.callbacks.one_cycle import OneCycle, has_momentum
+from kerasmtl.callbacks.task_weights import (
+    STRATEGIES,
+    DynamicTaskWeights,
+    TaskWeightedModel,
+    TaskWeighting,
+    dst_on_frequencies,
+    dst_probabilities,
+    dst_switches,
+    dwa_weights,
+    label_counts,
+    with_task_weighting,
+)
 
 __all__ = [
+    "DynamicTaskWeights",
+    "STRATEGIES",
+    "TaskWeightedModel",
+    "TaskWeighting",
+    "dst_on_frequencies",
+    "dst_probabilities",
+    "dst_switches",
+    "dwa_weights",
+    "label_counts",
+    "with_task_weighting",
     "LRRangeTest",
     "LRRangeTestResult",
     "OneCycle",
