@@ -1,6 +1,12 @@
 """Keras callbacks: learning-rate range test, one-cycle policy, and annealing schedules."""
 
 from kerasmtl.callbacks import schedules
+from kerasmtl.callbacks.checkpoint import (
+    BestModelCheckpoint,
+    NonFiniteLossError,
+    ResumeCheckpoint,
+    StopOnNonFiniteLoss,
+)
 from kerasmtl.callbacks.lr_range_test import (
     SUGGESTION_RULES,
     LRRangeTest,
@@ -25,6 +31,10 @@ from kerasmtl.callbacks.task_weights import (
 )
 
 __all__ = [
+    "BestModelCheckpoint",
+    "NonFiniteLossError",
+    "ResumeCheckpoint",
+    "StopOnNonFiniteLoss",
     "DynamicTaskWeights",
     "STRATEGIES",
     "TaskWeightedModel",

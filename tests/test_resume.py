@@ -1,0 +1,214 @@
+"""Atomic checkpoints, resuming a fit where it stopped, and stopping on non-finite losses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from kerasmtl.callbacks.checkpoint import (
+    BestModelCheckpoint,
+    NonFiniteLossError,
+    ResumeCheckpoint,
+    ResumeError,
+    StopOnNonFiniteLoss,
+    atomic_target,
+    load_checkpoint,
+    read_state,
+    save_model_atomic,
+    truncate_history,
+)
+from kerasmtl.resume import ResumableRun, config_fingerprint
+
+
+# ------------------------------------------------------------------- helpers
+class ShuffledData(keras.utils.PyDataset):
+    """A tiny dataset reshuffled per epoch from (seed, epoch), like MultiOutputGenerator."""
+
+    def __init__(self, x, y, batch_size=8, seed=0, poison=None):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.poison = poison  # (epoch, batch): targets become inf there
+        self.epoch = 0
+        self.seen = []
+
+    def __len__(self):
+        return int(np.ceil(len(self.x) / self.batch_size))
+
+    def __getitem__(self, index):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
+        rows = order[index * self.batch_size : (index + 1) * self.batch_size]
+        y = self.y[rows].copy()
+        if self.poison is not None and self.poison == (self.epoch, index):
+            y[:] = np.inf
+        return self.x[rows], {"value": y, "kind": (self.y[rows, 0] > 0).astype("int32")}
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+
+class Counter(keras.callbacks.Callback):
+    """A callback with state of its own (get_state / set_state)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def get_state(self):
+        return {"epochs": list(self.epochs)}
+
+    def set_state(self, state):
+        self.epochs = list(state["epochs"])
+
+
+def _data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = (x @ rng.normal(size=(6, 1))).astype("float32")
+    return x, y
+
+
+def _model(seed=1):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    hidden = keras.layers.Dropout(0.3)(hidden)
+    outputs = {
+        "value": keras.layers.Dense(1, name="value")(hidden),
+        "kind": keras.layers.Dense(2, activation="softmax", name="kind")(hidden),
+    }
+    model = keras.Model(inputs, outputs)
+    schedule = keras.optimizers.schedules.CosineDecay(0.01, decay_steps=40)
+    model.compile(
+        keras.optimizers.Adam(schedule), loss={"value": "mse", "kind": "sparse_categorical_crossentropy"}
+    )
+    return model
+
+
+def _fit(model, data, epochs, callbacks, initial_epoch=0, shuffle=True):
+    return model.fit(data, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0, shuffle=shuffle)
+
+
+# ------------------------------------------------------------- atomic files
+def test_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_target(target) as temporary:
+            temporary.write_text("half of the new")
+            raise RuntimeError("killed while writing")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_model_saved_atomically_reloads_in_safe_mode(tmp_path):
+    model = _model()
+    _fit(model, ShuffledData(*_data()), 1, [])
+    path = save_model_atomic(model, tmp_path / "model.keras")
+    save_model_atomic(model, path)  # replaces an existing file
+    reloaded = load_checkpoint(path)
+    for a, b in zip(model.get_weights(), reloaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+# ----------------------------------------------------------------- history
+def test_truncate_history_drops_later_and_half_written_rows(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n0,1.5\n1,1.2\n2,1.0\n3,0.9\n4,0.")
+    assert truncate_history(path, 3) == 3
+    assert pd.read_csv(path)["epoch"].tolist() == [0, 1, 2]
+    path.write_text("epoch,loss\n0,1.5\n1,1.")  # killed while writing row 1
+    assert truncate_history(path, 5) == 1
+    assert path.read_text() == "epoch,loss\n0,1.5\n"
+    assert truncate_history(path, 0) == 0 and not path.exists()
+
+
+# ------------------------------------------------------------------ resume
+def test_resumed_fit_matches_an_uninterrupted_fit_bit_for_bit(tmp_path):
+    """Weights, Adam moments, the cosine schedule's position, dropout seeds, the data
+    order and Keras's batch shuffling all continue as if training had not stopped."""
+    x, y = _data()
+    straight = _model()
+    straight_counter = Counter()
+    _fit(straight, ShuffledData(x, y), 5, [straight_counter])
+
+    def session(epochs):
+        model = _model()
+        data = ShuffledData(x, y)
+        counter = Counter()
+        history = tmp_path / "history.csv"
+        checkpoint = ResumeCheckpoint(
+            tmp_path / "resume", fingerprint={"lr": 0.01}, datasets=[data], stateful=[counter], history=history
+        )
+        initial = checkpoint.restore(model)
+        callbacks = [counter, keras.callbacks.CSVLogger(str(history), append=True), checkpoint]
+        _fit(model, data, epochs, callbacks, initial_epoch=initial)
+        return model, counter, initial
+
+    first, _, initial = session(2)
+    assert initial == 0 and read_state(tmp_path / "resume")["epoch"] == 2
+    resumed, counter, initial = session(5)
+    assert initial == 2
+    assert counter.epochs == straight_counter.epochs == [0, 1, 2, 3, 4]
+    assert int(resumed.optimizer.iterations) == int(straight.optimizer.iterations) == 25
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3, 4]
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["epoch-0005.weights.h5", "state.json"]
+
+
+def test_state_saved_with_other_settings_is_refused(tmp_path):
+    x, y = _data()
+    model = _model()
+    checkpoint = ResumeCheckpoint(tmp_path / "resume", fingerprint={"lr": 0.01, "epochs": 3})
+    checkpoint.restore(model)
+    _fit(model, ShuffledData(x, y), 1, [checkpoint])
+    other = ResumeCheckpoint(tmp_path / "resume", fingerprint={"lr": 0.1, "epochs": 3})
+    with pytest.raises(ResumeError, match=r"lr: 0\.01 -> 0\.1"):
+        other.restore(_model())
+    with pytest.raises(ResumeError, match="--restart"):
+        ResumableRun(tmp_path, {"lr": 0.1, "epochs": 3})
+    assert ResumableRun(tmp_path, {"lr": 0.1, "epochs": 3}, restart=True).state is None
+
+
+def test_config_fingerprint_ignores_display_settings():
+    from kerasmtl.cli import TrainConfig
+
+    quiet, loud = TrainConfig(verbose=0, workers=1, out="a"), TrainConfig(verbose=2, workers=4, out="b")
+    assert config_fingerprint(quiet) == config_fingerprint(loud)
+    assert config_fingerprint(TrainConfig(lr=0.1)) != config_fingerprint(TrainConfig(lr=0.2))
+
+
+# --------------------------------------------------------------- NaN / inf
+def test_non_finite_loss_stops_names_the_batch_and_task_and_keeps_checkpoints(tmp_path):
+    x, y = _data()
+    data = ShuffledData(x, y, poison=(2, 3))  # generator epoch 2 = the second fit epoch
+    model = _model()
+    stopper = StopOnNonFiniteLoss()
+    best = BestModelCheckpoint(tmp_path / "best.keras", monitor="loss")
+    checkpoint = ResumeCheckpoint(tmp_path / "resume", stateful=[best])
+    checkpoint.restore(model)
+    _fit(model, data, 4, [stopper, best, checkpoint], shuffle=False)  # batches in index order
+    assert stopper.failure["epoch"] == 2 and stopper.failure["batch"] == 3
+    assert set(stopper.failure["losses"]) == {"loss", "value_loss"}  # the other task stayed finite
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 3: value_loss=inf"):
+        stopper.raise_if_stopped()
+    assert read_state(tmp_path / "resume")["epoch"] == 1
+    assert best.best_epoch == 1
+    reloaded = load_checkpoint(tmp_path / "best.keras")
+    assert all(np.isfinite(w).all() for w in reloaded.get_weights())
