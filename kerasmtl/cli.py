@@ -14,6 +14,7 @@ from typing import Sequence
 
 import yaml
 
+from kerasmtl.callbacks.task_weights import DST_COUNTS, STRATEGIES
 from kerasmtl.data.augment import list_pipelines
 from kerasmtl.heads import HEADS
 from kerasmtl.towers import list_towers
@@ -36,6 +37,7 @@ class TrainConfig:
     augment: bool = True
     augment_pipeline: str = "default"
     copies: int = 1
+    skip_bad: bool = False
     # model
     base: str = "bottleneck"
     head: str = "conv"
@@ -51,8 +53,12 @@ class TrainConfig:
     optimizer: str = "adam"
     lr_find: bool = False
     one_cycle: bool = False
+    task_weighting: str = "static"
+    static_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    dst_count: str = "labelled"
     seed: int = 0
     out: str | None = None
+    restart: bool = False
     verbose: int = 1
 
     def to_dict(self) -> dict:
@@ -85,6 +91,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--copies", type=int,
         help=f"augmented copies per image: a step sees (1 + copies) x batch-size images (default {_DEFAULTS.copies})",
     )
+    group.add_argument(
+        "--skip-bad", action=argparse.BooleanOptionalAction,
+        help="leave out rows whose image or labels are unusable and list them in <run>/skipped.csv "
+        "(default: stop before training and list them)",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +109,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--freeze-stages", type=int, help="freeze the first N stages of the base tower")
 
 
+class TaskWeightsAction(argparse.Action):
+    """Parses ``TASK=WEIGHT`` pairs into ``{task: weight}``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        weights = {}
+        for item in values:
+            name, _, value = item.partition("=")
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                parser.error(f"{option_string} takes TASK=WEIGHT pairs, e.g. gender=50 age=100. Received: {item!r}")
+            if not name:
+                parser.error(f"{option_string} takes TASK=WEIGHT pairs, e.g. gender=50 age=100. Received: {item!r}")
+        setattr(namespace, self.dest, weights)
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the training flags."""
     group = parser.add_argument_group("training")
@@ -108,8 +135,19 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help=f"(default {_DEFAULTS.optimizer})")
     group.add_argument("--lr-find", action=argparse.BooleanOptionalAction, help="run an LR range test first and train with its suggestion (replaces --lr)")
     group.add_argument("--one-cycle", action=argparse.BooleanOptionalAction, help="one-cycle policy peaking at --lr, with momentum cycling (replaces --lr-schedule)")
+    group.add_argument(
+        "--task-weighting", choices=STRATEGIES,
+        help="per-output loss weights: static (fixed, default all 1), dst (each epoch an output is on with "
+        "probability proportional to its labels), dwa (dynamic weight average), uncertainty (learned)",
+    )
+    group.add_argument(
+        "--static-weights", nargs="+", metavar="TASK=WEIGHT", action=TaskWeightsAction,
+        help="fixed loss weights for --task-weighting static, e.g. gender=50 age=100 (others weigh 1)",
+    )
+    group.add_argument("--dst-count", choices=DST_COUNTS, help="what DST counts per output: labelled instances (default) or positives (binary outputs only)")
     group.add_argument("--seed", type=int, help="random seed of split, shuffling, augmentation and weights")
-    group.add_argument("--out", help="run folder (default runs/<dataset>-<base>-seed<seed>)")
+    group.add_argument("--out", help="run folder (default runs/<dataset>-<base>-seed<seed>); rerunning a command continues its run")
+    group.add_argument("--restart", action=argparse.BooleanOptionalAction, help="discard the run folder's saved state and train from scratch")
     group.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras verbosity: 1 progress bar, 2 one line per epoch")
 
 
@@ -137,7 +175,10 @@ def load_yaml_config(path: str | os.PathLike, known: Sequence[str]) -> dict:
         ValueError: not a mapping, or an unknown key.
     """
     with open(path, encoding="utf-8") as handle:
-        content = yaml.safe_load(handle) or {}
+        try:
+            content = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:  # includes tags such as !!python/object, which safe_load refuses
+            raise ValueError(f"{path}: not a valid YAML config ({error})") from None
     if not isinstance(content, dict):
         raise ValueError(f"{path}: a config file is a YAML mapping of flag names to values. Received: {type(content).__name__}")
     config = {str(k).replace("-", "_"): v for k, v in content.items()}
