@@ -56,3 +56,43 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
         ax.axis("off")
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_loss_weights(history: pd.DataFrame, path: str | os.PathLike, figsize=None) -> str:
+    """Per-task loss weights epoch by epoch: one small panel per task, sharing the x axis.
+
+    Reads the ``loss_weight/<task>`` columns that `kerasmtl.callbacks.DynamicTaskWeights`
+    writes into the epoch logs (e.g. a run's ``history.csv``). Each weight is drawn as a
+    step held over its epoch: DST's on/off switches show as 0/1 steps, DWA's and
+    uncertainty's weights as changing levels.
+
+    Args:
+        history: one row per epoch.
+        path: PNG file to write.
+        figsize: ``(width, height)`` inches; default 6 wide (wider for long runs) and
+            1.1 high per task.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``history`` has no ``loss_weight/<task>`` column.
+    """
+    prefix = "loss_weight/"
+    columns = [c for c in history.columns if c.startswith(prefix)]
+    if not columns:
+        raise ValueError(f"history has no '{prefix}<task>' columns. Received columns: {list(history.columns)}")
+    epochs = history["epoch"] + 1 if "epoch" in history else pd.Series(range(1, len(history) + 1))
+    width = min(16.0, 6.0 + 0.05 * len(history))
+    figure = plt.figure(figsize=figsize or (width, 0.6 + 1.1 * len(columns)), dpi=100, layout="constrained")
+    axes = figure.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
+    top = max(1.0, float(history[columns].max().max()))
+    for ax, column in zip(axes, columns):
+        ax.step(epochs, history[column], where="mid", color="tab:blue")
+        ax.fill_between(epochs, history[column], step="mid", alpha=0.25, color="tab:blue")
+        ax.set_ylim(0, 1.1 * top)
+        ax.set_ylabel(column[len(prefix):], rotation=0, ha="right", va="center")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title("loss weight per task and epoch")
+    axes[-1].set_xlabel("epoch")
+    return _save(figure, path)
