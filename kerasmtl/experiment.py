@@ -18,6 +18,7 @@ import pandas as pd
 
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
+from kerasmtl.callbacks.task_weights import DynamicTaskWeights, with_task_weighting
 from kerasmtl.cli import TrainConfig, build_parser, parse_config
 from kerasmtl.data.augment import save_pipeline
 from kerasmtl.data.generator import MultiOutputGenerator
@@ -25,7 +26,7 @@ from kerasmtl.data.person import load_hvc
 from kerasmtl.data.sample import ensure_sample
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.evaluate import evaluate_model
-from kerasmtl.plots import plot_history
+from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.runs import RunFolder
 from kerasmtl.tasks import Task
 from kerasmtl.towers import get_tower_spec
@@ -138,9 +139,28 @@ def write_report(run: RunFolder, reports: dict, tasks: Sequence[Task]) -> str:
     return "\n".join(lines)
 
 
+def task_weights_callback(config: TrainConfig, data: PreparedData) -> DynamicTaskWeights:
+    """The callback that sets each epoch's per-output loss weights (``--task-weighting``).
+
+    DST counts each output's labelled instances (or positives, ``--dst-count``) in the
+    training split and draws its switches from ``--seed``.
+    """
+    if config.static_weights and config.task_weighting != "static":
+        raise ValueError(
+            f"--static-weights applies to --task-weighting static. Received: task_weighting={config.task_weighting!r}"
+        )
+    if config.task_weighting == "dst":
+        return DynamicTaskWeights(
+            "dst", tasks=data.tasks, targets=data.train_data.targets, count=config.dst_count, seed=config.seed
+        )
+    if config.task_weighting == "static":
+        return DynamicTaskWeights("static", weights=config.static_weights or None)
+    return DynamicTaskWeights(config.task_weighting)
+
+
 def build_callbacks(config: TrainConfig, run: RunFolder, data: PreparedData, model: keras.Model) -> list:
     """The callbacks of a training run, in the order Keras calls them."""
-    callbacks = []
+    callbacks = [task_weights_callback(config, data)]  # before CSVLogger: it logs loss_weight/<task>
     if config.one_cycle:  # first, so CSVLogger records the lr and momentum it publishes
         steps = config.epochs * len(data.train_data)
         callbacks.append(OneCycle(config.lr, total_steps=steps, cycle_momentum=has_momentum(model.optimizer)))
@@ -158,6 +178,7 @@ def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: k
     """
     model.save(run.file("model.keras"))
     plot_history(pd.read_csv(run.file("history.csv")), run.file("training_curves.png"), [t.name for t in data.tasks])
+    plot_loss_weights(pd.read_csv(run.file("history.csv")), run.file("loss_weights.png"))
     test_targets = encode_targets(data.test, data.tasks)
     train_targets = encode_targets(data.train, data.tasks)
     reports = evaluate_model(model, data.test_data, test_targets, data.tasks, train_targets)
@@ -208,7 +229,7 @@ def run_training(config: TrainConfig) -> RunFolder:
     run.write_json("tasks.json", [t.to_dict() for t in data.tasks])
     if data.train_data.augment is not None:
         save_pipeline(data.train_data.augment, run.file("augmentation.yaml"))
-    model = model_builder(config, data.tasks).build()
+    model = with_task_weighting(model_builder(config, data.tasks).build(), config.task_weighting)
     if config.lr_find:
         config = dataclasses.replace(config, lr=find_learning_rate(config, data, model, run).suggest())
     compile_model(model, data.tasks, make_optimizer(config.optimizer, learning_rate(config, len(data.train_data))))

@@ -222,3 +222,45 @@ def test_training_flow_with_lr_find_and_one_cycle(hvc_folder, tmp_path):
     expected = [cycle.values(steps_per_epoch * (e + 1) - 1) for e in range(2)]
     np.testing.assert_allclose(history["lr"], [lr for lr, _ in expected], rtol=1e-6)
     np.testing.assert_allclose(history["beta_1"], [m for _, m in expected], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.optimizers.SGD(momentum=0.5, nesterov=True),
+        lambda: keras.optimizers.RMSprop(momentum=0.5),
+        lambda: keras.optimizers.AdamW(beta_1=0.5),
+        lambda: keras.optimizers.Adamax(beta_1=0.5),
+        lambda: keras.optimizers.Nadam(beta_1=0.5),
+        lambda: keras.optimizers.Lion(beta_1=0.5),
+    ],
+    ids=["sgd-nesterov", "rmsprop", "adamw", "adamax", "nadam", "lion"],
+)
+def test_fit_matches_eager_updates_with_per_step_coefficients(make):
+    import tensorflow as tf
+
+    x, y = _linear_problem()
+    # Start next to the least-squares optimum, so steps overshoot and gradients change sign
+    # (Lion's sign update only feels beta_1 then).
+    w0 = (np.linalg.lstsq(x, y, rcond=None)[0] + [[0.02], [-0.01], [0.015]]).astype("float32")
+    cycle = OneCycle(max_lr=0.05, total_steps=10, pct_start=0.4)
+    model = _linear_model(make(), w0)
+    model.fit(x, y, batch_size=len(x), epochs=6, shuffle=False, verbose=0, callbacks=[cycle])
+
+    def eager(per_step):
+        reference = _linear_model(make(), w0)
+        optimizer, kernel = reference.optimizer, reference.layers[0].kernel
+        name = "momentum" if hasattr(optimizer, "momentum") else "beta_1"
+        for step in range(6):
+            lr, momentum = cycle.values(step)
+            optimizer.learning_rate = lr
+            if per_step:
+                setattr(optimizer, name, momentum)  # a plain float, read afresh by eager updates
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(keras.losses.mean_squared_error(y, reference(x)))
+            optimizer.apply([tape.gradient(loss, kernel)], [kernel])
+        return kernel.numpy()
+
+    expected = eager(per_step=True)
+    np.testing.assert_allclose(model.get_weights()[0], expected, rtol=1e-5, atol=5e-6)
+    assert np.abs(eager(per_step=False) - expected).max() > 1e-4  # the cycling matters here
