@@ -1,24 +1,79 @@
-"""Figures written as PNG files (matplotlib, headless)."""
+"""Figures written as PNG files (matplotlib, headless).
+
+Every function draws one figure and writes it at `DPI` dots per inch without trimming,
+so a PNG measures exactly ``figsize * DPI`` pixels. Each takes an optional ``figsize``
+(inches); the default grows with the number of outputs / images shown.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from kerasmtl.landmarks import is_keypoint_task  # noqa: E402
+from kerasmtl.tasks import MISSING_CLASS, Task  # noqa: E402
+
+DPI = 100
+GOOD, BAD, NEUTRAL = "#2a9d55", "#d1495b", "#9aa0a6"
+
+
+def _new_figure(width: float, height: float, layout: str | None = "constrained"):
+    """A figure of ``width`` x ``height`` inches (constrained layout by default)."""
+    return plt.figure(figsize=(width, height), dpi=DPI, layout=layout)
+
+
+def _panels(rows: int, columns: int, figsize, margins=(0.6, 0.2, 0.6, 0.5), gaps=(0.6, 0.8), **gridspec):
+    """A figure with a ``rows`` x ``columns`` grid of axes and fixed margins in inches.
+
+    Fixed margins instead of a layout engine: a layout engine measures every label of
+    every panel, which costs more than drawing them on a grid of many panels.
+
+    Args:
+        rows, columns: the grid.
+        figsize: ``(width, height)`` inches.
+        margins: ``(left, right, bottom, top)`` inches.
+        gaps: ``(between columns, between rows)`` inches.
+        **gridspec: passed to ``Figure.add_gridspec`` (e.g. ``height_ratios``).
+
+    Returns:
+        ``(figure, axes)`` with ``axes`` of shape ``(rows, columns)``.
+    """
+    width, height = figsize
+    left, right, bottom, top = margins
+    figure = _new_figure(width, height, layout=None)
+    panel_w = max(0.1, (width - left - right - gaps[0] * (columns - 1)) / columns)
+    panel_h = max(0.1, (height - bottom - top - gaps[1] * (rows - 1)) / rows)
+    grid = figure.add_gridspec(
+        rows, columns,
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+        wspace=gaps[0] / panel_w, hspace=gaps[1] / panel_h, **gridspec,
+    )
+    axes = np.array([[figure.add_subplot(grid[r, c]) for c in range(columns)] for r in range(rows)])
+    return figure, axes
 
 
 def _save(figure, path) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=DPI)
+    finally:
+        plt.close(figure)
     return str(path)
 
 
-def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None) -> str:
+def _classified(tasks: Sequence[Task] | None, reports: Mapping[str, dict]) -> list[str]:
+    names = [t.name for t in tasks if t.kind != "regression"] if tasks else list(reports)
+    return [n for n in names if n in reports and "accuracy" in reports[n]]
+
+
+def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None, figsize=None) -> str:
     """Training curves: total loss, then one panel per task (loss and its metric).
 
     Args:
@@ -26,6 +81,7 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
             ``<task>_loss``, ``val_<task>_accuracy``, ...), e.g. ``history.csv``.
         path: PNG file to write.
         task_names: tasks to plot; default every ``<task>_loss`` column.
+        figsize: ``(width, height)`` inches; default 4 x 3 per panel, 4 panels a row.
 
     Returns:
         The path written.
@@ -36,7 +92,8 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
     panels = ["loss"] + list(task_names)
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    figure = _new_figure(*(figsize or (4 * columns, 3 * rows)))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         loss = "loss" if panel == "loss" else f"{panel}_loss"
         for prefix, style in (("", "-"), ("val_", "--")):
@@ -54,7 +111,347 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
         ax.legend(loc="upper right", fontsize="small")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_accuracy_vs_baseline(
+    reports: Mapping[str, dict],
+    path: str | os.PathLike,
+    tasks: Sequence[Task] | None = None,
+    figsize=None,
+) -> str:
+    """Per-output accuracy next to its majority-class baseline (horizontal bars).
+
+    Each output gets a grey bar (the baseline: always predicting the training set's most
+    frequent class) and a bar for the model, green when it beats the baseline and red
+    otherwise, labelled with the accuracy and the difference; a black tick marks macro F1.
+
+    Args:
+        reports: ``{output: report}`` from `kerasmtl.evaluate.task_report`.
+        path: PNG file to write.
+        tasks: restricts and orders the outputs; default every classification report.
+        figsize: inches; default ``(7, 1 + 0.55 * outputs)``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no classification output to show.
+    """
+    names = _classified(tasks, reports)
+    if not names:
+        raise ValueError(f"No classification report to plot. Received reports for: {list(reports)}")
+    figure = _new_figure(*(figsize or (7, 1 + 0.55 * len(names))))
+    ax = figure.subplots()
+    y = np.arange(len(names))[::-1]
+    accuracy = np.array([reports[n]["accuracy"] for n in names])
+    baseline = np.array([reports[n]["baseline_accuracy"] for n in names])
+    f1 = np.array([reports[n].get("f1", np.nan) for n in names])
+    colours = [GOOD if a > b else BAD for a, b in zip(accuracy, baseline)]
+    ax.barh(y + 0.2, baseline, height=0.38, color=NEUTRAL, label="majority-class baseline")
+    ax.barh(y - 0.2, accuracy, height=0.38, color=colours, label="model accuracy")
+    ax.scatter(f1, y - 0.2, marker="|", s=160, color="black", zorder=3, label="model macro F1")
+    for yi, a, b in zip(y, accuracy, baseline):
+        ax.text(min(a, 1.0) + 0.01, yi - 0.2, f"{a:.3f} ({a - b:+.3f})", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, 1.22)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("accuracy")
+    beating = int(np.sum(accuracy > baseline))
+    ax.set_title(f"Accuracy against the majority-class baseline: {beating} of {len(names)} outputs beat it", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_confusion_matrices(
+    reports: Mapping[str, dict],
+    path: str | os.PathLike,
+    tasks: Sequence[Task] | None = None,
+    columns: int = 4,
+    figsize=None,
+) -> str:
+    """Confusion matrices of the classification outputs, one panel each.
+
+    Colours show the share of each true class (rows sum to 1: the diagonal is each
+    class's recall); the numbers are counts.
+
+    Args:
+        reports: ``{output: report}`` with ``confusion_matrix`` and ``classes``.
+        path: PNG file to write.
+        tasks: restricts and orders the outputs; default every report with a matrix.
+        columns: panels per row.
+        figsize: inches; default 3.2 x 3.0 per panel.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no report holds a confusion matrix.
+    """
+    names = [n for n in _classified(tasks, reports) if "confusion_matrix" in reports[n]]
+    if not names:
+        raise ValueError(f"No report with a confusion matrix. Received reports for: {list(reports)}")
+    columns = max(1, min(columns, len(names)))
+    rows = -(-len(names) // columns)
+    figure, axes = _panels(rows, columns, figsize or (3.2 * columns, 3.0 * rows), margins=(0.8, 0.1, 0.7, 0.3), gaps=(0.9, 0.9))
+    for ax, name in zip(axes.flat, names):
+        matrix = np.asarray(reports[name]["confusion_matrix"], dtype=float)
+        classes = [str(c) for c in reports[name]["classes"]]
+        totals = matrix.sum(axis=1, keepdims=True)
+        shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=7,
+                    color="white" if shares[i, j] > 0.6 else "black")
+        short = [c if len(c) <= 10 else c[:9] + "." for c in classes]
+        ax.set_xticks(range(len(classes)), short, rotation=45, ha="right", fontsize=6)
+        ax.set_yticks(range(len(classes)), short, fontsize=6)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+        ax.set_title(f"{name} (acc {reports[name]['accuracy']:.2f})", fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    return _save(figure, path)
+
+
+def _keypoints(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(k, 2)`` pixel coordinates; values up to 1.5 are read as fractions of the size."""
+    points = np.asarray(values, dtype=float).reshape(-1, 2)
+    if np.nanmax(np.abs(points)) <= 1.5:
+        points = points * np.array([size[1], size[0]])
+    return points
+
+
+def _short(name: str, limit: int = 16) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+
+
+def _label_lines(task: Task, output, target) -> list[tuple[str, str]]:
+    """``(text, colour)`` lines describing one task's prediction for one image."""
+    if task.kind == "regression":
+        if is_keypoint_task(task):
+            return []
+        predicted = np.asarray(output, dtype=float).reshape(-1)
+        text = f"{task.name}: " + ", ".join(f"{v:.2f}" for v in predicted[:3])
+        if target is not None and not np.isnan(np.asarray(target, dtype=float)).any():
+            error = np.mean(np.abs(predicted - np.asarray(target, dtype=float).reshape(-1)))
+            text += f" (err {error:.2f})"
+        return [(text, "black")]
+    predicted = task.decode(np.asarray(output).reshape(1, -1))[0]
+    if target is None or int(np.asarray(target).reshape(-1)[0]) == MISSING_CLASS:
+        return [(f"{task.name}: {_short(predicted)}", "black")]
+    truth = task.classes[int(np.asarray(target).reshape(-1)[0])]
+    if truth == predicted:
+        return [(f"{task.name}: {_short(predicted)}", GOOD)]
+    return [(f"{task.name}: {_short(predicted)} (true {_short(truth)})", BAD)]
+
+
+def plot_sample_predictions(
+    images,
+    tasks: Sequence[Task],
+    outputs: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    targets: Mapping[str, np.ndarray] | None = None,
+    columns: int = 4,
+    figsize=None,
+) -> str:
+    """A grid of images with each output's prediction against the truth.
+
+    Under each image one line per non-keypoint output: green when the prediction is
+    right, red (with the true class) when wrong. Keypoint outputs are drawn on the image:
+    true points as green circles, predictions as red crosses joined to them by a line.
+
+    Args:
+        images: ``(N, H, W, C)`` uint8 images.
+        tasks: the tasks.
+        outputs: ``{task: (N, units) model outputs}``.
+        path: PNG file to write.
+        targets: optional ``{task: encoded targets}`` of the same images.
+        columns: images per row.
+        figsize: inches; default ``3.0`` wide per image and ``2.0 + 0.14 * lines`` high
+            per row of images (``lines``: the non-keypoint outputs), plus 0.5.
+
+    Returns:
+        The path written.
+    """
+    images = np.asarray(images)
+    n = len(images)
+    if n == 0:
+        raise ValueError("plot_sample_predictions needs at least one image. Received: 0")
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    text_lines = sum(1 for t in tasks if not is_keypoint_task(t))
+    text_height = 0.14 * text_lines
+    figsize = figsize or (3.0 * columns, (2.0 + text_height) * rows + 0.5)
+    ratios = [2.0, max(text_height, 0.01)] * rows
+    figure, axes = _panels(2 * rows, columns, figsize, margins=(0.1, 0.1, 0.05, 0.45), gaps=(0.2, 0.0), height_ratios=ratios)
+    for i in range(rows * columns):
+        ax, text_ax = axes[2 * (i // columns), i % columns], axes[2 * (i // columns) + 1, i % columns]
+        text_ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        image = images[i]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+        ax.set_anchor("W")
+        lines = []
+        for task in tasks:
+            target = None if targets is None else targets[task.name][i]
+            if is_keypoint_task(task):
+                predicted = _keypoints(outputs[task.name][i], image.shape[:2])
+                if target is not None and not np.isnan(np.asarray(target, dtype=float)).any():
+                    truth = _keypoints(target, image.shape[:2])
+                    for (px, py), (tx, ty) in zip(predicted, truth):
+                        ax.plot([px, tx], [py, ty], color="yellow", lw=0.8)
+                    ax.scatter(truth[:, 0], truth[:, 1], s=18, facecolors="none", edgecolors="lime", linewidths=1.2)
+                ax.scatter(predicted[:, 0], predicted[:, 1], s=18, marker="x", color="red", linewidths=1.2)
+                ax.set_xlim(-0.5, image.shape[1] - 0.5)
+                ax.set_ylim(image.shape[0] - 0.5, -0.5)
+            lines.extend(_label_lines(task, outputs[task.name][i], target))
+        for k, (text, colour) in enumerate(lines):
+            text_ax.text(0.0, 1 - (k + 0.5) / max(1, text_lines), text, transform=text_ax.transAxes, fontsize=6,
+                         color=colour, va="center")
+    figure.suptitle("Sample predictions (green: right, red: wrong)", fontsize=10)
+    return _save(figure, path)
+
+
+def _label_frame(targets: Mapping[str, np.ndarray], tasks: Sequence[Task]) -> pd.DataFrame:
+    """Numeric columns for correlation: binary 0/1, one-hot per class, regression units."""
+    columns = {}
+    for task in tasks:
+        values = np.asarray(targets[task.name])
+        if task.kind == "regression":
+            values = values.reshape(len(values), -1).astype(float)
+            names = list(task.columns) if len(task.columns) == values.shape[1] else [f"{task.name}_{k}" for k in range(values.shape[1])]
+            for k, column in enumerate(names):
+                columns[column] = values[:, k]
+            continue
+        labels = values.reshape(-1).astype(int)
+        present = labels != MISSING_CLASS
+        if task.kind == "binary":
+            columns[f"{task.name}={task.classes[1]}"] = np.where(present, labels, np.nan).astype(float)
+            continue
+        for k, name in enumerate(task.classes):
+            columns[f"{task.name}={name}"] = np.where(present, labels == k, np.nan).astype(float)
+    return pd.DataFrame(columns)
+
+
+def plot_label_distribution(
+    targets: Mapping[str, np.ndarray],
+    tasks: Sequence[Task],
+    path: str | os.PathLike,
+    columns: int = 4,
+    figsize=None,
+) -> str:
+    """How the labels of a dataset are distributed, one panel per task.
+
+    Classification tasks: a bar per class with its count and share (the dashed line is
+    the share of a uniform split); missing labels are counted in the title. Regression
+    tasks: a box plot per unit.
+
+    Args:
+        targets: ``{task: encoded targets}`` (e.g. from `kerasmtl.data.encode_targets`).
+        tasks: the tasks.
+        path: PNG file to write.
+        columns: panels per row.
+        figsize: inches; default 3.4 x 2.8 per panel.
+
+    Returns:
+        The path written.
+    """
+    tasks = list(tasks)
+    columns = max(1, min(columns, len(tasks)))
+    rows = -(-len(tasks) // columns)
+    figure, axes = _panels(rows, columns, figsize or (3.4 * columns, 2.8 * rows), margins=(0.5, 0.1, 0.8, 0.55), gaps=(0.55, 1.0))
+    for ax, task in zip(axes.flat, tasks):
+        values = np.asarray(targets[task.name])
+        if task.kind == "regression":
+            values = values.reshape(len(values), -1).astype(float)
+            kept = [v[~np.isnan(v)] for v in values.T]
+            names = list(task.columns) if len(task.columns) == values.shape[1] else [str(k) for k in range(values.shape[1])]
+            ax.boxplot(kept, tick_labels=names, showfliers=False)
+            ax.tick_params(axis="x", labelrotation=60, labelsize=6)
+            ax.set_title(f"{task.name} (n={int((~np.isnan(values).any(axis=1)).sum())})", fontsize=9)
+            continue
+        labels = values.reshape(-1).astype(int)
+        present = labels[labels != MISSING_CLASS]
+        counts = np.bincount(present, minlength=len(task.classes))
+        shares = counts / max(1, counts.sum())
+        x = np.arange(len(task.classes))
+        ax.bar(x, counts, color=[GOOD if c == counts.max() else "#457b9d" for c in counts])
+        ax.axhline(counts.sum() / len(task.classes), color="black", lw=0.8, ls="--")
+        for xi, count, share in zip(x, counts, shares):
+            ax.text(xi, count, f"{share:.0%}", ha="center", va="bottom", fontsize=7)
+        short = [c if len(c) <= 12 else c[:11] + "." for c in task.classes]
+        ax.set_xticks(x, short, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, counts.max() * 1.18 + 1)
+        missing = int(len(labels) - len(present))
+        ax.set_title(f"{task.name} (n={len(present)}" + (f", {missing} missing)" if missing else ")"), fontsize=9)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    figure.suptitle("Label distribution (dashed: uniform share)", fontsize=10)
+    return _save(figure, path)
+
+
+def label_correlation(targets: Mapping[str, np.ndarray], tasks: Sequence[Task]) -> pd.DataFrame:
+    """Pearson correlation between label columns (pairwise over present labels).
+
+    Binary tasks give one 0/1 column ``task=<positive class>``, multiclass tasks one
+    indicator column per class ``task=<class>`` (their correlations are phi
+    coefficients), regression tasks one column per unit.
+
+    Returns:
+        The square correlation table (NaN for a constant column).
+    """
+    return _label_frame(targets, tasks).corr()
+
+
+def plot_label_correlation(
+    targets: Mapping[str, np.ndarray],
+    tasks: Sequence[Task],
+    path: str | os.PathLike,
+    figsize=None,
+) -> str:
+    """Heatmap of `label_correlation`, task blocks outlined.
+
+    Within a multiclass task the indicator columns are negatively correlated by
+    construction; the interesting cells are those between tasks (e.g. a smile and the
+    mouth-corner coordinates).
+
+    Args:
+        targets: ``{task: encoded targets}``.
+        tasks: the tasks.
+        path: PNG file to write.
+        figsize: inches; default ``2.5 + 0.28 * columns`` square.
+
+    Returns:
+        The path written.
+    """
+    table = label_correlation(targets, tasks)
+    size = len(table)
+    side = 2.5 + 0.28 * size
+    figure = _new_figure(*(figsize or (side + 1.0, side)))
+    ax = figure.subplots()
+    image = ax.imshow(table.to_numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    fontsize = 7 if size <= 30 else 5
+    ax.set_xticks(range(size), table.columns, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(size), table.columns, fontsize=fontsize)
+    if size <= 16:
+        for (i, j), value in np.ndenumerate(table.to_numpy()):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
+    edge = 0
+    for task in tasks:
+        width = sum(1 for c in table.columns if c.split("=")[0] == task.name) or task.num_outputs
+        if task.kind == "regression":
+            width = task.num_outputs
+        ax.add_patch(plt.Rectangle((edge - 0.5, edge - 0.5), width, width, fill=False, lw=1.0, edgecolor="black"))
+        edge += width
+    figure.colorbar(image, ax=ax, shrink=0.8, label="Pearson correlation")
+    ax.set_title("Label correlation", fontsize=10)
     return _save(figure, path)
 
 

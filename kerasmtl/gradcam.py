@@ -1,0 +1,327 @@
+"""Grad-CAM for any named output head of a multi-output model.
+
+Grad-CAM (Selvaraju et al., 2017) weighs each channel of a feature map by the mean
+gradient of one output score with respect to it, sums the channels and keeps the
+positive part: the places of the picture that raise that score. With a multi-output
+model each head gets its own map, so one picture shows where each output looks.
+
+The score is the pre-activation of the output unit (the logit of a softmax / sigmoid
+Dense output; Grad-CAM's original choice, which keeps saturated probabilities from
+hiding the gradient), or the output value itself when the output layer is not a Dense
+layer. For a binary output, class 0 uses the negated logit.
+
+Default feature map: the output of the nested base tower (the layer named ``"base"``
+that `kerasmtl.builder.ModelBuilder` builds). ``layer`` may name any other 4-D layer of
+the outer model (e.g. ``"gender_relu1"`` inside a conv head) or a layer inside the base
+tower as ``"base/<layer name>"``.
+
+Gradients are taken with ``tf.GradientTape`` (TensorFlow backend).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import keras
+import numpy as np
+
+BASE_LAYER = "base"
+
+
+def _outer_tensor(layer, attribute: str):
+    """The tensor ``layer`` reads / writes in the graph of the model that calls it.
+
+    A nested model's own ``.input`` / ``.output`` belong to its inner graph; the tensors of
+    the outer graph live on the node of its (single) call.
+    """
+    nodes = layer._inbound_nodes
+    if len(nodes) != 1:
+        raise ValueError(
+            f"Grad-CAM needs layer {layer.name!r} to be called exactly once in the model. "
+            f"Received: {len(nodes)} calls"
+        )
+    tensors = nodes[0].input_tensors if attribute == "input" else nodes[0].output_tensors
+    if len(tensors) != 1:
+        raise ValueError(f"Layer {layer.name!r} has {len(tensors)} {attribute}s; Grad-CAM needs one.")
+    return tensors[0]
+
+
+def _score_tensor(model: keras.Model, output_name: str):
+    """(tensor to compute, Dense layer or None): the output layer's input if it is Dense."""
+    if output_name not in model.output_names:
+        raise ValueError(f"The model has no output named {output_name!r}. Its outputs: {model.output_names}")
+    layer = model.get_layer(output_name)
+    if isinstance(layer, keras.layers.Dense):
+        return _outer_tensor(layer, "input"), layer
+    return _outer_tensor(layer, "output"), None
+
+
+def _scores(values, dense, kind: str, class_index):
+    """Per-image score to differentiate: ``(N,)``."""
+    import tensorflow as tf
+
+    if dense is not None:
+        values = tf.matmul(values, tf.cast(dense.kernel, values.dtype))
+        if dense.use_bias:
+            values = values + tf.cast(dense.bias, values.dtype)
+    if values.shape[-1] == 1 and kind == "binary":
+        logit = values[:, 0]
+        if class_index is None:
+            return logit  # sign flipped per image below
+        return logit if int(class_index) == 1 else -logit
+    if class_index is None:
+        if kind == "regression":
+            return tf.reduce_sum(values, axis=-1)
+        index = tf.argmax(values, axis=-1)
+        return tf.gather(values, index, axis=1, batch_dims=1)
+    return values[:, int(class_index)]
+
+
+class GradCAM:
+    """Computes Grad-CAM heatmaps of one model for any of its outputs.
+
+    Building the sub-models once and reusing them makes maps for many outputs cheap.
+
+    Args:
+        model: a functional model with named outputs.
+        layer: the feature-map layer (see the module docstring); default the base tower's
+            output, or, for a model without a ``"base"`` layer, the last 4-D layer output.
+    """
+
+    def __init__(self, model: keras.Model, layer: str | None = None):
+        self.model = model
+        self.layer = layer
+        self._inner = None  # (model input -> base input, base sub-model) for "base/<name>"
+        names = [item.name for item in model.layers]
+        if layer is None:
+            if BASE_LAYER in names:
+                self.feature_tensor = _outer_tensor(model.get_layer(BASE_LAYER), "output")
+            else:
+                self.feature_tensor = self._last_feature_map()
+        elif "/" in layer:
+            outer, inner = layer.split("/", 1)
+            nested = model.get_layer(outer)
+            if not isinstance(nested, keras.Model):
+                raise ValueError(f"{outer!r} is not a nested model; name a layer of the model. Received: layer={layer!r}")
+            inner_tensor = nested.get_layer(inner).output
+            self._inner = (
+                keras.Model(model.input, _outer_tensor(nested, "input")),
+                keras.Model(nested.input, [inner_tensor, nested.output]),
+            )
+            self.feature_tensor = _outer_tensor(nested, "output")
+        else:
+            if layer not in names:
+                raise ValueError(f"The model has no layer {layer!r}. Its layers: {names}")
+            chosen = model.get_layer(layer)
+            self.feature_tensor = _outer_tensor(chosen, "output")
+        if len(self.feature_tensor.shape) != 4:
+            raise ValueError(
+                f"Grad-CAM needs a 4-D feature map (N, H, W, C). Received: layer {layer!r} with "
+                f"output shape {self.feature_tensor.shape}"
+            )
+        self._heads: dict[str, tuple] = {}
+
+    def _last_feature_map(self):
+        for item in reversed(self.model.layers):
+            try:
+                tensor = _outer_tensor(item, "output")
+            except ValueError:
+                continue
+            if len(tensor.shape) == 4:
+                return tensor
+        raise ValueError("The model has no layer with a 4-D output; Grad-CAM needs a feature map.")
+
+    def _head(self, output_name: str):
+        if output_name not in self._heads:
+            target, dense = _score_tensor(self.model, output_name)
+            if self._inner is None:
+                sub = keras.Model(self.model.input, [self.feature_tensor, target])
+            else:
+                sub = keras.Model(self.feature_tensor, target)
+            self._heads[output_name] = (sub, dense)
+        return self._heads[output_name]
+
+    def __call__(self, images, output_name: str, class_index: int | None = None, kind: str | None = None) -> np.ndarray:
+        """Heatmaps of ``output_name`` for ``images``.
+
+        Args:
+            images: ``(N, H, W, C)`` raw images, as the model takes them.
+            output_name: the output head.
+            class_index: the class (or regression unit) to explain; default each image's
+                predicted class (for regression: the sum of the units).
+            kind: ``"binary"``, ``"multiclass"`` or ``"regression"``; default: binary for a
+                1-unit sigmoid output, multiclass for a softmax output, else regression.
+
+        Returns:
+            ``(N, H, W)`` float32 heatmaps in [0, 1] at the input's height and width
+            (all zeros where no location raises the score).
+        """
+        import tensorflow as tf
+
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C). Received: shape={images.shape}")
+        sub, dense = self._head(output_name)
+        kind = kind or self._guess_kind(output_name)
+        x = tf.convert_to_tensor(images)
+        with tf.GradientTape() as tape:
+            if self._inner is None:
+                features, values = sub(x, training=False)
+                tape_target = features
+            else:
+                to_base, inner = self._inner
+                features, base_out = inner(to_base(x, training=False), training=False)
+                tape_target = features
+                values = sub(base_out, training=False)
+            tape.watch(tape_target)
+            scores = _scores(values, dense, kind, class_index)
+            if kind == "binary" and class_index is None:
+                scores = tf.abs(scores)  # the predicted side: logit > 0 -> class 1, else class 0
+        gradients = tape.gradient(scores, tape_target)
+        if gradients is None:
+            raise ValueError(f"Output {output_name!r} does not depend on the feature map of layer {self.layer!r}.")
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+        cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0]
+        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+        cam = tf.math.divide_no_nan(cam, peak)
+        return np.clip(cam.numpy(), 0.0, 1.0).astype(np.float32)
+
+    def _guess_kind(self, output_name: str) -> str:
+        layer = self.model.get_layer(output_name)
+        activation = getattr(getattr(layer, "activation", None), "__name__", "")
+        units = layer.output.shape[-1] if hasattr(layer, "output") else None
+        if activation == "sigmoid" and units == 1:
+            return "binary"
+        if activation == "softmax":
+            return "multiclass"
+        return "regression"
+
+
+def grad_cam(
+    model: keras.Model,
+    images,
+    output_name: str,
+    class_index: int | None = None,
+    layer: str | None = None,
+    kind: str | None = None,
+) -> np.ndarray:
+    """Grad-CAM heatmaps of one output head.
+
+    Args:
+        model: the model (e.g. from `kerasmtl.builder.ModelBuilder` or a reloaded ``.keras``).
+        images: ``(N, H, W, C)`` raw images.
+        output_name: the output to explain.
+        class_index: class (or regression unit) to explain; default the predicted class.
+        layer: feature-map layer: default the base tower's output; an outer layer name
+            (e.g. a conv head's ``"<task>_relu1"``); or ``"base/<inner layer>"``.
+        kind: the task kind (``"binary"``, ``"multiclass"``, ``"regression"``); guessed from
+            the output layer when omitted. Pass it for outputs trained from logits.
+
+    Returns:
+        ``(N, H, W)`` float32 heatmaps in [0, 1], upsampled to the input size.
+    """
+    return GradCAM(model, layer)(images, output_name, class_index=class_index, kind=kind)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
+    """Blends a heatmap over an image.
+
+    Args:
+        image: ``(H, W, C)`` uint8 (C = 1 or 3).
+        heatmap: ``(H, W)`` in [0, 1].
+        alpha: heatmap opacity.
+        colormap: a matplotlib colormap name.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image.
+    """
+    from matplotlib import colormaps
+
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    colours = colormaps[colormap](np.clip(heatmap, 0, 1))[..., :3] * 255.0
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def gradcam_mosaic(images, heatmaps: Mapping[str, np.ndarray], cell: int = 96, gap: int = 4, alpha: float = 0.45) -> np.ndarray:
+    """One uint8 picture: a row per image holding the image, then its overlay per output.
+
+    Args:
+        images: ``(N, H, W, C)`` uint8 images.
+        heatmaps: ``{output name: (N, H, W)}``.
+        cell: target side of a cell in pixels (images are enlarged by a whole factor).
+        gap: white pixels between cells.
+        alpha: heatmap opacity.
+
+    Returns:
+        ``(N * (h + gap) - gap, (1 + outputs) * (w + gap) - gap, 3)`` uint8, where ``h``, ``w``
+        are the enlarged image sides.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"images must be a non-empty (N, H, W, C) array. Received: shape={images.shape}")
+    height, width = images.shape[1:3]
+    factor = max(1, int(round(cell / max(height, width))))
+    h, w = height * factor, width * factor
+    names = list(heatmaps)
+    mosaic = np.full((len(images) * (h + gap) - gap, (1 + len(names)) * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for r, image in enumerate(images):
+        rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+        cells = [rgb] + [overlay(image, np.asarray(heatmaps[name])[r], alpha=alpha) for name in names]
+        for c, picture in enumerate(cells):
+            big = np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
+            mosaic[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = big
+    return mosaic
+
+
+def plot_gradcam(
+    images,
+    heatmaps: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.45,
+    cell: int = 96,
+) -> str:
+    """Overlay figure: one row per image, the picture then one overlay per output.
+
+    The cells are drawn pixel for pixel (no resampling): image pixels are enlarged by a
+    whole factor to about ``cell`` pixels.
+
+    Args:
+        images: ``(N, H, W, C)`` uint8 images.
+        heatmaps: ``{output name: (N, H, W) heatmaps}`` (e.g. from `grad_cam`).
+        path: PNG file to write.
+        titles: optional caption per image (e.g. its true labels), left of its row.
+        alpha: heatmap opacity.
+        cell: target cell side in pixels.
+
+    Returns:
+        The path written; the PNG is the mosaic (`gradcam_mosaic`) plus a 90-pixel margin
+        on the left and a 45-pixel band on top.
+    """
+    from kerasmtl.plots import DPI, _new_figure, _save
+
+    mosaic = gradcam_mosaic(images, heatmaps, cell=cell, alpha=alpha)
+    names = ["image"] + list(heatmaps)
+    left, top = 90, 45
+    width, height = mosaic.shape[1] + left, mosaic.shape[0] + top
+    figure = _new_figure(width / DPI, height / DPI, layout=None)
+    ax = figure.add_axes([left / width, 0, mosaic.shape[1] / width, mosaic.shape[0] / height])
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    columns, rows = len(names), len(images)
+    cell_w = (mosaic.shape[1] + 4) / columns
+    cell_h = (mosaic.shape[0] + 4) / rows
+    for c, name in enumerate(names):
+        x = (left + c * cell_w + (cell_w - 4) / 2) / width
+        figure.text(x, 1 - (top - 6) / height, name, ha="center", va="bottom", fontsize=8)
+    if titles is not None:
+        for r, title in enumerate(titles):
+            y = 1 - (top + r * cell_h + (cell_h - 4) / 2) / height
+            figure.text((left - 6) / width, y, title, ha="right", va="center", fontsize=6)
+    figure.text(0.5, 1 - 4 / height, "Grad-CAM: where each output looks (its predicted class)", ha="center", va="top", fontsize=9)
+    return _save(figure, path)
