@@ -230,10 +230,10 @@ def test_script_writes_the_curve_and_prints_the_suggestion(hvc_folder, tmp_path,
     out = tmp_path / "run"
     code = script["main"]([
         "--data", str(hvc_folder), "--image-size", "32", "--width", "8", "--batch-size", "16",
-        "--steps", "30", "--max-lr", "1", "--rule", "steep", "--out", str(out),
+        "--steps", "12", "--max-lr", "1", "--rule", "steep", "--out", str(out),
     ])
     assert code == 0
     table = pd.read_csv(out / "lr_find.csv")
-    assert len(table) == 30 and (out / "lr_find.png").is_file()
-    curve = LRRangeTestResult(table["lr"].values, table["loss"].values, table["smoothed_loss"].values, 30, "completed")
+    assert len(table) == 12 and (out / "lr_find.png").is_file()
+    curve = LRRangeTestResult(table["lr"].values, table["loss"].values, table["smoothed_loss"].values, 12, "completed")
     assert f"suggested learning rate (steep): {curve.suggest('steep'):.3g}" in capsys.readouterr().out
