@@ -18,15 +18,18 @@ import pandas as pd
 
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
+from kerasmtl.callbacks.checkpoint import NonFiniteLossError, ResumeError, save_model_atomic
 from kerasmtl.callbacks.task_weights import DynamicTaskWeights, with_task_weighting
 from kerasmtl.cli import TrainConfig, build_parser, parse_config
 from kerasmtl.data.augment import save_pipeline
 from kerasmtl.data.generator import MultiOutputGenerator
-from kerasmtl.data.person import load_hvc
+from kerasmtl.data.person import ANNOTATIONS, scan_hvc
 from kerasmtl.data.sample import ensure_sample
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
+from kerasmtl.data.validate import Problem, problems_csv, validate_table
 from kerasmtl.evaluate import evaluate_model
 from kerasmtl.plots import plot_history, plot_loss_weights
+from kerasmtl.resume import ResumableRun, config_fingerprint, data_digest
 from kerasmtl.runs import RunFolder
 from kerasmtl.tasks import Task
 from kerasmtl.towers import get_tower_spec
@@ -45,6 +48,7 @@ class PreparedData:
     val_data: MultiOutputGenerator | None
     test_data: MultiOutputGenerator
     source: str
+    skipped: list[Problem] = dataclasses.field(default_factory=list)
 
 
 def dataset_folder(config: TrainConfig) -> Path:
@@ -52,6 +56,24 @@ def dataset_folder(config: TrainConfig) -> Path:
     if config.data:
         return Path(config.data)
     return ensure_sample(n_images=config.sample_size, seed=0)
+
+
+def load_checked_hvc(folder: str | os.PathLike, config: TrainConfig) -> tuple[pd.DataFrame, list[Task], list[Problem]]:
+    """Loads an hvc folder and checks every row before training (`validate_table`).
+
+    Returns:
+        ``(table, tasks, problems)``: with ``config.skip_bad`` the table leaves out the
+        rows listed in ``problems``.
+
+    Raises:
+        DataError: listing every bad row (file, row, reason), unless ``config.skip_bad``.
+    """
+    frame, tasks, problems = scan_hvc(folder)
+    report = validate_table(
+        frame, tasks, source=Path(folder) / ANNOTATIONS, root=folder, shown_column="image_path",
+        problems=problems, workers=max(2, config.workers),
+    )
+    return report.accept(skip_bad=config.skip_bad), tasks, report.problems
 
 
 def prepare_data(config: TrainConfig) -> PreparedData:
@@ -64,10 +86,11 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         The prepared splits and generators.
 
     Raises:
-        DataError: for a bad CSV, unknown labels or missing images (before any training).
+        DataError: for a bad CSV, unknown labels, duplicate rows, paths outside the folder,
+            missing or undecodable images (before any training; see `load_checked_hvc`).
     """
     folder = dataset_folder(config)
-    frame, tasks = load_hvc(folder)
+    frame, tasks, skipped = load_checked_hvc(folder, config)
     train, val, test = split_table(frame, tasks, config.val_fraction, config.test_fraction, seed=config.seed)
     channels = 1 if config.grayscale else 3
     common = dict(batch_size=config.batch_size, image_size=config.image_size, channels=channels, workers=config.workers)
@@ -83,7 +106,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     )
     val_data = MultiOutputGenerator.from_table(val, tasks, shuffle=False, **common) if len(val) else None
     test_data = MultiOutputGenerator.from_table(test, tasks, shuffle=False, **common)
-    return PreparedData(tasks, train, val, test, train_data, val_data, test_data, str(folder))
+    return PreparedData(tasks, train, val, test, train_data, val_data, test_data, str(folder), skipped)
 
 
 def model_builder(config: TrainConfig, tasks: Sequence[Task]) -> ModelBuilder:
@@ -164,10 +187,8 @@ def build_callbacks(config: TrainConfig, run: RunFolder, data: PreparedData, mod
     if config.one_cycle:  # first, so CSVLogger records the lr and momentum it publishes
         steps = config.epochs * len(data.train_data)
         callbacks.append(OneCycle(config.lr, total_steps=steps, cycle_momentum=has_momentum(model.optimizer)))
-    return callbacks + [
-        keras.callbacks.CSVLogger(str(run.file("history.csv"))),
-        keras.callbacks.ModelCheckpoint(str(run.file("checkpoint.keras"))),
-    ]
+    # appends: a resumed run trims the rows after its last checkpoint (kerasmtl.resume)
+    return callbacks + [keras.callbacks.CSVLogger(str(run.file("history.csv")), append=True)]
 
 
 def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: keras.Model) -> dict:
@@ -176,7 +197,7 @@ def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: k
     Returns:
         ``{task name: report}`` for the test split.
     """
-    model.save(run.file("model.keras"))
+    save_model_atomic(model, run.file("model.keras"))
     plot_history(pd.read_csv(run.file("history.csv")), run.file("training_curves.png"), [t.name for t in data.tasks])
     plot_loss_weights(pd.read_csv(run.file("history.csv")), run.file("loss_weights.png"))
     test_targets = encode_targets(data.test, data.tasks)
@@ -223,24 +244,48 @@ def run_training(config: TrainConfig) -> RunFolder:
         The run folder.
     """
     keras.utils.set_random_seed(config.seed)
+    run_dir = Path(config.out or default_run_dir(config))
+    session = ResumableRun(run_dir, config_fingerprint(config), restart=config.restart)
+    if session.complete:
+        print(session.complete_message())
+        return RunFolder(run_dir)
     data = prepare_data(config)
-    run = RunFolder(config.out or default_run_dir(config))
+    run = RunFolder(run_dir)
+    if config.skip_bad:
+        run.write_text("skipped.csv", problems_csv(data.skipped))
+        print(f"{len(data.skipped)} bad row(s) left out; listed in {run.file('skipped.csv')}")
     run.write_yaml("config.yaml", config.to_dict() | {"resolved_data": data.source})
     run.write_json("tasks.json", [t.to_dict() for t in data.tasks])
     if data.train_data.augment is not None:
         save_pipeline(data.train_data.augment, run.file("augmentation.yaml"))
     model = with_task_weighting(model_builder(config, data.tasks).build(), config.task_weighting)
-    if config.lr_find:
-        config = dataclasses.replace(config, lr=find_learning_rate(config, data, model, run).suggest())
+    if config.lr_find:  # a resumed run keeps the rate its range test chose
+        lr = session.saved_extra.get("lr")
+        config = dataclasses.replace(config, lr=lr if lr is not None else find_learning_rate(config, data, model, run).suggest())
     compile_model(model, data.tasks, make_optimizer(config.optimizer, learning_rate(config, len(data.train_data))))
-    model.fit(
-        data.train_data,
-        validation_data=data.val_data,
-        epochs=config.epochs,
-        callbacks=build_callbacks(config, run, data, model),
-        verbose=config.verbose,
+    callbacks = build_callbacks(config, run, data, model)
+    initial_epoch = session.restore(
+        model,
+        datasets=[data.train_data],
+        callbacks=callbacks,
+        monitor="val_loss" if data.val_data is not None else "loss",
+        extra={"lr": config.lr},
+        dataset_digest=data_digest(data.train["path"], data.val["path"], data.test["path"]),
     )
+    if initial_epoch:
+        print(f"Resuming {run.path} after epoch {initial_epoch} of {config.epochs}")
+    if initial_epoch < config.epochs:
+        model.fit(
+            data.train_data,
+            validation_data=data.val_data,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks + session.callbacks,
+            verbose=config.verbose,
+        )
+    session.raise_if_diverged()
     finish_run(config, run, data, model)
+    session.mark_complete()
     return run
 
 
@@ -249,12 +294,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kerasmtl.data.errors import DataError
 
     parser = build_parser("Train a multi-output person-attributes model (default: the bundled sample).")
-    config, _ = parse_config(parser, argv)
+    try:
+        config, _ = parse_config(parser, argv)
+    except ValueError as error:  # a bad --config file
+        parser.error(str(error))
     try:
         run_training(config)
-    except (DataError, FileNotFoundError) as error:
+    except (DataError, FileNotFoundError, ResumeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     return 0
 
 

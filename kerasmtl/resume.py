@@ -168,6 +168,7 @@ class ResumableRun:
         monitor: str = "val_loss",
         extra: Mapping | None = None,
         history: str = "history.csv",
+        dataset_digest: str | None = None,
     ) -> int:
         """Restores the saved state into ``model`` (compiled) and builds `callbacks`.
 
@@ -179,6 +180,8 @@ class ResumableRun:
             monitor: what ``best.keras`` is chosen by (``"loss"`` without validation data).
             extra: JSON-able values to save with the state (see `saved_extra`).
             history: the ``CSVLogger`` file in the run folder.
+            dataset_digest: `data_digest` of the splits; a state saved with other rows
+                (e.g. rows added to the annotations since) is refused.
 
         Returns:
             The epoch to continue from.
@@ -186,6 +189,8 @@ class ResumableRun:
         Raises:
             ResumeError: the state cannot be restored (e.g. another dataset).
         """
+        if dataset_digest is not None:
+            self.fingerprint[DATA_KEY] = dataset_digest
         self.stopper = StopOnNonFiniteLoss()
         best = BestModelCheckpoint(self.run_dir / "best.keras", monitor=monitor)
         self.checkpoint = ResumeCheckpoint(
