@@ -1,0 +1,465 @@
+"""``tf.data`` input pipelines: the generator wrapped, and a pure ``tf.data`` file reader.
+
+Both yield the elements of `kerasmtl.data.generator.MultiOutputGenerator`: ``(images,
+targets)`` or ``(images, targets, sample_weights)`` with uint8 ``(B, H, W, C)`` images
+and dicts keyed by task name, and both shard for ``tf.distribute``:
+
+- `generator_dataset` reads the batches of any ``keras.utils.PyDataset`` (``__len__``,
+  side-effect-free ``__getitem__``; ``set_epoch`` if it reshuffles per epoch) on
+  ``tf.data``'s thread pool, several batches at once, and prefetches.
+- `file_dataset` decodes image files inside the TensorFlow graph (``tf.io.decode_image``,
+  parallel over images), resizes, augments with `ImageAugment` (``tf.image`` stateless
+  ops) and batches; no Python runs per image, so it scales to datasets too large to feed
+  from Python.
+
+Epochs and sharding. Unless ``repeat=False``, a dataset runs over epochs
+``initial_epoch, initial_epoch + 1, ...`` forever, each epoch in the order the generator
+would use for it (``numpy.random.default_rng([seed, epoch])``), so ``model.fit`` needs
+``steps_per_epoch`` (see `steps_per_epoch`). With an ``input_context`` (from
+``strategy.distribute_datasets_from_function``) worker ``w`` of ``W`` takes the batches
+``w, w + W, w + 2W, ...`` of each epoch, ``batch_size`` being the per-worker batch, so a
+step's global batch holds ``W * batch_size`` consecutive rows of the epoch's order: the
+same rows as one device fed batches of ``W * batch_size``. Every worker makes the same
+number of steps (``num_batches // W``; trailing batches that do not fill a step are
+dropped). Each worker batch is split into equal slices for the worker's local replicas.
+Only the rows of its own batches are read by a worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from kerasmtl.tasks import Task
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# --------------------------------------------------------------------- sharding
+def _pipelines(input_context) -> tuple[int, int, int]:
+    """``(workers, this worker, replicas of this worker)`` of an ``InputContext``."""
+    if input_context is None:
+        return 1, 0, 1
+    workers = int(input_context.num_input_pipelines)
+    replicas = max(1, int(input_context.num_replicas_in_sync) // workers)
+    return workers, int(input_context.input_pipeline_id), replicas
+
+
+def steps_per_epoch(num_batches: int, num_workers: int = 1) -> int:
+    """Training steps per epoch when ``num_workers`` share ``num_batches`` batches.
+
+    Args:
+        num_batches: batches of one epoch (``len(generator)``).
+        num_workers: workers (input pipelines) sharing them.
+
+    Returns:
+        ``num_batches`` for one worker, else ``num_batches // num_workers``.
+
+    Raises:
+        ValueError: fewer batches than workers.
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1. Received: num_workers={num_workers!r}")
+    steps = num_batches if num_workers == 1 else num_batches // num_workers
+    if steps < 1:
+        raise ValueError(
+            f"Every worker needs at least one batch per epoch: {num_batches} batch(es) for "
+            f"{num_workers} workers. Use a smaller batch size. Received: num_batches={num_batches}"
+        )
+    return steps
+
+
+def worker_batches(num_batches: int, num_workers: int = 1, worker: int = 0) -> np.ndarray:
+    """Indices of the batches worker ``worker`` of ``num_workers`` reads each epoch."""
+    steps = steps_per_epoch(num_batches, num_workers)
+    return np.arange(worker, steps * num_workers, num_workers, dtype=np.int64)
+
+
+def epoch_order(num_rows: int, epoch, seed: int, shuffle: bool = True) -> np.ndarray:
+    """The row order of an epoch, the generator's: ``default_rng([seed, epoch])``."""
+    if not shuffle:
+        return np.arange(num_rows, dtype=np.int64)
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_rows).astype(np.int64)
+
+
+def _split_for_replicas(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Splits every batch into ``replicas`` consecutive slices (one element each)."""
+    if replicas == 1:
+        return dataset
+
+    def split(*element):
+        size = tf.shape(tf.nest.flatten(element)[0], out_type=tf.int64)[0]
+
+        def part(r):
+            start, end = (r * size) // replicas, ((r + 1) * size) // replicas
+            return tf.nest.map_structure(lambda t: t[start:end], element)
+
+        return tf.data.Dataset.range(replicas).map(part)
+
+    return dataset.flat_map(split)
+
+
+def _epochs(initial_epoch: int, repeat: bool) -> tf.data.Dataset:
+    if repeat:
+        return tf.data.Dataset.counter(int(initial_epoch), dtype=tf.int64)
+    return tf.data.Dataset.from_tensors(tf.constant(int(initial_epoch), tf.int64))
+
+
+def _finish(dataset: tf.data.Dataset, replicas: int, prefetch) -> tf.data.Dataset:
+    dataset = _split_for_replicas(dataset, replicas)
+    options = tf.data.Options()
+    # Each worker already reads only its own share.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = dataset.with_options(options)
+    return dataset.prefetch(prefetch) if prefetch else dataset
+
+
+# ------------------------------------------------------------ generator wrapper
+class _EpochViews:
+    """Shallow copies of a PyDataset positioned at given epochs, for concurrent reads."""
+
+    def __init__(self, generator, keep: int = 3):
+        self.generator = generator
+        self.keep = keep
+        self._views: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, epoch: int):
+        if not hasattr(self.generator, "set_epoch"):
+            return self.generator
+        with self._lock:
+            view = self._views.get(epoch)
+            if view is None:
+                view = copy.copy(self.generator)
+                view.set_epoch(epoch)
+                self._views[epoch] = view
+                for old in sorted(self._views)[: -self.keep]:
+                    del self._views[old]
+            return view
+
+
+def _spec_of(value) -> tf.TensorSpec:
+    value = np.asarray(value)
+    return tf.TensorSpec((None,) + value.shape[1:], tf.as_dtype(value.dtype))
+
+
+def generator_dataset(
+    generator,
+    *,
+    input_context: tf.distribute.InputContext | None = None,
+    initial_epoch: int = 0,
+    repeat: bool = True,
+    num_parallel_calls=AUTOTUNE,
+    prefetch=AUTOTUNE,
+) -> tf.data.Dataset:
+    """Wraps a ``keras.utils.PyDataset`` (e.g. `MultiOutputGenerator`) in ``tf.data``.
+
+    Batch ``i`` of epoch ``e`` is ``generator[i]`` read from a copy of the generator
+    positioned at ``e`` (``set_epoch``), so reads run concurrently on ``tf.data``'s
+    threads (``num_parallel_calls`` batches at once, in order) and the result is the
+    generator's own batches, augmentation included. Structure and dtypes come from
+    ``generator[0]``.
+
+    Args:
+        generator: the PyDataset; its ``batch_size`` is the per-worker batch.
+        input_context: from ``strategy.distribute_datasets_from_function``: read only
+            this worker's batches and split them for its replicas (see the module
+            docstring). None: every batch, whole.
+        initial_epoch: the first epoch (e.g. when resuming).
+        repeat: run over epochs forever (pass ``steps_per_epoch`` to ``fit``); False:
+            one epoch, ``initial_epoch``.
+        num_parallel_calls: batches read at once.
+        prefetch: batches prefetched (0 for none).
+
+    Returns:
+        The dataset.
+    """
+    workers, worker, replicas = _pipelines(input_context)
+    batches = worker_batches(len(generator), workers, worker)
+    first = generator[0]
+    if not isinstance(first, tuple) or len(first) not in (2, 3):
+        raise ValueError(
+            "The generator must return (images, targets) or (images, targets, sample_weights). "
+            f"Received: {type(first).__name__} of length {len(first) if isinstance(first, tuple) else 'n/a'}"
+        )
+    specs = tf.nest.map_structure(_spec_of, first)
+    flat_specs = tf.nest.flatten(specs)
+    views = _EpochViews(generator)
+
+    def read(epoch, index):
+        batch = views(int(epoch))[int(index)]
+        return [np.asarray(v) for v in tf.nest.flatten(batch)]
+
+    def load(epoch, index):
+        values = tf.numpy_function(read, [epoch, index], [s.dtype for s in flat_specs], stateful=False)
+        for value, spec in zip(values, flat_specs):
+            value.set_shape(spec.shape)
+        return tf.nest.pack_sequence_as(specs, values)
+
+    indices = tf.constant(batches)
+    dataset = _epochs(initial_epoch, repeat).flat_map(
+        lambda e: tf.data.Dataset.from_tensor_slices(indices).map(lambda i: (e, i))
+    )
+    dataset = dataset.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+    return _finish(dataset, replicas, prefetch)
+
+
+# ------------------------------------------------------------------ augmentation
+@dataclasses.dataclass(frozen=True)
+class ImageAugment:
+    """Augmentations of the ``tf.data`` file pipeline, written with ``tf.image`` ops.
+
+    Every draw is stateless, seeded by ``(seed, epoch, row)``: the same image of the same
+    epoch gets the same augmentation on every worker and in every run.
+
+    Args:
+        flip: probability of a horizontal flip. Keypoint targets follow the flip: for
+            regression tasks with ``flip_pairs`` the x coordinates (even units,
+            normalised to [0, 1]) become ``1 - x`` and the paired points swap places.
+        brightness: add ``delta * 255``, ``delta`` uniform in ``[-brightness, brightness]``
+            (``tf.image.adjust_brightness`` on [0, 1] images).
+        contrast: scale each channel's deviation from its mean by a factor uniform in
+            ``[1 - contrast, 1 + contrast]`` (``tf.image.adjust_contrast``).
+        channel_shift: add to each channel its own offset, uniform in
+            ``[-channel_shift, channel_shift]`` pixel levels (like albumentations'
+            ``RGBShift``; Keras's ``channel_shift_range`` would add one offset to all).
+    """
+
+    flip: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    channel_shift: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.flip <= 1.0:
+            raise ValueError(f"flip is a probability in [0, 1]. Received: flip={self.flip!r}")
+        for name in ("brightness", "contrast", "channel_shift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0. Received: {name}={getattr(self, name)!r}")
+        if self.contrast >= 1.0:
+            raise ValueError(f"contrast must be < 1 (factors stay positive). Received: contrast={self.contrast!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is switched on."""
+        return bool(self.flip or self.brightness or self.contrast or self.channel_shift)
+
+    def __call__(self, image, targets: Mapping[str, tf.Tensor], seed, tasks: Sequence[Task] = ()):
+        """Augments one uint8 image ``(H, W, C)`` and its targets.
+
+        Args:
+            image: uint8 image.
+            targets: ``{task name: targets of this row}``.
+            seed: int32/int64 tensor of shape ``(2,)``.
+            tasks: the tasks (for keypoint flipping).
+
+        Returns:
+            ``(image, targets)``, image uint8.
+        """
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+        targets = dict(targets)
+        if self.flip:
+            flip = tf.random.stateless_uniform((), seed=seeds[0]) < self.flip
+            image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+            for task in tasks:
+                if task.flip_pairs and task.name in targets:
+                    targets[task.name] = tf.cond(
+                        flip, lambda t=task: flip_keypoints(targets[t.name], t), lambda t=task: targets[t.name]
+                    )
+        if not (self.brightness or self.contrast or self.channel_shift):
+            return image, targets
+        x = tf.cast(image, tf.float32)
+        if self.contrast:
+            factor = tf.random.stateless_uniform((), seeds[1], 1.0 - self.contrast, 1.0 + self.contrast)
+            x = tf.image.adjust_contrast(x, factor)
+        if self.brightness:
+            x = x + 255.0 * tf.random.stateless_uniform((), seeds[2], -self.brightness, self.brightness)
+        if self.channel_shift:
+            channels = tf.shape(x)[-1:]
+            x = x + tf.random.stateless_uniform(channels, seeds[3], -self.channel_shift, self.channel_shift)
+        return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8), targets
+
+
+def flip_keypoints(values, task: Task):
+    """Keypoint targets ``(units,)`` after a horizontal flip: ``x -> 1 - x`` for the
+    ``(x, y)`` pairs, and the task's ``flip_pairs`` swapped (NaN stays NaN)."""
+    points = task.units // 2
+    order = list(range(points))
+    for i, j in task.flip_pairs:
+        order[i], order[j] = order[j], order[i]
+    index = np.array([[2 * p, 2 * p + 1] for p in order], dtype=np.int32).reshape(-1)
+    swapped = tf.gather(values, index, axis=-1)
+    is_x = tf.constant(np.arange(task.units) % 2 == 0)
+    return tf.where(is_x, 1.0 - swapped, swapped)
+
+
+# -------------------------------------------------------------- file pipeline
+def decode_resize(path, image_size: tuple[int, int], channels: int = 3):
+    """Reads and decodes one image file (JPEG, PNG, BMP, GIF) to uint8 ``(H, W, C)``.
+
+    Shrinking uses area interpolation, enlarging bilinear (the generator's OpenCV rule);
+    an image already of ``image_size`` is left as decoded.
+    """
+    content = tf.io.read_file(path)
+    image = tf.cond(
+        tf.io.is_jpeg(content),
+        # libjpeg's accurate integer DCT, as OpenCV decodes (the default is the fast one).
+        lambda: tf.io.decode_jpeg(content, channels=channels, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(content, channels=channels, expand_animations=False),
+    )
+    height, width = image_size
+    shape = tf.shape(image)
+    same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
+    shrinking = tf.logical_or(shape[0] > height, shape[1] > width)
+
+    def resized():
+        method = tf.cond(
+            shrinking,
+            lambda: tf.image.resize(image, (height, width), method="area"),
+            lambda: tf.image.resize(image, (height, width), method="bilinear"),
+        )
+        return tf.cast(tf.round(tf.clip_by_value(method, 0.0, 255.0)), tf.uint8)
+
+    image = tf.cond(same, lambda: image, resized)
+    image.set_shape((height, width, channels))
+    return image
+
+
+def file_dataset(
+    paths: Sequence[str],
+    targets: Mapping[str, np.ndarray],
+    *,
+    batch_size: int = 32,
+    image_size: int | Sequence[int] = 224,
+    channels: int = 3,
+    shuffle: bool = True,
+    seed: int = 0,
+    sample_weights: Mapping[str, np.ndarray] | None = None,
+    augment: ImageAugment | None = None,
+    tasks: Sequence[Task] = (),
+    input_context: tf.distribute.InputContext | None = None,
+    initial_epoch: int = 0,
+    repeat: bool = True,
+    num_parallel_calls=AUTOTUNE,
+    prefetch=AUTOTUNE,
+) -> tf.data.Dataset:
+    """A pure ``tf.data`` pipeline from image files: read, decode, resize, augment, batch.
+
+    The batches hold the same rows in the same order as a `MultiOutputGenerator` with the
+    same ``paths``, ``batch_size``, ``shuffle`` and ``seed``; the pixels match it for
+    images already of ``image_size`` (resizing differs from OpenCV's by rounding).
+
+    Args:
+        paths: image files.
+        targets: ``{task name: encoded targets}``, one row per path.
+        batch_size: the per-worker batch.
+        image_size: ``(height, width)`` or one int.
+        channels: 3 (RGB) or 1 (grayscale).
+        shuffle: a fresh order each epoch.
+        seed: seed of the order and of the augmentation.
+        sample_weights: optional ``{task name: per-row weight}`` (e.g. the generator's
+            ``sample_weights``); adds a third element.
+        augment: an `ImageAugment`, or None.
+        tasks: the tasks (for keypoint flipping).
+        input_context, initial_epoch, repeat, num_parallel_calls, prefetch: as for
+            `generator_dataset`; ``num_parallel_calls`` counts images decoded at once.
+
+    Returns:
+        The dataset.
+    """
+    paths = np.asarray([str(p) for p in paths])
+    if len(paths) == 0:
+        raise ValueError("file_dataset needs at least one image. Received: 0 paths")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
+    columns = {name: np.asarray(value) for name, value in targets.items()}
+    weights = {name: np.asarray(value, dtype=np.float32) for name, value in (sample_weights or {}).items()}
+    for name, value in list(columns.items()) + list(weights.items()):
+        if len(value) != len(paths):
+            raise ValueError(f"{name!r} has {len(value)} rows for {len(paths)} images; they must match.")
+    size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(int(s) for s in image_size)
+    workers, worker, replicas = _pipelines(input_context)
+    num_rows, batch_size = len(paths), int(batch_size)
+    batches = worker_batches(-(-num_rows // batch_size), workers, worker)
+
+    def rows_of(epoch):
+        order = epoch_order(num_rows, epoch, seed, shuffle)
+        return np.concatenate([order[b * batch_size : (b + 1) * batch_size] for b in batches])
+
+    path_table = tf.constant(paths)
+    target_tables = {name: tf.constant(value) for name, value in columns.items()}
+    weight_tables = {name: tf.constant(value) for name, value in weights.items()}
+    augment = augment if augment is not None and augment.active else None
+
+    def load(epoch, row):
+        image = decode_resize(tf.gather(path_table, row), size, channels)
+        row_targets = {name: tf.gather(table, row) for name, table in target_tables.items()}
+        if augment is not None:
+            image, row_targets = augment(image, row_targets, tf.stack([epoch + seed * 1_000_003, row]), tasks)
+        if weight_tables:
+            return image, row_targets, {name: tf.gather(table, row) for name, table in weight_tables.items()}
+        return image, row_targets
+
+    def epoch_batches(epoch):
+        rows = tf.numpy_function(rows_of, [epoch], tf.int64, stateful=False)
+        rows.set_shape((None,))
+        images = tf.data.Dataset.from_tensor_slices(rows).map(
+            lambda row: load(epoch, row), num_parallel_calls=num_parallel_calls, deterministic=True
+        )
+        return images.batch(batch_size)  # within the epoch: its last batch may be short
+
+    dataset = _epochs(initial_epoch, repeat).flat_map(epoch_batches)
+    return _finish(dataset, replicas, prefetch)
+
+
+def file_dataset_like(generator, **kwargs) -> tf.data.Dataset:
+    """`file_dataset` over the rows of a `MultiOutputGenerator`, with its batch size,
+    image size, channels, shuffling, seed and sample weights (``kwargs`` override them).
+    """
+    options = dict(
+        batch_size=generator.batch_size,
+        image_size=generator.image_size,
+        channels=generator.channels,
+        shuffle=generator.shuffle,
+        seed=generator.seed,
+        sample_weights=generator.sample_weights,
+    )
+    options.update(kwargs)
+    return file_dataset(generator.paths, generator.targets, **options)
+
+
+def distribute(strategy: tf.distribute.Strategy, dataset_fn):
+    """``dataset_fn(input_context)`` distributed by ``strategy``; a plain dataset (built
+    with ``input_context=None``) when the strategy has one replica and one worker.
+
+    Args:
+        strategy: the strategy the model was built under.
+        dataset_fn: e.g. ``lambda ctx: generator_dataset(gen, input_context=ctx)``.
+
+    Returns:
+        A ``tf.data.Dataset`` or a distributed dataset for ``model.fit``.
+    """
+    if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return dataset_fn(None)
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+__all__ = [
+    "ImageAugment",
+    "decode_resize",
+    "distribute",
+    "epoch_order",
+    "file_dataset",
+    "file_dataset_like",
+    "flip_keypoints",
+    "generator_dataset",
+    "steps_per_epoch",
+    "worker_batches",
+]
