@@ -29,13 +29,15 @@ import numpy as np
 BASE_LAYER = "base"
 
 
-def _outer_tensor(layer, attribute: str):
-    """The tensor ``layer`` reads / writes in the graph of the model that calls it.
+def _outer_tensor(model: keras.Model, layer, attribute: str):
+    """The tensor ``layer`` reads / writes in ``model``'s graph.
 
-    A nested model's own ``.input`` / ``.output`` belong to its inner graph; the tensors of
-    the outer graph live on the node of its (single) call.
+    A nested model's own ``.input`` / ``.output`` belong to its inner graph, and a layer
+    gains more call nodes whenever a sub-model is cut out of the graph; the tensors
+    wanted are those of the node that belongs to ``model``.
     """
-    nodes = layer._inbound_nodes
+    graph = {id(node) for nodes in model._nodes_by_depth.values() for node in nodes}
+    nodes = [node for node in layer._inbound_nodes if id(node) in graph]
     if len(nodes) != 1:
         raise ValueError(
             f"Grad-CAM needs layer {layer.name!r} to be called exactly once in the model. "
@@ -53,8 +55,8 @@ def _score_tensor(model: keras.Model, output_name: str):
         raise ValueError(f"The model has no output named {output_name!r}. Its outputs: {model.output_names}")
     layer = model.get_layer(output_name)
     if isinstance(layer, keras.layers.Dense):
-        return _outer_tensor(layer, "input"), layer
-    return _outer_tensor(layer, "output"), None
+        return _outer_tensor(model, layer, "input"), layer
+    return _outer_tensor(model, layer, "output"), None
 
 
 def _scores(values, dense, kind: str, class_index):
@@ -96,7 +98,7 @@ class GradCAM:
         names = [item.name for item in model.layers]
         if layer is None:
             if BASE_LAYER in names:
-                self.feature_tensor = _outer_tensor(model.get_layer(BASE_LAYER), "output")
+                self.feature_tensor = _outer_tensor(model, model.get_layer(BASE_LAYER), "output")
             else:
                 self.feature_tensor = self._last_feature_map()
         elif "/" in layer:
@@ -106,15 +108,15 @@ class GradCAM:
                 raise ValueError(f"{outer!r} is not a nested model; name a layer of the model. Received: layer={layer!r}")
             inner_tensor = nested.get_layer(inner).output
             self._inner = (
-                keras.Model(model.input, _outer_tensor(nested, "input")),
+                keras.Model(model.input, _outer_tensor(model, nested, "input")),
                 keras.Model(nested.input, [inner_tensor, nested.output]),
             )
-            self.feature_tensor = _outer_tensor(nested, "output")
+            self.feature_tensor = _outer_tensor(model, nested, "output")
         else:
             if layer not in names:
                 raise ValueError(f"The model has no layer {layer!r}. Its layers: {names}")
             chosen = model.get_layer(layer)
-            self.feature_tensor = _outer_tensor(chosen, "output")
+            self.feature_tensor = _outer_tensor(model, chosen, "output")
         if len(self.feature_tensor.shape) != 4:
             raise ValueError(
                 f"Grad-CAM needs a 4-D feature map (N, H, W, C). Received: layer {layer!r} with "
@@ -125,7 +127,7 @@ class GradCAM:
     def _last_feature_map(self):
         for item in reversed(self.model.layers):
             try:
-                tensor = _outer_tensor(item, "output")
+                tensor = _outer_tensor(self.model, item, "output")
             except ValueError:
                 continue
             if len(tensor.shape) == 4:
