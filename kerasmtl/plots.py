@@ -159,7 +159,16 @@ def plot_accuracy_vs_baseline(
     ax.set_xlabel("accuracy")
     beating = int(np.sum(accuracy > baseline))
     ax.set_title(f"Accuracy against the majority-class baseline: {beating} of {len(names)} outputs beat it", fontsize=10)
-    ax.legend(loc="lower right", fontsize=7)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color=NEUTRAL, label="majority-class baseline"),
+        Patch(color=GOOD, label="model: above baseline"),
+        Patch(color=BAD, label="model: not above baseline"),
+        Line2D([], [], color="black", marker="|", ls="none", markersize=10, label="model macro F1"),
+    ]
+    ax.legend(handles=handles, loc="lower right", fontsize=7)
     ax.grid(axis="x", alpha=0.3)
     return _save(figure, path)
 

@@ -1,0 +1,207 @@
+"""Prediction on unlabelled images: a folder (or a CSV listing image paths) -> a CSV.
+
+The CSV has a ``path`` column (as listed, or relative to the folder), then per output:
+
+- classification: ``<task>`` (the predicted class name) and ``<task>_prob`` (its
+  probability); with ``all_probabilities=True`` also ``<task>_prob_<class>`` per class;
+- regression: one column per unit, named after the task's columns (``lefteye_x``,
+  ``lefteye_y``, ... for landmarks), or ``<task>`` for a one-unit task.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from kerasmtl.data.errors import DataError
+from kerasmtl.tasks import Task
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+PATH_COLUMNS = ("path", "image_path", "filename", "image_id", "image")
+
+
+def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[list[str], list[str]]:
+    """The images to predict: every image file under a folder, or those a CSV lists.
+
+    Args:
+        source: a folder (searched recursively, sorted), or a CSV file whose ``column``
+            (default: the first of `PATH_COLUMNS` present, else the first column) holds
+            paths relative to the CSV's folder (or absolute).
+        column: the CSV's path column.
+
+    Returns:
+        ``(listed, absolute)``: the paths as listed (relative to the folder for a
+        folder) and their absolute paths.
+
+    Raises:
+        DataError: no images, a missing column, or listed files that do not exist.
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder.")
+        return [p.relative_to(source).as_posix() for p in files], [str(p.resolve()) for p in files]
+    if not source.is_file():
+        raise DataError(f"{source}: not a folder or a CSV file.")
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    if column is None:
+        column = next((c for c in PATH_COLUMNS if c in frame.columns), frame.columns[0] if len(frame.columns) else None)
+    if column not in frame.columns:
+        raise DataError(f"{source}: no column {column!r}. Received columns: {list(frame.columns)}")
+    listed = [p.strip() for p in frame[column].tolist() if p.strip()]
+    if not listed:
+        raise DataError(f"{source}: column {column!r} lists no image paths.")
+    absolute = [str((source.parent / p).resolve()) for p in listed]
+    problems = [(str(source), row + 2, f"image file {a!r} does not exist") for row, a in enumerate(absolute) if not Path(a).is_file()]
+    if problems:
+        raise DataError(f"{source}: {len(problems)} listed image(s) not found (row = CSV line number)", problems)
+    return listed, absolute
+
+
+def probabilities(task: Task, outputs: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(n, classes)`` from a classification head's outputs.
+
+    Logit outputs go through sigmoid / softmax; a binary output trained with MSE on
+    -1 / +1 targets maps its score ``s`` to ``(clip(s, -1, 1) + 1) / 2``.
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if task.kind == "binary":
+        score = outputs.reshape(-1)
+        if task.loss == "mse":
+            positive = (np.clip(score, -1, 1) + 1) / 2
+        elif task.from_logits:
+            positive = 1 / (1 + np.exp(-score))
+        else:
+            positive = score
+        return np.stack([1 - positive, positive], axis=1)
+    if task.from_logits:
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    return outputs
+
+
+def predictions_table(
+    outputs: dict[str, np.ndarray],
+    tasks: Sequence[Task],
+    paths: Sequence[str] | None = None,
+    all_probabilities: bool = False,
+) -> pd.DataFrame:
+    """Turns model outputs into the prediction table (see the module docstring).
+
+    Args:
+        outputs: ``{task name: (n, units)}``.
+        tasks: the tasks, in column order.
+        paths: values of the leading ``path`` column.
+        all_probabilities: add a probability column per class.
+
+    Returns:
+        The table, one row per image.
+    """
+    columns: dict[str, object] = {}
+    if paths is not None:
+        columns["path"] = list(paths)
+    for task in tasks:
+        values = np.asarray(outputs[task.name])
+        if task.kind == "regression":
+            values = values.reshape(len(values), task.num_outputs)
+            names = list(task.columns) if len(task.columns) == values.shape[1] else [f"{task.name}_{k}" for k in range(values.shape[1])]
+            if values.shape[1] == 1:
+                names = [task.name]
+            for k, name in enumerate(names):
+                columns[name] = values[:, k]
+            continue
+        probs = probabilities(task, values)
+        predicted = task.decode(values)
+        columns[task.name] = predicted
+        index = np.array([task.classes.index(p) for p in predicted], dtype=int)
+        columns[f"{task.name}_prob"] = probs[np.arange(len(index)), index]
+        if all_probabilities:
+            for k, name in enumerate(task.classes):
+                columns[f"{task.name}_prob_{name}"] = probs[:, k]
+    return pd.DataFrame(columns)
+
+
+def prediction_columns(tasks: Sequence[Task], all_probabilities: bool = False) -> list[str]:
+    """The column names `predictions_table` writes for ``tasks`` (after ``path``)."""
+    empty = {t.name: np.zeros((0, t.num_outputs)) for t in tasks}
+    return list(predictions_table(empty, tasks, all_probabilities=all_probabilities).columns)
+
+
+def predict(
+    model,
+    source: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    tasks=None,
+    batch_size: int = 32,
+    all_probabilities: bool = False,
+    column: str | None = None,
+) -> pd.DataFrame:
+    """Predicts every output for a folder of images (or a CSV listing them).
+
+    Args:
+        model: a `keras.Model`, a ``.keras`` file or a run folder (``safe_mode=True``).
+        source: a folder of images or a CSV of image paths (see `list_images`).
+        out: CSV file to write; None writes nothing.
+        tasks: a list of `Task` or a tasks file; default the model's run folder's
+            ``tasks.json``. Only the tasks of the model's outputs are used.
+        batch_size: images per batch.
+        all_probabilities: add a probability column per class.
+        column: the path column of a CSV source.
+
+    Returns:
+        The prediction table.
+    """
+    from kerasmtl.data.generator import MultiOutputGenerator
+    from kerasmtl.evaluate import predict_outputs
+    from kerasmtl.saved import load_model, resolve_tasks
+
+    origin = None if isinstance(model, keras.Model) else Path(model)
+    if origin is not None:
+        model = load_model(origin)
+    tasks = resolve_tasks(model, tasks, origin)
+    listed, absolute = list_images(source, column)
+    height, width, channels = model.input_shape[1:4]
+    if height is None or width is None:
+        raise ValueError(f"The model's input size must be fixed to read images for it. Received: input_shape={model.input_shape}")
+    generator = MultiOutputGenerator(absolute, {}, batch_size=batch_size, image_size=(height, width), channels=channels, shuffle=False)
+    outputs = predict_outputs(model, generator)
+    table = predictions_table(outputs, tasks, listed, all_probabilities)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False, float_format="%.6g")
+    return table
+
+
+def build_parser():
+    """The arguments of ``experiments/predict.py``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Predict every output for a folder of images (or a CSV listing them) into a CSV.")
+    parser.add_argument("model", help="a run folder or a .keras file")
+    parser.add_argument("images", help="a folder of images (searched recursively) or a CSV with an image path column")
+    parser.add_argument("--out", default="predictions.csv", help="CSV file to write (default predictions.csv)")
+    parser.add_argument("--tasks", help="tasks file (JSON/YAML list of tasks); default: the run folder's tasks.json")
+    parser.add_argument("--column", help="path column of a CSV input (default: path, image_path, filename, image_id, image or the first)")
+    parser.add_argument("--all-probabilities", action="store_true", help="add a probability column per class")
+    parser.add_argument("--batch-size", type=int, default=32)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``experiments/predict.py``."""
+    import sys
+
+    args = build_parser().parse_args(argv)
+    try:
+        table = predict(args.model, args.images, args.out, args.tasks, args.batch_size, args.all_probabilities, args.column)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(table)} images -> {args.out}")
+    return 0
