@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     restart: bool = False
+    tensorboard: bool = False
     verbose: int = 1
 
     def to_dict(self) -> dict:
@@ -148,6 +149,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, help="random seed of split, shuffling, augmentation and weights")
     group.add_argument("--out", help="run folder (default runs/<dataset>-<base>-seed<seed>); rerunning a command continues its run")
     group.add_argument("--restart", action=argparse.BooleanOptionalAction, help="discard the run folder's saved state and train from scratch")
+    group.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, help="write a TensorBoard log into <run folder>/tensorboard (needs the tensorboard package)")
     group.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras verbosity: 1 progress bar, 2 one line per epoch")
 
 
