@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-
 from conftest import TINY_TOWER
+
 from kerasmtl import ModelBuilder, Task
 from kerasmtl.callbacks import (
     DynamicTaskWeights,
@@ -406,13 +406,13 @@ def test_with_task_weighting_keeps_layers_outputs_and_predictions(mixed_tasks):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(strategy="gradnorm"), "strategy must be one of"),
-        (dict(strategy="dst"), "exactly one of targets"),
-        (dict(strategy="dst", counts={"a": 0, "b": 0, "c": 0}), "positive sum"),
-        (dict(strategy="dst", counts={"a": 1}, seed=-1), "non-negative int"),
-        (dict(strategy="dst", counts={"a": 1}, all_off="keep"), "all_off must be one of"),
-        (dict(strategy="dwa", weights={"a": 2.0}), "weights apply to strategy='static'"),
-        (dict(strategy="dwa", temperature=0), "temperature must be > 0"),
+        ({"strategy": "gradnorm"}, "strategy must be one of"),
+        ({"strategy": "dst"}, "exactly one of targets"),
+        ({"strategy": "dst", "counts": {"a": 0, "b": 0, "c": 0}}, "positive sum"),
+        ({"strategy": "dst", "counts": {"a": 1}, "seed": -1}, "non-negative int"),
+        ({"strategy": "dst", "counts": {"a": 1}, "all_off": "keep"}, "all_off must be one of"),
+        ({"strategy": "dwa", "weights": {"a": 2.0}}, "weights apply to strategy='static'"),
+        ({"strategy": "dwa", "temperature": 0}, "temperature must be > 0"),
     ],
 )
 def test_inconsistent_arguments_are_rejected(kwargs, message):
@@ -425,7 +425,7 @@ def test_the_callback_needs_a_matching_model():
     inputs = keras.Input((6,))
     bare = keras.Model(inputs, {t.name: keras.layers.Dense(t.num_outputs, name=t.name)(inputs) for t in TASKS})
     compile_model(bare, TASKS, "sgd")
-    with pytest.raises(ValueError, match="wrap it with"):
+    with pytest.raises(TypeError, match="wrap it with"):
         bare.fit(x, y, verbose=0, callbacks=[DynamicTaskWeights("dwa")])
     learned = dense_model("uncertainty")
     compile_model(learned, TASKS, "sgd")
@@ -437,3 +437,63 @@ def test_the_callback_needs_a_matching_model():
         fixed = dense_model("dst")
         compile_model(fixed, TASKS, "sgd")
         fixed.fit(x, y, verbose=0, callbacks=[DynamicTaskWeights("dst", counts={"a": 1, "b": 2})])
+
+
+# --------------------------------------------------------------- training script
+def test_the_training_flags_choose_the_callback():
+    from types import SimpleNamespace
+
+    from kerasmtl.cli import build_parser, parse_config
+    from kerasmtl.experiment import task_weights_callback
+
+    _, targets = make_data(90, seed=8, missing=0.4)
+    data = SimpleNamespace(tasks=TASKS, train_data=SimpleNamespace(targets=targets))
+    parser = build_parser("test")
+    config, _ = parse_config(parser, ["--task-weighting", "dst", "--seed", "4"])
+    callback = task_weights_callback(config, data)
+    counts = label_counts(targets, TASKS, "labelled")
+    assert callback.strategy == "dst" and callback.seed == 4
+    assert callback.probabilities == pytest.approx({n: c / sum(counts.values()) for n, c in counts.items()})
+    config, _ = parse_config(parser, ["--static-weights", "a=50", "b=100"])
+    callback = task_weights_callback(config, data)
+    assert (callback.strategy, callback.static_weights) == ("static", {"a": 50.0, "b": 100.0})
+    assert task_weights_callback(parse_config(parser, [])[0], data).static_weights is None
+    config, _ = parse_config(parser, ["--task-weighting", "dwa", "--static-weights", "a=2"])
+    with pytest.raises(ValueError, match="--static-weights applies to --task-weighting static"):
+        task_weights_callback(config, data)
+    config, _ = parse_config(parser, ["--task-weighting", "dst", "--dst-count", "positives"])
+    with pytest.raises(ValueError, match="'positives' applies to binary tasks only"):
+        task_weights_callback(config, data)
+
+
+def test_plot_loss_weights_draws_one_panel_per_task(tmp_path):
+    from PIL import Image
+
+    from kerasmtl.plots import plot_loss_weights
+
+    history = pd.DataFrame({"epoch": range(6), "loss": 1.0, "loss_weight/a": [1, 0, 1, 1, 0, 1], "loss_weight/b": 0.5})
+    path = plot_loss_weights(history, tmp_path / "w.png")
+    assert Image.open(path).size[1] > Image.open(plot_loss_weights(history.drop(columns="loss_weight/b"), tmp_path / "one.png")).size[1]
+    with pytest.raises(ValueError, match="no 'loss_weight/<task>' columns"):
+        plot_loss_weights(history[["epoch", "loss"]], tmp_path / "none.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["dwa", "uncertainty"])
+def test_train_person_writes_the_weights_and_their_plot(hvc_folder, tmp_path, strategy):
+    from kerasmtl.cli import TrainConfig
+    from kerasmtl.experiment import run_training
+
+    config = TrainConfig(
+        data=str(hvc_folder), image_size=32, width=8, batch_size=16, epochs=3, verbose=0,
+        task_weighting=strategy, out=str(tmp_path / "run"), augment=False,
+    )
+    run = run_training(config)
+    history = pd.read_csv(run.file("history.csv"))
+    weights = history[[c for c in history.columns if c.startswith("loss_weight/")]]
+    assert weights.shape == (3, 8) and run.file("loss_weights.png").is_file()
+    if strategy == "dwa":
+        assert (weights.iloc[:2] == 1.0).all().all() and weights.iloc[2].sum() == pytest.approx(8.0, rel=1e-5)
+    model = keras.models.load_model(run.file("model.keras"))
+    assert isinstance(model, TaskWeightedModel) and model.task_weighting.learned == (strategy == "uncertainty")
+    np.testing.assert_allclose(list(model.task_weighting.current().values()), weights.iloc[-1].to_numpy(), rtol=1e-6)

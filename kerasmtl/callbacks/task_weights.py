@@ -38,7 +38,7 @@ whatever its weight.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -445,7 +445,8 @@ class DynamicTaskWeights(keras.callbacks.Callback):
 
     Raises:
         ValueError: for inconsistent arguments (in the constructor), or in ``fit`` for a
-            model without matching task weighting.
+            model whose task weighting does not match the strategy or the tasks.
+        TypeError: in ``fit``, for a model without task weighting.
     """
 
     def __init__(
@@ -520,7 +521,7 @@ class DynamicTaskWeights(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         weighting = getattr(self.model, "task_weighting", None)
         if not isinstance(weighting, TaskWeighting):
-            raise ValueError(
+            raise TypeError(
                 "DynamicTaskWeights needs a model whose loss weights are variables: wrap it with "
                 "kerasmtl.callbacks.with_task_weighting(model, strategy) before compiling. "
                 f"Received: {type(self.model).__name__}"
