@@ -10,6 +10,14 @@ from kerasmtl.data.augment import (
     make_pipeline,
     save_pipeline,
 )
+from kerasmtl.data.celeba import (
+    CELEBA_ATTRIBUTES,
+    LANDMARK_COLUMNS,
+    celeba_tasks,
+    load_celeba,
+    read_annotation_file,
+    split_partitions,
+)
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator, read_image
 from kerasmtl.data.person import HVC_CLASSES, HVC_COLUMNS, hvc_tasks, load_hvc
@@ -17,12 +25,15 @@ from kerasmtl.data.sample import ensure_sample, make_sample
 from kerasmtl.data.tables import class_weights, encode_targets, majority_class, split_table
 
 __all__ = [
+    "CELEBA_ATTRIBUTES",
+    "LANDMARK_COLUMNS",
     "ChannelShift",
     "DataError",
     "HVC_CLASSES",
     "HVC_COLUMNS",
     "MultiOutputGenerator",
     "celeba_resize_crop",
+    "celeba_tasks",
     "class_weights",
     "default_pipeline",
     "encode_targets",
@@ -30,12 +41,15 @@ __all__ = [
     "get_pipeline",
     "hvc_tasks",
     "list_pipelines",
+    "load_celeba",
     "load_hvc",
     "load_pipeline",
     "majority_class",
     "make_pipeline",
     "make_sample",
+    "read_annotation_file",
     "read_image",
     "save_pipeline",
+    "split_partitions",
     "split_table",
 ]
