@@ -121,6 +121,10 @@ def load_checkpoint(path: str | os.PathLike, **kwargs) -> keras.Model:
     """
     if "safe_mode" in kwargs:
         raise ValueError("load_checkpoint always loads with safe_mode=True.")
+    import kerasmtl.layers  # noqa: F401  (registers the package's serialisable objects)
+    import kerasmtl.losses  # noqa: F401
+    import kerasmtl.ports.layers  # noqa: F401
+
     return keras.saving.load_model(path, safe_mode=True, **kwargs)
 
 
