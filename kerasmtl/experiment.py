@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Sequence
 
 import keras
-import numpy as np
 import pandas as pd
 
 from kerasmtl.builder import ModelBuilder
@@ -27,7 +26,7 @@ from kerasmtl.data.person import ANNOTATIONS, scan_hvc
 from kerasmtl.data.sample import ensure_sample
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.data.validate import Problem, problems_csv, validate_table
-from kerasmtl.evaluate import evaluate_model
+from kerasmtl.evaluate import evaluate_and_report
 from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.resume import ResumableRun, config_fingerprint, data_digest
 from kerasmtl.runs import RunFolder
@@ -145,23 +144,6 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{dataset}-{config.base}-seed{config.seed}"
 
 
-def write_report(run: RunFolder, reports: dict, tasks: Sequence[Task]) -> str:
-    """Writes ``metrics.json`` and returns a printable table of the test results."""
-    classified = [t for t in tasks if t.kind != "regression"]
-    summary = {
-        "mean_accuracy": float(np.mean([reports[t.name]["accuracy"] for t in classified])) if classified else None,
-        "outputs_beating_baseline": sum(reports[t.name]["accuracy"] > reports[t.name]["baseline_accuracy"] for t in classified),
-        "outputs": len(classified),
-    }
-    run.write_json("metrics.json", {"test": reports, "summary": summary})
-    lines = [f"{'output':<14}{'accuracy':>10}{'baseline':>10}{'macro F1':>10}"]
-    for task in classified:
-        r = reports[task.name]
-        lines.append(f"{task.name:<14}{r['accuracy']:>10.3f}{r['baseline_accuracy']:>10.3f}{r['f1']:>10.3f}")
-    lines.append(f"{summary['outputs_beating_baseline']} of {summary['outputs']} outputs beat their majority-class baseline")
-    return "\n".join(lines)
-
-
 def task_weights_callback(config: TrainConfig, data: PreparedData) -> DynamicTaskWeights:
     """The callback that sets each epoch's per-output loss weights (``--task-weighting``).
 
@@ -187,8 +169,23 @@ def build_callbacks(config: TrainConfig, run: RunFolder, data: PreparedData, mod
     if config.one_cycle:  # first, so CSVLogger records the lr and momentum it publishes
         steps = config.epochs * len(data.train_data)
         callbacks.append(OneCycle(config.lr, total_steps=steps, cycle_momentum=has_momentum(model.optimizer)))
+    if config.tensorboard:
+        callbacks.append(tensorboard_callback(run))
     # appends: a resumed run trims the rows after its last checkpoint (kerasmtl.resume)
     return callbacks + [keras.callbacks.CSVLogger(str(run.file("history.csv")), append=True)]
+
+
+def tensorboard_callback(run: RunFolder) -> keras.callbacks.TensorBoard:
+    """Keras's TensorBoard callback logging into ``<run>/tensorboard`` (``--tensorboard``).
+
+    Raises:
+        ModuleNotFoundError: the tensorboard package is missing (checked before training).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    return keras.callbacks.TensorBoard(log_dir=str(run.file("tensorboard")))
 
 
 def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: keras.Model) -> dict:
@@ -202,8 +199,11 @@ def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: k
     plot_loss_weights(pd.read_csv(run.file("history.csv")), run.file("loss_weights.png"))
     test_targets = encode_targets(data.test, data.tasks)
     train_targets = encode_targets(data.train, data.tasks)
-    reports = evaluate_model(model, data.test_data, test_targets, data.tasks, train_targets)
-    print(write_report(run, reports, data.tasks))
+    dataset = pd.concat([data.train, data.val, data.test], ignore_index=True)
+    reports = evaluate_and_report(  # metrics.json, report.md and the evaluation figures
+        run.path, model, data.test_data, data.tasks, test_targets, train_targets,
+        dataset_targets=encode_targets(dataset, data.tasks), split="test", title=f"Test results of {run.path.name}",
+    )
     print(f"Run folder: {run.path}")
     return reports
 
