@@ -497,3 +497,19 @@ def test_train_person_writes_the_weights_and_their_plot(hvc_folder, tmp_path, st
     model = keras.models.load_model(run.file("model.keras"))
     assert isinstance(model, TaskWeightedModel) and model.task_weighting.learned == (strategy == "uncertainty")
     np.testing.assert_allclose(list(model.task_weighting.current().values()), weights.iloc[-1].to_numpy(), rtol=1e-6)
+
+
+def test_a_saved_weighted_model_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    model = dense_model("dwa")
+    compile_model(model, TASKS, "sgd", loss_weights={"b": 3.0})
+    model.save(tmp_path / "m.keras")
+    code = (
+        "import kerasmtl.saved as s; m = s.load_model(r'%s'); "
+        "print(type(m).__name__, m.task_weighting.current()['b'])" % (tmp_path / "m.keras")
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["TaskWeightedModel", "3.0"]
