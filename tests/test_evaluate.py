@@ -216,3 +216,48 @@ def test_evaluate_without_tasks_for_a_loose_model_says_what_is_missing(tmp_path,
     model.save(tmp_path / "m.keras")
     with pytest.raises(ValueError, match="not inside a run folder"):
         evaluate(tmp_path / "m.keras")
+
+
+def test_finish_run_writes_the_report_and_figures_of_the_test_split(hvc_folder, tmp_path):
+    from kerasmtl.experiment import finish_run, model_builder, prepare_data
+
+    config = TrainConfig(data=str(hvc_folder), image_size=32, width=8, head="dense", out=str(tmp_path), augment=False)
+    data = prepare_data(config)
+    run = RunFolder(tmp_path)
+    pd.DataFrame({"epoch": [0], "loss": [1.0], "gender_loss": [0.7], "loss_weight/gender": [1.0]}).to_csv(run.file("history.csv"), index=False)
+    reports = finish_run(config, run, data, model_builder(config, data.tasks).build())
+    metrics = json.loads(run.file("metrics.json").read_text())
+    report = run.file("report.md").read_text()
+    for name, scores in metrics["test"].items():
+        assert scores["n"] == len(data.test) == reports[name]["n"]
+        assert f"| {name} | {scores['n']} | {scores['accuracy']:.3f} |" in report
+    for name in FIGURES.values():
+        with Image.open(run.file(name)) as png:
+            assert png.format == "PNG" and png.size[0] > 300
+
+
+def test_tensorboard_flag_adds_keras_tensorboard_logging_into_the_run_folder(hvc_folder, tmp_path):
+    from kerasmtl.cli import build_parser, parse_config
+    from kerasmtl.experiment import build_callbacks, prepare_data
+
+    config, _ = parse_config(build_parser("x"), ["--data", str(hvc_folder), "--tensorboard", "--image-size", "32"])
+    assert config.tensorboard
+    run = RunFolder(tmp_path)
+    model = ModelBuilder(load_hvc(hvc_folder)[1], base="bottleneck", input_shape=(32, 32, 3), base_kwargs=TINY_TOWER).build()
+    model.compile(optimizer="adam")
+    callbacks = build_callbacks(config, run, prepare_data(config), model)
+    boards = [c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)]
+    assert len(boards) == 1 and boards[0].log_dir == str(tmp_path / "tensorboard")
+    config, _ = parse_config(build_parser("x"), ["--data", str(hvc_folder)])
+    assert not any(isinstance(c, keras.callbacks.TensorBoard) for c in build_callbacks(config, run, prepare_data(config), model))
+
+
+@pytest.mark.slow
+def test_a_training_run_ends_with_the_report_the_figures_and_a_tensorboard_log(hvc_folder, tmp_path):
+    from kerasmtl.experiment import run_training
+
+    config = TrainConfig(data=str(hvc_folder), image_size=32, width=8, epochs=1, batch_size=16, out=str(tmp_path / "run"),
+                         tensorboard=True, verbose=0)
+    run = run_training(config).path
+    assert (run / "report.md").is_file() and (run / FIGURES["gradcam"]).is_file()
+    assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
