@@ -83,3 +83,17 @@ def test_split_is_seeded_disjoint_and_stratified(table):
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
     assert sum(map(len, paths)) == len(frame)
     assert (len(val), len(test)) == (12, 12)
+
+
+def test_read_image_gives_rgb_order(tmp_path):
+    from kerasmtl.data import read_image
+
+    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr[..., 2] = 255  # red, in OpenCV's BGR order
+    bgr[0, 0] = (255, 0, 0)  # one blue pixel
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "red.png"), bgr)
+    image = read_image(str(tmp_path / "red.png"), (4, 6))
+    assert tuple(image[1, 1]) == (255, 0, 0) and tuple(image[0, 0]) == (0, 0, 255)
+    assert read_image(str(tmp_path / "red.png"), (4, 6), channels=1).shape == (4, 6, 1)

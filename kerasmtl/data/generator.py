@@ -53,6 +53,9 @@ BAD_IMAGE_ACTIONS = ("raise", "skip")
 # Distinguishes the augmentation random stream from the shuffling one.
 _AUGMENT_STREAM = 0xA06
 
+# OpenCV >= 4.10 decodes straight to RGB: the pixels of BGR + cvtColor, one pass less.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
+
 
 def read_image(path: str, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
     """Reads one image file as uint8 ``(height, width, channels)``, RGB order.
@@ -68,16 +71,17 @@ def read_image(path: str, image_size: tuple[int, int], channels: int = 3) -> np.
     Raises:
         DataError: the file is missing or cannot be decoded as an image.
     """
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else _IMREAD_RGB
     image = cv2.imread(str(path), flag)
-    if image is None:  # formats OpenCV cannot read (e.g. float TIFF): Pillow, same layout
-        image = imread_pil(path, channels)
+    bgr = flag == cv2.IMREAD_COLOR
+    if image is None:  # formats OpenCV cannot read (e.g. float TIFF): Pillow, BGR layout
+        image, bgr = imread_pil(path, channels), True
     if image is None:
         raise DataError(f"{path}: cannot read this file as an image (missing, truncated or not an image).")
     image = fit_size(image, image_size)
     if channels == 1:
         return image[..., None]
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else image
 
 
 def fit_size(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
