@@ -212,3 +212,72 @@ def test_non_finite_loss_stops_names_the_batch_and_task_and_keeps_checkpoints(tm
     assert best.best_epoch == 1
     reloaded = load_checkpoint(tmp_path / "best.keras")
     assert all(np.isfinite(w).all() for w in reloaded.get_weights())
+
+
+# ------------------------------------------------------- a killed training run
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "train_person.py"
+TINY = ["--image-size", "32", "--width", "8", "--sample-size", "80", "--batch-size", "16", "--verbose", "2"]
+
+
+def _env(tmp_path):
+    return dict(os.environ, KERASMTL_HOME=str(tmp_path / "home"), NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _train(args, tmp_path, timeout=400):
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, *args], capture_output=True, text=True, env=_env(tmp_path), timeout=timeout, cwd=tmp_path
+    )
+
+
+def _history_rows(path):
+    try:
+        return max(0, len(path.read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow  # three tiny training processes: ~1.5 min of CPU
+def test_run_killed_mid_epoch_continues_and_matches_an_uninterrupted_run(tmp_path):
+    epochs = ["--epochs", "4"]
+    straight = tmp_path / "straight"
+    result = _train([*epochs, "--out", str(straight)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *TINY, *epochs, "--out", str(killed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(tmp_path), cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 400
+    while _history_rows(killed / "history.csv") < 1:
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the second epoch
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    state = read_state(killed / "resume")
+    done = state["epoch"] if state else 0
+    rows = _history_rows(killed / "history.csv")
+    print(f"killed with {rows} epoch(s) logged and {done} saved")  # pytest -rP shows where the kill landed
+    assert 1 <= rows <= 3 and done in (0, 1, 2, 3)
+    assert not (killed / "model.keras").exists()
+    if (killed / "best.keras").exists():  # whatever the moment of the kill, the file is whole
+        load_checkpoint(killed / "best.keras")
+
+    resumed = _train([*epochs, "--out", str(killed)], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if done:
+        assert f"Resuming {killed} after epoch {done} of 4" in resumed.stdout
+    assert f"Epoch {done + 1}/4" in resumed.stdout and f"Epoch {done}/4" not in resumed.stdout
+
+    expected, history = pd.read_csv(straight / "history.csv"), pd.read_csv(killed / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(history, expected)  # every logged value, bit for bit
+    final, reference = load_checkpoint(killed / "model.keras"), load_checkpoint(straight / "model.keras")
+    for a, b in zip(final.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    again = _train([*epochs, "--out", str(killed)], tmp_path)
+    assert again.returncode == 0 and "holds a finished run (4 epochs); nothing to do" in again.stdout
+    assert "Epoch" not in again.stdout
