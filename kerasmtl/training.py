@@ -47,8 +47,11 @@ def compile_model(
         model: a model whose outputs are named after ``tasks``.
         tasks: the tasks.
         optimizer: optimizer or its name.
-        loss_weights: ``{task name: weight}`` (floats or `keras.Variable` s); tasks not
-            named weigh 1.
+        loss_weights: ``{task name: weight}``; tasks not named weigh 1. A float is baked
+            into the traced train step; for weights that change during ``fit``, wrap the
+            model with `kerasmtl.callbacks.with_task_weighting` first: its ``compile``
+            copies these numbers into weight variables the model owns and saves (see
+            `kerasmtl.callbacks.DynamicTaskWeights`).
         jit_compile: passed to `keras.Model.compile`.
         **kwargs: passed to `keras.Model.compile`.
 
