@@ -494,11 +494,13 @@ def plot_loss_weights(history: pd.DataFrame, path: str | os.PathLike, figsize=No
     axes = figure.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
     top = max(1.0, float(history[columns].max().max()))
     for ax, column in zip(axes, columns):
-        ax.step(epochs, history[column], where="mid", color="tab:blue")
-        ax.fill_between(epochs, history[column], step="mid", alpha=0.25, color="tab:blue")
+        edges = list(epochs - 0.5) + [float(epochs.iloc[-1]) + 0.5]  # each weight holds for its epoch
+        ax.stairs(history[column].to_numpy(), edges, fill=True, alpha=0.25, color="tab:blue")
+        ax.stairs(history[column].to_numpy(), edges, color="tab:blue", linewidth=1.5)
         ax.set_ylim(0, 1.1 * top)
         ax.set_ylabel(column[len(prefix):], rotation=0, ha="right", va="center")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_title("loss weight per task and epoch")
     axes[-1].set_xlabel("epoch")
+    axes[-1].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     return _save(figure, path)
