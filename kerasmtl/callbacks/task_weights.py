@@ -249,6 +249,10 @@ class TaskWeighting(keras.layers.Layer):
 
     Besides the weights, a non-learned layer keeps DWA's record of the last two epochs'
     losses (``dwa_losses``, ``dwa_epochs``) so it is saved with the model.
+
+    An optimizer with weight decay (AdamW) also pulls learned log-variances toward 0;
+    to leave them alone, call ``optimizer.exclude_from_weight_decay(var_names=
+    ["log_variance_"])`` before training (it replaces earlier exclusions).
     """
 
     def __init__(self, task_names: Sequence[str], learned: bool = False, name: str = "task_weighting", **kwargs):
