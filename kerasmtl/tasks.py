@@ -190,7 +190,16 @@ class Task:
             ValueError: naming the first row whose label is not a known class.
         """
         if self.kind == "regression":
-            array = np.asarray(values, dtype=np.float32)
+            raw = np.asarray(values, dtype=object)
+            missing = np.vectorize(_is_missing, otypes=[bool])(raw) if raw.size else np.zeros(raw.shape, bool)
+            try:
+                array = np.where(missing, np.nan, raw).astype(np.float32)
+            except (TypeError, ValueError):
+                location = f"{where}: " if where else ""
+                raise ValueError(
+                    f"{location}task {self.name!r} expects numbers in columns {list(self.columns)}; "
+                    f"found a value that is not a number"
+                ) from None
             if array.ndim == 1:
                 array = array.reshape(-1, 1)
             if array.ndim != 2 or array.shape[1] != self.units:

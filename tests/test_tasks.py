@@ -63,3 +63,11 @@ def test_mse_binary_task_has_a_linear_output_read_at_zero():
     task = Task("smiling", "binary", ("no", "yes"), loss="mse")
     assert task.activation == "linear" and task.threshold == 0.0
     assert task.decode(np.array([[-0.9], [0.2]])) == ["no", "yes"]
+
+
+def test_regression_empty_cells_are_missing_and_text_is_refused():
+    task = Task("landmarks", "regression", columns=["x", "y"])
+    encoded = task.encode([[0.5, ""], [None, 0.25]])
+    assert np.isnan(encoded[0, 1]) and np.isnan(encoded[1, 0]) and encoded[0, 0] == 0.5
+    with pytest.raises(ValueError, match="expects numbers"):
+        task.encode([["left", 0.1]])
