@@ -98,3 +98,19 @@ def test_table_signed_labels(mock, tmp_path):
     frame, _ = tfds_celeba_table(tmp_path / "cache", partitions=("val",), attributes=["Male"], landmarks=False, labels="signed")
     expected = [1 if e["attributes"]["Male"] else -1 for e in raw_examples("val")]
     assert frame["Male"].tolist() == expected
+
+
+def test_training_script_reads_tfds_into_the_official_partitions(mock, tmp_path):
+    from kerasmtl.celeba_experiment import CelebaConfig, prepare_celeba_data
+    from kerasmtl.ports import get_port_spec
+
+    tasks = get_port_spec("resnet18_landmarks").tasks
+    config = CelebaConfig(tfds=True, tfds_cache=str(tmp_path / "cache"), limit=4, batch_size=2)
+    data = prepare_celeba_data(config, tasks, (64, 64, 3))
+    assert (len(data.train), len(data.val), len(data.test)) == (4, 4, 4)
+    assert data.source.startswith("tfds:celeb_a")
+    images, targets = data.test_data[1]
+    assert images.shape == (2, 64, 64, 3)
+    examples = raw_examples("test")[2:4]
+    np.testing.assert_array_equal(targets["Smiling"][:, 0], [float(e["attributes"]["Smiling"]) for e in examples])
+    np.testing.assert_allclose(targets["landmarks"][:, 4], [e["landmarks"]["nose_x"] / 178 for e in examples], rtol=1e-6)
