@@ -204,6 +204,9 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return tf.cast(reduced, dtype)
 
 
+_MIRRORED: dict[tuple[str, ...], tf.distribute.MirroredStrategy] = {}
+
+
 def make_strategy(
     name: str = "none",
     devices: Sequence[str] | None = None,
@@ -233,7 +236,12 @@ def make_strategy(
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=list(devices) if devices else default_devices())
+        devices = tuple(devices) if devices else tuple(default_devices())
+        # One strategy per device set and process: the collective keys of two strategies
+        # over the same devices start alike, and their all-reduces would mix up.
+        if devices not in _MIRRORED:
+            _MIRRORED[devices] = tf.distribute.MirroredStrategy(devices=list(devices))
+        return _MIRRORED[devices]
     if communication not in COMMUNICATIONS:
         raise ValueError(
             f"communication must be one of {sorted(COMMUNICATIONS)}. Received: communication={communication!r}"

@@ -1,12 +1,19 @@
 """Training jobs that the distribution tests run in their own processes.
 
-TensorFlow fixes its devices at start-up, so a run on 2 logical CPU devices, or a worker of
-a 2-process cluster, needs a fresh process:
+TensorFlow fixes its devices at start-up, so runs on 2 logical CPU devices, or a worker of
+a 2-process cluster, need a fresh process:
 
     python tests/distribute_jobs.py data FOLDER
-    python tests/distribute_jobs.py compare FOLDER OUT.npz      # 2 logical CPUs, several runs
+    python tests/distribute_jobs.py inputs FOLDER OUT.npz      # 2 logical CPUs
+    python tests/distribute_jobs.py callbacks FOLDER OUT.npz   # 2 logical CPUs
+    python tests/distribute_jobs.py mixed FOLDER OUT.npz       # 2 logical CPUs
     TF_CONFIG=... python tests/distribute_jobs.py worker FOLDER OUT.npz [--epochs N]
         [--backup DIR] [--interrupt-at EPOCH]
+
+Each run (and ``init``, the weights before training) is saved as arrays ``<run>/<i>`` in OUT.npz: the model's weights, then (runs
+with ``predict``) the predictions for 20 rows (one array per output, sorted by name) and
+``evaluate``'s results, then any extra arrays (the LR range test's losses); its history
+and facts about it go to OUT.npz.json.
 
 The model has no BatchNormalization and no dropout: with per-replica batch statistics a
 BatchNorm model legitimately differs between one device and several, and dropout draws
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -29,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 IMAGE_SIZE = 32
 ROWS = 48
 BATCH = 8  # global batch
+EPOCHS = 2
+INTERRUPTED = 3  # exit status of a worker stopped by --interrupt-at
 
 
 def make_data(folder, rows: int = ROWS, size: int = IMAGE_SIZE, seed: int = 0) -> Path:
@@ -44,7 +54,7 @@ def make_data(folder, rows: int = ROWS, size: int = IMAGE_SIZE, seed: int = 0) -
         image[: size // 2, : size // 2] = 255 * (i % 2)
         cv2.imwrite(str(folder / "images" / f"{i:03d}.png"), image)
     smiling = rng.integers(0, 2, (rows, 1)).astype(np.float32)
-    smiling[rng.random(rows) < 0.4] = -1  # 40 % missing, a different count in every half batch
+    smiling[rng.random(rows) < 0.4] = -1  # 40 % missing: a different count in every half batch
     age = rng.integers(0, 3, rows).astype(np.int32)
     age[rng.random(rows) < 0.25] = -1
     landmarks = rng.random((rows, 4)).astype(np.float32)
@@ -106,11 +116,29 @@ def build_model(seed: int = 0):
     ).build()
 
 
-def train(strategy_name: str, input_kind: str, folder, epochs: int = 2, batch: int = BATCH, callbacks=(), backup=None):
-    """Builds, compiles and fits under ``strategy_name``; returns (weights, history)."""
+def train(
+    strategy_name: str,
+    input_kind: str,
+    folder,
+    epochs: int = EPOCHS,
+    callbacks=(),
+    backup=None,
+    weighting: str | None = None,
+    one_cycle: bool = False,
+    lr_find: bool = False,
+    mixed: str = "off",
+    predict: bool = False,
+):
+    """Builds, compiles and fits under ``strategy_name``; returns ``(arrays, facts)``.
+
+    Everything is created inside ``strategy.scope()``: the model (and its loss-weight
+    variables with ``weighting``), the optimizer, the callbacks; ``fit`` runs there too.
+    """
     import keras
+    import numpy as np
 
     from kerasmtl import distribute
+    from kerasmtl.callbacks import DynamicTaskWeights, OneCycle, lr_range_test, with_task_weighting
     from kerasmtl.data import tfdata
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl.training import compile_model
@@ -118,63 +146,106 @@ def train(strategy_name: str, input_kind: str, folder, epochs: int = 2, batch: i
     paths, targets = load(folder)
     strategy = distribute.make_strategy(strategy_name)
     workers = distribute.num_workers(strategy)
-    generator = MultiOutputGenerator(paths, targets, batch_size=batch // workers, image_size=IMAGE_SIZE, seed=5)
+    generator = MultiOutputGenerator(paths, targets, batch_size=BATCH // workers, image_size=IMAGE_SIZE, seed=5)
+    steps = tfdata.steps_per_epoch(len(generator), workers) if input_kind != "generator" else len(generator)
     initial_epoch = 0
-    callbacks = list(callbacks)
-    with strategy.scope():
+    extra = []
+    with distribute.mixed_precision(mixed), strategy.scope():
         model = build_model()
+        if weighting:
+            model = with_task_weighting(model, weighting)
         compile_model(model, tasks(), keras.optimizers.SGD(learning_rate=0.05, momentum=0.9))
+        callbacks = list(callbacks)
+        if weighting:
+            callbacks.append(DynamicTaskWeights(weighting))
+        if one_cycle:
+            callbacks.append(OneCycle(max_lr=0.05, total_steps=epochs * steps))
         if backup is not None:
             restore = distribute.backup_and_restore(backup)
             initial_epoch = distribute.backup_epoch(restore)
             callbacks.insert(0, restore)
-    fit_kwargs = {}
-    if input_kind == "generator":
-        data = generator
-    else:
-        make = {
-            "tfdata": lambda ctx: tfdata.generator_dataset(generator, input_context=ctx, initial_epoch=initial_epoch),
-            "files": lambda ctx: tfdata.file_dataset_like(generator, input_context=ctx, initial_epoch=initial_epoch),
-        }[input_kind]
-        data = tfdata.distribute(strategy, make)
-        fit_kwargs["steps_per_epoch"] = tfdata.steps_per_epoch(len(generator), workers)
-    # shuffle=False: the generator orders rows itself (Keras would also shuffle its batches).
-    history = model.fit(data, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False, **fit_kwargs)
-    return [keras.ops.convert_to_numpy(w) for w in model.weights], history.history
-
-
-class Interrupt:
-    """A callback raising at the start of an epoch (a worker "preempted" there)."""
-
-    def __new__(cls, epoch):
-        import keras
-
-        class _Interrupt(keras.callbacks.Callback):
-            def on_epoch_begin(self, current, logs=None):
-                if current == epoch:
-                    raise SystemExit(3)
-
-        return _Interrupt()
+        if lr_find:
+            result = lr_range_test(model, generator, min_lr=1e-4, max_lr=1.0, steps=8, shuffle=False)
+            extra.append(result.losses)
+        fit_kwargs = {}
+        if input_kind == "generator":
+            data = generator
+        else:
+            make = {
+                "tfdata": lambda ctx: tfdata.generator_dataset(generator, input_context=ctx, initial_epoch=initial_epoch),
+                "files": lambda ctx: tfdata.file_dataset_like(generator, input_context=ctx, initial_epoch=initial_epoch),
+            }[input_kind]
+            data = tfdata.distribute(strategy, make)
+            fit_kwargs["steps_per_epoch"] = steps
+        # shuffle=False: the generator orders rows itself (Keras would also shuffle its batches).
+        history = model.fit(data, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False, **fit_kwargs)
+        arrays = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        if predict:
+            rows = 20
+            plain = MultiOutputGenerator(
+                paths[:rows], {k: v[:rows] for k, v in targets.items()}, batch_size=6, image_size=IMAGE_SIZE, shuffle=False
+            )
+            arrays += [v for _, v in sorted(model.predict(plain, verbose=0).items())]
+            arrays += [np.asarray(model.evaluate(plain, verbose=0), dtype=np.float64)]
+    facts = {
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "optimizer": type(model.optimizer).__name__,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "weights": len(model.weights),
+        "compute_dtype": model.get_layer("base").get_layer("conv1").compute_dtype,
+    }
+    return arrays + extra, facts
 
 
 def _save(out, runs):
     import numpy as np
 
-    arrays, histories = {}, {}
-    for name, (weights, history) in runs.items():
-        for i, w in enumerate(weights):
-            arrays[f"{name}/{i}"] = w
-        histories[name] = {k: [float(v) for v in vs] for k, vs in history.items()}
+    arrays = {f"{name}/{i}": a for name, (values, _) in runs.items() for i, a in enumerate(values)}
     np.savez(out, **arrays)
-    Path(str(out) + ".json").write_text(json.dumps(histories))
+    Path(str(out) + ".json").write_text(json.dumps({name: facts for name, (_, facts) in runs.items()}))
+
+
+def read_runs(out) -> tuple[dict, dict]:
+    """``({run: [arrays]}, {run: facts})`` from a job's output."""
+    import numpy as np
+
+    runs: dict[str, dict[int, object]] = {}
+    with np.load(out) as content:
+        for key in content.files:
+            name, index = key.rsplit("/", 1)
+            runs.setdefault(name, {})[int(index)] = content[key]
+    facts = json.loads(Path(str(out) + ".json").read_text())
+    return {name: [values[i] for i in sorted(values)] for name, values in runs.items()}, facts
+
+
+#: The runs of the ``inputs`` and ``callbacks`` jobs: name -> train() arguments.
+JOBS = {
+    "inputs": {
+        "none-generator": dict(strategy_name="none", input_kind="generator"),
+        "mirrored-generator": dict(strategy_name="mirrored", input_kind="generator"),
+        "none-tfdata": dict(strategy_name="none", input_kind="tfdata", predict=True),
+        "mirrored-tfdata": dict(strategy_name="mirrored", input_kind="tfdata", predict=True),
+        "mirrored-files": dict(strategy_name="mirrored", input_kind="files"),
+    },
+    "callbacks": {
+        "none-dwa": dict(strategy_name="none", input_kind="tfdata", weighting="dwa", one_cycle=True, lr_find=True, epochs=3),
+        "mirrored-dwa": dict(strategy_name="mirrored", input_kind="tfdata", weighting="dwa", one_cycle=True, lr_find=True, epochs=3),
+        "none-uncertainty": dict(strategy_name="none", input_kind="tfdata", weighting="uncertainty"),
+        "mirrored-uncertainty": dict(strategy_name="mirrored", input_kind="tfdata", weighting="uncertainty"),
+    },
+    "mixed": {
+        "mirrored-float16": dict(strategy_name="mirrored", input_kind="tfdata", one_cycle=True, mixed="float16", predict=True),
+        "mirrored-bfloat16": dict(strategy_name="mirrored", input_kind="tfdata", one_cycle=True, mixed="bfloat16", predict=True),
+    },
+}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("job", choices=("data", "compare", "worker"))
+    parser.add_argument("job", choices=("data", "worker", *JOBS))
     parser.add_argument("folder")
     parser.add_argument("out", nargs="?")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--backup")
     parser.add_argument("--interrupt-at", type=int)
     args = parser.parse_args(argv)
@@ -183,22 +254,29 @@ def main(argv=None):
         return 0
     from kerasmtl import distribute
 
-    if args.job == "compare":
+    if args.job in JOBS:
         distribute.split_cpu(2)
-        runs = {}
-        for strategy_name, input_kind in [
-            ("none", "generator"),
-            ("mirrored", "generator"),
-            ("none", "tfdata"),
-            ("mirrored", "tfdata"),
-            ("mirrored", "files"),
-        ]:
-            runs[f"{strategy_name}-{input_kind}"] = train(strategy_name, input_kind, args.folder, epochs=args.epochs)
+        import keras
+
+        runs = {"init": ([keras.ops.convert_to_numpy(w) for w in build_model().weights], {})}
+        for name, kwargs in JOBS[args.job].items():
+            start = time.perf_counter()
+            runs[name] = train(folder=args.folder, **kwargs)
+            runs[name][1]["seconds"] = time.perf_counter() - start
         _save(args.out, runs)
         return 0
-    callbacks = [Interrupt(args.interrupt_at)] if args.interrupt_at is not None else []
-    runs = {"worker": train("multiworker", "tfdata", args.folder, args.epochs, callbacks=callbacks, backup=args.backup)}
-    _save(args.out, runs)
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        """Stops the process at the start of an epoch, as a preempted worker."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == args.interrupt_at:
+                raise SystemExit(INTERRUPTED)
+
+    callbacks = [Interrupt()] if args.interrupt_at is not None else []
+    run = train("multiworker", "tfdata", args.folder, args.epochs, callbacks=callbacks, backup=args.backup, predict=True)
+    _save(args.out, {"worker": run})
     return 0
 
 

@@ -1,0 +1,240 @@
+"""tf.distribute: strategies by name, TF_CONFIG, and training on 2 replicas / 2 workers.
+
+Runs on several devices happen in subprocesses (`distribute_jobs.py`): TensorFlow fixes
+its devices at start-up, so the host CPU is split into 2 logical devices in a fresh
+process, and a 2-worker cluster is 2 processes talking over 127.0.0.1.
+
+Equality tests. The model has no BatchNormalization (per-replica batch statistics make a
+BatchNorm model legitimately differ between 1 and 2 replicas) and no dropout; optimizer
+SGD with momentum. Labels are missing unevenly, so the two halves of a global batch hold
+different numbers of present labels: only a loss divided by the *global* count of present
+labels (`kerasmtl.losses`) gives one device's gradient. Tolerance `ATOL` covers float32
+summation order (measured differences are below 3e-7; with each replica dividing by its
+own count the weights differ by 0.1).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import distribute_jobs as jobs
+from kerasmtl import distribute
+
+JOBS = Path(__file__).with_name("distribute_jobs.py")
+ATOL = 1e-5  # float32 summation order; see the module docstring
+MOVED = 1e-3  # training moves some weight by more than this (so equality is not trivial)
+
+
+def run_job(*args, env=None, timeout=400):
+    environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    environ.pop("TF_CONFIG", None)
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(JOBS), *map(str, args)], capture_output=True, text=True, env=environ, timeout=timeout
+    )
+
+
+def check(result):
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def max_difference(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.shape == y.shape
+    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) for x, y in zip(a, b))
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_workers(folder, out_dir, *extra, count=2):
+    """Starts ``count`` workers on loopback; returns their CompletedProcess-like results."""
+    workers = [f"127.0.0.1:{p}" for p in free_ports(count)]
+    processes = []
+    for index in range(count):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=distribute.tf_config(workers, index))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(JOBS), "worker", str(folder), str(out_dir / f"worker{index}.npz"), *map(str, extra)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            )
+        )
+    results = []
+    try:
+        for process in processes:
+            _, stderr = process.communicate(timeout=400)
+            results.append((process.returncode, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return results
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory):
+    return jobs.make_data(tmp_path_factory.mktemp("distribute") / "data")
+
+
+@pytest.fixture(scope="module")
+def inputs_runs(data_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inputs") / "inputs.npz"
+    check(run_job("inputs", data_folder, out))
+    return jobs.read_runs(out)
+
+
+# ---------------------------------------------------------------- 2 replicas
+@pytest.mark.parametrize(
+    "mirrored, single",
+    [
+        ("mirrored-generator", "none-generator"),  # PyDataset, split by Keras
+        ("mirrored-tfdata", "none-tfdata"),  # generator_dataset, split per replica
+        ("mirrored-files", "none-tfdata"),  # file_dataset: same rows and pixels (PNG)
+    ],
+)
+def test_mirrored_matches_one_device(inputs_runs, mirrored, single):
+    runs, facts = inputs_runs
+    assert facts[mirrored]["replicas"] == 2 and facts[single]["replicas"] == 1
+    n = facts[single]["weights"]
+    assert max_difference(runs[single][:n], runs["init"]) > MOVED
+    assert max_difference(runs[mirrored][:n], runs[single][:n]) < ATOL
+    np.testing.assert_allclose(facts[mirrored]["history"]["loss"], facts[single]["history"]["loss"], rtol=1e-5)
+    for key in ("smiling_accuracy", "age_accuracy"):  # metrics also aggregate over the global batch
+        np.testing.assert_allclose(facts[mirrored]["history"][key], facts[single]["history"][key], rtol=1e-6)
+
+
+def test_mirrored_predict_and_evaluate_match_one_device(inputs_runs):
+    runs, facts = inputs_runs
+    n = facts["none-tfdata"]["weights"]
+    predictions = runs["mirrored-tfdata"][n:]
+    assert [p.shape for p in predictions[:3]] == [(20, 3), (20, 4), (20, 1)]  # age, landmarks, smiling
+    assert max_difference(predictions, runs["none-tfdata"][n:]) < ATOL
+
+
+def test_callbacks_under_mirrored_match_one_device(data_folder, tmp_path):
+    """Task weighting (DWA, uncertainty), OneCycle and the LR range test are created inside
+    the strategy's scope and give one device's results on 2 replicas."""
+    out = tmp_path / "callbacks.npz"
+    check(run_job("callbacks", data_folder, out))
+    runs, facts = jobs.read_runs(out)
+    for kind in ("dwa", "uncertainty"):
+        single, mirrored = facts[f"none-{kind}"], facts[f"mirrored-{kind}"]
+        assert mirrored["replicas"] == 2
+        assert max_difference(runs[f"mirrored-{kind}"], runs[f"none-{kind}"]) < ATOL
+        for key, values in single["history"].items():
+            np.testing.assert_allclose(mirrored["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+    history = facts["mirrored-dwa"]["history"]
+    assert history["loss_weight/age"][:2] == [1.0, 1.0] and history["loss_weight/age"][2] != 1.0  # DWA from epoch 3
+    assert history["lr"][-1] < 1e-6 and history["momentum"][-1] == pytest.approx(0.95)  # one cycle completed
+    weights = facts["mirrored-uncertainty"]["history"]["loss_weight/landmarks"]
+    assert weights[-1] != weights[0]  # learned log-variances trained on 2 replicas
+    lr_find = runs["mirrored-dwa"][-1]
+    assert lr_find.shape == (8,) and np.all(np.isfinite(lr_find))
+
+
+# ----------------------------------------------------------------- 2 workers
+def test_two_workers_agree_and_match_one_device(data_folder, inputs_runs, tmp_path):
+    results = run_workers(data_folder, tmp_path)
+    for code, stderr in results:
+        assert code == 0, stderr[-4000:]
+    (w0, f0), (w1, f1) = (jobs.read_runs(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert f0["worker"]["replicas"] == 2
+    assert all(np.array_equal(a, b) for a, b in zip(w0["worker"], w1["worker"]))
+    runs, facts = inputs_runs
+    # per-worker batch 4, worker w reading batches w, w + 2, ...: the single device's batches of 8
+    assert max_difference(w0["worker"], runs["none-tfdata"]) < ATOL
+    np.testing.assert_allclose(f0["worker"]["history"]["loss"], facts["none-tfdata"]["history"]["loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_workers_resume_from_backup(data_folder, inputs_runs, tmp_path):
+    backup = tmp_path / "backup"
+    interrupted = run_workers(data_folder, tmp_path, "--backup", backup, "--interrupt-at", 1)
+    assert [code for code, _ in interrupted] == [jobs.INTERRUPTED] * 2, interrupted[0][1][-3000:]
+    for worker in range(2):
+        assert distribute.backup_epoch(backup / f"worker-{worker}") == 1
+    resumed = run_workers(data_folder, tmp_path, "--backup", backup)
+    for code, stderr in resumed:
+        assert code == 0, stderr[-4000:]
+    (w0, f0), (w1, _) = (jobs.read_runs(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert len(f0["worker"]["history"]["loss"]) == 1  # only the second epoch ran
+    assert all(np.array_equal(a, b) for a, b in zip(w0["worker"], w1["worker"]))
+    runs, _ = inputs_runs
+    assert max_difference(w0["worker"], runs["none-tfdata"]) < ATOL  # = an uninterrupted run
+    assert not (backup / "worker-0").exists()  # BackupAndRestore removes its backup at the end
+
+
+# ------------------------------------------------------------------- in-process
+def test_make_strategy_names():
+    import tensorflow as tf
+
+    strategy = distribute.make_strategy("none")
+    assert strategy is tf.distribute.get_strategy()
+    with strategy.scope():
+        assert not tf.distribute.has_strategy()
+    assert distribute.strategy_name(strategy) == "none" and distribute.num_workers(strategy) == 1
+    with pytest.raises(ValueError, match=r"strategy must be one of .*Received: strategy='ring'"):
+        distribute.make_strategy("ring")
+    with pytest.raises(ValueError, match="communication must be one of"):
+        distribute.make_strategy("multiworker", communication="mpi")
+
+
+def test_malformed_tf_config_is_refused_before_tensorflow_parses_it(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}}')
+    with pytest.raises(ValueError, match="TF_CONFIG must be JSON like"):
+        distribute.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}')
+    with pytest.raises(ValueError, match="is not in its cluster"):
+        distribute.cluster_info()
+
+
+def test_tf_config_round_trip_and_chief():
+    workers = ["10.0.0.1:2222", "10.0.0.2:2222", "10.0.0.3:2222"]
+    infos = [distribute.cluster_info({"TF_CONFIG": distribute.tf_config(workers, i)}) for i in range(3)]
+    assert [i.num_workers for i in infos] == [3, 3, 3]
+    assert [i.is_chief for i in infos] == [True, False, False]
+    assert [i.worker_id for i in infos] == [0, 1, 2]
+    assert json.loads(distribute.tf_config(workers, 2))["task"] == {"type": "worker", "index": 2}
+    with_chief = {"cluster": {"chief": ["c:1"], "worker": ["w:1"]}, "task": {"type": "worker", "index": 0}}
+    info = distribute.cluster_info({"TF_CONFIG": json.dumps(with_chief)})
+    assert (info.is_chief, info.worker_id, info.num_workers) == (False, 1, 2)
+    alone = distribute.cluster_info({})
+    assert alone.is_chief and alone.num_workers == 1
+    with pytest.raises(ValueError, match="host:port"):
+        distribute.tf_config(["10.0.0.1"], 0)
+    with pytest.raises(ValueError, match=r"index must be in \[0, 1\)"):
+        distribute.tf_config(["a:1"], 1)
+
+
+def test_backup_epoch_reads_keras_metadata(tmp_path):
+    assert distribute.backup_epoch(tmp_path) == 0
+    (tmp_path / "training_metadata.json").write_text(json.dumps({"epoch": 4, "batch": 0}))
+    assert distribute.backup_epoch(tmp_path) == 4
+    callback = distribute.backup_and_restore(tmp_path / "backup")
+    assert Path(callback.backup_dir) == tmp_path / "backup" / "worker-0"
+
+
+def test_split_cpu_after_start_says_why():
+    import tensorflow as tf
+
+    tf.constant(1.0)  # devices are initialised now
+    current = len(tf.config.list_logical_devices("CPU"))
+    assert distribute.split_cpu(current)[0].endswith("CPU:0")  # the split in place is accepted
+    with pytest.raises(RuntimeError, match="must run before any TensorFlow op"):
+        distribute.split_cpu(current + 1)
+    with pytest.raises(ValueError, match="count must be an int >= 1"):
+        distribute.split_cpu(0)
