@@ -394,7 +394,7 @@ def run_celeba_training(config: CelebaConfig) -> RunFolder:
     )
     if initial_epoch:
         print(f"Resuming {run.path} after epoch {initial_epoch} of {epochs}")
-    if initial_epoch < epochs:
+    if initial_epoch < epochs and not session.trained:
         model.fit(
             data.train_data,
             validation_data=data.val_data,

@@ -274,7 +274,7 @@ def run_training(config: TrainConfig) -> RunFolder:
     )
     if initial_epoch:
         print(f"Resuming {run.path} after epoch {initial_epoch} of {config.epochs}")
-    if initial_epoch < config.epochs:
+    if initial_epoch < config.epochs and not session.trained:
         model.fit(
             data.train_data,
             validation_data=data.val_data,
