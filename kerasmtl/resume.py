@@ -15,7 +15,8 @@ Usage in a workflow::
     model = ...; compile_model(model, ...)
     callbacks = [*own_callbacks, session.history_logger()]
     initial_epoch = session.restore(model, datasets=[train_data], callbacks=callbacks, monitor="val_loss")
-    model.fit(train_data, epochs=n, initial_epoch=initial_epoch, callbacks=callbacks + session.callbacks)
+    if initial_epoch < n and not session.trained:
+        model.fit(train_data, epochs=n, initial_epoch=initial_epoch, callbacks=callbacks + session.callbacks)
     session.raise_if_diverged()         # NonFiniteLossError after a NaN / inf loss
     ... save the model (save_model_atomic), evaluate ...
     session.mark_complete()
@@ -134,6 +135,12 @@ class ResumableRun:
     @property
     def epochs_done(self) -> int:
         return int(self.state["epoch"]) if self.state else 0
+
+    @property
+    def trained(self) -> bool:
+        """After `restore`: ``fit`` had finished (all epochs, or stopped early by a callback
+        such as ``EarlyStopping``) before the process ended; skip training."""
+        return bool(self.checkpoint is not None and self.checkpoint.trained)
 
     @property
     def saved_extra(self) -> dict:

@@ -74,6 +74,22 @@ class Counter(keras.callbacks.Callback):
         self.epochs = list(state["epochs"])
 
 
+class Killed(Exception):
+    pass
+
+
+class KillAt(keras.callbacks.Callback):
+    """Ends the process's fit the way a kill does: no on_train_end, nothing saved after."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Killed()
+
+
 def _data(n=40, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype("float32")
@@ -146,7 +162,7 @@ def test_resumed_fit_matches_an_uninterrupted_fit_bit_for_bit(tmp_path):
     straight_counter = Counter()
     _fit(straight, ShuffledData(x, y), 5, [straight_counter])
 
-    def session(epochs):
+    def session(kill_at=None):
         model = _model()
         data = ShuffledData(x, y)
         counter = Counter()
@@ -156,12 +172,16 @@ def test_resumed_fit_matches_an_uninterrupted_fit_bit_for_bit(tmp_path):
         )
         initial = checkpoint.restore(model)
         callbacks = [counter, keras.callbacks.CSVLogger(str(history), append=True), checkpoint]
-        _fit(model, data, epochs, callbacks, initial_epoch=initial)
+        if kill_at is not None:
+            with pytest.raises(Killed):
+                _fit(model, data, 5, [KillAt(kill_at), *callbacks], initial_epoch=initial)
+        else:
+            _fit(model, data, 5, callbacks, initial_epoch=initial)
         return model, counter, initial
 
-    first, _, initial = session(2)
+    first, _, initial = session(kill_at=2)
     assert initial == 0 and read_state(tmp_path / "resume")["epoch"] == 2
-    resumed, counter, initial = session(5)
+    resumed, counter, initial = session()
     assert initial == 2
     assert counter.epochs == straight_counter.epochs == [0, 1, 2, 3, 4]
     assert int(resumed.optimizer.iterations) == int(straight.optimizer.iterations) == 25
@@ -169,7 +189,46 @@ def test_resumed_fit_matches_an_uninterrupted_fit_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(a, b)
     history = pd.read_csv(tmp_path / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2, 3, 4]
-    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["epoch-0005.weights.h5", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["epoch-0005-trained.weights.h5", "state.json"]
+    assert read_state(tmp_path / "resume")["trained"]
+
+
+def test_early_stopping_keeps_its_patience_and_best_weights_across_a_resume(tmp_path):
+    """EarlyStopping (patience 3, best weights restored) stops at the same epoch and ends
+    with the same weights whether or not the run was interrupted in between."""
+    x, y = _data()
+
+    def stopper():
+        return keras.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=3, restore_best_weights=True)
+
+    straight = _model()
+    history = _fit(straight, ShuffledData(x, y), 8, [stopper()])
+    assert len(history.history["loss"]) == 4  # stopped after epoch index 3, best = epoch 0
+
+    def session(kill_at=None):
+        model, data, early = _model(), ShuffledData(x, y), stopper()
+        checkpoint = ResumeCheckpoint(tmp_path / "resume", datasets=[data], stateful=[early])
+        initial = checkpoint.restore(model)
+        callbacks = [early, checkpoint] if kill_at is None else [KillAt(kill_at), early, checkpoint]
+        try:
+            if not checkpoint.trained:
+                _fit(model, data, 8, callbacks, initial_epoch=initial)
+        except Killed:
+            pass
+        return model, early, checkpoint
+
+    session(kill_at=2)
+    state = read_state(tmp_path / "resume")
+    assert state["epoch"] == 2 and state["callbacks"]["EarlyStopping-0"]["wait"] == 1
+    assert state["arrays"] == {"EarlyStopping-0": "epoch-0002.EarlyStopping-0.npz"}
+    resumed, early, _ = session()
+    assert early.stopped_epoch == 3 and early.best_epoch == 0
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    final, _, checkpoint = session()  # killed after fit: a rerun skips training and has the best weights
+    assert checkpoint.trained and checkpoint.initial_epoch == 4
+    for a, b in zip(final.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_state_saved_with_other_settings_is_refused(tmp_path):
@@ -281,3 +340,54 @@ def test_run_killed_mid_epoch_continues_and_matches_an_uninterrupted_run(tmp_pat
     again = _train([*epochs, "--out", str(killed)], tmp_path)
     assert again.returncode == 0 and "holds a finished run (4 epochs); nothing to do" in again.stdout
     assert "Epoch" not in again.stdout
+
+
+# ------------------------------------------------------ the training workflow
+def _args(folder, out, *extra):
+    return ["--data", str(folder), "--image-size", "32", "--width", "8", "--batch-size", "16",
+            "--verbose", "0", "--no-augment", "--out", str(out), *extra]
+
+
+def test_non_finite_loss_exits_3_naming_where_and_keeps_the_last_good_state(hvc_folder, tmp_path, capsys, monkeypatch):
+    from kerasmtl.data.generator import MultiOutputGenerator
+    from kerasmtl.experiment import main
+
+    original = MultiOutputGenerator.__getitem__
+
+    def poisoned(self, index):  # the training data's second epoch, second batch: gender targets inf
+        batch = original(self, index)
+        if self.shuffle and self.epoch == 2 and index == 1:
+            batch[1]["gender"] = np.full_like(batch[1]["gender"], np.inf)
+        return batch
+
+    monkeypatch.setattr(MultiOutputGenerator, "__getitem__", poisoned)
+    out = tmp_path / "run"
+    assert main(_args(hvc_folder, out, "--epochs", "3")) == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss at epoch 2, batch " in err and "gender_loss=nan" in err
+    assert "Traceback" not in err
+    assert read_state(out / "resume")["epoch"] == 1 and not (out / "model.keras").exists()
+    best = load_checkpoint(out / "best.keras")
+    assert all(np.isfinite(w).all() for w in best.get_weights())
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist()[0] == 0
+
+
+def test_finished_run_is_not_retrained_other_settings_are_refused_and_restart_starts_over(hvc_folder, tmp_path, capsys):
+    from kerasmtl.experiment import main
+
+    out = tmp_path / "run"
+    assert main(_args(hvc_folder, out, "--epochs", "1")) == 0
+    model_time = (out / "model.keras").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(_args(hvc_folder, out, "--epochs", "1", "--verbose", "2")) == 0  # verbosity is not a setting of the run
+    assert "holds a finished run (1 epochs); nothing to do" in capsys.readouterr().out
+    assert (out / "model.keras").stat().st_mtime_ns == model_time
+
+    assert main(_args(hvc_folder, out, "--epochs", "1", "--lr", "0.01")) == 2
+    err = capsys.readouterr().err
+    assert "holds a run started with other settings" in err and "lr: 0.002 -> 0.01" in err and "--restart" in err
+
+    assert main(_args(hvc_folder, out, "--epochs", "1", "--lr", "0.01", "--restart")) == 0
+    assert (out / "model.keras").stat().st_mtime_ns != model_time
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0]
+    assert read_state(out / "resume")["fingerprint"]["lr"] == 0.01

@@ -11,8 +11,12 @@
   `OneCycle`; loss weights kept in the model, e.g. `TaskWeighting`, come along), the
   dropout seed-generator states, Python's and NumPy's global random states, the epoch
   of each data generator (shuffling and augmentation derive from it), and the state of
-  any callback that has ``get_state()`` / ``set_state(state)``. `ResumeCheckpoint.restore`
-  puts it all back and trims ``history.csv`` to the restored epoch.
+  any callback that has ``get_state()`` / ``set_state(state)`` (JSON-able; optionally
+  ``get_arrays()`` / ``set_arrays(list)`` for arrays), Keras's ``EarlyStopping`` (with its
+  best weights) and ``ReduceLROnPlateau`` included. When ``fit`` ends (all epochs, or
+  stopped early) the state is saved once more, marked ``trained``.
+  `ResumeCheckpoint.restore` puts it all back and trims ``history.csv`` to the restored
+  epoch.
 - `StopOnNonFiniteLoss`: stops training at the first batch whose loss is NaN or inf and
   names the epoch, the batch and the task losses that were not finite.
 
@@ -158,14 +162,69 @@ def weights_are_finite(model: keras.Model) -> bool:
     return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in model.trainable_variables)
 
 
+def _number(value):
+    return None if value is None else float(value)
+
+
+class _EarlyStoppingState:
+    """``get_state`` / ``set_state`` for ``keras.callbacks.EarlyStopping`` (its counters,
+    and with ``restore_best_weights`` the best weights, through ``get_arrays``)."""
+
+    def __init__(self, callback: keras.callbacks.EarlyStopping):
+        self.callback = callback
+
+    def get_state(self) -> dict:
+        c = self.callback
+        return {"wait": int(c.wait), "stopped_epoch": int(c.stopped_epoch), "best": _number(c.best), "best_epoch": int(c.best_epoch)}
+
+    def set_state(self, state: Mapping) -> None:
+        c = self.callback
+        c.wait, c.stopped_epoch, c.best, c.best_epoch = state["wait"], state["stopped_epoch"], state["best"], state["best_epoch"]
+
+    def get_arrays(self) -> list | None:
+        return self.callback.best_weights
+
+    def set_arrays(self, arrays: list) -> None:
+        self.callback.best_weights = arrays
+
+
+class _PlateauState:
+    """``get_state`` / ``set_state`` for ``keras.callbacks.ReduceLROnPlateau`` (the rate
+    itself is an optimizer variable, restored with the weights)."""
+
+    def __init__(self, callback: keras.callbacks.ReduceLROnPlateau):
+        self.callback = callback
+
+    def get_state(self) -> dict:
+        c = self.callback
+        return {"wait": int(c.wait), "cooldown_counter": int(c.cooldown_counter), "best": _number(c.best)}
+
+    def set_state(self, state: Mapping) -> None:
+        c = self.callback
+        c.wait, c.cooldown_counter, c.best = state["wait"], state["cooldown_counter"], state["best"]
+
+
+#: State adapters for Keras's own callbacks that keep counters across epochs.
+KERAS_CALLBACK_STATE = {
+    keras.callbacks.EarlyStopping: _EarlyStoppingState,
+    keras.callbacks.ReduceLROnPlateau: _PlateauState,
+}
+
+
 def _state_holders(objects: Iterable) -> dict[str, object]:
-    """``{key: object}`` for the objects that have ``get_state`` and ``set_state``."""
+    """``{key: object}`` for the objects that have ``get_state`` and ``set_state`` (or a
+    `KERAS_CALLBACK_STATE` adapter)."""
     holders, counts = {}, {}
     for obj in objects:
-        if callable(getattr(obj, "get_state", None)) and callable(getattr(obj, "set_state", None)):
-            name = type(obj).__name__
-            counts[name] = counts.get(name, 0) + 1
-            holders[f"{name}[{counts[name] - 1}]"] = obj
+        holder = obj
+        if not (callable(getattr(obj, "get_state", None)) and callable(getattr(obj, "set_state", None))):
+            adapter = next((a for kind, a in KERAS_CALLBACK_STATE.items() if isinstance(obj, kind)), None)
+            if adapter is None:
+                continue
+            holder = adapter(obj)
+        name = type(obj).__name__
+        counts[name] = counts.get(name, 0) + 1
+        holders[f"{name}-{counts[name] - 1}"] = holder
     return holders
 
 
@@ -422,7 +481,11 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.history = Path(history) if history is not None else None
         self.extra = dict(extra or {})
         self.initial_epoch = 0
+        self.trained = False
         self._pending: dict | None = None
+        self._last_epoch: int | None = None
+        self._last_logs: dict = {}
+        self._pending_arrays: dict = {}
         self.saved_epochs: list[int] = []
 
     # -------------------------------------------------------------- restoring
@@ -470,9 +533,14 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         for variable, value in zip(seeds, saved_seeds):
             variable.assign(np.asarray(value, dtype=variable.dtype))
         self.initial_epoch = int(state["epoch"])
+        self.trained = bool(state.get("trained"))
         self.extra.update(state.get("extra", {}))
         self.saved_epochs = [self.initial_epoch]
         self._pending = state
+        self._pending_arrays = {}
+        for key, name in state.get("arrays", {}).items():
+            with np.load(self.directory / name, allow_pickle=False) as archive:
+                self._pending_arrays[key] = [archive[f"arr_{i}"] for i in range(len(archive.files))]
         if self.history is not None:
             truncate_history(self.history, self.initial_epoch)
         return self.initial_epoch
@@ -486,6 +554,8 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             raise ResumeError(f"The saved state has no entry for callback(s) {missing}; saved: {sorted(saved)}")
         for key, holder in self.holders.items():
             holder.set_state(saved[key])
+            if key in self._pending_arrays and callable(getattr(holder, "set_arrays", None)):
+                holder.set_arrays(self._pending_arrays[key])
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._pending is None or epoch != self.initial_epoch:
@@ -501,19 +571,45 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     # ----------------------------------------------------------------- saving
     def on_epoch_end(self, epoch, logs=None):
         if non_finite_losses(logs) or not weights_are_finite(self.model):
+            self._last_epoch = None
             return
         self.save(epoch + 1, logs)
+        self._last_epoch = epoch + 1
 
-    def save(self, epoch: int, logs: Mapping | None = None, complete: bool = False) -> None:
-        """Writes the state after ``epoch`` completed epochs (weights, then ``state.json``)."""
+    def on_train_end(self, logs=None):
+        """Records that ``fit`` finished (all epochs, or stopped early by a callback): the
+        weights as they are now (e.g. after ``EarlyStopping`` put the best ones back),
+        so a rerun goes straight to the steps after training."""
+        if self._last_epoch is not None:
+            self.save(self._last_epoch, self._last_logs, trained=True)
+
+    def save(self, epoch: int, logs: Mapping | None = None, trained: bool = False) -> None:
+        """Writes the state after ``epoch`` completed epochs (weights, then ``state.json``).
+
+        Args:
+            epoch: completed epochs.
+            logs: the epoch's logs (kept in the state for reference).
+            trained: ``fit`` is over; a restore skips training.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{epoch:04d}.weights.h5"
+        name = f"epoch-{epoch:04d}{'-trained' if trained else ''}.weights.h5"
         save_weights_atomic(self.model, self.directory / name)
+        arrays = {}
+        for key, holder in self.holders.items():
+            values = holder.get_arrays() if callable(getattr(holder, "get_arrays", None)) else None
+            if values is not None:
+                arrays[key] = f"epoch-{epoch:04d}.{key}.npz"
+                with atomic_target(self.directory / arrays[key]) as temporary:
+                    with open(temporary, "wb") as handle:
+                        np.savez(handle, *[np.asarray(v) for v in values])
+        self._last_logs = dict(logs or {})
         state = {
             "format": STATE_FORMAT,
             "epoch": int(epoch),
-            "complete": bool(complete),
+            "trained": bool(trained),
+            "complete": False,
             "weights": name,
+            "arrays": arrays,
             "fingerprint": self.fingerprint,
             "seed_generators": [keras.ops.convert_to_numpy(v).tolist() for v in _seed_generator_variables(self.model)],
             "random": _random_state(),
@@ -524,7 +620,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         }
         write_json_atomic(self.directory / STATE_FILE, state)
         self.saved_epochs.append(int(epoch))
-        self._remove_stale(keep=name)
+        self._remove_stale(keep={name, *arrays.values()})
 
     def mark_complete(self) -> None:
         """Records that the run finished (its model is saved elsewhere) and drops the weights."""
@@ -532,14 +628,13 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         if state is None:
             return
         state["complete"] = True
-        state["weights"] = None
+        state["weights"], state["arrays"] = None, {}
         write_json_atomic(self.directory / STATE_FILE, state)
-        self._remove_stale(keep=None)
+        self._remove_stale(keep=set())
 
-    def _remove_stale(self, keep: str | None) -> None:
+    def _remove_stale(self, keep: set) -> None:
         for path in self.directory.iterdir():
-            stale_weights = path.name.startswith("epoch-") and path.name.endswith(".weights.h5") and path.name != keep
-            if stale_weights or path.name.startswith(".tmp"):
+            if (path.name.startswith("epoch-") and path.name not in keep) or path.name.startswith(".tmp"):
                 with contextlib.suppress(OSError):
                     path.unlink()
 
