@@ -63,10 +63,15 @@ def through_keras(generator, epochs: int) -> list[list[str]]:
     return seen
 
 
-def test_originals_are_the_plain_decode_and_targets_repeat(table):
+EVERY_AUGMENTATION = dict(flip=1.0, blur=1.0, brightness=1.0, channel_shift=1.0, cutout=1.0)
+
+
+@pytest.mark.parametrize("augment", ["default", "every"])
+def test_originals_are_the_plain_decode_and_targets_repeat(table, augment):
     frame, tasks = table
+    pipeline = make_pipeline(**EVERY_AUGMENTATION) if augment == "every" else augment
     plain = MultiOutputGenerator.from_table(frame, tasks, batch_size=8, image_size=48, seed=4)
-    augmented = MultiOutputGenerator.from_table(frame, tasks, batch_size=8, image_size=48, seed=4, augment="default", copies=2)
+    augmented = MultiOutputGenerator.from_table(frame, tasks, batch_size=8, image_size=48, seed=4, augment=pipeline, copies=2)
     images, targets = augmented[1]
     reference, reference_targets = plain[1]
     assert images.shape == (24, 48, 48, 3) and images.dtype == np.uint8
@@ -273,17 +278,32 @@ def test_keras_channel_shift_is_one_offset_clipped_to_the_image_range():
     transform.set_random_seed(5)
     floats = image.astype(np.float32)
     out = transform(image=floats)["image"]
-    shift = transform.params["shift"]
+    assert len(transform.params["shift"]) == 1  # one offset for all channels
+    shift = transform.params["shift"][0]
     assert -30 <= shift <= 30 and shift != 0
     np.testing.assert_allclose(out, np.clip(floats + shift, floats.min(), floats.max()), rtol=1e-6)
 
 
-def test_rgb_shift_draws_one_offset_per_channel():
+@pytest.mark.parametrize("mode", ["rgb", "rgbshift"])
+def test_rgb_shift_draws_one_offset_per_channel(mode):
     image = np.full((8, 8, 3), 128, np.uint8)
-    pipeline = make_pipeline(flip=0, blur=0, brightness=0, channel_shift=1.0, cutout=0, channel_shift_limit=30)
+    pipeline = make_pipeline(flip=0, blur=0, brightness=0, channel_shift=1.0, cutout=0, channel_shift_limit=30,
+                             channel_shift_mode=mode)
     pipeline.set_random_seed(1)
     offsets = pipeline(image=image)["image"][0, 0].astype(int) - 128
     assert len(set(offsets.tolist())) == 3 and np.abs(offsets).max() <= 30
+
+
+def test_per_channel_shift_matches_albumentations_rgb_shift():
+    image = np.random.default_rng(3).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    for shift in (-17, 9, 40):
+        ours = ChannelShift(shift_limit=(shift, shift), per_channel=True, p=1.0)(image=image)["image"]
+        theirs = A.RGBShift((shift, shift), (shift, shift), (shift, shift), p=1.0)(image=image)["image"]
+        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_array_equal(ours, np.clip(image.astype(int) + shift, 0, 255))
+    grey = image[..., :1].copy()
+    out = ChannelShift(shift_limit=(9, 9), per_channel=True, p=1.0)(image=grey)["image"]
+    np.testing.assert_array_equal(out, np.clip(grey.astype(int) + 9, 0, 255))
 
 
 def test_cutout_uses_the_new_coarse_dropout_arguments():

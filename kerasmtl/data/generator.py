@@ -219,14 +219,19 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"Batch index {index} out of range [0, {len(self)}).")
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        images, rows = self._read_batch(rows, index)
+        # one buffer for the whole batch: the originals are decoded into its first rows
+        # and each copy is written after them, so no image is copied twice
+        images = self._empty_batch(len(rows) * (1 + self.copies))
+        rows = self._read_batch(images, rows, index)
         targets = {name: value[rows] for name, value in self.targets.items()}
         weights = None if self.sample_weights is None else {n: v[rows] for n, v in self.sample_weights.items()}
         if self.augment is not None:
-            images, targets = self._augment_batch(images, targets, index)
+            targets = self._augment_batch(images, targets, index)
             repeats = int(self.include_original) + self.copies
             if weights is not None:
                 weights = {name: np.concatenate([value] * repeats) for name, value in weights.items()}
+            if not self.include_original:
+                images = images[len(rows) :]
         if weights is None:
             return images, targets
         return images, targets, weights
@@ -248,19 +253,24 @@ class MultiOutputGenerator(keras.utils.PyDataset):
 
     def read_images(self, rows: np.ndarray) -> np.ndarray:
         """Reads the images of ``rows`` into a uint8 batch."""
-        batch = np.empty((len(rows),) + self.image_size + (self.channels,), dtype=np.uint8)
+        batch = self._empty_batch(len(rows))
         for i, row in enumerate(rows):
             batch[i] = read_image(self.paths[row], self.image_size, self.channels)
         return batch
+
+    def _empty_batch(self, size: int) -> np.ndarray:
+        return np.empty((size,) + self.image_size + (self.channels,), dtype=np.uint8)
 
     def augmentation_rng(self, index: int) -> np.random.Generator:
         """The random generator of batch ``index`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT_STREAM])
 
-    def _read_batch(self, rows: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read_batch(self, batch: np.ndarray, rows: np.ndarray, index: int) -> np.ndarray:
+        """Decodes ``rows`` into ``batch[:len(rows)]``; returns the rows actually read."""
         if self.on_bad_image == "raise":
-            return self.read_images(rows), rows
-        batch = np.empty((len(rows),) + self.image_size + (self.channels,), dtype=np.uint8)
+            for i, row in enumerate(rows):
+                batch[i] = read_image(self.paths[row], self.image_size, self.channels)
+            return rows
         good = []
         for row in rows:
             image = self._read_or_skip(row)
@@ -268,7 +278,7 @@ class MultiOutputGenerator(keras.utils.PyDataset):
                 batch[len(good)] = image
                 good.append(row)
         if len(good) == len(rows):
-            return batch, rows
+            return rows
         if not good:  # the whole batch is unreadable: borrow the next readable row of the epoch
             for row in np.roll(self._order, -(index + 1) * self.batch_size):
                 image = self._read_or_skip(row)
@@ -280,7 +290,7 @@ class MultiOutputGenerator(keras.utils.PyDataset):
                 raise DataError(f"None of the {len(self.paths)} images can be read; skipped: {sorted(self.skipped)[:5]}")
         for k in range(len(good), len(rows)):
             batch[k] = batch[k % len(good)]
-        return batch, np.array([good[k % len(good)] for k in range(len(rows))], dtype=rows.dtype)
+        return np.array([good[k % len(good)] for k in range(len(rows))], dtype=rows.dtype)
 
     def _read_or_skip(self, row: int) -> np.ndarray | None:
         path = self.paths[row]
@@ -307,28 +317,24 @@ class MultiOutputGenerator(keras.utils.PyDataset):
             self._local.pipeline = pipeline
         return pipeline
 
-    def _augment_batch(self, images: np.ndarray, targets: dict, index: int):
-        n = len(images)
+    def _augment_batch(self, images: np.ndarray, targets: dict, index: int) -> dict:
+        """Writes the copies of ``images[:n]`` into ``images[n:]``; returns their targets."""
+        n = len(images) // (1 + self.copies)
         pipeline = self._thread_pipeline()
         rng = self.augmentation_rng(index)
         pipeline.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         start = n if self.include_original else 0
-        out = np.empty((start + self.copies * n,) + images.shape[1:], dtype=np.uint8)
-        if self.include_original:
-            out[:n] = images
-        repeats = int(self.include_original) + self.copies
-        out_targets = {name: np.concatenate([value] * repeats) for name, value in targets.items()}
+        out_targets = {name: np.concatenate([value] * (1 + self.copies))[n - start :] for name, value in targets.items()}
         for k in range(self.copies):
             for i in range(n):
-                j = start + k * n + i
                 if self.keypoints:
                     image, points = self._augment_with_keypoints(pipeline, images[i], targets, i)
                     for name, value in points.items():
-                        out_targets[name][j] = value
+                        out_targets[name][start + k * n + i] = value
                 else:
                     image = pipeline(image=images[i])["image"]
-                out[j] = fit_size(image, self.image_size).reshape(out.shape[1:])
-        return out, out_targets
+                images[n + k * n + i] = fit_size(image, self.image_size).reshape(images.shape[1:])
+        return out_targets
 
     def _augment_with_keypoints(self, pipeline, image: np.ndarray, targets: dict, i: int):
         height, width = image.shape[:2]
