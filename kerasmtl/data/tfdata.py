@@ -215,39 +215,53 @@ class ImageAugment:
     """Augmentations of the ``tf.data`` file pipeline, written with ``tf.image`` ops.
 
     Every draw is stateless, seeded by ``(seed, epoch, row)``: the same image of the same
-    epoch gets the same augmentation on every worker and in every run.
+    epoch gets the same augmentation on every worker and in every run. Each image is
+    augmented once (the generator can also emit the originals and several copies).
 
     Args:
         flip: probability of a horizontal flip. Keypoint targets follow the flip: for
             regression tasks with ``flip_pairs`` the x coordinates (even units,
-            normalised to [0, 1]) become ``1 - x`` and the paired points swap places.
-        brightness: add ``delta * 255``, ``delta`` uniform in ``[-brightness, brightness]``
-            (``tf.image.adjust_brightness`` on [0, 1] images).
+            normalised to [0, 1], continuous coordinates as in
+            `kerasmtl.data.generator`) become ``1 - x`` and the paired points swap places.
+        brightness: add ``delta * 255``, ``delta`` uniform in ``[-brightness, brightness]``.
         contrast: scale each channel's deviation from its mean by a factor uniform in
             ``[1 - contrast, 1 + contrast]`` (``tf.image.adjust_contrast``).
+        color_p: probability of the brightness / contrast change.
         channel_shift: add to each channel its own offset, uniform in
-            ``[-channel_shift, channel_shift]`` pixel levels (like albumentations'
-            ``RGBShift``; Keras's ``channel_shift_range`` would add one offset to all).
+            ``[-channel_shift, channel_shift]`` pixel levels (albumentations' ``RGBShift``
+            meaning; Keras's ``channel_shift_range`` would add one offset to all).
+        shift_p: probability of the channel shift.
     """
 
     flip: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    color_p: float = 1.0
     channel_shift: float = 0.0
+    shift_p: float = 1.0
 
     def __post_init__(self):
-        if not 0.0 <= self.flip <= 1.0:
-            raise ValueError(f"flip is a probability in [0, 1]. Received: flip={self.flip!r}")
+        for name in ("flip", "color_p", "shift_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1]. Received: {name}={getattr(self, name)!r}")
         for name in ("brightness", "contrast", "channel_shift"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0. Received: {name}={getattr(self, name)!r}")
         if self.contrast >= 1.0:
             raise ValueError(f"contrast must be < 1 (factors stay positive). Received: contrast={self.contrast!r}")
 
+    @classmethod
+    def default(cls) -> "ImageAugment":
+        """The generator's ``"default"`` pipeline (`kerasmtl.data.augment`) without its blur
+        and cutout: flip 0.5; brightness / contrast 0.2 with probability 0.5; per-channel
+        shift of up to 20 levels with probability 0.3."""
+        return cls(flip=0.5, brightness=0.2, contrast=0.2, color_p=0.5, channel_shift=20.0, shift_p=0.3)
+
     @property
     def active(self) -> bool:
         """Whether any augmentation is switched on."""
-        return bool(self.flip or self.brightness or self.contrast or self.channel_shift)
+        colour = (self.brightness or self.contrast) and self.color_p
+        return bool(self.flip or colour or (self.channel_shift and self.shift_p))
 
     def __call__(self, image, targets: Mapping[str, tf.Tensor], seed, tasks: Sequence[Task] = ()):
         """Augments one uint8 image ``(H, W, C)`` and its targets.
@@ -261,27 +275,28 @@ class ImageAugment:
         Returns:
             ``(image, targets)``, image uint8.
         """
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
         targets = dict(targets)
         if self.flip:
             flip = tf.random.stateless_uniform((), seed=seeds[0]) < self.flip
             image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
             for task in tasks:
                 if task.flip_pairs and task.name in targets:
-                    targets[task.name] = tf.cond(
-                        flip, lambda t=task: flip_keypoints(targets[t.name], t), lambda t=task: targets[t.name]
-                    )
+                    value = targets[task.name]
+                    targets[task.name] = tf.cond(flip, lambda v=value, t=task: flip_keypoints(v, t), lambda v=value: v)
         if not (self.brightness or self.contrast or self.channel_shift):
             return image, targets
         x = tf.cast(image, tf.float32)
+        colour = tf.cast(tf.random.stateless_uniform((), seeds[1]) < self.color_p, tf.float32)
         if self.contrast:
-            factor = tf.random.stateless_uniform((), seeds[1], 1.0 - self.contrast, 1.0 + self.contrast)
-            x = tf.image.adjust_contrast(x, factor)
+            factor = tf.random.stateless_uniform((), seeds[2], -self.contrast, self.contrast)
+            x = tf.image.adjust_contrast(x, 1.0 + colour * factor)
         if self.brightness:
-            x = x + 255.0 * tf.random.stateless_uniform((), seeds[2], -self.brightness, self.brightness)
+            x = x + colour * 255.0 * tf.random.stateless_uniform((), seeds[3], -self.brightness, self.brightness)
         if self.channel_shift:
-            channels = tf.shape(x)[-1:]
-            x = x + tf.random.stateless_uniform(channels, seeds[3], -self.channel_shift, self.channel_shift)
+            shift = tf.cast(tf.random.stateless_uniform((), seeds[4]) < self.shift_p, tf.float32)
+            offsets = tf.random.stateless_uniform(tf.shape(x)[-1:], seeds[5], -self.channel_shift, self.channel_shift)
+            x = x + shift * offsets
         return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8), targets
 
 
