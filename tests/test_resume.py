@@ -372,7 +372,7 @@ def test_non_finite_loss_exits_3_naming_where_and_keeps_the_last_good_state(hvc_
     assert pd.read_csv(out / "history.csv")["epoch"].tolist()[0] == 0
 
 
-def test_finished_run_is_not_retrained_other_settings_are_refused_and_restart_starts_over(hvc_folder, tmp_path, capsys):
+def test_finished_run_is_not_retrained_other_settings_are_refused_and_restart_clears(hvc_folder, tmp_path, capsys):
     from kerasmtl.experiment import main
 
     out = tmp_path / "run"
@@ -387,7 +387,6 @@ def test_finished_run_is_not_retrained_other_settings_are_refused_and_restart_st
     err = capsys.readouterr().err
     assert "holds a run started with other settings" in err and "lr: 0.002 -> 0.01" in err and "--restart" in err
 
-    assert main(_args(hvc_folder, out, "--epochs", "1", "--lr", "0.01", "--restart")) == 0
-    assert (out / "model.keras").stat().st_mtime_ns != model_time
-    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0]
-    assert read_state(out / "resume")["fingerprint"]["lr"] == 0.01
+    # --restart discards the run before anything else (here the new data then fails to load)
+    assert main(_args(tmp_path / "no-such-folder", out, "--epochs", "1", "--lr", "0.01", "--restart")) == 2
+    assert not any((out / name).exists() for name in ("resume", "model.keras", "best.keras", "history.csv", "metrics.json"))
