@@ -405,3 +405,47 @@ def test_malformed_rows_end_in_a_clear_error_or_a_skip_entry(rows, property_fold
     _, tasks, _ = scan_hvc(property_folder)
     targets = encode_targets(kept, tasks)
     assert all((np.asarray(t) >= 0).all() for t in targets.values())  # every label known: no NaN, no -1
+
+
+# ------------------------------------------------------------ the workflow
+def _main_args(folder, out, *extra):
+    return ["--data", str(folder), "--image-size", "32", "--width", "8", "--batch-size", "16", "--epochs", "1",
+            "--verbose", "0", "--no-augment", "--out", str(out), *extra]
+
+
+def _break_rows(folder):
+    """Breaks rows 3 (label), 5 (path traversal), 9 (truncated image) and 12 (not an image)."""
+    def edit(frame):
+        frame.loc[1, "age"] = "ancient"
+        frame.loc[3, "image_path"] = "../../etc/passwd"
+
+    _edit_csv(folder, edit)
+    data = (folder / "resized" / "8.jpg").read_bytes()
+    (folder / "resized" / "8.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "resized" / "11.jpg").write_bytes(b"GIF89a")
+    return [3, 5, 9, 12]
+
+
+def test_bad_rows_stop_the_run_before_training_with_every_problem_listed(hvc_copy, tmp_path, capsys):
+    from kerasmtl.experiment import main
+
+    rows = _break_rows(hvc_copy)
+    assert main(_main_args(hvc_copy, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "4 of 60 row(s) cannot be used" in err and "--skip-bad" in err
+    assert [f"{hvc_copy / ANNOTATIONS}, row {r}:" in err for r in rows] == [True] * 4
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_skip_bad_trains_without_the_bad_rows_and_writes_skipped_csv(hvc_copy, tmp_path):
+    from kerasmtl.experiment import main
+
+    rows = _break_rows(hvc_copy)
+    out = tmp_path / "run"
+    assert main(_main_args(hvc_copy, out, "--skip-bad")) == 0
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped["row"].tolist() == rows and set(skipped["file"]) == {str(hvc_copy / ANNOTATIONS)}
+    assert "resolves outside" in skipped["reason"][1] and "cannot be decoded" in skipped["reason"][2]
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0]
+    assert (out / "model.keras").is_file() and (out / "best.keras").is_file()
