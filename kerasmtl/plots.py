@@ -101,6 +101,7 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
                 ax.plot(epochs, history[prefix + loss], style, color="tab:blue", label=f"{prefix}loss")
         ax.set_title(panel)
         ax.set_xlabel("epoch")
+        handles = ax.get_legend_handles_labels()[0]
         metric = next((m for m in ("accuracy", "mae") if f"{panel}_{m}" in history), None)
         if metric:
             twin = ax.twinx()
@@ -108,7 +109,8 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
                 if f"{prefix}{panel}_{metric}" in history:
                     twin.plot(epochs, history[f"{prefix}{panel}_{metric}"], style, color="tab:orange", label=f"{prefix}{metric}")
             twin.set_ylabel(metric, color="tab:orange")
-        ax.legend(loc="upper right", fontsize="small")
+            handles += twin.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="center right", fontsize="x-small", framealpha=0.6)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     return _save(figure, path)
