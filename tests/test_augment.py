@@ -346,3 +346,26 @@ def test_from_table_takes_keypoint_tasks_from_flip_pairs(files):
     tasks = [Task("landmarks", "regression", columns=columns, flip_pairs=PAIRS)]
     generator = MultiOutputGenerator.from_table(frame, tasks, image_size=(48, 40), augment="default")
     assert generator.keypoints == {"landmarks": PAIRS}
+
+
+def test_grayscale_batches_augment_too(table):
+    frame, tasks = table
+    pipeline = make_pipeline(**EVERY_AUGMENTATION)
+    generator = MultiOutputGenerator.from_table(frame, tasks, batch_size=4, image_size=32, channels=1, augment=pipeline)
+    images, _ = generator[0]
+    assert images.shape == (8, 32, 32, 1)
+    assert not np.array_equal(images[4:], images[:4])
+
+
+def test_training_flags_augment_the_training_split_only(hvc_folder):
+    from kerasmtl.cli import build_parser, parse_config
+    from kerasmtl.experiment import prepare_data
+
+    flags = ["--data", str(hvc_folder), "--image-size", "32", "--batch-size", "8"]
+    config, _ = parse_config(build_parser("t"), flags + ["--copies", "2"])
+    data = prepare_data(config)
+    assert data.train_data.copies == 2 and len(data.train_data[0][0]) == 3 * 8
+    assert data.val_data.augment is None and data.test_data.augment is None
+    assert len(data.test_data[0][0]) == 8
+    config, _ = parse_config(build_parser("t"), flags + ["--no-augment"])
+    assert prepare_data(config).train_data.augment is None
