@@ -152,6 +152,21 @@ def test_listed_but_missing_image_names_it(official_copy):
     assert "000006.jpg" not in frame["image_id"].tolist()
 
 
+def test_image_ids_must_be_plain_names_inside_the_image_folder(tmp_path):
+    truth = write_official(tmp_path / "celeba")
+    folder = truth.folder
+    for name in ("list_eval_partition.txt", "list_attr_celeba.txt", "list_landmarks_align_celeba.txt"):
+        path = folder / name
+        path.write_text(path.read_text().replace("000002.jpg", "../000002.jpg"))
+    with pytest.raises(DataError, match=r"list_eval_partition.txt, row 2: image id '../000002.jpg' is not a plain file name"):
+        load_celeba(folder)
+    write_official(tmp_path / "other")
+    (tmp_path / "other" / "img_align_celeba").rename(tmp_path / "other" / "images")
+    with pytest.raises(DataError, match="img_align_celeba: image folder not found"):
+        load_celeba(tmp_path / "other")
+    assert len(load_celeba(tmp_path / "other", check_files=False)[0]) == 12
+
+
 def test_image_without_an_annotation_row_is_named(official_copy):
     path = official_copy.folder / "list_landmarks_align_celeba.txt"
     lines = path.read_text().splitlines()
