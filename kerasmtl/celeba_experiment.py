@@ -28,6 +28,7 @@ from kerasmtl.data.celeba import ALIGNED_SIZE, LANDMARK_COLUMNS, load_celeba, sp
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.tables import encode_targets
+from kerasmtl.data.validate import default_cache_path, problems_csv, validate_table
 from kerasmtl.evaluate import evaluate_model, predict_outputs
 from kerasmtl.experiment import PreparedData
 from kerasmtl.landmarks import nme
@@ -60,6 +61,7 @@ class CelebaConfig:
     image_size: int | None = None
     limit: int | None = None
     workers: int = 1
+    skip_bad: bool = False
     # model
     model: str = "resnet18_landmarks"
     weights: str | None = None
@@ -93,6 +95,11 @@ def build_celeba_parser(description: str, choose_model: bool = True) -> argparse
     data.add_argument("--image-size", type=int, help=f"side of a square model input (>= {MIN_IMAGE_SIZE}); default: the preset's size")
     data.add_argument("--limit", type=int, help="use only the first N images of each partition (smoke runs)")
     data.add_argument("--workers", type=int, help="generator worker threads (default 1)")
+    data.add_argument(
+        "--skip-bad", action=argparse.BooleanOptionalAction,
+        help="leave out images that cannot be decoded (or bad labels) and list them in <run>/skipped.csv "
+        "(default: stop before training and list them)",
+    )
     model = parser.add_argument_group("model")
     if choose_model:
         model.add_argument("--model", choices=list_ports(), help="the preset to train (default resnet18_landmarks)")
@@ -161,9 +168,14 @@ def prepare_celeba_data(config: CelebaConfig, tasks: Sequence[Task], shape: Sequ
     """Loads CelebA, splits it by the official partitions and builds the generators.
 
     Raises:
-        DataError: bad annotation files, missing images, or an empty train / test split.
+        DataError: bad annotation files, missing or undecodable images (unless
+            ``config.skip_bad``), or an empty train / test split.
     """
     frame, source = load_celeba_table(config, tasks)
+    report = validate_table(  # every image decoded once (later runs: only new or changed files)
+        frame, tasks, source, row_column=None, workers=max(2, config.workers), cache=default_cache_path(source)
+    )
+    frame = report.accept(skip_bad=config.skip_bad)
     train, val, test = split_partitions(frame)
     for name, split in (("train", train), ("test", test)):
         if split.empty:
@@ -172,7 +184,7 @@ def prepare_celeba_data(config: CelebaConfig, tasks: Sequence[Task], shape: Sequ
     train_data = MultiOutputGenerator.from_table(train, tasks, shuffle=True, seed=config.seed, **common)
     val_data = MultiOutputGenerator.from_table(val, tasks, shuffle=False, **common) if len(val) else None
     test_data = MultiOutputGenerator.from_table(test, tasks, shuffle=False, **common)
-    return PreparedData(list(tasks), train, val, test, train_data, val_data, test_data, source)
+    return PreparedData(list(tasks), train, val, test, train_data, val_data, test_data, source, report.problems)
 
 
 # ---------------------------------------------------------------- task weighting
@@ -378,6 +390,9 @@ def run_celeba_training(config: CelebaConfig) -> RunFolder:
         model, callback = dst_weighting(config, spec, model, data)
         loss_weights, callbacks = None, [callback]
     run = RunFolder(run_dir)
+    if config.skip_bad:
+        run.write_text("skipped.csv", problems_csv(data.skipped))
+        print(f"{len(data.skipped)} bad row(s) left out; listed in {run.file('skipped.csv')}")
     resolved = {"resolved_data": data.source, "input_shape": list(shape), "resolved_task_weighting": weighting,
                 "resolved_learning_rate": learning_rate, "resolved_epochs": epochs, "optimizer": spec.optimizer}
     run.write_yaml("config.yaml", config.to_dict() | resolved)

@@ -25,7 +25,7 @@ from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.person import ANNOTATIONS, scan_hvc
 from kerasmtl.data.sample import ensure_sample
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
-from kerasmtl.data.validate import Problem, problems_csv, validate_table
+from kerasmtl.data.validate import Problem, default_cache_path, problems_csv, validate_table
 from kerasmtl.evaluate import evaluate_and_report
 from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.resume import ResumableRun, config_fingerprint, data_digest
@@ -68,9 +68,10 @@ def load_checked_hvc(folder: str | os.PathLike, config: TrainConfig) -> tuple[pd
         DataError: listing every bad row (file, row, reason), unless ``config.skip_bad``.
     """
     frame, tasks, problems = scan_hvc(folder)
-    report = validate_table(
-        frame, tasks, source=Path(folder) / ANNOTATIONS, root=folder, shown_column="image_path",
-        problems=problems, workers=max(2, config.workers),
+    source = Path(folder) / ANNOTATIONS
+    report = validate_table(  # every image decoded once (later runs: only new or changed files)
+        frame, tasks, source=source, root=folder, shown_column="image_path",
+        problems=problems, workers=max(2, config.workers), cache=default_cache_path(source),
     )
     return report.accept(skip_bad=config.skip_bad), tasks, report.problems
 

@@ -221,6 +221,23 @@ def test_validation_works_on_any_table_with_a_path_column(tmp_path, mixed_tasks)
         validate_table(frame.drop(columns="age"), mixed_tasks, "table.csv", root=tmp_path)
 
 
+def test_images_that_passed_are_not_decoded_again_until_they_change(hvc_copy, tmp_path, monkeypatch):
+    cache = tmp_path / "checked.json"
+    opened = []
+    real = validate.check_image
+    monkeypatch.setattr(validate, "check_image", lambda path, *a: opened.append(str(path)) or real(path, *a))
+    assert _validate(hvc_copy, cache=cache).ok and len(opened) == 60
+    opened.clear()
+    assert _validate(hvc_copy, cache=cache).ok and opened == []
+    data = (hvc_copy / "resized" / "9.jpg").read_bytes()
+    (hvc_copy / "resized" / "9.jpg").write_bytes(data[: len(data) // 2])  # damaged after it passed
+    report = _validate(hvc_copy, cache=cache)
+    assert opened == [str((hvc_copy / "resized" / "9.jpg").resolve())]
+    assert [p.row for p in report.problems] == [10]
+    assert _validate(hvc_copy, cache=cache, max_pixels=10**6).problems == report.problems  # another limit: all again
+    assert len(opened) == 61
+
+
 # --------------------------------------------------------------- CSV files
 def _write_csv(folder, text):
     (folder / ANNOTATIONS).write_bytes(text.encode("utf-8") if isinstance(text, str) else text)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,8 +282,67 @@ def find_duplicates(
     return problems
 
 
+class CheckedImages:
+    """A record of the images that passed `check_image`, so a rerun decodes only new or
+    changed files (a file counts as unchanged while its size and mtime are).
+
+    Args:
+        path: the JSON file holding the record (written atomically by `save`).
+        max_pixels: the limit the images were checked against; a record made under
+            another limit is ignored.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_pixels: int = MAX_PIXELS):
+        self.path = Path(path)
+        self.max_pixels = int(max_pixels)
+        self.files: dict[str, list[int]] = {}
+        try:
+            content = json.loads(self.path.read_text(encoding="utf-8"))
+            if content.get("max_pixels") == self.max_pixels:
+                self.files = {str(k): list(v) for k, v in content.get("files", {}).items()}
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    @staticmethod
+    def _stamp(path: str) -> list[int] | None:
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        return [int(status.st_size), int(status.st_mtime_ns)]
+
+    def passed(self, path: str) -> bool:
+        """True when ``path`` passed before and has not changed since."""
+        return path in self.files and self.files[path] == self._stamp(path)
+
+    def add(self, path: str) -> None:
+        stamp = self._stamp(path)
+        if stamp is not None:
+            self.files[path] = stamp
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".tmp{os.getpid()}-{self.path.name}")
+        temporary.write_text(json.dumps({"max_pixels": self.max_pixels, "files": self.files}), encoding="utf-8")
+        os.replace(temporary, self.path)
+
+
+def default_cache_path(source: str | os.PathLike) -> Path:
+    """``$KERASMTL_HOME/checked_images/<hash of source>.json`` for an annotations file
+    (or any description of where a table came from)."""
+    home = Path(os.environ.get("KERASMTL_HOME", Path.home() / ".cache" / "kerasmtl"))
+    key = str(Path(source).resolve()) if Path(source).exists() else str(source)
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return home / "checked_images" / f"{digest}.json"
+
+
 def find_image_problems(
-    paths: Sequence[str], rows: Sequence[int], source: str, workers: int | None = None, max_pixels: int = MAX_PIXELS
+    paths: Sequence[str],
+    rows: Sequence[int],
+    source: str,
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    cache: CheckedImages | None = None,
 ) -> list[Problem]:
     """Runs `check_image` over ``paths`` in a thread pool (Pillow decodes without the GIL).
 
@@ -291,14 +352,22 @@ def find_image_problems(
         source: the annotations file.
         workers: threads; default ``min(4, cpu count)``.
         max_pixels: see `check_image`.
+        cache: images that passed before are not decoded again; those that pass now
+            are added (and the record saved).
     """
     workers = workers or min(4, os.cpu_count() or 1)
-    if workers <= 1 or len(paths) < 32:
-        reasons = [check_image(p, max_pixels) for p in paths]
+    todo = [i for i, p in enumerate(paths) if cache is None or not cache.passed(p)]
+    if workers <= 1 or len(todo) < 32:
+        reasons = [check_image(paths[i], max_pixels) for i in todo]
     else:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            reasons = list(pool.map(lambda p: check_image(p, max_pixels), paths, chunksize=16))
-    return [Problem(source, int(row), reason) for row, reason in zip(rows, reasons) if reason is not None]
+            reasons = list(pool.map(lambda i: check_image(paths[i], max_pixels), todo, chunksize=16))
+    if cache is not None and todo:
+        for i, reason in zip(todo, reasons):
+            if reason is None:
+                cache.add(paths[i])
+        cache.save()
+    return [Problem(source, int(rows[i]), reason) for i, reason in zip(todo, reasons) if reason is not None]
 
 
 # ------------------------------------------------------------------ the pass
@@ -358,6 +427,7 @@ def validate_table(
     check_images: bool = True,
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    cache: str | os.PathLike | None = None,
 ) -> ValidationReport:
     """Checks every row of a dataset table (see the module docstring for the rules).
 
@@ -376,6 +446,8 @@ def validate_table(
         check_images: decode every image (else only paths and labels are checked).
         workers: decode threads.
         max_pixels: largest accepted image.
+        cache: a `CheckedImages` file: images that passed before and have not changed
+            are not decoded again (e.g. `default_cache_path` of ``source``).
 
     Returns:
         The report; call ``report.accept(skip_bad)`` for the table to train on.
@@ -405,7 +477,8 @@ def validate_table(
     todo = [(p, r) for p, r in zip(resolved, sub_rows) if p is not None and r not in rejected]
     if todo:
         if check_images:
-            found += find_image_problems([p for p, _ in todo], [r for _, r in todo], source, workers, max_pixels)
+            record = CheckedImages(cache, max_pixels) if cache is not None else None
+            found += find_image_problems([p for p, _ in todo], [r for _, r in todo], source, workers, max_pixels, record)
         else:
             found += [Problem(source, r, f"image file {p!r} does not exist") for p, r in todo if not os.path.isfile(p)]
 
