@@ -400,8 +400,7 @@ def write_gradcam(path, model: keras.Model, images, tasks: Sequence[Task], targe
     """
     from kerasmtl.gradcam import GradCAM, plot_gradcam
 
-    cam = GradCAM(model, layer)
-    heatmaps = {task.name: cam(images, task.name, kind=task.kind) for task in tasks}
+    heatmaps = GradCAM(model, layer).many(images, {task.name: task.kind for task in tasks})
     titles = None
     if targets is not None:
         titles = []

@@ -134,15 +134,17 @@ class GradCAM:
                 return tensor
         raise ValueError("The model has no layer with a 4-D output; Grad-CAM needs a feature map.")
 
-    def _head(self, output_name: str):
-        if output_name not in self._heads:
-            target, dense = _score_tensor(self.model, output_name)
+    def _heads_model(self, names: tuple[str, ...]):
+        """(sub-model, Dense layers): one pass gives the feature map and every head's score input."""
+        if names not in self._heads:
+            targets = [_score_tensor(self.model, name) for name in names]
+            tensors = [tensor for tensor, _ in targets]
             if self._inner is None:
-                sub = keras.Model(self.model.input, [self.feature_tensor, target])
+                sub = keras.Model(self.model.input, [self.feature_tensor, *tensors])
             else:
-                sub = keras.Model(self.feature_tensor, target)
-            self._heads[output_name] = (sub, dense)
-        return self._heads[output_name]
+                sub = keras.Model(self.feature_tensor, tensors)
+            self._heads[names] = (sub, [dense for _, dense in targets])
+        return self._heads[names]
 
     def __call__(self, images, output_name: str, class_index: int | None = None, kind: str | None = None) -> np.ndarray:
         """Heatmaps of ``output_name`` for ``images``.
@@ -159,36 +161,56 @@ class GradCAM:
             ``(N, H, W)`` float32 heatmaps in [0, 1] at the input's height and width
             (all zeros where no location raises the score).
         """
+        return self.many(images, {output_name: kind}, class_index)[output_name]
+
+    def many(self, images, outputs, class_index: int | None = None) -> dict[str, np.ndarray]:
+        """Heatmaps of several outputs from one forward pass.
+
+        Args:
+            images: ``(N, H, W, C)`` raw images.
+            outputs: output names, or ``{output name: kind or None}`` (see `__call__`).
+            class_index: as for `__call__`, for every output.
+
+        Returns:
+            ``{output name: (N, H, W) heatmaps}``.
+        """
         import tensorflow as tf
 
         images = np.asarray(images)
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C). Received: shape={images.shape}")
-        sub, dense = self._head(output_name)
-        kind = kind or self._guess_kind(output_name)
+        kinds = dict(outputs) if isinstance(outputs, Mapping) else dict.fromkeys(outputs)
+        names = tuple(kinds)
+        sub, denses = self._heads_model(names)
         x = tf.convert_to_tensor(images)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=True) as tape:
             if self._inner is None:
-                features, values = sub(x, training=False)
-                tape_target = features
+                features, *values = sub(x, training=False)
             else:
                 to_base, inner = self._inner
                 features, base_out = inner(to_base(x, training=False), training=False)
-                tape_target = features
                 values = sub(base_out, training=False)
-            tape.watch(tape_target)
-            scores = _scores(values, dense, kind, class_index)
-            if kind == "binary" and class_index is None:
-                scores = tf.abs(scores)  # the predicted side: logit > 0 -> class 1, else class 0
-        gradients = tape.gradient(scores, tape_target)
-        if gradients is None:
-            raise ValueError(f"Output {output_name!r} does not depend on the feature map of layer {self.layer!r}.")
-        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
-        cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0]
-        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        cam = tf.math.divide_no_nan(cam, peak)
-        return np.clip(cam.numpy(), 0.0, 1.0).astype(np.float32)
+                values = values if isinstance(values, (list, tuple)) else [values]
+            tape.watch(features)
+            scores = []
+            for name, value, dense in zip(names, values, denses):
+                kind = kinds[name] or self._guess_kind(name)
+                score = _scores(value, dense, kind, class_index)
+                if kind == "binary" and class_index is None:
+                    score = tf.abs(score)  # the predicted side: logit > 0 -> class 1, else class 0
+                scores.append(score)
+        heatmaps = {}
+        for name, score in zip(names, scores):
+            gradients = tape.gradient(score, features)
+            if gradients is None:
+                raise ValueError(f"Output {name!r} does not depend on the feature map of layer {self.layer!r}.")
+            weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+            cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0]
+            cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True))
+            heatmaps[name] = np.clip(cam.numpy(), 0.0, 1.0).astype(np.float32)
+        del tape
+        return heatmaps
 
     def _guess_kind(self, output_name: str) -> str:
         layer = self.model.get_layer(output_name)

@@ -118,6 +118,9 @@ def test_layer_inside_the_base_tower_and_inside_a_conv_head(mixed_tasks):
     # One GradCAM object serves every output; explaining another class changes the map.
     cam = GradCAM(model)
     assert not np.allclose(cam(images, "age", class_index=0), cam(images, "age", class_index=2))
+    together = GradCAM(model, "base/stem_b_relu").many(images, ["smiling", "age", "landmarks"])
+    np.testing.assert_allclose(together["age"], early, atol=1e-6)  # one pass for all heads, same maps
+    np.testing.assert_allclose(together["smiling"], grad_cam(model, images, "smiling", layer="base/stem_b_relu"), atol=1e-6)
 
 
 def test_bad_arguments_say_what_was_received(mixed_tasks):
