@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from kerasmtl.data.tables import encode_targets, majority_class
-from kerasmtl.landmarks import is_keypoint_task, nme, point_names, reference_points
+from kerasmtl.landmarks import nme, point_names, reference_points
 from kerasmtl.tasks import MISSING_CLASS, Task
 
 METRICS_FILE = "metrics.json"

@@ -102,7 +102,7 @@ def test_csv_input_lists_relative_paths_and_reports_missing_files(saved_run, tmp
 
 
 def test_tasks_must_fit_the_model(saved_run, tmp_path):
-    run, model, tasks, _ = saved_run
+    _, model, tasks, _ = saved_run
     wrong = [Task("smiling", "binary"), Task("age", "multiclass", ("a", "b")), tasks[2]]
     with pytest.raises(ValueError, match="Output 'age' has 3 units but its multiclass task needs 2"):
         match_tasks(model, wrong)
