@@ -8,7 +8,6 @@ import tensorflow as tf
 from kerasmtl.data import tfdata
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.person import load_hvc
-from kerasmtl.tasks import Task
 
 
 def take(dataset, count):
@@ -171,13 +170,13 @@ def test_file_dataset_rejects_mismatched_rows(png_rows):
 
 
 # ----------------------------------------------------------------- augmentation
-KEYPOINTS = Task("landmarks", "regression", columns=("a_x", "a_y", "b_x", "b_y"), flip_pairs=((0, 1),))
+KEYPOINTS = {"landmarks": ((0, 1),)}
 
 
 def test_flip_mirrors_image_and_keypoints():
     image = tf.constant(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3))
     points = tf.constant([0.1, 0.2, 0.7, np.nan], tf.float32)
-    out, targets = tfdata.ImageAugment(flip=1.0)(image, {"landmarks": points}, tf.constant([1, 2]), [KEYPOINTS])
+    out, targets = tfdata.ImageAugment(flip=1.0)(image, {"landmarks": points}, tf.constant([1, 2]), KEYPOINTS)
     np.testing.assert_array_equal(out.numpy(), image.numpy()[:, ::-1])
     # point a (0.1, 0.2) and point b (0.7, nan) swap places, x -> 1 - x
     np.testing.assert_allclose(targets["landmarks"].numpy(), [0.3, np.nan, 0.9, 0.2], rtol=1e-6)
@@ -204,15 +203,20 @@ def test_colour_augmentations_are_seeded_and_bounded():
 def test_augmented_file_dataset_is_reproducible_and_flips_keypoints(png_rows):
     paths, targets = png_rows
     augment = tfdata.ImageAugment(flip=0.5, brightness=0.1, contrast=0.2, channel_shift=10.0)
-    options = dict(batch_size=24, image_size=40, seed=1, augment=augment, tasks=[KEYPOINTS], repeat=False)
+    options = dict(batch_size=12, image_size=40, seed=1, augment=augment, copies=2, keypoints=KEYPOINTS, repeat=False)
     first = take(tfdata.file_dataset(paths, targets, **options), 1)[0]
     again = take(tfdata.file_dataset(paths, targets, **options), 1)[0]
     assert_same_batch(first, again)
     plain = take(tfdata.file_dataset(paths, targets, **{**options, "augment": None}), 1)[0]
-    flipped = np.isclose(first[1]["landmarks"][:, 0], 1.0 - plain[1]["landmarks"][:, 2])
-    kept = np.isclose(first[1]["landmarks"][:, 0], plain[1]["landmarks"][:, 0])
+    # the generator's layout: 12 originals, then copy 1 of the 12 rows, then copy 2
+    assert len(first[0]) == 36
+    np.testing.assert_array_equal(first[0][:12], plain[0])
+    assert not np.array_equal(first[0][12:24], first[0][24:])
+    points, expected = first[1]["landmarks"][12:], np.concatenate([plain[1]["landmarks"]] * 2)
+    flipped = np.isclose(points[:, 0], 1.0 - expected[:, 2])
+    kept = np.isclose(points[:, 0], expected[:, 0])
     assert flipped.any() and kept.any() and np.all(flipped | kept)
-    np.testing.assert_array_equal(first[1]["smiling"], plain[1]["smiling"])
+    np.testing.assert_array_equal(first[1]["smiling"], np.concatenate([plain[1]["smiling"]] * 3))
 
 
 def test_augment_arguments_are_checked():
@@ -227,3 +231,15 @@ def test_distribute_without_replicas_is_the_plain_dataset(png_rows):
     paths, targets = png_rows
     dataset = tfdata.distribute(tf.distribute.get_strategy(), lambda ctx: tfdata.file_dataset(paths, targets, image_size=40))
     assert isinstance(dataset, tf.data.Dataset)
+
+
+def test_file_dataset_like_follows_an_augmenting_generator(png_rows):
+    paths, targets = png_rows
+    generator = MultiOutputGenerator(
+        paths, targets, batch_size=6, image_size=40, seed=2, augment="default", copies=2, keypoints=KEYPOINTS
+    )
+    element = take(tfdata.file_dataset_like(generator, augment=tfdata.ImageAugment.default()), 1)[0]
+    expected = generator[0]
+    assert element[0].shape == expected[0].shape == (18, 40, 40, 3)
+    np.testing.assert_array_equal(element[0][:6], expected[0][:6])  # the originals
+    np.testing.assert_array_equal(element[1]["smiling"], expected[1]["smiling"])

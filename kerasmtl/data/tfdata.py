@@ -35,7 +35,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kerasmtl.tasks import Task
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -219,10 +218,10 @@ class ImageAugment:
     augmented once (the generator can also emit the originals and several copies).
 
     Args:
-        flip: probability of a horizontal flip. Keypoint targets follow the flip: for
-            regression tasks with ``flip_pairs`` the x coordinates (even units,
-            normalised to [0, 1], continuous coordinates as in
-            `kerasmtl.data.generator`) become ``1 - x`` and the paired points swap places.
+        flip: probability of a horizontal flip. Keypoint targets follow the flip: the x
+            coordinates (even units, normalised to [0, 1], continuous coordinates as in
+            `kerasmtl.data.generator`) become ``1 - x`` and each flip pair of points
+            swaps places.
         brightness: add ``delta * 255``, ``delta`` uniform in ``[-brightness, brightness]``.
         contrast: scale each channel's deviation from its mean by a factor uniform in
             ``[1 - contrast, 1 + contrast]`` (``tf.image.adjust_contrast``).
@@ -263,14 +262,15 @@ class ImageAugment:
         colour = (self.brightness or self.contrast) and self.color_p
         return bool(self.flip or colour or (self.channel_shift and self.shift_p))
 
-    def __call__(self, image, targets: Mapping[str, tf.Tensor], seed, tasks: Sequence[Task] = ()):
+    def __call__(self, image, targets: Mapping[str, tf.Tensor], seed, keypoints: Mapping[str, Sequence] | None = None):
         """Augments one uint8 image ``(H, W, C)`` and its targets.
 
         Args:
             image: uint8 image.
             targets: ``{task name: targets of this row}``.
             seed: int32/int64 tensor of shape ``(2,)``.
-            tasks: the tasks (for keypoint flipping).
+            keypoints: ``{task name: flip_pairs}`` of the keypoint tasks (as for
+                `MultiOutputGenerator`).
 
         Returns:
             ``(image, targets)``, image uint8.
@@ -280,10 +280,9 @@ class ImageAugment:
         if self.flip:
             flip = tf.random.stateless_uniform((), seed=seeds[0]) < self.flip
             image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-            for task in tasks:
-                if task.flip_pairs and task.name in targets:
-                    value = targets[task.name]
-                    targets[task.name] = tf.cond(flip, lambda v=value, t=task: flip_keypoints(v, t), lambda v=value: v)
+            for name, pairs in (keypoints or {}).items():
+                value = targets[name]
+                targets[name] = tf.cond(flip, lambda v=value, p=pairs: flip_keypoints(v, p), lambda v=value: v)
         if not (self.brightness or self.contrast or self.channel_shift):
             return image, targets
         x = tf.cast(image, tf.float32)
@@ -300,16 +299,16 @@ class ImageAugment:
         return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8), targets
 
 
-def flip_keypoints(values, task: Task):
-    """Keypoint targets ``(units,)`` after a horizontal flip: ``x -> 1 - x`` for the
-    ``(x, y)`` pairs, and the task's ``flip_pairs`` swapped (NaN stays NaN)."""
-    points = task.units // 2
-    order = list(range(points))
-    for i, j in task.flip_pairs:
+def flip_keypoints(values, flip_pairs: Sequence[Sequence[int]] = ()):
+    """Keypoint targets ``(2k,)`` after a horizontal flip: ``x -> 1 - x`` for the ``(x, y)``
+    pairs, and the points of each flip pair swapped (NaN stays NaN)."""
+    units = int(values.shape[-1])
+    order = list(range(units // 2))
+    for i, j in flip_pairs:
         order[i], order[j] = order[j], order[i]
     index = np.array([[2 * p, 2 * p + 1] for p in order], dtype=np.int32).reshape(-1)
     swapped = tf.gather(values, index, axis=-1)
-    is_x = tf.constant(np.arange(task.units) % 2 == 0)
+    is_x = tf.constant(np.arange(units) % 2 == 0)
     return tf.where(is_x, 1.0 - swapped, swapped)
 
 
@@ -356,7 +355,9 @@ def file_dataset(
     seed: int = 0,
     sample_weights: Mapping[str, np.ndarray] | None = None,
     augment: ImageAugment | None = None,
-    tasks: Sequence[Task] = (),
+    copies: int = 1,
+    include_original: bool = True,
+    keypoints: Mapping[str, Sequence] | None = None,
     input_context: tf.distribute.InputContext | None = None,
     initial_epoch: int = 0,
     repeat: bool = True,
@@ -367,7 +368,10 @@ def file_dataset(
 
     The batches hold the same rows in the same order as a `MultiOutputGenerator` with the
     same ``paths``, ``batch_size``, ``shuffle`` and ``seed``; the pixels match it for
-    images already of ``image_size`` (resizing differs from OpenCV's by rounding).
+    images already of ``image_size`` (resizing differs from OpenCV's by rounding). With
+    ``augment`` the layout is the generator's too: the batch's originals (with
+    ``include_original``), then augmented copy 1 of every row, copy 2, ... with the
+    targets and weights repeated in that order.
 
     Args:
         paths: image files.
@@ -380,7 +384,10 @@ def file_dataset(
         sample_weights: optional ``{task name: per-row weight}`` (e.g. the generator's
             ``sample_weights``); adds a third element.
         augment: an `ImageAugment`, or None.
-        tasks: the tasks (for keypoint flipping).
+        copies: augmented copies of each image (with ``augment``).
+        include_original: put the un-augmented images first (with ``augment``).
+        keypoints: ``{task name: flip_pairs}`` of the keypoint tasks, whose targets
+            follow a flip.
         input_context, initial_epoch, repeat, num_parallel_calls, prefetch: as for
             `generator_dataset`; ``num_parallel_calls`` counts images decoded at once.
 
@@ -412,15 +419,24 @@ def file_dataset(
     target_tables = {name: tf.constant(value) for name, value in columns.items()}
     weight_tables = {name: tf.constant(value) for name, value in weights.items()}
     augment = augment if augment is not None and augment.active else None
+    if augment is not None and (int(copies) < 1 and not include_original):
+        raise ValueError(f"Nothing to emit: copies={copies} and include_original=False.")
+    variants = int(include_original) + int(copies) if augment is not None else 1
 
     def load(epoch, row):
         image = decode_resize(tf.gather(path_table, row), size, channels)
-        row_targets = {name: tf.gather(table, row) for name, table in target_tables.items()}
-        if augment is not None:
-            image, row_targets = augment(image, row_targets, tf.stack([epoch + seed * 1_000_003, row]), tasks)
+        element = [image, {name: tf.gather(table, row) for name, table in target_tables.items()}]
         if weight_tables:
-            return image, row_targets, {name: tf.gather(table, row) for name, table in weight_tables.items()}
-        return image, row_targets
+            element.append({name: tf.gather(table, row) for name, table in weight_tables.items()})
+        if augment is None:
+            return tuple(element)
+        outputs = [element] if include_original else []
+        base = tf.stack([epoch + seed * 1_000_003, row])
+        for copy_index in range(int(copies)):
+            seed_k = tf.random.experimental.stateless_fold_in(base, copy_index)
+            outputs.append([*augment(element[0], element[1], seed_k, keypoints), *element[2:]])
+        # (variants, ...) per row; `_copies_last` turns a batch into the generator's layout
+        return tf.nest.map_structure(lambda *parts: tf.stack(parts), *[tuple(o) for o in outputs])
 
     def epoch_batches(epoch):
         rows = tf.numpy_function(rows_of, [epoch], tf.int64, stateful=False)
@@ -428,15 +444,28 @@ def file_dataset(
         images = tf.data.Dataset.from_tensor_slices(rows).map(
             lambda row: load(epoch, row), num_parallel_calls=num_parallel_calls, deterministic=True
         )
-        return images.batch(batch_size)  # within the epoch: its last batch may be short
+        batches = images.batch(batch_size)  # within the epoch: its last batch may be short
+        return batches if augment is None else batches.map(_copies_last)
 
     dataset = _epochs(initial_epoch, repeat).flat_map(epoch_batches)
     return _finish(dataset, replicas, prefetch)
 
 
+def _copies_last(*element):
+    """``(batch, variants, ...)`` -> ``(variants * batch, ...)``: every row's original, then
+    every row's copy 1, ..."""
+
+    def flatten(t):
+        t = tf.experimental.numpy.swapaxes(t, 0, 1)
+        return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+
+    return tf.nest.map_structure(flatten, element)
+
+
 def file_dataset_like(generator, **kwargs) -> tf.data.Dataset:
     """`file_dataset` over the rows of a `MultiOutputGenerator`, with its batch size,
-    image size, channels, shuffling, seed and sample weights (``kwargs`` override them).
+    image size, channels, shuffling, seed, sample weights, copies and keypoint tasks
+    (``kwargs`` override them; pass ``augment=ImageAugment(...)`` to augment).
     """
     options = dict(
         batch_size=generator.batch_size,
@@ -445,6 +474,9 @@ def file_dataset_like(generator, **kwargs) -> tf.data.Dataset:
         shuffle=generator.shuffle,
         seed=generator.seed,
         sample_weights=generator.sample_weights,
+        copies=max(1, int(getattr(generator, "copies", 1))),
+        include_original=bool(getattr(generator, "include_original", True)),
+        keypoints=dict(getattr(generator, "keypoints", {})),
     )
     options.update(kwargs)
     return file_dataset(generator.paths, generator.targets, **options)
