@@ -18,7 +18,12 @@ from kerasmtl.callbacks.task_weights import DST_COUNTS, STRATEGIES
 from kerasmtl.data.augment import list_pipelines
 from kerasmtl.heads import HEADS
 from kerasmtl.towers import list_towers
+from kerasmtl.distribute import MIXED_PRECISION
+from kerasmtl.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from kerasmtl.training import OPTIMIZERS
+
+#: Training inputs of ``--input`` (see `kerasmtl.experiment.training_input`).
+INPUTS = ("generator", "tfdata", "files")
 
 
 @dataclasses.dataclass
@@ -61,6 +66,10 @@ class TrainConfig:
     restart: bool = False
     tensorboard: bool = False
     verbose: int = 1
+    # distribution
+    strategy: str = "none"
+    mixed_precision: str = "off"
+    input: str = "generator"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -153,13 +162,33 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras verbosity: 1 progress bar, 2 one line per epoch")
 
 
+def add_distribution_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the flags of training on several devices or machines (see docs/distributed.md)."""
+    group = parser.add_argument_group("distribution")
+    group.add_argument(
+        "--strategy", choices=DISTRIBUTION_STRATEGIES,
+        help="none (one device, default), mirrored (every local GPU), multiworker (the machines of TF_CONFIG); "
+        "--batch-size is the global batch",
+    )
+    group.add_argument(
+        "--mixed-precision", choices=sorted(MIXED_PRECISION),
+        help="off (default), float16 (with loss scaling) or bfloat16 compute; outputs stay float32",
+    )
+    group.add_argument(
+        "--input", choices=INPUTS,
+        help="generator (default), tfdata (the generator read on tf.data threads, sharded per worker) or "
+        "files (decoding and flip / brightness / contrast / channel-shift augmentation in tf.data)",
+    )
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
-    """A parser with ``--config`` and the data, model and training flag groups."""
+    """A parser with ``--config`` and the data, model, training and distribution flag groups."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML file whose keys are flag names; command-line flags win")
     add_data_arguments(parser)
     add_model_arguments(parser)
     add_training_arguments(parser)
+    add_distribution_arguments(parser)
     return parser
 
 

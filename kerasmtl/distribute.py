@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import keras
@@ -275,6 +276,23 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     return cluster_info().is_chief
 
 
+def worker_path(path: str | os.PathLike, strategy: tf.distribute.Strategy | None = None):
+    """Where this process writes a run folder: ``path`` itself on the chief (and whenever
+    there is one process), ``path/workers/worker-<id>`` on the other workers of a cluster,
+    so no two processes write the same file even on a shared file system.
+
+    Args:
+        path: the run folder.
+        strategy: the run's strategy (None: decide from ``TF_CONFIG``).
+
+    Returns:
+        A ``pathlib.Path``.
+    """
+    if is_chief(strategy):
+        return Path(path)
+    return Path(path) / "workers" / f"worker-{cluster_info().worker_id}"
+
+
 def backup_and_restore(backup_dir: str | os.PathLike, **kwargs) -> keras.callbacks.BackupAndRestore:
     """Keras's ``BackupAndRestore`` with a folder per worker.
 
@@ -372,4 +390,5 @@ __all__ = [
     "split_cpu",
     "strategy_name",
     "tf_config",
+    "worker_path",
 ]
