@@ -11,6 +11,7 @@ The CSV has a ``path`` column (as listed, or relative to the folder), then per o
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -25,11 +26,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PATH_COLUMNS = ("path", "image_path", "filename", "image_id", "image")
 
 
+def _natural_key(path: Path) -> list:
+    """Sort key reading digit runs as numbers: ``2.jpg`` before ``10.jpg``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.as_posix())]
+
+
 def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[list[str], list[str]]:
     """The images to predict: every image file under a folder, or those a CSV lists.
 
     Args:
-        source: a folder (searched recursively, sorted), or a CSV file whose ``column``
+        source: a folder (searched recursively, in natural order: ``2.jpg`` before
+            ``10.jpg``), or a CSV file whose ``column``
             (default: the first of `PATH_COLUMNS` present, else the first column) holds
             paths relative to the CSV's folder (or absolute).
         column: the CSV's path column.
@@ -43,7 +50,7 @@ def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[l
     """
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted((p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
         if not files:
             raise DataError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder.")
         return [p.relative_to(source).as_posix() for p in files], [str(p.resolve()) for p in files]

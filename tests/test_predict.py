@@ -66,7 +66,7 @@ def saved_run(tmp_path, mixed_tasks):
     images = tmp_path / "photos"
     (images / "more").mkdir(parents=True)
     rng = np.random.default_rng(1)
-    for name in ("b.jpg", "a.png", "more/c.jpg"):
+    for name in ("b.jpg", "a.png", "more/c.jpg", "10.jpg", "9.jpg"):
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / name)
     (images / "notes.txt").write_text("not an image")
     return run.path, model, tasks, images
@@ -77,7 +77,7 @@ def test_predict_script_writes_one_row_per_image_matching_the_model(saved_run, t
     out = tmp_path / "predictions.csv"
     assert main([str(run), str(images), "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert table["path"].tolist() == ["a.png", "b.jpg", "more/c.jpg"]
+    assert table["path"].tolist() == ["9.jpg", "10.jpg", "a.png", "b.jpg", "more/c.jpg"]
     assert list(table.columns) == ["path", *prediction_columns(tasks)]
     batch = np.stack([read_image(str(images / p), (32, 32)) for p in table["path"]])
     expected = model.predict(batch, verbose=0)
