@@ -44,12 +44,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter  # noqa: E402
+import cv2
+import numpy as np
+import tensorflow as tf
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-from kerasmtl.data import MultiOutputGenerator  # noqa: E402
+from kerasmtl.data import MultiOutputGenerator
 
 
 def write_images(folder: str, count: int, size: int) -> list[str]:

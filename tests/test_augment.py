@@ -63,7 +63,7 @@ def through_keras(generator, epochs: int) -> list[list[str]]:
     return seen
 
 
-EVERY_AUGMENTATION = dict(flip=1.0, blur=1.0, brightness=1.0, channel_shift=1.0, cutout=1.0)
+EVERY_AUGMENTATION = {"flip": 1.0, "blur": 1.0, "brightness": 1.0, "channel_shift": 1.0, "cutout": 1.0}
 
 
 @pytest.mark.parametrize("augment", ["default", "every"])
@@ -174,7 +174,7 @@ def test_resize_crop_moves_landmarks_with_the_image(tmp_path):
 
 def test_same_seed_same_batches_without_workers_with_threads_and_with_processes(files):
     paths, targets = files
-    options = dict(batch_size=4, image_size=(48, 40), seed=11, augment="default", keypoints={"landmarks": PAIRS})
+    options = {"batch_size": 4, "image_size": (48, 40), "seed": 11, "augment": "default", "keypoints": {"landmarks": PAIRS}}
     expected = []
     reference = MultiOutputGenerator(paths, targets, **options)
     for epoch in range(2):

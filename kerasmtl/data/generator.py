@@ -33,7 +33,7 @@ import multiprocessing
 import random
 import threading
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import albumentations as A
 import cv2
