@@ -6,6 +6,7 @@ files -> table -> split -> generators -> model -> fit -> run folder
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import sys
@@ -15,14 +16,16 @@ from typing import Sequence
 import keras
 import pandas as pd
 
+from kerasmtl import distribute
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
 from kerasmtl.callbacks.checkpoint import NonFiniteLossError, ResumeError, save_model_atomic
 from kerasmtl.callbacks.task_weights import DynamicTaskWeights, with_task_weighting
-from kerasmtl.cli import TrainConfig, build_parser, parse_config
+from kerasmtl.cli import INPUTS, TrainConfig, build_parser, parse_config
 from kerasmtl.data.augment import save_pipeline
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.person import ANNOTATIONS, scan_hvc
+from kerasmtl.data import tfdata
 from kerasmtl.data.sample import ensure_sample
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.data.validate import Problem, default_cache_path, problems_csv, validate_table
@@ -235,8 +238,68 @@ def find_learning_rate(
     return result
 
 
+def training_input(config: TrainConfig, data: PreparedData, strategy, initial_epoch: int = 0) -> tuple[object, dict]:
+    """What ``fit`` trains on for ``--input``, and the ``fit`` arguments it needs.
+
+    - ``generator``: the `MultiOutputGenerator` itself; Keras wraps it (under a strategy
+      every worker reads every batch and keeps its share).
+    - ``tfdata``: the generator's batches read on ``tf.data``'s threads and prefetched
+      (`kerasmtl.data.tfdata.generator_dataset`).
+    - ``files``: decoding, resizing and augmentation in ``tf.data``
+      (`kerasmtl.data.tfdata.file_dataset_like`; ``--augment`` applies
+      `ImageAugment.default`, the default pipeline without blur and cutout).
+
+    ``tfdata`` and ``files`` give each worker of a cluster only its own batches (of
+    ``--batch-size / workers`` rows) and each replica its slice, so ``--batch-size`` stays
+    the global batch; they start at ``initial_epoch``'s order.
+
+    Returns:
+        ``(input, fit_kwargs)``.
+
+    Raises:
+        ValueError: an unknown input, a batch size the workers cannot share, or
+            ``--input files`` with an augmentation pipeline other than ``default``.
+    """
+    if config.input == "generator":
+        return data.train_data, {}
+    workers = distribute.num_workers(strategy)
+    if config.batch_size % workers:
+        raise ValueError(
+            f"--batch-size is the global batch; {workers} workers need a multiple of {workers}. "
+            f"Received: batch_size={config.batch_size}"
+        )
+    generator = data.train_data
+    if workers > 1:
+        generator = copy.copy(generator)
+        generator.batch_size = config.batch_size // workers
+    if config.input == "tfdata":
+        def make(context):
+            return tfdata.generator_dataset(generator, input_context=context, initial_epoch=initial_epoch)
+    elif config.input == "files":
+        if config.augment and config.augment_pipeline != "default":
+            raise ValueError(
+                "--input files augments with tf.image (flip, brightness / contrast, channel shift); the "
+                f"pipeline {config.augment_pipeline!r} has no tf.image version. Use --input generator or tfdata."
+            )
+        augment = tfdata.ImageAugment.default() if config.augment else None
+
+        def make(context):
+            return tfdata.file_dataset_like(generator, input_context=context, initial_epoch=initial_epoch, augment=augment)
+    else:
+        raise ValueError(f"input must be one of {INPUTS}. Received: input={config.input!r}")
+    steps = tfdata.steps_per_epoch(len(generator), workers)
+    return tfdata.distribute(strategy, make), {"steps_per_epoch": steps, "shuffle": False}
+
+
 def run_training(config: TrainConfig) -> RunFolder:
     """Trains a model as ``config`` says and writes its run folder.
+
+    Under ``--strategy`` the model (with its loss-weight variables), the optimizer and the
+    callbacks are created, and ``fit`` runs, inside the strategy's scope, and
+    ``--mixed-precision`` sets the dtype policy for the run. On a multiworker cluster
+    every process runs this; the chief writes the run folder and each other worker its
+    own ``workers/worker-<id>`` inside it (its own resume state, so a restarted cluster
+    continues from the last completed epoch).
 
     Args:
         config: the run's config.
@@ -244,8 +307,14 @@ def run_training(config: TrainConfig) -> RunFolder:
     Returns:
         The run folder.
     """
+    strategy = distribute.make_strategy(config.strategy)
+    with distribute.mixed_precision(config.mixed_precision), strategy.scope():
+        return _train(config, strategy)
+
+
+def _train(config: TrainConfig, strategy) -> RunFolder:
     keras.utils.set_random_seed(config.seed)
-    run_dir = Path(config.out or default_run_dir(config))
+    run_dir = distribute.worker_path(config.out or default_run_dir(config), strategy)
     session = ResumableRun(run_dir, config_fingerprint(config), restart=config.restart)
     if session.complete:
         print(session.complete_message())
@@ -276,13 +345,15 @@ def run_training(config: TrainConfig) -> RunFolder:
     if initial_epoch:
         print(f"Resuming {run.path} after epoch {initial_epoch} of {config.epochs}")
     if initial_epoch < config.epochs and not session.trained:
+        train_input, fit_kwargs = training_input(config, data, strategy, initial_epoch)
         model.fit(
-            data.train_data,
+            train_input,
             validation_data=data.val_data,
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             callbacks=callbacks + session.callbacks,
             verbose=config.verbose,
+            **fit_kwargs,
         )
     session.raise_if_diverged()
     finish_run(config, run, data, model)
