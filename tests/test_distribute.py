@@ -238,3 +238,61 @@ def test_split_cpu_after_start_says_why():
         distribute.split_cpu(current + 1)
     with pytest.raises(ValueError, match="count must be an int >= 1"):
         distribute.split_cpu(0)
+
+
+# ------------------------------------------------------------- training workflow
+def test_training_input_follows_the_input_flag(hvc_folder):
+    import tensorflow as tf
+
+    from kerasmtl.cli import TrainConfig
+    from kerasmtl.experiment import prepare_data, training_input
+
+    config = TrainConfig(data=str(hvc_folder), image_size=64, batch_size=8, input="tfdata", copies=1)
+    data = prepare_data(config)
+    strategy = tf.distribute.get_strategy()
+    generator_input, kwargs = training_input(TrainConfig(**{**config.to_dict(), "input": "generator"}), data, strategy)
+    assert generator_input is data.train_data and kwargs == {}
+    dataset, kwargs = training_input(config, data, strategy, initial_epoch=2)
+    assert kwargs == {"steps_per_epoch": len(data.train_data), "shuffle": False}
+    element = next(iter(dataset))
+    data.train_data.set_epoch(2)
+    expected = data.train_data[0]  # augmented copies included: the generator's own batch
+    np.testing.assert_array_equal(element[0].numpy(), expected[0])
+    files = TrainConfig(**{**config.to_dict(), "input": "files"})
+    images, targets = next(iter(training_input(files, data, strategy)[0]))
+    data.train_data.set_epoch(0)
+    original = data.train_data[0]
+    assert images.shape == original[0].shape  # originals + one augmented copy
+    np.testing.assert_array_equal(images.numpy()[:8], original[0][:8])  # same rows, same decoding
+    np.testing.assert_array_equal(targets["gender"].numpy(), original[1]["gender"])
+    other = TrainConfig(**{**files.to_dict(), "augment_pipeline": "keras_channel_shift"})
+    with pytest.raises(ValueError, match="has no tf.image version"):
+        training_input(other, data, strategy)
+
+
+@pytest.mark.slow
+def test_train_person_on_two_replicas(tmp_path):
+    """The training script with --strategy mirrored on 2 logical CPU devices, with the
+    files input, one-cycle, DWA and bfloat16: a complete run folder."""
+    script = (
+        "import sys; from kerasmtl.distribute import split_cpu; split_cpu(2); "
+        "from kerasmtl.experiment import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = [
+        "--image-size", "32", "--width", "8", "--batch-size", "16", "--epochs", "2", "--sample-size", "80",
+        "--out", str(tmp_path / "run"), "--verbose", "2", "--strategy", "mirrored", "--input", "files",
+        "--one-cycle", "--task-weighting", "dwa", "--mixed-precision", "bfloat16",
+    ]
+    env = dict(os.environ, KERASMTL_HOME=str(tmp_path / "home"), NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "run"
+    for name in ("model.keras", "metrics.json", "history.csv", "report.md"):
+        assert (run / name).is_file(), name
+    import pandas as pd
+    import yaml
+
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == [0, 1] and np.isfinite(history["loss"]).all()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["strategy"], config["input"], config["mixed_precision"]) == ("mirrored", "files", "bfloat16")
