@@ -438,16 +438,20 @@ def file_dataset(
         # (variants, ...) per row; `_copies_last` turns a batch into the generator's layout
         return tf.nest.map_structure(lambda *parts: tf.stack(parts), *[tuple(o) for o in outputs])
 
-    def epoch_batches(epoch):
+    def epoch_rows(epoch):
         rows = tf.numpy_function(rows_of, [epoch], tf.int64, stateful=False)
         rows.set_shape((None,))
-        images = tf.data.Dataset.from_tensor_slices(rows).map(
-            lambda row: load(epoch, row), num_parallel_calls=num_parallel_calls, deterministic=True
-        )
-        batches = images.batch(batch_size)  # within the epoch: its last batch may be short
-        return batches if augment is None else batches.map(_copies_last)
+        return tf.data.Dataset.from_tensor_slices(rows).map(lambda row: (epoch, row))
 
-    dataset = _epochs(initial_epoch, repeat).flat_map(epoch_batches)
+    # One pipeline across epochs (a parallel map restarted every epoch would stall at each
+    # epoch's end); every epoch holds the same batch sizes, the last one possibly short.
+    rows_per_epoch = sum(len(range(b * batch_size, min((b + 1) * batch_size, num_rows))) for b in batches)
+    sizes = [batch_size] * (rows_per_epoch // batch_size) + ([rows_per_epoch % batch_size] if rows_per_epoch % batch_size else [])
+    dataset = _epochs(initial_epoch, repeat).flat_map(epoch_rows)
+    dataset = dataset.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+    dataset = dataset.batch(1).rebatch(np.asarray(sizes, dtype=np.int64))
+    if augment is not None:
+        dataset = dataset.map(_copies_last)
     return _finish(dataset, replicas, prefetch)
 
 
