@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,17 +129,20 @@ def train(
     lr_find: bool = False,
     mixed: str = "off",
     predict: bool = False,
+    checkpoint_dir=None,
 ):
     """Builds, compiles and fits under ``strategy_name``; returns ``(arrays, facts)``.
 
     Everything is created inside ``strategy.scope()``: the model (and its loss-weight
     variables with ``weighting``), the optimizer, the callbacks; ``fit`` runs there too.
+    With ``checkpoint_dir`` a `ResumeCheckpoint` there saves every epoch and a saved
+    state is restored first (training continues from its epoch).
     """
     import keras
     import numpy as np
 
     from kerasmtl import distribute
-    from kerasmtl.callbacks import DynamicTaskWeights, OneCycle, lr_range_test, with_task_weighting
+    from kerasmtl.callbacks import DynamicTaskWeights, OneCycle, ResumeCheckpoint, lr_range_test, with_task_weighting
     from kerasmtl.data import tfdata
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl.training import compile_model
@@ -164,6 +168,10 @@ def train(
             restore = distribute.backup_and_restore(backup)
             initial_epoch = distribute.backup_epoch(restore)
             callbacks.insert(0, restore)
+        if checkpoint_dir is not None:
+            checkpoint = ResumeCheckpoint(checkpoint_dir, stateful=callbacks)
+            initial_epoch = checkpoint.restore(model)
+            callbacks.append(checkpoint)
         if lr_find:
             result = lr_range_test(model, generator, min_lr=1e-4, max_lr=1.0, steps=8, shuffle=False)
             extra.append(result.losses)
@@ -178,7 +186,9 @@ def train(
             data = tfdata.distribute(strategy, make)
             fit_kwargs["steps_per_epoch"] = steps
         # shuffle=False: the generator orders rows itself (Keras would also shuffle its batches).
-        history = model.fit(data, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False, **fit_kwargs)
+        history = model.fit(
+            data, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0, shuffle=False, **fit_kwargs
+        )
         arrays = [keras.ops.convert_to_numpy(w) for w in model.weights]
         if predict:
             rows = 20
@@ -232,6 +242,9 @@ JOBS = {
         "mirrored-dwa": dict(strategy_name="mirrored", input_kind="tfdata", weighting="dwa", one_cycle=True, lr_find=True, epochs=3),
         "none-uncertainty": dict(strategy_name="none", input_kind="tfdata", weighting="uncertainty"),
         "mirrored-uncertainty": dict(strategy_name="mirrored", input_kind="tfdata", weighting="uncertainty"),
+        # stopped after epoch 1, then a fresh model restores the checkpoint and trains epoch 2
+        "mirrored-stopped": dict(strategy_name="mirrored", input_kind="tfdata", weighting="uncertainty", epochs=1, checkpoint_dir="{tmp}/resume"),
+        "mirrored-resumed": dict(strategy_name="mirrored", input_kind="tfdata", weighting="uncertainty", checkpoint_dir="{tmp}/resume"),
     },
     "mixed": {
         "mirrored-float16": dict(strategy_name="mirrored", input_kind="tfdata", one_cycle=True, mixed="float16", predict=True),
@@ -259,8 +272,10 @@ def main(argv=None):
         import keras
 
         runs = {"init": ([keras.ops.convert_to_numpy(w) for w in build_model().weights], {})}
+        scratch = tempfile.mkdtemp(dir=Path(args.out).parent)
         for name, kwargs in JOBS[args.job].items():
             start = time.perf_counter()
+            kwargs = {k: v.format(tmp=scratch) if isinstance(v, str) else v for k, v in kwargs.items()}
             runs[name] = train(folder=args.folder, **kwargs)
             runs[name][1]["seconds"] = time.perf_counter() - start
         _save(args.out, runs)

@@ -126,8 +126,8 @@ def test_mirrored_predict_and_evaluate_match_one_device(inputs_runs):
 
 
 def test_callbacks_under_mirrored_match_one_device(data_folder, tmp_path):
-    """Task weighting (DWA, uncertainty), OneCycle and the LR range test are created inside
-    the strategy's scope and give one device's results on 2 replicas."""
+    """Task weighting (DWA, uncertainty), OneCycle, the LR range test and ResumeCheckpoint
+    are created inside the strategy's scope and give one device's results on 2 replicas."""
     out = tmp_path / "callbacks.npz"
     check(run_job("callbacks", data_folder, out))
     runs, facts = jobs.read_runs(out)
@@ -144,6 +144,10 @@ def test_callbacks_under_mirrored_match_one_device(data_folder, tmp_path):
     assert weights[-1] != weights[0]  # learned log-variances trained on 2 replicas
     lr_find = runs["mirrored-dwa"][-1]
     assert lr_find.shape == (8,) and np.all(np.isfinite(lr_find))
+    # ResumeCheckpoint under the strategy: stopped after epoch 1, restored into a fresh
+    # mirrored model, epoch 2 trained: the uninterrupted run's weights
+    assert len(facts["mirrored-resumed"]["history"]["loss"]) == 1
+    assert max_difference(runs["mirrored-resumed"], runs["mirrored-uncertainty"]) < ATOL
 
 
 # ----------------------------------------------------------------- 2 workers
