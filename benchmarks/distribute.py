@@ -45,20 +45,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kerasmtl import distribute  # noqa: E402
+from kerasmtl import distribute
 
 distribute.split_cpu(2)  # before TensorFlow initialises its devices
 
-import cv2  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
 
-from kerasmtl.builder import ModelBuilder  # noqa: E402
-from kerasmtl.data import tfdata  # noqa: E402
-from kerasmtl.data.generator import MultiOutputGenerator  # noqa: E402
-from kerasmtl.tasks import Task  # noqa: E402
-from kerasmtl.training import compile_model  # noqa: E402
+from kerasmtl.builder import ModelBuilder
+from kerasmtl.data import tfdata
+from kerasmtl.data.generator import MultiOutputGenerator
+from kerasmtl.tasks import Task
+from kerasmtl.training import compile_model
 
 TASKS = [
     Task("gender", "binary", ("male", "female")),

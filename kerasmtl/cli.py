@@ -16,10 +16,10 @@ import yaml
 
 from kerasmtl.callbacks.task_weights import DST_COUNTS, STRATEGIES
 from kerasmtl.data.augment import list_pipelines
-from kerasmtl.heads import HEADS
-from kerasmtl.towers import list_towers
 from kerasmtl.distribute import MIXED_PRECISION
 from kerasmtl.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
+from kerasmtl.heads import HEADS
+from kerasmtl.towers import list_towers
 from kerasmtl.training import OPTIMIZERS
 
 #: Training inputs of ``--input`` (see `kerasmtl.experiment.training_input`).

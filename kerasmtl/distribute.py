@@ -24,8 +24,8 @@ import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -373,10 +373,10 @@ def mixed_precision(mode: str):
 
 __all__ = [
     "COMMUNICATIONS",
-    "ClusterInfo",
     "MIXED_PRECISION",
-    "MultiWorkerMirroredStrategy",
     "STRATEGIES",
+    "ClusterInfo",
+    "MultiWorkerMirroredStrategy",
     "backup_and_restore",
     "backup_epoch",
     "cluster_info",

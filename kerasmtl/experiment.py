@@ -22,10 +22,10 @@ from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_ran
 from kerasmtl.callbacks.checkpoint import NonFiniteLossError, ResumeError, save_model_atomic
 from kerasmtl.callbacks.task_weights import DynamicTaskWeights, with_task_weighting
 from kerasmtl.cli import INPUTS, TrainConfig, build_parser, parse_config
+from kerasmtl.data import tfdata
 from kerasmtl.data.augment import save_pipeline
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.person import ANNOTATIONS, scan_hvc
-from kerasmtl.data import tfdata
 from kerasmtl.data.sample import ensure_sample
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.data.validate import Problem, default_cache_path, problems_csv, validate_table

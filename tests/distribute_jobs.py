@@ -142,7 +142,13 @@ def train(
     import numpy as np
 
     from kerasmtl import distribute
-    from kerasmtl.callbacks import DynamicTaskWeights, OneCycle, ResumeCheckpoint, lr_range_test, with_task_weighting
+    from kerasmtl.callbacks import (
+        DynamicTaskWeights,
+        OneCycle,
+        ResumeCheckpoint,
+        lr_range_test,
+        with_task_weighting,
+    )
     from kerasmtl.data import tfdata
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl.training import compile_model
@@ -231,24 +237,24 @@ def read_runs(out) -> tuple[dict, dict]:
 #: The runs of the ``inputs`` and ``callbacks`` jobs: name -> train() arguments.
 JOBS = {
     "inputs": {
-        "none-generator": dict(strategy_name="none", input_kind="generator"),
-        "mirrored-generator": dict(strategy_name="mirrored", input_kind="generator"),
-        "none-tfdata": dict(strategy_name="none", input_kind="tfdata", predict=True),
-        "mirrored-tfdata": dict(strategy_name="mirrored", input_kind="tfdata", predict=True),
-        "mirrored-files": dict(strategy_name="mirrored", input_kind="files"),
+        "none-generator": {"strategy_name": "none", "input_kind": "generator"},
+        "mirrored-generator": {"strategy_name": "mirrored", "input_kind": "generator"},
+        "none-tfdata": {"strategy_name": "none", "input_kind": "tfdata", "predict": True},
+        "mirrored-tfdata": {"strategy_name": "mirrored", "input_kind": "tfdata", "predict": True},
+        "mirrored-files": {"strategy_name": "mirrored", "input_kind": "files"},
     },
     "callbacks": {
-        "none-dwa": dict(strategy_name="none", input_kind="tfdata", weighting="dwa", one_cycle=True, lr_find=True, epochs=3),
-        "mirrored-dwa": dict(strategy_name="mirrored", input_kind="tfdata", weighting="dwa", one_cycle=True, lr_find=True, epochs=3),
-        "none-uncertainty": dict(strategy_name="none", input_kind="tfdata", weighting="uncertainty"),
-        "mirrored-uncertainty": dict(strategy_name="mirrored", input_kind="tfdata", weighting="uncertainty"),
+        "none-dwa": {"strategy_name": "none", "input_kind": "tfdata", "weighting": "dwa", "one_cycle": True, "lr_find": True, "epochs": 3},
+        "mirrored-dwa": {"strategy_name": "mirrored", "input_kind": "tfdata", "weighting": "dwa", "one_cycle": True, "lr_find": True, "epochs": 3},
+        "none-uncertainty": {"strategy_name": "none", "input_kind": "tfdata", "weighting": "uncertainty"},
+        "mirrored-uncertainty": {"strategy_name": "mirrored", "input_kind": "tfdata", "weighting": "uncertainty"},
         # stopped after epoch 1, then a fresh model restores the checkpoint and trains epoch 2
-        "mirrored-stopped": dict(strategy_name="mirrored", input_kind="tfdata", weighting="uncertainty", epochs=1, checkpoint_dir="{tmp}/resume"),
-        "mirrored-resumed": dict(strategy_name="mirrored", input_kind="tfdata", weighting="uncertainty", checkpoint_dir="{tmp}/resume"),
+        "mirrored-stopped": {"strategy_name": "mirrored", "input_kind": "tfdata", "weighting": "uncertainty", "epochs": 1, "checkpoint_dir": "{tmp}/resume"},
+        "mirrored-resumed": {"strategy_name": "mirrored", "input_kind": "tfdata", "weighting": "uncertainty", "checkpoint_dir": "{tmp}/resume"},
     },
     "mixed": {
-        "mirrored-float16": dict(strategy_name="mirrored", input_kind="tfdata", one_cycle=True, mixed="float16", predict=True),
-        "mirrored-bfloat16": dict(strategy_name="mirrored", input_kind="tfdata", one_cycle=True, mixed="bfloat16", predict=True),
+        "mirrored-float16": {"strategy_name": "mirrored", "input_kind": "tfdata", "one_cycle": True, "mixed": "float16", "predict": True},
+        "mirrored-bfloat16": {"strategy_name": "mirrored", "input_kind": "tfdata", "one_cycle": True, "mixed": "bfloat16", "predict": True},
     },
 }
 

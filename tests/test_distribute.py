@@ -20,10 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distribute_jobs as jobs
 import numpy as np
 import pytest
 
-import distribute_jobs as jobs
 from kerasmtl import distribute
 
 JOBS = Path(__file__).with_name("distribute_jobs.py")
@@ -36,7 +36,7 @@ def run_job(*args, env=None, timeout=400):
     environ.pop("TF_CONFIG", None)
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, str(JOBS), *map(str, args)], capture_output=True, text=True, env=environ, timeout=timeout
+        [sys.executable, str(JOBS), *map(str, args)], capture_output=True, text=True, env=environ, timeout=timeout, check=False
     )
 
 
@@ -155,7 +155,7 @@ def test_two_workers_agree_and_match_one_device(data_folder, inputs_runs, tmp_pa
     results = run_workers(data_folder, tmp_path)
     for code, stderr in results:
         assert code == 0, stderr[-4000:]
-    (w0, f0), (w1, f1) = (jobs.read_runs(tmp_path / f"worker{i}.npz") for i in range(2))
+    (w0, f0), (w1, _f1) = (jobs.read_runs(tmp_path / f"worker{i}.npz") for i in range(2))
     assert f0["worker"]["replicas"] == 2
     assert all(np.array_equal(a, b) for a, b in zip(w0["worker"], w1["worker"]))
     runs, facts = inputs_runs
@@ -288,7 +288,9 @@ def test_train_person_on_two_replicas(tmp_path):
         "--one-cycle", "--task-weighting", "dwa", "--mixed-precision", "bfloat16",
     ]
     env = dict(os.environ, KERASMTL_HOME=str(tmp_path / "home"), NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     run = tmp_path / "run"
     for name in ("model.keras", "metrics.json", "history.csv", "report.md"):

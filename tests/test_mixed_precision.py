@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 import pytest
-
 from conftest import TINY_TOWER
+
 from kerasmtl import distribute
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import OneCycle

@@ -203,7 +203,7 @@ def test_colour_augmentations_are_seeded_and_bounded():
 def test_augmented_file_dataset_is_reproducible_and_flips_keypoints(png_rows):
     paths, targets = png_rows
     augment = tfdata.ImageAugment(flip=0.5, brightness=0.1, contrast=0.2, channel_shift=10.0)
-    options = dict(batch_size=12, image_size=40, seed=1, augment=augment, copies=2, keypoints=KEYPOINTS, repeat=False)
+    options = {"batch_size": 12, "image_size": 40, "seed": 1, "augment": augment, "copies": 2, "keypoints": KEYPOINTS, "repeat": False}
     first = take(tfdata.file_dataset(paths, targets, **options), 1)[0]
     again = take(tfdata.file_dataset(paths, targets, **options), 1)[0]
     assert_same_batch(first, again)

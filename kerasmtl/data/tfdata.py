@@ -30,11 +30,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
-
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -250,7 +249,7 @@ class ImageAugment:
             raise ValueError(f"contrast must be < 1 (factors stay positive). Received: contrast={self.contrast!r}")
 
     @classmethod
-    def default(cls) -> "ImageAugment":
+    def default(cls) -> ImageAugment:
         """The generator's ``"default"`` pipeline (`kerasmtl.data.augment`) without its blur
         and cutout: flip 0.5; brightness / contrast 0.2 with probability 0.5; per-channel
         shift of up to 20 levels with probability 0.3."""
@@ -421,7 +420,6 @@ def file_dataset(
     augment = augment if augment is not None and augment.active else None
     if augment is not None and (int(copies) < 1 and not include_original):
         raise ValueError(f"Nothing to emit: copies={copies} and include_original=False.")
-    variants = int(include_original) + int(copies) if augment is not None else 1
 
     def load(epoch, row):
         image = decode_resize(tf.gather(path_table, row), size, channels)
@@ -471,17 +469,17 @@ def file_dataset_like(generator, **kwargs) -> tf.data.Dataset:
     image size, channels, shuffling, seed, sample weights, copies and keypoint tasks
     (``kwargs`` override them; pass ``augment=ImageAugment(...)`` to augment).
     """
-    options = dict(
-        batch_size=generator.batch_size,
-        image_size=generator.image_size,
-        channels=generator.channels,
-        shuffle=generator.shuffle,
-        seed=generator.seed,
-        sample_weights=generator.sample_weights,
-        copies=max(1, int(getattr(generator, "copies", 1))),
-        include_original=bool(getattr(generator, "include_original", True)),
-        keypoints=dict(getattr(generator, "keypoints", {})),
-    )
+    options = {
+        "batch_size": generator.batch_size,
+        "image_size": generator.image_size,
+        "channels": generator.channels,
+        "shuffle": generator.shuffle,
+        "seed": generator.seed,
+        "sample_weights": generator.sample_weights,
+        "copies": max(1, int(getattr(generator, "copies", 1))),
+        "include_original": bool(getattr(generator, "include_original", True)),
+        "keypoints": dict(getattr(generator, "keypoints", {})),
+    }
     options.update(kwargs)
     return file_dataset(generator.paths, generator.targets, **options)
 
