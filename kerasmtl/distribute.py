@@ -206,6 +206,7 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 
 
 _MIRRORED: dict[tuple[str, ...], tf.distribute.MirroredStrategy] = {}
+_MULTIWORKER: dict[str, MultiWorkerMirroredStrategy] = {}
 
 
 def make_strategy(
@@ -248,8 +249,11 @@ def make_strategy(
             f"communication must be one of {sorted(COMMUNICATIONS)}. Received: communication={communication!r}"
         )
     cluster_info()  # a clear error for a malformed TF_CONFIG before TensorFlow parses it
-    options = tf.distribute.experimental.CommunicationOptions(implementation=COMMUNICATIONS[communication])
-    return MultiWorkerMirroredStrategy(communication_options=options)
+    # TensorFlow sets up a process's collective communication once: one strategy per process.
+    if _MULTIWORKER.get("strategy") is None:
+        options = tf.distribute.experimental.CommunicationOptions(implementation=COMMUNICATIONS[communication])
+        _MULTIWORKER["strategy"] = MultiWorkerMirroredStrategy(communication_options=options)
+    return _MULTIWORKER["strategy"]
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
