@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+from kerasmtl import distribute  # noqa: E402
 from kerasmtl.callbacks import SUGGESTION_RULES  # noqa: E402
 from kerasmtl.cli import build_parser, parse_config  # noqa: E402
 from kerasmtl.data.errors import DataError  # noqa: E402
@@ -41,8 +42,10 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     run = RunFolder(config.out or default_run_dir(config))
-    model = model_builder(config, data.tasks).build()
-    result = find_learning_rate(config, data, model, run, **extra)
+    strategy = distribute.make_strategy(config.strategy)  # --strategy / --mixed-precision as in training
+    with distribute.mixed_precision(config.mixed_precision), strategy.scope():
+        model = model_builder(config, data.tasks).build()
+        result = find_learning_rate(config, data, model, run, **extra)
     print(f"Wrote {run.file('lr_find.png')} and {run.file('lr_find.csv')}")
     print(f"suggested learning rate ({rule}): {result.suggest(rule):.3g}")
     return 0
