@@ -313,6 +313,7 @@ def run_training(config: TrainConfig) -> RunFolder:
 
 
 def _train(config: TrainConfig, strategy) -> RunFolder:
+    """The body of `run_training`, run inside ``strategy.scope()``; returns the run folder."""
     keras.utils.set_random_seed(config.seed)
     run_dir = distribute.worker_path(config.out or default_run_dir(config), strategy)
     session = ResumableRun(run_dir, config_fingerprint(config), restart=config.restart)
