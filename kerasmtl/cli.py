@@ -51,7 +51,7 @@ class TrainConfig:
     neck: list[int] = dataclasses.field(default_factory=list)
     freeze_stages: int = 0
     # training
-    epochs: int = 10
+    epochs: int = 7
     batch_size: int = 32
     lr: float = 2e-3
     lr_schedule: str = "cosine"
