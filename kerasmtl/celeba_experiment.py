@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from kerasmtl.callbacks.checkpoint import NonFiniteLossError, ResumeError, save_model_atomic
+from kerasmtl.callbacks.checkpoint import save_model_atomic
 from kerasmtl.cli import parse_config
 from kerasmtl.data.celeba import ALIGNED_SIZE, LANDMARK_COLUMNS, load_celeba, split_partitions
 from kerasmtl.data.errors import DataError
@@ -30,7 +30,7 @@ from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.tables import encode_targets
 from kerasmtl.data.validate import default_cache_path, problems_csv, validate_table
 from kerasmtl.evaluate import evaluate_model, predict_outputs
-from kerasmtl.experiment import PreparedData
+from kerasmtl.experiment import PreparedData, run_with_exit_codes
 from kerasmtl.landmarks import nme
 from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.ports import create, get_port_spec, list_ports
@@ -466,19 +466,6 @@ def run_comparison(config: CelebaConfig) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ entry points
-def _run_cli(work, argv) -> int:
-    """Runs ``work(argv)``; bad data or settings exit with 2, a diverged run with 3."""
-    try:
-        work(argv)
-    except (DataError, FileNotFoundError, NotImplementedError, ResumeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``experiments/train_celeba.py``."""
     parser = build_celeba_parser("Train one of the ported CelebA models on the official partitions.")
@@ -487,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, _ = parse_config(parser, arguments, config_class=CelebaConfig)
         run_celeba_training(config)
 
-    return _run_cli(work, argv)
+    return run_with_exit_codes(work, argv)
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
@@ -504,4 +491,4 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
             print(table.to_string())
 
-    return _run_cli(work, argv)
+    return run_with_exit_codes(work, argv)

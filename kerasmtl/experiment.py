@@ -24,6 +24,7 @@ from kerasmtl.callbacks.task_weights import DynamicTaskWeights, with_task_weight
 from kerasmtl.cli import INPUTS, TrainConfig, build_parser, parse_config
 from kerasmtl.data import tfdata
 from kerasmtl.data.augment import save_pipeline
+from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.person import ANNOTATIONS, scan_hvc
 from kerasmtl.data.sample import ensure_sample
@@ -362,24 +363,30 @@ def _train(config: TrainConfig, strategy) -> RunFolder:
     return run
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``experiments/train_person.py``."""
-    from kerasmtl.data.errors import DataError
+def run_with_exit_codes(work, *args) -> int:
+    """Runs ``work(*args)`` for a script: bad data or settings exit 2, a diverged run 3.
 
-    parser = build_parser("Train a multi-output person-attributes model (default: the bundled sample).")
+    The error is printed as one line on stderr, without a traceback.
+    """
     try:
-        config, _ = parse_config(parser, argv)
-    except ValueError as error:  # a bad --config file
-        parser.error(str(error))
-    try:
-        run_training(config)
-    except (DataError, FileNotFoundError, ResumeError) as error:
+        work(*args)
+    except (DataError, FileNotFoundError, NotImplementedError, ResumeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``experiments/train_person.py``."""
+    parser = build_parser("Train a multi-output person-attributes model (default: the bundled sample).")
+    try:
+        config, _ = parse_config(parser, argv)
+    except ValueError as error:  # a bad --config file
+        parser.error(str(error))
+    return run_with_exit_codes(run_training, config)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,8 @@ KINDS = ("binary", "multiclass", "regression")
 MISSING_CLASS = -1
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """True for a missing label: None, NaN or an empty / blank string."""
     if value is None:
         return True
     if isinstance(value, str):
@@ -191,7 +192,7 @@ class Task:
         """
         if self.kind == "regression":
             raw = np.asarray(values, dtype=object)
-            missing = np.vectorize(_is_missing, otypes=[bool])(raw) if raw.size else np.zeros(raw.shape, bool)
+            missing = np.vectorize(is_missing, otypes=[bool])(raw) if raw.size else np.zeros(raw.shape, bool)
             try:
                 array = np.where(missing, np.nan, raw).astype(np.float32)
             except (TypeError, ValueError):
@@ -211,7 +212,7 @@ class Task:
         lookup = self._lookup()
         encoded = np.empty(len(values), dtype=np.int32)
         for row, value in enumerate(values):
-            if _is_missing(value):
+            if is_missing(value):
                 encoded[row] = MISSING_CLASS
                 continue
             key = value.strip() if isinstance(value, str) else value
@@ -248,8 +249,8 @@ class Task:
     def _lookup(self) -> dict:
         lookup: dict = {name: i for i, name in enumerate(self.classes)}
         if self.kind == "binary":
-            lookup.update({0: 0, 1: 1, -1: 0, False: 0, True: 1, "0": 0, "1": 1, "-1": 0})
-            lookup.update({0.0: 0, 1.0: 1, -1.0: 0})
+            # 0 / 1 (False / True and 0.0 / 1.0 hash alike), -1 / +1, and their strings.
+            lookup.update({0: 0, 1: 1, -1: 0, "0": 0, "1": 1, "-1": 0})
         else:
             lookup.update({i: i for i in range(len(self.classes))})
         return lookup

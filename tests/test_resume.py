@@ -1,6 +1,5 @@
 """Atomic checkpoints, resuming a fit where it stopped, and stopping on non-finite losses."""
 
-import json
 import os
 import signal
 import subprocess

@@ -26,7 +26,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 def test_each_label_is_drawn_as_that_many_marks(tmp_path):
     folder = make_sample(tmp_path / "s", n_images=30, seed=4, image_size=96)
     frame, tasks = load_hvc(folder)
-    size, cell_w, cell_h = 96, 24, 48
+    cell_w, cell_h = 24, 48
     mark_area = (96 // 16) ** 2
     for _, row in frame.iterrows():
         pixels = np.asarray(Image.open(row["path"]).convert("RGB")).astype(int)

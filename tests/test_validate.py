@@ -19,7 +19,7 @@ from kerasmtl.data import validate
 from kerasmtl.data.generator import read_image
 from kerasmtl.data.person import ANNOTATIONS, scan_hvc
 from kerasmtl.data.tables import encode_targets
-from kerasmtl.data.validate import Problem, check_image, problems_csv, read_problems, validate_table
+from kerasmtl.data.validate import check_image, problems_csv, read_problems, validate_table
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)

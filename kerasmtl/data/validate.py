@@ -36,7 +36,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kerasmtl.data.errors import DataError
-from kerasmtl.tasks import Task
+from kerasmtl.tasks import Task, is_missing
 
 #: Largest accepted image, in pixels (Pillow's decompression-bomb limit).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -54,17 +54,6 @@ class Problem(NamedTuple):
 
 
 # ------------------------------------------------------------------- decoding
-def _is_missing(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return value.strip() == ""
-    try:
-        return bool(np.isnan(value))
-    except TypeError:
-        return False
-
-
 def _to_uint8(image: Image.Image) -> Image.Image:
     """Converts any Pillow mode to ``RGB`` or ``L`` (8 bits per channel).
 
@@ -184,7 +173,7 @@ def find_path_problems(
     shown = list(paths) if shown is None else list(shown)
     problems, resolved = [], []
     for path, row, written in zip(paths, rows, shown):
-        if _is_missing(path) or _is_missing(written):
+        if is_missing(path) or is_missing(written):
             problems.append(Problem(source, row, "image path is empty"))
             resolved.append(None)
             continue
@@ -221,7 +210,7 @@ def find_label_problems(frame: pd.DataFrame, tasks: Sequence[Task], rows: Sequen
             for column in task.columns:
                 values = frame[column]
                 numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-                given = ~values.map(_is_missing).to_numpy(dtype=bool)
+                given = ~values.map(is_missing).to_numpy(dtype=bool)
                 bad = given & ~np.isfinite(numbers)
                 for i in np.flatnonzero(bad):
                     problems.append(

@@ -44,34 +44,22 @@ import keras
 from keras import layers
 
 from kerasmtl.builder import ModelBuilder
+from kerasmtl.data.celeba import CELEBA_ATTRIBUTES, LANDMARK_COLUMNS, LANDMARK_FLIP_PAIRS
 from kerasmtl.layers import ImagePreprocessing
 from kerasmtl.ports.layers import TakeColumns
 from kerasmtl.ports.torchvision import vgg16_classifier, vgg16_features
 from kerasmtl.tasks import Task
 
 # fmt: off
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
-    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
-    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
-    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
-    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings",
-    "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
-)
 EIGHT_ATTRIBUTES = (
     "Eyeglasses", "Male", "Smiling", "Wearing_Hat", "Wearing_Necklace", "Wearing_Necktie",
     "Wearing_Earrings", "Wearing_Lipstick",
 )
 SMILE_ATTRIBUTES = ("High_Cheekbones", "Mouth_Slightly_Open", "Smiling")
-LANDMARK_COLUMNS = (
-    "lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
-    "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y",
-)
 # fmt: on
 #: Landmarks as (x, y) divided by the aligned image's width 178 and height 218; left and
 #: right eyes (0, 1) and mouth corners (3, 4) swap under a horizontal flip.
-LANDMARKS = Task("landmarks", "regression", columns=LANDMARK_COLUMNS, flip_pairs=((0, 1), (3, 4)))
+LANDMARKS = Task("landmarks", "regression", columns=LANDMARK_COLUMNS, flip_pairs=LANDMARK_FLIP_PAIRS)
 
 
 @dataclasses.dataclass(frozen=True)
