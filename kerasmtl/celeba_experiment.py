@@ -29,9 +29,8 @@ from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.tables import encode_targets
 from kerasmtl.data.validate import default_cache_path, problems_csv, validate_table
-from kerasmtl.evaluate import evaluate_model, predict_outputs
+from kerasmtl.evaluate import evaluate_model, predict_outputs, regression_report
 from kerasmtl.experiment import PreparedData, run_with_exit_codes
-from kerasmtl.landmarks import nme
 from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.ports import create, get_port_spec, list_ports
 from kerasmtl.ports.presets import PortSpec
@@ -270,18 +269,8 @@ def celeba_summary(tasks: Sequence[Task], targets: Mapping[str, np.ndarray], out
     summary["landmarks"] = None
     for task in tasks:
         if task.kind == "regression" and tuple(task.columns) == LANDMARK_COLUMNS:
-            true = np.asarray(targets[task.name], dtype=np.float64)
-            predicted = np.asarray(outputs[task.name], dtype=np.float64).reshape(true.shape)
-            present = ~np.isnan(true).any(axis=1)
-            error = predicted[present] - true[present]
-            mse = float(np.mean(error**2))
-            summary["landmarks"] = {
-                "n": int(present.sum()),
-                "mae": float(np.mean(np.abs(error))),
-                "mse": mse,
-                "rmse": float(np.sqrt(mse)),
-                "nme": nme(true[present], predicted[present], (0, 1), scale=ALIGNED_SIZE),
-            }
+            report = regression_report(task, targets[task.name], outputs[task.name], (0, 1), ALIGNED_SIZE)
+            summary["landmarks"] = {key: report[key] for key in ("n", "mae", "mse", "rmse", "nme")}
     return summary
 
 
@@ -344,7 +333,9 @@ def finish_celeba_run(run: RunFolder, data: PreparedData, model: keras.Model) ->
     outputs = predict_outputs(model, data.test_data)
     targets = encode_targets(data.test, data.tasks)
     train_targets = encode_targets(data.train, data.tasks)
-    reports = evaluate_model(model, data.test_data, targets, data.tasks, train_targets, outputs=outputs)
+    reports = evaluate_model(
+        model, data.test_data, targets, data.tasks, train_targets, outputs=outputs, nme_scale=ALIGNED_SIZE
+    )
     summary = celeba_summary(data.tasks, targets, outputs)
     run.write_json("metrics.json", {"test": reports, "summary": summary})
     print(format_summary(summary))

@@ -155,6 +155,7 @@ def evaluate_model(
     train_targets: Mapping[str, np.ndarray] | None = None,
     nme_points=None,
     outputs: Mapping[str, np.ndarray] | None = None,
+    nme_scale=(1.0, 1.0),
 ) -> dict[str, dict]:
     """Evaluates every task of ``model`` on ``data``.
 
@@ -168,6 +169,8 @@ def evaluate_model(
         nme_points: NME reference points: two point names / indices for every keypoint
             task, or ``{task name: points}``; see `regression_report`.
         outputs: the model's predictions for ``data`` when already computed.
+        nme_scale: ``(sx, sy)`` turning keypoint coordinates into pixels before NME
+            distances are measured (e.g. CelebA's ``(178, 218)``).
 
     Returns:
         ``{task name: report}`` (see `task_report`).
@@ -179,7 +182,9 @@ def evaluate_model(
         baseline = None
         if train_targets is not None and task.kind != "regression":
             baseline = majority_class(train_targets[task.name], task)
-        reports[task.name] = task_report(task, targets[task.name], outputs[task.name], baseline, nme_points)
+        reports[task.name] = task_report(
+            task, targets[task.name], outputs[task.name], baseline, nme_points, nme_scale
+        )
     return reports
 
 
