@@ -49,7 +49,6 @@ from kerasmtl import distribute
 
 distribute.split_cpu(2)  # before TensorFlow initialises its devices
 
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -59,31 +58,13 @@ from kerasmtl.data import tfdata
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.tasks import Task
 from kerasmtl.training import compile_model
+from _images import write_photo_like_jpegs  # noqa: E402
 
 TASKS = [
     Task("gender", "binary", ("male", "female")),
     Task("age", "multiclass", ("young", "middle", "old")),
     Task("emotion", "multiclass", ("neutral", "happy", "sad", "angry")),
 ]
-
-
-def write_images(folder: str, count: int, size: int) -> list[str]:
-    """JPEGs of twice ``size`` (so reading them resizes): smooth regions, edges, grain."""
-    rng = np.random.default_rng(0)
-    side = 2 * size
-    paths = []
-    for i in range(count):
-        image = np.empty((side, side, 3), np.float32)
-        image[:] = rng.integers(40, 200, 3) + np.linspace(-30, 30, side)[:, None, None]
-        for _ in range(5):
-            centre = tuple(int(c) for c in rng.integers(0, side, 2))
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            cv2.circle(image, centre, int(rng.integers(side // 16, side // 4)), colour, -1)
-        image += rng.normal(0, 8, image.shape)
-        path = os.path.join(folder, f"{i}.jpg")
-        cv2.imwrite(path, np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
 
 
 def targets_for(count: int) -> dict:
@@ -161,7 +142,7 @@ def main(argv=None):
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}; logical CPU devices: {devices}; "
           f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; os.cpu_count()={os.cpu_count()}")
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_images(folder, args.images, args.size)
+        paths = write_photo_like_jpegs(folder, args.images, 2 * args.size)
         targets = targets_for(args.images)
         generator = MultiOutputGenerator(paths, targets, batch_size=args.batch_size, image_size=args.size, seed=0)
         images = np.concatenate([generator[i][0] for i in range(len(generator))])
@@ -187,7 +168,7 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as folder:
         size = args.input_size
-        paths = write_images(folder, args.images, size)
+        paths = write_photo_like_jpegs(folder, args.images, 2 * size)
         generator = MultiOutputGenerator(paths, targets_for(args.images), batch_size=args.batch_size, image_size=size, seed=0)
         print(f"\nInput: {args.images} JPEGs of {2 * size} px resized to {size} px, batch {args.batch_size}, "
               f"{args.repeats} epochs read after a warm-up epoch")

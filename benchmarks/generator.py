@@ -50,25 +50,7 @@ import tensorflow as tf
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 from kerasmtl.data import MultiOutputGenerator
-
-
-def write_images(folder: str, count: int, size: int) -> list[str]:
-    """JPEGs with the statistics of photos more than of noise: smooth regions, edges, grain."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        base = rng.integers(40, 200, 3)
-        image = np.empty((size, size, 3), np.float32)
-        image[:] = base + np.linspace(-30, 30, size)[:, None, None]
-        for _ in range(6):
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            centre = tuple(int(c) for c in rng.integers(0, size, 2))
-            cv2.circle(image, centre, int(rng.integers(size // 16, size // 4)), colour, -1)
-        image += rng.normal(0, 8, image.shape)
-        path = os.path.join(folder, f"{i}.jpg")
-        cv2.imwrite(path, np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
+from _images import write_photo_like_jpegs  # noqa: E402
 
 
 # --------------------------------------------------------------------- (a) and (b)
@@ -173,7 +155,7 @@ def main() -> None:
         cv2.setNumThreads(args.opencv_threads)
 
     with tempfile.TemporaryDirectory(prefix="kerasmtl-bench-") as folder:
-        paths = write_images(folder, args.images, args.size)
+        paths = write_photo_like_jpegs(folder, args.images, args.size)
         configs = {}
         for workers in (1, 2):
             configs[f"a decode+resize, {workers} worker(s)"] = generator_epochs(

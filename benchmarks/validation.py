@@ -25,23 +25,9 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
-from PIL import Image
 
 from kerasmtl.data.validate import CheckedImages, check_image, find_image_problems
-
-
-def write_images(folder: Path, count: int, width: int, height: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        coarse = rng.integers(0, 256, size=(height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
-        smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(int)
-        pixels = np.clip(smooth + rng.integers(-12, 13, size=smooth.shape), 0, 255).astype(np.uint8)
-        path = folder / f"{i:06d}.jpg"
-        Image.fromarray(pixels).save(path, quality=90)
-        paths.append(str(path))
-    return paths
+from _images import write_photo_like_jpegs  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_images(Path(tmp), args.images, args.width, args.height)
+        paths = write_photo_like_jpegs(tmp, args.images, args.width, args.height)
         rows = list(range(len(paths)))
         record_path = Path(tmp) / "checked.json"
         find_image_problems(paths, rows, "x", workers=1, cache=CheckedImages(record_path))
