@@ -54,7 +54,11 @@ from _images import write_photo_like_jpegs  # noqa: E402
 
 
 # --------------------------------------------------------------------- (a) and (b)
-def generator_epochs(paths, size, batch_size, workers, augment, copies, as_tensors=False):
+#: worker configurations: (workers, use_multiprocessing)
+WORKERS = {"1 worker": (1, False), "2 threads": (2, False), "2 processes": (2, True)}
+
+
+def generator_epochs(paths, size, batch_size, workers, augment, copies, processes=False, as_tensors=False):
     """One epoch of the generator through Keras's adapter: its worker pool, its queue.
 
     ``as_tensors=False`` reads the numpy batches the workers hand over (what the JAX and
@@ -63,17 +67,21 @@ def generator_epochs(paths, size, batch_size, workers, augment, copies, as_tenso
     """
     targets = {"label": (np.arange(len(paths)) % 2).astype(np.float32)[:, None]}
     generator = MultiOutputGenerator(
-        paths, targets, batch_size=batch_size, image_size=size, augment=augment, copies=copies, workers=workers
+        paths, targets, batch_size=batch_size, image_size=size, augment=augment, copies=copies,
+        workers=workers, use_multiprocessing=processes,
     )
     adapter = PyDatasetAdapter(generator, shuffle=True)
     dataset = adapter.get_tf_dataset() if as_tensors else None
 
-    def epoch() -> int:
+    def epoch() -> tuple[int, float]:
         adapter.on_epoch_begin()
         batches = dataset if as_tensors else adapter.get_numpy_iterator()
-        emitted = sum(int(images.shape[0]) for images, _ in batches)
+        emitted, last = 0, 0.0
+        for images, _ in batches:
+            emitted += int(images.shape[0])
+            last = time.perf_counter()
         adapter.on_epoch_end()
-        return emitted
+        return emitted, last
 
     return epoch
 
@@ -136,19 +144,23 @@ def tfdata_dataset(paths, size, batch_size, copies):
         .prefetch(tf.data.AUTOTUNE)
     )
 
-    def epoch() -> int:
-        return sum(int(images.shape[0]) for images in dataset)
+    def epoch() -> tuple[int, float]:
+        emitted, last = 0, 0.0
+        for images in dataset:
+            emitted += int(images.shape[0])
+            last = time.perf_counter()
+        return emitted, last
 
     return epoch
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--copies", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--opencv-threads", type=int, default=1, help="cv2.setNumThreads; -1 keeps OpenCV's default")
     args = parser.parse_args()
     if args.opencv_threads >= 0:
@@ -157,24 +169,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kerasmtl-bench-") as folder:
         paths = write_photo_like_jpegs(folder, args.images, args.size)
         configs = {}
-        for workers in (1, 2):
-            configs[f"a decode+resize, {workers} worker(s)"] = generator_epochs(
-                paths, args.size, args.batch_size, workers, None, 1)
-            configs[f"b generator + {args.copies} copies, {workers} worker(s)"] = generator_epochs(
-                paths, args.size, args.batch_size, workers, "default", args.copies)
-        configs["b as tf.data tensors (fit), 2 workers"] = generator_epochs(
-            paths, args.size, args.batch_size, 2, "default", args.copies, as_tensors=True)
+        for workers in WORKERS:
+            configs[f"a decode+resize, {workers}"] = generator_epochs(
+                paths, args.size, args.batch_size, WORKERS[workers][0], None, 1, processes=WORKERS[workers][1])
+            configs[f"b generator + {args.copies} copies, {workers}"] = generator_epochs(
+                paths, args.size, args.batch_size, WORKERS[workers][0], "default", args.copies,
+                processes=WORKERS[workers][1])
+        configs["b as tf.data tensors (fit), 2 processes"] = generator_epochs(
+            paths, args.size, args.batch_size, 2, "default", args.copies, processes=True, as_tensors=True)
         configs["c tf.data + tf.image, AUTOTUNE"] = tfdata_dataset(paths, args.size, args.batch_size, args.copies)
 
-        best, cpu = {}, {}
+        best, cpu, tail = {}, {}, {}
         for name, epoch in configs.items():  # warm-up: tracing, thread pools, file cache
             epoch()
         for _ in range(args.repeats):
             for name, epoch in configs.items():
                 start, start_cpu = time.perf_counter(), time.process_time()
-                emitted = epoch()
-                rate = emitted / (time.perf_counter() - start)
-                best[name] = max(best.get(name, 0.0), rate)
+                emitted, last = epoch()
+                end = time.perf_counter()
+                best[name] = max(best.get(name, 0.0), emitted / (last - start))
+                tail[name] = min(tail.get(name, np.inf), end - last)
                 cpu[name] = min(cpu.get(name, np.inf), (time.process_time() - start_cpu) / emitted)
 
     per_decode = 1 + args.copies
@@ -182,19 +196,23 @@ def main() -> None:
         f"{args.images} JPEGs of {args.size}x{args.size}, batch {args.batch_size}, best of {args.repeats} epochs, "
         f"OpenCV threads {cv2.getNumThreads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'configuration':<40}{'emitted/s':>12}{'decoded/s':>12}{'CPU ms/emitted':>16}")
+    print(f"{'configuration':<40}{'emitted/s':>12}{'decoded/s':>12}{'CPU ms/emitted':>16}{'stop ms':>10}")
     for name, rate in best.items():
         decoded = rate if name.startswith("a") else rate / per_decode
-        print(f"{name:<40}{rate:>12.0f}{decoded:>12.0f}{cpu[name] * 1e3:>16.3f}")
-    a = {w: best[f"a decode+resize, {w} worker(s)"] for w in (1, 2)}
-    b = {w: best[f"b generator + {args.copies} copies, {w} worker(s)"] for w in (1, 2)}
+        # worker processes' CPU time is not this process's: only in-process figures
+        cpu_ms = "-" if "process" in name else f"{cpu[name] * 1e3:.3f}"
+        print(f"{name:<40}{rate:>12.0f}{decoded:>12.0f}{cpu_ms:>16}{tail[name] * 1e3:>10.0f}")
+    a = {w: best[f"a decode+resize, {w}"] for w in WORKERS}
+    b = {w: best[f"b generator + {args.copies} copies, {w}"] for w in WORKERS}
     c = best["c tf.data + tf.image, AUTOTUNE"]
-    print(f"scaling 1 -> 2 workers: a x{a[2] / a[1]:.2f}, b x{b[2] / b[1]:.2f}")
-    print(f"b as tf.data tensors / c: {best['b as tf.data tensors (fit), 2 workers'] / c:.2f}")
-    w = max(b, key=b.get)
-    cpu_a, cpu_b = cpu[f"a decode+resize, {w} worker(s)"], cpu[f"b generator + {args.copies} copies, {w} worker(s)"]
+    for mode in ("threads", "processes"):
+        print(f"scaling 1 -> 2 {mode}: a x{a['2 ' + mode] / a['1 worker']:.2f}, b x{b['2 ' + mode] / b['1 worker']:.2f}")
+    print(f"b as tf.data tensors / c: {best['b as tf.data tensors (fit), 2 processes'] / c:.2f}")
+    cpu_a, cpu_b = cpu["a decode+resize, 1 worker"], cpu[f"b generator + {args.copies} copies, 1 worker"]
     cpu_c = cpu["c tf.data + tf.image, AUTOTUNE"]
-    print(f"from CPU time per image: b/c {cpu_c / cpu_b:.2f}, b/a per decoded image {cpu_a / (cpu_b * per_decode):.2f}")
+    print(f"from CPU time per image (1 worker): b/c {cpu_c / cpu_b:.2f}, "
+          f"b/a per decoded image {cpu_a / (cpu_b * per_decode):.2f}")
+    w = max(b, key=b.get)
     print(f"b_over_c={b[w] / c:.2f} b_over_a={b[w] / per_decode / a[w]:.2f}")
 
 

@@ -43,6 +43,7 @@ import pandas as pd
 
 from kerasmtl.data.augment import as_pipeline
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.shared_batches import BatchArena
 from kerasmtl.data.tables import encode_targets
 from kerasmtl.data.validate import imread_pil
 from kerasmtl.tasks import MISSING_CLASS, Task
@@ -186,6 +187,8 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         else:
             self._skipped = {}
         self._local = threading.local()
+        self._arena = None
+        self.use_multiprocessing = use_multiprocessing  # makes the shared batch arena
         self.epoch = 0
         self._order = self._epoch_order(0)
 
@@ -215,13 +218,51 @@ class MultiOutputGenerator(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.num_batches
 
+    @property
+    def use_multiprocessing(self) -> bool:
+        return self._use_multiprocessing
+
+    @use_multiprocessing.setter
+    def use_multiprocessing(self, value: bool) -> None:
+        self._use_multiprocessing = bool(value)
+        if self._use_multiprocessing and getattr(self, "_arena", "unset") is None:
+            self._arena = self._make_arena()
+
+    def _make_arena(self) -> BatchArena:
+        """Shared memory for the batches of worker processes (see `shared_batches`).
+
+        Slots: the batches Keras queues (``max_queue_size``), those the workers are
+        computing and those the consumer holds, with room to spare. Pages are only
+        reserved when a worker first writes them.
+        """
+        slots = self.max_queue_size + 2 * self.workers + 2
+        images_per_batch = self.batch_size * (1 + self.copies)
+        return BatchArena(slots, images_per_batch * int(np.prod(self.image_size)) * self.channels)
+
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"Batch index {index} out of range [0, {len(self)}).")
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         # one buffer for the whole batch: the originals are decoded into its first rows
         # and each copy is written after them, so no image is copied twice
-        images = self._empty_batch(len(rows) * (1 + self.copies))
+        images = self._batch_buffer(len(rows) * (1 + self.copies))
+        try:
+            return self._fill_batch(images, rows, index)
+        except BaseException:
+            if self._arena is not None and self._arena.owns(images):
+                self._arena.release(images)
+            raise
+
+    def _batch_buffer(self, size: int) -> np.ndarray:
+        """The batch's array: in a shared slot in a worker process, else ordinary memory."""
+        arena = self._arena
+        if arena is not None and arena.in_worker:
+            images = arena.claim((size,) + self.image_size + (self.channels,))
+            if images is not None:
+                return images
+        return self._empty_batch(size)
+
+    def _fill_batch(self, images: np.ndarray, rows: np.ndarray, index: int):
         rows = self._read_batch(images, rows, index)
         targets = {name: value[rows] for name, value in self.targets.items()}
         weights = None if self.sample_weights is None else {n: v[rows] for n, v in self.sample_weights.items()}
