@@ -39,6 +39,7 @@ class TrainConfig:
     class_weights: bool = False
     sample_size: int = 1200
     workers: int = 1
+    worker_processes: bool = False
     augment: bool = True
     augment_pipeline: str = "default"
     copies: int = 1
@@ -88,7 +89,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--test-fraction", type=float, help=f"share of rows for testing (default {_DEFAULTS.test_fraction})")
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, help="weight classes by inverse frequency")
     group.add_argument("--sample-size", type=int, help=f"images in the synthetic sample (default {_DEFAULTS.sample_size})")
-    group.add_argument("--workers", type=int, help="generator worker threads (default 1)")
+    group.add_argument("--workers", type=int, help="generator workers (default 1); threads unless --worker-processes")
+    group.add_argument(
+        "--worker-processes", action=argparse.BooleanOptionalAction,
+        help="run the generator's workers as processes; batches come back through shared memory (default threads)",
+    )
     group.add_argument(
         "--augment", action=argparse.BooleanOptionalAction,
         help="add augmented copies to each training batch (default on; never for validation / test)",

@@ -97,7 +97,8 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     frame, tasks, skipped = load_checked_hvc(folder, config)
     train, val, test = split_table(frame, tasks, config.val_fraction, config.test_fraction, seed=config.seed)
     channels = 1 if config.grayscale else 3
-    common = dict(batch_size=config.batch_size, image_size=config.image_size, channels=channels, workers=config.workers)
+    common = dict(batch_size=config.batch_size, image_size=config.image_size, channels=channels,
+                  workers=config.workers, use_multiprocessing=config.worker_processes)
     train_targets = encode_targets(train, tasks, where=str(folder))
     weights = None
     if config.class_weights:

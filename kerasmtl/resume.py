@@ -47,7 +47,7 @@ from kerasmtl.callbacks.checkpoint import (
 DATA_KEY = "dataset_digest"
 
 #: Config fields that do not change what is trained (a rerun may change them).
-IGNORED_FIELDS = ("verbose", "workers", "out", "restart")
+IGNORED_FIELDS = ("verbose", "workers", "worker_processes", "out", "restart")
 
 #: Files of a run that ``--restart`` removes, besides ``resume/``.
 RUN_OUTPUTS = (

@@ -13,6 +13,7 @@ from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from kerasmtl.data import MultiOutputGenerator, encode_targets, load_hvc
 from kerasmtl.data.augment import (
     ChannelShift,
+    Cutout,
     celeba_resize_crop,
     get_pipeline,
     list_pipelines,
@@ -304,6 +305,63 @@ def test_per_channel_shift_matches_albumentations_rgb_shift():
     grey = image[..., :1].copy()
     out = ChannelShift(shift_limit=(9, 9), per_channel=True, p=1.0)(image=grey)["image"]
     np.testing.assert_array_equal(out, np.clip(grey.astype(int) + 9, 0, 255))
+
+
+def test_per_channel_shift_rounds_fractional_offsets_and_saturates():
+    image = np.random.default_rng(2).integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    transform = ChannelShift(shift_limit=(-30.0, 30.0), per_channel=True, p=1.0)
+    transform.set_random_seed(4)
+    for _ in range(20):
+        out = transform(image=image)["image"]
+        shift = np.asarray(transform.params["shift"])
+        assert not np.all(shift == np.rint(shift))  # fractional draws ...
+        np.testing.assert_array_equal(out, np.clip(image.astype(int) + np.rint(shift), 0, 255))  # ... whole offsets
+
+
+@pytest.mark.parametrize("fill", [0, 7.6, (10, 20, 30)])
+def test_cutout_fills_the_holes_as_coarse_dropout_does(fill):
+    image = np.random.default_rng(5).integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    holes = np.array([[3, 4, 13, 20], [30, 0, 50, 9], [7, 7, 7, 30]])  # x_min, y_min, x_max, y_max; one empty
+    options = dict(num_holes_range=(1, 3), hole_height_range=(0.1, 0.4), hole_width_range=(0.1, 0.4), fill=fill, p=1.0)
+    ours = Cutout(**options).apply(image, holes=holes, seed=0)
+    theirs = A.CoarseDropout(**options).apply(image, holes=holes, seed=0)
+    np.testing.assert_array_equal(ours, theirs)
+    assert not np.array_equal(ours, image)
+
+
+@pytest.mark.parametrize("shape", [(40, 50, 3), (40, 50, 1), (40, 50)])
+def test_cutout_random_uniform_gives_each_hole_one_colour_and_leaves_the_rest(shape):
+    image = np.random.default_rng(6).integers(0, 256, shape).astype(np.uint8)
+    transform = Cutout(num_holes_range=(2, 2), hole_height_range=(5, 12), hole_width_range=(0.2, 0.3),
+                       fill="random_uniform", p=1.0)
+    transform.set_random_seed(1)
+    for _ in range(10):
+        params = transform.get_params_dependent_on_data({"shape": shape}, {"image": image})
+        out = transform.apply(image, **params)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        inside = np.zeros(shape[:2], bool)
+        for x_min, y_min, x_max, y_max in params["holes"]:
+            assert 5 <= y_max - y_min <= 12 and 10 <= x_max - x_min <= 15
+            assert 0 <= x_min and x_max <= 50 and 0 <= y_min and y_max <= 40
+            inside[y_min:y_max, x_min:x_max] = True
+        np.testing.assert_array_equal(out[~inside], image[~inside])
+        last_hole = params["holes"][-1]
+        patch = out[last_hole[1] : last_hole[3], last_hole[0] : last_hole[2]].reshape(-1, 1 if len(shape) == 2 else shape[2])
+        assert (patch == patch[0]).all()  # one colour (the last hole is drawn on top)
+
+
+def test_cutout_draws_holes_like_coarse_dropout():
+    """Same arguments, same distribution of the area cut out (fixed seeds, 3000 draws)."""
+    options = dict(num_holes_range=(1, 2), hole_height_range=(0.1, 0.3), hole_width_range=(0.1, 0.3), fill=0, p=1.0)
+    white = np.full((100, 100, 3), 255, np.uint8)
+    fractions = {}
+    for transform in (Cutout(**options), A.CoarseDropout(**options)):
+        transform.set_random_seed(0)
+        fractions[type(transform).__name__] = [(transform(image=white)["image"] == 0).all(-1).mean() for _ in range(3000)]
+    ours, theirs = np.array(fractions["Cutout"]), np.array(fractions["CoarseDropout"])
+    assert ours.mean() == pytest.approx(theirs.mean(), rel=0.05)
+    assert ours.std() == pytest.approx(theirs.std(), rel=0.1)
+    assert ours.max() <= 2 * 0.3 * 0.3 and ours.min() >= 0.0
 
 
 def test_cutout_uses_the_new_coarse_dropout_arguments():

@@ -29,3 +29,14 @@ def test_yaml_must_be_a_mapping(tmp_path):
 def test_unknown_base_is_refused_by_the_parser():
     with pytest.raises(SystemExit):
         parse_config(build_parser("t"), ["--base", "resnet9000"])
+
+
+def test_worker_processes_flag_reaches_the_generators(hvc_folder):
+    from kerasmtl.experiment import prepare_data
+
+    config, _ = parse_config(build_parser("t"), ["--data", str(hvc_folder), "--workers", "2", "--worker-processes",
+                                                 "--image-size", "32"])
+    assert config.worker_processes and TrainConfig().worker_processes is False
+    data = prepare_data(config)
+    for generator in (data.train_data, data.val_data, data.test_data):
+        assert generator.workers == 2 and generator.use_multiprocessing and generator._arena is not None

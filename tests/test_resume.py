@@ -247,7 +247,8 @@ def test_state_saved_with_other_settings_is_refused(tmp_path):
 def test_config_fingerprint_ignores_display_settings():
     from kerasmtl.cli import TrainConfig
 
-    quiet, loud = TrainConfig(verbose=0, workers=1, out="a"), TrainConfig(verbose=2, workers=4, out="b")
+    quiet = TrainConfig(verbose=0, workers=1, out="a")
+    loud = TrainConfig(verbose=2, workers=4, worker_processes=True, out="b")
     assert config_fingerprint(quiet) == config_fingerprint(loud)
     assert config_fingerprint(TrainConfig(lr=0.1)) != config_fingerprint(TrainConfig(lr=0.2))
 

@@ -69,3 +69,15 @@ def test_bad_data_stops_before_training_with_one_clear_message(broken_copy, tmp_
     assert "Traceback" not in result.stderr
     assert "Epoch" not in result.stdout
     assert not (tmp_path / "run" / "history.csv").exists()
+
+
+@pytest.mark.slow
+def test_worker_processes_train_exactly_as_in_process_reading(tmp_path):
+    """Batches from worker processes (shared memory) give the same run, epoch by epoch."""
+    common = [*TINY, "--epochs", "2", "--sample-size", "64"]
+    plain = _run([*common, "--out", str(tmp_path / "plain")], tmp_path)
+    processes = _run([*common, "--workers", "2", "--worker-processes", "--out", str(tmp_path / "processes")], tmp_path)
+    assert plain.returncode == 0 and processes.returncode == 0, (plain.stderr[-2000:], processes.stderr[-2000:])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "plain" / "history.csv"), pd.read_csv(tmp_path / "processes" / "history.csv")
+    )

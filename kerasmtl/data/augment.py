@@ -140,8 +140,9 @@ class Cutout(A.CoarseDropout):
         if holes.size == 0 or not lean:
             return super().apply(img, holes, seed, **params) if holes.size else img
         if hole_colours is None:  # one value, or one per channel, for every hole
-            value = np.broadcast_to(np.clip(np.rint(np.asarray(fill, np.float64)), 0, 255), (img.shape[-1] if img.ndim == 3 else 1,))
-            hole_colours = [value.tolist()] * len(holes)
+            # as numpy assigns a float to uint8 pixels (CoarseDropout's way): truncated
+            value = np.clip(np.asarray(fill, np.float64), 0, 255).astype(np.uint8)
+            hole_colours = [np.broadcast_to(value, (img.shape[2] if img.ndim == 3 else 1,)).tolist()] * len(holes)
         out = img.copy()
         for (x_min, y_min, x_max, y_max), colour in zip(holes.tolist(), hole_colours):
             if x_max > x_min and y_max > y_min:  # an OpenCV rectangle includes both corners
