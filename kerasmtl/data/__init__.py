@@ -2,6 +2,7 @@
 
 from kerasmtl.data.augment import (
     ChannelShift,
+    Cutout,
     celeba_resize_crop,
     default_pipeline,
     get_pipeline,
@@ -28,6 +29,7 @@ __all__ = [
     "CELEBA_ATTRIBUTES",
     "LANDMARK_COLUMNS",
     "ChannelShift",
+    "Cutout",
     "DataError",
     "HVC_CLASSES",
     "HVC_COLUMNS",

@@ -14,6 +14,14 @@ With ``use_multiprocessing=True`` Keras 3 (``OrderedEnqueuer``) starts a new wor
 at every epoch start, after ``on_epoch_end`` has advanced the epoch counter, so each
 worker sees the current epoch.
 
+Workers: threads (``workers=n``) run the decoding and OpenCV work in parallel, but
+albumentations' Python work holds the interpreter lock; processes
+(``use_multiprocessing=True``) run everything in parallel, and their batches come back
+through shared memory instead of a pipe (`kerasmtl.data.shared_batches`: the generator
+maps ``max_queue_size + 2 * workers + 2`` batch slots before the pool forks; pages are
+reserved as workers first write them). On 2 cores, with the default pipeline, 2 threads
+give ~1.6x one worker and 2 processes ~1.9x (``benchmarks/generator.py``).
+
 Keypoints: tasks named in ``keypoints`` hold ``(x, y)`` pairs normalised to [0, 1] in
 continuous image coordinates — 0 is the left edge of the first pixel, 1 the right edge
 of the last; the centre of pixel column ``i`` is ``(i + 0.5) / width``. In that
@@ -129,7 +137,9 @@ class MultiOutputGenerator(keras.utils.PyDataset):
             `skipped`; its place in the batch is taken by the batch's readable rows (in
             turn), so batches keep their size. With ``use_multiprocessing`` the record
             is shared with the worker processes.
-        workers, use_multiprocessing, max_queue_size: as for `keras.utils.PyDataset`.
+        workers, use_multiprocessing, max_queue_size: as for `keras.utils.PyDataset`;
+            worker processes hand their batches back through shared memory (see the
+            module docstring).
     """
 
     def __init__(
