@@ -52,13 +52,13 @@ distribute.split_cpu(2)  # before TensorFlow initialises its devices
 import keras
 import numpy as np
 import tensorflow as tf
+from _images import write_photo_like_jpegs
 
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.data import tfdata
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.tasks import Task
 from kerasmtl.training import compile_model
-from _images import write_photo_like_jpegs  # noqa: E402
 
 TASKS = [
     Task("gender", "binary", ("male", "female")),

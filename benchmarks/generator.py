@@ -58,11 +58,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2
 import numpy as np
 import tensorflow as tf
+from _images import write_photo_like_jpegs
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 from kerasmtl.data import MultiOutputGenerator
-from _images import write_photo_like_jpegs  # noqa: E402
-
 
 # --------------------------------------------------------------------- (a) and (b)
 #: worker configurations: (workers, use_multiprocessing)
@@ -191,7 +190,7 @@ def main() -> None:
         configs["c tf.data + tf.image, AUTOTUNE"] = tfdata_dataset(paths, args.size, args.batch_size, args.copies)
 
         best, cpu, tail = {}, {}, {}
-        for name, epoch in configs.items():  # warm-up: tracing, thread pools, file cache
+        for epoch in configs.values():  # warm-up: tracing, thread pools, file cache
             epoch()
         for _ in range(args.repeats):
             for name, epoch in configs.items():

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import cv2
+from _images import write_photo_like_jpegs
 
 from kerasmtl.data.validate import CheckedImages, check_image, find_image_problems
-from _images import write_photo_like_jpegs  # noqa: E402
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 from keras import layers
@@ -183,7 +183,7 @@ class ModelBuilder:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping) -> "ModelBuilder":
+    def from_config(cls, config: Mapping) -> ModelBuilder:
         """Inverse of `get_config`."""
         config = dict(config)
         config["tasks"] = [Task.from_dict(t) for t in config["tasks"]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import yaml
 

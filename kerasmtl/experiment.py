@@ -10,8 +10,8 @@ import copy
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import keras
 import pandas as pd

@@ -21,7 +21,7 @@ Gradients are taken with ``tf.GradientTape`` (TensorFlow backend).
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np

@@ -11,7 +11,7 @@ the task so logs read ``<task>_loss`` / ``<task>_accuracy``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from keras import layers
 

@@ -13,7 +13,7 @@ any other task names its two reference points.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

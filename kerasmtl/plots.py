@@ -8,7 +8,7 @@ so a PNG measures exactly ``figsize * DPI`` pixels. Each takes an optional ``fig
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 

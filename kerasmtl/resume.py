@@ -28,8 +28,8 @@ import dataclasses
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import keras
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -265,7 +266,7 @@ class Task:
         return out
 
     @classmethod
-    def from_dict(cls, config: dict) -> "Task":
+    def from_dict(cls, config: dict) -> Task:
         """Builds a Task from `to_dict` output."""
         config = dict(config)
         config["classes"] = tuple(config.get("classes", ()))

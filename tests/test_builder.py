@@ -1,8 +1,8 @@
 import keras
 import numpy as np
 import pytest
-
 from conftest import TINY_TOWER
+
 from kerasmtl import ModelBuilder
 from kerasmtl.data import hvc_tasks
 from kerasmtl.training import compile_model

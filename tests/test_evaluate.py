@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_TOWER
 from PIL import Image
 
-from conftest import TINY_TOWER
 from kerasmtl import ModelBuilder, Task
 from kerasmtl.cli import TrainConfig
 from kerasmtl.data.person import load_hvc

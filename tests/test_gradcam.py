@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY_TOWER
 from PIL import Image
 
-from conftest import TINY_TOWER
 from kerasmtl import ModelBuilder, Task
 from kerasmtl.gradcam import GradCAM, grad_cam, gradcam_mosaic, plot_gradcam
 from kerasmtl.training import compile_model

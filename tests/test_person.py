@@ -3,7 +3,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from kerasmtl.data import DataError, HVC_CLASSES, HVC_COLUMNS, load_hvc
+from kerasmtl.data import HVC_CLASSES, HVC_COLUMNS, DataError, load_hvc
 
 
 @pytest.fixture()

@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from kerasmtl.data import DataError, HVC_CLASSES, HVC_COLUMNS
-from kerasmtl.data import validate
+from kerasmtl.data import HVC_CLASSES, HVC_COLUMNS, DataError, validate
 from kerasmtl.data.generator import read_image
 from kerasmtl.data.person import ANNOTATIONS, scan_hvc
 from kerasmtl.data.tables import encode_targets

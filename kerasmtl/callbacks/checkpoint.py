@@ -34,8 +34,8 @@ import json
 import math
 import os
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import keras
 import numpy as np

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 Schedule = Callable[[float], float]
 

@@ -5,8 +5,8 @@ per task (the raw labels). These helpers work on any such table, whatever its so
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -141,7 +141,7 @@ def split_table(
         except ValueError:
             import warnings
 
-            warnings.warn(f"Cannot stratify on {column!r} (a class is too rare); splitting at random.")
+            warnings.warn(f"Cannot stratify on {column!r} (a class is too rare); splitting at random.", stacklevel=3)
             return train_test_split(table, test_size=fraction, random_state=seed + salt)
 
     rest, test = _split(frame, test_fraction, 0)

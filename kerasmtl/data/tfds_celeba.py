@@ -20,8 +20,8 @@ manual-download instructions). Tests run offline with ``tfds.testing.mock_data``
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -14,7 +14,7 @@ Register a new tower with::
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 

@@ -12,7 +12,7 @@ label towers (`kerasmtl.heads`) sit on the resulting feature map.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
