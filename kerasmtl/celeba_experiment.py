@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from kerasmtl.callbacks.checkpoint import save_model_atomic
-from kerasmtl.cli import parse_config
+from kerasmtl.cli import add_worker_arguments, parse_config, worker_options
 from kerasmtl.data.celeba import ALIGNED_SIZE, LANDMARK_COLUMNS, load_celeba, split_partitions
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator
@@ -94,11 +94,7 @@ def build_celeba_parser(description: str, choose_model: bool = True) -> argparse
     data.add_argument("--download", action=argparse.BooleanOptionalAction, help="with --tfds: let TFDS download the dataset")
     data.add_argument("--image-size", type=int, help=f"side of a square model input (>= {MIN_IMAGE_SIZE}); default: the preset's size")
     data.add_argument("--limit", type=int, help="use only the first N images of each partition (smoke runs)")
-    data.add_argument("--workers", type=int, help="generator workers (default 1); threads unless --worker-processes")
-    data.add_argument(
-        "--worker-processes", action=argparse.BooleanOptionalAction,
-        help="run the generator's workers as processes; batches come back through shared memory (default threads)",
-    )
+    add_worker_arguments(data)
     data.add_argument(
         "--skip-bad", action=argparse.BooleanOptionalAction,
         help="leave out images that cannot be decoded (or bad labels) and list them in <run>/skipped.csv "
@@ -184,8 +180,7 @@ def prepare_celeba_data(config: CelebaConfig, tasks: Sequence[Task], shape: Sequ
     for name, split in (("train", train), ("test", test)):
         if split.empty:
             raise DataError(f"{source}: the official '{name}' partition has no images; it needs at least one.")
-    common = dict(batch_size=config.batch_size, image_size=tuple(shape[:2]), channels=int(shape[2]),
-                  workers=config.workers, use_multiprocessing=config.worker_processes)
+    common = dict(batch_size=config.batch_size, image_size=tuple(shape[:2]), channels=int(shape[2]), **worker_options(config))
     train_data = MultiOutputGenerator.from_table(train, tasks, shuffle=True, seed=config.seed, **common)
     val_data = MultiOutputGenerator.from_table(val, tasks, shuffle=False, **common) if len(val) else None
     test_data = MultiOutputGenerator.from_table(test, tasks, shuffle=False, **common)

@@ -79,6 +79,28 @@ class TrainConfig:
 _DEFAULTS = TrainConfig()
 
 
+def add_worker_arguments(group) -> None:
+    """The generator's worker flags (``--workers``, ``--worker-processes``), shared by the scripts.
+
+    Args:
+        group: an argparse parser or argument group.
+    """
+    group.add_argument("--workers", type=int, help="generator workers (default 1); threads unless --worker-processes")
+    group.add_argument(
+        "--worker-processes", action=argparse.BooleanOptionalAction,
+        help="run the generator's workers as processes; batches come back through shared memory (default threads)",
+    )
+
+
+def worker_options(config) -> dict:
+    """`MultiOutputGenerator` keyword arguments from a config's ``workers`` / ``worker_processes``.
+
+    Returns:
+        ``{"workers": ..., "use_multiprocessing": ...}``.
+    """
+    return {"workers": config.workers, "use_multiprocessing": config.worker_processes}
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the data flags."""
     group = parser.add_argument_group("data")
@@ -89,11 +111,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--test-fraction", type=float, help=f"share of rows for testing (default {_DEFAULTS.test_fraction})")
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, help="weight classes by inverse frequency")
     group.add_argument("--sample-size", type=int, help=f"images in the synthetic sample (default {_DEFAULTS.sample_size})")
-    group.add_argument("--workers", type=int, help="generator workers (default 1); threads unless --worker-processes")
-    group.add_argument(
-        "--worker-processes", action=argparse.BooleanOptionalAction,
-        help="run the generator's workers as processes; batches come back through shared memory (default threads)",
-    )
+    add_worker_arguments(group)
     group.add_argument(
         "--augment", action=argparse.BooleanOptionalAction,
         help="add augmented copies to each training batch (default on; never for validation / test)",

@@ -21,7 +21,7 @@ from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
 from kerasmtl.callbacks.checkpoint import NonFiniteLossError, ResumeError, save_model_atomic
 from kerasmtl.callbacks.task_weights import DynamicTaskWeights, with_task_weighting
-from kerasmtl.cli import INPUTS, TrainConfig, build_parser, parse_config
+from kerasmtl.cli import INPUTS, TrainConfig, build_parser, parse_config, worker_options
 from kerasmtl.data import tfdata
 from kerasmtl.data.augment import save_pipeline
 from kerasmtl.data.errors import DataError
@@ -97,8 +97,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     frame, tasks, skipped = load_checked_hvc(folder, config)
     train, val, test = split_table(frame, tasks, config.val_fraction, config.test_fraction, seed=config.seed)
     channels = 1 if config.grayscale else 3
-    common = dict(batch_size=config.batch_size, image_size=config.image_size, channels=channels,
-                  workers=config.workers, use_multiprocessing=config.worker_processes)
+    common = dict(batch_size=config.batch_size, image_size=config.image_size, channels=channels, **worker_options(config))
     train_targets = encode_targets(train, tasks, where=str(folder))
     weights = None
     if config.class_weights:

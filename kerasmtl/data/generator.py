@@ -20,7 +20,7 @@ albumentations' Python work holds the interpreter lock; processes
 through shared memory instead of a pipe (`kerasmtl.data.shared_batches`: the generator
 maps ``max_queue_size + 2 * workers + 2`` batch slots before the pool forks; pages are
 reserved as workers first write them). On 2 cores, with the default pipeline, 2 threads
-give ~1.6x one worker and 2 processes ~1.9x (``benchmarks/generator.py``).
+give ~1.5x one worker and 2 processes ~1.9x (``benchmarks/generator.py``).
 
 Keypoints: tasks named in ``keypoints`` hold ``(x, y)`` pairs normalised to [0, 1] in
 continuous image coordinates — 0 is the left edge of the first pixel, 1 the right edge
@@ -197,8 +197,7 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         else:
             self._skipped = {}
         self._local = threading.local()
-        self._arena = None
-        self.use_multiprocessing = use_multiprocessing  # makes the shared batch arena
+        self._arena = self._make_arena() if use_multiprocessing else None
         self.epoch = 0
         self._order = self._epoch_order(0)
 
@@ -235,7 +234,7 @@ class MultiOutputGenerator(keras.utils.PyDataset):
     @use_multiprocessing.setter
     def use_multiprocessing(self, value: bool) -> None:
         self._use_multiprocessing = bool(value)
-        if self._use_multiprocessing and getattr(self, "_arena", "unset") is None:
+        if self._use_multiprocessing and self._arena is None:
             self._arena = self._make_arena()
 
     def _make_arena(self) -> BatchArena:

@@ -76,8 +76,8 @@ class BatchArena:
         Returns:
             An `ArenaArray` (pickles as a reference to its slot), or None.
         """
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if nbytes > self.slot_bytes:
+        count = int(np.prod(shape))
+        if count * np.dtype(dtype).itemsize > self.slot_bytes:
             return None
         with self._lock:
             free = np.flatnonzero(self._state == _FREE)
@@ -86,7 +86,7 @@ class BatchArena:
             slot = int(free[0])
             self._state[slot] = _CLAIMED
         start = slot * self.slot_bytes
-        array = np.frombuffer(self._memory, np.dtype(dtype), count=int(np.prod(shape)), offset=start)
+        array = np.frombuffer(self._memory, np.dtype(dtype), count=count, offset=start)
         return array.reshape(shape).view(ArenaArray)
 
     def release(self, array_or_slot) -> None:
@@ -100,8 +100,7 @@ class BatchArena:
 
     def owns(self, array: np.ndarray) -> bool:
         """Whether ``array``'s memory lies in this arena."""
-        offset = array.ctypes.data - self._address
-        return 0 <= offset < self.slots * self.slot_bytes
+        return 0 <= self._offset(array) < self.slots * self.slot_bytes
 
     def _offset(self, array: np.ndarray) -> int:
         return array.ctypes.data - self._address
