@@ -30,7 +30,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kerasmtl import ModelBuilder, Task  # noqa: E402
-from kerasmtl.callbacks import DynamicTaskWeights, OneCycle, label_counts, with_task_weighting  # noqa: E402
+from kerasmtl import with_task_weighting  # noqa: E402
+from kerasmtl.callbacks import DynamicTaskWeights, OneCycle, label_counts  # noqa: E402
 from kerasmtl.training import compile_model  # noqa: E402
 
 TASKS = [
@@ -84,6 +85,8 @@ def main() -> None:
         ).build()
         if wrap:
             model = with_task_weighting(model, "dst")
+        else:  # the baseline: the same layers as a plain functional model with float loss weights
+            model = keras.Model(model.input, model.output, name=model.name)
         compile_model(model, TASKS, keras.optimizers.SGD(0.01, momentum=0.9), loss_weights={t.name: 1.0 for t in TASKS})
         return model
 

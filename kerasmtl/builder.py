@@ -9,8 +9,10 @@ from keras import layers
 
 from kerasmtl.heads import HEADS, build_head
 from kerasmtl.layers import ImagePreprocessing
+from kerasmtl.model import MultiTaskModel
 from kerasmtl.tasks import Task
 from kerasmtl.towers import create_tower, get_tower_spec
+from kerasmtl.weighting import TaskWeighting, check_strategy
 
 
 class ModelBuilder:
@@ -46,6 +48,10 @@ class ModelBuilder:
         freeze_stages: freeze the base tower's first N stages (its stem counts as one
             stage for the custom towers).
         base_kwargs: tower-specific options (e.g. ``{"width": 16}`` for custom towers).
+        task_weighting: the loss-weighting strategy the model is made for (see
+            `kerasmtl.weighting.STRATEGIES`): ``"uncertainty"`` gives it learnable
+            weights, the others assignable ones (set by
+            `kerasmtl.callbacks.DynamicTaskWeights` or ``compile(loss_weights=...)``).
         name: model name.
 
     Raises:
@@ -65,6 +71,7 @@ class ModelBuilder:
         freeze_layers: int = 0,
         freeze_stages: int = 0,
         base_kwargs: Mapping | None = None,
+        task_weighting: str = "static",
         name: str | None = None,
     ):
         tasks = list(tasks)
@@ -112,6 +119,7 @@ class ModelBuilder:
         self.freeze_layers = int(freeze_layers)
         self.freeze_stages = int(freeze_stages)
         self.base_kwargs = dict(base_kwargs or {})
+        self.task_weighting = check_strategy(task_weighting)
         self.name = name or f"kerasmtl_{base}"
 
     def build_tower(self) -> keras.Model:
@@ -128,7 +136,7 @@ class ModelBuilder:
         """Builds the model.
 
         Returns:
-            A functional `keras.Model` mapping raw images to a dict of task outputs.
+            A `kerasmtl.MultiTaskModel` mapping raw images to a dict of task outputs.
         """
         tower = self.build_tower()
         inputs = keras.Input(shape=self.input_shape, name="images")
@@ -148,7 +156,8 @@ class ModelBuilder:
             task.name: build_head(self.heads[task.name], features, task, **self.head_kwargs)
             for task in self.tasks
         }
-        return keras.Model(inputs, outputs, name=self.name)
+        weighting = TaskWeighting([t.name for t in self.tasks], learned=self.task_weighting == "uncertainty")
+        return MultiTaskModel(inputs, outputs, name=self.name, tasks=self.tasks, task_weighting=weighting)
 
     def _freeze(self, tower: keras.Model) -> None:
         frozen = set()
@@ -164,27 +173,3 @@ class ModelBuilder:
         for layer in tower.layers:
             if layer.name in frozen:
                 layer.trainable = False
-
-    def get_config(self) -> dict:
-        """The constructor arguments, JSON-ready (tasks as dicts)."""
-        return {
-            "tasks": [t.to_dict() for t in self.tasks],
-            "base": self.base,
-            "input_shape": list(self.input_shape),
-            "weights": self.weights,
-            "head": dict(self.heads),
-            "head_kwargs": self.head_kwargs,
-            "neck": self.neck,
-            "neck_dropout": self.neck_dropout,
-            "freeze_layers": self.freeze_layers,
-            "freeze_stages": self.freeze_stages,
-            "base_kwargs": self.base_kwargs,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config: Mapping) -> ModelBuilder:
-        """Inverse of `get_config`."""
-        config = dict(config)
-        config["tasks"] = [Task.from_dict(t) for t in config["tasks"]]
-        return cls(**config)

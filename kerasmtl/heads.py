@@ -15,12 +15,16 @@ from collections.abc import Sequence
 
 from keras import layers
 
+from kerasmtl.layers import Destandardize
 from kerasmtl.tasks import Task
 
 HEADS = ("dense", "conv")
 
 
 def _output_layer(x, task: Task):
+    if task.kind == "regression" and task.mean is not None:
+        x = layers.Dense(task.num_outputs, name=f"{task.name}_standardized", dtype="float32")(x)
+        return Destandardize(task.mean, task.std, name=task.name)(x)
     return layers.Dense(task.num_outputs, activation=task.activation, name=task.name, dtype="float32")(x)
 
 

@@ -77,3 +77,36 @@ class ImagePreprocessing(keras.layers.Layer):
         config = super().get_config()
         config.update({"mode": self.mode, "output_channels": self.output_channels})
         return config
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class Destandardize(keras.layers.Layer):
+    """``outputs = inputs * std + mean``: a regression head's output in the data's units.
+
+    The head before it learns standardised targets (zero mean, unit spread per unit),
+    which keeps its initial outputs and gradients on the scale of the other tasks;
+    this layer, named after the task, gives back values in the units of the data.
+
+    Args:
+        mean: one number per output unit.
+        std: one positive number per output unit.
+        **kwargs: passed to `keras.layers.Layer` (the layer computes in float32).
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+        if len(self.mean) != len(self.std) or not all(v > 0 for v in self.std):
+            raise ValueError(f"mean and std need one value per unit, std > 0. Received: mean={self.mean}, std={self.std}")
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        return x * ops.convert_to_tensor(self.std, "float32") + ops.convert_to_tensor(self.mean, "float32")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}

@@ -132,23 +132,31 @@ class MaskedMeanSquaredError(keras.losses.Loss):
     """Mean squared error over present regression targets (NaN = missing).
 
     Args:
+        scale: optional per-unit divisor of the error (a task's ``std``): the loss is then
+            the MSE of standardised values, ``mean(((y - y_hat) / scale) ** 2)``, so targets
+            in pixels or years weigh like any other task while the model predicts in the
+            data's units.
         name: loss name.
         reduction: Keras reduction.
     """
 
-    def __init__(self, name="masked_mse", reduction="sum_over_batch_size"):
+    def __init__(self, scale=None, name="masked_mse", reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
+        self.scale = None if scale is None else [float(v) for v in scale]
 
     def call(self, y_true, y_pred):
         y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), ops.shape(y_pred))
         missing = ops.isnan(y_true)
         mask = ops.cast(ops.logical_not(ops.any(missing, axis=-1)), "float32")
         y_true = ops.where(missing, y_pred, y_true)
-        per_sample = ops.mean(ops.square(y_true - y_pred), axis=-1)
+        error = y_true - y_pred
+        if self.scale is not None:
+            error = error / ops.convert_to_tensor(self.scale, dtype=error.dtype)
+        per_sample = ops.mean(ops.square(error), axis=-1)
         return _masked_mean(per_sample, mask)
 
     def get_config(self):
-        return {"name": self.name, "reduction": self.reduction}
+        return {"scale": self.scale, "name": self.name, "reduction": self.reduction}
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")

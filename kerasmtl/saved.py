@@ -17,6 +17,8 @@ import yaml
 
 import kerasmtl.layers  # noqa: F401  (registers the custom layers for loading)
 import kerasmtl.losses  # noqa: F401  (registers the losses and metrics)
+import kerasmtl.ports.layers  # noqa: F401  (registers TakeColumns)
+from kerasmtl.model import MultiTaskModel
 from kerasmtl.tasks import Task
 
 MODEL_FILE = "model.keras"
@@ -113,7 +115,8 @@ def resolve_tasks(model: keras.Model, tasks=None, source: str | os.PathLike | No
         model: the loaded model.
         tasks: a list of `Task`, or a tasks file / run folder path; takes precedence.
         source: where the model came from; its run folder's ``tasks.json`` is used when
-            ``tasks`` is None.
+            ``tasks`` is None and the model does not carry its tasks (a model saved by
+            plain Keras rather than a `kerasmtl.MultiTaskModel`).
 
     Returns:
         The model's tasks (see `match_tasks`).
@@ -121,6 +124,8 @@ def resolve_tasks(model: keras.Model, tasks=None, source: str | os.PathLike | No
     Raises:
         ValueError: no tasks could be found, or they do not fit the model.
     """
+    if tasks is None and isinstance(model, MultiTaskModel):
+        return model.tasks
     if tasks is None and source is not None:
         run = find_run_folder(source)
         if run is not None:

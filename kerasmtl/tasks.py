@@ -62,6 +62,15 @@ class Task:
         flip_pairs: for keypoint regression: coordinates are ``(x, y)`` pairs normalised
             to [0, 1]; these pairs of point indices swap places under a horizontal flip
             (e.g. left eye <-> right eye).
+        threshold: decision threshold of a binary output, on the output's own scale;
+            default 0 for logits or +-1 MSE outputs, else 0.5 (None for other kinds). A threshold calibrated on
+            validation data is stored here, so it travels with the saved model.
+        mean, std: per-unit statistics of a regression target (usually of the training
+            split, see `with_statistics`). When set, the model's head learns the
+            standardised target ``(y - mean) / std`` and its output layer maps back, so
+            predictions come in the data's own units while every regression loss is
+            measured in standard deviations (a pixel-valued column would otherwise
+            outweigh the classification losses). None: targets are used as they are.
 
     Raises:
         ValueError: if the description is inconsistent.
@@ -75,6 +84,9 @@ class Task:
     from_logits: bool = False
     loss: str = "default"
     flip_pairs: tuple[tuple[int, int], ...] = ()
+    threshold: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):
@@ -128,6 +140,59 @@ class Task:
                     f"flip_pairs holds (i, j) point pairs of a regression task. Received: "
                     f"{self.flip_pairs!r} for {self.kind} task {self.name!r}"
                 )
+        self._check_threshold()
+        self._check_statistics()
+
+    def _check_threshold(self) -> None:
+        if self.threshold is None:
+            if self.kind == "binary":
+                object.__setattr__(self, "threshold", 0.0 if (self.from_logits or self.loss == "mse") else 0.5)
+            return
+        value = float(self.threshold)
+        if self.kind != "binary" or not math.isfinite(value):
+            raise ValueError(
+                f"threshold is a finite number for a binary task. Received: threshold={self.threshold!r} "
+                f"for {self.kind} task {self.name!r}"
+            )
+        object.__setattr__(self, "threshold", value)
+
+    def _check_statistics(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(f"mean and std are given together. Received: mean={self.mean!r}, std={self.std!r}")
+        if self.mean is None:
+            return
+        mean = tuple(float(v) for v in self.mean)
+        std = tuple(float(v) for v in self.std)
+        if self.kind != "regression" or len(mean) != self.units or len(std) != self.units:
+            raise ValueError(
+                f"mean and std hold one number per unit of a regression task ({self.units} for {self.name!r}). "
+                f"Received: mean={list(mean)}, std={list(std)} for a {self.kind} task"
+            )
+        if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+            raise ValueError(f"mean must be finite and std finite and > 0. Received: mean={list(mean)}, std={list(std)}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    def with_statistics(self, targets: np.ndarray) -> Task:
+        """This regression task with ``mean`` / ``std`` taken from encoded targets.
+
+        Args:
+            targets: ``(n, units)`` targets in the data's units (NaN = missing), usually
+                the training split's, so validation and test data stay unseen.
+
+        Returns:
+            A new task; a unit without spread (or without labels) gets std 1, and a
+            classification task is returned unchanged.
+        """
+        if self.kind != "regression":
+            return self
+        values = np.asarray(targets, dtype=np.float64).reshape(-1, self.units)
+        present = np.isfinite(values).all(axis=1)
+        values = values[present]
+        mean = values.mean(axis=0) if len(values) else np.zeros(self.units)
+        std = values.std(axis=0) if len(values) > 1 else np.ones(self.units)
+        std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+        return dataclasses.replace(self, mean=tuple(mean.tolist()), std=tuple(std.tolist()))
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -146,11 +211,6 @@ class Task:
             return "linear"
         return "sigmoid" if self.kind == "binary" else "softmax"
 
-    @property
-    def threshold(self) -> float:
-        """Decision threshold of a binary output: 0 for logits or +-1 MSE, else 0.5."""
-        return 0.0 if (self.from_logits or self.loss == "mse") else 0.5
-
     # ------------------------------------------------------------- losses etc.
     def make_loss(self):
         """Returns a fresh Keras loss for this task that ignores missing labels."""
@@ -162,7 +222,7 @@ class Task:
             return losses.MaskedBinaryCrossentropy(from_logits=self.from_logits)
         if self.kind == "multiclass":
             return losses.MaskedSparseCategoricalCrossentropy(from_logits=self.from_logits)
-        return losses.MaskedMeanSquaredError()
+        return losses.MaskedMeanSquaredError(scale=self.std)
 
     def make_metrics(self) -> list:
         """Returns fresh Keras metrics for this task that ignore missing labels."""
@@ -236,7 +296,8 @@ class Task:
             predictions: the output array of this task's head, shape ``(n, num_outputs)``.
 
         Returns:
-            A list of class names, or the regression array unchanged.
+            A list of class names, or the regression array (already in the data's units:
+            the model's output layer undoes the standardisation).
         """
         predictions = np.asarray(predictions)
         if self.kind == "regression":
@@ -247,13 +308,48 @@ class Task:
             index = predictions.argmax(axis=-1)
         return [self.classes[i] for i in index]
 
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(n, classes)`` from a classification head's outputs.
+
+        Logit outputs go through sigmoid / softmax; a binary output trained with MSE on
+        -1 / +1 targets maps its score ``s`` to ``(clip(s, -1, 1) + 1) / 2``.
+
+        Raises:
+            ValueError: for a regression task (it has no classes).
+        """
+        if self.kind == "regression":
+            raise ValueError(f"Regression task {self.name!r} has no class probabilities.")
+        outputs = np.asarray(outputs, dtype=np.float64)
+        if self.kind == "binary":
+            score = outputs.reshape(-1)
+            if self.loss == "mse":
+                positive = (np.clip(score, -1, 1) + 1) / 2
+            elif self.from_logits:
+                positive = 1 / (1 + np.exp(-score))
+            else:
+                positive = score
+            return np.stack([1 - positive, positive], axis=1)
+        if self.from_logits:
+            shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+            return shifted / shifted.sum(axis=1, keepdims=True)
+        return outputs
+
+    def labels(self, outputs: np.ndarray) -> list[tuple[str, float]] | np.ndarray:
+        """Per image, ``(class name, its probability)``; regression values for regression."""
+        if self.kind == "regression":
+            return np.asarray(outputs).reshape(-1, self.num_outputs)
+        names = self.decode(outputs)
+        probs = self.probabilities(outputs)
+        return [(name, float(p[self.classes.index(name)])) for name, p in zip(names, probs)]
+
     def _lookup(self) -> dict:
-        lookup: dict = {name: i for i, name in enumerate(self.classes)}
         if self.kind == "binary":
             # 0 / 1 (False / True and 0.0 / 1.0 hash alike), -1 / +1, and their strings.
-            lookup.update({0: 0, 1: 1, -1: 0, "0": 0, "1": 1, "-1": 0})
+            lookup: dict = {0: 0, 1: 1, -1: 0, "0": 0, "1": 1, "-1": 0}
         else:
-            lookup.update({i: i for i in range(len(self.classes))})
+            lookup = {i: i for i in range(len(self.classes))}
+        # Class names win over the numeric aliases: classes ("1", "2") read "1" as index 0.
+        lookup.update({name: i for i, name in enumerate(self.classes)})
         return lookup
 
     # ----------------------------------------------------------- persistence
@@ -263,6 +359,8 @@ class Task:
         out["classes"] = list(self.classes)
         out["columns"] = list(self.columns)
         out["flip_pairs"] = [list(p) for p in self.flip_pairs]
+        for key in ("mean", "std"):
+            out[key] = list(out[key]) if out[key] is not None else None
         return out
 
     @classmethod
@@ -272,19 +370,8 @@ class Task:
         config["classes"] = tuple(config.get("classes", ()))
         config["columns"] = tuple(config.get("columns", ()))
         config["flip_pairs"] = tuple(tuple(p) for p in config.get("flip_pairs", ()))
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"Unknown task field(s) {unknown} in {config!r}")
         return cls(**config)
 
-
-def binary(name: str, classes: Sequence[str] = ("0", "1"), **kwargs) -> Task:
-    """Shorthand for ``Task(name, "binary", classes, ...)``."""
-    return Task(name=name, kind="binary", classes=tuple(classes), **kwargs)
-
-
-def multiclass(name: str, classes: Sequence[str], **kwargs) -> Task:
-    """Shorthand for ``Task(name, "multiclass", classes, ...)``."""
-    return Task(name=name, kind="multiclass", classes=tuple(classes), **kwargs)
-
-
-def regression(name: str, columns: Sequence[str] = (), units: int | None = None, **kwargs) -> Task:
-    """Shorthand for ``Task(name, "regression", columns=..., units=...)``."""
-    return Task(name=name, kind="regression", columns=tuple(columns), units=units, **kwargs)

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 
+from kerasmtl.model import MultiTaskModel
 from kerasmtl.tasks import Task
 
 OPTIMIZERS = {
@@ -58,6 +59,14 @@ def compile_model(
     Returns:
         The same model, compiled.
     """
+    if isinstance(optimizer, str):
+        optimizer = make_optimizer(optimizer)
+    if isinstance(model, MultiTaskModel):
+        unknown = sorted(set(loss_weights or {}) - {t.name for t in model.tasks})
+        if unknown:
+            raise ValueError(f"loss_weights names unknown task(s) {unknown}. Tasks: {[t.name for t in model.tasks]}")
+        model.compile(optimizer=optimizer, loss_weights=loss_weights, jit_compile=jit_compile, **kwargs)
+        return model
     names = [t.name for t in tasks]
     missing = [n for n in names if n not in model.output_names]
     if missing:
@@ -68,8 +77,6 @@ def compile_model(
     weights = None
     if loss_weights is not None:
         weights = {n: loss_weights.get(n, 1.0) for n in names}
-    if isinstance(optimizer, str):
-        optimizer = make_optimizer(optimizer)
     model.compile(
         optimizer=optimizer,
         loss={t.name: t.make_loss() for t in tasks},

@@ -141,13 +141,12 @@ def train(
     import keras
     import numpy as np
 
-    from kerasmtl import distribute
+    from kerasmtl import distribute, with_task_weighting
     from kerasmtl.callbacks import (
         DynamicTaskWeights,
         OneCycle,
         ResumeCheckpoint,
         lr_range_test,
-        with_task_weighting,
     )
     from kerasmtl.data import tfdata
     from kerasmtl.data.generator import MultiOutputGenerator
@@ -163,7 +162,7 @@ def train(
     with distribute.mixed_precision(mixed), strategy.scope():
         model = build_model()
         if weighting:
-            model = with_task_weighting(model, weighting)
+            model = with_task_weighting(model, weighting, tasks=tasks())
         compile_model(model, tasks(), keras.optimizers.SGD(learning_rate=0.05, momentum=0.9))
         callbacks = list(callbacks)
         if weighting:

@@ -10,16 +10,14 @@ import pytest
 import tensorflow as tf
 from conftest import TINY_TOWER
 
-from kerasmtl import ModelBuilder, Task
+from kerasmtl import ModelBuilder, MultiTaskModel, Task, with_task_weighting
 from kerasmtl.callbacks import (
     DynamicTaskWeights,
-    TaskWeightedModel,
     dst_on_frequencies,
     dst_probabilities,
     dst_switches,
     dwa_weights,
     label_counts,
-    with_task_weighting,
 )
 from kerasmtl.training import compile_model
 
@@ -37,7 +35,7 @@ def dense_model(strategy="static", seed=0):
     inputs = keras.Input((6,), name="features")
     trunk = keras.layers.Dense(8, activation="tanh", name="trunk")(inputs)
     outputs = {t.name: keras.layers.Dense(t.num_outputs, activation=t.activation, name=t.name)(trunk) for t in TASKS}
-    return with_task_weighting(keras.Model(inputs, outputs), strategy)
+    return with_task_weighting(keras.Model(inputs, outputs), strategy, tasks=TASKS)
 
 
 def make_data(n=64, seed=0, missing=0.0):
@@ -370,7 +368,7 @@ def test_a_saved_model_reloads_with_live_weights_and_its_optimizer_state(tmp_pat
     model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     model.save(tmp_path / "u.keras")
     loaded = keras.models.load_model(tmp_path / "u.keras", safe_mode=True)
-    assert isinstance(loaded, TaskWeightedModel) and loaded.task_weighting.learned
+    assert isinstance(loaded, MultiTaskModel) and loaded.task_weighting.learned
     assert loaded.task_weighting.current() == model.task_weighting.current() != {n: 1.0 for n in NAMES}
     assert int(loaded.optimizer.iterations) == 8
     assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
@@ -495,7 +493,7 @@ def test_train_person_writes_the_weights_and_their_plot(hvc_folder, tmp_path, st
     if strategy == "dwa":
         assert (weights.iloc[:2] == 1.0).all().all() and weights.iloc[2].sum() == pytest.approx(8.0, rel=1e-5)
     model = keras.models.load_model(run.file("model.keras"))
-    assert isinstance(model, TaskWeightedModel) and model.task_weighting.learned == (strategy == "uncertainty")
+    assert isinstance(model, MultiTaskModel) and model.task_weighting.learned == (strategy == "uncertainty")
     np.testing.assert_allclose(list(model.task_weighting.current().values()), weights.iloc[-1].to_numpy(), rtol=1e-6)
 
 
@@ -507,9 +505,9 @@ def test_a_saved_weighted_model_loads_in_a_fresh_process(tmp_path):
     compile_model(model, TASKS, "sgd", loss_weights={"b": 3.0})
     model.save(tmp_path / "m.keras")
     code = (
-        "import kerasmtl.saved as s; m = s.load_model(r'%s'); "
+        "import keras, kerasmtl; m = keras.saving.load_model(r'%s'); "
         "print(type(m).__name__, m.task_weighting.current()['b'])" % (tmp_path / "m.keras")
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[-2:] == ["TaskWeightedModel", "3.0"]
+    assert result.stdout.split()[-2:] == ["MultiTaskModel", "3.0"]

@@ -18,16 +18,12 @@ from kerasmtl.callbacks.lr_range_test import (
 )
 from kerasmtl.callbacks.one_cycle import OneCycle, has_momentum
 from kerasmtl.callbacks.task_weights import (
-    STRATEGIES,
     DynamicTaskWeights,
-    TaskWeightedModel,
-    TaskWeighting,
     dst_on_frequencies,
     dst_probabilities,
     dst_switches,
     dwa_weights,
     label_counts,
-    with_task_weighting,
 )
 
 __all__ = [
@@ -36,15 +32,11 @@ __all__ = [
     "ResumeCheckpoint",
     "StopOnNonFiniteLoss",
     "DynamicTaskWeights",
-    "STRATEGIES",
-    "TaskWeightedModel",
-    "TaskWeighting",
     "dst_on_frequencies",
     "dst_probabilities",
     "dst_switches",
     "dwa_weights",
     "label_counts",
-    "with_task_weighting",
     "LRRangeTest",
     "LRRangeTestResult",
     "OneCycle",

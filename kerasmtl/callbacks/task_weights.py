@@ -14,16 +14,10 @@ A multi-output model trains on ``loss = sum_t w_t * L_t`` where ``L_t`` is task 
 - ``uncertainty`` (Kendall et al. 2018): ``loss = sum_t exp(-s_t) * L_t + s_t`` with one
   learnable log-variance ``s_t`` per task, trained by the model's optimizer.
 
-Where the weights live. A float changed after ``compile`` is baked into the traced train
-step and does nothing, so the weights are variables of a `TaskWeighting` layer attached
-to the model as ``model.task_weighting``, and the compiled loss reads them on every step
-(with ``jit_compile`` on or off). `with_task_weighting` turns a functional model into a
-`TaskWeightedModel` (same layers, same outputs) holding that layer, and
-`TaskWeightedModel.compile` always wires the layer's variables in as ``loss_weights``.
-The layer's variables are part of ``model.weights``: ``model.save`` writes them and
-``keras.models.load_model`` rebuilds the layer and restores them (log-variances, their
-optimizer slots, the current weights and DWA's loss record), so a run resumes from a
-saved ``.keras`` model with ``fit(..., initial_epoch=k)`` and the same callback.
+Where the weights live: in the `kerasmtl.weighting.TaskWeighting` layer every
+`kerasmtl.MultiTaskModel` holds as ``model.task_weighting``; its compiled loss reads them
+on every step and they are saved with the model, so a run resumes from a saved ``.keras``
+model with ``fit(..., initial_epoch=k)`` and the same callback.
 
 The `DynamicTaskWeights` callback sets the weights at the start of each epoch and writes
 the weights of the epoch into the epoch ``logs`` as ``loss_weight/<task>``, so History,
@@ -45,8 +39,8 @@ import numpy as np
 from keras import ops
 
 from kerasmtl.tasks import MISSING_CLASS, Task
+from kerasmtl.weighting import STRATEGIES, TaskWeighting
 
-STRATEGIES = ("static", "dst", "dwa", "uncertainty")
 DST_COUNTS = ("labelled", "positives")
 DST_ALL_OFF = ("redraw", "none")
 LOG_PREFIX = "loss_weight/"
@@ -190,228 +184,14 @@ def dwa_weights(last: Sequence[float], before: Sequence[float], temperature: flo
     return (len(last) * z / z.sum()).astype(np.float32)
 
 
-# ------------------------------------------------------------------ model state
-@keras.saving.register_keras_serializable(package="kerasmtl")
-class LogVariancePenalty(keras.regularizers.Regularizer):
-    """The ``+ s_t`` term of uncertainty weighting, as a regularizer of the log-variances.
-
-    Keras adds variable regularizers to the training loss (``model.losses``), so the
-    penalty trains with the optimizer like any other term.
-    """
-
-    def __call__(self, x):
-        return ops.sum(x)
-
-    def get_config(self):
-        return {}
-
-
-class _Precision:
-    """``exp(-s)`` of a log-variance variable, computed in the step that reads it.
-
-    Keras multiplies each output's loss by its entry of ``loss_weights`` with
-    ``ops.multiply``, which converts it to a tensor; this object converts to
-    ``exp(-variable)`` at that moment (TensorFlow backend), so the gradient reaches ``s``
-    and the weight follows ``s`` as it is trained.
-    """
-
-    def __init__(self, variable):
-        self.variable = variable
-
-    def __tf_tensor__(self, dtype=None, name=None):
-        import tensorflow as tf
-
-        value = tf.exp(-self.variable.value)
-        return value if dtype is None else tf.cast(value, dtype)
-
-    def numpy(self) -> float:
-        return float(np.exp(-ops.convert_to_numpy(self.variable)))
-
-    def get_config(self):
-        # Read by `Model.get_compile_config`; `TaskWeightedModel` drops it again.
-        return {"log_variance": self.variable.path}
-
-
-@keras.saving.register_keras_serializable(package="kerasmtl")
-class TaskWeighting(keras.layers.Layer):
-    """Holds the per-task loss weights of a model, as variables.
-
-    Not part of the forward pass: it is attached to a `TaskWeightedModel` as
-    ``model.task_weighting`` and read by its compiled loss.
-
-    Args:
-        task_names: the model's outputs, in order.
-        learned: ``False``: one non-trainable weight per task (``loss_weight_<task>``),
-            set by `DynamicTaskWeights` (static, DST, DWA) or `compile`. ``True``: one
-            trainable log-variance per task (``log_variance_<task>``, starting at 0) and
-            weights ``exp(-s_t)`` (uncertainty weighting).
-        name: layer name.
-
-    Besides the weights, a non-learned layer keeps DWA's record of the last two epochs'
-    losses (``dwa_losses``, ``dwa_epochs``) so it is saved with the model.
-
-    An optimizer with weight decay (AdamW) also pulls learned log-variances toward 0;
-    to leave them alone, call ``optimizer.exclude_from_weight_decay(var_names=
-    ["log_variance_"])`` before training (it replaces earlier exclusions).
-    """
-
-    def __init__(self, task_names: Sequence[str], learned: bool = False, name: str = "task_weighting", **kwargs):
-        super().__init__(name=name, **kwargs)
-        task_names = [str(n) for n in task_names]
-        if not task_names or len(set(task_names)) != len(task_names):
-            raise ValueError(f"task_names must be non-empty and unique. Received: task_names={task_names!r}")
-        self.task_names = task_names
-        self.learned = bool(learned)
-        if self.learned:
-            self.log_variances = [
-                self.add_weight(name=f"log_variance_{n}", shape=(), initializer="zeros", regularizer=LogVariancePenalty())
-                for n in task_names
-            ]
-            self._task_weights = [_Precision(v) for v in self.log_variances]
-        else:
-            self._task_weights = [
-                self.add_weight(name=f"loss_weight_{n}", shape=(), initializer="ones", trainable=False) for n in task_names
-            ]
-            k = len(task_names)
-            self.dwa_losses = self.add_weight(name="dwa_losses", shape=(2, k), initializer="zeros", trainable=False)
-            self.dwa_epochs = self.add_weight(
-                name="dwa_epochs", shape=(2,), initializer=keras.initializers.Constant(-1.0), trainable=False
-            )
-        self.built = True
-
-    def loss_weights(self) -> dict:
-        """``{task name: weight}`` for ``compile(loss_weights=...)``: the variables
-        (or their ``exp(-s)``), never a copy of their values."""
-        return dict(zip(self.task_names, self._task_weights))
-
-    def current(self) -> dict[str, float]:
-        """The weights' present values, ``{task name: float}``."""
-        if self.learned:
-            return {n: w.numpy() for n, w in zip(self.task_names, self._task_weights)}
-        return {n: float(ops.convert_to_numpy(w)) for n, w in zip(self.task_names, self._task_weights)}
-
-    def assign(self, weights: Mapping[str, float]) -> None:
-        """Sets the weights of the named tasks (others keep theirs).
-
-        Raises:
-            ValueError: for a learned layer, or an unknown task name.
-        """
-        if self.learned:
-            raise ValueError("Uncertainty weighting learns its weights; they cannot be assigned.")
-        unknown = sorted(set(weights) - set(self.task_names))
-        if unknown:
-            raise ValueError(f"Unknown task(s) {unknown}. Tasks: {self.task_names}")
-        for name, variable in zip(self.task_names, self._task_weights):
-            if name in weights:
-                value = weights[name]
-                if isinstance(value, keras.Variable) or not np.isscalar(value):
-                    raise TypeError(
-                        f"Loss weights are numbers copied into the model's weight variables. "
-                        f"Received: {name}={value!r}"
-                    )
-                variable.assign(float(value))
-
-    def get_config(self):
-        return {**super().get_config(), "task_names": list(self.task_names), "learned": self.learned}
-
-
-@keras.saving.register_keras_serializable(package="kerasmtl")
-class TaskWeightedModel(keras.Model):
-    """A functional multi-output model whose loss weights are variables it owns.
-
-    Build one with `with_task_weighting`. It is an ordinary functional model (same
-    layers, inputs and outputs) plus ``self.task_weighting``, a `TaskWeighting` layer.
-    `compile` always passes that layer's variables as ``loss_weights``; numbers given as
-    ``loss_weights`` set their values. The layer is saved and restored with the model,
-    and a loaded model is compiled with the same live weights.
-
-    Args:
-        *args, **kwargs: the functional ``keras.Model`` arguments (inputs, outputs, name).
-        task_weighting: a `TaskWeighting` (or its serialized config); default a
-            non-learned one over ``output_names`` with all weights 1.
-    """
-
-    def __init__(self, *args, task_weighting=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        if task_weighting is None:
-            task_weighting = TaskWeighting(self.output_names)
-        elif isinstance(task_weighting, dict):
-            task_weighting = keras.saving.deserialize_keras_object(task_weighting)
-        if not isinstance(task_weighting, TaskWeighting):
-            raise TypeError(f"task_weighting must be a TaskWeighting layer. Received: {task_weighting!r}")
-        if sorted(task_weighting.task_names) != sorted(self.output_names):
-            raise ValueError(
-                f"task_weighting covers {task_weighting.task_names}, the model's outputs are {self.output_names}."
-            )
-        self.task_weighting = task_weighting
-
-    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, **kwargs):
-        """`keras.Model.compile` with the loss weights read from ``self.task_weighting``.
-
-        Args:
-            optimizer, loss, **kwargs: as for `keras.Model.compile`.
-            loss_weights: optional ``{task name: number}`` assigned to the weight variables
-                (tasks not named keep their value); not allowed with learned weights.
-        """
-        if loss_weights is not None:
-            if not isinstance(loss_weights, Mapping):
-                raise TypeError(f"loss_weights must be a dict {{task name: number}}. Received: {loss_weights!r}")
-            if self.task_weighting.learned:
-                raise ValueError(
-                    "This model learns its loss weights (uncertainty weighting); compile it without "
-                    f"loss_weights. Received: loss_weights={dict(loss_weights)!r}"
-                )
-            self.task_weighting.assign(loss_weights)
-        super().compile(optimizer=optimizer, loss=loss, loss_weights=self.task_weighting.loss_weights(), **kwargs)
-
-    def get_compile_config(self):
-        config = super().get_compile_config()
-        config.pop("loss_weights", None)  # they live in self.task_weighting's variables
-        return config
-
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        config.pop("loss_weights", None)
-        self.compile(**config)
-        if getattr(self, "optimizer", None) is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    def get_config(self):
-        config = super().get_config()
-        config["task_weighting"] = keras.saving.serialize_keras_object(self.task_weighting)
-        return config
-
-
-def with_task_weighting(model: keras.Model, strategy: str = "static") -> TaskWeightedModel:
-    """Wraps a functional multi-output model so its loss weights can change during ``fit``.
-
-    Args:
-        model: a functional model (e.g. from `ModelBuilder.build`); its layers are shared,
-            not copied.
-        strategy: one of `STRATEGIES`; ``"uncertainty"`` makes the weights learnable,
-            the others make them assignable.
-
-    Returns:
-        A `TaskWeightedModel` with the same inputs, outputs (dict outputs stay a dict),
-        layers and name. Compile it afterwards.
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={strategy!r}")
-    if isinstance(model, TaskWeightedModel):
-        raise ValueError(f"The model already has task weighting ({model.task_weighting.get_config()}).")
-    if not hasattr(model, "_outputs_struct") or not hasattr(model, "_inputs_struct"):
-        raise TypeError(f"with_task_weighting needs a functional keras.Model. Received: {type(model).__name__}")
-    weighting = TaskWeighting(model.output_names, learned=strategy == "uncertainty")
-    return TaskWeightedModel(model.input, model.output, name=model.name, task_weighting=weighting)
-
-
 # ---------------------------------------------------------------------- callback
 class DynamicTaskWeights(keras.callbacks.Callback):
-    """Sets a `TaskWeightedModel`'s per-task loss weights each epoch and logs them.
+    """Sets a `kerasmtl.MultiTaskModel`'s per-task loss weights each epoch and logs them.
 
     Strategies (see the module docstring): ``"static"``, ``"dst"``, ``"dwa"``,
-    ``"uncertainty"``. The model must come from `with_task_weighting` with the same kind
-    of strategy (learned for ``"uncertainty"``, assignable for the others).
+    ``"uncertainty"``. The model's weights must be of the strategy's kind (learned for
+    ``"uncertainty"``, assignable for the others: ``ModelBuilder(task_weighting=...)`` or
+    `kerasmtl.with_task_weighting`).
 
     At the start of each epoch the weights of the epoch are set; at its end they are
     written into ``logs`` as ``loss_weight/<task>`` (for ``"uncertainty"``, ``exp(-s_t)``
@@ -425,8 +205,8 @@ class DynamicTaskWeights(keras.callbacks.Callback):
     Example:
 
     ```python
-    model = with_task_weighting(ModelBuilder(tasks, ...).build(), "dst")
-    compile_model(model, tasks, "adam")
+    model = ModelBuilder(tasks, ..., task_weighting="dst").build()
+    model.compile("adam")
     weights = DynamicTaskWeights("dst", tasks=tasks, targets=train_targets, seed=0)
     model.fit(data, epochs=10, callbacks=[weights, keras.callbacks.CSVLogger("history.csv")])
     ```
@@ -526,15 +306,15 @@ class DynamicTaskWeights(keras.callbacks.Callback):
         weighting = getattr(self.model, "task_weighting", None)
         if not isinstance(weighting, TaskWeighting):
             raise TypeError(
-                "DynamicTaskWeights needs a model whose loss weights are variables: wrap it with "
-                "kerasmtl.callbacks.with_task_weighting(model, strategy) before compiling. "
+                "DynamicTaskWeights needs a kerasmtl.MultiTaskModel (its loss weights are variables): build it "
+                "with kerasmtl.ModelBuilder or wrap it with kerasmtl.with_task_weighting(model, strategy, tasks). "
                 f"Received: {type(self.model).__name__}"
             )
         if weighting.learned != (self.strategy == "uncertainty"):
             kind = "learned (uncertainty)" if weighting.learned else "assignable"
             raise ValueError(
                 f"strategy={self.strategy!r} does not match the model's {kind} loss weights; build the model "
-                f"with with_task_weighting(model, {self.strategy!r})."
+                f"with ModelBuilder(..., task_weighting={self.strategy!r}) or with_task_weighting(model, {self.strategy!r})."
             )
         names = weighting.task_names
         for given, what in ((self.task_names, "tasks"), (self.counts, "counts"), (self.static_weights, "weights")):

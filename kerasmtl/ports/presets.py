@@ -46,6 +46,7 @@ from keras import layers
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.data.celeba import CELEBA_ATTRIBUTES, LANDMARK_COLUMNS, LANDMARK_FLIP_PAIRS
 from kerasmtl.layers import ImagePreprocessing
+from kerasmtl.model import MultiTaskModel
 from kerasmtl.ports.layers import TakeColumns
 from kerasmtl.ports.torchvision import vgg16_classifier, vgg16_features
 from kerasmtl.tasks import Task
@@ -148,12 +149,6 @@ def get_port_spec(name: str) -> PortSpec:
     return _PORTS[name]
 
 
-def default_key_map(model_name: str) -> tuple[tuple[str, str], ...]:
-    """The torch key renames of the preset named ``model_name`` (none for other models)."""
-    spec = _PORTS.get(model_name)
-    return spec.torch_key_map if spec else ()
-
-
 def create(
     name: str, input_shape=None, weights=None, backbone_weights=None, **options
 ) -> keras.Model:
@@ -163,30 +158,31 @@ def create(
         name: a registered preset (see `list_ports`).
         input_shape: ``(H, W, C)`` of raw images; None uses the preset's.
         weights: None, a ``.weights.h5`` file of this Keras model, or a PyTorch checkpoint
-            of the source model (its own module names), loaded strictly.
+            (or ``state_dict``) of the source model (its own module names), loaded strictly.
         backbone_weights: a torchvision ImageNet checkpoint (complete classifier) whose
             backbone keys are loaded, except ``spec.backbone_skip``.
         **options: preset-specific builder options (e.g. ``hidden=128``).
 
     Returns:
-        A functional `keras.Model` named ``name`` with dict outputs keyed by task name.
+        A `kerasmtl.MultiTaskModel` named ``name`` with dict outputs keyed by task name,
+        carrying the preset's tasks.
     """
     from kerasmtl.ports.torch_weights import load_torch_weights
 
     spec = get_port_spec(name)
     shape = tuple(int(d) for d in (input_shape or spec.input_shape))
     model = spec.build(spec, shape, **options)
+    if not isinstance(model, MultiTaskModel):
+        model = MultiTaskModel(model.input, model.output, name=spec.name, tasks=spec.tasks)
     if backbone_weights is not None:
-        result = load_torch_weights(
-            model, backbone_weights, strict=False, key_map=(), skip=spec.backbone_skip
-        )
+        result = load_torch_weights(model, backbone_weights, strict=False, skip=spec.backbone_skip)
         if result.unexpected_keys:
             raise ValueError(
                 f"backbone_weights holds keys that port {name!r} has no layer for (another "
                 f"architecture?): {list(result.unexpected_keys)[:10]}"
             )
     if weights is not None:
-        if str(weights).endswith(".weights.h5"):
+        if not isinstance(weights, Mapping) and str(weights).endswith(".weights.h5"):
             model.load_weights(weights)
         else:
             load_torch_weights(model, weights, strict=True, key_map=spec.torch_key_map)
