@@ -29,8 +29,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kerasmtl import ModelBuilder, Task  # noqa: E402
-from kerasmtl import with_task_weighting  # noqa: E402
+from kerasmtl import (  # noqa: E402
+    ModelBuilder,
+    Task,
+    with_task_weighting,  # noqa: E402
+)
 from kerasmtl.callbacks import DynamicTaskWeights, OneCycle, label_counts  # noqa: E402
 from kerasmtl.training import compile_model  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Train a multi-output person-attributes model.
+"""Train a multi-output person-attributes model (``kerasmtl train`` with its defaults).
 
     python experiments/train_person.py                 # the bundled synthetic sample
     python experiments/train_person.py --data DIR      # a real hvc folder
@@ -7,13 +7,9 @@
 See `python experiments/train_person.py --help` for every flag.
 """
 
-import os
 import sys
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from kerasmtl.experiment import main  # noqa: E402
+from kerasmtl_cli import train
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(train(prog="train_person.py"))

@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from kerasmtl.callbacks.checkpoint import save_model_atomic
+from kerasmtl import runs
 from kerasmtl.cli import add_worker_arguments, parse_config, worker_options
 from kerasmtl.data.celeba import ALIGNED_SIZE, LANDMARK_COLUMNS, load_celeba, split_partitions
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.tables import encode_targets
 from kerasmtl.data.validate import default_cache_path, problems_csv, validate_table
-from kerasmtl.evaluate import evaluate_model, predict_outputs, regression_report
+from kerasmtl.evaluation.metrics import evaluate_model, predict_outputs, regression_report
 from kerasmtl.experiment import PreparedData, run_with_exit_codes
 from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.ports import create, get_port_spec, list_ports
@@ -210,7 +210,8 @@ def dst_weighting(config: CelebaConfig, spec: PortSpec, model: keras.Model, data
         NotImplementedError: this installation has no ``DynamicTaskWeights``.
     """
     try:
-        from kerasmtl.callbacks import DynamicTaskWeights, with_task_weighting
+        from kerasmtl.callbacks import DynamicTaskWeights
+        from kerasmtl.model import with_task_weighting
     except ImportError:
         raise NotImplementedError(
             f"Preset {spec.name!r} trains with dynamic task scheduling (DST), which needs "
@@ -326,11 +327,13 @@ def finish_celeba_run(run: RunFolder, data: PreparedData, model: keras.Model) ->
     Returns:
         The summary.
     """
-    save_model_atomic(model, run.file("model.keras"))
-    history = pd.read_csv(run.file("history.csv"))
-    plot_history(history, run.file("training_curves.png"), [t.name for t in data.tasks])
+    run.save_model(model)
+    history = pd.read_csv(run.file(runs.HISTORY))
+    with run.target(runs.TRAINING_CURVES) as path:
+        plot_history(history, path, [t.name for t in data.tasks])
     if any(c.startswith("loss_weight/") for c in history.columns):
-        plot_loss_weights(history, run.file("loss_weights.png"))
+        with run.target(runs.LOSS_WEIGHTS) as path:
+            plot_loss_weights(history, path)
     outputs = predict_outputs(model, data.test_data)
     targets = encode_targets(data.test, data.tasks)
     train_targets = encode_targets(data.train, data.tasks)
@@ -338,7 +341,7 @@ def finish_celeba_run(run: RunFolder, data: PreparedData, model: keras.Model) ->
         model, data.test_data, targets, data.tasks, train_targets, outputs=outputs, nme_scale=ALIGNED_SIZE
     )
     summary = celeba_summary(data.tasks, targets, outputs)
-    run.write_json("metrics.json", {"test": reports, "summary": summary})
+    run.write_json(runs.METRICS, {"test": reports, "summary": summary})
     print(format_summary(summary))
     print(f"Run folder: {run.path}")
     return summary
@@ -368,27 +371,33 @@ def run_celeba_training(config: CelebaConfig) -> RunFolder:
     shape = input_shape(config, spec)
     weighting = resolve_task_weighting(config, spec)
     keras.utils.set_random_seed(config.seed)
-    run_dir = Path(config.out or default_run_dir(config))
-    session = ResumableRun(run_dir, config_fingerprint(config), restart=config.restart)
-    if session.complete:
-        print(session.complete_message())
-        return RunFolder(run_dir)
-    data = prepare_celeba_data(config, spec.tasks, shape)
-    learning_rate = config.lr if config.lr is not None else spec.learning_rate
     epochs = config.epochs or spec.epochs or 1
+    with RunFolder.open(config.out or default_run_dir(config), restart=config.restart) as run:
+        session = ResumableRun(run, config_fingerprint(config), epochs=epochs)
+        data = prepare_celeba_data(config, spec.tasks, shape)
+        session.check_data(data_digest(data.train["path"], data.val["path"], data.test["path"]))
+        if session.complete:
+            print(session.complete_message())
+            return run
+        return _train_celeba(config, spec, run, session, data, shape, weighting, epochs)
+
+
+def _train_celeba(config: CelebaConfig, spec: PortSpec, run: RunFolder, session: ResumableRun, data: PreparedData,
+                  shape: Sequence[int], weighting: str, epochs: int) -> RunFolder:
+    """The body of `run_celeba_training`, with the run folder open and locked."""
+    learning_rate = config.lr if config.lr is not None else spec.learning_rate
     model = create(config.model, input_shape=shape, weights=config.weights, backbone_weights=config.backbone_weights)
     loss_weights, callbacks = spec.loss_weights, []
     if weighting == "dst":  # the callback goes first, so CSVLogger records the weights it logs
         model, callback = dst_weighting(config, spec, model, data)
         loss_weights, callbacks = None, [callback]
-    run = RunFolder(run_dir)
     if config.skip_bad:
-        run.write_text("skipped.csv", problems_csv(data.skipped))
-        print(f"{len(data.skipped)} bad row(s) left out; listed in {run.file('skipped.csv')}")
+        run.write_text(runs.SKIPPED, problems_csv(data.skipped))
+        print(f"{len(data.skipped)} bad row(s) left out; listed in {run.file(runs.SKIPPED)}")
     resolved = {"resolved_data": data.source, "input_shape": list(shape), "resolved_task_weighting": weighting,
                 "resolved_learning_rate": learning_rate, "resolved_epochs": epochs, "optimizer": spec.optimizer}
-    run.write_yaml("config.yaml", config.to_dict() | resolved)
-    run.write_json("tasks.json", [t.to_dict() for t in data.tasks])
+    run.write_yaml(runs.CONFIG, config.to_dict() | resolved)
+    run.write_json(runs.TASKS, [t.to_dict() for t in data.tasks])
     optimizer = dataclasses.replace(spec, learning_rate=learning_rate).make_optimizer()
     compile_model(model, data.tasks, optimizer, loss_weights=loss_weights)
     callbacks += [session.history_logger(), *preset_callbacks(spec, data)]
@@ -397,11 +406,10 @@ def run_celeba_training(config: CelebaConfig) -> RunFolder:
         datasets=[data.train_data],
         callbacks=callbacks,
         monitor="val_loss" if data.val_data is not None else "loss",
-        dataset_digest=data_digest(data.train["path"], data.val["path"], data.test["path"]),
     )
     if initial_epoch:
         print(f"Resuming {run.path} after epoch {initial_epoch} of {epochs}")
-    if initial_epoch < epochs and not session.trained:
+    if not session.trained:
         model.fit(
             data.train_data,
             validation_data=data.val_data,
@@ -451,9 +459,9 @@ def run_comparison(config: CelebaConfig) -> pd.DataFrame:
     for name in COMPARISON_MODELS:
         print(f"== {name}")
         run = run_celeba_training(dataclasses.replace(config, model=name, out=str(out / name)))
-        summaries[name] = run.read_json("metrics.json")["summary"]
+        summaries[name] = run.read_json(runs.METRICS)["summary"]
     table = comparison_table(summaries)
-    RunFolder(out).write_text("comparison.csv", table.to_csv(float_format="%.6g"))
+    RunFolder(out).write_text(runs.COMPARISON, table.to_csv(float_format="%.6g"))
     return table
 
 

@@ -16,8 +16,7 @@ import yaml
 
 from kerasmtl.callbacks.task_weights import DST_COUNTS, STRATEGIES
 from kerasmtl.data.augment import list_pipelines
-from kerasmtl.distribute import MIXED_PRECISION
-from kerasmtl.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
+from kerasmtl.distribute import DISTRIBUTION_STRATEGIES, MIXED_PRECISION
 from kerasmtl.heads import HEADS
 from kerasmtl.towers import list_towers
 from kerasmtl.training import OPTIMIZERS

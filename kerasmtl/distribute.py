@@ -30,7 +30,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-STRATEGIES = ("none", "mirrored", "multiworker")
+DISTRIBUTION_STRATEGIES = ("none", "mirrored", "multiworker")
 MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 COMMUNICATIONS = {
     "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
@@ -233,8 +233,8 @@ def make_strategy(
     Raises:
         ValueError: an unknown name or communication, or a malformed ``TF_CONFIG``.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={name!r}")
+    if name not in DISTRIBUTION_STRATEGIES:
+        raise ValueError(f"strategy must be one of {DISTRIBUTION_STRATEGIES}. Received: strategy={name!r}")
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -254,15 +254,6 @@ def make_strategy(
         options = tf.distribute.experimental.CommunicationOptions(implementation=COMMUNICATIONS[communication])
         _MULTIWORKER["strategy"] = MultiWorkerMirroredStrategy(communication_options=options)
     return _MULTIWORKER["strategy"]
-
-
-def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    """The `STRATEGIES` name of a strategy object (``"none"`` for the default one)."""
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return "multiworker"
-    if isinstance(strategy, tf.distribute.MirroredStrategy):
-        return "mirrored"
-    return "none"
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
@@ -295,45 +286,6 @@ def worker_path(path: str | os.PathLike, strategy: tf.distribute.Strategy | None
     if is_chief(strategy):
         return Path(path)
     return Path(path) / "workers" / f"worker-{cluster_info().worker_id}"
-
-
-def backup_and_restore(backup_dir: str | os.PathLike, **kwargs) -> keras.callbacks.BackupAndRestore:
-    """Keras's ``BackupAndRestore`` with a folder per worker.
-
-    Every worker holds the same weights after each (synchronous) epoch, so each backs up
-    its own copy under ``backup_dir/worker-<id>``; no shared file system is needed, and a
-    restarted cluster resumes from the last completed epoch. Restart all workers together.
-
-    Args:
-        backup_dir: the backup folder of the run.
-        **kwargs: passed to ``keras.callbacks.BackupAndRestore`` (``save_freq``, ...).
-
-    Returns:
-        The callback.
-    """
-    path = os.path.join(os.fspath(backup_dir), f"worker-{cluster_info().worker_id}")
-    return keras.callbacks.BackupAndRestore(path, **kwargs)
-
-
-def backup_epoch(backup: keras.callbacks.BackupAndRestore | str | os.PathLike) -> int:
-    """The epoch a ``BackupAndRestore`` backup will resume ``fit`` at (0 without backup).
-
-    ``fit`` learns it only in ``on_train_begin``; an input pipeline whose order depends on
-    the epoch (`kerasmtl.data.tfdata`, ``MultiOutputGenerator.set_epoch``) needs it before,
-    so that a resumed run sees the batches an uninterrupted one would.
-
-    Args:
-        backup: the callback, or its ``backup_dir``.
-
-    Returns:
-        The number of completed epochs recorded in the backup.
-    """
-    folder = backup.backup_dir if isinstance(backup, keras.callbacks.BackupAndRestore) else os.fspath(backup)
-    path = os.path.join(folder, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path, encoding="utf-8") as handle:
-        return int(json.load(handle).get("epoch", 0))
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -377,12 +329,10 @@ def mixed_precision(mode: str):
 
 __all__ = [
     "COMMUNICATIONS",
+    "DISTRIBUTION_STRATEGIES",
     "MIXED_PRECISION",
-    "STRATEGIES",
     "ClusterInfo",
     "MultiWorkerMirroredStrategy",
-    "backup_and_restore",
-    "backup_epoch",
     "cluster_info",
     "default_devices",
     "is_chief",
@@ -392,7 +342,6 @@ __all__ = [
     "policy_name",
     "set_mixed_precision",
     "split_cpu",
-    "strategy_name",
     "tf_config",
     "worker_path",
 ]

@@ -16,11 +16,12 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from kerasmtl import distribute
+from kerasmtl import distribute, runs
+from kerasmtl.atomic import DiskFullError
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
-from kerasmtl.callbacks.checkpoint import NonFiniteLossError, ResumeError, save_model_atomic
-from kerasmtl.callbacks.task_weights import DynamicTaskWeights, with_task_weighting
+from kerasmtl.callbacks.non_finite import NonFiniteLossError
+from kerasmtl.callbacks.task_weights import DynamicTaskWeights
 from kerasmtl.cli import INPUTS, TrainConfig, build_parser, parse_config, worker_options
 from kerasmtl.data import tfdata
 from kerasmtl.data.augment import save_pipeline
@@ -30,10 +31,11 @@ from kerasmtl.data.person import ANNOTATIONS, scan_hvc
 from kerasmtl.data.sample import ensure_sample
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.data.validate import Problem, default_cache_path, problems_csv, validate_table
-from kerasmtl.evaluate import evaluate_and_report
+from kerasmtl.evaluation.report import evaluate_and_report
+from kerasmtl.model import with_task_weighting
 from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.resume import ResumableRun, config_fingerprint, data_digest
-from kerasmtl.runs import RunFolder
+from kerasmtl.runs import RunFolder, RunFolderError
 from kerasmtl.tasks import Task
 from kerasmtl.towers import get_tower_spec
 from kerasmtl.training import compile_model, make_optimizer
@@ -177,7 +179,7 @@ def build_callbacks(config: TrainConfig, run: RunFolder, data: PreparedData, mod
     if config.tensorboard:
         callbacks.append(tensorboard_callback(run))
     # appends: a resumed run trims the rows after its last checkpoint (kerasmtl.resume)
-    return callbacks + [keras.callbacks.CSVLogger(str(run.file("history.csv")), append=True)]
+    return callbacks + [keras.callbacks.CSVLogger(str(run.output(runs.HISTORY)), append=True)]
 
 
 def tensorboard_callback(run: RunFolder) -> keras.callbacks.TensorBoard:
@@ -190,7 +192,7 @@ def tensorboard_callback(run: RunFolder) -> keras.callbacks.TensorBoard:
 
     if importlib.util.find_spec("tensorboard") is None:
         raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install tensorboard")
-    return keras.callbacks.TensorBoard(log_dir=str(run.file("tensorboard")))
+    return keras.callbacks.TensorBoard(log_dir=str(run.output(runs.TENSORBOARD)))
 
 
 def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: keras.Model) -> dict:
@@ -199,9 +201,13 @@ def finish_run(config: TrainConfig, run: RunFolder, data: PreparedData, model: k
     Returns:
         ``{task name: report}`` for the test split.
     """
-    save_model_atomic(model, run.file("model.keras"))
-    plot_history(pd.read_csv(run.file("history.csv")), run.file("training_curves.png"), [t.name for t in data.tasks])
-    plot_loss_weights(pd.read_csv(run.file("history.csv")), run.file("loss_weights.png"))
+    run.save_model(model)
+    history = pd.read_csv(run.file(runs.HISTORY))
+    with run.target(runs.TRAINING_CURVES) as path:
+        plot_history(history, path, [t.name for t in data.tasks])
+    with run.target(runs.LOSS_WEIGHTS) as path:
+        plot_loss_weights(history, path)
+    run.record(*runs.EVALUATION_FIGURES.values())  # written by evaluate_and_report
     test_targets = encode_targets(data.test, data.tasks)
     train_targets = encode_targets(data.train, data.tasks)
     dataset = pd.concat([data.train, data.val, data.test], ignore_index=True)
@@ -232,8 +238,10 @@ def find_learning_rate(
     compile_model(model, data.tasks, make_optimizer(config.optimizer, config.lr))
     result = lr_range_test(model, data.train_data, **test_kwargs)
     data.train_data.set_epoch(0)
-    result.to_csv(run.file("lr_find.csv"))
-    result.plot(run.file("lr_find.png"))
+    with run.target(runs.LR_FIND_CSV) as path:
+        result.to_csv(path)
+    with run.target(runs.LR_FIND_PLOT) as path:
+        result.plot(path)
     suggestions = ", ".join(f"{rule} {lr:.3g}" for rule, lr in result.suggestions.items())
     print(f"LR range test: {len(result.lrs)} steps ({result.stop_reason}); suggestions: {suggestions}")
     return result
@@ -317,19 +325,26 @@ def _train(config: TrainConfig, strategy) -> RunFolder:
     """The body of `run_training`, run inside ``strategy.scope()``; returns the run folder."""
     keras.utils.set_random_seed(config.seed)
     run_dir = distribute.worker_path(config.out or default_run_dir(config), strategy)
-    session = ResumableRun(run_dir, config_fingerprint(config), restart=config.restart)
+    with RunFolder.open(run_dir, restart=config.restart) as run:
+        return _train_in(run, config, strategy)
+
+
+def _train_in(run: RunFolder, config: TrainConfig, strategy) -> RunFolder:
+    """The body of `_train`, with the run folder open and locked."""
+    session = ResumableRun(run, config_fingerprint(config), epochs=config.epochs)
+    data = prepare_data(config)
+    session.check_data(data_digest(data.train["path"], data.val["path"], data.test["path"]))
     if session.complete:
         print(session.complete_message())
-        return RunFolder(run_dir)
-    data = prepare_data(config)
-    run = RunFolder(run_dir)
+        return run
     if config.skip_bad:
-        run.write_text("skipped.csv", problems_csv(data.skipped))
-        print(f"{len(data.skipped)} bad row(s) left out; listed in {run.file('skipped.csv')}")
-    run.write_yaml("config.yaml", config.to_dict() | {"resolved_data": data.source})
-    run.write_json("tasks.json", [t.to_dict() for t in data.tasks])
+        run.write_text(runs.SKIPPED, problems_csv(data.skipped))
+        print(f"{len(data.skipped)} bad row(s) left out; listed in {run.file(runs.SKIPPED)}")
+    run.write_yaml(runs.CONFIG, config.to_dict() | {"resolved_data": data.source})
+    run.write_json(runs.TASKS, [t.to_dict() for t in data.tasks])
     if data.train_data.augment is not None:
-        save_pipeline(data.train_data.augment, run.file("augmentation.yaml"))
+        with run.target(runs.AUGMENTATION) as path:
+            save_pipeline(data.train_data.augment, path)
     model = with_task_weighting(model_builder(config, data.tasks).build(), config.task_weighting)
     if config.lr_find:  # a resumed run keeps the rate its range test chose
         lr = session.saved_extra.get("lr")
@@ -342,11 +357,10 @@ def _train(config: TrainConfig, strategy) -> RunFolder:
         callbacks=callbacks,
         monitor="val_loss" if data.val_data is not None else "loss",
         extra={"lr": config.lr},
-        dataset_digest=data_digest(data.train["path"], data.val["path"], data.test["path"]),
     )
     if initial_epoch:
         print(f"Resuming {run.path} after epoch {initial_epoch} of {config.epochs}")
-    if initial_epoch < config.epochs and not session.trained:
+    if not session.trained:
         train_input, fit_kwargs = training_input(config, data, strategy, initial_epoch)
         model.fit(
             train_input,
@@ -364,13 +378,14 @@ def _train(config: TrainConfig, strategy) -> RunFolder:
 
 
 def run_with_exit_codes(work, *args) -> int:
-    """Runs ``work(*args)`` for a script: bad data or settings exit 2, a diverged run 3.
+    """Runs ``work(*args)`` for a script: bad data or settings, a run folder that cannot be
+    used (`RunFolderError`, `ResumeError`) or a full disk exit 2, a diverged run 3.
 
     The error is printed as one line on stderr, without a traceback.
     """
     try:
         work(*args)
-    except (DataError, FileNotFoundError, NotImplementedError, ResumeError) as error:
+    except (DataError, FileNotFoundError, NotImplementedError, RunFolderError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:

@@ -17,10 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kerasmtl.data.celeba import LANDMARK_FLIP_PAIRS, LANDMARK_POINTS
 from kerasmtl.tasks import Task
-
-CELEBA_LANDMARKS = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
-CELEBA_FLIP_PAIRS = ((0, 1), (3, 4))
 
 
 def point_names(task: Task) -> list[str] | None:
@@ -70,7 +68,7 @@ def reference_points(task: Task, points: Sequence[int | str] | None = None) -> t
         if names is None:
             return None
         lowered = [n.lower() for n in names]
-        if lowered == list(CELEBA_LANDMARKS) or (task.units == 10 and task.flip_pairs == CELEBA_FLIP_PAIRS):
+        if lowered == list(LANDMARK_POINTS) or (task.units == 10 and task.flip_pairs == LANDMARK_FLIP_PAIRS):
             return (0, 1)
         return None
     if names is None and task.kind == "regression" and task.units % 2 == 0:

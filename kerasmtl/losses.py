@@ -12,8 +12,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-MISSING = -1.0
-_EPSILON = 1e-7
+#: The target of an absent class label (`kerasmtl.tasks` encodes it).
+MISSING_CLASS = -1
 
 
 def presence_mask(y_true, kind: str):
@@ -36,7 +36,7 @@ def presence_mask(y_true, kind: str):
     y = ops.cast(y_true, "float32")
     if len(y.shape) > 1:
         y = ops.reshape(y, (ops.shape(y)[0], -1))[:, 0]
-    return ops.cast(ops.not_equal(y, MISSING), "float32")
+    return ops.cast(ops.not_equal(y, MISSING_CLASS), "float32")
 
 
 def _global_present(present):
@@ -89,7 +89,7 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         mask = presence_mask(y_true, "binary")
         y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), ops.shape(y_pred))
-        y_true = ops.where(ops.equal(y_true, MISSING), ops.zeros_like(y_true), y_true)
+        y_true = ops.where(ops.equal(y_true, MISSING_CLASS), ops.zeros_like(y_true), y_true)
         per_value = keras.losses.binary_crossentropy(
             y_true[..., None], y_pred[..., None], from_logits=self.from_logits
         )

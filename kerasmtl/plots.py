@@ -129,7 +129,7 @@ def plot_accuracy_vs_baseline(
     otherwise, labelled with the accuracy and the difference; a black tick marks macro F1.
 
     Args:
-        reports: ``{output: report}`` from `kerasmtl.evaluate.task_report`.
+        reports: ``{output: report}`` from `kerasmtl.evaluation.metrics.task_report`.
         path: PNG file to write.
         tasks: restricts and orders the outputs; default every classification report.
         figsize: inches; default ``(7, 1 + 0.55 * outputs)``.

@@ -49,6 +49,8 @@ def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[l
         DataError: no images, a missing column, or listed files that do not exist.
     """
     source = Path(source)
+    if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+        return [source.name], [str(source.resolve())]
     if source.is_dir():
         files = sorted((p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
         if not files:
@@ -69,6 +71,30 @@ def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[l
     if problems:
         raise DataError(f"{source}: {len(problems)} listed image(s) not found (row = CSV line number)", problems)
     return listed, absolute
+
+
+def usable_images(listed: list[str], absolute: list[str]) -> tuple[list[str], list[str]]:
+    """The images that decode to their end (as training requires); the others are listed
+    on stderr and left out, so a truncated JPEG is not scored as a grey picture.
+
+    Raises:
+        DataError: no usable image is left.
+    """
+    import sys
+
+    from kerasmtl.data.validate import check_image
+
+    keep_listed, keep_absolute = [], []
+    for shown, path in zip(listed, absolute):
+        reason = check_image(path)
+        if reason is None:
+            keep_listed.append(shown)
+            keep_absolute.append(path)
+        else:
+            print(f"skipped: {shown}: {reason}", file=sys.stderr)
+    if not keep_absolute:
+        raise DataError(f"none of the {len(absolute)} image(s) can be read; nothing to predict.")
+    return keep_listed, keep_absolute
 
 
 def probabilities(task: Task, outputs: np.ndarray) -> np.ndarray:
@@ -165,14 +191,14 @@ def predict(
         The prediction table.
     """
     from kerasmtl.data.generator import MultiOutputGenerator
-    from kerasmtl.evaluate import predict_outputs
+    from kerasmtl.evaluation.metrics import predict_outputs
     from kerasmtl.saved import load_model, resolve_tasks
 
     origin = None if isinstance(model, keras.Model) else Path(model)
     if origin is not None:
         model = load_model(origin)
     tasks = resolve_tasks(model, tasks, origin)
-    listed, absolute = list_images(source, column)
+    listed, absolute = usable_images(*list_images(source, column))
     height, width, channels = model.input_shape[1:4]
     if height is None or width is None:
         raise ValueError(f"The model's input size must be fixed to read images for it. Received: input_shape={model.input_shape}")
@@ -185,30 +211,8 @@ def predict(
     return table
 
 
-def build_parser():
-    """The arguments of ``experiments/predict.py``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Predict every output for a folder of images (or a CSV listing them) into a CSV.")
-    parser.add_argument("model", help="a run folder or a .keras file")
-    parser.add_argument("images", help="a folder of images (searched recursively) or a CSV with an image path column")
-    parser.add_argument("--out", default="predictions.csv", help="CSV file to write (default predictions.csv)")
-    parser.add_argument("--tasks", help="tasks file (JSON/YAML list of tasks); default: the run folder's tasks.json")
-    parser.add_argument("--column", help="path column of a CSV input (default: path, image_path, filename, image_id, image or the first)")
-    parser.add_argument("--all-probabilities", action="store_true", help="add a probability column per class")
-    parser.add_argument("--batch-size", type=int, default=32)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``experiments/predict.py``."""
-    import sys
-
-    args = build_parser().parse_args(argv)
-    try:
-        table = predict(args.model, args.images, args.out, args.tasks, args.batch_size, args.all_probabilities, args.column)
-    except (DataError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def predict_command(args) -> pd.DataFrame:
+    """``kerasmtl predict``: writes the prediction CSV and says how many images it holds."""
+    table = predict(args.model, args.images, args.out, args.tasks, args.batch_size, args.all_probabilities, args.column)
     print(f"{len(table)} images -> {args.out}")
-    return 0
+    return table

@@ -3,63 +3,48 @@
 A run folder is deterministic for a command (``runs/<dataset>-<base>-seed<seed>`` or
 ``--out``), so rerunning a command after the process was killed finds the state the
 killed run left in ``<run>/resume/`` and continues from its last completed epoch, with
-``history.csv`` holding every epoch once. A finished run is not trained again: the
-workflow says so and exits (``--restart`` starts it over). A folder whose state was
-saved with other settings is refused, naming the settings that differ.
+``history.csv`` holding every epoch once. A finished run is not trained again, unless
+the rerun asks for more epochs: it then continues from where it ended. A folder whose
+state was saved with other settings or other data is refused, naming what differs.
 
 Usage in a workflow::
 
-    session = ResumableRun(run.path, config_fingerprint(config), restart=config.restart)
-    if session.complete:
-        print(session.complete_message()); return
-    model = ...; compile_model(model, ...)
-    callbacks = [*own_callbacks, session.history_logger()]
-    initial_epoch = session.restore(model, datasets=[train_data], callbacks=callbacks, monitor="val_loss")
-    if initial_epoch < n and not session.trained:
-        model.fit(train_data, epochs=n, initial_epoch=initial_epoch, callbacks=callbacks + session.callbacks)
-    session.raise_if_diverged()         # NonFiniteLossError after a NaN / inf loss
-    ... save the model (save_model_atomic), evaluate ...
-    session.mark_complete()
+    with RunFolder.open(out, restart=config.restart) as run:       # refuses others' folders, locks
+        session = ResumableRun(run, config_fingerprint(config), epochs=n)   # other settings: ResumeError
+        data = ...
+        session.check_data(data_digest(train_paths, val_paths, test_paths))  # other data: ResumeError
+        if session.complete:
+            print(session.complete_message()); return
+        model = ...; compile_model(model, ...)
+        callbacks = [*own_callbacks, session.history_logger()]
+        initial_epoch = session.restore(model, datasets=[train_data], callbacks=callbacks, monitor="val_loss")
+        if not session.trained:
+            model.fit(train_data, epochs=n, initial_epoch=initial_epoch, callbacks=callbacks + session.callbacks)
+        session.raise_if_diverged()         # NonFiniteLossError after a NaN / inf loss
+        run.save_model(model); ... evaluate ...
+        session.mark_complete()
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import keras
 
-from kerasmtl.callbacks.checkpoint import (
-    BestModelCheckpoint,
-    NonFiniteLossError,
-    ResumeCheckpoint,
-    ResumeError,
-    StopOnNonFiniteLoss,
-    fingerprint_differences,
-    read_state,
-)
+from kerasmtl.callbacks.best_model import BestModelCheckpoint
+from kerasmtl.callbacks.checkpoint import ResumeCheckpoint
+from kerasmtl.callbacks.non_finite import NonFiniteLossError, StopOnNonFiniteLoss
+from kerasmtl.checkpointing.state import ResumeError, check_fingerprint, read_state
+from kerasmtl.runs import BEST_MODEL, HISTORY, RESUME, RunFolder
 
 #: The fingerprint entry holding `data_digest` (checked once the data is loaded).
 DATA_KEY = "dataset_digest"
 
-#: Config fields that do not change what is trained (a rerun may change them).
-IGNORED_FIELDS = ("verbose", "workers", "worker_processes", "out", "restart")
-
-#: Files of a run that ``--restart`` removes, besides ``resume/``.
-RUN_OUTPUTS = (
-    "history.csv",
-    "best.keras",
-    "model.keras",
-    "metrics.json",
-    "skipped.csv",
-    "training_curves.png",
-    "lr_find.csv",
-    "lr_find.png",
-)
+#: Config fields that do not change what a run is: a rerun may change them (``epochs``:
+#: a finished run continues when asked for more).
+IGNORED_FIELDS = ("verbose", "workers", "worker_processes", "out", "restart", "epochs")
 
 __all__ = [
     "DATA_KEY",
@@ -92,10 +77,10 @@ class ResumableRun:
     """The resume state of one run folder.
 
     Args:
-        run_dir: the run folder.
+        run: the run folder, opened with `RunFolder.open` (locked).
         fingerprint: the run's identity (`config_fingerprint`); a saved state with another
             fingerprint raises `ResumeError` here, before any data is read.
-        restart: remove the resume state and the run's outputs (`RUN_OUTPUTS`) first.
+        epochs: the epochs this run trains to.
 
     Attributes:
         state: the saved state (None when there is none).
@@ -104,33 +89,33 @@ class ResumableRun:
             `ResumeCheckpoint`.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, fingerprint: Mapping, restart: bool = False):
-        self.run_dir = Path(run_dir)
-        self.directory = self.run_dir / "resume"
+    def __init__(self, run: RunFolder, fingerprint: Mapping, epochs: int):
+        self.run = run
+        self.epochs = int(epochs)
         self.fingerprint = dict(fingerprint)
-        if restart:
-            self.clear()
-        self.state = read_state(self.directory)
+        self.state = read_state(run.file(RESUME))
         if self.state is not None:
             saved = {k: v for k, v in self.state.get("fingerprint", {}).items() if k != DATA_KEY}
-            current = {k: v for k, v in self.fingerprint.items() if k != DATA_KEY}
-            differences = fingerprint_differences(saved, current)
-            if differences:
-                raise ResumeError(
-                    f"{self.run_dir} holds a run started with other settings:\n  "
-                    + "\n  ".join(differences)
-                    + "\nRerun with the same settings to continue it, pass --restart to start over, "
-                    "or choose another folder with --out."
-                )
+            check_fingerprint(saved, {k: v for k, v in self.fingerprint.items() if k != DATA_KEY}, run.path)
         self.callbacks: list = []
         self.stopper: StopOnNonFiniteLoss | None = None
         self.checkpoint: ResumeCheckpoint | None = None
 
+    def check_data(self, digest: str) -> None:
+        """Sets the `data_digest` of the splits; a state saved with other rows (e.g. rows
+        added to the annotations since) raises `ResumeError`, whether the run finished or not."""
+        self.fingerprint[DATA_KEY] = digest
+        if self.state is not None and DATA_KEY in self.state.get("fingerprint", {}):
+            check_fingerprint({DATA_KEY: self.state["fingerprint"][DATA_KEY]}, {DATA_KEY: digest}, self.run.path)
+
     # ----------------------------------------------------------------- status
+    def _reached(self, state_target: int) -> bool:
+        return self.epochs <= max(state_target, self.epochs_done)
+
     @property
     def complete(self) -> bool:
-        """True when the folder holds a finished run."""
-        return bool(self.state and self.state.get("complete"))
+        """True when the folder holds a finished run of at least `epochs` epochs."""
+        return bool(self.state and self.state.get("complete") and self._reached(int(self.state.get("target", 0))))
 
     @property
     def epochs_done(self) -> int:
@@ -138,9 +123,12 @@ class ResumableRun:
 
     @property
     def trained(self) -> bool:
-        """After `restore`: ``fit`` had finished (all epochs, or stopped early by a callback
-        such as ``EarlyStopping``) before the process ended; skip training."""
-        return bool(self.checkpoint is not None and self.checkpoint.trained)
+        """After `restore`: there is nothing to train. ``fit`` had finished (all epochs, or
+        stopped early by a callback such as ``EarlyStopping``) before the process ended
+        and this run asks for no more epochs, or the saved state is at `epochs` already."""
+        if self.checkpoint is None:
+            return False
+        return self.checkpoint.initial_epoch >= self.epochs or (self.checkpoint.trained and self._reached(self.checkpoint.target))
 
     @property
     def saved_extra(self) -> dict:
@@ -149,23 +137,15 @@ class ResumableRun:
 
     def complete_message(self) -> str:
         return (
-            f"{self.run_dir} holds a finished run ({self.epochs_done} epochs); nothing to do. "
-            "Pass --restart to train it again, or --out for a new folder."
+            f"{self.run.path} holds a finished run ({self.epochs_done} epochs); nothing to do. "
+            "Pass more --epochs to continue it, --restart to train it again, or --out for a new folder."
         )
 
-    def clear(self) -> None:
-        """Removes the resume state and the run's outputs."""
-        shutil.rmtree(self.directory, ignore_errors=True)
-        for name in RUN_OUTPUTS:
-            path = self.run_dir / name
-            if path.is_file():
-                path.unlink()
-        self.state = None
-
     # ---------------------------------------------------------------- training
-    def history_logger(self, name: str = "history.csv") -> keras.callbacks.CSVLogger:
-        """A ``CSVLogger`` that appends (`restore` trims the rows beyond the restored epoch)."""
-        return keras.callbacks.CSVLogger(str(self.run_dir / name), append=True)
+    def history_logger(self) -> keras.callbacks.CSVLogger:
+        """A ``CSVLogger`` on ``history.csv`` that appends (`restore` trims the rows beyond
+        the restored epoch)."""
+        return keras.callbacks.CSVLogger(str(self.run.output(HISTORY)), append=True)
 
     def restore(
         self,
@@ -174,8 +154,6 @@ class ResumableRun:
         callbacks: Iterable = (),
         monitor: str = "val_loss",
         extra: Mapping | None = None,
-        history: str = "history.csv",
-        dataset_digest: str | None = None,
     ) -> int:
         """Restores the saved state into ``model`` (compiled) and builds `callbacks`.
 
@@ -186,26 +164,21 @@ class ResumableRun:
                 ``set_state`` are saved and restored.
             monitor: what ``best.keras`` is chosen by (``"loss"`` without validation data).
             extra: JSON-able values to save with the state (see `saved_extra`).
-            history: the ``CSVLogger`` file in the run folder.
-            dataset_digest: `data_digest` of the splits; a state saved with other rows
-                (e.g. rows added to the annotations since) is refused.
 
         Returns:
             The epoch to continue from.
 
         Raises:
-            ResumeError: the state cannot be restored (e.g. another dataset).
+            ResumeError: the state cannot be restored (e.g. another model).
         """
-        if dataset_digest is not None:
-            self.fingerprint[DATA_KEY] = dataset_digest
         self.stopper = StopOnNonFiniteLoss()
-        best = BestModelCheckpoint(self.run_dir / "best.keras", monitor=monitor)
+        best = BestModelCheckpoint(self.run.output(BEST_MODEL), monitor=monitor)
         self.checkpoint = ResumeCheckpoint(
-            self.directory,
+            self.run.output(RESUME),
             fingerprint=self.fingerprint,
             datasets=datasets,
             stateful=[*callbacks, best],
-            history=self.run_dir / history,
+            history=self.run.output(HISTORY),
             extra=extra,
         )
         initial_epoch = self.checkpoint.restore(model)
@@ -218,7 +191,7 @@ class ResumableRun:
             self.stopper.raise_if_stopped()
 
     def mark_complete(self) -> None:
-        """Records that the run finished; a rerun of the command will not train again."""
+        """Records that the run finished; a rerun asking for no more epochs will not train."""
         if self.checkpoint is not None:
             self.checkpoint.mark_complete()
-        self.state = read_state(self.directory)
+        self.state = read_state(self.run.file(RESUME))

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from kerasmtl.losses import MISSING_CLASS  # one missing-label code for targets and losses
+
 KINDS = ("binary", "multiclass", "regression")
-MISSING_CLASS = -1
 
 
 def is_missing(value: Any) -> bool:

@@ -42,6 +42,16 @@ EPOCHS = 2
 INTERRUPTED = 3  # exit status of a worker stopped by --interrupt-at
 
 
+def backup_epoch(folder) -> int:
+    """The epoch Keras's ``BackupAndRestore`` in ``folder`` resumes ``fit`` at (0: none).
+
+    ``fit`` learns it only in ``on_train_begin``; the epoch-ordered input pipelines need it
+    before. Reads Keras's own ``training_metadata.json``.
+    """
+    path = Path(folder) / "training_metadata.json"
+    return int(json.loads(path.read_text(encoding="utf-8")).get("epoch", 0)) if path.is_file() else 0
+
+
 def make_data(folder, rows: int = ROWS, size: int = IMAGE_SIZE, seed: int = 0) -> Path:
     """PNG images plus ``targets.npz`` with missing labels spread unevenly over rows."""
     import cv2
@@ -169,10 +179,10 @@ def train(
             callbacks.append(DynamicTaskWeights(weighting))
         if one_cycle:
             callbacks.append(OneCycle(max_lr=0.05, total_steps=epochs * steps))
-        if backup is not None:
-            restore = distribute.backup_and_restore(backup)
-            initial_epoch = distribute.backup_epoch(restore)
-            callbacks.insert(0, restore)
+        if backup is not None:  # every worker backs up its own copy: no shared file system needed
+            folder = Path(backup) / f"worker-{distribute.cluster_info().worker_id}"
+            initial_epoch = backup_epoch(folder)
+            callbacks.insert(0, keras.callbacks.BackupAndRestore(str(folder)))
         if checkpoint_dir is not None:
             checkpoint = ResumeCheckpoint(checkpoint_dir, stateful=callbacks)
             initial_epoch = checkpoint.restore(model)

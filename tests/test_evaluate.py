@@ -11,19 +11,14 @@ from PIL import Image
 
 from kerasmtl import ModelBuilder, Task
 from kerasmtl.cli import TrainConfig
+from kerasmtl.data.celeba import LANDMARK_FLIP_PAIRS
 from kerasmtl.data.person import load_hvc
 from kerasmtl.data.tables import split_table
-from kerasmtl.evaluate import (
-    FIGURES,
-    evaluate,
-    evaluate_model,
-    format_table,
-    main,
-    report_markdown,
-    task_report,
-    write_report,
-)
-from kerasmtl.landmarks import CELEBA_FLIP_PAIRS, nme, point_names, reference_points
+from kerasmtl.evaluate import evaluate, main
+from kerasmtl.evaluation.figures import FIGURES
+from kerasmtl.evaluation.metrics import evaluate_model, task_report
+from kerasmtl.evaluation.report import format_table, report_markdown, write_report
+from kerasmtl.landmarks import nme, point_names, reference_points
 from kerasmtl.runs import RunFolder
 
 CELEBA_COLUMNS = [f"{p}_{a}" for p in ("lefteye", "righteye", "nose", "leftmouth", "rightmouth") for a in "xy"]
@@ -34,7 +29,7 @@ def test_point_names_and_default_reference_points():
     celeba = Task("landmarks", "regression", columns=CELEBA_COLUMNS)
     assert point_names(celeba) == ["lefteye", "righteye", "nose", "leftmouth", "rightmouth"]
     assert reference_points(celeba) == (0, 1)
-    flipped = Task("kp", "regression", columns=[f"c{i}" for i in range(10)], flip_pairs=CELEBA_FLIP_PAIRS)
+    flipped = Task("kp", "regression", columns=[f"c{i}" for i in range(10)], flip_pairs=LANDMARK_FLIP_PAIRS)
     assert reference_points(flipped) == (0, 1)
     plain = Task("kp", "regression", columns=[f"c{i}" for i in range(10)])
     assert point_names(plain) is None and reference_points(plain) is None

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from kerasmtl import Task
-from kerasmtl.evaluate import evaluate_model
+from kerasmtl.evaluation.metrics import evaluate_model
 from kerasmtl.plots import (
     DPI,
     label_correlation,

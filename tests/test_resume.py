@@ -12,19 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kerasmtl.callbacks.checkpoint import (
-    BestModelCheckpoint,
-    NonFiniteLossError,
-    ResumeCheckpoint,
-    ResumeError,
-    StopOnNonFiniteLoss,
-    atomic_target,
-    load_checkpoint,
-    read_state,
-    save_model_atomic,
-    truncate_history,
-)
+from kerasmtl.atomic import atomic_path, save_model
+from kerasmtl.callbacks import BestModelCheckpoint, NonFiniteLossError, ResumeCheckpoint, StopOnNonFiniteLoss
+from kerasmtl.checkpointing import ResumeError, load_checkpoint, read_state, truncate_history
 from kerasmtl.resume import ResumableRun, config_fingerprint
+from kerasmtl.runs import RunFolder
 
 
 # ------------------------------------------------------------------- helpers
@@ -122,7 +114,7 @@ def test_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     target = tmp_path / "state.json"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with atomic_target(target) as temporary:
+        with atomic_path(target) as temporary:
             temporary.write_text("half of the new")
             raise RuntimeError("killed while writing")
     assert target.read_text() == "old"
@@ -132,8 +124,8 @@ def test_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
 def test_model_saved_atomically_reloads_in_safe_mode(tmp_path):
     model = _model()
     _fit(model, ShuffledData(*_data()), 1, [])
-    path = save_model_atomic(model, tmp_path / "model.keras")
-    save_model_atomic(model, path)  # replaces an existing file
+    path = save_model(model, tmp_path / "model.keras")
+    save_model(model, path)  # replaces an existing file
     reloaded = load_checkpoint(path)
     for a, b in zip(model.get_weights(), reloaded.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -239,16 +231,65 @@ def test_state_saved_with_other_settings_is_refused(tmp_path):
     other = ResumeCheckpoint(tmp_path / "resume", fingerprint={"lr": 0.1, "epochs": 3})
     with pytest.raises(ResumeError, match=r"lr: 0\.01 -> 0\.1"):
         other.restore(_model())
-    with pytest.raises(ResumeError, match="--restart"):
-        ResumableRun(tmp_path, {"lr": 0.1, "epochs": 3})
-    assert ResumableRun(tmp_path, {"lr": 0.1, "epochs": 3}, restart=True).state is None
+
+    with RunFolder.open(tmp_path / "run") as run:
+        session = ResumableRun(run, {"lr": 0.01}, epochs=1)
+        session.restore(model, monitor="loss")
+        _fit(model, ShuffledData(x, y), 1, session.callbacks)
+    with RunFolder.open(tmp_path / "run") as run, pytest.raises(ResumeError, match=r"(?s)lr: 0\.01 -> 0\.1.*--restart"):
+        ResumableRun(run, {"lr": 0.1}, epochs=1)
+    with RunFolder.open(tmp_path / "run", restart=True) as run:
+        assert ResumableRun(run, {"lr": 0.1}, epochs=1).state is None
 
 
-def test_config_fingerprint_ignores_display_settings():
+def test_finished_run_continues_bit_for_bit_when_asked_for_more_epochs(tmp_path):
+    """A run of 2 epochs, finished, then rerun with 3: one more epoch, ending where an
+    uninterrupted 3-epoch run ends (the schedule here does not depend on the epochs)."""
+    x, y = _data()
+    straight = _model()
+    _fit(straight, ShuffledData(x, y), 3, [])
+
+    def session(epochs):
+        with RunFolder.open(tmp_path / "run") as run:
+            model, data = _model(), ShuffledData(x, y)
+            resumable = ResumableRun(run, {"lr": 0.01}, epochs=epochs)
+            resumable.check_data("digest-of-the-rows")
+            if resumable.complete:
+                return resumable, None
+            initial = resumable.restore(model, datasets=[data], monitor="loss")
+            if not resumable.trained:
+                _fit(model, data, epochs, [resumable.history_logger(), *resumable.callbacks], initial_epoch=initial)
+            resumable.mark_complete()
+            return resumable, model
+
+    first, _ = session(2)
+    state = read_state(tmp_path / "run" / "resume")
+    assert state["complete"] and state["epoch"] == 2 and state["target"] == 2
+    for epochs in (1, 2):  # the same or fewer epochs: finished
+        again, model = session(epochs)
+        assert model is None and again.complete
+        assert again.complete_message().startswith(f"{tmp_path / 'run'} holds a finished run (2 epochs); nothing to do.")
+    longer, model = session(3)
+    assert longer.checkpoint.initial_epoch == 2 and longer.checkpoint.saved_epochs == [2, 3, 3]  # epoch 3, then fit's end
+    assert int(model.optimizer.iterations) == int(straight.optimizer.iterations) == 15
+    for a, b in zip(model.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert pd.read_csv(tmp_path / "run" / "history.csv")["epoch"].tolist() == [0, 1, 2]
+    state = read_state(tmp_path / "run" / "resume")
+    assert state["complete"] and state["epoch"] == 3 and state["target"] == 3
+
+    with RunFolder.open(tmp_path / "run") as run:  # the finished run's rows changed: refused, not "nothing to do"
+        finished = ResumableRun(run, {"lr": 0.01}, epochs=3)
+        assert finished.complete
+        with pytest.raises(ResumeError, match=r"(?s)holds a run started with other settings.*dataset_digest: 'digest-of-the-rows' -> 'other'"):
+            finished.check_data("other")
+
+
+def test_config_fingerprint_ignores_display_settings_and_epochs():
     from kerasmtl.cli import TrainConfig
 
-    quiet = TrainConfig(verbose=0, workers=1, out="a")
-    loud = TrainConfig(verbose=2, workers=4, worker_processes=True, out="b")
+    quiet = TrainConfig(verbose=0, workers=1, out="a", epochs=2)
+    loud = TrainConfig(verbose=2, workers=4, worker_processes=True, out="b", epochs=30)
     assert config_fingerprint(quiet) == config_fingerprint(loud)
     assert config_fingerprint(TrainConfig(lr=0.1)) != config_fingerprint(TrainConfig(lr=0.2))
 
@@ -390,3 +431,29 @@ def test_finished_run_is_not_retrained_other_settings_are_refused_and_restart_cl
     # --restart discards the run before anything else (here the new data then fails to load)
     assert main(_args(tmp_path / "no-such-folder", out, "--epochs", "1", "--lr", "0.01", "--restart")) == 2
     assert not any((out / name).exists() for name in ("resume", "model.keras", "best.keras", "history.csv", "metrics.json"))
+
+
+def test_finished_run_continues_with_more_epochs_and_is_refused_when_its_data_changed(hvc_folder, tmp_path, capsys):
+    import shutil
+
+    from kerasmtl.experiment import main
+
+    data, out = tmp_path / "hvc", tmp_path / "run"
+    shutil.copytree(hvc_folder, data)
+    assert main(_args(data, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(_args(data, out, "--epochs", "2")) == 0
+    assert f"Resuming {out} after epoch 1 of 2" in capsys.readouterr().out
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1]
+    for epochs in ("2", "1"):
+        assert main(_args(data, out, "--epochs", epochs)) == 0
+        assert "holds a finished run (2 epochs); nothing to do" in capsys.readouterr().out
+
+    annotations = data / "hvc_annotations.csv"
+    lines = annotations.read_text().splitlines(keepends=True)
+    annotations.write_text("".join(lines[:-1]))  # one row fewer
+    model_time = (out / "model.keras").stat().st_mtime_ns
+    assert main(_args(data, out, "--epochs", "2")) == 2
+    err = capsys.readouterr().err
+    assert "holds a run started with other settings" in err and "dataset_digest: " in err and "--restart" in err
+    assert (out / "model.keras").stat().st_mtime_ns == model_time

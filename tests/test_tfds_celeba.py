@@ -9,10 +9,9 @@ from PIL import Image
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from kerasmtl.data import MultiOutputGenerator  # noqa: E402
-from kerasmtl.data.celeba import ALIGNED_SIZE, LANDMARK_COLUMNS, celeba_tasks  # noqa: E402
+from kerasmtl.data.celeba import LANDMARK_COLUMNS  # noqa: E402
 from kerasmtl.data.tfds_celeba import (  # noqa: E402
     load_tfds_celeba,
-    tfds_celeba_dataset,
     tfds_celeba_table,
     tfds_split,
 )
@@ -31,44 +30,9 @@ def raw_examples(partition="train"):
     return list(tfds.load("celeb_a", split=tfds_split(partition), shuffle_files=False).as_numpy_iterator())
 
 
-def test_dataset_yields_uint8_batches_and_task_targets(mock):
-    tasks = celeba_tasks(["Smiling", "Male"]) + celeba_tasks(["Eyeglasses"], landmarks=False, loss="mse")
-    batches = list(tfds_celeba_dataset("train", tasks, image_size=(48, 40), batch_size=3))
-    assert [b[0].shape[0] for b in batches] == [3, 3, 1]
-    images = np.concatenate([b[0].numpy() for b in batches])
-    targets = {k: np.concatenate([b[1][k].numpy() for b in batches]) for k in batches[0][1]}
-    assert images.shape == (N, 48, 40, 3) and images.dtype == np.uint8
-    assert set(targets) == {"Smiling", "Male", "landmarks", "Eyeglasses"}
-    examples = raw_examples()
-    for name in ("Smiling", "Male", "Eyeglasses"):
-        assert targets[name].shape == (N, 1) and targets[name].dtype == np.float32
-        np.testing.assert_array_equal(targets[name][:, 0], [float(e["attributes"][name]) for e in examples])
-    pixels = np.array([[e["landmarks"][c] for c in LANDMARK_COLUMNS] for e in examples], dtype=np.float64)
-    np.testing.assert_allclose(targets["landmarks"], pixels / np.tile(ALIGNED_SIZE, 5), rtol=1e-6)
-    # a resized image keeps the picture: its mean matches the mean of the original
-    original = examples[0]["image"]
-    assert original.shape == (218, 178, 3)
-    assert abs(images[0].mean() - original.mean()) < 3
-
-
-def test_dataset_grayscale_full_size_limit_and_shuffle(mock):
-    tasks = celeba_tasks(["Young"], landmarks=False)
-    gray = next(iter(tfds_celeba_dataset("val", tasks, channels=1, batch_size=N, limit=4)))
-    assert gray[0].shape == (4, 218, 178, 1)
-    shuffled = next(iter(tfds_celeba_dataset("train", celeba_tasks([], landmarks=True), batch_size=N, shuffle=True, seed=3)))[1]["landmarks"].numpy()
-    plain = next(iter(tfds_celeba_dataset("train", celeba_tasks([], landmarks=True), batch_size=N)))[1]["landmarks"].numpy()
-    # the same rows, in another order
-    np.testing.assert_allclose(np.sort(shuffled, axis=0), np.sort(plain, axis=0))
-    assert not np.allclose(shuffled, plain)
-
-
-def test_tasks_that_tfds_cannot_feed_are_refused(mock):
-    from kerasmtl.tasks import Task
-
+def test_unknown_attributes_and_partitions_are_refused(mock, tmp_path):
     with pytest.raises(ValueError, match="did you mean 'Smiling'"):
-        tfds_celeba_dataset("train", celeba_tasks(["smiling"], landmarks=False))
-    with pytest.raises(ValueError, match="no landmark for"):
-        tfds_celeba_dataset("train", [Task("pose", "regression", columns=("yaw",))])
+        tfds_celeba_table(tmp_path, attributes=["smiling"])
     with pytest.raises(ValueError, match="partition must be one of"):
         tfds_split("dev")
 

@@ -85,8 +85,7 @@ def _attributes(port):
 def test_vgg16_dst_matches_its_pytorch_model():
     module = ref.randomize_batch_norm(ref.VGG16DST())
     raw = _raw_images((64, 64, 3))
-    model = create("vgg16_dst", input_shape=(64, 64, 3))
-    load_torch_weights(model, module.state_dict())
+    model = create("vgg16_dst", input_shape=(64, 64, 3), weights=module.state_dict())
     with torch.no_grad():
         expected = module(_torch_input(raw)).numpy()
     _assert_close(_keras_outputs(model, raw, _attributes("vgg16_dst")), expected)
@@ -109,8 +108,7 @@ def test_resnet18_gray_matches_its_pytorch_model_from_file(tmp_path):
 def test_resnext50_mse_matches_its_pytorch_model():
     module = ref.randomize_batch_norm(ref.resnext50_40())
     raw = _raw_images((64, 64, 3))
-    model = create("resnext50_mse", input_shape=(64, 64, 3))
-    load_torch_weights(model, module.state_dict())
+    model = create("resnext50_mse", input_shape=(64, 64, 3), weights=module.state_dict())
     with torch.no_grad():
         expected = module(_torch_input(raw)).numpy()
     _assert_close(_keras_outputs(model, raw, _attributes("resnext50_mse")), expected)
@@ -138,8 +136,7 @@ def test_resnext50_mse_trains_what_its_pytorch_model_trains():
 def test_resnet18_landmark_ports_match_their_pytorch_models(port, factory):
     module = ref.randomize_batch_norm(factory())
     raw = _raw_images((64, 64, 3))
-    model = create(port, input_shape=(64, 64, 3))
-    load_torch_weights(model, module.state_dict())
+    model = create(port, input_shape=(64, 64, 3), weights=module.state_dict())
     with torch.no_grad():
         out = module(_torch_input(raw))
     expected = torch.cat(out, dim=-1) if isinstance(out, tuple) else out

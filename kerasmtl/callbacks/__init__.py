@@ -1,12 +1,8 @@
 """Keras callbacks: learning-rate range test, one-cycle policy, and annealing schedules."""
 
 from kerasmtl.callbacks import schedules
-from kerasmtl.callbacks.checkpoint import (
-    BestModelCheckpoint,
-    NonFiniteLossError,
-    ResumeCheckpoint,
-    StopOnNonFiniteLoss,
-)
+from kerasmtl.callbacks.best_model import BestModelCheckpoint
+from kerasmtl.callbacks.checkpoint import ResumeCheckpoint
 from kerasmtl.callbacks.lr_range_test import (
     SUGGESTION_RULES,
     LRRangeTest,
@@ -16,6 +12,7 @@ from kerasmtl.callbacks.lr_range_test import (
     suggest_steep,
     suggest_valley,
 )
+from kerasmtl.callbacks.non_finite import NonFiniteLossError, StopOnNonFiniteLoss
 from kerasmtl.callbacks.one_cycle import OneCycle, has_momentum
 from kerasmtl.callbacks.task_weights import (
     DynamicTaskWeights,

@@ -59,7 +59,6 @@ LANDMARK_POINTS = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
 LANDMARK_COLUMNS = tuple(f"{p}_{axis}" for p in LANDMARK_POINTS for axis in ("x", "y"))
 #: Points that swap places under a horizontal flip: the eyes and the mouth corners.
 LANDMARK_FLIP_PAIRS = ((0, 1), (3, 4))
-BBOX_COLUMNS = ("x_1", "y_1", "width", "height")
 # fmt: on
 #: Size of the aligned images, ``(width, height)``; landmarks are divided by it.
 ALIGNED_SIZE = (178, 218)

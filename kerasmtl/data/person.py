@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl.data.errors import DataError
-from kerasmtl.data.tables import resolve_image_paths
-from kerasmtl.data.validate import find_duplicates
+from kerasmtl.data.validate import find_duplicates, resolve_image_paths
 from kerasmtl.tasks import Task
 
 ANNOTATIONS = "hvc_annotations.csv"

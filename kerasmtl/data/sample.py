@@ -28,6 +28,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from kerasmtl.data.person import ANNOTATIONS, HVC_CLASSES, HVC_COLUMNS
+from kerasmtl.paths import home
 
 SAMPLE_VERSION = 1
 
@@ -56,8 +57,7 @@ SAMPLE_COLOURS: dict[str, tuple[int, int, int]] = {
 
 def default_sample_dir(n_images: int = 1200, seed: int = 0, image_size: int = 96) -> Path:
     """Where the sample is cached: ``$KERASMTL_HOME`` (default ``~/.cache/kerasmtl``)."""
-    home = Path(os.environ.get("KERASMTL_HOME", Path.home() / ".cache" / "kerasmtl"))
-    return home / f"sample_hvc-v{SAMPLE_VERSION}-n{n_images}-s{seed}-{image_size}px"
+    return home() / f"sample_hvc-v{SAMPLE_VERSION}-n{n_images}-s{seed}-{image_size}px"
 
 
 def _draw_image(rng: np.random.Generator, labels: dict[str, int], size: int) -> Image.Image:

@@ -4,9 +4,7 @@ per task (the raw labels). These helpers work on any such table, whatever its so
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,48 +13,6 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from kerasmtl.data.errors import DataError
 from kerasmtl.tasks import MISSING_CLASS, Task
-
-
-def resolve_image_paths(
-    relative_paths: Sequence[str],
-    folder: str | os.PathLike,
-    source: str | os.PathLike,
-    rows: Sequence[int],
-    check_files: bool = True,
-) -> list[str]:
-    """Turns image paths relative to ``folder`` into absolute paths, inside the folder.
-
-    Args:
-        relative_paths: paths as written in the annotations.
-        folder: the dataset folder.
-        source: the annotations file (for error messages).
-        rows: the row / line number of each path (for error messages).
-        check_files: also require that each file exists.
-
-    Returns:
-        Absolute paths, in order.
-
-    Raises:
-        DataError: listing every path that leaves the folder (e.g. ``../../etc/passwd``
-            or an absolute path elsewhere) or, with ``check_files``, that does not exist.
-    """
-    root = Path(folder).resolve()
-    resolved, problems = [], []
-    for relative, row in zip(relative_paths, rows):
-        try:
-            path = (root / str(relative)).resolve()
-        except (OSError, ValueError, RuntimeError) as error:  # e.g. a NUL byte, a symlink loop
-            problems.append((str(source), int(row), f"image path {relative!r} is not a valid path ({error})"))
-            resolved.append(str(relative))
-            continue
-        if root not in path.parents:
-            problems.append((str(source), int(row), f"image path {relative!r} resolves outside {root}"))
-        elif check_files and not path.is_file():
-            problems.append((str(source), int(row), f"image file {str(path)!r} does not exist"))
-        resolved.append(str(path))
-    if problems:
-        raise DataError(f"{source}: {len(problems)} bad image path(s)", problems)
-    return resolved
 
 
 def encode_targets(frame: pd.DataFrame, tasks: Sequence[Task], where: str = "") -> dict[str, np.ndarray]:

@@ -36,7 +36,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from kerasmtl.atomic import write_json
 from kerasmtl.data.errors import DataError
+from kerasmtl.paths import home
 from kerasmtl.tasks import Task, is_missing
 
 #: Largest accepted image, in pixels (Pillow's decompression-bomb limit).
@@ -192,6 +194,22 @@ def find_path_problems(
     return problems, resolved
 
 
+def resolve_image_paths(paths: Sequence, folder: str | os.PathLike, source, rows: Sequence[int], check_files: bool = True) -> list[str]:
+    """Absolute paths of images listed relative to ``folder``, all inside it.
+
+    Raises:
+        DataError: listing every path `find_path_problems` rejects and, with
+            ``check_files``, every file that does not exist.
+    """
+    rows = [int(r) for r in rows]
+    problems, resolved = find_path_problems(list(paths), rows, str(source), folder)
+    if check_files:
+        problems += [Problem(str(source), r, f"image file {p!r} does not exist") for p, r in zip(resolved, rows) if p and not os.path.isfile(p)]
+    if problems:
+        raise DataError(f"{source}: {len(problems)} bad image path(s)", sorted(problems, key=lambda p: p.row))
+    return resolved
+
+
 def find_label_problems(frame: pd.DataFrame, tasks: Sequence[Task], rows: Sequence[int], source: str) -> list[Problem]:
     """Rejects labels that are not a class of their task, and non-finite regression values.
 
@@ -311,19 +329,15 @@ class CheckedImages:
             self.files[path] = stamp
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".tmp{os.getpid()}-{self.path.name}")
-        temporary.write_text(json.dumps({"max_pixels": self.max_pixels, "files": self.files}), encoding="utf-8")
-        os.replace(temporary, self.path)
+        write_json(self.path, {"max_pixels": self.max_pixels, "files": self.files}, indent=None)
 
 
 def default_cache_path(source: str | os.PathLike) -> Path:
     """``$KERASMTL_HOME/checked_images/<hash of source>.json`` for an annotations file
     (or any description of where a table came from)."""
-    home = Path(os.environ.get("KERASMTL_HOME", Path.home() / ".cache" / "kerasmtl"))
     key = str(Path(source).resolve()) if Path(source).exists() else str(source)
     digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return home / "checked_images" / f"{digest}.json"
+    return home() / "checked_images" / f"{digest}.json"
 
 
 def find_image_problems(
@@ -488,9 +502,3 @@ def problems_csv(problems: Iterable) -> str:
     for file, row, reason in problems:
         writer.writerow([file, int(row), reason])
     return buffer.getvalue()
-
-
-def read_problems(path: str | os.PathLike) -> list[Problem]:
-    """Reads a ``skipped.csv`` back."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [Problem(r["file"], int(r["row"]), r["reason"]) for r in csv.DictReader(handle)]

@@ -171,7 +171,7 @@ def load_torch_weights(
     model: keras.Model,
     state_dict_or_path,
     strict: bool = True,
-    key_map: Sequence[tuple[str, str]] | None = None,
+    key_map: Sequence[tuple[str, str]] = (),
     skip: Sequence[str] = (),
 ) -> LoadResult:
     """Copies PyTorch weights into ``model``, converting layouts.
@@ -187,8 +187,8 @@ def load_torch_weights(
         state_dict_or_path: a state dict or a ``torch.save`` file path.
         strict: if True, every Keras weight must be filled and every torch key used.
             Wrongly shaped keys always raise.
-        key_map: ``(torch prefix, replacement)`` renames, e.g. ``[("backbone.", "")]``.
-            None uses the map of the `kerasmtl.ports` preset named ``model.name``, if any.
+        key_map: ``(torch prefix, replacement)`` renames, e.g. ``[("backbone.", "")]``
+            (a preset's are ``get_port_spec(name).torch_key_map``).
         skip: torch key prefixes to leave out (e.g. ``("fc.",)`` to load a complete
             classifier checkpoint into a headless tower).
 
@@ -199,10 +199,6 @@ def load_torch_weights(
         WeightMismatchError: listing missing, unexpected and wrongly shaped keys.
     """
     state = read_state_dict(state_dict_or_path)
-    if key_map is None:
-        from kerasmtl.ports.presets import default_key_map
-
-        key_map = default_key_map(model.name)
     targets = weighted_layers(model)
     assignments, unexpected, wrong_shape, filled = [], [], [], set()
     for key, array in state.items():

@@ -109,5 +109,5 @@ def torchvision_model(
     if weights is not None:
         from kerasmtl.ports.torch_weights import load_torch_weights
 
-        load_torch_weights(model, weights, strict=True, key_map=())
+        load_torch_weights(model, weights)
     return model

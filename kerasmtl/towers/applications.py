@@ -6,7 +6,7 @@ import os
 
 import keras
 
-from kerasmtl.towers import register_tower
+from kerasmtl.towers.registry import register_tower
 
 
 def _application_tower(application, name, input_shape, weights):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from kerasmtl.towers import register_tower
+from kerasmtl.towers.registry import register_tower
 
 _STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 # Faster-moving BatchNorm statistics than Keras's 0.99: these towers train from scratch

@@ -25,7 +25,7 @@ import os
 import keras
 from keras import layers
 
-from kerasmtl.towers import register_tower
+from kerasmtl.towers.registry import register_tower
 
 #: torchvision ResNet children before ``avgpool``; the towers' stages.
 RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")

@@ -1,0 +1,492 @@
+"""Any CSV table of image labels: one row per image, a column of image paths and one
+column per label.
+
+Example (``labels.csv``, images relative to the CSV's folder)::
+
+    path,smiling,age,glasses,score
+    img/1.jpg,1,young,True,0.25
+    img/2.jpg,0,old,,0.75
+
+Every value is read as text; an empty cell is a missing label (the losses skip it).
+``NA``, ``None`` and the like are ordinary labels.
+
+Tasks come from a tasks file (`read_tasks_file`) or are inferred from the values of
+each label column (every column but the path column, or the columns named):
+
+- the columns named as regression (``COL`` or ``NAME=COL1,COL2,...``) are regression
+  tasks; their cells must be numbers;
+- exactly 2 distinct values: a binary task whose classes are (negative, positive):
+  ``("0", "1")``, ``("false", "true")`` (booleans in any case), ``("-1", "1")``,
+  ``("no", "yes")`` (any case), otherwise the two values sorted;
+- more than 2 distinct values: a multiclass task, classes sorted (numbers by value,
+  text in natural order so ``"2" < "10"``);
+- more than 20 distinct numbers: no guess is safe (a measurement, or that many
+  classes?), so it stops: name the column as regression or give a tasks file.
+
+Columns that cannot be labels are left out with a printed note when the columns were
+inferred — fewer than 2 distinct values (an empty or constant column), or a different
+text on every row (more than 20 rows: an identifier such as a file name) — and stop with
+a `DataError` when the caller named them in ``label_columns``.
+
+Task names are the column names, with characters other than letters, digits, ``_``,
+``-`` and ``.`` replaced by ``_`` (a task's ``columns`` keep the original name).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from kerasmtl.data.errors import DataError
+from kerasmtl.tasks import Task, is_missing
+
+#: The column of the returned table holding each image path as written in the CSV.
+WRITTEN_PATH = "written_path"
+
+#: More distinct numbers than this in one column are not taken for classes.
+MAX_NUMERIC_CLASSES = 20
+
+#: Binary classes (negative, positive) of well-known value pairs, keyed by the
+#: lower-cased pair; the cells are lower-cased to match.
+_KNOWN_PAIRS = {
+    frozenset({"0", "1"}): ("0", "1"),
+    frozenset({"false", "true"}): ("false", "true"),
+    frozenset({"-1", "1"}): ("-1", "1"),
+    frozenset({"no", "yes"}): ("no", "yes"),
+}
+
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# ------------------------------------------------------------------- reading
+def read_csv_rows(csv_path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[int], list[tuple]]:
+    """Reads a CSV file as text, keeping the line number of each row.
+
+    Line numbers (not row indices) are what a user finds in an editor; a quoted
+    line break makes a row span several lines, so they are counted by the reader.
+
+    Args:
+        csv_path: the file; UTF-8, with or without a byte-order mark, LF or CRLF.
+
+    Returns:
+        ``(header, rows, lines, problems)``: the stripped column names, the rows (lists
+        of stripped strings), the line each row starts on (header = line 1), and a
+        ``(file, line, reason)`` problem for each row whose field count differs from
+        the header's (such rows are left out). Blank lines are skipped, trailing
+        commas dropped.
+
+    Raises:
+        DataError: the file is not UTF-8, not valid CSV, or empty.
+    """
+    csv_path = Path(csv_path)
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{csv_path}: not UTF-8 text ({error})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header, rows, lines, problems = None, [], [], []
+    previous = 0
+    try:
+        for fields in reader:
+            first, previous = previous + 1, reader.line_num
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if header is None:
+                header = [f.strip() for f in fields]
+                while header and not header[-1]:
+                    header.pop()
+                continue
+            while len(fields) > len(header) and not fields[-1].strip():
+                fields = fields[:-1]
+            if len(fields) != len(header):
+                problems.append((str(csv_path), first, f"row has {len(fields)} field(s); the header has {len(header)}"))
+                continue
+            rows.append([f.strip() for f in fields])
+            lines.append(first)
+    except csv.Error as error:
+        raise DataError(f"{csv_path}: line {reader.line_num}: not a valid CSV file ({error})") from None
+    if header is None:
+        raise DataError(f"{csv_path}: the file is empty; expected a header row naming the image path and label columns")
+    return header, rows, lines, problems
+
+
+def images_folder(csv_path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Path:
+    """The folder the image paths of a labels CSV are relative to, and must stay inside.
+
+    Args:
+        csv_path: the labels CSV.
+        image_root: the images' folder when it is not the CSV's own.
+
+    Returns:
+        The absolute folder (pass it as ``root`` to `validate_table`).
+    """
+    return Path(image_root if image_root is not None else Path(csv_path).parent).resolve()
+
+
+def scan_label_csv(
+    csv_path: str | os.PathLike,
+    path_column: str = "path",
+    image_root: str | os.PathLike | None = None,
+    regression: Sequence[str] | str = (),
+    tasks: Sequence[Task] | None = None,
+    label_columns: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, list[Task], list[tuple]]:
+    """Reads a labels CSV without stopping at bad rows.
+
+    For a check of the whole table before training (`kerasmtl.data.validate`): problems
+    with the file or its columns raise, row-level ones are returned so that all of them
+    can be listed, or the rows left out.
+
+    Args:
+        csv_path: the CSV file.
+        path_column: the column of image paths, relative to the CSV's folder or to
+            ``image_root`` (``/`` between folders).
+        image_root: the images' folder, when it is not the CSV's.
+        regression: regression tasks, each ``COL`` (one unit) or ``NAME=COL1,COL2,...``
+            (one task, one unit per column, e.g. landmarks); ``A,B`` is two tasks.
+            Numbers cannot be told from classes by looking, hence the explicit list.
+        tasks: the tasks, e.g. from `read_tasks_file`, instead of inferring them (then
+            ``regression`` and ``label_columns`` must be empty).
+        label_columns: the columns to infer classification tasks from; default every
+            column but the path column and the regression columns.
+
+    Returns:
+        ``(table, tasks, problems)``: the rows with the right number of fields, with an
+        absolute ``path`` column (not yet checked: it may lie outside the folder or not
+        exist), the paths as written in `WRITTEN_PATH`, CSV line numbers in
+        ``csv_line``; the tasks, in the order of their first column in the CSV; and the
+        ``(file, line, reason)`` problems found (rows with the wrong field count, an
+        empty path, a ``\\`` path that does not exist, a regression cell that is not a
+        number).
+
+    Raises:
+        DataError: no such file or image folder, an empty file or one without rows,
+            missing, repeated or unnamed columns, or columns no task can be inferred
+            from (see the module docstring).
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: labels file not found.")
+    root = images_folder(csv_path, image_root)
+    if not root.is_dir():
+        raise DataError(f"{csv_path}: the image folder {str(root)!r} does not exist.")
+    header, rows, lines, problems = read_csv_rows(csv_path)
+    _check_header(csv_path, header, path_column)
+    if not rows and not problems:
+        raise DataError(f"{csv_path}: the file has a header but no rows.")
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    if tasks is not None:
+        if regression or label_columns:
+            raise DataError(f"{csv_path}: give either tasks or regression / label columns, not both.")
+        tasks = _check_tasks(csv_path, list(tasks), header, path_column)
+    else:
+        tasks = _infer_tasks(csv_path, frame, path_column, regression, label_columns)
+    reserved = {"path", "csv_line", WRITTEN_PATH} - {path_column}
+    taken = sorted({c for t in tasks for c in t.columns} & reserved)
+    if taken:
+        raise DataError(f"{csv_path}: column(s) {taken} are label columns, but the table uses these names; rename them in the CSV.")
+    for task in tasks:
+        if task.kind != "regression":
+            frame[task.columns[0]] = _match_case(frame[task.columns[0]], task.classes)
+    frame[WRITTEN_PATH] = frame[path_column]
+    frame["path"] = [str(root / p) for p in frame[WRITTEN_PATH]]
+    frame["csv_line"] = np.asarray(lines, dtype=np.int64)
+    problems += _path_problems(csv_path, frame, path_column, root)
+    problems += _number_problems(csv_path, frame, tasks)
+    problems.sort(key=lambda p: p[1])
+    return frame, tasks, problems
+
+
+def _check_header(csv_path: Path, header: list[str], path_column: str) -> None:
+    """Raises for unnamed or repeated columns and a missing path column."""
+    if "" in header:
+        raise DataError(f"{csv_path}: column {header.index('') + 1} of the header has no name. Received columns: {header}")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"{csv_path}: column(s) {repeated} appear more than once in the header. Received columns: {header}")
+    if path_column not in header:
+        raise DataError(
+            f"{csv_path}: no image path column {path_column!r} (name the column that holds the "
+            f"image paths). Received columns: {header}"
+        )
+
+
+def _check_tasks(csv_path: Path, tasks: list[Task], header: list[str], path_column: str) -> list[Task]:
+    """Checks that given tasks read existing label columns and have distinct names."""
+    names = [t.name for t in tasks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{csv_path}: task name(s) {repeated} appear more than once.")
+    for task in tasks:
+        missing = [c for c in task.columns if c not in header or c == path_column]
+        if missing:
+            raise DataError(
+                f"{csv_path}: task {task.name!r} reads column(s) {missing}, which the file does not have "
+                f"(as labels). Received columns: {header}"
+            )
+    return tasks
+
+
+# ----------------------------------------------------------------- inference
+def _infer_tasks(
+    csv_path: Path,
+    frame: pd.DataFrame,
+    path_column: str,
+    regression: Sequence[str] | str,
+    label_columns: Sequence[str] | None,
+) -> list[Task]:
+    """Regression tasks as named, classification tasks from the other label columns."""
+    header = list(frame.columns)
+    specs = _parse_regression(csv_path, regression, header, path_column)
+    numeric = {c for _, columns in specs for c in columns}
+    named = label_columns is not None
+    if named:
+        label_columns = [label_columns] if isinstance(label_columns, str) else list(label_columns)
+        unknown = [c for c in label_columns if c not in header or c == path_column]
+        if unknown:
+            raise DataError(f"{csv_path}: label column(s) {unknown} not found (as labels). Received columns: {header}")
+    columns = [c for c in (label_columns if named else header) if c != path_column and c not in numeric]
+    found = [(cols, Task(_safe_name(name), "regression", columns=cols)) for name, cols in specs]
+    for column in columns:
+        task = _classification_task(csv_path, frame, column, named)
+        if task is not None:
+            found.append(((column,), task))
+    if not found:
+        raise DataError(f"{csv_path}: no label column to train on. Received columns: {header}")
+    found.sort(key=lambda item: header.index(item[0][0]))
+    tasks, used = [], set()
+    for _, task in found:
+        name = _unique(task.name, used)
+        used.add(name)
+        tasks.append(dataclasses.replace(task, name=name))
+    return tasks
+
+
+def _parse_regression(csv_path: Path, items: Sequence[str] | str, header: list[str], path_column: str) -> list[tuple[str, list[str]]]:
+    """``["age", "lm=x1,y1"]`` -> ``[("age", ["age"]), ("lm", ["x1", "y1"])]``, columns checked."""
+    items = [items] if isinstance(items, str) else list(items)
+    specs = []
+    for item in items:
+        name, equals, rest = str(item).partition("=")
+        columns = [c.strip() for c in (rest if equals else name).split(",") if c.strip()]
+        if equals and (not name.strip() or not columns):
+            raise DataError(f"{csv_path}: regression task {item!r}: expected NAME=COL1,COL2,... or COL")
+        specs += [(name.strip(), columns)] if equals else [(c, [c]) for c in columns]
+    unknown = [c for _, columns in specs for c in columns if c not in header or c == path_column]
+    if unknown:
+        raise DataError(f"{csv_path}: regression column(s) {unknown} not found (as labels). Received columns: {header}")
+    return specs
+
+
+def _classification_task(csv_path: Path, frame: pd.DataFrame, column: str, named: bool) -> Task | None:
+    """The binary or multiclass task of one column; None (with a note) when it cannot be one."""
+    values = [v for v in frame[column] if not is_missing(v)]
+    distinct = sorted(set(values), key=_natural_key)
+    name = _safe_name(column)
+    pair = _KNOWN_PAIRS.get(frozenset(v.lower() for v in distinct))
+    if pair:
+        return Task(name, "binary", pair, columns=(column,))
+    numbers = all(_NUMBER.fullmatch(v) for v in distinct)
+    if numbers and len(distinct) > MAX_NUMERIC_CLASSES:
+        raise DataError(
+            f"{csv_path}: column {column!r} holds {len(distinct)} distinct numbers: name it with "
+            f"--regression {column} for a regression task, leave it out of the label columns, or give "
+            f"--tasks to say what it is."
+        )
+    reason = None
+    if len(distinct) < 2:
+        reason = f"has {len(distinct)} distinct value(s) {distinct}; a label needs at least 2"
+    elif not numbers and len(distinct) == len(values) > MAX_NUMERIC_CLASSES:
+        reason = f"has a different value on each of its {len(values)} rows (an identifier, not a label)"
+    if reason and named:
+        raise DataError(f"{csv_path}: label column {column!r} {reason}.")
+    if reason:
+        print(f"{csv_path}: note: column {column!r} {reason}; left out.", file=sys.stderr)
+        return None
+    if numbers:
+        distinct.sort(key=float)
+    kind = "binary" if len(distinct) == 2 else "multiclass"
+    return Task(name, kind, tuple(distinct), columns=(column,))
+
+
+def _match_case(values: pd.Series, classes: Sequence[str]) -> pd.Series:
+    """Rewrites labels that match a class but for letter case (``TRUE`` -> ``true``).
+
+    Classes that differ only in case are left alone: then case tells them apart.
+    """
+    folded = {c.lower(): c for c in classes}
+    if len(folded) < len(classes):
+        return values
+    known = set(classes)
+    return values.map(lambda v: folded.get(v.lower(), v) if isinstance(v, str) and v not in known else v)
+
+
+def _natural_key(text: str) -> list[tuple]:
+    """Sort key putting digits in numeric order: ``"a2" < "a10"``, case-insensitive first."""
+    return [(0, int(part), part) if part.isdigit() else (1, part.lower(), part) for part in re.split(r"(\d+)", text)]
+
+
+def _safe_name(column: str) -> str:
+    """A name Keras accepts for an output layer (and safe in file names)."""
+    return _UNSAFE.sub("_", column).strip("_.-") or "task"
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... when taken (two columns made safe alike)."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
+
+
+# ------------------------------------------------------------------ row checks
+def _path_problems(csv_path: Path, frame: pd.DataFrame, path_column: str, root: Path) -> list[tuple]:
+    """Empty paths, and ``\\``-separated ones that name no file (a hint to use ``/``)."""
+    problems = []
+    for written, line in zip(frame[WRITTEN_PATH], frame["csv_line"]):
+        if not written:
+            problems.append((str(csv_path), int(line), f"column {path_column!r} is empty"))
+        elif "\\" in written and not os.path.exists(root / written):
+            problems.append(
+                (
+                    str(csv_path),
+                    int(line),
+                    f"image path {written!r} does not exist; separate folders with '/', not '\\' "
+                    f"(e.g. {written.replace(chr(92), '/')!r})",
+                )
+            )
+    return problems
+
+
+def _number_problems(csv_path: Path, frame: pd.DataFrame, tasks: Sequence[Task]) -> list[tuple]:
+    """Regression cells that are neither empty nor a finite number."""
+    problems = []
+    for task in tasks:
+        if task.kind != "regression":
+            continue
+        for column in task.columns:
+            for value, line in zip(frame[column], frame["csv_line"]):
+                if not is_missing(value) and not (_NUMBER.fullmatch(value) and math.isfinite(float(value))):
+                    problems.append(
+                        (str(csv_path), int(line), f"column {column!r}: value {value!r} is not a number (regression task {task.name!r})")
+                    )
+    return problems
+
+
+# ---------------------------------------------------------------- tasks files
+def read_tasks_file(path: str | os.PathLike) -> list[Task]:
+    """Reads tasks from a YAML or JSON file (``.json``: JSON, anything else: YAML).
+
+    Two shapes are accepted: a list of task mappings, as `Task.to_dict` writes them
+    (also under a top-level ``tasks`` key), or a mapping from task name to its
+    description (``{smiling: {kind: binary, classes: ["no", "yes"]}}``), shorter to
+    write by hand. ``columns`` may be one string.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The tasks, in file order.
+
+    Raises:
+        DataError: naming the file (and task) when it is missing, not valid YAML / JSON,
+            of another shape, or describes an invalid task; also for unquoted YAML
+            booleans (``yes``, ``no``, ``on``, ``off``...) used as names, classes or
+            columns, which YAML would turn into True / False.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: tasks file not found.")
+    language = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        content = json.loads(text) if language == "JSON" else yaml.safe_load(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        raise DataError(f"{path}: not a valid {language} file ({error})") from None
+    if isinstance(content, dict) and isinstance(content.get("tasks"), list):
+        content = content["tasks"]
+    expected = "a list of task mappings (name, kind, classes, columns, ...) or a mapping {task name: {kind, classes, ...}}"
+    if isinstance(content, dict) and all(isinstance(v, dict) for v in content.values()):
+        for name, entry in content.items():
+            if "name" in entry and entry["name"] != name:
+                raise DataError(f"{path}: task {name!r} has another name inside: {entry['name']!r}")
+        entries = [{**entry, "name": name} for name, entry in content.items()]
+    elif isinstance(content, list) and all(isinstance(item, dict) for item in content):
+        entries = content
+    else:
+        raise DataError(f"{path}: expected {expected}. Received: {type(content).__name__}")
+    if not entries:
+        raise DataError(f"{path}: no tasks; expected {expected}")
+    tasks = [_task_from_entry(path, i, entry) for i, entry in enumerate(entries)]
+    names = [t.name for t in tasks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{path}: task name(s) {repeated} appear more than once.")
+    return tasks
+
+
+def _task_from_entry(path: Path, index: int, entry: dict) -> Task:
+    """One task of a tasks file, with errors naming the file and the task."""
+    where = f"{path}: task {entry.get('name', f'#{index + 1}')!r}"
+    fields = [f.name for f in dataclasses.fields(Task)]
+    unknown = [k for k in entry if k not in fields]
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {unknown}; a task has {fields}")
+    entry = {k: [v] if k in ("classes", "columns") and isinstance(v, str) else v for k, v in entry.items()}
+    for key in ("name", "classes", "columns"):
+        values = entry.get(key)
+        values = values if isinstance(values, list) else [values]
+        if any(isinstance(v, bool) for v in values):
+            raise DataError(f"{where}: {key} holds a boolean ({values}); quote names such as 'yes', 'no', 'true', 'on'")
+    try:
+        return Task.from_dict(entry)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{where}: {error}") from None
+
+
+# ------------------------------------------------------------------- summary
+def format_tasks(tasks: Sequence[Task], frame: pd.DataFrame) -> str:
+    """A plain-text table of the tasks and how many rows label each, to check before
+    training that every column was read as meant.
+
+    Args:
+        tasks: the tasks.
+        frame: the table they read (e.g. from `scan_label_csv`).
+
+    Returns:
+        One line per task: name, kind, labelled rows, missing rows, then the classes
+        (negative, positive for binary) or the regression columns. A regression row is
+        labelled when all its columns hold a value.
+    """
+    table = [("task", "kind", "labelled", "missing", "classes / columns")]
+    for task in tasks:
+        given = np.ones(len(frame), dtype=bool)
+        for column in task.columns:
+            given &= ~frame[column].map(is_missing).to_numpy(dtype=bool)
+        if task.kind == "regression":
+            details = "columns: " + ", ".join(task.columns)
+        else:
+            details = _shorten(", ".join(task.classes), len(task.classes))
+            if task.columns[0] != task.name:
+                details += f" (column {task.columns[0]!r})"
+        table.append((task.name, task.kind, str(int(given.sum())), str(int((~given).sum())), details))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in table) + "\n"
+
+
+def _shorten(text: str, count: int, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 20].rsplit(', ', 1)[0]}, ... ({count} classes)"

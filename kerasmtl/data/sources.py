@@ -1,0 +1,214 @@
+"""Every dataset the training workflow takes, behind one function: `load_dataset`.
+
+``--data`` names the source:
+
+- nothing: the bundled synthetic person-attributes sample (written on first use);
+- a folder holding ``hvc_annotations.csv``: the person-attributes ("hvc") layout;
+- a CelebA folder (``list_eval_partition.txt`` or the Kaggle CSVs): CelebA with its
+  official partitions;
+- ``tfds:celeb_a``: CelebA through tensorflow-datasets;
+- a ``.csv`` file: any table of the user's own labels (`kerasmtl.data.label_csv`).
+
+Each source gives a table (absolute ``path`` column, one column per label), its tasks,
+and what `kerasmtl.data.validate.validate_table` needs to check every row before training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from kerasmtl.data.errors import DataError
+from kerasmtl.tasks import Task
+
+TFDS_PREFIX = "tfds:"
+
+
+@dataclasses.dataclass
+class DataSettings:
+    """The settings that say which rows a source yields (the data flags of ``kerasmtl train``).
+
+    `load_dataset` takes any object with these attributes (the training config), so a
+    saved ``config.yaml`` reproduces the same table for evaluation.
+    """
+
+    data: str | None = None
+    path_column: str = "path"
+    image_root: str | None = None
+    regression: list = dataclasses.field(default_factory=list)
+    tasks: str | None = None
+    layout: str = "auto"
+    tfds_dir: str | None = None
+    tfds_cache: str | None = None
+    download: bool = False
+    limit: int | None = None
+    sample_size: int = 1200
+    workers: int = 1
+    skip_bad: bool = False
+
+    @classmethod
+    def from_mapping(cls, values) -> DataSettings:
+        """The settings among ``values`` (e.g. a run's ``config.yaml``); others are ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(values).items() if k in fields})
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A loaded dataset, not yet validated or split.
+
+    Attributes:
+        kind: ``"sample"``, ``"hvc"``, ``"celeba"``, ``"tfds"`` or ``"csv"``.
+        name: a short name for run folders (``sample``, the folder or file stem).
+        frame: the table (absolute ``path`` column, label columns; ``partition`` when the
+            source has official splits).
+        tasks: the tasks the table is labelled for.
+        source: the annotations file or dataset named in messages and reports.
+        check: keyword arguments of `validate_table` (root, shown_column, row_column).
+        problems: row problems the loader already found, ``(file, row, reason)``.
+    """
+
+    kind: str
+    name: str
+    frame: pd.DataFrame
+    tasks: list[Task]
+    source: str
+    check: dict = dataclasses.field(default_factory=dict)
+    problems: list = dataclasses.field(default_factory=list)
+
+    @property
+    def nme_scale(self) -> tuple[float, float]:
+        """CelebA landmarks are normalised coordinates: NME is measured in pixels of the
+        aligned 178 x 218 image; other sources' coordinates are taken as they are."""
+        if self.kind in ("celeba", "tfds"):
+            from kerasmtl.data.celeba import ALIGNED_SIZE
+
+            return tuple(float(v) for v in ALIGNED_SIZE)
+        return (1.0, 1.0)
+
+    @property
+    def has_partitions(self) -> bool:
+        """True when the rows carry official train / val / test partitions."""
+        return "partition" in self.frame.columns
+
+
+def source_kind(data: str | None) -> str:
+    """Which source ``data`` names (see the module docstring).
+
+    Raises:
+        DataError: ``data`` is neither a known folder layout, ``tfds:celeb_a`` nor a CSV.
+    """
+    if not data:
+        return "sample"
+    if str(data).startswith(TFDS_PREFIX):
+        name = str(data)[len(TFDS_PREFIX):]
+        if name != "celeb_a":
+            raise DataError(f"--data tfds:NAME supports tfds:celeb_a. Received: {data!r}")
+        return "tfds"
+    path = Path(data)
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"--data {data}: a file is read as a CSV table of labels and must end in .csv")
+        return "csv"
+    if not path.is_dir():
+        raise DataError(f"--data {data}: no such file or folder")
+    from kerasmtl.data.celeba import detect_layout
+    from kerasmtl.data.person import ANNOTATIONS
+
+    if (path / ANNOTATIONS).is_file():
+        return "hvc"
+    try:
+        detect_layout(path)
+    except DataError:
+        raise DataError(
+            f"--data {data}: the folder holds neither {ANNOTATIONS} (hvc layout) nor CelebA's annotation files "
+            "(list_eval_partition.txt or list_eval_partition.csv); for your own labels pass the CSV file itself"
+        ) from None
+    return "celeba"
+
+
+def load_dataset(config, tasks: Sequence[Task] | None = None) -> Dataset:
+    """Loads the dataset ``config.data`` names.
+
+    Args:
+        config: the run's settings (data, path_column, image_root, regression, tasks,
+            layout, tfds_dir, tfds_cache, download, limit, sample_size).
+        tasks: the tasks a model needs (a preset's); by default the source's own (hvc and
+            CelebA), the tasks file (``config.tasks``) or those inferred from a CSV table.
+
+    Returns:
+        The `Dataset`.
+
+    Raises:
+        DataError: a missing or malformed dataset, naming the file and what was expected.
+    """
+    kind = source_kind(config.data)
+    if tasks is None and config.tasks:
+        from kerasmtl.data.label_csv import read_tasks_file
+
+        tasks = read_tasks_file(config.tasks)
+    if kind in ("sample", "hvc"):
+        return _hvc(config, kind, tasks)
+    if kind == "csv":
+        return _label_csv(config, tasks)
+    return _celeba(config, kind, tasks)
+
+
+def _hvc(config, kind: str, tasks) -> Dataset:
+    from kerasmtl.data.person import ANNOTATIONS, scan_hvc
+    from kerasmtl.data.sample import ensure_sample
+
+    folder = Path(config.data) if config.data else ensure_sample(n_images=config.sample_size, seed=0)
+    frame, own_tasks, problems = scan_hvc(folder)
+    name = "sample" if kind == "sample" else folder.resolve().name
+    check = {"root": folder, "shown_column": "image_path"}
+    return Dataset(kind, name, frame, _chosen(tasks, own_tasks, folder / ANNOTATIONS), str(folder / ANNOTATIONS), check, problems)
+
+
+def _label_csv(config, tasks) -> Dataset:
+    from kerasmtl.data.label_csv import WRITTEN_PATH, images_folder, scan_label_csv
+
+    path = Path(config.data)
+    frame, found, problems = scan_label_csv(
+        path, path_column=config.path_column, image_root=config.image_root,
+        regression=() if tasks is not None else config.regression, tasks=tasks,
+    )
+    check = {"root": images_folder(path, config.image_root), "shown_column": WRITTEN_PATH}
+    return Dataset("csv", path.stem, frame, list(found), str(path), check, problems)
+
+
+def _celeba(config, kind: str, tasks) -> Dataset:
+    from kerasmtl.data.celeba import celeba_tasks
+
+    tasks = list(tasks) if tasks is not None else celeba_tasks()
+    attributes = [t.columns[0] for t in tasks if t.kind == "binary"]
+    landmarks = any(t.kind == "regression" for t in tasks)
+    if kind == "tfds":
+        from kerasmtl.data.tfds_celeba import tfds_celeba_table
+        from kerasmtl.paths import home
+
+        cache = Path(config.tfds_cache) if config.tfds_cache else home() / "celeba_tfds"
+        frame, _ = tfds_celeba_table(
+            cache, attributes=attributes, landmarks=landmarks, limit=config.limit, data_dir=config.tfds_dir,
+            download=config.download,
+        )
+        return Dataset("tfds", "celeb_a", frame, tasks, f"tfds:celeb_a (images in {cache})", {"row_column": None})
+    from kerasmtl.data.celeba import load_celeba
+
+    frame, _ = load_celeba(config.data, attributes=attributes, landmarks=landmarks, limit=config.limit, layout=config.layout)
+    folder = Path(config.data).resolve()
+    return Dataset("celeba", folder.name, frame, tasks, str(folder), {"row_column": None})
+
+
+def _chosen(tasks, own: list[Task], source: Path) -> list[Task]:
+    """The tasks asked for, when they read columns of this source; else its own."""
+    if tasks is None:
+        return own
+    known = {c for t in own for c in t.columns}
+    unknown = sorted({c for t in tasks for c in t.columns} - known)
+    if unknown:
+        raise DataError(f"{source} has no column(s) {unknown} for the model's tasks. Its label columns: {sorted(known)}")
+    return list(tasks)

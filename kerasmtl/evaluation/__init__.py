@@ -1,0 +1,2 @@
+"""Evaluation of a trained model: `metrics` per task, the `report` (``metrics.json``,
+``report.md``) and the `figures`."""

@@ -1,0 +1,126 @@
+"""The figures of an evaluation: accuracy against baseline, confusion matrices, sample
+predictions, Grad-CAM and label statistics."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kerasmtl.tasks import MISSING_CLASS, Task
+
+# Figure files an evaluation writes (those that apply to its tasks).
+FIGURES = {
+    "accuracy": "accuracy_vs_baseline.png",
+    "confusion": "confusion_matrices.png",
+    "samples": "sample_predictions.png",
+    "gradcam": "gradcam.png",
+    "distribution": "label_distribution.png",
+    "correlation": "label_correlation.png",
+}
+
+
+def _sample_rows(n: int, count: int, seed: int = 0) -> np.ndarray:
+    if n <= count:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+
+
+def write_figures(
+    out: str | os.PathLike,
+    model: keras.Model,
+    data,
+    tasks: Sequence[Task],
+    targets: Mapping[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray],
+    reports: Mapping[str, dict],
+    dataset_targets: Mapping[str, np.ndarray] | None = None,
+    samples: int = 8,
+    gradcam_images: int = 4,
+    seed: int = 0,
+) -> list[str]:
+    """Writes the evaluation figures that apply to ``tasks`` into ``out``.
+
+    Accuracy against baseline and confusion matrices (classification outputs), a grid
+    of sample predictions, Grad-CAM overlays for every output, and the label
+    distribution and correlation of ``dataset_targets`` (default: ``targets``).
+
+    Args:
+        out: the folder.
+        model: the model.
+        data: a `kerasmtl.data.MultiOutputGenerator` (unshuffled) of the evaluated images,
+            or an ``(N, H, W, C)`` image array.
+        tasks: the tasks.
+        targets: encoded targets of ``data``.
+        outputs: the model's outputs on ``data``.
+        reports: `evaluate_model`'s reports.
+        dataset_targets: targets of the whole dataset, for its label figures.
+        samples: images in the sample grid.
+        gradcam_images: images in the Grad-CAM figure (0 for none).
+        seed: picks the images shown.
+
+    Returns:
+        The paths written.
+    """
+    from kerasmtl import plots
+
+    out = Path(out)
+    written = []
+    classified = [t for t in tasks if t.kind != "regression"]
+    if classified:
+        written.append(plots.plot_accuracy_vs_baseline(reports, out / FIGURES["accuracy"], tasks))
+        written.append(plots.plot_confusion_matrices(reports, out / FIGURES["confusion"], tasks))
+    n = len(next(iter(targets.values())))
+    rows = _sample_rows(n, max(samples, gradcam_images), seed)
+    images = data.read_images(rows) if hasattr(data, "read_images") else np.asarray(data)[rows]
+    if samples:
+        shown = rows[:samples]
+        written.append(
+            plots.plot_sample_predictions(
+                images[:samples],
+                tasks,
+                {name: np.asarray(value)[shown] for name, value in outputs.items()},
+                out / FIGURES["samples"],
+                targets={name: np.asarray(value)[shown] for name, value in targets.items()},
+            )
+        )
+    if gradcam_images:
+        written.append(write_gradcam(out / FIGURES["gradcam"], model, images[:gradcam_images], tasks,
+                                     {name: np.asarray(value)[rows[:gradcam_images]] for name, value in targets.items()}))
+    labels = dataset_targets if dataset_targets is not None else targets
+    written.append(plots.plot_label_distribution(labels, tasks, out / FIGURES["distribution"]))
+    written.append(plots.plot_label_correlation(labels, tasks, out / FIGURES["correlation"]))
+    return written
+
+
+def write_gradcam(path, model: keras.Model, images, tasks: Sequence[Task], targets=None, layer: str | None = None) -> str:
+    """Grad-CAM overlays of every output for ``images`` (each image's predicted class).
+
+    Args:
+        path: PNG file to write.
+        model: the model.
+        images: ``(N, H, W, C)`` raw images.
+        tasks: the outputs to explain.
+        targets: optional encoded targets, shown as each row's caption.
+        layer: feature-map layer (see `kerasmtl.gradcam.grad_cam`).
+
+    Returns:
+        The path written.
+    """
+    from kerasmtl.gradcam import GradCAM, plot_gradcam
+
+    heatmaps = GradCAM(model, layer).many(images, {task.name: task.kind for task in tasks})
+    titles = None
+    if targets is not None:
+        titles = []
+        for i in range(len(images)):
+            parts = []
+            for task in tasks[:3]:
+                if task.kind != "regression":
+                    value = int(np.asarray(targets[task.name]).reshape(len(images), -1)[i, 0])
+                    parts.append(task.classes[value] if value != MISSING_CLASS else "?")
+            titles.append("\n".join(parts))
+    return plot_gradcam(images, heatmaps, path, titles=titles)

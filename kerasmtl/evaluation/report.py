@@ -1,0 +1,175 @@
+"""An evaluation as text: the console table, ``report.md`` and ``metrics.json``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kerasmtl.evaluation.figures import write_figures
+from kerasmtl.evaluation.metrics import evaluate_model, predict_outputs, summarize
+from kerasmtl.tasks import Task
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
+
+def format_table(reports: Mapping[str, dict], tasks: Sequence[Task]) -> str:
+    """A plain-text table of the results, for the console."""
+    lines = []
+    classified = [t for t in tasks if t.kind != "regression"]
+    if classified:
+        lines.append(f"{'output':<14}{'accuracy':>10}{'baseline':>10}{'macro F1':>10}")
+        for task in classified:
+            r = reports[task.name]
+            lines.append(f"{task.name:<14}{r['accuracy']:>10.3f}{r['baseline_accuracy']:>10.3f}{r['f1']:>10.3f}")
+        summary = summarize(reports, tasks)
+        lines.append(f"{summary['outputs_beating_baseline']} of {summary['outputs']} outputs beat their majority-class baseline")
+    for task in (t for t in tasks if t.kind == "regression"):
+        r = reports[task.name]
+        extra = f"  NME {r['nme']:.4f}" if "nme" in r else ""
+        lines.append(f"{task.name:<14}MAE {r['mae']:.4f}  RMSE {r['rmse']:.4f}{extra}")
+    return "\n".join(lines)
+
+
+def _cell(value, digits=3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def report_markdown(
+    reports: Mapping[str, dict],
+    tasks: Sequence[Task],
+    title: str = "Evaluation",
+    figures: Sequence[str] = (),
+) -> str:
+    """The evaluation as Markdown: a summary table per output kind, then one section per
+    multiclass output (confusion matrix and per-class scores), then the figures.
+
+    Args:
+        reports: ``{task name: report}``.
+        tasks: the tasks, in display order.
+        title: the first heading.
+        figures: PNG file names (relative to the report) to show at the end.
+
+    Returns:
+        The Markdown text.
+    """
+    lines = [f"# {title}", ""]
+    classified = [t for t in tasks if t.kind != "regression"]
+    if classified:
+        summary = summarize(reports, tasks)
+        lines += [
+            f"{summary['outputs_beating_baseline']} of {summary['outputs']} classification outputs beat their "
+            f"majority-class baseline (mean accuracy {_cell(summary['mean_accuracy'])} against "
+            f"{_cell(summary['mean_baseline_accuracy'])}).",
+            "",
+            "| output | n | accuracy | baseline (class) | gain | macro precision | macro recall | macro F1 |",
+            "|---|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for task in classified:
+            r = reports[task.name]
+            gain = r["accuracy"] - r["baseline_accuracy"]
+            lines.append(
+                f"| {task.name} | {r['n']} | {_cell(r['accuracy'])} | {_cell(r['baseline_accuracy'])} ({r['baseline_class']}) "
+                f"| {gain:+.3f} | {_cell(r['precision'])} | {_cell(r['recall'])} | {_cell(r['f1'])} |"
+            )
+        lines.append("")
+    regressed = [t for t in tasks if t.kind == "regression"]
+    if regressed:
+        lines += ["| output | n | MAE | RMSE | NME (reference points) |", "|---|---:|---:|---:|---|"]
+        for task in regressed:
+            r = reports[task.name]
+            normalised = f"{_cell(r['nme'], 4)} ({' - '.join(r['nme_points'])})" if "nme" in r else "n/a"
+            lines.append(f"| {task.name} | {r['n']} | {_cell(r['mae'], 4)} | {_cell(r['rmse'], 4)} | {normalised} |")
+        lines.append("")
+    for task in (t for t in classified if t.kind == "multiclass"):
+        r = reports[task.name]
+        lines += [f"## {task.name}", "", "Confusion matrix (rows: true class, columns: predicted class):", ""]
+        lines.append("| true \\ predicted | " + " | ".join(r["classes"]) + " |")
+        lines.append("|---|" + "---:|" * len(r["classes"]))
+        for name, row in zip(r["classes"], r["confusion_matrix"]):
+            lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+        lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        for name, scores in r["per_class"].items():
+            lines.append(f"| {name} | {_cell(scores['precision'])} | {_cell(scores['recall'])} | {_cell(scores['f1'])} | {scores['support']} |")
+        lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(
+    out: str | os.PathLike,
+    reports: Mapping[str, dict],
+    tasks: Sequence[Task],
+    split: str = "test",
+    figures: Sequence[str] = (),
+    title: str | None = None,
+) -> str:
+    """Writes ``metrics.json`` (``{split: reports, "summary": ...}``) and ``report.md``.
+
+    Args:
+        out: the folder (a run folder, or any output folder).
+        reports: ``{task name: report}``.
+        tasks: the tasks.
+        split: the name of the evaluated data (``"test"``, ``"val"``, ``"all"``).
+        figures: figure files to show in the report.
+        title: the report's heading.
+
+    Returns:
+        The console table (`format_table`).
+    """
+    from kerasmtl.runs import RunFolder
+
+    run = RunFolder(out)
+    run.write_json(METRICS_FILE, {split: dict(reports), "summary": summarize(reports, tasks)})
+    run.write_text(REPORT_FILE, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", figures))
+    return format_table(reports, tasks)
+
+
+def evaluate_and_report(
+    out: str | os.PathLike,
+    model: keras.Model,
+    data,
+    tasks: Sequence[Task],
+    targets: Mapping[str, np.ndarray],
+    train_targets: Mapping[str, np.ndarray] | None = None,
+    dataset_targets: Mapping[str, np.ndarray] | None = None,
+    split: str = "test",
+    nme_points=None,
+    figures: bool = True,
+    title: str | None = None,
+    nme_scale=(1.0, 1.0),
+    **figure_kwargs,
+) -> dict[str, dict]:
+    """Predicts once, then writes ``metrics.json``, ``report.md`` and the figures.
+
+    Args:
+        out: the folder to write into.
+        model: the model.
+        data: an unshuffled generator (or image array) in the order of ``targets``.
+        tasks: the tasks.
+        targets: encoded targets of ``data``.
+        train_targets: training targets (for the majority-class baseline).
+        dataset_targets: targets of the whole dataset (for the label figures).
+        split: the name of the evaluated data.
+        nme_points, nme_scale: see `evaluate_model`.
+        figures: also write the figures (`write_figures`).
+        title: the report's heading.
+        **figure_kwargs: options of `write_figures` (``samples``, ``gradcam_images``).
+
+    Returns:
+        ``{task name: report}``; the console table is printed.
+    """
+    outputs = predict_outputs(model, data)
+    reports = evaluate_model(model, data, targets, tasks, train_targets, nme_points, outputs, nme_scale)
+    written = []
+    if figures:
+        written = write_figures(out, model, data, tasks, targets, outputs, reports, dataset_targets, **figure_kwargs)
+    print(write_report(out, reports, tasks, split=split, figures=written, title=title))
+    return reports

@@ -1,0 +1,464 @@
+"""The ``kerasmtl`` command: ``kerasmtl train | lr-find | evaluate | predict``.
+
+This module only parses arguments; it imports nothing heavy, so ``--help`` and bad flags
+answer at once. TensorFlow (through `kerasmtl`) is imported after the arguments are
+checked. It lives outside the `kerasmtl` package on purpose: importing the package
+registers its Keras objects, which imports TensorFlow.
+
+Precedence of settings: `TrainConfig` defaults < a preset's defaults (e.g.
+``train_celeba.py``) < the ``--config`` YAML file < flags on the command line. Every YAML
+value passes the same type and choice checks as its flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+# Fixed choices (checked against the package's own tuples by tests/test_cli.py). Towers,
+# presets and augmentation pipelines are registries: they are checked after import.
+HEADS = ("dense", "conv")
+WEIGHTINGS = ("static", "dst", "dwa", "uncertainty")
+DST_COUNTS = ("labelled", "positives")
+OPTIMIZERS = ("adam", "adamax", "adamw", "rmsprop", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+DISTRIBUTION = ("none", "mirrored", "multiworker")
+MIXED_PRECISION = ("off", "float16", "bfloat16")
+INPUTS = ("generator", "tfdata", "files")
+LAYOUTS = ("auto", "official", "kaggle")
+
+#: Config fields that do not change what is trained (a rerun may change them).
+RUN_SETTINGS = ("verbose", "workers", "worker_processes", "out", "restart", "epochs")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run is built from; a run folder stores it as ``config.yaml``.
+
+    None means "the model's own value": a preset's (``--model``) input size, epochs,
+    learning rate, optimizer, task weighting and early stopping, or the builder defaults
+    (64 px, 7 epochs, 2e-3, Adam, static weights, none).
+    """
+
+    # data
+    data: str | None = None
+    path_column: str = "path"
+    image_root: str | None = None
+    regression: list[str] = dataclasses.field(default_factory=list)
+    tasks: str | None = None
+    layout: str = "auto"
+    tfds_dir: str | None = None
+    tfds_cache: str | None = None
+    download: bool = False
+    limit: int | None = None
+    image_size: int | None = None
+    grayscale: bool = False
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    class_weights: bool = False
+    sample_size: int = 1200
+    workers: int = 1
+    worker_processes: bool = False
+    augment: bool = True
+    augment_pipeline: str | None = None
+    copies: int = 1
+    skip_bad: bool = False
+    # model
+    model: str | None = None
+    base: str = "bottleneck"
+    head: str = "conv"
+    weights: str | None = None
+    backbone_weights: str | None = None
+    width: int | None = None
+    neck: list[int] = dataclasses.field(default_factory=list)
+    freeze_stages: int = 0
+    # training
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float | None = None
+    lr_schedule: str | None = None
+    optimizer: str | None = None
+    lr_find: bool = False
+    one_cycle: bool = False
+    task_weighting: str | None = None
+    static_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    dst_count: str | None = None
+    early_stopping: int | None = None
+    seed: int = 0
+    out: str | None = None
+    restart: bool = False
+    tensorboard: bool = False
+    verbose: int | None = None
+    # distribution
+    strategy: str = "none"
+    mixed_precision: str = "off"
+    input: str = "generator"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------- checks
+def _int_at_least(minimum: int):
+    """An argparse type: an integer not below ``minimum`` (no bools, no fractions)."""
+
+    def parse(text) -> int:
+        value = _strict_int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _strict_int(text) -> int:
+    if isinstance(text, bool):
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}")
+    if isinstance(text, int):
+        return text
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _fraction(text) -> float:
+    if isinstance(text, bool):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _positive_float(text) -> float:
+    if isinstance(text, bool):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+MIN_IMAGE_SIZE = 16
+
+
+class TaskWeightsAction(argparse.Action):
+    """Parses ``TASK=WEIGHT`` pairs into ``{task: weight}``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        weights = {}
+        for item in values:
+            name, _, value = item.partition("=")
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                parser.error(f"{option_string} takes TASK=WEIGHT pairs, e.g. gender=50 age=100. Received: {item!r}")
+            if not name:
+                parser.error(f"{option_string} takes TASK=WEIGHT pairs, e.g. gender=50 age=100. Received: {item!r}")
+        setattr(namespace, self.dest, weights)
+
+
+def _flag(group, name: str, **kwargs):
+    """Adds ``--name``; booleans get ``--name/--no-name``."""
+    if kwargs.pop("boolean", False):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    group.add_argument(f"--{name}", **kwargs)
+
+
+# ------------------------------------------------------------------------ flags
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data flags shared by ``train`` and ``lr-find``."""
+    group = parser.add_argument_group("data")
+    _flag(group, "data", help="an hvc folder, a CelebA folder (official files or the Kaggle CSVs), tfds:celeb_a, "
+          "or a CSV table of your own labels; default: the bundled synthetic sample")
+    _flag(group, "path-column", help="CSV table: the image path column (default path); paths are relative to the CSV's folder")
+    _flag(group, "image-root", help="CSV table: the folder the image paths are relative to")
+    _flag(group, "regression", nargs="+", metavar="COL", help="CSV table: regression columns, COL or NAME=COL1,COL2 (one task of several)")
+    _flag(group, "tasks", help="a tasks file (YAML / JSON) instead of inferring the tasks from the columns")
+    _flag(group, "layout", choices=LAYOUTS, help="CelebA annotation files: official .txt or Kaggle .csv (default auto)")
+    _flag(group, "tfds-dir", help="tfds:celeb_a: the TFDS data_dir")
+    _flag(group, "tfds-cache", help="tfds:celeb_a: folder for the JPEGs taken out of TFDS (default $KERASMTL_HOME/celeba_tfds)")
+    _flag(group, "download", boolean=True, help="tfds:celeb_a: let TFDS download the dataset")
+    _flag(group, "limit", type=_int_at_least(1), help="use only the first N images of each CelebA partition (smoke runs)")
+    _flag(group, "image-size", type=_int_at_least(MIN_IMAGE_SIZE), help="side of the square model input (default 64, or the preset's)")
+    _flag(group, "grayscale", boolean=True, help="train on 1-channel images")
+    _flag(group, "val-fraction", type=_fraction, help="share of rows for validation (default 0.15; official partitions when the data has them)")
+    _flag(group, "test-fraction", type=_fraction, help="share of rows for testing (default 0.15)")
+    _flag(group, "class-weights", boolean=True, help="weight classes by inverse frequency")
+    _flag(group, "sample-size", type=_int_at_least(24), help="images in the synthetic sample (default 1200)")
+    _flag(group, "workers", type=_int_at_least(1), help="generator workers (default 1); threads unless --worker-processes")
+    _flag(group, "worker-processes", boolean=True, help="run the generator's workers as processes (default threads)")
+    _flag(group, "augment", boolean=True, help="add augmented copies to each training batch (default on)")
+    _flag(group, "augment-pipeline", help="named augmentation pipeline (default: 'default', or the preset's)")
+    _flag(group, "copies", type=_int_at_least(1), help="augmented copies per image (default 1)")
+    _flag(group, "skip-bad", boolean=True, help="leave out unusable rows, listed in <run>/skipped.csv (default: stop)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags: a preset (``--model``) or the builder's tower and heads."""
+    group = parser.add_argument_group("model")
+    _flag(group, "model", help="a preset of kerasmtl.ports (e.g. resnet18_landmarks); replaces --base/--head/--neck/--width")
+    _flag(group, "base", help="base tower of the builder (default bottleneck; see kerasmtl.towers.list_towers())")
+    _flag(group, "head", choices=HEADS, help="head tower per task (default conv)")
+    _flag(group, "weights", help="base tower weights ('imagenet' or a file), or a preset's whole-model weights")
+    _flag(group, "backbone-weights", help="a torchvision ImageNet checkpoint (.pth) for a preset's tower")
+    _flag(group, "width", type=_int_at_least(1), help="stem width of the custom towers (bottleneck, separable)")
+    _flag(group, "neck", type=_int_at_least(1), nargs="*", help="widths of a shared Dense neck, e.g. --neck 4096 4096")
+    _flag(group, "freeze-stages", type=_int_at_least(0), help="freeze the first N stages of the base tower")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training flags."""
+    group = parser.add_argument_group("training")
+    _flag(group, "epochs", type=_int_at_least(1), help="(default 7, or the preset's); more than a finished run's continues it")
+    _flag(group, "batch-size", type=_int_at_least(1), help="global batch (default 32)")
+    _flag(group, "lr", type=_positive_float, help="learning rate (default 2e-3, or the preset's)")
+    _flag(group, "lr-schedule", choices=LR_SCHEDULES, help="cosine decay over the run (builder default) or constant (preset default)")
+    _flag(group, "optimizer", choices=OPTIMIZERS, help="(default adam, or the preset's)")
+    _flag(group, "lr-find", boolean=True, help="run an LR range test first and train with its suggestion")
+    _flag(group, "one-cycle", boolean=True, help="one-cycle policy peaking at --lr, with momentum cycling")
+    _flag(group, "task-weighting", choices=WEIGHTINGS, help="per-output loss weights (default static, or the preset's)")
+    _flag(group, "static-weights", nargs="+", metavar="TASK=WEIGHT", action=TaskWeightsAction,
+          help="fixed loss weights for --task-weighting static, e.g. gender=50 age=100")
+    _flag(group, "dst-count", choices=DST_COUNTS, help="what DST counts per output: labelled instances or positives")
+    _flag(group, "early-stopping", type=_int_at_least(1), help="stop after N epochs without a better val_loss (default: none, or the preset's)")
+    _flag(group, "seed", type=_int_at_least(0), help="random seed of split, shuffling, augmentation and weights")
+    _flag(group, "out", help="run folder (default runs/<dataset>-<model>-seed<seed>); rerunning a command continues its run")
+    _flag(group, "restart", boolean=True, help="remove what the package wrote into the run folder and train from scratch")
+    _flag(group, "tensorboard", boolean=True, help="write a TensorBoard log into <run folder>/tensorboard")
+    _flag(group, "verbose", type=int, choices=(0, 1, 2), help="Keras verbosity (default 1 on a terminal, else 2: one line per epoch)")
+
+
+def add_distribution_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of training on several devices or machines (see docs/distributed.md)."""
+    group = parser.add_argument_group("distribution")
+    _flag(group, "strategy", choices=DISTRIBUTION, help="none, mirrored (every local GPU) or multiworker (TF_CONFIG)")
+    _flag(group, "mixed-precision", choices=MIXED_PRECISION, help="off, float16 (loss scaling) or bfloat16 compute")
+    _flag(group, "input", choices=INPUTS, help="generator (default), tfdata or files (decoding in tf.data)")
+
+
+def training_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """A parser with ``--config`` and the data, model, training and distribution flags."""
+    parser = argparse.ArgumentParser(description=description, prog=prog)
+    parser.add_argument("--config", help="YAML file whose keys are flag names; command-line flags win")
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    add_training_arguments(parser)
+    add_distribution_arguments(parser)
+    return parser
+
+
+def add_lr_find_arguments(parser: argparse.ArgumentParser) -> None:
+    """The range test's own flags."""
+    group = parser.add_argument_group("LR range test")
+    group.add_argument("--min-lr", type=_positive_float, default=1e-7, help="first learning rate (default 1e-7)")
+    group.add_argument("--max-lr", type=_positive_float, default=10.0, help="last learning rate (default 10)")
+    group.add_argument("--steps", type=_int_at_least(2), default=100, help="batches in the sweep (default 100)")
+    group.add_argument("--mode", choices=("exp", "linear"), default="exp", help="sweep shape (default exp)")
+    group.add_argument("--rule", choices=("valley", "steep", "minimum"), default="valley", help="rule of the printed suggestion")
+
+
+# ----------------------------------------------------------------------- config
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+
+
+def check_yaml_value(action: argparse.Action, value, where: str):
+    """A YAML value, checked as its flag would check it.
+
+    Raises:
+        ValueError: naming the file, the key, the rule and the value received.
+    """
+    key = action.option_strings[0].lstrip("-")
+    if value is None:
+        return None
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {key} must be true or false (unquoted). Received: {value!r}")
+        return value
+    if isinstance(action, TaskWeightsAction):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: {key} must be a mapping of task names to numbers. Received: {value!r}")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value.values()):
+            raise ValueError(f"{where}: {key} must map task names to numbers. Received: {value!r}")
+        return {str(k): float(v) for k, v in value.items()}
+    items = value if action.nargs in ("+", "*") else [value]
+    if action.nargs in ("+", "*") and not isinstance(value, list):
+        raise ValueError(f"{where}: {key} must be a list. Received: {value!r}")
+    checked = []
+    for item in items:
+        if action.type is not None:
+            if action.type is int and (isinstance(item, bool) or not isinstance(item, int)):
+                raise ValueError(f"{where}: {key} must be an integer. Received: {item!r}")
+            if action.type not in (int, str) and isinstance(item, str):
+                raise ValueError(f"{where}: {key} must be a number, not text. Received: {item!r}")
+            try:
+                item = action.type(item)
+            except argparse.ArgumentTypeError as error:
+                raise ValueError(f"{where}: {key} {error}") from None
+        elif not isinstance(item, str):
+            raise ValueError(f"{where}: {key} must be text. Received: {item!r}")
+        if action.choices is not None and item not in action.choices:
+            raise ValueError(f"{where}: {key} must be one of {list(action.choices)}. Received: {item!r}")
+        checked.append(item)
+    return checked if action.nargs in ("+", "*") else checked[0]
+
+
+def load_yaml_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """Reads a YAML config (``yaml.safe_load``) whose keys are flag names, every value checked.
+
+    Raises:
+        ValueError: not a mapping, an unknown key, or a value its flag would refuse.
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise ValueError(f"cannot read the config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:  # includes tags such as !!python/object, which safe_load refuses
+        raise ValueError(f"{path}: not a valid YAML config ({error})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: a config file is a YAML mapping of flag names to values. Received: {type(content).__name__}")
+    actions = _actions(parser)
+    config = {}
+    for key, value in content.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            raise ValueError(f"{path}: unknown key {key!r}. Known keys: {sorted(k.replace('_', '-') for k in actions)}")
+        config[dest] = check_yaml_value(actions[dest], value, str(path))
+    return config
+
+
+def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+                 defaults: Mapping | None = None) -> tuple[TrainConfig, dict]:
+    """Parses flags (and ``--config``) into a `TrainConfig`.
+
+    Args:
+        parser: from `training_parser` (plus any command-specific flags).
+        argv: arguments; default ``sys.argv[1:]``.
+        defaults: a preset's defaults, below the YAML file and the flags.
+
+    Returns:
+        ``(config, extra)``: the config and the parsed flags that are not its fields.
+        A bad flag or YAML value exits with code 2 and one message (argparse's way).
+    """
+    args = vars(parser.parse_args(argv))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = dict(defaults or {})
+    path = args.pop("config", None)
+    if path is not None:
+        try:
+            values.update(load_yaml_config(path, parser))
+        except ValueError as error:
+            parser.error(str(error))
+    values.update({k: v for k, v in args.items() if v is not None})
+    config = TrainConfig(**{k: v for k, v in values.items() if k in fields})
+    extra = {k: v for k, v in values.items() if k not in fields}
+    return config, extra
+
+
+# --------------------------------------------------------------------- commands
+def _environment() -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def train(argv: Sequence[str] | None = None, defaults: Mapping | None = None, prog: str | None = None) -> int:
+    """``kerasmtl train``: trains a model and writes its run folder."""
+    parser = training_parser("Train a multi-output image model and write its run folder.", prog)
+    config, _ = parse_config(parser, argv, defaults)
+    _environment()
+    from kerasmtl.workflow import run_training, run_with_exit_codes
+
+    return run_with_exit_codes(run_training, config)
+
+
+def lr_find(argv: Sequence[str] | None = None, defaults: Mapping | None = None, prog: str | None = None) -> int:
+    """``kerasmtl lr-find``: an LR range test on the training data and model of ``train``."""
+    parser = training_parser("LR range test: writes lr_find.png / lr_find.csv and prints the suggestion.", prog)
+    add_lr_find_arguments(parser)
+    config, extra = parse_config(parser, argv, defaults)
+    _environment()
+    from kerasmtl.workflow import run_lr_find, run_with_exit_codes
+
+    return run_with_exit_codes(run_lr_find, config, extra)
+
+
+def evaluate(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``kerasmtl evaluate``: metrics.json, report.md and figures for a saved model."""
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Evaluate a saved model: metrics.json, report.md and figures (accuracy against the majority-class "
+        "baseline, confusion matrices, sample predictions, Grad-CAM, label statistics)."))
+    parser.add_argument("model", help="a run folder or a .keras file")
+    parser.add_argument("--data", help="a run folder (its split), any data --data of train takes, or a table CSV; default: the model's run folder")
+    parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of a run folder (default test)")
+    parser.add_argument("--out", help="output folder (default: the run folder, or <data>-evaluation next to the model)")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=32)
+    parser.add_argument("--nme-points", nargs=2, metavar=("A", "B"), help="the two points normalising the landmark NME")
+    parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True, help="write the figures (default on)")
+    parser.add_argument("--samples", type=_int_at_least(0), default=8, help="images in the sample-predictions grid")
+    parser.add_argument("--gradcam-images", type=_int_at_least(0), default=4, help="images in the Grad-CAM figure (0: none)")
+    args = parser.parse_args(argv)
+    _environment()
+    from kerasmtl.evaluate import evaluate as evaluate_model
+    from kerasmtl.workflow import run_with_exit_codes
+
+    def work():
+        evaluate_model(args.model, data=args.data, out=args.out, tasks=args.tasks, split=args.split,
+                       batch_size=args.batch_size, nme_points=args.nme_points, figures=args.figures,
+                       samples=args.samples, gradcam_images=args.gradcam_images)
+
+    return run_with_exit_codes(work)
+
+
+def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``kerasmtl predict``: labels for a folder of images (or a CSV listing them)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Predict every output for a folder of images (or a CSV listing them) into a CSV.")
+    parser.add_argument("model", help="a run folder or a .keras file")
+    parser.add_argument("images", help="a folder of images (searched recursively), one image, or a CSV with an image path column")
+    parser.add_argument("--out", default="predictions.csv", help="CSV file to write (default predictions.csv)")
+    parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
+    parser.add_argument("--column", help="path column of a CSV input (default: path, image_path, filename, image_id, image or the first)")
+    parser.add_argument("--all-probabilities", action="store_true", help="add a probability column per class")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=32)
+    args = parser.parse_args(argv)
+    _environment()
+    from kerasmtl.predict import predict_command
+    from kerasmtl.workflow import run_with_exit_codes
+
+    return run_with_exit_codes(predict_command, args)
+
+
+COMMANDS = {"train": train, "lr-find": lr_find, "evaluate": evaluate, "predict": predict}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kerasmtl`` console command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: kerasmtl {" + ",".join(COMMANDS) + "} [options]   (kerasmtl COMMAND --help for each)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\n" + "\n".join(f"  {name:<9} {command.__doc__.split(':', 1)[1].strip()}" for name, command in COMMANDS.items()))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"{usage}\nkerasmtl: error: unknown command {name!r}", file=sys.stderr)
+        return 2
+    return COMMANDS[name](rest, prog=f"kerasmtl {name}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
