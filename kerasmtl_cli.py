@@ -443,6 +443,18 @@ def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     return run_with_exit_codes(predict_command, args)
 
 
+def compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The CelebA comparison: the multi-task ResNet18 against its two single-task baselines."""
+    parser = training_parser("Train the multi-task ResNet18 (attributes + landmarks) and its two single-task "
+                             "baselines on the same CelebA data and print one comparison table.", prog)
+    config, _ = parse_config(parser, argv)
+    _environment()
+    from kerasmtl.comparison import run_comparison
+    from kerasmtl.workflow import run_with_exit_codes
+
+    return run_with_exit_codes(run_comparison, config)
+
+
 COMMANDS = {"train": train, "lr-find": lr_find, "evaluate": evaluate, "predict": predict}
 
 

@@ -8,13 +8,9 @@ Prints one table: per-attribute accuracy and their mean, macro precision / recal
 landmark MAE / MSE / RMSE and NME (inter-ocular), with the difference multi - single.
 """
 
-import os
 import sys
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from kerasmtl.celeba_experiment import compare_main  # noqa: E402
+from kerasmtl_cli import compare
 
 if __name__ == "__main__":
-    sys.exit(compare_main())
+    sys.exit(compare(prog="compare_celeba_mtl.py"))

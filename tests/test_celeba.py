@@ -215,7 +215,7 @@ def test_every_port_preset_reads_the_table_and_feeds_the_generator(official):
 
 # ----------------------------------------------------------------------- metrics
 def test_celeba_summary_against_sklearn_and_hand_computed_nme():
-    from kerasmtl.celeba_experiment import celeba_summary
+    from kerasmtl.comparison import celeba_summary
     from kerasmtl.data.celeba import celeba_tasks
 
     rng = np.random.default_rng(1)
@@ -243,7 +243,7 @@ def test_celeba_summary_against_sklearn_and_hand_computed_nme():
 
 
 def test_comparison_table_puts_each_single_task_model_on_its_own_rows():
-    from kerasmtl.celeba_experiment import comparison_table
+    from kerasmtl.comparison import comparison_table
 
     def summary(accuracy, nme, attributes=True, landmarks=True):
         return {

@@ -1,0 +1,161 @@
+"""Multi-task against single-task on CelebA (the seed 003 comparison).
+
+`run_comparison` trains the multi-task ResNet18 (3 attributes + 5 landmarks) and its two
+single-task baselines with the one training workflow on the same data, then scores each
+run folder's test split with `celeba_summary` and prints one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from kerasmtl import runs
+from kerasmtl.data.celeba import ALIGNED_SIZE, LANDMARK_COLUMNS
+from kerasmtl.data.generator import MultiOutputGenerator
+from kerasmtl.data.tables import encode_targets
+from kerasmtl.evaluate import load_evaluation_data
+from kerasmtl.evaluation.metrics import predict_outputs, regression_report
+from kerasmtl.runs import RunFolder
+from kerasmtl.tasks import MISSING_CLASS, Task
+from kerasmtl.workflow import run_training
+
+#: The seed 003 multi-task model and its single-task baselines, in table order.
+COMPARISON_MODELS = ("resnet18_landmarks", "resnet18_attributes_only", "resnet18_landmarks_only")
+
+
+def celeba_summary(tasks: Sequence[Task], targets: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> dict:
+    """The CelebA metrics of seed 003: attributes and landmarks.
+
+    Attributes: accuracy of each, their mean, and precision / recall / F1 of the
+    positive class of each attribute averaged over the attributes (macro over
+    attributes, as scikit-learn's ``average="macro"`` on the label matrix). Landmarks
+    (regression tasks on `LANDMARK_COLUMNS`): MAE, MSE, RMSE of the normalised
+    coordinates, and NME: the mean point-to-point distance in pixels of the aligned
+    178 x 218 image divided by the true inter-ocular distance (eye centres).
+
+    Args:
+        tasks: the tasks.
+        targets: encoded targets (`kerasmtl.tasks`).
+        outputs: model outputs for the same rows.
+
+    Returns:
+        ``{"attributes": {name: {accuracy, precision, recall, f1, n}}, "mean_accuracy",
+        "precision", "recall", "f1", "landmarks": {mae, mse, rmse, nme, n}}``; keys of
+        absent task kinds are None.
+    """
+    attributes = {}
+    for task in tasks:
+        if task.kind != "binary":
+            continue
+        labels = np.asarray(targets[task.name]).reshape(-1).astype(int)
+        present = labels != MISSING_CLASS
+        labels = labels[present]
+        predicted = (np.asarray(outputs[task.name]).reshape(-1)[present] > task.threshold).astype(int)
+        precision, recall, f1, _ = skm.precision_recall_fscore_support(
+            labels, predicted, average="binary", pos_label=1, zero_division=0
+        )
+        attributes[task.name] = {
+            "n": int(len(labels)),
+            "accuracy": float(np.mean(predicted == labels)) if len(labels) else float("nan"),
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+        }
+    summary = {"attributes": attributes or None}
+    for key in ("accuracy", "precision", "recall", "f1"):
+        name = "mean_accuracy" if key == "accuracy" else key
+        summary[name] = float(np.mean([a[key] for a in attributes.values()])) if attributes else None
+    summary["landmarks"] = None
+    for task in tasks:
+        if task.kind == "regression" and tuple(task.columns) == LANDMARK_COLUMNS:
+            report = regression_report(task, targets[task.name], outputs[task.name], (0, 1), ALIGNED_SIZE)
+            summary["landmarks"] = {key: report[key] for key in ("n", "mae", "mse", "rmse", "nme")}
+    return summary
+
+
+def summary_rows(summary: dict) -> dict[str, float]:
+    """The summary flattened to ``{row label: value}`` in table order."""
+    rows = {}
+    for name, values in (summary.get("attributes") or {}).items():
+        rows[f"{name} accuracy"] = values["accuracy"]
+    if summary.get("attributes"):
+        rows["mean accuracy"] = summary["mean_accuracy"]
+        rows["macro precision"] = summary["precision"]
+        rows["macro recall"] = summary["recall"]
+        rows["macro F1"] = summary["f1"]
+    if summary.get("landmarks"):
+        landmarks = summary["landmarks"]
+        rows["landmarks MAE"] = landmarks["mae"]
+        rows["landmarks MSE"] = landmarks["mse"]
+        rows["landmarks RMSE"] = landmarks["rmse"]
+        rows["landmarks NME (inter-ocular)"] = landmarks["nme"]
+    return rows
+
+
+def format_summary(summary: dict) -> str:
+    """A printable two-column table of `celeba_summary`."""
+    rows = summary_rows(summary)
+    width = max(len(k) for k in rows) + 2 if rows else 10
+    return "\n".join(f"{label:<{width}}{value:>10.4f}" for label, value in rows.items())
+
+
+def comparison_table(summaries: Mapping[str, dict]) -> pd.DataFrame:
+    """One table: the multi-task model against its single-task baselines.
+
+    Args:
+        summaries: ``{preset name: celeba_summary}`` of `COMPARISON_MODELS`.
+
+    Returns:
+        Rows as in `summary_rows`; columns ``multi-task``, ``single-task`` (attribute
+        rows from the attributes-only model, landmark rows from the landmarks-only
+        model) and ``difference`` (multi-task minus single-task).
+    """
+    multi = summary_rows(summaries["resnet18_landmarks"])
+    single = summary_rows(summaries["resnet18_attributes_only"]) | summary_rows(summaries["resnet18_landmarks_only"])
+    table = pd.DataFrame({"multi-task": pd.Series(multi), "single-task": pd.Series(single)}).loc[list(multi)]
+    table["difference"] = table["multi-task"] - table["single-task"]
+    table.index.name = "metric"
+    return table
+
+
+def run_summary(run: str | Path, batch_size: int = 32) -> dict:
+    """`celeba_summary` of a run folder's model on its test split."""
+    run = Path(run)
+    model = keras.saving.load_model(run / runs.MODEL)
+    evaluation = load_evaluation_data(run, model.tasks, "test")
+    height, width, channels = model.input_shape[1:4]
+    targets = encode_targets(evaluation.table, model.tasks)
+    data = MultiOutputGenerator(evaluation.table["path"].tolist(), targets, batch_size=batch_size,
+                                image_size=(height, width), channels=channels, shuffle=False)
+    return celeba_summary(model.tasks, targets, predict_outputs(model, data))
+
+
+def run_comparison(config) -> pd.DataFrame:
+    """Trains `COMPARISON_MODELS` on the same data with the same settings.
+
+    Each model gets a run folder under ``config.out`` (default
+    ``runs/celeba-compare-seed<seed>``); the table is written there as ``comparison.csv``.
+
+    Returns:
+        The `comparison_table`.
+    """
+    out = Path(config.out) if config.out else Path("runs") / f"celeba-compare-seed{config.seed}"
+    summaries = {}
+    with RunFolder.open(out) as folder:  # the runs of the models are folders inside it
+        for name in COMPARISON_MODELS:
+            print(f"== {name}")
+            run = run_training(dataclasses.replace(config, model=name, out=str(out / name)))
+            keras.backend.clear_session()
+            summaries[name] = run_summary(run.path, config.batch_size)
+        table = comparison_table(summaries)
+        folder.write_text(runs.COMPARISON, table.to_csv(float_format="%.6g"))
+    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
+        print(table.to_string())
+    return table
