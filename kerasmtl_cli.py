@@ -30,9 +30,6 @@ MIXED_PRECISION = ("off", "float16", "bfloat16")
 INPUTS = ("generator", "tfdata", "files")
 LAYOUTS = ("auto", "official", "kaggle")
 
-#: Config fields that do not change what is trained (a rerun may change them).
-RUN_SETTINGS = ("verbose", "workers", "worker_processes", "out", "restart", "epochs")
-
 
 @dataclasses.dataclass
 class TrainConfig:

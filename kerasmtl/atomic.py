@@ -137,10 +137,3 @@ def save_model(model, path: str | os.PathLike, **kwargs) -> Path:
     with atomic_path(path) as temporary:
         model.save(temporary, **kwargs)
     return Path(path)
-
-
-def save_weights(model, path: str | os.PathLike) -> Path:
-    """``model.save_weights(path)`` (model and optimizer variables), atomically."""
-    with atomic_path(path) as temporary:
-        model.save_weights(temporary)
-    return Path(path)

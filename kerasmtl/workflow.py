@@ -42,8 +42,6 @@ from kerasmtl.tasks import Task
 from kerasmtl.towers import get_tower_spec, list_towers
 from kerasmtl.training import make_optimizer
 
-#: Settings of a run that do not change what is trained (a rerun may change them).
-RUN_SETTINGS = ("verbose", "workers", "worker_processes", "out", "restart", "epochs")
 BUILDER_DEFAULTS = {"image_size": 64, "epochs": 7, "lr": 2e-3, "optimizer": "adam", "lr_schedule": "cosine"}
 
 
@@ -370,7 +368,7 @@ def run_training(config) -> RunFolder:
 
 def _train(run: RunFolder, config, recipe: Recipe, spec, strategy) -> RunFolder:
     """The body of `run_training`, with the run folder open and locked."""
-    session = ResumableRun(run, config_fingerprint(config, RUN_SETTINGS), epochs=recipe.epochs)
+    session = ResumableRun(run, config_fingerprint(config), epochs=recipe.epochs)
     data = prepare_data(config, recipe, list(spec.tasks) if spec is not None else None, standardize=spec is None)
     session.check_data(data_digest(data.train["path"], data.val["path"], data.test["path"]))
     if session.complete:

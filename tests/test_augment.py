@@ -416,14 +416,14 @@ def test_grayscale_batches_augment_too(table):
 
 
 def test_training_flags_augment_the_training_split_only(hvc_folder):
-    from kerasmtl.cli import build_parser, parse_config
-    from kerasmtl.experiment import prepare_data
+    from kerasmtl.workflow import prepare_data, resolve_recipe
+    from kerasmtl_cli import parse_config, training_parser
 
     flags = ["--data", str(hvc_folder), "--image-size", "32", "--batch-size", "8"]
-    config, _ = parse_config(build_parser("t"), flags + ["--copies", "2"])
-    data = prepare_data(config)
+    config, _ = parse_config(training_parser("t"), flags + ["--copies", "2"])
+    data = prepare_data(config, resolve_recipe(config))
     assert data.train_data.copies == 2 and len(data.train_data[0][0]) == 3 * 8
     assert data.val_data.augment is None and data.test_data.augment is None
     assert len(data.test_data[0][0]) == 8
-    config, _ = parse_config(build_parser("t"), flags + ["--no-augment"])
-    assert prepare_data(config).train_data.augment is None
+    config, _ = parse_config(training_parser("t"), flags + ["--no-augment"])
+    assert prepare_data(config, resolve_recipe(config)).train_data.augment is None

@@ -1,42 +1,136 @@
+import argparse
+import ast
+import inspect
+import textwrap
+
 import pytest
 
-from kerasmtl.cli import TrainConfig, build_parser, parse_config
+import kerasmtl_cli as cli
+from kerasmtl_cli import TrainConfig, load_yaml_config, parse_config, training_parser
 
 
 def test_defaults_then_yaml_then_flags(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("image-size: 48\nepochs: 3\nbase: separable\nneck: [32, 16]\n")
-    config, _ = parse_config(build_parser("t"), ["--config", str(config_file), "--epochs", "5"])
+    config, _ = parse_config(training_parser("t"), ["--config", str(config_file), "--epochs", "5"])
     assert config.image_size == 48 and config.base == "separable" and config.neck == [32, 16]
     assert config.epochs == 5
     assert config.batch_size == TrainConfig().batch_size
+    # a preset's defaults sit below the YAML file and the flags
+    config, _ = parse_config(training_parser("t"), ["--config", str(config_file)], defaults={"epochs": 9, "lr": 0.1, "model": "m"})
+    assert (config.epochs, config.lr, config.model) == (3, 0.1, "m")
 
 
-def test_unknown_yaml_key_is_named(tmp_path):
+def test_settings_left_open_are_none_until_resolved():
+    config, _ = parse_config(training_parser("t"), [])
+    for name in ("epochs", "lr", "optimizer", "image_size", "task_weighting", "dst_count", "lr_schedule", "augment_pipeline", "verbose"):
+        assert getattr(config, name) is None, name
+
+
+def test_unknown_yaml_key_is_named(tmp_path, capsys):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("image_size: 48\nepoch: 3\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\]"):
-        parse_config(build_parser("t"), ["--config", str(config_file)])
+    with pytest.raises(ValueError, match=r"unknown key 'epoch'"):
+        load_yaml_config(str(config_file), training_parser("t"))
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(training_parser("t"), ["--config", str(config_file)])
+    assert exit_.value.code == 2 and "unknown key 'epoch'" in capsys.readouterr().err
 
 
-def test_yaml_must_be_a_mapping(tmp_path):
+def test_yaml_must_be_a_mapping(tmp_path, capsys):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="YAML mapping"):
-        parse_config(build_parser("t"), ["--config", str(config_file)])
+        load_yaml_config(str(config_file), training_parser("t"))
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(training_parser("t"), ["--config", str(config_file)])
+    assert exit_.value.code == 2 and "YAML mapping" in capsys.readouterr().err
 
 
-def test_unknown_base_is_refused_by_the_parser():
-    with pytest.raises(SystemExit):
-        parse_config(build_parser("t"), ["--base", "resnet9000"])
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ('restart: "false"', "restart"),
+        ('augment: "false"', "augment"),
+        ('image-size: "32"', "image-size"),
+        ('epochs: "one"', "epochs"),
+        ("epochs: 0", "epochs"),
+        ("batch-size: 0", "batch-size"),
+    ],
+)
+def test_yaml_values_pass_the_checks_of_their_flags(tmp_path, capsys, line, key):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(line + "\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.train(["--config", str(config_file)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    errors = [e for e in err.splitlines() if "error:" in e]
+    assert len(errors) == 1 and errors[0] == err.rstrip("\n").splitlines()[-1], err
+    assert f"{config_file}: {key} " in errors[0]
+    assert "Traceback" not in err
+
+
+def test_yaml_values_that_pass_are_those_flags_would_give(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("restart: true\naugment: false\nimage-size: 32\nepochs: 2\nlr: 0.01\n"
+                           "static-weights: {gender: 50}\nneck: [8]\nhead: dense\n")
+    config, _ = parse_config(training_parser("t"), ["--config", str(config_file)])
+    assert (config.restart, config.augment, config.image_size, config.epochs, config.lr) == (True, False, 32, 2, 0.01)
+    assert config.static_weights == {"gender": 50.0} and config.neck == [8] and config.head == "dense"
+
+
+def test_unknown_base_exits_2_listing_the_towers(capsys):
+    from kerasmtl.towers import list_towers
+
+    assert cli.train(["--base", "not_a_tower"]) == 2
+    err = capsys.readouterr().err
+    assert "not_a_tower" in err and all(name in err for name in list_towers())
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_fixed_choices_match_the_package():
+    from kerasmtl import distribute, heads, training, weighting, workflow
+    from kerasmtl.callbacks import task_weights
+    from kerasmtl.data import celeba
+
+    assert cli.HEADS == heads.HEADS
+    assert cli.WEIGHTINGS == weighting.STRATEGIES
+    assert cli.DST_COUNTS == task_weights.DST_COUNTS
+    assert cli.OPTIMIZERS == tuple(sorted(training.OPTIMIZERS))
+    assert cli.DISTRIBUTION == distribute.DISTRIBUTION_STRATEGIES
+    assert cli.MIXED_PRECISION == tuple(distribute.MIXED_PRECISION)
+    assert cli.LAYOUTS == ("auto", *celeba.LAYOUTS)
+    assert workflow.BUILDER_DEFAULTS["lr_schedule"] in cli.LR_SCHEDULES
+    # --input: training_input tests for each choice but the last, which is its else branch
+    tree = ast.parse(textwrap.dedent(inspect.getsource(workflow.training_input)))
+    compared = [
+        c.value for node in ast.walk(tree) if isinstance(node, ast.Compare) and ast.unparse(node.left) == "config.input"
+        for c in node.comparators if isinstance(c, ast.Constant)
+    ]
+    assert sorted(compared) == sorted(cli.INPUTS[:-1]) and cli.INPUTS[-1] == "files"
+    defaults = TrainConfig()
+    assert defaults.head in cli.HEADS and defaults.strategy in cli.DISTRIBUTION and defaults.input == cli.INPUTS[0]
+    assert defaults.mixed_precision in cli.MIXED_PRECISION and defaults.layout in cli.LAYOUTS
+    # every flag of a training parser is a TrainConfig field
+    fields = set(TrainConfig.__dataclass_fields__)
+    parser = training_parser("t")
+    dests = {a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction)} - {"config"}
+    assert dests <= fields
+
+
+def test_commands_dispatch(capsys):
+    assert cli.main([]) == 2
+    assert cli.main(["--help"]) == 0 and "lr-find" in capsys.readouterr().out
+    assert cli.main(["fit"]) == 2 and "unknown command 'fit'" in capsys.readouterr().err
 
 
 def test_worker_processes_flag_reaches_the_generators(hvc_folder):
-    from kerasmtl.experiment import prepare_data
+    from kerasmtl.workflow import prepare_data, resolve_recipe
 
-    config, _ = parse_config(build_parser("t"), ["--data", str(hvc_folder), "--workers", "2", "--worker-processes",
-                                                 "--image-size", "32"])
+    config, _ = parse_config(training_parser("t"), ["--data", str(hvc_folder), "--workers", "2", "--worker-processes",
+                                                    "--image-size", "32"])
     assert config.worker_processes and TrainConfig().worker_processes is False
-    data = prepare_data(config)
+    data = prepare_data(config, resolve_recipe(config))
     for generator in (data.train_data, data.val_data, data.test_data):
         assert generator.workers == 2 and generator.use_multiprocessing and generator._arena is not None

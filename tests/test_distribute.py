@@ -240,11 +240,11 @@ def test_split_cpu_after_start_says_why():
 def test_training_input_follows_the_input_flag(hvc_folder):
     import tensorflow as tf
 
-    from kerasmtl.cli import TrainConfig
-    from kerasmtl.experiment import prepare_data, training_input
+    from kerasmtl.workflow import prepare_data, resolve_recipe, training_input
+    from kerasmtl_cli import TrainConfig
 
     config = TrainConfig(data=str(hvc_folder), image_size=64, batch_size=8, input="tfdata", copies=1)
-    data = prepare_data(config)
+    data = prepare_data(config, resolve_recipe(config))
     strategy = tf.distribute.get_strategy()
     generator_input, kwargs = training_input(TrainConfig(**{**config.to_dict(), "input": "generator"}), data, strategy)
     assert generator_input is data.train_data and kwargs == {}
@@ -272,7 +272,7 @@ def test_train_person_on_two_replicas(tmp_path):
     files input, one-cycle, DWA and bfloat16: a complete run folder."""
     script = (
         "import sys; from kerasmtl.distribute import split_cpu; split_cpu(2); "
-        "from kerasmtl.experiment import main; sys.exit(main(sys.argv[1:]))"
+        "from kerasmtl_cli import train; sys.exit(train(sys.argv[1:]))"
     )
     args = [
         "--image-size", "32", "--width", "8", "--batch-size", "16", "--epochs", "2", "--sample-size", "80",

@@ -9,17 +9,18 @@ import pytest
 from conftest import TINY_TOWER
 from PIL import Image
 
+import kerasmtl_cli
 from kerasmtl import ModelBuilder, Task
-from kerasmtl.cli import TrainConfig
 from kerasmtl.data.celeba import LANDMARK_FLIP_PAIRS
 from kerasmtl.data.person import load_hvc
 from kerasmtl.data.tables import split_table
-from kerasmtl.evaluate import evaluate, main
+from kerasmtl.evaluate import evaluate
 from kerasmtl.evaluation.figures import FIGURES
 from kerasmtl.evaluation.metrics import evaluate_model, task_report
 from kerasmtl.evaluation.report import format_table, report_markdown, write_report
 from kerasmtl.landmarks import nme, point_names, reference_points
 from kerasmtl.runs import RunFolder
+from kerasmtl_cli import TrainConfig
 
 CELEBA_COLUMNS = [f"{p}_{a}" for p in ("lefteye", "righteye", "nose", "leftmouth", "rightmouth") for a in "xy"]
 
@@ -148,22 +149,26 @@ def test_write_report_writes_metrics_json_keyed_by_split(mixed_tasks, rng, tmp_p
 @pytest.fixture(scope="module")
 def run_folder(hvc_folder, tmp_path_factory):
     """A run folder as training leaves it (untrained model; the split is what matters)."""
+    from kerasmtl.workflow import prepare_data, resolve_recipe, write_run_files
+
     folder = tmp_path_factory.mktemp("run")
     config = TrainConfig(data=str(hvc_folder), image_size=32, width=8, val_fraction=0.2, test_fraction=0.25, seed=5)
     _, tasks = load_hvc(hvc_folder)
     run = RunFolder(folder)
-    run.write_yaml("config.yaml", config.to_dict() | {"resolved_data": str(hvc_folder)})
-    run.write_json("tasks.json", [t.to_dict() for t in tasks])
+    recipe = resolve_recipe(config)
+    write_run_files(run, config, recipe, prepare_data(config, recipe))  # config.yaml, tasks.json, split.csv
     keras.utils.set_random_seed(0)
     model = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=TINY_TOWER).build()
     model.save(folder / "model.keras")
     return folder
 
 
-def test_evaluate_a_run_folder_rederives_its_test_split(run_folder, hvc_folder):
+def test_evaluate_a_run_folder_reads_its_test_split(run_folder, hvc_folder):
     reports = evaluate(run_folder, samples=4, gradcam_images=2)
     frame, tasks = load_hvc(hvc_folder)
     train, _, test = split_table(frame, tasks, 0.2, 0.25, seed=5)
+    split = pd.read_csv(run_folder / "split.csv")
+    assert sorted(split.loc[split["subset"] == "test", "path"]) == sorted(test["path"])
     metrics = json.loads((run_folder / "metrics.json").read_text())
     assert set(metrics["test"]) == {t.name for t in tasks}
     for task in tasks:
@@ -192,11 +197,11 @@ def test_evaluate_script_on_a_landmark_table_reports_nme(tmp_path, rng):
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
         rows.append([f"img/{i}.png", ["no", "yes"][i % 2]] + list(rng.uniform(0.2, 0.8, 10)))
-    pd.DataFrame(rows, columns=["image_path", "smiling"] + CELEBA_COLUMNS).to_csv(tmp_path / "table.csv", index=False)
+    pd.DataFrame(rows, columns=["path", "smiling"] + CELEBA_COLUMNS).to_csv(tmp_path / "table.csv", index=False)
     (tmp_path / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks]))
     model = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=TINY_TOWER).build()
     model.save(tmp_path / "m.keras")
-    code = main([str(tmp_path / "m.keras"), "--data", str(tmp_path / "table.csv"), "--tasks", str(tmp_path / "tasks.json"),
+    code = kerasmtl_cli.evaluate([str(tmp_path / "m.keras"), "--data", str(tmp_path / "table.csv"), "--tasks", str(tmp_path / "tasks.json"),
                  "--out", str(tmp_path / "eval"), "--nme-points", "lefteye", "nose", "--samples", "3", "--gradcam-images", "0"])
     assert code == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -214,13 +219,14 @@ def test_evaluate_without_tasks_for_a_loose_model_says_what_is_missing(tmp_path,
 
 
 def test_finish_run_writes_the_report_and_figures_of_the_test_split(hvc_folder, tmp_path):
-    from kerasmtl.experiment import finish_run, model_builder, prepare_data
+    from kerasmtl.workflow import build_model, finish_run, prepare_data, resolve_recipe
 
     config = TrainConfig(data=str(hvc_folder), image_size=32, width=8, head="dense", out=str(tmp_path), augment=False)
-    data = prepare_data(config)
+    recipe = resolve_recipe(config)
+    data = prepare_data(config, recipe)
     run = RunFolder(tmp_path)
     pd.DataFrame({"epoch": [0], "loss": [1.0], "gender_loss": [0.7], "loss_weight/gender": [1.0]}).to_csv(run.file("history.csv"), index=False)
-    reports = finish_run(config, run, data, model_builder(config, data.tasks).build())
+    reports = finish_run(run, data, build_model(config, recipe, data.tasks))
     metrics = json.loads(run.file("metrics.json").read_text())
     report = run.file("report.md").read_text()
     for name, scores in metrics["test"].items():
@@ -232,24 +238,29 @@ def test_finish_run_writes_the_report_and_figures_of_the_test_split(hvc_folder, 
 
 
 def test_tensorboard_flag_adds_keras_tensorboard_logging_into_the_run_folder(hvc_folder, tmp_path):
-    from kerasmtl.cli import build_parser, parse_config
-    from kerasmtl.experiment import build_callbacks, prepare_data
+    from kerasmtl.resume import ResumableRun
+    from kerasmtl.workflow import build_callbacks, prepare_data, resolve_recipe
+    from kerasmtl_cli import parse_config, training_parser
 
-    config, _ = parse_config(build_parser("x"), ["--data", str(hvc_folder), "--tensorboard", "--image-size", "32"])
+    def callbacks_of(config):
+        recipe = resolve_recipe(config)
+        session = ResumableRun(run, {}, epochs=recipe.epochs)
+        return build_callbacks(config, recipe, run, session, prepare_data(config, recipe), model)
+
+    config, _ = parse_config(training_parser("x"), ["--data", str(hvc_folder), "--tensorboard", "--image-size", "32"])
     assert config.tensorboard
     run = RunFolder(tmp_path)
     model = ModelBuilder(load_hvc(hvc_folder)[1], base="bottleneck", input_shape=(32, 32, 3), base_kwargs=TINY_TOWER).build()
     model.compile(optimizer="adam")
-    callbacks = build_callbacks(config, run, prepare_data(config), model)
-    boards = [c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)]
+    boards = [c for c in callbacks_of(config) if isinstance(c, keras.callbacks.TensorBoard)]
     assert len(boards) == 1 and boards[0].log_dir == str(tmp_path / "tensorboard")
-    config, _ = parse_config(build_parser("x"), ["--data", str(hvc_folder)])
-    assert not any(isinstance(c, keras.callbacks.TensorBoard) for c in build_callbacks(config, run, prepare_data(config), model))
+    config, _ = parse_config(training_parser("x"), ["--data", str(hvc_folder), "--image-size", "32"])
+    assert not any(isinstance(c, keras.callbacks.TensorBoard) for c in callbacks_of(config))
 
 
 @pytest.mark.slow
 def test_a_training_run_ends_with_the_report_the_figures_and_a_tensorboard_log(hvc_folder, tmp_path):
-    from kerasmtl.experiment import run_training
+    from kerasmtl.workflow import run_training
 
     config = TrainConfig(data=str(hvc_folder), image_size=32, width=8, epochs=1, batch_size=16, out=str(tmp_path / "run"),
                          tensorboard=True, verbose=0)

@@ -171,6 +171,8 @@ def loaded_loss_weights(record):
 def check_weights_in_effect(record, what):
     """The step's total loss is the task losses weighted by the loaded weights (plus penalties)."""
     logs, weights = record["step"]["logs"], loaded_loss_weights(record)
+    if len(weights) == 1:
+        return  # Keras logs no separate loss for a model's only output
     total = sum(w * logs[f"{n}_loss"] for n, w in weights.items()) + record["step"]["extra_losses"]
     assert logs["loss"] == pytest.approx(total, rel=1e-4, abs=1e-5), (
         f"{what}: loss {logs['loss']} is not the task losses weighted by {weights}"

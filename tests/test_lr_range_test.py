@@ -226,9 +226,12 @@ def test_script_writes_the_curve_and_prints_the_suggestion(hvc_folder, tmp_path,
     import runpy
     from pathlib import Path
 
+    import kerasmtl_cli
+
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "experiments" / "lr_range_test.py"))
+    assert script["lr_find"] is kerasmtl_cli.lr_find  # the script is the lr-find command
     out = tmp_path / "run"
-    code = script["main"]([
+    code = kerasmtl_cli.lr_find([
         "--data", str(hvc_folder), "--image-size", "32", "--width", "8", "--batch-size", "16",
         "--steps", "12", "--max-lr", "1", "--rule", "steep", "--out", str(out),
     ])

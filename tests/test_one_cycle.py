@@ -207,8 +207,8 @@ def test_training_flow_with_lr_find_and_one_cycle(hvc_folder, tmp_path):
     import pandas as pd
 
     from kerasmtl.callbacks import LRRangeTestResult
-    from kerasmtl.cli import TrainConfig
-    from kerasmtl.experiment import prepare_data, run_training
+    from kerasmtl.workflow import prepare_data, resolve_recipe, run_training
+    from kerasmtl_cli import TrainConfig
 
     config = TrainConfig(data=str(hvc_folder), image_size=32, width=8, batch_size=16, epochs=2,
                          lr_find=True, one_cycle=True, out=str(tmp_path / "run"), verbose=0)
@@ -216,7 +216,7 @@ def test_training_flow_with_lr_find_and_one_cycle(hvc_folder, tmp_path):
     curve = pd.read_csv(run.file("lr_find.csv"))
     suggestion = LRRangeTestResult(curve["lr"].values, curve["loss"].values, curve["smoothed_loss"].values,
                                    100, "completed").suggest()
-    steps_per_epoch = len(prepare_data(config).train_data)
+    steps_per_epoch = len(prepare_data(config, resolve_recipe(config)).train_data)
     cycle = OneCycle(suggestion, total_steps=2 * steps_per_epoch)
     history = pd.read_csv(run.file("history.csv"))
     expected = [cycle.values(steps_per_epoch * (e + 1) - 1) for e in range(2)]

@@ -12,9 +12,10 @@ from PIL import Image
 from kerasmtl import ModelBuilder, Task
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import read_image
-from kerasmtl.predict import list_images, main, prediction_columns, predictions_table, probabilities
+from kerasmtl.predict import list_images, prediction_columns, predictions_table, probabilities
 from kerasmtl.runs import RunFolder
 from kerasmtl.saved import match_tasks, resolve_tasks
+from kerasmtl_cli import predict
 
 CELEBA_COLUMNS = [f"{p}_{a}" for p in ("lefteye", "righteye", "nose", "leftmouth", "rightmouth") for a in "xy"]
 
@@ -75,7 +76,7 @@ def saved_run(tmp_path, mixed_tasks):
 def test_predict_script_writes_one_row_per_image_matching_the_model(saved_run, tmp_path):
     run, model, tasks, images = saved_run
     out = tmp_path / "predictions.csv"
-    assert main([str(run), str(images), "--out", str(out)]) == 0
+    assert predict([str(run), str(images), "--out", str(out)]) == 0
     table = pd.read_csv(out)
     assert table["path"].tolist() == ["9.jpg", "10.jpg", "a.png", "b.jpg", "more/c.jpg"]
     assert list(table.columns) == ["path", *prediction_columns(tasks)]
@@ -94,7 +95,7 @@ def test_csv_input_lists_relative_paths_and_reports_missing_files(saved_run, tmp
     listed, absolute = list_images(listing)
     assert listed == ["more/c.jpg", "a.png"] and absolute[0] == str((images / "more" / "c.jpg").resolve())
     out = tmp_path / "p.csv"
-    assert main([str(run / "model.keras"), str(listing), "--out", str(out), "--all-probabilities"]) == 0
+    assert predict([str(run / "model.keras"), str(listing), "--out", str(out), "--all-probabilities"]) == 0
     assert list(pd.read_csv(out).columns) == ["path", *prediction_columns(tasks, all_probabilities=True)]
     pd.DataFrame({"image_path": ["a.png", "gone.jpg"]}).to_csv(listing, index=False)
     with pytest.raises(DataError, match=r"row 3: image file .*gone.jpg"):
@@ -110,8 +111,10 @@ def test_tasks_must_fit_the_model(saved_run, tmp_path):
         match_tasks(model, tasks[:2])
     loose = tmp_path / "loose.keras"
     model.save(loose)
+    assert resolve_tasks(keras.saving.load_model(loose, safe_mode=True), None, loose) == tasks  # the model carries them
+    plain = keras.Model(model.input, model.output)  # a plain Keras model outside a run folder: no tasks
     with pytest.raises(ValueError, match="tasks are unknown"):
-        resolve_tasks(model, None, loose)
+        resolve_tasks(plain, None, loose)
     extra = [*tasks, Task("unused", "binary")]
     (tmp_path / "tasks.json").write_text(json.dumps([t.to_dict() for t in extra]))
     assert [t.name for t in resolve_tasks(model, tmp_path / "tasks.json", loose)] == ["smiling", "age", "landmarks"]
@@ -120,6 +123,6 @@ def test_tasks_must_fit_the_model(saved_run, tmp_path):
 def test_an_empty_folder_is_a_clear_error(tmp_path, saved_run):
     run = saved_run[0]
     (tmp_path / "empty").mkdir()
-    assert main([str(run), str(tmp_path / "empty"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert predict([str(run), str(tmp_path / "empty"), "--out", str(tmp_path / "x.csv")]) == 2
     with pytest.raises(DataError, match="no image files"):
         list_images(tmp_path / "empty")

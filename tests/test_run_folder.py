@@ -55,7 +55,7 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_byte_identical(tmp_
 
 
 def test_the_training_script_refuses_a_foreign_folder_with_exit_code_2(hvc_folder, tmp_path, capsys):
-    from kerasmtl.experiment import main
+    from kerasmtl_cli import train as main
 
     folder = tmp_path / "results"
     files = {"model.keras": b"not kerasmtl's", "history.csv": b"epoch\n0\n"}
@@ -139,14 +139,14 @@ def test_restart_removes_the_package_files_and_nothing_else(tmp_path):
 
 
 def test_restart_of_a_real_run_leaves_only_the_users_files(hvc_folder, tmp_path):
-    from kerasmtl.experiment import main
+    from kerasmtl_cli import train as main
 
     out = tmp_path / "run"
     assert main(_train_args(hvc_folder, out, "--tensorboard", "--skip-bad")) == 0
     assert json.loads((out / ".kerasmtl" / "manifest.json").read_text())["written"] == [
         "accuracy_vs_baseline.png", "best.keras", "config.yaml", "confusion_matrices.png", "gradcam.png", "history.csv",
         "label_correlation.png", "label_distribution.png", "loss_weights.png", "metrics.json", "model.keras",
-        "report.md", "resume", "sample_predictions.png", "skipped.csv", "tasks.json", "tensorboard", "training_curves.png",
+        "report.md", "resume", "sample_predictions.png", "skipped.csv", "split.csv", "tasks.json", "tensorboard", "training_curves.png",
     ]
     user = {"notes.txt": b"mine", "skipped.csv.bak": b"kept", "resume/why.txt": b"kept", "tensorboard/notes.md": b"kept"}
     _put(out, user)
@@ -263,7 +263,7 @@ def test_a_full_disk_at_an_epoch_end_keeps_the_previous_resume_state(tmp_path, m
 
 
 def test_scripts_exit_2_for_a_refused_folder_and_a_full_disk(tmp_path, capsys):
-    from kerasmtl.experiment import run_with_exit_codes
+    from kerasmtl.workflow import run_with_exit_codes
 
     def refused():
         raise RunFolderError("in use")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from kerasmtl.callbacks.checkpoint import load_checkpoint, save_model_atomic
-from kerasmtl.cli import TrainConfig, load_yaml_config
+from kerasmtl_cli import load_yaml_config, training_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "kerasmtl").rglob("*.py")) + sorted((ROOT / "experiments").glob("*.py"))
+SOURCES = [ROOT / "kerasmtl_cli.py", *sorted((ROOT / "kerasmtl").rglob("*.py")), *sorted((ROOT / "experiments").glob("*.py"))]
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "joblib", "shelve", "marshal", "cloudpickle"}
 
 
@@ -67,11 +67,11 @@ keras.config.enable_unsafe_deserialization()
 
 
 def test_the_package_never_unpickles_or_loads_unsafely():
-    """Every loader call in the package and its scripts, checked in their syntax trees."""
+    """Every loader call in the package, its command line and its scripts, checked in their syntax trees."""
     problems = []
     for path in SOURCES:
         problems += unsafe_loading(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
-    assert len(SOURCES) > 20 and not problems, "\n".join(problems)
+    assert len(SOURCES) > 20 and (ROOT / "kerasmtl_cli.py") in SOURCES and not problems, "\n".join(problems)
 
 
 def _lambda_model(path):
@@ -131,15 +131,14 @@ def test_torch_checkpoint_with_code_is_refused(tmp_path):
 
 
 def test_yaml_config_with_python_tags_is_refused(tmp_path, capsys):
-    from kerasmtl.experiment import main
+    from kerasmtl_cli import train
 
     marker = tmp_path / "ran"
     path = tmp_path / "run.yaml"
     path.write_text(f"epochs: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path ['{marker}']]\n")
-    fields = [f for f in TrainConfig.__dataclass_fields__]
     with pytest.raises(ValueError, match="not a valid YAML config"):
-        load_yaml_config(path, fields)
+        load_yaml_config(path, training_parser("t"))
     with pytest.raises(SystemExit) as exit_:
-        main(["--config", str(path)])
+        train(["--config", str(path)])
     assert exit_.value.code == 2 and "not a valid YAML config" in capsys.readouterr().err
     assert not marker.exists()

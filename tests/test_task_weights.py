@@ -441,27 +441,28 @@ def test_the_callback_needs_a_matching_model():
 def test_the_training_flags_choose_the_callback():
     from types import SimpleNamespace
 
-    from kerasmtl.cli import build_parser, parse_config
-    from kerasmtl.experiment import task_weights_callback
+    from kerasmtl.workflow import resolve_recipe, task_weights_callback
+    from kerasmtl_cli import parse_config, training_parser
 
     _, targets = make_data(90, seed=8, missing=0.4)
     data = SimpleNamespace(tasks=TASKS, train_data=SimpleNamespace(targets=targets))
-    parser = build_parser("test")
-    config, _ = parse_config(parser, ["--task-weighting", "dst", "--seed", "4"])
-    callback = task_weights_callback(config, data)
+    parser = training_parser("test")
+
+    def callback_of(argv):
+        config, _ = parse_config(parser, argv)
+        return task_weights_callback(resolve_recipe(config), data, config.seed)
+
+    callback = callback_of(["--task-weighting", "dst", "--seed", "4"])
     counts = label_counts(targets, TASKS, "labelled")
     assert callback.strategy == "dst" and callback.seed == 4
     assert callback.probabilities == pytest.approx({n: c / sum(counts.values()) for n, c in counts.items()})
-    config, _ = parse_config(parser, ["--static-weights", "a=50", "b=100"])
-    callback = task_weights_callback(config, data)
+    callback = callback_of(["--static-weights", "a=50", "b=100"])
     assert (callback.strategy, callback.static_weights) == ("static", {"a": 50.0, "b": 100.0})
-    assert task_weights_callback(parse_config(parser, [])[0], data).static_weights is None
-    config, _ = parse_config(parser, ["--task-weighting", "dwa", "--static-weights", "a=2"])
+    assert callback_of([]).static_weights is None
     with pytest.raises(ValueError, match="--static-weights applies to --task-weighting static"):
-        task_weights_callback(config, data)
-    config, _ = parse_config(parser, ["--task-weighting", "dst", "--dst-count", "positives"])
+        callback_of(["--task-weighting", "dwa", "--static-weights", "a=2"])
     with pytest.raises(ValueError, match="'positives' applies to binary tasks only"):
-        task_weights_callback(config, data)
+        callback_of(["--task-weighting", "dst", "--dst-count", "positives"])
 
 
 def test_plot_loss_weights_draws_one_panel_per_task(tmp_path):
@@ -479,8 +480,8 @@ def test_plot_loss_weights_draws_one_panel_per_task(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["dwa", "uncertainty"])
 def test_train_person_writes_the_weights_and_their_plot(hvc_folder, tmp_path, strategy):
-    from kerasmtl.cli import TrainConfig
-    from kerasmtl.experiment import run_training
+    from kerasmtl.workflow import run_training
+    from kerasmtl_cli import TrainConfig
 
     config = TrainConfig(
         data=str(hvc_folder), image_size=32, width=8, batch_size=16, epochs=3, verbose=0,

@@ -65,14 +65,17 @@ def test_table_signed_labels(mock, tmp_path):
 
 
 def test_training_script_reads_tfds_into_the_official_partitions(mock, tmp_path):
-    from kerasmtl.celeba_experiment import CelebaConfig, prepare_celeba_data
-    from kerasmtl.ports import get_port_spec
+    from kerasmtl.workflow import prepare_data, preset_spec, resolve_recipe
+    from kerasmtl_cli import TrainConfig
 
-    tasks = get_port_spec("resnet18_landmarks").tasks
-    config = CelebaConfig(tfds=True, tfds_cache=str(tmp_path / "cache"), limit=4, batch_size=2)
-    data = prepare_celeba_data(config, tasks, (64, 64, 3))
+    config = TrainConfig(data="tfds:celeb_a", tfds_cache=str(tmp_path / "cache"), limit=4, batch_size=2,
+                         model="resnet18_landmarks", image_size=64)
+    spec = preset_spec(config)
+    recipe = resolve_recipe(config, spec)
+    assert recipe.input_shape == (64, 64, 3)
+    data = prepare_data(config, recipe, list(spec.tasks), standardize=False)
     assert (len(data.train), len(data.val), len(data.test)) == (4, 4, 4)
-    assert data.source.startswith("tfds:celeb_a")
+    assert data.dataset.source.startswith("tfds:celeb_a")
     images, targets = data.test_data[1]
     assert images.shape == (2, 64, 64, 3)
     examples = raw_examples("test")[2:4]

@@ -25,7 +25,8 @@ def test_default_run_on_the_sample_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "run"
     result = _run([*TINY, "--epochs", "2", "--sample-size", "80", "--out", str(out)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("config.yaml", "tasks.json", "model.keras", "history.csv", "metrics.json", "training_curves.png"):
+    for name in ("config.yaml", "tasks.json", "split.csv", "model.keras", "history.csv", "metrics.json", "report.md",
+                 "training_curves.png"):
         assert (out / name).is_file(), name
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [0, 1]

@@ -444,10 +444,10 @@ def _break_rows(folder):
 
 
 def test_bad_rows_stop_the_run_before_training_with_every_problem_listed(hvc_copy, tmp_path, capsys):
-    from kerasmtl.experiment import main
+    from kerasmtl_cli import train
 
     rows = _break_rows(hvc_copy)
-    assert main(_main_args(hvc_copy, tmp_path / "run")) == 2
+    assert train(_main_args(hvc_copy, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert "4 of 60 row(s) cannot be used" in err and "--skip-bad" in err
     assert [f"{hvc_copy / ANNOTATIONS}, row {r}:" in err for r in rows] == [True] * 4
@@ -456,11 +456,11 @@ def test_bad_rows_stop_the_run_before_training_with_every_problem_listed(hvc_cop
 
 
 def test_skip_bad_trains_without_the_bad_rows_and_writes_skipped_csv(hvc_copy, tmp_path):
-    from kerasmtl.experiment import main
+    from kerasmtl_cli import train
 
     rows = _break_rows(hvc_copy)
     out = tmp_path / "run"
-    assert main(_main_args(hvc_copy, out, "--skip-bad")) == 0
+    assert train(_main_args(hvc_copy, out, "--skip-bad")) == 0
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped["row"].tolist() == rows and set(skipped["file"]) == {str(hvc_copy / ANNOTATIONS)}
     assert "resolves outside" in skipped["reason"][1] and "cannot be decoded" in skipped["reason"][2]

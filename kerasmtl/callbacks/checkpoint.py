@@ -27,7 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kerasmtl.atomic import atomic_path, save_weights, write_json
+from kerasmtl.atomic import atomic_path, write_json
 from kerasmtl.atomic import save_model as save_model_atomic
 from kerasmtl.callbacks.non_finite import non_finite_losses, weights_are_finite
 from kerasmtl.checkpointing.callback_state import state_holders
@@ -200,7 +200,8 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             trained: ``fit`` is over; a restore skips training.
         """
         name = weights_file(epoch, trained)
-        save_weights(self.model, self.directory / name)
+        with atomic_path(self.directory / name) as temporary:
+            self.model.save_weights(temporary)  # model and optimizer variables
         arrays = {}
         for key, holder in self.holders.items():
             values = holder.get_arrays() if callable(getattr(holder, "get_arrays", None)) else None

@@ -158,9 +158,17 @@ def load_dataset(config, tasks: Sequence[Task] | None = None) -> Dataset:
 
 
 def _hvc(config, kind: str, tasks) -> Dataset:
-    from kerasmtl.data.person import ANNOTATIONS, scan_hvc
+    from kerasmtl.data.person import ANNOTATIONS, hvc_tasks, scan_hvc
     from kerasmtl.data.sample import ensure_sample
 
+    if kind == "sample" and tasks is not None:  # checked before the sample is written
+        known = {c for t in hvc_tasks() for c in t.columns}
+        unknown = sorted({c for t in tasks for c in t.columns} - known)
+        if unknown:
+            raise DataError(
+                f"--data is required: the model's tasks read column(s) {unknown}, which the bundled synthetic "
+                "sample (person attributes) does not have. Name the dataset with --data."
+            )
     folder = Path(config.data) if config.data else ensure_sample(n_images=config.sample_size, seed=0)
     frame, own_tasks, problems = scan_hvc(folder)
     name = "sample" if kind == "sample" else folder.resolve().name
