@@ -98,6 +98,23 @@ def test_own_csv_trains_evaluates_and_predicts_from_the_command_line(own_csv, tm
     # in the data's units: near the 12-40 px of the labels, not near the standardised 0
     assert 10 < predicted["box_px"].mean() < 42
 
+    # the run's models load anywhere with one import and plain Keras, compiled, and train on
+    script = (
+        "import sys, numpy as np, keras, kerasmtl\n"
+        "for name in ('model.keras', 'best.keras'):\n"
+        "    m = keras.saving.load_model(sys.argv[1] + '/' + name)\n"
+        "    x = np.full((4, 32, 32, 3), 120, np.uint8)\n"
+        "    y = {'Main_colour': np.array([0, 1, 2, 0]), 'outdoor': np.array([[0.], [1.], [-1.], [1.]], 'float32'),\n"
+        "         'box_px': np.array([[20.], [30.], [np.nan], [25.]], 'float32')}\n"
+        "    loss = m.train_on_batch(x, y, return_dict=True)['loss']\n"
+        "    print(name, type(m).__name__, [t.name for t in m.tasks], np.isfinite(loss))\n"
+    )
+    loaded = _ok(subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True, env=ENV, timeout=300))
+    assert loaded.stdout.splitlines()[-2:] == [
+        "model.keras MultiTaskModel ['Main_colour', 'outdoor', 'box_px'] True",
+        "best.keras MultiTaskModel ['Main_colour', 'outdoor', 'box_px'] True",
+    ]
+
 
 @pytest.fixture(scope="module")
 def celeba(tmp_path_factory):
@@ -144,3 +161,18 @@ def test_help_answers_without_importing_tensorflow():
     probe = "import sys, kerasmtl_cli\ntry:\n    kerasmtl_cli.main(['train', '--help'])\nexcept SystemExit:\n    pass\nprint('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_split_stratifies_on_labelled_rows_and_spreads_the_unlabelled_ones():
+    import warnings
+
+    from kerasmtl import Task
+    from kerasmtl.data.tables import split_table
+
+    labels = ["x", "y"] * 15 + [""] * 10  # 30 labelled rows, 10 without this label
+    frame = pd.DataFrame({"path": [f"{i}.jpg" for i in range(40)], "a": labels})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty cell is no reason to give up stratifying
+        train, val, test = split_table(frame, [Task("a", "binary", ("x", "y"))], val_fraction=0.0, test_fraction=0.2, seed=3)
+    assert len(train) + len(test) == 40 and set(train["path"]).isdisjoint(test["path"])
+    assert test["a"].value_counts().to_dict() == {"x": 3, "y": 3, "": 2}  # 20 % of each class and of the unlabelled

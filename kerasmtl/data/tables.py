@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
 from kerasmtl.data.errors import DataError
-from kerasmtl.tasks import MISSING_CLASS, Task
+from kerasmtl.tasks import MISSING_CLASS, Task, is_missing
 
 
 def encode_targets(frame: pd.DataFrame, tasks: Sequence[Task], where: str = "") -> dict[str, np.ndarray]:
@@ -43,7 +43,8 @@ def encode_targets(frame: pd.DataFrame, tasks: Sequence[Task], where: str = "") 
 
 
 def stratify_column(frame: pd.DataFrame, tasks: Sequence[Task]) -> str | None:
-    """Picks the classification task whose rarest class is rarest (so every split sees it).
+    """Picks the classification task whose rarest class is rarest (so every split sees it);
+    missing labels are not a class.
 
     Returns:
         The column name, or None when no classification task exists.
@@ -52,7 +53,8 @@ def stratify_column(frame: pd.DataFrame, tasks: Sequence[Task]) -> str | None:
     for task in tasks:
         if task.kind == "regression":
             continue
-        shares = frame[task.columns[0]].value_counts(normalize=True)
+        values = frame[task.columns[0]]
+        shares = values[~values.map(is_missing).to_numpy(bool)].value_counts(normalize=True)
         if len(shares) and shares.min() < best_share:
             best, best_share = task.columns[0], shares.min()
     return best
@@ -91,14 +93,30 @@ def split_table(
     def _split(table, fraction, salt):
         if fraction == 0:
             return table, table.iloc[:0]
-        labels = table[column] if column else None
+        if column is None:
+            return train_test_split(table, test_size=fraction, random_state=seed + salt)
+        # stratify on the labelled rows; rows without this label are split at random beside them
+        missing = table[column].map(is_missing).to_numpy(bool)
+        labelled, unlabelled = table[~missing], table[missing]
+        if len(labelled) < 2:
+            return train_test_split(table, test_size=fraction, random_state=seed + salt)
         try:
-            return train_test_split(table, test_size=fraction, random_state=seed + salt, stratify=labels)
+            keep, held = train_test_split(labelled, test_size=fraction, random_state=seed + salt, stratify=labelled[column])
         except ValueError:
             import warnings
 
-            warnings.warn(f"Cannot stratify on {column!r} (a class is too rare); splitting at random.", stacklevel=3)
-            return train_test_split(table, test_size=fraction, random_state=seed + salt)
+            counts = labelled[column].value_counts()
+            warnings.warn(
+                f"Cannot stratify on {column!r}: its class {counts.idxmin()!r} has {counts.min()} labelled row(s), "
+                f"too few for a {fraction:.0%} split; splitting at random.", stacklevel=3,
+            )
+            keep, held = train_test_split(labelled, test_size=fraction, random_state=seed + salt)
+        if len(unlabelled) > 1:
+            more_keep, more_held = train_test_split(unlabelled, test_size=fraction, random_state=seed + salt)
+            keep, held = pd.concat([keep, more_keep]), pd.concat([held, more_held])
+        elif len(unlabelled):
+            keep = pd.concat([keep, unlabelled])
+        return keep, held
 
     rest, test = _split(frame, test_fraction, 0)
     train, val = _split(rest, val_fraction / (1.0 - test_fraction), 1)
