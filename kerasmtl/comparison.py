@@ -128,7 +128,7 @@ def comparison_table(summaries: Mapping[str, dict]) -> pd.DataFrame:
 def run_summary(run: str | Path, batch_size: int = 32) -> dict:
     """`celeba_summary` of a run folder's model on its test split."""
     run = Path(run)
-    model = keras.saving.load_model(run / runs.MODEL)
+    model = keras.saving.load_model(run / runs.MODEL, safe_mode=True)
     evaluation = load_evaluation_data(run, model.tasks, "test")
     height, width, channels = model.input_shape[1:4]
     targets = encode_targets(evaluation.table, model.tasks)

@@ -201,8 +201,10 @@ def test_evaluate_script_on_a_landmark_table_reports_nme(tmp_path, rng):
     (tmp_path / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks]))
     model = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=TINY_TOWER).build()
     model.save(tmp_path / "m.keras")
-    code = kerasmtl_cli.evaluate([str(tmp_path / "m.keras"), "--data", str(tmp_path / "table.csv"), "--tasks", str(tmp_path / "tasks.json"),
-                 "--out", str(tmp_path / "eval"), "--nme-points", "lefteye", "nose", "--samples", "3", "--gradcam-images", "0"])
+    code = kerasmtl_cli.evaluate([
+        str(tmp_path / "m.keras"), "--data", str(tmp_path / "table.csv"), "--tasks", str(tmp_path / "tasks.json"),
+        "--out", str(tmp_path / "eval"), "--nme-points", "lefteye", "nose", "--samples", "3", "--gradcam-images", "0",
+    ])
     assert code == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["all"]["landmarks"]["n"] == 6
