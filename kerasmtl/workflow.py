@@ -274,7 +274,7 @@ def find_learning_rate(recipe: Recipe, data: PreparedData, model, out: RunFolder
     return result
 
 
-def training_input(config, data: PreparedData, strategy, initial_epoch: int = 0) -> tuple[object, dict]:
+def training_input(config, data: PreparedData, strategy, initial_epoch: int = 0, pipeline: str = "default") -> tuple[object, dict]:
     """What ``fit`` trains on for ``--input`` (generator, tfdata or files), and its ``fit`` arguments.
 
     ``tfdata`` and ``files`` give each worker of a cluster only its own batches and each
@@ -295,10 +295,10 @@ def training_input(config, data: PreparedData, strategy, initial_epoch: int = 0)
         def make(context):
             return tfdata.generator_dataset(generator, input_context=context, initial_epoch=initial_epoch)
     else:
-        if config.augment and generator.augment is not None and (config.augment_pipeline or "default") != "default":
+        if config.augment and pipeline != "default":  # the resolved pipeline: a preset's counts too
             raise ValueError(
                 "--input files augments with tf.image (flip, brightness / contrast, channel shift); the pipeline "
-                f"{config.augment_pipeline!r} has no tf.image version. Use --input generator or tfdata."
+                f"{pipeline!r} has no tf.image version. Use --input generator or tfdata."
             )
         augment = tfdata.ImageAugment.default() if config.augment else None
 
@@ -389,7 +389,7 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy) -> RunFolder:
     if initial_epoch:
         print(f"Resuming {run.path} after epoch {initial_epoch} of {recipe.epochs}")
     if not session.trained:
-        train_input, fit_kwargs = training_input(config, data, strategy, initial_epoch)
+        train_input, fit_kwargs = training_input(config, data, strategy, initial_epoch, recipe.augment_pipeline)
         model.fit(
             train_input, validation_data=data.val_data, epochs=recipe.epochs, initial_epoch=initial_epoch,
             callbacks=callbacks + session.callbacks, verbose=recipe.verbose, **fit_kwargs,

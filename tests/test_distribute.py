@@ -263,7 +263,7 @@ def test_training_input_follows_the_input_flag(hvc_folder):
     np.testing.assert_array_equal(targets["gender"].numpy(), original[1]["gender"])
     other = TrainConfig(**{**files.to_dict(), "augment_pipeline": "keras_channel_shift"})
     with pytest.raises(ValueError, match="has no tf.image version"):
-        training_input(other, data, strategy)
+        training_input(other, data, strategy, pipeline="keras_channel_shift")
 
 
 @pytest.mark.slow
