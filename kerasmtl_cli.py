@@ -123,30 +123,24 @@ def _strict_int(text) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
-def _fraction(text) -> float:
-    if isinstance(text, bool):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return value
+def _number(rule: str, accept):
+    """An argparse type: a number (no bools) for which ``accept(value)`` holds, else ``rule``."""
+
+    def parse(text) -> float:
+        try:
+            value = None if isinstance(text, bool) else float(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = rule
+    return parse
 
 
-def _positive_float(text) -> float:
-    if isinstance(text, bool):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
+_fraction = _number("a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
+_positive_float = _number("a finite number > 0", lambda v: 0.0 < v < float("inf"))
 MIN_IMAGE_SIZE = 16
 
 

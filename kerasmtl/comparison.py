@@ -99,13 +99,6 @@ def summary_rows(summary: dict) -> dict[str, float]:
     return rows
 
 
-def format_summary(summary: dict) -> str:
-    """A printable two-column table of `celeba_summary`."""
-    rows = summary_rows(summary)
-    width = max(len(k) for k in rows) + 2 if rows else 10
-    return "\n".join(f"{label:<{width}}{value:>10.4f}" for label, value in rows.items())
-
-
 def comparison_table(summaries: Mapping[str, dict]) -> pd.DataFrame:
     """One table: the multi-task model against its single-task baselines.
 

@@ -110,13 +110,6 @@ class MultiTaskModel(keras.Model):
         """The tasks, in the order they were given."""
         return list(self._task_list)
 
-    def get_task(self, name: str) -> Task:
-        """The task of output ``name``."""
-        for task in self._task_list:
-            if task.name == name:
-                return task
-        raise KeyError(f"No task named {name!r}. Tasks: {[t.name for t in self._task_list]}")
-
     # ---------------------------------------------------------------- compile
     def compile(self, optimizer=AUTO, loss=AUTO, metrics=AUTO, loss_weights=None, **kwargs):
         """`keras.Model.compile` with defaults from the tasks.

@@ -73,50 +73,27 @@ def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[l
     return listed, absolute
 
 
-def usable_images(listed: list[str], absolute: list[str]) -> tuple[list[str], list[str]]:
+def usable_images(listed: list[str], absolute: list[str], source: str | os.PathLike) -> tuple[list[str], list[str]]:
     """The images that decode to their end (as training requires); the others are listed
-    on stderr and left out, so a truncated JPEG is not scored as a grey picture.
+    on stderr and left out, so a truncated JPEG is not scored as a grey picture. Images
+    that passed before and have not changed are not decoded again (the record training
+    keeps, `kerasmtl.data.validate.CheckedImages`).
 
     Raises:
         DataError: no usable image is left.
     """
     import sys
 
-    from kerasmtl.data.validate import check_image
+    from kerasmtl.data.validate import CheckedImages, default_cache_path, find_image_problems
 
-    keep_listed, keep_absolute = [], []
-    for shown, path in zip(listed, absolute):
-        reason = check_image(path)
-        if reason is None:
-            keep_listed.append(shown)
-            keep_absolute.append(path)
-        else:
-            print(f"skipped: {shown}: {reason}", file=sys.stderr)
-    if not keep_absolute:
+    problems = find_image_problems(absolute, list(range(len(absolute))), str(source), cache=CheckedImages(default_cache_path(source)))
+    bad = {p.row: p.reason for p in problems}
+    for row, reason in sorted(bad.items()):
+        print(f"skipped: {listed[row]}: {reason}", file=sys.stderr)
+    if len(bad) == len(absolute):
         raise DataError(f"none of the {len(absolute)} image(s) can be read; nothing to predict.")
-    return keep_listed, keep_absolute
-
-
-def probabilities(task: Task, outputs: np.ndarray) -> np.ndarray:
-    """Class probabilities ``(n, classes)`` from a classification head's outputs.
-
-    Logit outputs go through sigmoid / softmax; a binary output trained with MSE on
-    -1 / +1 targets maps its score ``s`` to ``(clip(s, -1, 1) + 1) / 2``.
-    """
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if task.kind == "binary":
-        score = outputs.reshape(-1)
-        if task.loss == "mse":
-            positive = (np.clip(score, -1, 1) + 1) / 2
-        elif task.from_logits:
-            positive = 1 / (1 + np.exp(-score))
-        else:
-            positive = score
-        return np.stack([1 - positive, positive], axis=1)
-    if task.from_logits:
-        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
-    return outputs
+    keep = [i for i in range(len(absolute)) if i not in bad]
+    return [listed[i] for i in keep], [absolute[i] for i in keep]
 
 
 def predictions_table(
@@ -149,7 +126,7 @@ def predictions_table(
             for k, name in enumerate(names):
                 columns[name] = values[:, k]
             continue
-        probs = probabilities(task, values)
+        probs = task.probabilities(values)
         predicted = task.decode(values)
         columns[task.name] = predicted
         index = np.array([task.classes.index(p) for p in predicted], dtype=int)
@@ -198,7 +175,7 @@ def predict(
     if origin is not None:
         model = load_model(origin)
     tasks = resolve_tasks(model, tasks, origin)
-    listed, absolute = usable_images(*list_images(source, column))
+    listed, absolute = usable_images(*list_images(source, column), source)
     height, width, channels = model.input_shape[1:4]
     if height is None or width is None:
         raise ValueError(f"The model's input size must be fixed to read images for it. Received: input_shape={model.input_shape}")

@@ -7,29 +7,24 @@ and ``config.yaml``; a model saved elsewhere needs a tasks file (JSON or YAML: a
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import keras
-import yaml
 
 import kerasmtl.layers  # noqa: F401  (registers the custom layers for loading)
 import kerasmtl.losses  # noqa: F401  (registers the losses and metrics)
 import kerasmtl.ports.layers  # noqa: F401  (registers TakeColumns)
 from kerasmtl.model import MultiTaskModel
+from kerasmtl.runs import CONFIG, MODEL, TASKS
 from kerasmtl.tasks import Task
-
-MODEL_FILE = "model.keras"
-TASKS_FILE = "tasks.json"
-CONFIG_FILE = "config.yaml"
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
     """True when ``path`` is a folder holding ``config.yaml`` and ``tasks.json``."""
     path = Path(path)
-    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / TASKS_FILE).is_file()
+    return path.is_dir() and (path / CONFIG).is_file() and (path / TASKS).is_file()
 
 
 def find_run_folder(path: str | os.PathLike) -> Path | None:
@@ -48,9 +43,9 @@ def model_path(path: str | os.PathLike) -> Path:
         FileNotFoundError: no model file there.
     """
     path = Path(path)
-    candidate = path / MODEL_FILE if path.is_dir() else path
+    candidate = path / MODEL if path.is_dir() else path
     if not candidate.is_file():
-        raise FileNotFoundError(f"No saved model at {candidate} (expected a .keras file or a run folder holding {MODEL_FILE}).")
+        raise FileNotFoundError(f"No saved model at {candidate} (expected a .keras file or a run folder holding {MODEL}).")
     return candidate
 
 
@@ -60,24 +55,20 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 
 
 def load_tasks(path: str | os.PathLike) -> list[Task]:
-    """Reads tasks from a JSON / YAML file (a list of task mappings) or a run folder.
+    """Reads tasks from a tasks file (`kerasmtl.data.label_csv.read_tasks_file`) or a run folder.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a list of task mappings.
+        DataError: the file does not describe tasks.
     """
+    from kerasmtl.data.label_csv import read_tasks_file
+
     path = Path(path)
     if path.is_dir():
-        path = path / TASKS_FILE
+        path = path / TASKS
     if not path.is_file():
         raise FileNotFoundError(f"Tasks file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if isinstance(content, dict) and "tasks" in content:
-        content = content["tasks"]
-    if not isinstance(content, list) or not all(isinstance(item, dict) for item in content):
-        raise ValueError(f"{path}: a tasks file holds a list of task mappings (name, kind, classes, ...). Received: {type(content).__name__}")
-    return [Task.from_dict(item) for item in content]
+    return read_tasks_file(path)
 
 
 def match_tasks(model: keras.Model, tasks: Sequence[Task]) -> list[Task]:
@@ -129,10 +120,10 @@ def resolve_tasks(model: keras.Model, tasks=None, source: str | os.PathLike | No
     if tasks is None and source is not None:
         run = find_run_folder(source)
         if run is not None:
-            tasks = run / TASKS_FILE
+            tasks = run / TASKS
     if tasks is None:
         raise ValueError(
-            f"The model's tasks are unknown: pass a tasks file (e.g. a run folder's {TASKS_FILE}) "
+            f"The model's tasks are unknown: pass a tasks file (e.g. a run folder's {TASKS}) "
             f"describing the outputs {model.output_names}."
         )
     if isinstance(tasks, (str, os.PathLike)):

@@ -12,7 +12,7 @@ from PIL import Image
 from kerasmtl import ModelBuilder, Task
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import read_image
-from kerasmtl.predict import list_images, prediction_columns, predictions_table, probabilities
+from kerasmtl.predict import list_images, prediction_columns, predictions_table
 from kerasmtl.runs import RunFolder
 from kerasmtl.saved import match_tasks, resolve_tasks
 from kerasmtl_cli import predict
@@ -36,13 +36,13 @@ def test_columns_follow_the_tasks():
 
 def test_probabilities_of_each_output_convention():
     plain = Task("s", "binary", ("no", "yes"))
-    np.testing.assert_allclose(probabilities(plain, [[0.8], [0.1]]), [[0.2, 0.8], [0.9, 0.1]])
+    np.testing.assert_allclose(plain.probabilities([[0.8], [0.1]]), [[0.2, 0.8], [0.9, 0.1]])
     logits = Task("s", "binary", ("no", "yes"), from_logits=True)
-    np.testing.assert_allclose(probabilities(logits, [[0.0], [np.log(3)]]), [[0.5, 0.5], [0.25, 0.75]])
+    np.testing.assert_allclose(logits.probabilities([[0.0], [np.log(3)]]), [[0.5, 0.5], [0.25, 0.75]])
     signed = Task("s", "binary", ("no", "yes"), loss="mse")
-    np.testing.assert_allclose(probabilities(signed, [[-1.4], [0.5]]), [[1.0, 0.0], [0.25, 0.75]])
+    np.testing.assert_allclose(signed.probabilities([[-1.4], [0.5]]), [[1.0, 0.0], [0.25, 0.75]])
     softmax = Task("a", "multiclass", ("x", "y", "z"), from_logits=True)
-    np.testing.assert_allclose(probabilities(softmax, [[0.0, np.log(2), np.log(5)]]), [[0.125, 0.25, 0.625]])
+    np.testing.assert_allclose(softmax.probabilities([[0.0, np.log(2), np.log(5)]]), [[0.125, 0.25, 0.625]])
 
 
 def test_table_holds_the_predicted_class_and_its_probability():

@@ -72,7 +72,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 # ------------------------------------------------------------------- reading
-def read_csv_rows(csv_path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[int], list[tuple]]:
+def read_csv_rows(
+    csv_path: str | os.PathLike, expected: str = "a header row naming the image path and label columns"
+) -> tuple[list[str], list[list[str]], list[int], list[tuple]]:
     """Reads a CSV file as text, keeping the line number of each row.
 
     Line numbers (not row indices) are what a user finds in an editor; a quoted
@@ -80,6 +82,7 @@ def read_csv_rows(csv_path: str | os.PathLike) -> tuple[list[str], list[list[str
 
     Args:
         csv_path: the file; UTF-8, with or without a byte-order mark, LF or CRLF.
+        expected: what the header should hold, for the message about an empty file.
 
     Returns:
         ``(header, rows, lines, problems)``: the stripped column names, the rows (lists
@@ -119,7 +122,7 @@ def read_csv_rows(csv_path: str | os.PathLike) -> tuple[list[str], list[list[str
     except csv.Error as error:
         raise DataError(f"{csv_path}: line {reader.line_num}: not a valid CSV file ({error})") from None
     if header is None:
-        raise DataError(f"{csv_path}: the file is empty; expected a header row naming the image path and label columns")
+        raise DataError(f"{csv_path}: the file is empty; expected {expected}")
     return header, rows, lines, problems
 
 

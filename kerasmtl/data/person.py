@@ -15,8 +15,6 @@ which the dataset's own description lists the labels; it does not depend on the 
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.label_csv import read_csv_rows
 from kerasmtl.data.validate import find_duplicates, resolve_image_paths
 from kerasmtl.tasks import Task
 
@@ -63,47 +62,11 @@ def hvc_tasks() -> list[Task]:
     return tasks
 
 
-def _read_rows(csv_path: Path) -> tuple[list[str], list[list[str]], list[int], list[tuple]]:
-    """Reads a CSV file with the `csv` module, keeping each row's line number.
-
-    Returns:
-        ``(header, rows, lines, problems)``: rows whose field count differs from the
-        header's are left out and become ``(file, line, reason)`` problems.
-    """
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{csv_path}: not UTF-8 text ({error})") from None
-    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
-    header, rows, lines, problems = None, [], [], []
-    previous = 0
-    try:
-        for fields in reader:
-            first, previous = previous + 1, reader.line_num
-            if not fields or all(not f.strip() for f in fields):
-                continue  # blank line
-            if header is None:
-                header = [f.strip() for f in fields]
-                continue
-            while len(fields) > len(header) and not fields[-1].strip():
-                fields = fields[:-1]  # trailing commas
-            if len(fields) != len(header):
-                problems.append((str(csv_path), first, f"row has {len(fields)} field(s); the header has {len(header)}"))
-                continue
-            rows.append([f.strip() for f in fields])
-            lines.append(first)
-    except csv.Error as error:
-        raise DataError(f"{csv_path}: line {reader.line_num}: not a valid CSV file ({error})") from None
-    if header is None:
-        raise DataError(f"{csv_path}: the file is empty; expected a header {','.join(HVC_COLUMNS)}")
-    return header, rows, lines, problems
-
-
 def _read_hvc_table(csv_path: Path) -> tuple[pd.DataFrame, list[tuple]]:
     """Reads an hvc CSV; file-level problems raise, row-level ones are returned."""
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: annotations file not found (expected {ANNOTATIONS}).")
-    header, rows, lines, problems = _read_rows(csv_path)
+    header, rows, lines, problems = read_csv_rows(csv_path, expected=f"a header {','.join(HVC_COLUMNS)}")
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
         raise DataError(f"{csv_path}: column(s) {repeated} appear more than once in the header. Received columns: {header}")

@@ -10,17 +10,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kerasmtl.runs import EVALUATION_FIGURES as FIGURES  # the figure files an evaluation writes
 from kerasmtl.tasks import MISSING_CLASS, Task
-
-# Figure files an evaluation writes (those that apply to its tasks).
-FIGURES = {
-    "accuracy": "accuracy_vs_baseline.png",
-    "confusion": "confusion_matrices.png",
-    "samples": "sample_predictions.png",
-    "gradcam": "gradcam.png",
-    "distribution": "label_distribution.png",
-    "correlation": "label_correlation.png",
-}
 
 
 def _sample_rows(n: int, count: int, seed: int = 0) -> np.ndarray:

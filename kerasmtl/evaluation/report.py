@@ -11,10 +11,8 @@ import numpy as np
 
 from kerasmtl.evaluation.figures import write_figures
 from kerasmtl.evaluation.metrics import evaluate_model, predict_outputs, summarize
+from kerasmtl.runs import METRICS, REPORT, RunFolder
 from kerasmtl.tasks import Task
-
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
 
 
 def format_table(reports: Mapping[str, dict], tasks: Sequence[Task]) -> str:
@@ -124,11 +122,9 @@ def write_report(
     Returns:
         The console table (`format_table`).
     """
-    from kerasmtl.runs import RunFolder
-
     run = RunFolder(out)
-    run.write_json(METRICS_FILE, {split: dict(reports), "summary": summarize(reports, tasks)})
-    run.write_text(REPORT_FILE, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", figures))
+    run.write_json(METRICS, {split: dict(reports), "summary": summarize(reports, tasks)})
+    run.write_text(REPORT, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", figures))
     return format_table(reports, tasks)
 
 
