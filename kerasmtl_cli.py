@@ -1,4 +1,4 @@
-"""The ``kerasmtl`` command: ``kerasmtl train | lr-find | evaluate | predict``.
+"""The ``kerasmtl`` command: ``kerasmtl train | lr-find | evaluate | predict | export``.
 
 This module only parses arguments; it imports nothing heavy, so ``--help`` and bad flags
 answer at once. TensorFlow (through `kerasmtl`) is imported after the arguments are
@@ -28,6 +28,8 @@ LR_SCHEDULES = ("constant", "cosine")
 DISTRIBUTION = ("none", "mirrored", "multiworker")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
 INPUTS = ("generator", "tfdata", "files")
+EXPORT_FORMATS = ("saved_model", "onnx", "litert")
+QUANTIZATIONS = ("float16", "int8")
 LAYOUTS = ("auto", "official", "kaggle")
 
 
@@ -419,7 +421,7 @@ def evaluate(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``kerasmtl predict``: labels for a folder of images (or a CSV listing them)."""
     parser = argparse.ArgumentParser(prog=prog, description="Predict every output for a folder of images (or a CSV listing them) into a CSV.")
-    parser.add_argument("model", help="a run folder or a .keras file")
+    parser.add_argument("model", help="a run folder, a .keras file or an exported model (.onnx, .tflite, SavedModel folder)")
     parser.add_argument("images", help="a folder of images (searched recursively), one image, or a CSV with an image path column")
     parser.add_argument("--out", default="predictions.csv", help="CSV file to write (default predictions.csv)")
     parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
@@ -434,6 +436,27 @@ def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     return run_with_exit_codes(predict_command, args)
 
 
+def export(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``kerasmtl export``: a SavedModel, ONNX or LiteRT model for serving, with labels.json."""
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Export a saved model for serving: raw uint8 NHWC images in, one output per task (probabilities, or "
+        "regression values in the data's units), labels.json beside it."))
+    parser.add_argument("model", help="a run folder or a .keras file")
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="saved_model (a folder), onnx or litert (.tflite)")
+    parser.add_argument("--out", help="the artifact (default <run folder>/export/model.onnx, model.tflite or saved_model)")
+    parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="litert: float16 or dynamic-range int8 weights; the test-split accuracy change is written beside")
+    args = parser.parse_args(argv)
+    if args.quantize is not None and args.format != "litert":
+        parser.error(f"--quantize applies to --format litert. Received: --format {args.format}")
+    _environment()
+    from kerasmtl.export import export_command
+    from kerasmtl.workflow import run_with_exit_codes
+
+    return run_with_exit_codes(export_command, args)
+
+
 def compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """The CelebA comparison: the multi-task ResNet18 against its two single-task baselines."""
     parser = training_parser("Train the multi-task ResNet18 (attributes + landmarks) and its two single-task "
@@ -446,7 +469,7 @@ def compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     return run_with_exit_codes(run_comparison, config)
 
 
-COMMANDS = {"train": train, "lr-find": lr_find, "evaluate": evaluate, "predict": predict}
+COMMANDS = {"train": train, "lr-find": lr_find, "evaluate": evaluate, "predict": predict, "export": export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,21 +1,9 @@
-"""Training on several devices or machines with TensorFlow's own ``tf.distribute``.
+"""Training on several devices or machines with TensorFlow's own ``tf.distribute``, and
+Keras's mixed-precision policies.
 
-- `make_strategy` turns a name (``"none"``, ``"mirrored"``, ``"multiworker"``) into a
-  ``tf.distribute.Strategy``. Build the model, compile it (optimizer, loss-weight
-  variables) and create the callbacks inside ``strategy.scope()``; Keras 3 then runs
-  ``model.fit`` one replica per device and all-reduces the gradients.
-- ``"multiworker"`` is ``tf.distribute.MultiWorkerMirroredStrategy`` configured by the
-  ``TF_CONFIG`` environment variable (`tf_config` writes one, `cluster_info` reads it).
-  See ``docs/distributed.md`` for launching it on several machines.
-- `set_mixed_precision` / `mixed_precision` set Keras's global dtype policy
-  (``"float16"`` -> ``mixed_float16``, ``"bfloat16"`` -> ``mixed_bfloat16``). The task
-  outputs stay float32 (`kerasmtl.heads` gives every output layer ``dtype="float32"``),
-  and ``compile`` wraps the optimizer in a ``keras.optimizers.LossScaleOptimizer`` under
-  ``mixed_float16`` by itself.
-
-Batch sizes: under a strategy ``model.fit`` treats the batch it is fed as the *global*
-batch and splits it over the replicas; `kerasmtl.data.tfdata` builds per-worker,
-per-replica pipelines whose steps add up to the same global batch.
+Build, compile and create the callbacks inside ``strategy.scope()``; ``model.fit`` then
+treats the batch it is fed as the global batch and splits it over the replicas. See
+``docs/distributed.md`` for launching ``"multiworker"`` on several machines.
 """
 
 from __future__ import annotations
@@ -41,20 +29,11 @@ COMMUNICATIONS = {
 
 # ----------------------------------------------------------------------- devices
 def split_cpu(count: int) -> list[str]:
-    """Splits the host CPU into ``count`` logical devices (to try strategies without GPUs).
+    """Splits the host CPU into ``count`` logical devices (to try strategies without GPUs)
+    and returns their names.
 
     TensorFlow fixes its devices when it first initialises them (the first op, or listing
     logical devices), so call this at the very start of a process.
-
-    Args:
-        count: number of logical CPU devices (>= 1).
-
-    Returns:
-        The logical CPU device names, e.g. ``["/device:CPU:0", "/device:CPU:1"]``.
-
-    Raises:
-        ValueError: ``count < 1``.
-        RuntimeError: TensorFlow's devices are already initialised with another split.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be an int >= 1. Received: count={count!r}")
@@ -71,24 +50,11 @@ def split_cpu(count: int) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
-def default_devices() -> list[str]:
-    """The devices ``"mirrored"`` uses by default: every GPU, else every logical CPU."""
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    return [d.name for d in devices]
-
-
 # ---------------------------------------------------------------------- TF_CONFIG
 @dataclasses.dataclass(frozen=True)
 class ClusterInfo:
-    """This process's place in a ``TF_CONFIG`` cluster.
-
-    Attributes:
-        task_type: ``"worker"`` or ``"chief"`` (None without ``TF_CONFIG``).
-        task_index: index among the tasks of that type.
-        num_workers: number of training processes (chief + workers).
-        cluster: the ``cluster`` mapping of ``TF_CONFIG``.
-    """
+    """This process's place in a ``TF_CONFIG`` cluster (``task_type`` None without one;
+    ``num_workers`` counts the chief too)."""
 
     task_type: str | None
     task_index: int
@@ -108,24 +74,12 @@ class ClusterInfo:
         """A number unique to this process: 0 for the chief, then the workers in order."""
         if self.task_type is None or self.task_type == "chief":
             return 0
-        offset = 1 if "chief" in self.cluster else 0
-        return offset + self.task_index
+        return self.task_index + (1 if "chief" in self.cluster else 0)
 
 
 def tf_config(workers: Sequence[str], index: int, task_type: str = "worker") -> str:
-    """A ``TF_CONFIG`` value for worker ``index`` of a cluster of ``workers``.
-
-    Example: ``os.environ["TF_CONFIG"] = tf_config(["10.0.0.1:12345", "10.0.0.2:12345"], 0)``
-    on the first machine and ``..., 1)`` on the second.
-
-    Args:
-        workers: ``host:port`` of every worker, the same list on every machine.
-        index: this process's position in ``workers``.
-        task_type: ``"worker"`` (or ``"chief"`` for a one-entry chief list).
-
-    Returns:
-        The JSON string.
-    """
+    """The ``TF_CONFIG`` JSON for worker ``index`` of ``workers`` (``host:port`` of every
+    worker, the same list on every machine)."""
     workers = [str(w) for w in workers]
     if not workers or any(":" not in w for w in workers):
         raise ValueError(f"workers must be a non-empty list of 'host:port'. Received: workers={workers!r}")
@@ -135,15 +89,8 @@ def tf_config(workers: Sequence[str], index: int, task_type: str = "worker") -> 
 
 
 def cluster_info(environ: Mapping[str, str] | None = None) -> ClusterInfo:
-    """Parses ``TF_CONFIG`` (from ``environ``, default ``os.environ``).
-
-    Returns:
-        A `ClusterInfo`; without ``TF_CONFIG`` a single process (``num_workers=1``).
-
-    Raises:
-        ValueError: ``TF_CONFIG`` is not JSON or lacks ``cluster`` / ``task``, or names a
-            task that is not in its cluster.
-    """
+    """Parses ``TF_CONFIG`` (from ``environ``, default ``os.environ``); without it, a single
+    process."""
     environ = os.environ if environ is None else environ
     raw = environ.get("TF_CONFIG", "").strip()
     if not raw:
@@ -172,18 +119,12 @@ _COLLECTIVE_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.int32,
 
 class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     """``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` accepts what Keras 3
-    passes it.
+    passes it with two or more workers.
 
-    With two or more workers, Keras 3's ``fit`` / ``evaluate`` on TensorFlow calls
-    ``strategy.reduce`` in two ways TensorFlow's multi-worker strategy rejects:
-
-    - on one whole input batch (``(images, {task: targets})``), to build the model before
-      training (keras-team/keras#20329): here a nested value is reduced leaf by leaf, and
-      dtypes that collectives lack (uint8 images) go through float32;
-    - on every step's scalar logs, with ``axis=0``: a scalar has no axis 0, so it is
-      averaged over the replicas (``axis=None``), which is what the logs need.
-
-    Everything else is TensorFlow's.
+    Keras reduces one whole input batch to build the model (keras-team/keras#20329): a
+    nested value is reduced here leaf by leaf, and dtypes that collectives lack (uint8
+    images) go through float32. It reduces every step's scalar logs with ``axis=0``: a
+    scalar is averaged over the replicas instead.
     """
 
     def reduce(self, reduce_op, value, axis):
@@ -217,28 +158,21 @@ def make_strategy(
     """Builds the ``tf.distribute`` strategy called ``name``.
 
     Args:
-        name: ``"none"`` (TensorFlow's default strategy: one device, ``scope()`` changes
-            nothing), ``"mirrored"`` (``tf.distribute.MirroredStrategy``: one replica per
-            local device) or ``"multiworker"``
-            (``tf.distribute.MultiWorkerMirroredStrategy``, cluster from ``TF_CONFIG``;
-            without ``TF_CONFIG`` it runs as a single worker).
-        devices: for ``"mirrored"``: the devices (default `default_devices`: every GPU,
-            else every logical CPU).
-        communication: for ``"multiworker"``: the collective implementation, ``"auto"``,
-            ``"ring"`` (gRPC, CPUs) or ``"nccl"`` (GPUs).
-
-    Returns:
-        The strategy.
-
-    Raises:
-        ValueError: an unknown name or communication, or a malformed ``TF_CONFIG``.
+        name: ``"none"`` (TensorFlow's default strategy), ``"mirrored"`` (one replica per
+            local device) or ``"multiworker"`` (cluster from ``TF_CONFIG``; without it, a
+            single worker).
+        devices: for ``"mirrored"``: the devices (default every GPU, else every logical CPU).
+        communication: for ``"multiworker"``: a key of `COMMUNICATIONS` (``"ring"``: gRPC,
+            CPUs; ``"nccl"``: GPUs).
     """
     if name not in DISTRIBUTION_STRATEGIES:
         raise ValueError(f"strategy must be one of {DISTRIBUTION_STRATEGIES}. Received: strategy={name!r}")
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        devices = tuple(devices) if devices else tuple(default_devices())
+        if not devices:
+            devices = [d.name for d in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
+        devices = tuple(devices)
         # One strategy per device set and process: the collective keys of two strategies
         # over the same devices start alike, and their all-reduces would mix up.
         if devices not in _MIRRORED:
@@ -263,29 +197,14 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return max(1, strategy.num_replicas_in_sync // max(1, len(strategy.extended.worker_devices)))
 
 
-def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
-    """True for the process that should write files: always, except on non-chief workers
-    of a multiworker cluster."""
+def worker_path(path: str | os.PathLike, strategy: tf.distribute.Strategy | None = None) -> Path:
+    """Where this process writes a run folder: ``path`` on the chief (and when ``strategy``
+    is not multiworker), ``path/workers/worker-<id>`` on the other workers of a cluster, so
+    no two processes write the same file even on a shared file system."""
     if strategy is not None and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
-    return cluster_info().is_chief
-
-
-def worker_path(path: str | os.PathLike, strategy: tf.distribute.Strategy | None = None):
-    """Where this process writes a run folder: ``path`` itself on the chief (and whenever
-    there is one process), ``path/workers/worker-<id>`` on the other workers of a cluster,
-    so no two processes write the same file even on a shared file system.
-
-    Args:
-        path: the run folder.
-        strategy: the run's strategy (None: decide from ``TF_CONFIG``).
-
-    Returns:
-        A ``pathlib.Path``.
-    """
-    if is_chief(strategy):
         return Path(path)
-    return Path(path) / "workers" / f"worker-{cluster_info().worker_id}"
+    info = cluster_info()
+    return Path(path) if info.is_chief else Path(path) / "workers" / f"worker-{info.worker_id}"
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -299,16 +218,9 @@ def policy_name(mode: str) -> str:
 
 
 def set_mixed_precision(mode: str) -> str:
-    """Sets Keras's global dtype policy for layers created from now on.
-
-    Args:
-        mode: ``"off"`` (float32), ``"float16"`` (``mixed_float16``: float16 compute,
-            float32 variables, loss scaling by ``compile``) or ``"bfloat16"``
-            (``mixed_bfloat16``: no loss scaling needed).
-
-    Returns:
-        The name of the previous global policy.
-    """
+    """Sets Keras's global dtype policy of ``mode`` (a key of `MIXED_PRECISION`) for layers
+    created from now on and returns the previous one's name. Task outputs stay float32,
+    and ``compile`` adds loss scaling under ``mixed_float16``."""
     previous = keras.config.dtype_policy().name
     keras.config.set_dtype_policy(policy_name(mode))
     return previous
@@ -334,8 +246,6 @@ __all__ = [
     "ClusterInfo",
     "MultiWorkerMirroredStrategy",
     "cluster_info",
-    "default_devices",
-    "is_chief",
     "make_strategy",
     "mixed_precision",
     "num_workers",

@@ -135,7 +135,6 @@ def evaluate(
         ``{task name: report}``.
     """
     from kerasmtl.data.generator import MultiOutputGenerator
-    from kerasmtl.data.label_csv import read_tasks_file
     from kerasmtl.saved import find_run_folder, is_run_folder, load_model, resolve_tasks
 
     source = None if isinstance(model, keras.Model) else Path(model)
@@ -146,8 +145,6 @@ def evaluate(
         if run is None:
             raise ValueError("Name the data to evaluate on: the model is not inside a run folder.")
         data = run
-    if isinstance(tasks, (str, os.PathLike)):
-        tasks = read_tasks_file(tasks)
     tasks = resolve_tasks(model, tasks, source)
     evaluation = load_evaluation_data(data, tasks, split)
     if out is None:
@@ -156,27 +153,14 @@ def evaluate(
     if height is None or width is None:
         raise ValueError(f"The model's input size must be fixed to read images for it. Received: input_shape={model.input_shape}")
     generator = MultiOutputGenerator(
-        evaluation.table["path"].tolist(),
-        encode_targets(evaluation.table, tasks),
-        batch_size=batch_size,
-        image_size=(height, width),
-        channels=channels,
-        shuffle=False,
+        evaluation.table["path"].tolist(), encode_targets(evaluation.table, tasks), batch_size=batch_size,
+        image_size=(height, width), channels=channels, shuffle=False,
     )
     train_targets = encode_targets(evaluation.train, tasks) if evaluation.train is not None else None
-    dataset_targets = encode_targets(evaluation.dataset, tasks)
+    name = source.name if source is not None else model.name
     return evaluate_and_report(
-        out,
-        model,
-        generator,
-        tasks,
-        generator.targets,
-        train_targets=train_targets,
-        dataset_targets=dataset_targets,
-        split=evaluation.split,
-        nme_points=nme_points,
-        nme_scale=evaluation.nme_scale,
-        figures=figures,
-        title=f"Evaluation of {source.name if source is not None else model.name} on {evaluation.source} ({evaluation.split})",
-        **figure_kwargs,
+        out, model, generator, tasks, generator.targets, train_targets=train_targets,
+        dataset_targets=encode_targets(evaluation.dataset, tasks), split=evaluation.split, nme_points=nme_points,
+        nme_scale=evaluation.nme_scale, figures=figures,
+        title=f"Evaluation of {name} on {evaluation.source} ({evaluation.split})", **figure_kwargs,
     )

@@ -1,21 +1,12 @@
-"""Grad-CAM for any named output head of a multi-output model.
+"""Grad-CAM (Selvaraju et al., 2017) for any named output head of a multi-output model.
 
-Grad-CAM (Selvaraju et al., 2017) weighs each channel of a feature map by the mean
-gradient of one output score with respect to it, sums the channels and keeps the
-positive part: the places of the picture that raise that score. With a multi-output
-model each head gets its own map, so one picture shows where each output looks.
-
-The score is the pre-activation of the output unit (the logit of a softmax / sigmoid
-Dense output; Grad-CAM's original choice, which keeps saturated probabilities from
-hiding the gradient), or the output value itself when the output layer is not a Dense
-layer. For a binary output, class 0 uses the negated logit.
-
-Default feature map: the output of the nested base tower (the layer named ``"base"``
-that `kerasmtl.builder.ModelBuilder` builds). ``layer`` may name any other 4-D layer of
-the outer model (e.g. ``"gender_relu1"`` inside a conv head) or a layer inside the base
-tower as ``"base/<layer name>"``.
-
-Gradients are taken with ``tf.GradientTape`` (TensorFlow backend).
+The score differentiated is the pre-activation of the output unit (the logit of a Dense
+output, which keeps saturated probabilities from hiding the gradient), or the output
+itself when the output layer is not Dense; for a binary output, class 0 uses the
+negated logit. The default feature map is the output of the nested base tower
+(``"base"``); ``layer`` may name another 4-D layer of the outer model (e.g.
+``"gender_relu1"``) or one inside the base tower as ``"base/<layer name>"``.
+TensorFlow backend (``tf.GradientTape``).
 """
 
 from __future__ import annotations
@@ -33,8 +24,8 @@ def _outer_tensor(model: keras.Model, layer, attribute: str):
     """The tensor ``layer`` reads / writes in ``model``'s graph.
 
     A nested model's own ``.input`` / ``.output`` belong to its inner graph, and a layer
-    gains more call nodes whenever a sub-model is cut out of the graph; the tensors
-    wanted are those of the node that belongs to ``model``.
+    gains call nodes whenever a sub-model is cut out of the graph, so the node that
+    belongs to ``model`` is looked up.
     """
     graph = {id(node) for nodes in model._nodes_by_depth.values() for node in nodes}
     nodes = [node for node in layer._inbound_nodes if id(node) in graph]
@@ -81,12 +72,10 @@ def _scores(values, dense, kind: str, class_index):
 
 
 class GradCAM:
-    """Computes Grad-CAM heatmaps of one model for any of its outputs.
-
-    Building the sub-models once and reusing them makes maps for many outputs cheap.
+    """Computes Grad-CAM heatmaps of one model for any of its outputs (the sub-models are
+    built once, so maps for many outputs are cheap).
 
     Args:
-        model: a functional model with named outputs.
         layer: the feature-map layer (see the module docstring); default the base tower's
             output, or, for a model without a ``"base"`` layer, the last 4-D layer output.
     """
@@ -147,11 +136,9 @@ class GradCAM:
         return self._heads[names]
 
     def __call__(self, images, output_name: str, class_index: int | None = None, kind: str | None = None) -> np.ndarray:
-        """Heatmaps of ``output_name`` for ``images``.
+        """Heatmaps of ``output_name`` for ``(N, H, W, C)`` raw ``images``.
 
         Args:
-            images: ``(N, H, W, C)`` raw images, as the model takes them.
-            output_name: the output head.
             class_index: the class (or regression unit) to explain; default each image's
                 predicted class (for regression: the sum of the units).
             kind: ``"binary"``, ``"multiclass"`` or ``"regression"``; default: binary for a
@@ -164,16 +151,8 @@ class GradCAM:
         return self.many(images, {output_name: kind}, class_index)[output_name]
 
     def many(self, images, outputs, class_index: int | None = None) -> dict[str, np.ndarray]:
-        """Heatmaps of several outputs from one forward pass.
-
-        Args:
-            images: ``(N, H, W, C)`` raw images.
-            outputs: output names, or ``{output name: kind or None}`` (see `__call__`).
-            class_index: as for `__call__`, for every output.
-
-        Returns:
-            ``{output name: (N, H, W) heatmaps}``.
-        """
+        """``{output name: heatmaps}`` of several outputs from one forward pass; ``outputs``
+        are names or ``{output name: kind or None}`` (see `__call__`)."""
         import tensorflow as tf
 
         images = np.asarray(images)
@@ -231,36 +210,17 @@ def grad_cam(
     layer: str | None = None,
     kind: str | None = None,
 ) -> np.ndarray:
-    """Grad-CAM heatmaps of one output head.
+    """Grad-CAM heatmaps of one output head: ``GradCAM(model, layer)(images, ...)``.
 
-    Args:
-        model: the model (e.g. from `kerasmtl.builder.ModelBuilder` or a reloaded ``.keras``).
-        images: ``(N, H, W, C)`` raw images.
-        output_name: the output to explain.
-        class_index: class (or regression unit) to explain; default the predicted class.
-        layer: feature-map layer: default the base tower's output; an outer layer name
-            (e.g. a conv head's ``"<task>_relu1"``); or ``"base/<inner layer>"``.
-        kind: the task kind (``"binary"``, ``"multiclass"``, ``"regression"``); guessed from
-            the output layer when omitted. Pass it for outputs trained from logits.
-
-    Returns:
-        ``(N, H, W)`` float32 heatmaps in [0, 1], upsampled to the input size.
+    Pass ``kind`` for outputs trained from logits (it is otherwise guessed from the
+    output layer).
     """
     return GradCAM(model, layer)(images, output_name, class_index=class_index, kind=kind)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
-    """Blends a heatmap over an image.
-
-    Args:
-        image: ``(H, W, C)`` uint8 (C = 1 or 3).
-        heatmap: ``(H, W)`` in [0, 1].
-        alpha: heatmap opacity.
-        colormap: a matplotlib colormap name.
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB image.
-    """
+    """Blends an ``(H, W)`` heatmap in [0, 1] over an ``(H, W, 1 or 3)`` uint8 image, giving
+    ``(H, W, 3)`` uint8 RGB."""
     from matplotlib import colormaps
 
     image = np.asarray(image)
@@ -275,11 +235,9 @@ def gradcam_mosaic(images, heatmaps: Mapping[str, np.ndarray], cell: int = 96, g
     """One uint8 picture: a row per image holding the image, then its overlay per output.
 
     Args:
-        images: ``(N, H, W, C)`` uint8 images.
         heatmaps: ``{output name: (N, H, W)}``.
         cell: target side of a cell in pixels (images are enlarged by a whole factor).
         gap: white pixels between cells.
-        alpha: heatmap opacity.
 
     Returns:
         ``(N * (h + gap) - gap, (1 + outputs) * (w + gap) - gap, 3)`` uint8, where ``h``, ``w``
@@ -310,23 +268,9 @@ def plot_gradcam(
     alpha: float = 0.45,
     cell: int = 96,
 ) -> str:
-    """Overlay figure: one row per image, the picture then one overlay per output.
-
-    The cells are drawn pixel for pixel (no resampling): image pixels are enlarged by a
-    whole factor to about ``cell`` pixels.
-
-    Args:
-        images: ``(N, H, W, C)`` uint8 images.
-        heatmaps: ``{output name: (N, H, W) heatmaps}`` (e.g. from `grad_cam`).
-        path: PNG file to write.
-        titles: optional caption per image (e.g. its true labels), left of its row.
-        alpha: heatmap opacity.
-        cell: target cell side in pixels.
-
-    Returns:
-        The path written; the PNG is the mosaic (`gradcam_mosaic`) plus a 90-pixel margin
-        on the left and a 45-pixel band on top.
-    """
+    """Writes `gradcam_mosaic` as a PNG, pixel for pixel, with a 90-pixel margin on the
+    left for the ``titles`` (one caption per image) and a 45-pixel band on top naming the
+    columns; returns the path."""
     from kerasmtl.plots import DPI, _new_figure, _save
 
     mosaic = gradcam_mosaic(images, heatmaps, cell=cell, alpha=alpha)

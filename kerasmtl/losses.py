@@ -17,16 +17,8 @@ MISSING_CLASS = -1
 
 
 def presence_mask(y_true, kind: str):
-    """Returns a float mask of shape ``(batch,)``: 1 where the label is present.
-
-    Args:
-        y_true: a target batch as produced by `Task.encode`.
-        kind: ``"binary"``, ``"multiclass"`` or ``"regression"``.
-
-    Returns:
-        The mask, float32. For regression a sample counts as present only when all of
-        its values are present.
-    """
+    """A float32 mask ``(batch,)`` of a `Task.encode` target batch: 1 where the label is
+    present (for regression: all of the sample's values)."""
     y_true = ops.convert_to_tensor(y_true)
     if kind == "regression":
         finite = ops.logical_not(ops.isnan(ops.cast(y_true, "float32")))
@@ -78,8 +70,6 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
 
     Args:
         from_logits: whether predictions are logits.
-        name: loss name.
-        reduction: Keras reduction.
     """
 
     def __init__(self, from_logits=False, name="masked_bce", reduction="sum_over_batch_size"):
@@ -90,9 +80,7 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         mask = presence_mask(y_true, "binary")
         y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), ops.shape(y_pred))
         y_true = ops.where(ops.equal(y_true, MISSING_CLASS), ops.zeros_like(y_true), y_true)
-        per_value = keras.losses.binary_crossentropy(
-            y_true[..., None], y_pred[..., None], from_logits=self.from_logits
-        )
+        per_value = keras.losses.binary_crossentropy(y_true[..., None], y_pred[..., None], from_logits=self.from_logits)
         per_sample = ops.mean(ops.reshape(per_value, (ops.shape(y_pred)[0], -1)), axis=-1)
         return _masked_mean(per_sample, mask)
 
@@ -106,8 +94,6 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 
     Args:
         from_logits: whether predictions are logits.
-        name: loss name.
-        reduction: Keras reduction.
     """
 
     def __init__(self, from_logits=False, name="masked_sparse_cce", reduction="sum_over_batch_size"):
@@ -118,9 +104,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         mask = presence_mask(y_true, "multiclass")
         labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
         labels = ops.where(ops.equal(labels, -1), ops.zeros_like(labels), labels)
-        per_sample = keras.losses.sparse_categorical_crossentropy(
-            labels, y_pred, from_logits=self.from_logits
-        )
+        per_sample = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=self.from_logits)
         return _masked_mean(per_sample, mask)
 
     def get_config(self):
@@ -136,8 +120,6 @@ class MaskedMeanSquaredError(keras.losses.Loss):
             the MSE of standardised values, ``mean(((y - y_hat) / scale) ** 2)``, so targets
             in pixels or years weigh like any other task while the model predicts in the
             data's units.
-        name: loss name.
-        reduction: Keras reduction.
     """
 
     def __init__(self, scale=None, name="masked_mse", reduction="sum_over_batch_size"):
@@ -166,10 +148,6 @@ class MaskedSignedMeanSquaredError(keras.losses.Loss):
     Targets arrive encoded as 0 / 1 (-1 = missing) and are mapped to -1 / +1, so the
     output is read with threshold 0 (the recipe of training attributes with MSE on
     CelebA's native +-1 labels).
-
-    Args:
-        name: loss name.
-        reduction: Keras reduction.
     """
 
     def __init__(self, name="masked_signed_mse", reduction="sum_over_batch_size"):

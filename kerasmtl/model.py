@@ -1,18 +1,7 @@
-"""`MultiTaskModel`: a Keras model that carries its tasks.
-
-Every model the package builds (`kerasmtl.ModelBuilder`, the presets of `kerasmtl.ports`,
-the training workflow) is a `MultiTaskModel`: an ordinary functional model (inputs, layers
-and dict outputs named after the tasks) that also holds
-
-- its tasks (`kerasmtl.Task`: kind, class names, regression columns and their statistics,
-  flip pairs, decision thresholds) in its config, so a saved ``.keras`` file knows what its
-  outputs mean without a file beside it; and
-- its per-task loss weights as variables of a `kerasmtl.weighting.TaskWeighting` layer,
-  so weights that change during ``fit`` (DST, DWA, uncertainty) are saved and resumed.
-
-``compile()`` defaults loss, metrics and optimizer from the tasks (``"auto"``, as keras-hub's
-task models do), and ``predict_labels`` turns images into class names with their
-probabilities, or regression values in the data's units.
+"""`MultiTaskModel`: a functional Keras model that carries its tasks (in its config, so a
+saved ``.keras`` file knows what its outputs mean) and owns its per-task loss weights (as
+variables of a `kerasmtl.weighting.TaskWeighting` layer, so weights that change during
+``fit`` are saved and resumed).
 """
 
 from __future__ import annotations
@@ -31,15 +20,6 @@ def _is_auto(value) -> bool:
     return isinstance(value, str) and value == AUTO
 
 
-def _output_widths(model: keras.Model) -> dict[str, int | None]:
-    """``{output name: last dimension}`` of a functional model's outputs."""
-    outputs = model.output
-    if isinstance(outputs, Mapping):
-        return {name: tensor.shape[-1] for name, tensor in outputs.items()}
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    return {name: tensor.shape[-1] for name, tensor in zip(model.output_names, outputs)}
-
-
 def check_tasks(model: keras.Model, tasks: Sequence[Task]) -> None:
     """Checks that ``tasks`` describe exactly ``model``'s outputs.
 
@@ -47,7 +27,8 @@ def check_tasks(model: keras.Model, tasks: Sequence[Task]) -> None:
         ValueError: an output without a task, a task without an output, or an output
             whose width is not the task's.
     """
-    widths = _output_widths(model)
+    named = model.output.items() if isinstance(model.output, Mapping) else zip(model.output_names, model.outputs)
+    widths = {name: tensor.shape[-1] for name, tensor in named}
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"Task names must be unique. Received: {names}")
@@ -62,6 +43,24 @@ def check_tasks(model: keras.Model, tasks: Sequence[Task]) -> None:
                 f"Output {task.name!r} has {width} units but its {task.kind} task needs {task.num_outputs}. "
                 f"Received task: {task.to_dict()}"
             )
+
+
+class _TotalLossMean(keras.metrics.Mean):
+    """Keras's ``loss`` tracker, weighting each replica by an equal share of the global batch.
+
+    Keras weights each replica's (replica-scaled) total loss by its own part of the batch,
+    which misreports ``loss`` when a batch splits unevenly (5 images: 3 + 2); the per-task
+    losses are right either way.
+    """
+
+    def update_state(self, values, sample_weight=None):
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if sample_weight is not None and context is not None and context.num_replicas_in_sync > 1:
+            batch = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(sample_weight, "float32"))
+            sample_weight = batch / context.num_replicas_in_sync
+        return super().update_state(values, sample_weight=sample_weight)
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
@@ -141,6 +140,7 @@ class MultiTaskModel(keras.Model):
         super().compile(
             optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=self.task_weighting.loss_weights(), **kwargs
         )
+        self._loss_tracker = _TotalLossMean(name="loss")
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -154,6 +154,29 @@ class MultiTaskModel(keras.Model):
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the compiled loss and metrics from one replica's part of the first batch.
+
+        Under a ``tf.distribute`` strategy Keras averages the replicas' parts of the first
+        batch to get example shapes, which fails when a batch does not split evenly (a last
+        or only batch of 5 images on 2 replicas: 3 + 2). Any one replica's part has the
+        shapes the build needs.
+        """
+        if iterator is None or getattr(self, "_distribute_strategy", None) is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        import tensorflow as tf
+
+        strategy = self.distribute_strategy
+        for _, _, batches in iterator:
+            first = next(batches)
+            data_batch = keras.tree.map_structure(
+                lambda x: strategy.experimental_local_results(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x,
+                first,
+            )
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
 
     # ---------------------------------------------------------------- predict
     def predict_labels(self, images, batch_size: int = 32, verbose: int = 0) -> dict[str, list | object]:

@@ -1,8 +1,8 @@
 """Figures written as PNG files (matplotlib, headless).
 
-Every function draws one figure and writes it at `DPI` dots per inch without trimming,
-so a PNG measures exactly ``figsize * DPI`` pixels. Each takes an optional ``figsize``
-(inches); the default grows with the number of outputs / images shown.
+Every function draws one figure, writes it to ``path`` at `DPI` dots per inch without
+trimming (a PNG measures exactly ``figsize * DPI`` pixels) and returns the path. The
+default ``figsize`` (inches) grows with the number of outputs / images shown.
 """
 
 from __future__ import annotations
@@ -30,20 +30,15 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained")
 
 
 def _panels(rows: int, columns: int, figsize, margins=(0.6, 0.2, 0.6, 0.5), gaps=(0.6, 0.8), **gridspec):
-    """A figure with a ``rows`` x ``columns`` grid of axes and fixed margins in inches.
+    """``(figure, axes)``: a ``rows`` x ``columns`` grid of axes with fixed margins.
 
-    Fixed margins instead of a layout engine: a layout engine measures every label of
-    every panel, which costs more than drawing them on a grid of many panels.
+    A layout engine measures every label of every panel, which costs more than drawing
+    them on a grid of many panels.
 
     Args:
-        rows, columns: the grid.
-        figsize: ``(width, height)`` inches.
         margins: ``(left, right, bottom, top)`` inches.
         gaps: ``(between columns, between rows)`` inches.
         **gridspec: passed to ``Figure.add_gridspec`` (e.g. ``height_ratios``).
-
-    Returns:
-        ``(figure, axes)`` with ``axes`` of shape ``(rows, columns)``.
     """
     width, height = figsize
     left, right, bottom, top = margins
@@ -77,14 +72,9 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
     """Training curves: total loss, then one panel per task (loss and its metric).
 
     Args:
-        history: one row per epoch with Keras's log columns (``loss``,
-            ``<task>_loss``, ``val_<task>_accuracy``, ...), e.g. ``history.csv``.
-        path: PNG file to write.
+        history: one row per epoch with Keras's log columns, e.g. ``history.csv``.
         task_names: tasks to plot; default every ``<task>_loss`` column.
         figsize: ``(width, height)`` inches; default 4 x 3 per panel, 4 panels a row.
-
-    Returns:
-        The path written.
     """
     if task_names is None:
         task_names = [c[: -len("_loss")] for c in history.columns if c.endswith("_loss") and not c.startswith("val_")]
@@ -124,21 +114,13 @@ def plot_accuracy_vs_baseline(
 ) -> str:
     """Per-output accuracy next to its majority-class baseline (horizontal bars).
 
-    Each output gets a grey bar (the baseline: always predicting the training set's most
-    frequent class) and a bar for the model, green when it beats the baseline and red
-    otherwise, labelled with the accuracy and the difference; a black tick marks macro F1.
+    The model's bar is green when it beats the baseline (always predicting the training
+    set's most frequent class), red otherwise; a black tick marks macro F1.
 
     Args:
         reports: ``{output: report}`` from `kerasmtl.evaluation.metrics.task_report`.
-        path: PNG file to write.
         tasks: restricts and orders the outputs; default every classification report.
         figsize: inches; default ``(7, 1 + 0.55 * outputs)``.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: no classification output to show.
     """
     names = _classified(tasks, reports)
     if not names:
@@ -184,21 +166,13 @@ def plot_confusion_matrices(
 ) -> str:
     """Confusion matrices of the classification outputs, one panel each.
 
-    Colours show the share of each true class (rows sum to 1: the diagonal is each
-    class's recall); the numbers are counts.
+    Colours show the share of each true class (the diagonal is each class's recall); the
+    numbers are counts.
 
     Args:
         reports: ``{output: report}`` with ``confusion_matrix`` and ``classes``.
-        path: PNG file to write.
         tasks: restricts and orders the outputs; default every report with a matrix.
-        columns: panels per row.
         figsize: inches; default 3.2 x 3.0 per panel.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: no report holds a confusion matrix.
     """
     names = [n for n in _classified(tasks, reports) if "confusion_matrix" in reports[n]]
     if not names:
@@ -269,22 +243,16 @@ def plot_sample_predictions(
 ) -> str:
     """A grid of images with each output's prediction against the truth.
 
-    Under each image one line per non-keypoint output: green when the prediction is
-    right, red (with the true class) when wrong. Keypoint outputs are drawn on the image:
-    true points as green circles, predictions as red crosses joined to them by a line.
+    Under each image one line per non-keypoint output: green when right, red (with the
+    true class) when wrong. Keypoints are drawn on the image: truth as green circles,
+    predictions as red crosses joined to them.
 
     Args:
         images: ``(N, H, W, C)`` uint8 images.
-        tasks: the tasks.
         outputs: ``{task: (N, units) model outputs}``.
-        path: PNG file to write.
         targets: optional ``{task: encoded targets}`` of the same images.
-        columns: images per row.
         figsize: inches; default ``3.0`` wide per image and ``2.0 + 0.14 * lines`` high
             per row of images (``lines``: the non-keypoint outputs), plus 0.5.
-
-    Returns:
-        The path written.
     """
     images = np.asarray(images)
     n = len(images)
@@ -359,19 +327,13 @@ def plot_label_distribution(
 ) -> str:
     """How the labels of a dataset are distributed, one panel per task.
 
-    Classification tasks: a bar per class with its count and share (the dashed line is
-    the share of a uniform split); missing labels are counted in the title. Regression
-    tasks: a box plot per unit.
+    Classification tasks: a bar per class with its count and share (dashed: the share of
+    a uniform split), missing labels counted in the title. Regression tasks: a box plot
+    per unit.
 
     Args:
         targets: ``{task: encoded targets}`` (e.g. from `kerasmtl.data.encode_targets`).
-        tasks: the tasks.
-        path: PNG file to write.
-        columns: panels per row.
         figsize: inches; default 3.4 x 2.8 per panel.
-
-    Returns:
-        The path written.
     """
     tasks = list(tasks)
     columns = max(1, min(columns, len(tasks)))
@@ -426,21 +388,8 @@ def plot_label_correlation(
     path: str | os.PathLike,
     figsize=None,
 ) -> str:
-    """Heatmap of `label_correlation`, task blocks outlined.
-
-    Within a multiclass task the indicator columns are negatively correlated by
-    construction; the interesting cells are those between tasks (e.g. a smile and the
-    mouth-corner coordinates).
-
-    Args:
-        targets: ``{task: encoded targets}``.
-        tasks: the tasks.
-        path: PNG file to write.
-        figsize: inches; default ``2.5 + 0.28 * columns`` square.
-
-    Returns:
-        The path written.
-    """
+    """Heatmap of `label_correlation`, task blocks outlined (within a multiclass task the
+    indicator columns are negatively correlated by construction)."""
     table = label_correlation(targets, tasks)
     size = len(table)
     side = 2.5 + 0.28 * size
@@ -470,21 +419,8 @@ def plot_loss_weights(history: pd.DataFrame, path: str | os.PathLike, figsize=No
     """Per-task loss weights epoch by epoch: one small panel per task, sharing the x axis.
 
     Reads the ``loss_weight/<task>`` columns that `kerasmtl.callbacks.DynamicTaskWeights`
-    writes into the epoch logs (e.g. a run's ``history.csv``). Each weight is drawn as a
-    step held over its epoch: DST's on/off switches show as 0/1 steps, DWA's and
-    uncertainty's weights as changing levels.
-
-    Args:
-        history: one row per epoch.
-        path: PNG file to write.
-        figsize: ``(width, height)`` inches; default 6 wide (wider for long runs) and
-            1.1 high per task.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: ``history`` has no ``loss_weight/<task>`` column.
+    logs (e.g. a run's ``history.csv``); each weight is a step held over its epoch.
+    ``figsize`` defaults to 6 inches wide (wider for long runs) and 1.1 high per task.
     """
     prefix = "loss_weight/"
     columns = [c for c in history.columns if c.startswith(prefix)]
@@ -492,7 +428,7 @@ def plot_loss_weights(history: pd.DataFrame, path: str | os.PathLike, figsize=No
         raise ValueError(f"history has no '{prefix}<task>' columns. Received columns: {list(history.columns)}")
     epochs = history["epoch"] + 1 if "epoch" in history else pd.Series(range(1, len(history) + 1))
     width = min(16.0, 6.0 + 0.05 * len(history))
-    figure = plt.figure(figsize=figsize or (width, 0.6 + 1.1 * len(columns)), dpi=100, layout="constrained")
+    figure = _new_figure(*(figsize or (width, 0.6 + 1.1 * len(columns))))
     axes = figure.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
     top = max(1.0, float(history[columns].max().max()))
     for ax, column in zip(axes, columns):

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl.data.errors import DataError
+from kerasmtl.serving import is_exported
 from kerasmtl.tasks import Task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -155,7 +156,9 @@ def predict(
     """Predicts every output for a folder of images (or a CSV listing them).
 
     Args:
-        model: a `keras.Model`, a ``.keras`` file or a run folder (``safe_mode=True``).
+        model: a `keras.Model`, a ``.keras`` file, a run folder (``safe_mode=True``), or
+            a model `kerasmtl.export` wrote (``.onnx``, ``.tflite``, SavedModel folder),
+            run by its own runtime with the tasks of its ``labels.json``.
         source: a folder of images or a CSV of image paths (see `list_images`).
         out: CSV file to write; None writes nothing.
         tasks: a list of `Task` or a tasks file; default the model's run folder's
@@ -172,6 +175,8 @@ def predict(
     from kerasmtl.saved import load_model, resolve_tasks
 
     origin = None if isinstance(model, keras.Model) else Path(model)
+    if origin is not None and is_exported(origin):
+        return _predict_exported(origin, source, out, tasks, batch_size, all_probabilities, column)
     if origin is not None:
         model = load_model(origin)
     tasks = resolve_tasks(model, tasks, origin)
@@ -181,11 +186,34 @@ def predict(
         raise ValueError(f"The model's input size must be fixed to read images for it. Received: input_shape={model.input_shape}")
     generator = MultiOutputGenerator(absolute, {}, batch_size=batch_size, image_size=(height, width), channels=channels, shuffle=False)
     outputs = predict_outputs(model, generator)
-    table = predictions_table(outputs, tasks, listed, all_probabilities)
+    return _write(predictions_table(outputs, tasks, listed, all_probabilities), out)
+
+
+def _write(table: pd.DataFrame, out) -> pd.DataFrame:
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False, float_format="%.6g")
     return table
+
+
+def _predict_exported(path: Path, source, out, tasks, batch_size: int, all_probabilities: bool, column) -> pd.DataFrame:
+    """`predict` for an exported model: images read as for a ``.keras`` one, run by its runtime."""
+    from kerasmtl.data.generator import read_image
+    from kerasmtl.export import tasks_from_labels
+    from kerasmtl.serving import LABELS, Predictor
+
+    if tasks is not None:
+        raise ValueError(f"An exported model's tasks are those of its {LABELS}. Received: tasks={tasks!r}")
+    predictor = Predictor(path)
+    tasks = tasks_from_labels(predictor.labels)
+    listed, absolute = usable_images(*list_images(source, column), source)
+    height, width, channels = predictor.image_shape
+    parts = []
+    for start in range(0, len(absolute), batch_size):
+        batch = np.stack([read_image(p, (height, width), channels) for p in absolute[start:start + batch_size]])
+        parts.append(predictor.run(batch, batch_size))
+    outputs = {t.name: np.concatenate([p[t.name] for p in parts]) for t in tasks}
+    return _write(predictions_table(outputs, tasks, listed, all_probabilities), out)
 
 
 def predict_command(args) -> pd.DataFrame:

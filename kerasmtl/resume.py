@@ -1,28 +1,10 @@
-"""Rerunning a training command continues it: the steps every training workflow shares.
+"""Rerunning a training command continues it from the state the killed run left in
+``<run>/resume/``; a finished run is not trained again unless asked for more epochs, and a
+state saved with other settings or data is refused, naming what differs.
 
-A run folder is deterministic for a command (``runs/<dataset>-<base>-seed<seed>`` or
-``--out``), so rerunning a command after the process was killed finds the state the
-killed run left in ``<run>/resume/`` and continues from its last completed epoch, with
-``history.csv`` holding every epoch once. A finished run is not trained again, unless
-the rerun asks for more epochs: it then continues from where it ended. A folder whose
-state was saved with other settings or other data is refused, naming what differs.
-
-Usage in a workflow::
-
-    with RunFolder.open(out, restart=config.restart) as run:       # refuses others' folders, locks
-        session = ResumableRun(run, config_fingerprint(config), epochs=n)   # other settings: ResumeError
-        data = ...
-        session.check_data(data_digest(train_paths, val_paths, test_paths))  # other data: ResumeError
-        if session.complete:
-            print(session.complete_message()); return
-        model = ...; compile_model(model, ...)
-        callbacks = [*own_callbacks, session.history_logger()]
-        initial_epoch = session.restore(model, datasets=[train_data], callbacks=callbacks, monitor="val_loss")
-        if not session.trained:
-            model.fit(train_data, epochs=n, initial_epoch=initial_epoch, callbacks=callbacks + session.callbacks)
-        session.raise_if_diverged()         # NonFiniteLossError after a NaN / inf loss
-        run.save_model(model); ... evaluate ...
-        session.mark_complete()
+Usage: ``ResumableRun(run, config_fingerprint(config), epochs)``, then `check_data`,
+`restore` before ``fit`` (with ``callbacks + session.callbacks``), `raise_if_diverged`
+and `mark_complete` after it.
 """
 
 from __future__ import annotations
@@ -83,10 +65,7 @@ class ResumableRun:
         epochs: the epochs this run trains to.
 
     Attributes:
-        state: the saved state (None when there is none).
-        callbacks: after `restore`, the callbacks to append (last) to ``fit``'s list:
-            `StopOnNonFiniteLoss`, `BestModelCheckpoint` (``best.keras``) and
-            `ResumeCheckpoint`.
+        callbacks: after `restore`, the callbacks to append (last) to ``fit``'s list.
     """
 
     def __init__(self, run: RunFolder, fingerprint: Mapping, epochs: int):
@@ -102,8 +81,8 @@ class ResumableRun:
         self.checkpoint: ResumeCheckpoint | None = None
 
     def check_data(self, digest: str) -> None:
-        """Sets the `data_digest` of the splits; a state saved with other rows (e.g. rows
-        added to the annotations since) raises `ResumeError`, whether the run finished or not."""
+        """Sets the `data_digest` of the splits; a state saved with other rows raises
+        `ResumeError`, whether the run finished or not."""
         self.fingerprint[DATA_KEY] = digest
         if self.state is not None and DATA_KEY in self.state.get("fingerprint", {}):
             check_fingerprint({DATA_KEY: self.state["fingerprint"][DATA_KEY]}, {DATA_KEY: digest}, self.run.path)
@@ -123,9 +102,8 @@ class ResumableRun:
 
     @property
     def trained(self) -> bool:
-        """After `restore`: there is nothing to train. ``fit`` had finished (all epochs, or
-        stopped early by a callback such as ``EarlyStopping``) before the process ended
-        and this run asks for no more epochs, or the saved state is at `epochs` already."""
+        """After `restore`: nothing to train (``fit`` had ended, even early, and no more
+        epochs are asked for, or the state is at `epochs` already)."""
         if self.checkpoint is None:
             return False
         return self.checkpoint.initial_epoch >= self.epochs or (self.checkpoint.trained and self._reached(self.checkpoint.target))
@@ -143,8 +121,7 @@ class ResumableRun:
 
     # ---------------------------------------------------------------- training
     def history_logger(self) -> keras.callbacks.CSVLogger:
-        """A ``CSVLogger`` on ``history.csv`` that appends (`restore` trims the rows beyond
-        the restored epoch)."""
+        """A ``CSVLogger`` appending to ``history.csv`` (`restore` trims it)."""
         return keras.callbacks.CSVLogger(str(self.run.output(HISTORY)), append=True)
 
     def restore(
@@ -155,10 +132,9 @@ class ResumableRun:
         monitor: str = "val_loss",
         extra: Mapping | None = None,
     ) -> int:
-        """Restores the saved state into ``model`` (compiled) and builds `callbacks`.
+        """Restores the saved state into the compiled ``model`` and builds `callbacks`.
 
         Args:
-            model: the compiled model.
             datasets: training generators (``set_epoch``).
             callbacks: the workflow's own callbacks; those with ``get_state`` /
                 ``set_state`` are saved and restored.
@@ -167,9 +143,6 @@ class ResumableRun:
 
         Returns:
             The epoch to continue from.
-
-        Raises:
-            ResumeError: the state cannot be restored (e.g. another model).
         """
         self.stopper = StopOnNonFiniteLoss()
         best = BestModelCheckpoint(self.run.output(BEST_MODEL), monitor=monitor)

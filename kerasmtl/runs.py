@@ -1,10 +1,8 @@
 """A run folder: everything one training run leaves behind, in one place.
 
-This module names every file the package writes into a run folder, and `RunFolder`
-records each one it writes (or hands to a writer) in ``.kerasmtl/manifest.json``. The
-manifest is what marks a folder as a kerasmtl run and what ``--restart`` removes: files
-a user put in the folder are never touched. Training holds an OS lock on
-``.kerasmtl/lock`` (`RunFolder.lock`), so two runs never write the same folder.
+`RunFolder` records each file it writes in ``.kerasmtl/manifest.json``, which marks a
+folder as a kerasmtl run and lists what ``--restart`` removes: files a user put in the
+folder are never touched.
 """
 
 from __future__ import annotations
@@ -95,12 +93,11 @@ def _check_name(name: str) -> str:
 
 
 def foreign_entries(path: str | os.PathLike) -> list[str]:
-    """Names in ``path`` that show it is not a kerasmtl run folder (empty for a run folder,
-    an empty folder and a missing one).
+    """Names in ``path`` that show it is not a kerasmtl run folder (one with the manifest).
 
-    A folder is a run folder when it holds the manifest. Otherwise everything in it counts,
-    except the package's own ``.kerasmtl`` and the ``workers/worker-<id>`` folders that the
-    workers of a cluster may have created first.
+    Empty for a run folder, an empty folder and a missing one; ``.kerasmtl`` and the
+    ``workers/worker-<id>`` folders that a cluster's workers may have created first do
+    not count.
     """
     path = Path(path)
     if not path.is_dir() or (path / META / MANIFEST).is_file():
@@ -114,16 +111,11 @@ def foreign_entries(path: str | os.PathLike) -> list[str]:
 
 
 class RunFolder:
-    """A folder holding a run's config, model, history, metrics and figures.
+    """A folder (created if needed) holding a run's config, model, history, metrics and
+    figures.
 
-    ``RunFolder(path)`` is a handle for writing and reading the files of a run (e.g. an
-    evaluation's ``metrics.json``); training opens its folder with `RunFolder.open`,
-    which checks that the folder is a run's, locks it and, with ``restart``, removes what
-    the previous run wrote. Every write goes through `kerasmtl.atomic` and is recorded
-    in the manifest.
-
-    Args:
-        path: the folder; created if needed.
+    Training opens its folder with `RunFolder.open`. Every write goes through
+    `kerasmtl.atomic` and is recorded in the manifest.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -136,15 +128,9 @@ class RunFolder:
     def open(cls, path: str | os.PathLike, restart: bool = False):
         """Opens ``path`` for a training run, for the duration of a ``with`` block.
 
-        1. A folder holding files but no manifest is refused (it is not a run's).
-        2. The folder is locked (`lock`): a second run on it is refused.
-        3. With ``restart``, the files the package wrote there are removed (`clear`).
-
-        A folder this call created is removed again at the end when nothing was written
-        into it (e.g. the data failed to load).
-
-        Yields:
-            The `RunFolder`.
+        A folder holding files but no manifest is refused; the folder is locked (`lock`);
+        with ``restart``, the files the package wrote there are removed (`clear`). A folder
+        this call created is removed again when nothing was written into it.
 
         Raises:
             RunFolderError: a file, a folder of other files, or a folder in use.
@@ -177,11 +163,9 @@ class RunFolder:
     def lock(self):
         """Holds an exclusive OS lock on ``.kerasmtl/lock`` for the ``with`` block.
 
-        The file holds the holder's process id and command line. The operating system
-        releases the lock when the process ends, however it ends (``kill -9`` included).
-
-        Raises:
-            RunFolderError: another process holds the lock; the message names it.
+        The file holds the holder's process id and command line (named in the
+        `RunFolderError` of a second run). The operating system releases the lock when the
+        process ends, however it ends (``kill -9`` included).
         """
         (self.path / META).mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.path / META / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
@@ -272,10 +256,6 @@ class RunFolder:
     def save_model(self, model, name: str = MODEL) -> Path:
         """``model.save`` into the run, atomically."""
         return atomic.save_model(model, self.output(name))
-
-    def read_json(self, name: str):
-        """Reads a JSON file of the run."""
-        return json.loads(self.file(name).read_text(encoding="utf-8"))
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"

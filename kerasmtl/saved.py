@@ -1,13 +1,13 @@
 """A saved model and the tasks it predicts.
 
-A run folder (see `kerasmtl.runs.RunFolder`) keeps ``model.keras`` next to ``tasks.json``
-and ``config.yaml``; a model saved elsewhere needs a tasks file (JSON or YAML: a list of
-`kerasmtl.tasks.Task.to_dict` mappings) whose names match the model's outputs.
+A `kerasmtl.MultiTaskModel` carries its tasks; a model saved by plain Keras needs a tasks
+file (JSON or YAML, a list of `Task.to_dict` mappings, e.g. a run folder's ``tasks.json``).
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import keras
 import kerasmtl.layers  # noqa: F401  (registers the custom layers for loading)
 import kerasmtl.losses  # noqa: F401  (registers the losses and metrics)
 import kerasmtl.ports.layers  # noqa: F401  (registers TakeColumns)
-from kerasmtl.model import MultiTaskModel
+from kerasmtl.model import MultiTaskModel, check_tasks
 from kerasmtl.runs import CONFIG, MODEL, TASKS
 from kerasmtl.tasks import Task
 
@@ -29,52 +29,32 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 
 def find_run_folder(path: str | os.PathLike) -> Path | None:
     """The run folder ``path`` is, or the one holding the file ``path``; else None."""
-    path = Path(path)
-    for candidate in (path, path.parent):
-        if is_run_folder(candidate):
-            return candidate
-    return None
-
-
-def model_path(path: str | os.PathLike) -> Path:
-    """``path`` itself for a ``.keras`` file, ``path/model.keras`` for a run folder.
-
-    Raises:
-        FileNotFoundError: no model file there.
-    """
-    path = Path(path)
-    candidate = path / MODEL if path.is_dir() else path
-    if not candidate.is_file():
-        raise FileNotFoundError(f"No saved model at {candidate} (expected a .keras file or a run folder holding {MODEL}).")
-    return candidate
+    return next((p for p in (Path(path), Path(path).parent) if is_run_folder(p)), None)
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:
-    """Loads a ``.keras`` model (or a run folder's model) with ``safe_mode=True``, uncompiled."""
-    return keras.saving.load_model(model_path(path), safe_mode=True, compile=False)
-
-
-def load_tasks(path: str | os.PathLike) -> list[Task]:
-    """Reads tasks from a tasks file (`kerasmtl.data.label_csv.read_tasks_file`) or a run folder.
+    """Loads a ``.keras`` file (or a run folder's ``model.keras``) with ``safe_mode=True``, uncompiled.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        DataError: the file does not describe tasks.
+        FileNotFoundError: no model file there.
+        ValueError: the file is not a complete ``.keras`` archive (Keras would say "File not found").
     """
-    from kerasmtl.data.label_csv import read_tasks_file
-
     path = Path(path)
-    if path.is_dir():
-        path = path / TASKS
-    if not path.is_file():
-        raise FileNotFoundError(f"Tasks file not found: {path}")
-    return read_tasks_file(path)
+    file = path / MODEL if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"No saved model at {file} (expected a .keras file or a run folder holding {MODEL}).")
+    damaged = ValueError(f"{file} is damaged: it is not a complete .keras archive (truncated or overwritten?). "
+                         "Use another copy, e.g. the run folder's best.keras, or retrain.")
+    if file.suffix == ".keras" and not zipfile.is_zipfile(file):
+        raise damaged
+    try:
+        return keras.saving.load_model(file, safe_mode=True, compile=False)
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise damaged from error
 
 
 def match_tasks(model: keras.Model, tasks: Sequence[Task]) -> list[Task]:
-    """The tasks of ``model``'s outputs, in the tasks' order, checked against the model.
-
-    Tasks the model does not output are dropped (a tasks file may describe more).
+    """The tasks of ``model``'s outputs (a tasks file may describe more), checked against it.
 
     Raises:
         ValueError: an output has no task, or an output's width differs from its task's.
@@ -83,20 +63,9 @@ def match_tasks(model: keras.Model, tasks: Sequence[Task]) -> list[Task]:
     missing = [name for name in model.output_names if name not in by_name]
     if missing:
         raise ValueError(f"No task describes the model output(s) {missing}. Tasks: {sorted(by_name)}")
-    shapes = dict(zip(model.output_names, _output_widths(model)))
-    matched = [t for t in tasks if t.name in shapes]
-    for task in matched:
-        if shapes[task.name] is not None and shapes[task.name] != task.num_outputs:
-            raise ValueError(
-                f"Output {task.name!r} has {shapes[task.name]} units but its {task.kind} task needs "
-                f"{task.num_outputs}. Received task: {task.to_dict()}"
-            )
+    matched = [t for t in tasks if t.name in model.output_names]
+    check_tasks(model, matched)
     return matched
-
-
-def _output_widths(model: keras.Model) -> list[int | None]:
-    outputs = model.outputs
-    return [tensor.shape[-1] for tensor in outputs]
 
 
 def resolve_tasks(model: keras.Model, tasks=None, source: str | os.PathLike | None = None) -> list[Task]:
@@ -105,27 +74,26 @@ def resolve_tasks(model: keras.Model, tasks=None, source: str | os.PathLike | No
     Args:
         model: the loaded model.
         tasks: a list of `Task`, or a tasks file / run folder path; takes precedence.
-        source: where the model came from; its run folder's ``tasks.json`` is used when
-            ``tasks`` is None and the model does not carry its tasks (a model saved by
-            plain Keras rather than a `kerasmtl.MultiTaskModel`).
-
-    Returns:
-        The model's tasks (see `match_tasks`).
+        source: where the model came from; its run folder's ``tasks.json`` serves when the
+            model does not carry its tasks.
 
     Raises:
         ValueError: no tasks could be found, or they do not fit the model.
     """
+    from kerasmtl.data.label_csv import read_tasks_file
+
     if tasks is None and isinstance(model, MultiTaskModel):
         return model.tasks
-    if tasks is None and source is not None:
-        run = find_run_folder(source)
-        if run is not None:
-            tasks = run / TASKS
+    if tasks is None and source is not None and find_run_folder(source) is not None:
+        tasks = find_run_folder(source)
     if tasks is None:
         raise ValueError(
             f"The model's tasks are unknown: pass a tasks file (e.g. a run folder's {TASKS}) "
             f"describing the outputs {model.output_names}."
         )
     if isinstance(tasks, (str, os.PathLike)):
-        tasks = load_tasks(tasks)
+        file = Path(tasks) / TASKS if Path(tasks).is_dir() else Path(tasks)
+        if not file.is_file():
+            raise FileNotFoundError(f"Tasks file not found: {file}")
+        tasks = read_tasks_file(file)
     return match_tasks(model, list(tasks))

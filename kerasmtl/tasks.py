@@ -1,9 +1,5 @@
-"""Task: one output of a multi-output model.
-
-A `Task` describes one label of a dataset and everything the rest of the package needs
-to know about it: what kind of output it is, its class names, the loss and metrics it
-trains with, the activation of its output layer, and how raw label values from a table
-are encoded into training targets (missing labels included).
+"""Task: one output of a multi-output model — its kind, class names, loss, metrics, output
+activation, and how raw label values are encoded into targets.
 
 Encoded targets:
 

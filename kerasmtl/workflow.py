@@ -280,8 +280,8 @@ def training_input(config, data: PreparedData, strategy, initial_epoch: int = 0,
     ``tfdata`` and ``files`` give each worker of a cluster only its own batches and each
     replica its slice, so ``--batch-size`` stays the global batch.
     """
-    if config.input == "generator":
-        return data.train_data, {}
+    if config.input == "generator":  # it orders its rows itself, by seed and epoch; Keras's own batch
+        return data.train_data, {"shuffle": False}  # shuffle draws from Python's random state
     workers = distribute.num_workers(strategy)
     if config.batch_size % workers:
         raise ValueError(

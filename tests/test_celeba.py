@@ -85,11 +85,11 @@ def test_unknown_attribute_names_suggest_close_matches(official):
     assert "'Male'" not in message.split("Known attributes")[0]
 
 
-def test_bboxes_identities_and_pixel_landmarks(official):
-    frame, _ = load_celeba(official.folder, attributes=(), bboxes=True, identities=True, normalize_landmarks=False)
+def test_bboxes_and_identities(official):
+    frame, _ = load_celeba(official.folder, attributes=(), landmarks=False, bboxes=True, identities=True)
+    assert list(frame.columns) == ["image_id", "path", "partition", "x_1", "y_1", "width", "height", "identity"]
     np.testing.assert_array_equal(frame[["x_1", "y_1", "width", "height"]].to_numpy(), official.bboxes)
     np.testing.assert_array_equal(frame["identity"], official.identities)
-    np.testing.assert_array_equal(frame[list(LANDMARK_COLUMNS)].to_numpy(), official.landmarks)
 
 
 def test_limit_keeps_the_first_images_of_each_partition(official):
@@ -109,12 +109,12 @@ def test_kaggle_csv_variant_loads_to_the_same_table(official, tmp_path):
     assert all(Path(p).parent == (kaggle.folder / "img_align_celeba" / "img_align_celeba").resolve() for p in frame["path"])
 
 
-def test_read_annotation_file_gives_a_table_by_image_id(official):
+def test_read_annotation_file_gives_names_ids_values_and_lines(official):
     table = read_annotation_file(official.folder / "list_attr_celeba.txt", "attributes")
     assert table.names == CELEBA_ATTRIBUTES
     assert table.lines.tolist() == list(range(3, 15))
-    frame = table.to_frame()
-    assert frame.loc["000003.jpg", "Bald"] == official.attributes[2, CELEBA_ATTRIBUTES.index("Bald")]
+    assert table.ids.tolist() == official.ids
+    np.testing.assert_array_equal(table.values, official.attributes)
 
 
 def _edit_line(path, line, edit):
@@ -164,7 +164,6 @@ def test_image_ids_must_be_plain_names_inside_the_image_folder(tmp_path):
     (tmp_path / "other" / "img_align_celeba").rename(tmp_path / "other" / "images")
     with pytest.raises(DataError, match="img_align_celeba: image folder not found"):
         load_celeba(tmp_path / "other")
-    assert len(load_celeba(tmp_path / "other", check_files=False)[0]) == 12
 
 
 def test_image_without_an_annotation_row_is_named(official_copy):

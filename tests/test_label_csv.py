@@ -148,7 +148,7 @@ def test_image_root(tmp_path):
     assert frame["path"].tolist() == [str((tmp_path / "pics" / n).resolve()) for n in ("a.png", "b.png")]
     root = images_folder(csv_path, tmp_path / "pics")
     report = validate_table(frame, tasks, csv_path, root=root, shown_column=WRITTEN_PATH, problems=problems, workers=1)
-    assert report.ok and len(report.frame) == 2
+    assert report.problems == [] and len(report.frame) == 2
 
 
 def test_backslash_path_hints_at_slash(tmp_path):
@@ -190,14 +190,6 @@ def test_many_numbers_ask_for_regression(tmp_path):
         scan_label_csv(csv_path)
     _, (task,), _ = scan_label_csv(csv_path, regression=["height"])
     assert task.kind == "regression"
-
-
-def test_named_constant_column_raises(tmp_path):
-    csv_path = _dataset(tmp_path, "path,smile,note\na.png,1,x\nb.png,0,x\n", images=())
-    with pytest.raises(DataError, match=r"label column 'note' has 1 distinct value"):
-        scan_label_csv(csv_path, label_columns=["smile", "note"])
-    _, tasks, _ = scan_label_csv(csv_path, label_columns=["smile"])
-    assert [t.name for t in tasks] == ["smile"]
 
 
 def test_identifier_column_is_left_out(tmp_path, capsys):

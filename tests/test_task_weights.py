@@ -13,7 +13,6 @@ from conftest import TINY_TOWER
 from kerasmtl import ModelBuilder, MultiTaskModel, Task, with_task_weighting
 from kerasmtl.callbacks import (
     DynamicTaskWeights,
-    dst_on_frequencies,
     dst_probabilities,
     dst_switches,
     dwa_weights,
@@ -115,14 +114,14 @@ def test_a_zero_weight_gives_an_exactly_zero_gradient():
 
 
 # -------------------------------------------------------------------------- DST
-def test_dst_on_frequencies_match_p_within_a_binomial_bound():
+def test_dst_switch_frequencies_match_p_within_a_binomial_bound():
     counts = {f"t{i}": n for i, n in enumerate([5, 10, 20, 40, 60, 120, 240, 505])}  # 8 tasks, mean p = 1/8
     p = np.array(list(dst_probabilities(counts).values()))
     assert p.sum() == pytest.approx(1.0)
     epochs = 20000
     for all_off in ("none", "redraw"):
         draws = np.stack([dst_switches(p, e, seed=7, all_off=all_off) for e in range(epochs)])
-        expected = dst_on_frequencies(p, all_off)
+        expected = p if all_off == "none" else p / (1 - np.prod(1 - p))  # redraw: renormalised
         # Each column is Binomial(epochs, q) / epochs: 4.5 standard deviations, so the chance
         # that any of the 8 tasks falls outside by bad luck is below 1e-4.
         bound = 4.5 * np.sqrt(expected * (1 - expected) / epochs)
@@ -404,7 +403,7 @@ def test_with_task_weighting_keeps_layers_outputs_and_predictions(mixed_tasks):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"strategy": "gradnorm"}, "strategy must be one of"),
+        ({"strategy": "gradnorm"}, "task weighting must be one of"),
         ({"strategy": "dst"}, "exactly one of targets"),
         ({"strategy": "dst", "counts": {"a": 0, "b": 0, "c": 0}}, "positive sum"),
         ({"strategy": "dst", "counts": {"a": 1}, "seed": -1}, "non-negative int"),

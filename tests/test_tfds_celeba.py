@@ -42,7 +42,7 @@ def test_table_writes_the_original_jpeg_bytes_and_matches_the_examples(mock, tmp
     assert list(frame.columns) == ["image_id", "path", "partition", "Smiling", "Bald", *LANDMARK_COLUMNS, "identity"]
     assert frame["partition"].tolist() == ["train"] * 5 + ["test"] * 5
     assert [t.name for t in tasks] == ["Smiling", "Bald", "landmarks"]
-    encoded = list(load_tfds_celeba("train", decode_images=False).take(5).as_numpy_iterator())
+    encoded = list(load_tfds_celeba("train").take(5).as_numpy_iterator())
     examples = raw_examples()[:5]
     train = frame[frame["partition"] == "train"]
     for row, raw, example in zip(train.itertuples(), encoded, examples):

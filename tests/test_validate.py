@@ -226,9 +226,9 @@ def test_images_that_passed_are_not_decoded_again_until_they_change(hvc_copy, tm
     opened = []
     real = validate.check_image
     monkeypatch.setattr(validate, "check_image", lambda path, *a: opened.append(str(path)) or real(path, *a))
-    assert _validate(hvc_copy, cache=cache).ok and len(opened) == 60
+    assert _validate(hvc_copy, cache=cache).problems == [] and len(opened) == 60
     opened.clear()
-    assert _validate(hvc_copy, cache=cache).ok and opened == []
+    assert _validate(hvc_copy, cache=cache).problems == [] and opened == []
     data = (hvc_copy / "resized" / "9.jpg").read_bytes()
     (hvc_copy / "resized" / "9.jpg").write_bytes(data[: len(data) // 2])  # damaged after it passed
     report = _validate(hvc_copy, cache=cache)

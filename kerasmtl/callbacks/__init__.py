@@ -16,7 +16,6 @@ from kerasmtl.callbacks.non_finite import NonFiniteLossError, StopOnNonFiniteLos
 from kerasmtl.callbacks.one_cycle import OneCycle, has_momentum
 from kerasmtl.callbacks.task_weights import (
     DynamicTaskWeights,
-    dst_on_frequencies,
     dst_probabilities,
     dst_switches,
     dwa_weights,
@@ -29,7 +28,6 @@ __all__ = [
     "ResumeCheckpoint",
     "StopOnNonFiniteLoss",
     "DynamicTaskWeights",
-    "dst_on_frequencies",
     "dst_probabilities",
     "dst_switches",
     "dwa_weights",

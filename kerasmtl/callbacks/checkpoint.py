@@ -1,20 +1,9 @@
 """`ResumeCheckpoint`: the state a rerun continues from, saved so a kill at any moment
 leaves a consistent one.
 
-At the end of each epoch it saves what continuing needs: model and optimizer variables
-(the optimizer's ``iterations`` drive Keras LR schedules and `OneCycle`; loss weights
-kept in the model, e.g. `TaskWeighting`, come along), the dropout seed-generator states,
-Python's and NumPy's global random states, the epoch of each data generator (shuffling
-and augmentation derive from it), and the state of any callback that has
-``get_state()`` / ``set_state(state)`` (JSON-able; optionally ``get_arrays()`` /
-``set_arrays(list)`` for arrays), Keras's ``EarlyStopping`` (with its best weights) and
-``ReduceLROnPlateau`` included. When ``fit`` ends (all epochs, or stopped early) the
-state is saved once more, marked ``trained``. `ResumeCheckpoint.restore` puts it all
-back and trims ``history.csv`` to the restored epoch.
-
-Keras's own ``BackupAndRestore`` writes its weights file in place and its metadata JSON
-in a second step, so a kill while saving can leave a broken file or weights one epoch
-ahead of the metadata; it also restores neither data generators nor ``history.csv``.
+Keras's ``BackupAndRestore`` writes its weights in place and its metadata in a second
+step (a kill can leave a broken file, or weights one epoch ahead of the metadata), and
+restores neither data generators nor ``history.csv``.
 """
 
 from __future__ import annotations
@@ -43,34 +32,25 @@ __all__ = ["ResumeCheckpoint", "load_checkpoint", "save_model_atomic"]
 class ResumeCheckpoint(keras.callbacks.Callback):
     """Saves the training state after every epoch and restores it for a rerun.
 
-    Files in ``directory``: ``state.json`` (epoch, fingerprint, random and callback
-    states, the name of the weights file) and ``epoch-NNNN.weights.h5`` (model and
-    optimizer variables). The weights file is written first, then ``state.json`` is
-    replaced: that rename is the commit point, so a kill at any moment leaves a
-    consistent pair; files of other epochs are then removed.
+    Besides model and optimizer variables it saves the seed-generator states, Python's
+    and NumPy's random states, each data generator's epoch and the state of callbacks
+    with ``get_state`` / ``set_state`` (and optionally ``get_arrays`` / ``set_arrays``),
+    Keras's ``EarlyStopping`` and ``ReduceLROnPlateau`` included. The weights file is
+    written first, then ``state.json`` is replaced: that rename is the commit point.
 
     Put this callback **last** in ``callbacks``: its ``on_epoch_end`` must run after
-    ``CSVLogger`` wrote the epoch's row and after the other callbacks updated their
-    state. An epoch whose losses or weights are not finite is not saved.
-
-    Usage::
-
-        checkpoint = ResumeCheckpoint(run / "resume", fingerprint=config, datasets=[train_data],
-                                      stateful=callbacks, history=run / "history.csv")
-        initial_epoch = checkpoint.restore(model)  # after compile
-        model.fit(train_data, epochs=n, initial_epoch=initial_epoch,
-                  callbacks=[*callbacks, keras.callbacks.CSVLogger(history, append=True), checkpoint])
+    ``CSVLogger`` wrote the epoch's row and the other callbacks updated their state. An
+    epoch whose losses or weights are not finite is not saved.
 
     Args:
-        directory: where the state lives.
         fingerprint: JSON-able description of the run (its config); `restore` refuses
             a state saved under another fingerprint.
         datasets: data generators with ``epoch`` and ``set_epoch(epoch)``.
         stateful: objects (callbacks) with ``get_state()`` / ``set_state(state)``;
             others are ignored.
         history: the ``CSVLogger`` file to trim on restore.
-        extra: JSON-able values saved with the state (e.g. a learning rate chosen by
-            an LR range test), returned by `restore` in ``self.extra``.
+        extra: JSON-able values saved with the state, merged with the saved ones by
+            `restore`.
 
     Attributes:
         trained: after `restore`, the saved state was written when ``fit`` had ended.
@@ -102,13 +82,11 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self._pending_arrays: dict = {}
         self.saved_epochs: list[int] = []
 
-    # -------------------------------------------------------------- restoring
     def restore(self, model: keras.Model) -> int:
         """Puts the saved state back into ``model`` (compiled) and the generators.
 
-        Weights, optimizer variables and seed generators are restored now; random
-        states and generator epochs at the start of the first epoch, callback states in
-        ``on_train_begin`` (after the callbacks initialised themselves).
+        Random states and generator epochs are restored at the start of the first epoch,
+        callback states in ``on_train_begin`` (after the callbacks initialised themselves).
 
         Returns:
             The epoch to continue from (``fit(initial_epoch=...)``); 0 without a state.
@@ -176,7 +154,6 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         for dataset, value in zip(self.datasets, epochs):
             dataset.set_epoch(value)
 
-    # ----------------------------------------------------------------- saving
     def on_epoch_end(self, epoch, logs=None):
         if non_finite_losses(logs) or not weights_are_finite(self.model):
             self._last_epoch = None
@@ -185,20 +162,14 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self._last_epoch = epoch + 1
 
     def on_train_end(self, logs=None):
-        """Records that ``fit`` finished (all epochs, or stopped early by a callback): the
-        weights as they are now (e.g. after ``EarlyStopping`` put the best ones back),
-        so a rerun goes straight to the steps after training."""
+        """Saves the weights as ``fit`` left them (e.g. ``EarlyStopping``'s best), marked
+        ``trained``, so a rerun goes straight to the steps after training."""
         if self._last_epoch is not None:
             self.save(self._last_epoch, self._last_logs, trained=True)
 
     def save(self, epoch: int, logs: Mapping | None = None, trained: bool = False) -> None:
-        """Writes the state after ``epoch`` completed epochs (weights, then ``state.json``).
-
-        Args:
-            epoch: completed epochs.
-            logs: the epoch's logs (kept in the state for reference).
-            trained: ``fit`` is over; a restore skips training.
-        """
+        """Writes the state after ``epoch`` completed epochs (weights, then ``state.json``);
+        ``trained``: ``fit`` is over, a restore skips training."""
         name = weights_file(epoch, trained)
         with atomic_path(self.directory / name) as temporary:
             self.model.save_weights(temporary)  # model and optimizer variables
@@ -231,8 +202,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self._remove_stale(keep={STATE_FILE, name, *arrays.values()})
 
     def mark_complete(self) -> None:
-        """Records that the run finished (its model is saved elsewhere). The state stays, so
-        the run can be continued with more epochs."""
+        """Records that the run finished; the state stays, to continue with more epochs."""
         state = read_state(self.directory)
         if state is not None:
             write_json(self.directory / STATE_FILE, state | {"complete": True}, indent=1)

@@ -1,11 +1,4 @@
-"""Learning-rate range test (Smith 2015; fastai's ``lr_find``) for any Keras model and data.
-
-`lr_range_test` trains for a few steps while the learning rate sweeps from ``min_lr`` to
-``max_lr``, records each batch's own loss, and then puts the model's weights and the
-optimizer's state back exactly as they were. The returned `LRRangeTestResult` holds the
-curve, the suggestions of several rules (pure functions below: `suggest_valley`,
-`suggest_steep`, `suggest_minimum`), a plot and a CSV export.
-"""
+"""Learning-rate range test (Smith 2015; fastai's ``lr_find``) for any Keras model and data."""
 
 from __future__ import annotations
 
@@ -24,16 +17,9 @@ SWEEP_MODES = {"exp": annealing_exp, "linear": annealing_linear}
 def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """fastai's ``valley`` rule: a point in the longest stretch of decreasing loss.
 
-    Finds the longest decreasing subsequence of the losses and returns the learning rate
-    about halfway into its middle third (fastai's arithmetic, whose start index may be one
-    before the valley; it is clamped at 0).
-
-    Args:
-        lrs: learning rates, increasing.
-        losses: (smoothed) losses, same length.
-
-    Returns:
-        The suggested learning rate.
+    Returns the learning rate about halfway into the middle third of the longest
+    decreasing subsequence of the (smoothed) losses (fastai's arithmetic, whose start
+    index may be one before the valley; it is clamped at 0).
     """
     losses = [float(x) for x in _check_curve(lrs, losses)[1]]
     n = len(losses)
@@ -51,30 +37,15 @@ def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
 
 
 def suggest_steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """The learning rate where the loss falls fastest against log(lr) (fastai's ``steep``).
-
-    Args:
-        lrs: learning rates, increasing and > 0.
-        losses: (smoothed) losses, same length.
-
-    Returns:
-        The left end of the steepest segment.
-    """
+    """The left end of the segment where the loss falls fastest against log(lr) (fastai's
+    ``steep``)."""
     lrs, losses = _check_curve(lrs, losses)
     slopes = np.diff(losses) / np.diff(np.log(lrs))
     return float(lrs[int(np.nanargmin(slopes))])
 
 
 def suggest_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """A tenth of the learning rate at the lowest loss (fastai's ``minimum``).
-
-    Args:
-        lrs: learning rates.
-        losses: (smoothed) losses, same length.
-
-    Returns:
-        The suggested learning rate.
-    """
+    """A tenth of the learning rate at the lowest loss (fastai's ``minimum``)."""
     lrs, losses = _check_curve(lrs, losses)
     return float(lrs[int(np.nanargmin(losses))]) / 10
 
@@ -118,12 +89,7 @@ class LRRangeTestResult:
 
     def suggest(self, rule: str = "valley") -> float:
         """The learning rate suggested by ``rule`` (a key of `SUGGESTION_RULES`) on the
-        trimmed smoothed curve.
-
-        Raises:
-            ValueError: for an unknown rule or a curve too short to judge (the test
-                stopped within its first 10 % + 5 steps: lower ``min_lr`` / ``max_lr``).
-        """
+        trimmed smoothed curve."""
         if rule not in SUGGESTION_RULES:
             raise ValueError(f"rule must be one of {sorted(SUGGESTION_RULES)}. Received: rule={rule!r}")
         lrs, smoothed = self.trimmed()
@@ -151,12 +117,8 @@ class LRRangeTestResult:
         self.to_frame().to_csv(path, index=False)
 
     def plot(self, path, rules: Sequence[str] = tuple(SUGGESTION_RULES)) -> None:
-        """Saves loss against learning rate (log axis) with the suggestions marked, as PNG.
-
-        Args:
-            path: output file.
-            rules: suggestion rules to mark (skipped if the curve is too short).
-        """
+        """Saves loss against learning rate (log axis) as PNG, with the ``rules``' suggestions
+        marked (unless the curve is too short)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -193,21 +155,12 @@ class LRRangeTestResult:
 class LRRangeTest(keras.callbacks.Callback):
     """Sweeps the learning rate during ``fit``, records each batch's loss, then restores.
 
-    At the start of training it snapshots every model variable and every optimizer
-    variable (iterations, learning rate, moments; the optimizer is built by then, so an
-    optimizer that was never used ends as a built one with zero moments and zero
-    iterations, the state its first step would start from). Before batch ``i`` it sets
-    the learning rate to ``min_lr -> max_lr`` at position ``i / (steps - 1)`` (geometric
-    for ``mode="exp"``, linear for ``"linear"``) and resets the model's loss tracker, so
-    the batch's ``logs["loss"]`` is that batch's own loss, across epoch boundaries and
-    uneven batches alike (other metrics in the batch logs keep their running means). It stops after ``steps`` batches, or when the smoothed loss exceeds
-    ``diverge_factor`` times its best, or on a NaN/inf loss. At the end of training it
-    assigns the snapshot back (bit-identical). A learning rate given as a
-    ``LearningRateSchedule`` or callable is swapped for a variable during the sweep and
-    put back afterwards (the train function is retraced both times).
-
-    Most users call `lr_range_test`, which runs ``fit`` for the right number of epochs.
-    With ``steps_per_execution > 1`` the rate changes once per execution.
+    At the start of training it snapshots every model and optimizer variable (building
+    the optimizer first), and at the end assigns the snapshot back, bit-identical. Before
+    each batch it sets the rate and resets the model's loss tracker, so ``logs["loss"]``
+    is that batch's own loss. A learning rate given as a ``LearningRateSchedule`` or
+    callable is swapped for a variable during the sweep and put back afterwards. With
+    ``steps_per_execution > 1`` the rate changes once per execution.
 
     Args:
         min_lr: first learning rate (> 0 for ``mode="exp"``).
@@ -359,43 +312,19 @@ def lr_range_test(
 ) -> LRRangeTestResult:
     """Runs a learning-rate range test and leaves the model as it found it.
 
-    Works on whatever ``model.fit`` accepts: numpy arrays (``data``, ``y``), a
-    ``keras.utils.PyDataset``, a ``tf.data.Dataset`` or a Python generator, with any
-    number of outputs (the sweep follows the total loss). A short dataset is passed
-    over several times; a generator that runs out ends the test early
-    (``stop_reason="out_of_data"``). Afterwards the weights and every optimizer variable
-    are bit-identical to before (see `LRRangeTest`), and ``model.history`` is unchanged.
-
-    Example:
-
-    ```python
-    result = lr_range_test(model, train_data, min_lr=1e-6, max_lr=1.0, steps=100)
-    result.plot("lr_find.png"); result.to_csv("lr_find.csv")
-    model.optimizer.learning_rate = result.suggest("valley")
-    ```
+    Works on whatever ``model.fit`` accepts, with any number of outputs (the sweep
+    follows the total loss). A short dataset is passed over several times; a generator
+    that runs out ends the test early (``stop_reason="out_of_data"``). Afterwards the
+    weights, every optimizer variable and ``model.history`` are as before.
 
     Args:
-        model: a compiled, built Keras model.
         data: training inputs, or a dataset / generator yielding ``(x, y)``.
         y: targets when ``data`` holds only the inputs.
-        batch_size: for array inputs.
         min_lr, max_lr, steps, mode, smoothing, diverge_factor, stop_on_divergence: see
             `LRRangeTest`.
-        verbose: ``fit``'s verbosity.
         **fit_kwargs: passed to ``model.fit`` (e.g. ``shuffle``, ``class_weight``).
-
-    Returns:
-        The `LRRangeTestResult`.
     """
-    callback = LRRangeTest(
-        min_lr=min_lr,
-        max_lr=max_lr,
-        steps=steps,
-        mode=mode,
-        smoothing=smoothing,
-        diverge_factor=diverge_factor,
-        stop_on_divergence=stop_on_divergence,
-    )
+    callback = LRRangeTest(min_lr, max_lr, steps, mode, smoothing, diverge_factor, stop_on_divergence)
     history = getattr(model, "history", None)
     try:
         # Every epoch has at least one batch, so `steps` epochs are enough; the callback

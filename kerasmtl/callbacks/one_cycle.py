@@ -14,13 +14,10 @@ ANNEAL_STRATEGIES = {"cos": annealing_cos, "linear": annealing_linear}
 class _ScheduledFloat(float):
     """A float for Python-side checks whose value inside the train step is a variable.
 
-    Keras 3 optimizers keep ``momentum`` / ``beta_1`` as Python floats: they decide at
-    build time whether momentum slots exist (``momentum != 0``), are written into the
-    config, and are read into the traced train step as constants. Put in their place,
-    this object keeps the float behaviour for comparisons, configs and pickling (the
-    value it was created with), while tensor conversion (``ops.cast``, TensorFlow ops)
-    and arithmetic read ``self.variable``, so assigning the variable changes the update
-    of the next step without retracing. TensorFlow backend.
+    Keras 3 optimizers keep ``momentum`` / ``beta_1`` as Python floats, read into the
+    traced train step as constants. This object keeps the float behaviour for
+    comparisons, configs and pickling, while tensor conversion and arithmetic read
+    ``self.variable``, so assigning it changes the next step without retracing.
     """
 
     dtype = "float32"
@@ -92,54 +89,26 @@ def has_momentum(optimizer) -> bool:
 class OneCycle(keras.callbacks.Callback):
     """Sets the learning rate and momentum of every training step by the one-cycle policy.
 
-    The values are PyTorch's ``torch.optim.lr_scheduler.OneCycleLR`` closed form, same
-    arguments and defaults: the learning rate rises from ``max_lr / div_factor`` to
-    ``max_lr`` over the first ``pct_start`` of ``total_steps`` and then anneals to
-    ``max_lr / div_factor / final_div_factor``; momentum moves in anti-phase between
-    ``max_momentum`` and ``base_momentum``. With ``three_phase=True`` the rate comes back
-    down to the initial rate symmetrically, then anneals to the minimum.
+    The values are PyTorch's ``OneCycleLR`` closed form, with its arguments and defaults
+    (``momentum`` being SGD's / RMSprop's ``momentum`` or the Adam family's and Lion's
+    ``beta_1``). The step is read from ``optimizer.iterations`` before each batch, so a
+    resumed run continues the same cycle; running past ``total_steps`` raises, as in
+    PyTorch. During ``fit`` the momentum attribute is a `_ScheduledFloat` (TensorFlow
+    backend); at the end it is a plain float again, the last momentum used.
 
-    The step is read from ``optimizer.iterations`` before each batch, so a run resumed from
-    a saved ``.keras`` model, or a second ``fit(..., initial_epoch=k)``, continues the same
-    cycle. Momentum is SGD's / RMSprop's ``momentum`` or the ``beta_1`` of Adam, AdamW,
-    Adamax, Nadam, Lion. Keras holds these as Python floats baked into the traced step, so
-    during ``fit`` this callback swaps the attribute for a float whose value in the step is
-    a variable it assigns every batch (TensorFlow backend); at the end of training the
-    attribute becomes a plain float again, equal to the last momentum used (like the
-    learning rate, which keeps its last value). Saved configs hold a plain float.
-
-    ``lr`` and ``momentum`` (or ``beta_1``) are published in the batch and epoch ``logs``
-    (the values of the last step done), so History, CSVLogger and TensorBoard record them;
-    list this callback before those in ``callbacks``.
-
-    Running past the cycle is an error, as in PyTorch: the callback raises before the
-    optimizer's update number ``total_steps + 1``. With ``steps_per_execution > 1`` the
-    values change once per execution.
-
-    Example:
-
-    ```python
-    steps = epochs * len(train_data)
-    model.fit(train_data, epochs=epochs, callbacks=[OneCycle(max_lr=1e-2, total_steps=steps)])
-    ```
+    ``lr`` and ``momentum`` (or ``beta_1``) of the last step done go into the batch and
+    epoch ``logs``, so list this callback before History, CSVLogger and TensorBoard. With
+    ``steps_per_execution > 1`` the values change once per execution.
 
     Args:
-        max_lr: the peak learning rate.
         total_steps: optimizer updates in the whole cycle.
         pct_start: fraction of the cycle spent raising the rate.
-        anneal_strategy: ``"cos"`` or ``"linear"``.
         div_factor: initial rate is ``max_lr / div_factor``.
         final_div_factor: final rate is the initial rate divided by this.
-        three_phase: use the three-phase variant.
         base_momentum: lowest momentum (reached at the peak rate).
         max_momentum: highest momentum (at the start and end).
         cycle_momentum: also schedule momentum / beta_1.
         verbose: if > 0, print the values at each epoch's start.
-
-    Raises:
-        ValueError: for invalid arguments (in the constructor); in ``fit``, for an optimizer
-            with no momentum to cycle or a cycle already over.
-        TypeError: if the optimizer's learning rate is a schedule or callable.
     """
 
     # Batch ends only write their own batch's logs, so Keras may dispatch them asynchronously.
@@ -206,23 +175,11 @@ class OneCycle(keras.callbacks.Callback):
         self._pending = {}
 
     def values(self, step: int) -> tuple[float, float]:
-        """The learning rate and momentum for optimizer step ``step`` (0-based).
-
-        Args:
-            step: number of updates done before this one, in ``[0, total_steps]``.
-
-        Returns:
-            ``(learning_rate, momentum)``; momentum follows the cycle even when
-            ``cycle_momentum`` is False (it is then not applied).
-
-        Raises:
-            ValueError: if ``step > total_steps``.
-        """
+        """``(learning_rate, momentum)`` for the 0-based optimizer ``step`` (updates done
+        before it, at most ``total_steps``); momentum follows the cycle even when
+        ``cycle_momentum`` is False."""
         if step > self.total_steps:
-            raise ValueError(
-                f"OneCycle was asked for step {step} of a cycle of total_steps="
-                f"{self.total_steps}."
-            )
+            raise ValueError(f"OneCycle was asked for step {step} of a cycle of total_steps={self.total_steps}.")
         start = 0.0
         for i, (end, lr0, lr1, m0, m1) in enumerate(self._phases):
             if step <= end or i == len(self._phases) - 1:

@@ -1,26 +1,16 @@
-"""Annealing schedules: pure, picklable functions of the position in training.
+"""Annealing schedules: pure functions of the position ``pos`` in ``[0, 1]`` of a phase.
 
-A schedule maps a position ``pos`` in ``[0, 1]`` (the fraction of a phase or of training
-done) to a value. The annealers take ``(start, end, pos)``; `linear`, `cos`, `exp` and
-`constant` bind ``start`` and ``end`` and return a one-argument schedule; `combine` chains
-schedules over consecutive spans of training (fastai's ``combine_scheds``). Everything is
-built from module-level functions and `functools.partial`, so schedules pickle and can be
-sent to worker processes.
-
-Example:
-
-```python
-from kerasmtl.callbacks import schedules
-warmup_then_decay = schedules.combine([0.25, 0.75], [schedules.cos(1e-4, 1e-2),
-                                                     schedules.cos(1e-2, 1e-7)])
-warmup_then_decay(0.25)  # 1e-2
-```
+The annealers take ``(start, end, pos)``; `linear`, `cos` and `exp` bind ``start`` and
+``end``, and `combine` chains schedules over spans of training (fastai's
+``combine_scheds``). They are built from module-level functions and `functools.partial`,
+so they pickle and can be sent to worker processes.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -42,11 +32,6 @@ def annealing_exp(start: float, end: float, pos: float) -> float:
     return start * (end / start) ** pos
 
 
-def annealing_constant(start: float, end: float, pos: float) -> float:
-    """Always ``start``."""
-    return start
-
-
 def linear(start: float, end: float) -> Schedule:
     """Returns the schedule ``pos -> annealing_linear(start, end, pos)``."""
     return functools.partial(annealing_linear, float(start), float(end))
@@ -58,21 +43,12 @@ def cos(start: float, end: float) -> Schedule:
 
 
 def exp(start: float, end: float) -> Schedule:
-    """Returns the schedule ``pos -> annealing_exp(start, end, pos)``.
-
-    Raises:
-        ValueError: unless ``start`` and ``end`` are both > 0.
-    """
+    """Returns the schedule ``pos -> annealing_exp(start, end, pos)``; both ends > 0."""
     if not (start > 0 and end > 0):
         raise ValueError(
             f"An exponential schedule needs start > 0 and end > 0. Received: start={start!r}, end={end!r}"
         )
     return functools.partial(annealing_exp, float(start), float(end))
-
-
-def constant(value: float) -> Schedule:
-    """Returns the schedule that is ``value`` everywhere."""
-    return functools.partial(annealing_constant, float(value), float(value))
 
 
 def _combined(bounds: tuple, schedules: tuple, pos: float) -> float:
@@ -91,12 +67,6 @@ def combine(pcts: Sequence[float], schedules: Sequence[Schedule]) -> Schedule:
     Args:
         pcts: span of each schedule; each >= 0, summing to 1. Zero-length spans are skipped.
         schedules: one schedule per span.
-
-    Returns:
-        A picklable schedule of the overall position.
-
-    Raises:
-        ValueError: for mismatched lengths, negative spans, or spans not summing to 1.
     """
     pcts = [float(p) for p in pcts]
     if len(pcts) != len(schedules) or not pcts:
@@ -107,8 +77,6 @@ def combine(pcts: Sequence[float], schedules: Sequence[Schedule]) -> Schedule:
     if any(p < 0 for p in pcts) or not math.isclose(sum(pcts), 1.0, abs_tol=1e-6):
         raise ValueError(f"Spans must be >= 0 and sum to 1. Received: pcts={pcts}")
     kept = [(p, s) for p, s in zip(pcts, schedules) if p > 0]
-    bounds = [0.0]
-    for p, _ in kept:
-        bounds.append(bounds[-1] + p)
+    bounds = [0.0, *itertools.accumulate(p for p, _ in kept)]
     bounds[-1] = 1.0
     return functools.partial(_combined, tuple(bounds), tuple(s for _, s in kept))

@@ -1,33 +1,11 @@
 """Per-task loss weights that change during training: static, DST, DWA and uncertainty.
 
-A multi-output model trains on ``loss = sum_t w_t * L_t`` where ``L_t`` is task t's
-(missing-label aware) loss. This module lets the ``w_t`` change during ``fit``:
-
-- ``static``: fixed weights (e.g. 50 for one output and 100 for another).
-- ``dst`` (dynamic schedule of tasks): each epoch task t is switched on (``w_t = 1``) with
-  probability ``p_t = n_t / sum(n)`` and off (``w_t = 0``) otherwise, ``n_t`` being the
-  count of task t's labelled instances or labelled positives in the training set (or a
-  reference batch), so tasks get training time in proportion to their labels.
-- ``dwa`` (dynamic weight average, Liu et al. 2019): ``w_t = K * softmax_t(r_t / T)`` with
-  ``r_t = L_t(e-1) / L_t(e-2)`` the ratio of task t's last two epoch losses, ``K`` the
-  number of tasks and ``T = 2``; all weights are 1 for the first two epochs.
-- ``uncertainty`` (Kendall et al. 2018): ``loss = sum_t exp(-s_t) * L_t + s_t`` with one
-  learnable log-variance ``s_t`` per task, trained by the model's optimizer.
-
-Where the weights live: in the `kerasmtl.weighting.TaskWeighting` layer every
-`kerasmtl.MultiTaskModel` holds as ``model.task_weighting``; its compiled loss reads them
-on every step and they are saved with the model, so a run resumes from a saved ``.keras``
-model with ``fit(..., initial_epoch=k)`` and the same callback.
-
-The `DynamicTaskWeights` callback sets the weights at the start of each epoch and writes
-the weights of the epoch into the epoch ``logs`` as ``loss_weight/<task>``, so History,
-CSVLogger and TensorBoard record them. The per-task ``<task>_loss`` logs stay unweighted
-(Keras records each output's loss before multiplying it by its weight); ``loss`` is the
-weighted total that is minimised.
-
-Missing labels need nothing here: the task losses skip absent labels (see
-`kerasmtl.losses`), so a batch without labels for task t contributes exactly 0 to task t
-whatever its weight.
+The model trains on ``loss = sum_t w_t * L_t``. The weights live in the
+`kerasmtl.weighting.TaskWeighting` layer of a `kerasmtl.MultiTaskModel`, so its compiled
+loss reads them on every step and they are saved with the model. `DynamicTaskWeights`
+sets them at the start of each epoch and logs them as ``loss_weight/<task>``; the
+``<task>_loss`` logs stay unweighted. Task losses skip missing labels, so a batch
+without labels for task t contributes 0 to it whatever its weight.
 """
 
 from __future__ import annotations
@@ -39,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from kerasmtl.tasks import MISSING_CLASS, Task
-from kerasmtl.weighting import STRATEGIES, TaskWeighting
+from kerasmtl.weighting import TaskWeighting, check_strategy
 
 DST_COUNTS = ("labelled", "positives")
 DST_ALL_OFF = ("redraw", "none")
@@ -47,38 +25,14 @@ LOG_PREFIX = "loss_weight/"
 
 
 # --------------------------------------------------------------------------- DST
-def label_presence(targets: np.ndarray, task: Task) -> np.ndarray:
-    """Which rows of an encoded target array hold a label.
-
-    Args:
-        targets: targets of ``task`` as produced by `Task.encode`.
-        task: the task.
-
-    Returns:
-        A boolean array of shape ``(n,)``. A regression row counts as labelled only when
-        all its values are present (as in `kerasmtl.losses`).
-    """
-    targets = np.asarray(targets)
-    if task.kind == "regression":
-        return np.isfinite(targets.reshape(len(targets), -1).astype(np.float64)).all(axis=1)
-    return targets.reshape(len(targets), -1)[:, 0] != MISSING_CLASS
-
-
 def label_counts(targets: Mapping[str, np.ndarray], tasks: Sequence[Task], count: str = "labelled") -> dict[str, int]:
     """Counts each task's labels, one task (column) at a time.
 
     Args:
         targets: ``{task name: encoded targets}`` of the training set or a reference batch.
-        tasks: the tasks to count.
-        count: ``"labelled"`` counts present labels; ``"positives"`` counts labels equal
-            to the positive class (index 1) and applies to binary tasks only.
-
-    Returns:
-        ``{task name: count}``.
-
-    Raises:
-        ValueError: unknown ``count``, a task without targets, or ``"positives"`` for a
-            multiclass or regression task (they have no positive class).
+        count: ``"labelled"`` counts present labels (a regression row only when all its
+            values are present, as in `kerasmtl.losses`); ``"positives"`` counts labels
+            equal to the positive class (index 1) and applies to binary tasks only.
     """
     if count not in DST_COUNTS:
         raise ValueError(f"count must be one of {DST_COUNTS}. Received: count={count!r}")
@@ -87,8 +41,12 @@ def label_counts(targets: Mapping[str, np.ndarray], tasks: Sequence[Task], count
         if task.name not in targets:
             raise ValueError(f"No targets for task {task.name!r}. Received targets for: {sorted(targets)}")
         values = np.asarray(targets[task.name])
-        present = label_presence(values, task)
+        rows = values.reshape(len(values), -1)
         if count == "labelled":
+            if task.kind == "regression":
+                present = np.isfinite(rows.astype(np.float64)).all(axis=1)
+            else:
+                present = rows[:, 0] != MISSING_CLASS
             counts[task.name] = int(present.sum())
             continue
         if task.kind != "binary":
@@ -96,22 +54,13 @@ def label_counts(targets: Mapping[str, np.ndarray], tasks: Sequence[Task], count
                 f"count='positives' applies to binary tasks only; task {task.name!r} is {task.kind}. "
                 "Use count='labelled' for datasets with multiclass or regression tasks."
             )
-        counts[task.name] = int((values.reshape(len(values), -1)[:, 0] == 1).sum())
+        counts[task.name] = int((rows[:, 0] == 1).sum())
     return counts
 
 
 def dst_probabilities(counts: Mapping[str, float]) -> dict[str, float]:
-    """``p_t = n_t / sum(n)``: each task's chance to be switched on in an epoch.
-
-    Args:
-        counts: ``{task name: n_t}`` with ``n_t >= 0``.
-
-    Returns:
-        ``{task name: p_t}``.
-
-    Raises:
-        ValueError: a negative count, or no labels at all.
-    """
+    """``{task: p_t}`` with ``p_t = n_t / sum(n)`` (each task's chance to be on in an epoch)
+    from ``{task: n_t}``, ``n_t >= 0``."""
     values = np.array([float(v) for v in counts.values()])
     if len(values) == 0 or (values < 0).any() or not values.sum() > 0:
         raise ValueError(f"DST needs non-negative label counts with a positive sum. Received: counts={dict(counts)!r}")
@@ -119,25 +68,15 @@ def dst_probabilities(counts: Mapping[str, float]) -> dict[str, float]:
 
 
 def dst_switches(probabilities: Sequence[float], epoch: int, seed: int = 0, all_off: str = "redraw") -> np.ndarray:
-    """The on (1) / off (0) weights of DST for one epoch.
+    """The on (1) / off (0) float32 weights of DST for one 0-based ``epoch``.
 
     Each task is on with its probability, independently. The draw depends only on
-    ``(seed, epoch)``, so a run is reproducible and a resumed run continues the same
-    sequence.
+    ``(seed, epoch)``, so a resumed run continues the same sequence.
 
     Args:
-        probabilities: ``p_t`` per task.
-        epoch: the 0-based epoch index.
-        seed: a non-negative int.
-        all_off: what happens when every task comes out off: ``"redraw"`` draws again until
-            at least one task is on, so every epoch trains (each task is then on with
-            probability ``p_t / (1 - prod_k(1 - p_k))``, still proportional to ``p_t``;
-            fewer than 1.6 draws are needed on average whatever the ``p``); ``"none"`` keeps
-            them all off, as the original code does (that epoch's loss is 0: plain SGD makes
-            no update, optimizers with momentum still move the weights).
-
-    Returns:
-        float32 array of 0 / 1, one per task.
+        all_off: when every task comes out off, ``"redraw"`` draws again (each task is
+            then on with probability ``p_t / (1 - prod_k(1 - p_k))``, still proportional to
+            ``p_t``); ``"none"`` keeps them all off, as the original code does.
     """
     p = np.asarray(probabilities, dtype=np.float64)
     if all_off not in DST_ALL_OFF:
@@ -151,18 +90,6 @@ def dst_switches(probabilities: Sequence[float], epoch: int, seed: int = 0, all_
             return on.astype(np.float32)
 
 
-def dst_on_frequencies(probabilities: Sequence[float], all_off: str = "redraw") -> np.ndarray:
-    """Long-run share of epochs in which each task is on (see `dst_switches`).
-
-    Returns:
-        ``p_t`` for ``all_off="none"``; ``p_t / (1 - prod_k(1 - p_k))`` for ``"redraw"``.
-    """
-    p = np.asarray(probabilities, dtype=np.float64)
-    if all_off == "none":
-        return p
-    return p / (1.0 - np.prod(1.0 - p))
-
-
 # --------------------------------------------------------------------------- DWA
 def dwa_weights(last: Sequence[float], before: Sequence[float], temperature: float = 2.0) -> np.ndarray:
     """Dynamic weight average: ``K * softmax_t((L_t(e-1) / L_t(e-2)) / T)``.
@@ -170,7 +97,6 @@ def dwa_weights(last: Sequence[float], before: Sequence[float], temperature: flo
     Args:
         last: per-task losses of epoch ``e - 1``.
         before: per-task losses of epoch ``e - 2``.
-        temperature: ``T``.
 
     Returns:
         float32 weights that sum to the number of tasks. A task whose earlier loss is 0
@@ -188,31 +114,15 @@ def dwa_weights(last: Sequence[float], before: Sequence[float], temperature: flo
 class DynamicTaskWeights(keras.callbacks.Callback):
     """Sets a `kerasmtl.MultiTaskModel`'s per-task loss weights each epoch and logs them.
 
-    Strategies (see the module docstring): ``"static"``, ``"dst"``, ``"dwa"``,
-    ``"uncertainty"``. The model's weights must be of the strategy's kind (learned for
-    ``"uncertainty"``, assignable for the others: ``ModelBuilder(task_weighting=...)`` or
-    `kerasmtl.with_task_weighting`).
-
-    At the start of each epoch the weights of the epoch are set; at its end they are
-    written into ``logs`` as ``loss_weight/<task>`` (for ``"uncertainty"``, ``exp(-s_t)``
-    at the end of the epoch). DWA reads ``<task>_loss`` from the epoch logs and keeps the
-    last two epochs in the model, so put this callback before ``CSVLogger`` and
-    ``ModelCheckpoint`` in ``callbacks``. Resuming: load the saved model and call
-    ``fit(..., initial_epoch=k)`` with the same callback arguments: DST's draws depend
-    only on ``(seed, epoch)``, DWA continues from the record saved in the model, and
-    uncertainty's log-variances are model weights.
-
-    Example:
-
-    ```python
-    model = ModelBuilder(tasks, ..., task_weighting="dst").build()
-    model.compile("adam")
-    weights = DynamicTaskWeights("dst", tasks=tasks, targets=train_targets, seed=0)
-    model.fit(data, epochs=10, callbacks=[weights, keras.callbacks.CSVLogger("history.csv")])
-    ```
+    The model's weights must be of the strategy's kind (learned for ``"uncertainty"``,
+    assignable for the others: ``ModelBuilder(task_weighting=...)`` or
+    `kerasmtl.with_task_weighting`). DWA reads ``<task>_loss`` from the epoch logs and
+    keeps the last two epochs in the model, so put this callback before ``CSVLogger`` and
+    ``ModelCheckpoint``. A run resumes from its saved model with ``fit(...,
+    initial_epoch=k)`` and the same callback arguments.
 
     Args:
-        strategy: one of `STRATEGIES`.
+        strategy: one of `kerasmtl.weighting.STRATEGIES`.
         tasks: the tasks (needed by ``"dst"``; otherwise optional, checked against the
             model's outputs when given).
         weights: ``"static"`` only: ``{task name: weight}`` set at the start of training
@@ -226,11 +136,6 @@ class DynamicTaskWeights(keras.callbacks.Callback):
         all_off: ``"dst"`` only: ``"redraw"`` or ``"none"``; see `dst_switches`.
         temperature: ``"dwa"`` only: ``T``.
         verbose: if > 0, print the weights at the start of each epoch.
-
-    Raises:
-        ValueError: for inconsistent arguments (in the constructor), or in ``fit`` for a
-            model whose task weighting does not match the strategy or the tasks.
-        TypeError: in ``fit``, for a model without task weighting.
     """
 
     def __init__(
@@ -247,8 +152,7 @@ class DynamicTaskWeights(keras.callbacks.Callback):
         verbose: int = 0,
     ):
         super().__init__()
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={strategy!r}")
+        check_strategy(strategy)
         if weights is not None and strategy != "static":
             raise ValueError(f"weights apply to strategy='static'. Received: strategy={strategy!r}")
         if strategy == "dst":
@@ -278,15 +182,11 @@ class DynamicTaskWeights(keras.callbacks.Callback):
         self.verbose = verbose
         self._weighting = None
 
-    # ---------------------------------------------------------------- helpers
     def _names(self) -> list[str]:
         return self._weighting.task_names
 
     def weights_for_epoch(self, epoch: int) -> dict[str, float] | None:
-        """The weights this callback sets at the start of ``epoch`` (None: left as they are).
-
-        Needs the model (``set_model``); DWA reads the loss record kept in the model.
-        """
+        """The weights this callback sets at the start of ``epoch`` (None: left as they are)."""
         names = self._names()
         if self.strategy == "dst":
             on = dst_switches([self.probabilities[n] for n in names], epoch, self.seed, self.all_off)
@@ -301,7 +201,6 @@ class DynamicTaskWeights(keras.callbacks.Callback):
             return self.static_weights
         return None
 
-    # -------------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
         weighting = getattr(self.model, "task_weighting", None)
         if not isinstance(weighting, TaskWeighting):

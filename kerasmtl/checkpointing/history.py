@@ -13,13 +13,9 @@ from kerasmtl.atomic import write_text
 def truncate_history(path: str | os.PathLike, epochs: int) -> int:
     """Keeps the rows of a ``CSVLogger`` file whose ``epoch`` is below ``epochs``.
 
-    Rows beyond a restored epoch (written after the last checkpoint) and a row left
-    half-written by a kill are dropped; the file is rewritten atomically. With
-    ``epochs == 0`` the file is removed, so the logger writes a fresh header.
-
-    Args:
-        path: the history CSV.
-        epochs: epochs to keep (the epoch training continues from).
+    Rows written after the last checkpoint and a row left half-written by a kill are
+    dropped; the file is rewritten atomically. With ``epochs == 0`` the file is removed,
+    so the logger writes a fresh header.
 
     Returns:
         The number of rows kept.

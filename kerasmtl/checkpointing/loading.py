@@ -8,12 +8,8 @@ import keras
 
 
 def load_checkpoint(path: str | os.PathLike, **kwargs) -> keras.Model:
-    """Loads a ``.keras`` file with ``safe_mode=True`` (no Lambda layers' code is run).
-
-    Args:
-        path: the model file.
-        **kwargs: passed to `keras.saving.load_model` (``compile``, ``custom_objects``).
-    """
+    """Loads a ``.keras`` file with ``safe_mode=True`` (no Lambda layers' code is run);
+    ``kwargs`` go to `keras.saving.load_model`."""
     if "safe_mode" in kwargs:
         raise ValueError("load_checkpoint always loads with safe_mode=True.")
     import kerasmtl.layers  # noqa: F401  (registers the package's serialisable objects)

@@ -32,25 +32,15 @@ def read_state(directory: str | os.PathLike) -> dict | None:
     return state
 
 
-def fingerprint_differences(saved: Mapping, current: Mapping) -> list[str]:
-    """Lines ``key: saved -> current`` for every entry that differs (compared as JSON)."""
-    lines = []
+def check_fingerprint(saved: Mapping, current: Mapping, folder: str | os.PathLike) -> None:
+    """Raises `ResumeError` naming each setting that differs between ``saved`` (the state's
+    fingerprint, or the part to compare) and ``current`` (compared as JSON); ``folder`` is
+    named in it."""
+    differences = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if json.loads(json_text(old)) != json.loads(json_text(new)):
-            lines.append(f"{key}: {old!r} -> {new!r}")
-    return lines
-
-
-def check_fingerprint(saved: Mapping, current: Mapping, folder: str | os.PathLike) -> None:
-    """Raises `ResumeError` naming each setting that differs between ``saved`` and ``current``.
-
-    Args:
-        saved: the fingerprint a state was saved with (or the part of it to compare).
-        current: the fingerprint of the run that wants to continue it.
-        folder: the run folder, named in the message.
-    """
-    differences = fingerprint_differences(saved, current)
+            differences.append(f"{key}: {old!r} -> {new!r}")
     if differences:
         raise ResumeError(
             f"{folder} holds a run started with other settings:\n  "

@@ -2,38 +2,16 @@
 
 A pipeline is an ``albumentations.Compose`` working on uint8 RGB (or grayscale) images.
 `make_pipeline` builds one from a probability and a strength per augmentation; named
-pipelines (`get_pipeline`, `list_pipelines`):
+pipelines (`get_pipeline`, `list_pipelines`) are ``"default"`` (`default_pipeline`),
+``"keras_channel_shift"`` (the same with Keras's single-offset channel shift) and
+``"celeba_resize_crop"`` (`celeba_resize_crop`).
 
-- ``"default"``: `default_pipeline` — horizontal flip, blur, brightness / contrast,
-  per-channel shift and cutout (`Cutout`, a ``CoarseDropout``); the augmentations of the Keras
-  person-attributes project (flip, blur, brightness, channel shift, cutout).
-- ``"keras_channel_shift"``: the same with Keras's ``channel_shift_range`` meaning.
-- ``"celeba_resize_crop"``: `celeba_resize_crop` — horizontal flip, resize to 220 x 270
-  (width x height) and crop back to CelebA's 178 x 218, as the CelebA ResNeXt50 model was
-  trained.
-
-**Channel shift, two meanings.** Keras's ``ImageDataGenerator(channel_shift_range=r)``
-draws ONE offset ``u ~ U(-r, r)`` and adds it to every channel, clipping to the image's
-own ``[min, max]``. albumentations' ``RGBShift`` draws one offset PER channel (a colour
-cast), clipped to ``[0, 255]``. `ChannelShift` implements both (``per_channel``), and
-``make_pipeline(channel_shift_mode=...)`` picks ``"rgb"`` (per channel, the default),
-``"keras"`` (one offset) or ``"rgbshift"`` (albumentations' ``RGBShift`` itself, same
-meaning as ``"rgb"`` but ~4x slower on uint8). The default is per channel: the pipeline
-already holds ``RandomBrightnessContrast``, whose brightness term is one offset for all
-channels, so Keras's channel shift would mostly repeat it; a per-channel shift adds
-invariance to white balance and colour casts, which brightness cannot give.
-
-**Speed.** The per-image cost of a pipeline on a 224 x 224 image is mostly albumentations'
-Python work, not pixels; the two transforms defined here keep it small. `ChannelShift`
-adds whole-pixel offsets with OpenCV's integer saturating add / subtract (~25 us against
-~100 us for ``RGBShift``); `Cutout` is ``CoarseDropout`` with its holes drawn and filled
-without numpy's per-call overhead (~25 us against ~80-130 us). The default pipeline costs
-~65 us per image (it was ~120 us with ``RGBShift`` and ``CoarseDropout``).
-
-Pipelines are saved with `save_pipeline` (albumentations' own JSON / YAML format) and
-read back with `load_pipeline`; `ChannelShift` and `Cutout` are registered with
-albumentations' serialization, so a saved pipeline using them loads once this module is
-imported.
+The channel shift is per channel by default: ``RandomBrightnessContrast`` already adds one
+offset to all channels, so Keras's ``channel_shift_range`` would mostly repeat it, while a
+per-channel shift adds invariance to colour casts. `ChannelShift` and `Cutout` do the
+work of ``RGBShift`` and ``CoarseDropout`` with less Python per image; both are
+registered with albumentations' serialization, so `load_pipeline` reads pipelines using
+them once this module is imported.
 """
 
 from __future__ import annotations
@@ -56,18 +34,13 @@ CHANNEL_SHIFT_MODES = ("rgb", "keras", "rgbshift")
 class ChannelShift(A.ImageOnlyTransform):
     """Channel shift in either meaning: Keras's single offset, or one offset per channel.
 
-    ``per_channel=False`` is Keras's ``channel_shift_range``: one offset ``u`` drawn
-    uniformly from ``shift_limit`` (pixel units, 0-255 scale) is added to all channels
-    and the result is clipped to the image's own ``[min, max]``, as Keras's
-    ``apply_channel_shift`` does (uint8: one lookup table, no float copy).
-    ``per_channel=True`` draws one offset per channel and clips to ``[0, 255]``:
-    albumentations' ``RGBShift`` with one limit for all channels, done on uint8 images with
-    a saturating integer add and subtract instead of a lookup table per channel (the
-    offsets are rounded to whole pixel values).
+    ``per_channel=False`` is Keras's ``channel_shift_range``: one offset drawn from
+    ``shift_limit`` (0-255 pixel units) for all channels, clipped to the image's own
+    ``[min, max]``. ``per_channel=True`` is ``RGBShift`` with one limit for all channels,
+    clipped to ``[0, 255]``; on uint8 images the offsets are rounded to whole pixel values.
 
     Args:
         shift_limit: ``(low, high)`` or ``r`` for ``(-r, r)``.
-        per_channel: one offset per channel instead of one for all.
         p: probability of applying the transform.
     """
 
@@ -102,22 +75,12 @@ class ChannelShift(A.ImageOnlyTransform):
 
 
 class Cutout(A.CoarseDropout):
-    """``CoarseDropout`` with a lean image path: same arguments, targets and meaning.
+    """``CoarseDropout`` with a lean image path: same arguments, targets and hole distribution.
 
-    albumentations' ``CoarseDropout`` draws its holes with a dozen numpy calls on tiny
-    arrays and fills ``"random_uniform"`` holes through a fresh numpy generator: ~80-130 us
-    per 224 x 224 image, most of it Python overhead around a few slice assignments.
-    This subclass draws the holes (and, for ``"random_uniform"``, one colour per hole)
-    with the transform's own Python random generator and fills them with
-    ``cv2.rectangle`` (~25 us).
-    The hole distribution is CoarseDropout's: ``randint`` holes, sides of
-    ``int(side * uniform(range))`` pixels (or ``randint(range)`` for pixel ranges), a
-    top-left corner uniform over the positions where the hole fits. Masks, boxes and
-    keypoints are handled by ``CoarseDropout`` itself (keypoints stay unless the
-    pipeline removes invisible ones); fills other than a number, a per-channel tuple or
-    ``"random_uniform"`` (``"random"``, inpainting) use ``CoarseDropout``'s code.
-
-    Args: as ``albumentations.CoarseDropout``.
+    ``CoarseDropout`` spends most of its time in numpy calls on tiny arrays; this draws the
+    holes (and ``"random_uniform"`` colours) with the transform's Python random generator
+    and fills them with ``cv2.rectangle``. Masks, boxes, keypoints and other fills
+    (``"random"``, inpainting) go through ``CoarseDropout``'s own code.
     """
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
@@ -162,11 +125,8 @@ class Cutout(A.CoarseDropout):
 def _saturating_shift(image: np.ndarray, shift) -> np.ndarray:
     """``clip(image + round(shift), 0, 255)`` per channel for a uint8 image of <= 4 channels.
 
-    OpenCV adds a scalar to uint8 pixels in integer arithmetic only when the scalar is a
-    whole, non-negative number (otherwise it takes a float path, ~5x slower): the rounded
-    offsets are split into a saturating add of the positive ones and a saturating
-    subtract of the negative ones. Equal to adding the unrounded offsets with rounding,
-    except at exact halves.
+    OpenCV stays in integer arithmetic only for whole non-negative scalars, hence a
+    saturating add of the positive offsets and a saturating subtract of the negative ones.
     """
     offsets = [round(float(s)) for s in shift]  # half to even, as np.rint (no numpy calls per image)
     padding = (0,) * (4 - len(offsets))
@@ -204,27 +164,16 @@ def make_pipeline(
     this order: flip, blur, brightness / contrast, channel shift, cutout.
 
     Args:
-        flip: probability of a horizontal flip (keypoint tasks mirror with it, see
-            `kerasmtl.data.generator`).
-        blur: probability of a box blur.
-        blur_limit: ``(min, max)`` odd kernel size of the blur.
-        brightness: probability of a brightness / contrast change.
+        blur_limit: ``(min, max)`` odd kernel size of the box blur.
         brightness_limit: brightness offset range ``(-b, b)`` as a fraction of 255.
         contrast_limit: contrast factor range ``(1 - c, 1 + c)``.
-        channel_shift: probability of a channel shift.
         channel_shift_limit: offset range ``(-s, s)`` in pixel units (0-255).
-        channel_shift_mode: ``"rgb"``: one offset per channel (`ChannelShift` with
-            ``per_channel=True``, ``RGBShift``'s meaning); ``"keras"``: one offset for
-            all channels (`ChannelShift`, Keras's ``channel_shift_range``); ``"rgbshift"``:
-            albumentations' own ``RGBShift`` (same meaning as ``"rgb"``, ~4x slower).
-        cutout: probability of cutting out rectangles (`Cutout`, a ``CoarseDropout``).
+        channel_shift_mode: ``"rgb"`` (one offset per channel), ``"keras"`` (one offset for
+            all channels) or ``"rgbshift"`` (albumentations' own, slower ``RGBShift``).
         cutout_holes: ``(min, max)`` number of rectangles.
         cutout_size: ``(min, max)`` side of a rectangle as a fraction of the image side.
-        cutout_fill: fill value, or ``"random_uniform"`` (one random colour per
-            rectangle, like the random-erasing ``get_random_eraser``) or ``"random"``.
-
-    Returns:
-        The ``albumentations.Compose``.
+        cutout_fill: fill value, ``"random_uniform"`` (one random colour per rectangle)
+            or ``"random"``.
     """
     if channel_shift_mode not in CHANNEL_SHIFT_MODES:
         raise ValueError(
@@ -268,43 +217,29 @@ def default_pipeline() -> A.Compose:
     return make_pipeline()
 
 
-def keras_channel_shift_pipeline() -> A.Compose:
-    """The default pipeline with Keras's single-offset channel shift (`ChannelShift`)."""
-    return make_pipeline(channel_shift_mode="keras")
-
-
 def celeba_resize_crop(
-    flip: float = 0.5,
-    resize: tuple[int, int] = (270, 220),
-    crop: tuple[int, int] = (218, 178),
-    random_crop: bool = True,
+    flip: float = 0.5, resize: tuple[int, int] = (270, 220), crop: tuple[int, int] = (218, 178)
 ) -> A.Compose:
-    """Horizontal flip, then resize and crop back (the CelebA ResNeXt50 recipe).
+    """Horizontal flip, resize and random crop back (the CelebA ResNeXt50 recipe).
 
     The aligned CelebA images (178 wide, 218 high) are resized to 220 x 270, keeping
     their aspect ratio, and cropped back to 178 x 218: a random scale-and-shift.
 
     Args:
-        flip: probability of a horizontal flip.
         resize: ``(height, width)`` to resize to.
         crop: ``(height, width)`` of the crop.
-        random_crop: crop at a random position (training) or at the centre.
-
-    Returns:
-        The ``albumentations.Compose``.
     """
     if crop[0] > resize[0] or crop[1] > resize[1]:
         raise ValueError(f"The crop must fit in the resized image. Received: resize={resize}, crop={crop}")
     transforms = [A.HorizontalFlip(p=_check_probability("flip", flip))] if flip else []
     transforms.append(A.Resize(height=int(resize[0]), width=int(resize[1]), interpolation=cv2.INTER_LINEAR))
-    cropper = A.RandomCrop if random_crop else A.CenterCrop
-    transforms.append(cropper(height=int(crop[0]), width=int(crop[1])))
+    transforms.append(A.RandomCrop(height=int(crop[0]), width=int(crop[1])))
     return A.Compose(transforms)
 
 
 PIPELINES: dict[str, Callable[[], A.Compose]] = {
     "default": default_pipeline,
-    "keras_channel_shift": keras_channel_shift_pipeline,
+    "keras_channel_shift": lambda: make_pipeline(channel_shift_mode="keras"),
     "celeba_resize_crop": celeba_resize_crop,
 }
 
@@ -315,26 +250,15 @@ def list_pipelines() -> list[str]:
 
 
 def get_pipeline(name: str) -> A.Compose:
-    """A fresh named pipeline (see the module docstring).
-
-    Raises:
-        ValueError: unknown name.
-    """
+    """A fresh named pipeline (see the module docstring)."""
     if name not in PIPELINES:
         raise ValueError(f"Unknown augmentation pipeline. Known: {list_pipelines()}. Received: name={name!r}")
     return PIPELINES[name]()
 
 
 def as_pipeline(augment) -> A.Compose | None:
-    """Normalises what a generator accepts as ``augment`` into a Compose (or None).
-
-    Args:
-        augment: None, a pipeline name, an ``albumentations.Compose``, a single transform
-            or a list of transforms.
-
-    Returns:
-        The pipeline, or None for no augmentation.
-    """
+    """``augment`` as a generator takes it (None, a pipeline name, a Compose, one transform
+    or a list of them) as a Compose, or None for no augmentation."""
     if augment is None:
         return None
     if isinstance(augment, str):
@@ -361,11 +285,7 @@ def _format(path: Path) -> str:
 
 
 def save_pipeline(pipeline: A.BaseCompose, path: str | os.PathLike) -> Path:
-    """Writes a pipeline in albumentations' serialization format (JSON or YAML by suffix).
-
-    Returns:
-        The path written.
-    """
+    """Writes a pipeline in albumentations' serialization format (JSON or YAML by suffix)."""
     path = Path(path)
     A.save(pipeline, str(path), data_format=_format(path))
     return path

@@ -1,31 +1,14 @@
 """CelebA from its annotation files: the official text files or the Kaggle CSVs.
 
-A CelebA folder holds the aligned images and the annotation files (see
-``data/README.md``)::
+A CelebA folder holds ``img_align_celeba/`` (Kaggle: nested twice), the attribute,
+landmark and partition files and optionally the bounding-box and identity files (see
+``data/README.md``). The official text files are whitespace-aligned with right-aligned
+values, so rows are split on runs of whitespace, never on fixed widths.
 
-    img_align_celeba/000001.jpg ...          (Kaggle: img_align_celeba/img_align_celeba/)
-    list_attr_celeba.txt                     (Kaggle: list_attr_celeba.csv)
-    list_landmarks_align_celeba.txt          (Kaggle: list_landmarks_align_celeba.csv)
-    list_eval_partition.txt                  (Kaggle: list_eval_partition.csv)
-    list_bbox_celeba.txt, identity_CelebA.txt   (optional)
-
-The official text files are whitespace-aligned: line 1 is the number of rows, line 2 the
-column names (the attribute file ends it with a space; the bounding-box file starts it
-with ``image_id``), then one row per image, ``000001.jpg -1  1  1 -1 ...``. Values are
-right-aligned, so a row is split on any run of whitespace, never on fixed widths. The
-partition and identity files have neither count nor names. The Kaggle CSVs have an
-``image_id`` column and the same values (attributes -1 / 1).
-
-`load_celeba` returns the table every other loader of the package returns: one row per
-image with an absolute ``path``, one column per attribute (0 / 1, or -1 / 1), the ten
-landmark coordinates (divided by the aligned image's width 178 and height 218) and the
-official ``partition`` (``train`` / ``val`` / ``test``), plus the matching `Task` s.
-
-Landmark coordinates are read as positions on a continuous axis, ``x / 178`` and
-``y / 218``, so a horizontal flip maps ``x`` to ``1 - x`` (pixel 69 to 109 of 178).
-Whoever reads the integers as pixel *indices* instead (flip: ``177 - x``) can load them
-with ``normalize_landmarks=False`` and divide ``x + 0.5`` themselves; the two
-conventions differ by half a pixel.
+`load_celeba` returns the table every loader of the package returns: one row per image
+with an absolute ``path``, the attributes, the landmarks divided by the aligned size
+(``x / 178``, ``y / 218``: positions on a continuous axis, so a flip maps ``x`` to
+``1 - x``) and the official ``partition``, plus the matching `Task` s.
 """
 
 from __future__ import annotations
@@ -90,15 +73,8 @@ _VALUE_NAMES = {"partitions": ("partition",), "identities": ("identity",)}
 
 @dataclass
 class AnnotationFile:
-    """One parsed annotation file.
-
-    Attributes:
-        path: the file.
-        names: value column names, in file order.
-        ids: image ids (file names such as ``000001.jpg``), one per row.
-        values: int64 array ``(rows, len(names))``.
-        lines: 1-based line number of each row in the file.
-    """
+    """One parsed annotation file: value column ``names``, image ``ids`` (``000001.jpg``),
+    int64 ``values`` of shape ``(rows, len(names))`` and the 1-based line of each row."""
 
     path: Path
     names: tuple[str, ...]
@@ -106,55 +82,11 @@ class AnnotationFile:
     values: np.ndarray
     lines: np.ndarray
 
-    def to_frame(self) -> pd.DataFrame:
-        """The values as a table indexed by ``image_id``."""
-        frame = pd.DataFrame(self.values, columns=list(self.names), index=pd.Index(self.ids, name="image_id"))
-        return frame
-
 
 # ---------------------------------------------------------------------- parsing
-def _split_rows(path: Path, rows, first_line: int, n_values: int):
-    """Splits raw rows into ids and value tokens, collecting malformed rows."""
-    ids, tokens, lines, problems = [], [], [], []
-    for number, fields in enumerate(rows, first_line):
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            continue  # blank line
-        if len(fields) != n_values + 1:
-            problems.append(
-                (str(path), number, f"expected {n_values + 1} fields (image id + {n_values} values), found {len(fields)}")
-            )
-            continue
-        ids.append(fields[0].strip())
-        tokens.append([f.strip() for f in fields[1:]])
-        lines.append(number)
-    return ids, tokens, lines, problems
-
-
-def _to_int(path: Path, names, tokens, lines) -> np.ndarray:
-    """Converts value tokens to int64, naming every token that is not an integer."""
-    if not tokens:
-        return np.zeros((0, len(names)), dtype=np.int64)
-    array = np.asarray(tokens)
-    try:
-        return array.astype(np.int64)
-    except ValueError:
-        pass
-    problems = []
-    for row, line in zip(array, lines):
-        for name, token in zip(names, row):
-            try:
-                int(token)
-            except ValueError:
-                problems.append((str(path), int(line), f"value {str(token)!r} in column {name!r} is not an integer"))
-    raise DataError(f"{path}: {len(problems)} value(s) are not integers (row = line number)", problems)
-
-
 def _parse_fast(rows: list[str], first_line: int, n_values: int, csv_format: bool):
-    """Parses well-formed rows with pandas' C parser; None when any row needs a closer look.
-
-    Returns:
-        ``(ids, values, lines)`` or None.
-    """
+    """``(ids, values, lines)`` of well-formed rows by pandas' C parser; None when any row
+    needs a closer look."""
     lines = np.asarray([i for i, row in enumerate(rows) if row.strip()], dtype=np.int64) + first_line
     if not len(lines):
         return None
@@ -172,15 +104,31 @@ def _parse_fast(rows: list[str], first_line: int, n_values: int, csv_format: boo
 
 def _parse_rows(path: Path, names, rows: list[str], first_line: int, csv_format: bool):
     """Rows -> ``(ids, values, lines)``, naming the line of every malformed row."""
-    parsed = _parse_fast(rows, first_line, len(names), csv_format)
+    n = len(names)
+    parsed = _parse_fast(rows, first_line, n, csv_format)
     if parsed is not None:
         return parsed
-    fields = csv.reader(rows) if csv_format else (row.split() for row in rows)
-    ids, tokens, lines, problems = _split_rows(path, fields, first_line, len(names))
-    if problems:
-        raise DataError(f"{path}: {len(problems)} malformed line(s) (row = line number)", problems)
-    values = _to_int(path, names, tokens, lines)
-    return np.asarray(ids, dtype=object), values, np.asarray(lines, dtype=np.int64)
+    ids, values, lines, malformed, not_integers = [], [], [], [], []
+    for number, fields in enumerate(csv.reader(rows) if csv_format else (row.split() for row in rows), first_line):
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue  # blank line
+        if len(fields) != n + 1:
+            malformed.append((str(path), number, f"expected {n + 1} fields (image id + {n} values), found {len(fields)}"))
+            continue
+        row = []
+        for name, token in zip(names, (f.strip() for f in fields[1:])):
+            try:
+                row.append(int(token))
+            except ValueError:
+                not_integers.append((str(path), number, f"value {token!r} in column {name!r} is not an integer"))
+        ids.append(fields[0].strip())
+        values.append(row)
+        lines.append(number)
+    if malformed:
+        raise DataError(f"{path}: {len(malformed)} malformed line(s) (row = line number)", malformed)
+    if not_integers:
+        raise DataError(f"{path}: {len(not_integers)} value(s) are not integers (row = line number)", not_integers)
+    return np.asarray(ids, dtype=object), np.asarray(values, dtype=np.int64).reshape(-1, n), np.asarray(lines, dtype=np.int64)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -234,10 +182,7 @@ def _check_values(table: AnnotationFile, kind: str) -> None:
     allowed = {"attributes": (-1, 1), "partitions": tuple(PARTITIONS)}.get(kind)
     problems = []
     if allowed is not None:
-        bad = np.ones(table.values.shape, dtype=bool)
-        for value in allowed:
-            bad &= table.values != value
-        bad_rows, bad_cols = np.nonzero(bad)
+        bad_rows, bad_cols = np.nonzero(~np.isin(table.values, allowed))
         rule = "-1 or 1" if kind == "attributes" else "0 (train), 1 (valid) or 2 (test)"
         for r, c in zip(bad_rows, bad_cols):
             problems.append(
@@ -259,10 +204,6 @@ def read_annotation_file(path: str | os.PathLike, kind: str) -> AnnotationFile:
         kind: ``"attributes"``, ``"landmarks"``, ``"partitions"``, ``"bboxes"`` or
             ``"identities"``.
 
-    Returns:
-        The parsed file (`AnnotationFile`); ``to_frame()`` gives a table indexed by
-        ``image_id``.
-
     Raises:
         DataError: naming the file and line of a malformed row (wrong number of
             fields, a value that is not an integer, an attribute other than -1 / 1, a
@@ -281,11 +222,7 @@ def read_annotation_file(path: str | os.PathLike, kind: str) -> AnnotationFile:
 
 # ---------------------------------------------------------------------- loading
 def detect_layout(folder: str | os.PathLike) -> str:
-    """``"official"`` or ``"kaggle"``, from the partition file present in ``folder``.
-
-    Raises:
-        DataError: neither layout's partition file is there.
-    """
+    """``"official"`` or ``"kaggle"``, from the partition file present in ``folder``."""
     folder = Path(folder)
     for layout, files in LAYOUTS.items():
         if (folder / files["partitions"]).is_file():
@@ -303,19 +240,8 @@ def image_folder(folder: str | os.PathLike) -> Path:
 
 
 def check_attribute_names(requested: Sequence[str], known: Sequence[str], source: str = "CelebA") -> tuple[str, ...]:
-    """Validates attribute names, suggesting close matches for unknown ones.
-
-    Args:
-        requested: the names asked for.
-        known: the names available (e.g. the header of the attribute file).
-        source: where ``known`` comes from, for the message.
-
-    Returns:
-        ``requested`` as a tuple.
-
-    Raises:
-        ValueError: an unknown or repeated name.
-    """
+    """``requested`` as a tuple; unknown names (with close matches of ``known`` suggested)
+    and repeated ones raise ValueError naming ``source``."""
     requested = tuple(str(n) for n in requested)
     problems = []
     by_lower = {k.lower(): k for k in known}
@@ -334,19 +260,19 @@ def check_attribute_names(requested: Sequence[str], known: Sequence[str], source
     return requested
 
 
+def check_labels(labels: str) -> None:
+    if labels not in ("binary", "signed"):
+        raise ValueError(f"labels must be 'binary' (0/1) or 'signed' (-1/1). Received: labels={labels!r}")
+
+
 def celeba_tasks(attributes: Sequence[str] = CELEBA_ATTRIBUTES, landmarks: bool = True, **task_options) -> list[Task]:
     """The tasks of a CelebA table.
 
     Args:
-        attributes: attribute names; one binary task each (classes ``("no", "yes")``),
-            named after the attribute.
-        landmarks: add the ``landmarks`` regression task (10 normalised coordinates,
-            with `LANDMARK_FLIP_PAIRS`).
+        attributes: one binary task each (classes ``("no", "yes")``), named after it.
+        landmarks: add the ``landmarks`` regression task (with `LANDMARK_FLIP_PAIRS`).
         **task_options: passed to every attribute task, e.g. ``loss="mse"`` (trains on
             -1 / +1, read at threshold 0) or ``from_logits=True``.
-
-    Returns:
-        The tasks, attributes first.
     """
     tasks = [Task(name, "binary", classes=("no", "yes"), **task_options) for name in attributes]
     if landmarks:
@@ -372,53 +298,42 @@ def load_celeba(
     attributes: Sequence[str] | None = None,
     landmarks: bool = True,
     labels: str = "binary",
-    normalize_landmarks: bool = True,
     bboxes: bool = False,
     identities: bool = False,
     limit: int | None = None,
     partitions: Sequence[str] = ("train", "val", "test"),
     layout: str = "auto",
-    check_files: bool = True,
     **task_options,
 ) -> tuple[pd.DataFrame, list[Task]]:
     """Loads a CelebA folder into a table and its tasks.
 
     The rows are the images of the partition file, in its order; every one of them must
-    have an attribute row (when ``attributes`` is not empty), a landmark row (when
-    ``landmarks``) and, with ``check_files``, an image file. Rows of the other files
-    that the partition file does not list are ignored.
+    have an image file, an attribute row (when ``attributes`` is not empty) and a landmark
+    row (when ``landmarks``). Rows of the other files that it does not list are ignored.
 
     Args:
-        folder: the CelebA folder.
         attributes: attribute names to keep, in the order wanted; None keeps all 40 in
-            file order, ``()`` none. Unknown names raise with close matches suggested.
+            file order, ``()`` none.
         landmarks: add the 10 landmark columns and the ``landmarks`` task.
         labels: ``"binary"`` (attributes as 0 / 1) or ``"signed"`` (the files' -1 / 1).
-            Tasks accept both.
-        normalize_landmarks: divide x by the aligned width 178 and y by the height 218
-            (False keeps the integer pixels).
         bboxes: add ``x_1, y_1, width, height`` from the bounding-box file (boxes of the
             in-the-wild images, not of the aligned ones).
         identities: add an ``identity`` column from the identity file.
         limit: keep only the first ``limit`` images of each partition (smoke runs).
         partitions: partitions to keep, from ``train``, ``val``, ``test``.
         layout: ``"official"`` (text files), ``"kaggle"`` (CSV files) or ``"auto"``.
-        check_files: require every kept image to exist.
         **task_options: passed to `celeba_tasks` (e.g. ``loss="mse"``).
 
     Returns:
         ``(table, tasks)``: columns ``image_id``, ``path`` (absolute), ``partition``, the
-        attributes, the landmark columns (`LANDMARK_COLUMNS`) and the optional bbox /
-        identity columns.
+        attributes, `LANDMARK_COLUMNS` and the optional bbox / identity columns.
 
     Raises:
-        DataError: a malformed annotation file or a missing image, naming the file and
-            line.
+        DataError: a malformed annotation file or a missing image, naming file and line.
         ValueError: unknown attribute or partition names, or bad options.
     """
     folder = Path(folder)
-    if labels not in ("binary", "signed"):
-        raise ValueError(f"labels must be 'binary' (0/1) or 'signed' (-1/1). Received: labels={labels!r}")
+    check_labels(labels)
     unknown = sorted(set(partitions) - set(PARTITIONS.values()))
     if unknown:
         raise ValueError(f"partitions are chosen from {list(PARTITIONS.values())}. Received: {list(partitions)}")
@@ -455,9 +370,7 @@ def load_celeba(
         table = read_annotation_file(files["landmarks"], "landmarks")
         if table.names != LANDMARK_COLUMNS:
             raise DataError(f"{table.path}: expected the landmark columns {list(LANDMARK_COLUMNS)}. Received: {list(table.names)}")
-        values = _lookup(table, ids, partition, keep).astype(np.float64)
-        if normalize_landmarks:
-            values = values / np.tile(np.asarray(ALIGNED_SIZE, dtype=np.float64), len(LANDMARK_POINTS))
+        values = _lookup(table, ids, partition, keep) / np.tile(np.asarray(ALIGNED_SIZE, dtype=np.float64), len(LANDMARK_POINTS))
         frame = pd.concat([frame, pd.DataFrame(values, columns=list(LANDMARK_COLUMNS))], axis=1)
     if bboxes:
         table = read_annotation_file(files["bboxes"], "bboxes")
@@ -466,19 +379,16 @@ def load_celeba(
         table = read_annotation_file(files["identities"], "identities")
         frame["identity"] = _lookup(table, ids, partition, keep)[:, 0]
 
-    frame.insert(1, "path", image_paths(ids, image_folder(folder), partition, partition.lines[keep], check_files))
+    frame.insert(1, "path", image_paths(ids, image_folder(folder), partition, partition.lines[keep]))
     return frame, celeba_tasks(chosen, landmarks=landmarks, **task_options)
 
 
-def image_paths(ids: Sequence[str], images: Path, source: AnnotationFile, lines: Sequence[int], check_files: bool = True) -> list[str]:
+def image_paths(ids: Sequence[str], images: Path, source: AnnotationFile, lines: Sequence[int]) -> list[str]:
     """Absolute paths of the images ``ids`` (plain file names) inside ``images``.
 
-    The folder is listed once instead of testing 200,000 paths one by one.
-
-    Raises:
-        DataError: an id that is not a plain file name (``../x.jpg``), a missing image
-            folder, or (``check_files``) images the folder lacks, naming the annotation
-            file and line of each.
+    The folder is listed once instead of testing 200,000 paths one by one. Ids that are
+    not plain file names (``../x.jpg``), a missing folder and missing images raise,
+    naming the annotation file and line of each.
     """
     root = images.resolve()
     problems = [
@@ -488,7 +398,7 @@ def image_paths(ids: Sequence[str], images: Path, source: AnnotationFile, lines:
     ]
     if problems:
         raise DataError(f"{source.path}: {len(problems)} bad image id(s) (row = line number)", problems)
-    if check_files and len(ids):
+    if len(ids):
         if not root.is_dir():
             raise DataError(f"{root}: image folder not found; it holds the aligned JPEGs listed in {source.path}.")
         present = set(os.listdir(root))

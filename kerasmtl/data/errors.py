@@ -6,10 +6,8 @@ from __future__ import annotations
 class DataError(ValueError):
     """Bad input data: a malformed table, an unknown label, a missing or unreadable image.
 
-    Args:
-        message: what is wrong, naming the file / row / column and what was expected.
-        problems: optional list of ``(file, row, reason)`` tuples when several problems
-            were found in one pass.
+    ``problems``, the ``(file, row, reason)`` tuples of a pass that found several, are
+    listed under ``message`` (the first 20).
     """
 
     def __init__(self, message: str, problems=None):

@@ -1,36 +1,19 @@
 """MultiOutputGenerator: image files -> uint8 batches (originals + augmented copies) with
 a dict of targets per task.
 
-Batch layout with an augmentation pipeline and ``copies=c``: the ``B`` decoded images
-first, unchanged, then copy 1 of all ``B``, copy 2, ... — ``(1 + c) * B`` images — with
-the targets (and sample weights) repeated in the same order. ``include_original=False``
-drops the first block.
-
 Reproducibility: shuffling depends on ``(seed, epoch)`` and the augmentation draws of a
 batch on ``(seed, epoch, batch index)`` only, so the same seed gives the same batches
 whatever order Keras asks for them in and whichever thread or process computes them.
 ``__getitem__`` has no side effects (TensorFlow calls it twice for the first batches).
-With ``use_multiprocessing=True`` Keras 3 (``OrderedEnqueuer``) starts a new worker pool
-at every epoch start, after ``on_epoch_end`` has advanced the epoch counter, so each
-worker sees the current epoch.
-
-Workers: threads (``workers=n``) run the decoding and OpenCV work in parallel, but
-albumentations' Python work holds the interpreter lock; processes
-(``use_multiprocessing=True``) run everything in parallel, and their batches come back
-through shared memory instead of a pipe (`kerasmtl.data.shared_batches`: the generator
-maps ``max_queue_size + 2 * workers + 2`` batch slots before the pool forks; pages are
-reserved as workers first write them). On 2 cores, with the default pipeline, 2 threads
-give ~1.5x one worker and 2 processes ~1.9x (``benchmarks/generator.py``).
+Keras 3 starts a new worker pool at every epoch, after `on_epoch_end`, so worker
+processes see the current epoch; their batches come back through shared memory
+(`kerasmtl.data.shared_batches`).
 
 Keypoints: tasks named in ``keypoints`` hold ``(x, y)`` pairs normalised to [0, 1] in
-continuous image coordinates — 0 is the left edge of the first pixel, 1 the right edge
-of the last; the centre of pixel column ``i`` is ``(i + 0.5) / width``. In that
-convention a horizontal flip maps ``x -> 1 - x`` exactly. Coordinates made as
-``i / width`` from integer pixel indices are off by ``1 / width`` after a flip; make them
-as ``(i + 0.5) / width``. The points follow every geometric transform of the pipeline
-(albumentations keypoints; a resize moves them by at most half a pixel), an odd number
-of ``HorizontalFlip``\\ s swaps each ``flip_pairs`` pair (left eye <-> right eye), and
-photometric transforms and cutout leave them alone. Missing (NaN) points stay NaN.
+continuous image coordinates (the centre of pixel column ``i`` is ``(i + 0.5) / width``),
+so a horizontal flip maps ``x -> 1 - x`` exactly. The points follow every geometric
+transform of the pipeline, an odd number of ``HorizontalFlip``\\ s swaps each
+``flip_pairs`` pair (left eye <-> right eye), and missing (NaN) points stay NaN.
 """
 
 from __future__ import annotations
@@ -67,19 +50,8 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 
 
 def read_image(path: str, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
-    """Reads one image file as uint8 ``(height, width, channels)``, RGB order.
-
-    Args:
-        path: image file.
-        image_size: ``(height, width)`` to resize to (area interpolation when shrinking).
-        channels: 3 for RGB, 1 for grayscale.
-
-    Returns:
-        The image array.
-
-    Raises:
-        DataError: the file is missing or cannot be decoded as an image.
-    """
+    """Reads one image file as uint8 ``(height, width, channels)``, RGB order, resized to
+    ``image_size`` (``(height, width)``); raises `DataError` when it cannot be read."""
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else _IMREAD_RGB
     image = cv2.imread(str(path), flag)
     bgr = flag == cv2.IMREAD_COLOR
@@ -91,6 +63,13 @@ def read_image(path: str, image_size: tuple[int, int], channels: int = 3) -> np.
     if channels == 1:
         return image[..., None]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else image
+
+
+def epoch_order(num_rows: int, epoch, seed: int, shuffle: bool = True) -> np.ndarray:
+    """The row order of an epoch: ``default_rng([seed, epoch])``'s permutation."""
+    if not shuffle:
+        return np.arange(num_rows, dtype=np.int64)
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_rows).astype(np.int64)
 
 
 def fit_size(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -109,37 +88,27 @@ class MultiOutputGenerator(keras.utils.PyDataset):
     Each batch is ``(images, targets)`` or, with ``class_weights``, ``(images, targets,
     sample_weights)``: ``images`` is uint8 ``(N, H, W, C)`` and ``targets`` a dict keyed by
     task name (see `kerasmtl.tasks` for the encodings). Without ``augment``, ``N`` is the
-    number of rows read (``batch_size``, less in the last batch). With ``augment``, ``N``
-    is ``(include_original + copies)`` times that: the originals, then each copy (see the
-    module docstring). Images stay uint8 from decoding to the model.
+    number of rows read (``batch_size``, less in the last batch). With ``augment`` the
+    batch holds the rows read, unchanged, then copy 1 of all of them, copy 2, ...; the
+    targets and weights are repeated in the same order.
 
     Args:
-        paths: image file paths.
         targets: ``{task name: encoded targets}``, one row per path.
-        batch_size: images read per batch.
         image_size: ``(height, width)`` of the emitted images (or one int for square).
             Augmented images of another size (e.g. after a crop) are resized to it.
         channels: 3 (RGB) or 1 (grayscale).
-        shuffle: reshuffle each epoch.
-        seed: random seed of the shuffling and of the augmentations.
         class_weights: optional ``{task name: {class index: weight}}``; emits per-task
-            sample weights. Keras 3 takes no ``class_weight`` for
-            multi-output models: this is the way to weight classes.
-        augment: None (no augmentation), a pipeline name of `kerasmtl.data.augment`
-            (e.g. ``"default"``), or an albumentations Compose / transform(s).
+            sample weights, since Keras 3 takes no ``class_weight`` for multi-output models.
+        augment: None, a pipeline name of `kerasmtl.data.augment` (e.g. ``"default"``),
+            or an albumentations Compose / transform(s).
         copies: augmented copies of each image per batch (>= 1; used with ``augment``).
         include_original: put the un-augmented images first in each batch.
-        keypoints: ``{task name: flip_pairs}`` of the keypoint tasks (``(x, y)`` pairs
-            in [0, 1]) whose targets move with the image; `from_table` fills it from the
-            tasks that declare ``flip_pairs``.
-        on_bad_image: ``"raise"``: an unreadable image stops with a `DataError` naming
-            the file. ``"skip"``: it is left out, warned about and recorded in
-            `skipped`; its place in the batch is taken by the batch's readable rows (in
-            turn), so batches keep their size. With ``use_multiprocessing`` the record
-            is shared with the worker processes.
-        workers, use_multiprocessing, max_queue_size: as for `keras.utils.PyDataset`;
-            worker processes hand their batches back through shared memory (see the
-            module docstring).
+        keypoints: ``{task name: flip_pairs}`` of the keypoint tasks, whose targets move
+            with the image; `from_table` fills it from the tasks that declare ``flip_pairs``.
+        on_bad_image: ``"raise"`` stops with a `DataError` naming an unreadable image;
+            ``"skip"`` warns, records it in `skipped` (shared with worker processes) and
+            fills its place with the batch's readable rows, so batches keep their size.
+        workers, use_multiprocessing, max_queue_size: as for `keras.utils.PyDataset`.
     """
 
     def __init__(
@@ -198,34 +167,18 @@ class MultiOutputGenerator(keras.utils.PyDataset):
             self._skipped = {}
         self._local = threading.local()
         self._arena = self._make_arena() if use_multiprocessing else None
-        self.epoch = 0
-        self._order = self._epoch_order(0)
+        self.set_epoch(0)
 
     @classmethod
     def from_table(cls, frame: pd.DataFrame, tasks: Sequence[Task], path_column: str = "path", **kwargs):
-        """Builds a generator from a table with an image path column and task columns.
-
-        Tasks with ``flip_pairs`` become keypoint tasks unless ``keypoints`` is given.
-
-        Args:
-            frame: the table.
-            tasks: tasks whose columns become the targets.
-            path_column: the column holding image paths.
-            **kwargs: passed to the constructor.
-
-        Returns:
-            The generator.
-        """
+        """A generator over a table's image path column and the columns of ``tasks``;
+        tasks with ``flip_pairs`` become keypoint tasks unless ``keypoints`` is given."""
         kwargs.setdefault("keypoints", {t.name: t.flip_pairs for t in tasks if t.flip_pairs})
         return cls(frame[path_column].tolist(), encode_targets(frame, tasks), **kwargs)
 
     # ---------------------------------------------------------------- PyDataset
-    @property
-    def num_batches(self) -> int:
-        return math.ceil(len(self.paths) / self.batch_size)
-
     def __len__(self) -> int:
-        return self.num_batches
+        return math.ceil(len(self.paths) / self.batch_size)
 
     @property
     def use_multiprocessing(self) -> bool:
@@ -238,12 +191,8 @@ class MultiOutputGenerator(keras.utils.PyDataset):
             self._arena = self._make_arena()
 
     def _make_arena(self) -> BatchArena:
-        """Shared memory for the batches of worker processes (see `shared_batches`).
-
-        Slots: the batches Keras queues (``max_queue_size``), those the workers are
-        computing and those the consumer holds, with room to spare. Pages are only
-        reserved when a worker first writes them.
-        """
+        """Shared memory for the batches of worker processes: slots for the batches Keras
+        queues, those the workers compute and those the consumer holds, with room to spare."""
         slots = self.max_queue_size + 2 * self.workers + 2
         images_per_batch = self.batch_size * (1 + self.copies)
         return BatchArena(slots, images_per_batch * int(np.prod(self.image_size)) * self.channels)
@@ -287,8 +236,7 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         return images, targets, weights
 
     def on_epoch_end(self):
-        self.epoch += 1
-        self._order = self._epoch_order(self.epoch)
+        self.set_epoch(self.epoch + 1)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -299,11 +247,11 @@ class MultiOutputGenerator(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Positions the generator at ``epoch`` (e.g. when resuming a run)."""
         self.epoch = int(epoch)
-        self._order = self._epoch_order(self.epoch)
+        self._order = epoch_order(len(self.paths), self.epoch, self.seed, self.shuffle)
 
-    def read_images(self, rows: np.ndarray) -> np.ndarray:
-        """Reads the images of ``rows`` into a uint8 batch."""
-        batch = self._empty_batch(len(rows))
+    def read_images(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Reads the images of ``rows`` into a uint8 batch (``out[:len(rows)]`` if given)."""
+        batch = self._empty_batch(len(rows)) if out is None else out
         for i, row in enumerate(rows):
             batch[i] = read_image(self.paths[row], self.image_size, self.channels)
         return batch
@@ -311,15 +259,10 @@ class MultiOutputGenerator(keras.utils.PyDataset):
     def _empty_batch(self, size: int) -> np.ndarray:
         return np.empty((size,) + self.image_size + (self.channels,), dtype=np.uint8)
 
-    def augmentation_rng(self, index: int) -> np.random.Generator:
-        """The random generator of batch ``index`` in the current epoch."""
-        return np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT_STREAM])
-
     def _read_batch(self, batch: np.ndarray, rows: np.ndarray, index: int) -> np.ndarray:
         """Decodes ``rows`` into ``batch[:len(rows)]``; returns the rows actually read."""
         if self.on_bad_image == "raise":
-            for i, row in enumerate(rows):
-                batch[i] = read_image(self.paths[row], self.image_size, self.channels)
+            self.read_images(rows, batch)
             return rows
         good = []
         for row in rows:
@@ -371,7 +314,7 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         """Writes the copies of ``images[:n]`` into ``images[n:]``; returns their targets."""
         n = len(images) // (1 + self.copies)
         pipeline = self._thread_pipeline()
-        rng = self.augmentation_rng(index)
+        rng = np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT_STREAM])
         pipeline.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         start = n if self.include_original else 0
         out_targets = {name: np.concatenate([value] * (1 + self.copies))[n - start :] for name, value in targets.items()}
@@ -444,11 +387,6 @@ class MultiOutputGenerator(keras.utils.PyDataset):
         self._local = threading.local()
 
     # ------------------------------------------------------------------ internals
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.paths))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
-
     def _sample_weights(self, class_weights):
         """Per-row weights from class weights (rows of other tasks weigh 1).
 

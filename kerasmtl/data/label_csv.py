@@ -1,35 +1,17 @@
 """Any CSV table of image labels: one row per image, a column of image paths and one
-column per label.
+column per label (``path,smiling,age`` / ``img/1.jpg,1,young``), paths relative to the
+CSV's folder.
 
-Example (``labels.csv``, images relative to the CSV's folder)::
-
-    path,smiling,age,glasses,score
-    img/1.jpg,1,young,True,0.25
-    img/2.jpg,0,old,,0.75
-
-Every value is read as text; an empty cell is a missing label (the losses skip it).
-``NA``, ``None`` and the like are ordinary labels.
-
-Tasks come from a tasks file (`read_tasks_file`) or are inferred from the values of
-each label column (every column but the path column, or the columns named):
-
-- the columns named as regression (``COL`` or ``NAME=COL1,COL2,...``) are regression
-  tasks; their cells must be numbers;
-- exactly 2 distinct values: a binary task whose classes are (negative, positive):
-  ``("0", "1")``, ``("false", "true")`` (booleans in any case), ``("-1", "1")``,
-  ``("no", "yes")`` (any case), otherwise the two values sorted;
-- more than 2 distinct values: a multiclass task, classes sorted (numbers by value,
-  text in natural order so ``"2" < "10"``);
-- more than 20 distinct numbers: no guess is safe (a measurement, or that many
-  classes?), so it stops: name the column as regression or give a tasks file.
-
-Columns that cannot be labels are left out with a printed note when the columns were
-inferred — fewer than 2 distinct values (an empty or constant column), or a different
-text on every row (more than 20 rows: an identifier such as a file name) — and stop with
-a `DataError` when the caller named them in ``label_columns``.
-
-Task names are the column names, with characters other than letters, digits, ``_``,
-``-`` and ``.`` replaced by ``_`` (a task's ``columns`` keep the original name).
+Every value is read as text; an empty cell is a missing label (the losses skip it), while
+``NA``, ``None`` and the like are ordinary labels. Tasks come from a tasks file
+(`read_tasks_file`) or are inferred from each label column: the columns named as
+regression are regression tasks; 2 distinct values make a binary task with classes
+(negative, positive) for well-known pairs (``0/1``, ``false/true``, ``-1/1``, ``no/yes``,
+any case), else sorted; more make a multiclass task in natural order (``"2" < "10"``).
+More than 20 distinct numbers stop the inference (a measurement, or that many classes?).
+Columns with fewer than 2 distinct values, or a different text on each of more than 20
+rows (an identifier), are left out with a note. Task names are the column names with
+characters other than letters, digits, ``_``, ``-`` and ``.`` replaced by ``_``.
 """
 
 from __future__ import annotations
@@ -75,24 +57,19 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def read_csv_rows(
     csv_path: str | os.PathLike, expected: str = "a header row naming the image path and label columns"
 ) -> tuple[list[str], list[list[str]], list[int], list[tuple]]:
-    """Reads a CSV file as text, keeping the line number of each row.
+    """Reads a UTF-8 CSV file as text, keeping the line number of each row.
 
-    Line numbers (not row indices) are what a user finds in an editor; a quoted
-    line break makes a row span several lines, so they are counted by the reader.
+    Line numbers (not row indices) are what a user finds in an editor; a quoted line
+    break makes a row span several lines, so the reader counts them.
 
     Args:
-        csv_path: the file; UTF-8, with or without a byte-order mark, LF or CRLF.
         expected: what the header should hold, for the message about an empty file.
 
     Returns:
         ``(header, rows, lines, problems)``: the stripped column names, the rows (lists
         of stripped strings), the line each row starts on (header = line 1), and a
         ``(file, line, reason)`` problem for each row whose field count differs from
-        the header's (such rows are left out). Blank lines are skipped, trailing
-        commas dropped.
-
-    Raises:
-        DataError: the file is not UTF-8, not valid CSV, or empty.
+        the header's (such rows are left out). Blank lines and trailing commas are dropped.
     """
     csv_path = Path(csv_path)
     try:
@@ -127,15 +104,8 @@ def read_csv_rows(
 
 
 def images_folder(csv_path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Path:
-    """The folder the image paths of a labels CSV are relative to, and must stay inside.
-
-    Args:
-        csv_path: the labels CSV.
-        image_root: the images' folder when it is not the CSV's own.
-
-    Returns:
-        The absolute folder (pass it as ``root`` to `validate_table`).
-    """
+    """The absolute folder the image paths of a labels CSV are relative to, and must stay
+    inside: ``image_root``, or else the CSV's own."""
     return Path(image_root if image_root is not None else Path(csv_path).parent).resolve()
 
 
@@ -145,7 +115,6 @@ def scan_label_csv(
     image_root: str | os.PathLike | None = None,
     regression: Sequence[str] | str = (),
     tasks: Sequence[Task] | None = None,
-    label_columns: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, list[Task], list[tuple]]:
     """Reads a labels CSV without stopping at bad rows.
 
@@ -154,17 +123,13 @@ def scan_label_csv(
     can be listed, or the rows left out.
 
     Args:
-        csv_path: the CSV file.
         path_column: the column of image paths, relative to the CSV's folder or to
             ``image_root`` (``/`` between folders).
-        image_root: the images' folder, when it is not the CSV's.
         regression: regression tasks, each ``COL`` (one unit) or ``NAME=COL1,COL2,...``
             (one task, one unit per column, e.g. landmarks); ``A,B`` is two tasks.
             Numbers cannot be told from classes by looking, hence the explicit list.
         tasks: the tasks, e.g. from `read_tasks_file`, instead of inferring them (then
-            ``regression`` and ``label_columns`` must be empty).
-        label_columns: the columns to infer classification tasks from; default every
-            column but the path column and the regression columns.
+            ``regression`` must be empty).
 
     Returns:
         ``(table, tasks, problems)``: the rows with the right number of fields, with an
@@ -177,8 +142,7 @@ def scan_label_csv(
 
     Raises:
         DataError: no such file or image folder, an empty file or one without rows,
-            missing, repeated or unnamed columns, or columns no task can be inferred
-            from (see the module docstring).
+            missing, repeated or unnamed columns, or no task to infer.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -192,11 +156,11 @@ def scan_label_csv(
         raise DataError(f"{csv_path}: the file has a header but no rows.")
     frame = pd.DataFrame(rows, columns=header, dtype=object)
     if tasks is not None:
-        if regression or label_columns:
-            raise DataError(f"{csv_path}: give either tasks or regression / label columns, not both.")
+        if regression:
+            raise DataError(f"{csv_path}: give either tasks or regression columns, not both.")
         tasks = _check_tasks(csv_path, list(tasks), header, path_column)
     else:
-        tasks = _infer_tasks(csv_path, frame, path_column, regression, label_columns)
+        tasks = _infer_tasks(csv_path, frame, path_column, regression)
     reserved = {"path", "csv_line", WRITTEN_PATH} - {path_column}
     taken = sorted({c for t in tasks for c in t.columns} & reserved)
     if taken:
@@ -229,10 +193,7 @@ def _check_header(csv_path: Path, header: list[str], path_column: str) -> None:
 
 def _check_tasks(csv_path: Path, tasks: list[Task], header: list[str], path_column: str) -> list[Task]:
     """Checks that given tasks read existing label columns and have distinct names."""
-    names = [t.name for t in tasks]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise DataError(f"{csv_path}: task name(s) {repeated} appear more than once.")
+    _check_distinct_names(csv_path, tasks)
     for task in tasks:
         missing = [c for c in task.columns if c not in header or c == path_column]
         if missing:
@@ -244,27 +205,16 @@ def _check_tasks(csv_path: Path, tasks: list[Task], header: list[str], path_colu
 
 
 # ----------------------------------------------------------------- inference
-def _infer_tasks(
-    csv_path: Path,
-    frame: pd.DataFrame,
-    path_column: str,
-    regression: Sequence[str] | str,
-    label_columns: Sequence[str] | None,
-) -> list[Task]:
+def _infer_tasks(csv_path: Path, frame: pd.DataFrame, path_column: str, regression: Sequence[str] | str) -> list[Task]:
     """Regression tasks as named, classification tasks from the other label columns."""
     header = list(frame.columns)
     specs = _parse_regression(csv_path, regression, header, path_column)
     numeric = {c for _, columns in specs for c in columns}
-    named = label_columns is not None
-    if named:
-        label_columns = [label_columns] if isinstance(label_columns, str) else list(label_columns)
-        unknown = [c for c in label_columns if c not in header or c == path_column]
-        if unknown:
-            raise DataError(f"{csv_path}: label column(s) {unknown} not found (as labels). Received columns: {header}")
-    columns = [c for c in (label_columns if named else header) if c != path_column and c not in numeric]
     found = [(cols, Task(_safe_name(name), "regression", columns=cols)) for name, cols in specs]
-    for column in columns:
-        task = _classification_task(csv_path, frame, column, named)
+    for column in header:
+        if column == path_column or column in numeric:
+            continue
+        task = _classification_task(csv_path, frame, column)
         if task is not None:
             found.append(((column,), task))
     if not found:
@@ -294,7 +244,7 @@ def _parse_regression(csv_path: Path, items: Sequence[str] | str, header: list[s
     return specs
 
 
-def _classification_task(csv_path: Path, frame: pd.DataFrame, column: str, named: bool) -> Task | None:
+def _classification_task(csv_path: Path, frame: pd.DataFrame, column: str) -> Task | None:
     """The binary or multiclass task of one column; None (with a note) when it cannot be one."""
     values = [v for v in frame[column] if not is_missing(v)]
     distinct = sorted(set(values), key=_natural_key)
@@ -314,8 +264,6 @@ def _classification_task(csv_path: Path, frame: pd.DataFrame, column: str, named
         reason = f"has {len(distinct)} distinct value(s) {distinct}; a label needs at least 2"
     elif not numbers and len(distinct) == len(values) > MAX_NUMERIC_CLASSES:
         reason = f"has a different value on each of its {len(values)} rows (an identifier, not a label)"
-    if reason and named:
-        raise DataError(f"{csv_path}: label column {column!r} {reason}.")
     if reason:
         print(f"{csv_path}: note: column {column!r} {reason}; left out.", file=sys.stderr)
         return None
@@ -364,14 +312,8 @@ def _path_problems(csv_path: Path, frame: pd.DataFrame, path_column: str, root: 
         if not written:
             problems.append((str(csv_path), int(line), f"column {path_column!r} is empty"))
         elif "\\" in written and not os.path.exists(root / written):
-            problems.append(
-                (
-                    str(csv_path),
-                    int(line),
-                    f"image path {written!r} does not exist; separate folders with '/', not '\\' "
-                    f"(e.g. {written.replace(chr(92), '/')!r})",
-                )
-            )
+            hint = f"separate folders with '/', not '\\' (e.g. {written.replace(chr(92), '/')!r})"
+            problems.append((str(csv_path), int(line), f"image path {written!r} does not exist; {hint}"))
     return problems
 
 
@@ -392,24 +334,17 @@ def _number_problems(csv_path: Path, frame: pd.DataFrame, tasks: Sequence[Task])
 
 # ---------------------------------------------------------------- tasks files
 def read_tasks_file(path: str | os.PathLike) -> list[Task]:
-    """Reads tasks from a YAML or JSON file (``.json``: JSON, anything else: YAML).
+    """Reads tasks, in file order, from a YAML or JSON file (``.json``: JSON, else YAML).
 
     Two shapes are accepted: a list of task mappings, as `Task.to_dict` writes them
     (also under a top-level ``tasks`` key), or a mapping from task name to its
     description (``{smiling: {kind: binary, classes: ["no", "yes"]}}``), shorter to
     write by hand. ``columns`` may be one string.
 
-    Args:
-        path: the file.
-
-    Returns:
-        The tasks, in file order.
-
     Raises:
         DataError: naming the file (and task) when it is missing, not valid YAML / JSON,
             of another shape, or describes an invalid task; also for unquoted YAML
-            booleans (``yes``, ``no``, ``on``, ``off``...) used as names, classes or
-            columns, which YAML would turn into True / False.
+            booleans (``yes``, ``no``, ``on``...) used as names, classes or columns.
     """
     path = Path(path)
     if not path.is_file():
@@ -435,11 +370,15 @@ def read_tasks_file(path: str | os.PathLike) -> list[Task]:
     if not entries:
         raise DataError(f"{path}: no tasks; expected {expected}")
     tasks = [_task_from_entry(path, i, entry) for i, entry in enumerate(entries)]
+    _check_distinct_names(path, tasks)
+    return tasks
+
+
+def _check_distinct_names(source: Path, tasks: Sequence[Task]) -> None:
     names = [t.name for t in tasks]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise DataError(f"{path}: task name(s) {repeated} appear more than once.")
-    return tasks
+        raise DataError(f"{source}: task name(s) {repeated} appear more than once.")
 
 
 def _task_from_entry(path: Path, index: int, entry: dict) -> Task:
@@ -463,18 +402,10 @@ def _task_from_entry(path: Path, index: int, entry: dict) -> Task:
 
 # ------------------------------------------------------------------- summary
 def format_tasks(tasks: Sequence[Task], frame: pd.DataFrame) -> str:
-    """A plain-text table of the tasks and how many rows label each, to check before
-    training that every column was read as meant.
-
-    Args:
-        tasks: the tasks.
-        frame: the table they read (e.g. from `scan_label_csv`).
-
-    Returns:
-        One line per task: name, kind, labelled rows, missing rows, then the classes
-        (negative, positive for binary) or the regression columns. A regression row is
-        labelled when all its columns hold a value.
-    """
+    """A plain-text table of the tasks and how many rows of ``frame`` label each, to check
+    before training that every column was read as meant: one line per task with name,
+    kind, labelled and missing rows, and the classes (negative, positive for binary) or
+    the regression columns (a regression row is labelled when all of them hold a value)."""
     table = [("task", "kind", "labelled", "missing", "classes / columns")]
     for task in tasks:
         given = np.ones(len(frame), dtype=bool)

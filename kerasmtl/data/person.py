@@ -1,13 +1,6 @@
-"""The person-attributes dataset in its published "hvc" format.
-
-A dataset folder holds ``hvc_annotations.csv`` and the images it lists. The CSV has
-exactly these 10 columns, in this order::
-
-    filename,gender,imagequality,age,weight,carryingbag,footwear,emotion,bodypose,image_path
-
-``image_path`` is relative to the folder (e.g. ``resized/1.jpg``); ``filename`` is the
-original name and is not used. ``None`` is a real class of ``carryingbag``, so the CSV is
-read with ``keep_default_na=False``.
+"""The person-attributes dataset in its published "hvc" format: ``hvc_annotations.csv``
+with the `HVC_COLUMNS`, and the images it lists under ``image_path`` (relative to the
+folder). ``None`` is a real class of ``carryingbag``, so no cell is read as missing.
 
 Class order (the output units of each head) is fixed by `HVC_CLASSES`, the order in
 which the dataset's own description lists the labels; it does not depend on the data.
@@ -28,18 +21,11 @@ from kerasmtl.tasks import Task
 
 ANNOTATIONS = "hvc_annotations.csv"
 
+# fmt: off
 HVC_COLUMNS = (
-    "filename",
-    "gender",
-    "imagequality",
-    "age",
-    "weight",
-    "carryingbag",
-    "footwear",
-    "emotion",
-    "bodypose",
-    "image_path",
+    "filename", "gender", "imagequality", "age", "weight", "carryingbag", "footwear", "emotion", "bodypose", "image_path",
 )
+# fmt: on
 
 HVC_CLASSES: dict[str, tuple[str, ...]] = {
     "gender": ("male", "female"),
@@ -55,11 +41,7 @@ HVC_CLASSES: dict[str, tuple[str, ...]] = {
 
 def hvc_tasks() -> list[Task]:
     """The 8 person-attribute tasks; gender is binary (male=0, female=1), the rest multiclass."""
-    tasks = []
-    for name, classes in HVC_CLASSES.items():
-        kind = "binary" if len(classes) == 2 else "multiclass"
-        tasks.append(Task(name=name, kind=kind, classes=classes))
-    return tasks
+    return [Task(name, "binary" if len(classes) == 2 else "multiclass", classes) for name, classes in HVC_CLASSES.items()]
 
 
 def _read_hvc_table(csv_path: Path) -> tuple[pd.DataFrame, list[tuple]]:
@@ -94,29 +76,6 @@ def _read_hvc_table(csv_path: Path) -> tuple[pd.DataFrame, list[tuple]]:
     return frame, problems
 
 
-def read_hvc_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
-    """Reads and validates an hvc annotations CSV.
-
-    Args:
-        csv_path: path of ``hvc_annotations.csv``.
-
-    Returns:
-        The table with the CSV's columns, every value a stripped string, and the CSV
-        line number of each row in column ``csv_line`` (header = line 1; blank lines
-        and quoted line breaks are counted).
-
-    Raises:
-        DataError: empty file, missing or repeated columns, rows with the wrong number
-            of fields, labels outside `HVC_CLASSES`, empty image paths, or an image
-            listed twice, naming the file, column and rows.
-    """
-    csv_path = Path(csv_path)
-    frame, problems = _read_hvc_table(csv_path)
-    if problems:
-        raise DataError(f"{csv_path}: {len(problems)} invalid value(s) (row = CSV line number)", problems)
-    return frame
-
-
 def scan_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task], list[tuple]]:
     """Reads a person-attributes folder without stopping at bad rows.
 
@@ -124,16 +83,10 @@ def scan_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task], list[
     file-level problems still raise, but row-level ones are returned so that all of
     them can be listed, or the rows left out.
 
-    Args:
-        folder: the folder holding ``hvc_annotations.csv``.
-
     Returns:
         ``(table, tasks, problems)``: the rows with the right number of fields, an
         absolute ``path`` column (not yet checked: it may lie outside the folder or
         not exist), the tasks, and the ``(file, row, reason)`` problems found.
-
-    Raises:
-        DataError: no annotations file, empty file, missing or repeated columns.
     """
     folder = Path(folder)
     csv_path = folder / ANNOTATIONS
@@ -143,22 +96,19 @@ def scan_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task], list[
     return frame, hvc_tasks(), problems
 
 
-def load_hvc(folder: str | os.PathLike, check_files: bool = True) -> tuple[pd.DataFrame, list[Task]]:
-    """Loads a person-attributes dataset folder.
-
-    Args:
-        folder: the folder holding ``hvc_annotations.csv`` and the images.
-        check_files: if True, every listed image must exist inside the folder.
-
-    Returns:
-        ``(table, tasks)``: the validated table with an absolute ``path`` column added,
-        and the 8 tasks from `hvc_tasks`.
+def load_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task]]:
+    """Loads a person-attributes dataset folder: ``(table, tasks)``, the table with the CSV's
+    columns (stripped strings), its line numbers in ``csv_line`` and an absolute ``path``.
 
     Raises:
-        DataError: for a bad CSV, a path outside the folder, or missing image files.
+        DataError: naming every bad row (wrong number of fields, a label outside
+            `HVC_CLASSES`, an empty path, an image listed twice, a path outside the folder,
+            a missing image) or a missing, empty or bad CSV header.
     """
     folder = Path(folder)
     csv_path = folder / ANNOTATIONS
-    frame = read_hvc_csv(csv_path)
-    frame["path"] = resolve_image_paths(frame["image_path"], folder, csv_path, frame["csv_line"], check_files)
+    frame, problems = _read_hvc_table(csv_path)
+    if problems:
+        raise DataError(f"{csv_path}: {len(problems)} invalid value(s) (row = CSV line number)", problems)
+    frame["path"] = resolve_image_paths(frame["image_path"], folder, csv_path, frame["csv_line"])
     return frame, hvc_tasks()

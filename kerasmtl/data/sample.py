@@ -1,18 +1,11 @@
-"""The bundled offline sample: a synthetic person-attributes dataset in hvc format.
-
-`make_sample` writes ``hvc_annotations.csv`` plus JPEGs under ``resized/``, exactly the
-published layout, so everything that reads a real hvc folder reads this one. It is
-deterministic: the same arguments give the same labels and the same pixels.
+"""The bundled offline sample: a synthetic, deterministic person-attributes dataset in
+the published hvc layout (``hvc_annotations.csv`` plus JPEGs under ``resized/``).
 
 Each picture shows a grey figure on a noisy background and, for each of the 8
-attributes, a group of coloured square marks. Every attribute has its own colour
-(`SAMPLE_COLOURS`) and its own cell of a 4 x 2 grid; the number of marks is the class
-index + 1 in `HVC_CLASSES` order (gender: 1 mark = male, 2 marks = female). A label is
-thus visible in the picture, and learnable by a tower that pools globally.
-
-Class frequencies follow the real dataset's imbalance: the majority class of every
-attribute has its published share (e.g. emotion Neutral 71 %, weight normal-healthy
-64 %); how the rest is shared out among the other classes is illustrative.
+attributes, a group of square marks in the attribute's own colour (`SAMPLE_COLOURS`) and
+cell of a 4 x 2 grid; the number of marks is the class index + 1 in `HVC_CLASSES` order,
+so a label is visible, and learnable by a tower that pools globally. The majority class
+of every attribute has its share in the real dataset (`CLASS_SHARES`).
 """
 
 from __future__ import annotations
@@ -85,17 +78,8 @@ def _draw_image(rng: np.random.Generator, labels: dict[str, int], size: int) -> 
 
 
 def make_sample(folder: str | os.PathLike, n_images: int = 1200, seed: int = 0, image_size: int = 96) -> Path:
-    """Writes the synthetic hvc dataset into ``folder`` (created; must not hold one yet).
-
-    Args:
-        folder: destination folder.
-        n_images: number of images.
-        seed: random seed for labels and pixels.
-        image_size: side of the square JPEGs (>= 64).
-
-    Returns:
-        The folder path.
-    """
+    """Writes the synthetic hvc dataset of ``n_images`` square JPEGs of side ``image_size``
+    (>= 64) into ``folder``, created if needed, and returns it."""
     if image_size < 64:
         raise ValueError(f"image_size must be >= 64 so every mark stays visible. Received: image_size={image_size}")
     if n_images < 20:
@@ -121,19 +105,10 @@ def make_sample(folder: str | os.PathLike, n_images: int = 1200, seed: int = 0, 
 
 
 def ensure_sample(folder: str | os.PathLike | None = None, n_images: int = 1200, seed: int = 0, image_size: int = 96) -> Path:
-    """Returns a folder holding the sample, writing it first if needed.
+    """A folder holding the sample (default `default_sample_dir`), written first if needed.
 
     The folder is written under a temporary name and renamed when complete, so an
     interrupted write never leaves a half-made sample behind.
-
-    Args:
-        folder: destination; default `default_sample_dir`.
-        n_images: number of images.
-        seed: random seed.
-        image_size: side of the JPEGs.
-
-    Returns:
-        The folder path.
     """
     folder = Path(folder) if folder is not None else default_sample_dir(n_images, seed, image_size)
     recipe = {"version": SAMPLE_VERSION, "n_images": n_images, "seed": seed, "image_size": image_size}

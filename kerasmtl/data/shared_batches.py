@@ -1,22 +1,15 @@
 """Batches that cross from worker processes to the training process without a copy.
 
-With ``use_multiprocessing=True`` Keras runs ``__getitem__`` in a pool of worker
-processes and pickles every batch back through a pipe: for a batch of 64 images of
-224 x 224 that is 9.6 MB written, copied by the kernel and read back, every step — as
-much CPU as decoding and augmenting the images in the first place. A `BatchArena`
-avoids it: one block of shared memory, cut into slots of one batch each, mapped by the
-training process before the pool starts (``fork`` start method) and so by every worker.
+With ``use_multiprocessing=True`` Keras pickles every batch back through a pipe, which
+costs about as much CPU as decoding and augmenting it. A `BatchArena` is one block of
+shared memory in slots of one batch each, mapped before the pool forks and so by every
+worker: a worker fills an array in a free slot (`BatchArena.claim`), only ``(arena,
+offset, shape, dtype)`` is pickled, and the training process gets a view of the slot,
+freed when that array and every view of it (e.g. a tensor borrowing its memory) are gone.
 
-- A worker asks `BatchArena.claim` for an empty array in a free slot and fills it.
-- When the batch is pickled, only ``(arena, offset, shape, dtype)`` travels.
-- In the training process, unpickling returns a numpy view of the slot; the slot is
-  free again when that array (and every view of it, e.g. a tensor that borrowed its
-  memory) has been garbage collected.
-
-Nothing blocks on the arena: when every slot is in use (a consumer holding on to many
-batches) or a batch does not fit, `claim` returns None and the caller uses an ordinary
-array, pickled as usual. Under the ``spawn`` / ``forkserver`` start methods the arena
-cannot be inherited and is dropped from the pickled dataset, with the same fallback.
+Nothing blocks: with every slot in use, a batch too big, or the ``spawn`` /
+``forkserver`` start methods (the arena cannot be inherited), batches are ordinary
+arrays, pickled as usual.
 """
 
 from __future__ import annotations
@@ -36,14 +29,8 @@ _ARENAS: weakref.WeakValueDictionary[str, BatchArena] = weakref.WeakValueDiction
 
 
 class BatchArena:
-    """A block of shared memory in ``slots`` slots of ``slot_bytes`` bytes.
-
-    Create it in the training process, before the worker pool starts.
-
-    Args:
-        slots: number of batches that can be in flight or held at once.
-        slot_bytes: the largest batch, in bytes.
-    """
+    """A block of shared memory in ``slots`` slots (batches in flight or held at once) of
+    ``slot_bytes`` bytes (the largest batch); create it before the worker pool starts."""
 
     def __init__(self, slots: int, slot_bytes: int):
         if slots < 1 or slot_bytes < 1:
@@ -67,15 +54,7 @@ class BatchArena:
         return os.getpid() != self.owner_pid
 
     def claim(self, shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray | None:
-        """An uninitialised array in a free slot, or None (no free slot, or too big).
-
-        Args:
-            shape: the array's shape.
-            dtype: the array's dtype.
-
-        Returns:
-            An `ArenaArray` (pickles as a reference to its slot), or None.
-        """
+        """An uninitialised `ArenaArray` in a free slot, or None (no free slot, or too big)."""
         count = int(np.prod(shape))
         if count * np.dtype(dtype).itemsize > self.slot_bytes:
             return None
@@ -137,9 +116,6 @@ class ArenaArray(np.ndarray):
             if arena.owns(self) and self.flags.c_contiguous:
                 return _receive, arena.reference(self)
         return np.asarray(self).__reduce_ex__(protocol)
-
-    def __reduce__(self):
-        return self.__reduce_ex__(2)
 
 
 def _receive(token: str, offset: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:

@@ -1,16 +1,9 @@
 """Every dataset the training workflow takes, behind one function: `load_dataset`.
 
-``--data`` names the source:
-
-- nothing: the bundled synthetic person-attributes sample (written on first use);
-- a folder holding ``hvc_annotations.csv``: the person-attributes ("hvc") layout;
-- a CelebA folder (``list_eval_partition.txt`` or the Kaggle CSVs): CelebA with its
-  official partitions;
-- ``tfds:celeb_a``: CelebA through tensorflow-datasets;
-- a ``.csv`` file: any table of the user's own labels (`kerasmtl.data.label_csv`).
-
-Each source gives a table (absolute ``path`` column, one column per label), its tasks,
-and what `kerasmtl.data.validate.validate_table` needs to check every row before training.
+``--data`` names the source (`source_kind`): nothing for the bundled synthetic sample,
+a folder holding ``hvc_annotations.csv`` (person attributes), a CelebA folder,
+``tfds:celeb_a``, or a ``.csv`` file of the user's own labels. Each gives a table, its
+tasks, and what `kerasmtl.data.validate.validate_table` needs to check every row.
 """
 
 from __future__ import annotations
@@ -96,11 +89,7 @@ class Dataset:
 
 
 def source_kind(data: str | None) -> str:
-    """Which source ``data`` names (see the module docstring).
-
-    Raises:
-        DataError: ``data`` is neither a known folder layout, ``tfds:celeb_a`` nor a CSV.
-    """
+    """``"sample"``, ``"hvc"``, ``"celeba"``, ``"tfds"`` or ``"csv"``: the source ``data`` names."""
     if not data:
         return "sample"
     if str(data).startswith(TFDS_PREFIX):
@@ -131,19 +120,12 @@ def source_kind(data: str | None) -> str:
 
 
 def load_dataset(config, tasks: Sequence[Task] | None = None) -> Dataset:
-    """Loads the dataset ``config.data`` names.
+    """Loads the dataset ``config.data`` names (``config``: any object with the attributes
+    of `DataSettings`).
 
     Args:
-        config: the run's settings (data, path_column, image_root, regression, tasks,
-            layout, tfds_dir, tfds_cache, download, limit, sample_size).
         tasks: the tasks a model needs (a preset's); by default the source's own (hvc and
             CelebA), the tasks file (``config.tasks``) or those inferred from a CSV table.
-
-    Returns:
-        The `Dataset`.
-
-    Raises:
-        DataError: a missing or malformed dataset, naming the file and what was expected.
     """
     kind = source_kind(config.data)
     if tasks is None and config.tasks:
@@ -161,14 +143,8 @@ def _hvc(config, kind: str, tasks) -> Dataset:
     from kerasmtl.data.person import ANNOTATIONS, hvc_tasks, scan_hvc
     from kerasmtl.data.sample import ensure_sample
 
-    if kind == "sample" and tasks is not None:  # checked before the sample is written
-        known = {c for t in hvc_tasks() for c in t.columns}
-        unknown = sorted({c for t in tasks for c in t.columns} - known)
-        if unknown:
-            raise DataError(
-                f"--data is required: the model's tasks read column(s) {unknown}, which the bundled synthetic "
-                "sample (person attributes) does not have. Name the dataset with --data."
-            )
+    if kind == "sample":  # checked before the sample is written
+        _chosen(tasks, hvc_tasks(), "--data is required: the bundled synthetic sample (person attributes)")
     folder = Path(config.data) if config.data else ensure_sample(n_images=config.sample_size, seed=0)
     frame, own_tasks, problems = scan_hvc(folder)
     name = "sample" if kind == "sample" else folder.resolve().name
@@ -211,7 +187,7 @@ def _celeba(config, kind: str, tasks) -> Dataset:
     return Dataset("celeba", folder.name, frame, tasks, str(folder), {"row_column": None})
 
 
-def _chosen(tasks, own: list[Task], source: Path) -> list[Task]:
+def _chosen(tasks, own: list[Task], source) -> list[Task]:
     """The tasks asked for, when they read columns of this source; else its own."""
     if tasks is None:
         return own

@@ -4,6 +4,7 @@ per task (the raw labels). These helpers work on any such table, whatever its so
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,19 +17,8 @@ from kerasmtl.tasks import MISSING_CLASS, Task, is_missing
 
 
 def encode_targets(frame: pd.DataFrame, tasks: Sequence[Task], where: str = "") -> dict[str, np.ndarray]:
-    """Encodes each task's columns of ``frame`` into training targets.
-
-    Args:
-        frame: the table.
-        tasks: the tasks; each reads ``task.columns``.
-        where: context for error messages.
-
-    Returns:
-        ``{task.name: targets}`` (see `kerasmtl.tasks`).
-
-    Raises:
-        DataError: a column is missing or a label is not a known class.
-    """
+    """``{task.name: targets}`` (see `kerasmtl.tasks`) from each task's columns of ``frame``;
+    a missing column or an unknown label raises `DataError` naming ``where``."""
     targets = {}
     for task in tasks:
         missing = [c for c in task.columns if c not in frame.columns]
@@ -43,12 +33,8 @@ def encode_targets(frame: pd.DataFrame, tasks: Sequence[Task], where: str = "") 
 
 
 def stratify_column(frame: pd.DataFrame, tasks: Sequence[Task]) -> str | None:
-    """Picks the classification task whose rarest class is rarest (so every split sees it);
-    missing labels are not a class.
-
-    Returns:
-        The column name, or None when no classification task exists.
-    """
+    """The column of the classification task whose rarest class is rarest (so every split
+    sees it; missing labels are not a class), or None without classification tasks."""
     best, best_share = None, 2.0
     for task in tasks:
         if task.kind == "regression":
@@ -66,29 +52,16 @@ def split_table(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
-    stratify_by: str | None = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Splits a table into train / validation / test, stratified on one label column.
-
-    Args:
-        frame: the table.
-        tasks: its tasks (used when ``stratify_by="auto"``).
-        val_fraction: share of rows for validation.
-        test_fraction: share of rows for testing.
-        seed: random seed; the same seed gives the same split.
-        stratify_by: a column name, ``"auto"`` for `stratify_column`, or None for a
-            plain random split. A class with fewer than 2 rows per split cannot be
-            stratified: the split then falls back to random and says so in a warning.
-
-    Returns:
-        ``(train, val, test)`` tables (index reset).
-    """
+    """Splits a table into ``(train, val, test)`` (index reset), seeded and stratified on
+    `stratify_column`. A class with fewer than 2 rows per split cannot be stratified:
+    the split then falls back to random and says so in a warning."""
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(
             f"val_fraction and test_fraction must be in [0, 1) with a sum below 1. "
             f"Received: val_fraction={val_fraction}, test_fraction={test_fraction}"
         )
-    column = stratify_column(frame, tasks) if stratify_by == "auto" else stratify_by
+    column = stratify_column(frame, tasks)
 
     def _split(table, fraction, salt):
         if fraction == 0:
@@ -103,8 +76,6 @@ def split_table(
         try:
             keep, held = train_test_split(labelled, test_size=fraction, random_state=seed + salt, stratify=labelled[column])
         except ValueError:
-            import warnings
-
             counts = labelled[column].value_counts()
             warnings.warn(
                 f"Cannot stratify on {column!r}: its class {counts.idxmin()!r} has {counts.min()} labelled row(s), "
@@ -124,20 +95,11 @@ def split_table(
 
 
 def class_weights(targets: np.ndarray, task: Task) -> dict[int, float]:
-    """Balanced class weights (scikit-learn's ``"balanced"`` rule) from encoded targets.
-
-    Args:
-        targets: encoded targets of a classification task (missing labels ignored).
-        task: the task.
-
-    Returns:
-        ``{class index: weight}`` for every class of the task; classes absent from
-        the data get weight 1.
-    """
+    """Balanced class weights (scikit-learn's ``"balanced"`` rule) from the encoded targets
+    of a classification task: ``{class index: weight}``, 1 for classes absent from the data."""
     if task.kind == "regression":
         raise ValueError(f"Class weights apply to classification tasks. Received: {task.kind} task {task.name!r}")
-    labels = np.asarray(targets).reshape(-1).astype(int)
-    labels = labels[labels != MISSING_CLASS]
+    labels = _present_labels(targets)
     present = np.unique(labels)
     weights = dict.fromkeys(range(len(task.classes)), 1.0)
     if len(present):
@@ -148,7 +110,9 @@ def class_weights(targets: np.ndarray, task: Task) -> dict[int, float]:
 
 def majority_class(targets: np.ndarray, task: Task) -> int:
     """Index of the most frequent present class (ties: the lowest index)."""
+    return int(np.argmax(np.bincount(_present_labels(targets), minlength=len(task.classes))))
+
+
+def _present_labels(targets: np.ndarray) -> np.ndarray:
     labels = np.asarray(targets).reshape(-1).astype(int)
-    labels = labels[labels != MISSING_CLASS]
-    counts = np.bincount(labels, minlength=len(task.classes))
-    return int(np.argmax(counts))
+    return labels[labels != MISSING_CLASS]

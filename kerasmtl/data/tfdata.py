@@ -1,28 +1,17 @@
 """``tf.data`` input pipelines: the generator wrapped, and a pure ``tf.data`` file reader.
 
-Both yield the elements of `kerasmtl.data.generator.MultiOutputGenerator`: ``(images,
-targets)`` or ``(images, targets, sample_weights)`` with uint8 ``(B, H, W, C)`` images
-and dicts keyed by task name, and both shard for ``tf.distribute``:
+Both yield the elements of `MultiOutputGenerator` (``(images, targets)`` or ``(images,
+targets, sample_weights)``, uint8 images, dicts keyed by task name) and shard for
+``tf.distribute``. `generator_dataset` reads a PyDataset's batches on ``tf.data``'s
+threads; `file_dataset` decodes, resizes, augments (`ImageAugment`) and batches inside
+the graph, with no Python per image.
 
-- `generator_dataset` reads the batches of any ``keras.utils.PyDataset`` (``__len__``,
-  side-effect-free ``__getitem__``; ``set_epoch`` if it reshuffles per epoch) on
-  ``tf.data``'s thread pool, several batches at once, and prefetches.
-- `file_dataset` decodes image files inside the TensorFlow graph (``tf.io.decode_image``,
-  parallel over images), resizes, augments with `ImageAugment` (``tf.image`` stateless
-  ops) and batches; no Python runs per image, so it scales to datasets too large to feed
-  from Python.
-
-Epochs and sharding. Unless ``repeat=False``, a dataset runs over epochs
-``initial_epoch, initial_epoch + 1, ...`` forever, each epoch in the order the generator
-would use for it (``numpy.random.default_rng([seed, epoch])``), so ``model.fit`` needs
-``steps_per_epoch`` (see `steps_per_epoch`). With an ``input_context`` (from
-``strategy.distribute_datasets_from_function``) worker ``w`` of ``W`` takes the batches
-``w, w + W, w + 2W, ...`` of each epoch, ``batch_size`` being the per-worker batch, so a
-step's global batch holds ``W * batch_size`` consecutive rows of the epoch's order: the
-same rows as one device fed batches of ``W * batch_size``. Every worker makes the same
-number of steps (``num_batches // W``; trailing batches that do not fill a step are
-dropped). Each worker batch is split into equal slices for the worker's local replicas.
-Only the rows of its own batches are read by a worker.
+Unless ``repeat=False`` a dataset runs over epochs ``initial_epoch, initial_epoch + 1,
+...`` forever, each in the generator's order, so ``model.fit`` needs ``steps_per_epoch``.
+With an ``input_context`` worker ``w`` of ``W`` reads only batches ``w, w + W, ...`` of
+each epoch, so a step's global batch holds the same ``W * batch_size`` consecutive rows
+one device would read; every worker makes ``num_batches // W`` steps and splits its
+batch into equal slices for its local replicas.
 """
 
 from __future__ import annotations
@@ -34,6 +23,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from kerasmtl.data.generator import epoch_order
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -49,21 +40,11 @@ def _pipelines(input_context) -> tuple[int, int, int]:
 
 
 def steps_per_epoch(num_batches: int, num_workers: int = 1) -> int:
-    """Training steps per epoch when ``num_workers`` share ``num_batches`` batches.
-
-    Args:
-        num_batches: batches of one epoch (``len(generator)``).
-        num_workers: workers (input pipelines) sharing them.
-
-    Returns:
-        ``num_batches`` for one worker, else ``num_batches // num_workers``.
-
-    Raises:
-        ValueError: fewer batches than workers.
-    """
+    """Training steps per epoch when ``num_workers`` share ``num_batches`` batches
+    (``num_batches // num_workers``); fewer batches than workers raise ValueError."""
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1. Received: num_workers={num_workers!r}")
-    steps = num_batches if num_workers == 1 else num_batches // num_workers
+    steps = num_batches // num_workers
     if steps < 1:
         raise ValueError(
             f"Every worker needs at least one batch per epoch: {num_batches} batch(es) for "
@@ -76,13 +57,6 @@ def worker_batches(num_batches: int, num_workers: int = 1, worker: int = 0) -> n
     """Indices of the batches worker ``worker`` of ``num_workers`` reads each epoch."""
     steps = steps_per_epoch(num_batches, num_workers)
     return np.arange(worker, steps * num_workers, num_workers, dtype=np.int64)
-
-
-def epoch_order(num_rows: int, epoch, seed: int, shuffle: bool = True) -> np.ndarray:
-    """The row order of an epoch, the generator's: ``default_rng([seed, epoch])``."""
-    if not shuffle:
-        return np.arange(num_rows, dtype=np.int64)
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_rows).astype(np.int64)
 
 
 def _split_for_replicas(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
@@ -108,13 +82,11 @@ def _epochs(initial_epoch: int, repeat: bool) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensors(tf.constant(int(initial_epoch), tf.int64))
 
 
-def _finish(dataset: tf.data.Dataset, replicas: int, prefetch) -> tf.data.Dataset:
-    dataset = _split_for_replicas(dataset, replicas)
+def _finish(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
     options = tf.data.Options()
     # Each worker already reads only its own share.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dataset = dataset.with_options(options)
-    return dataset.prefetch(prefetch) if prefetch else dataset
+    return _split_for_replicas(dataset, replicas).with_options(options).prefetch(AUTOTUNE)
 
 
 # ------------------------------------------------------------ generator wrapper
@@ -152,30 +124,20 @@ def generator_dataset(
     input_context: tf.distribute.InputContext | None = None,
     initial_epoch: int = 0,
     repeat: bool = True,
-    num_parallel_calls=AUTOTUNE,
-    prefetch=AUTOTUNE,
 ) -> tf.data.Dataset:
     """Wraps a ``keras.utils.PyDataset`` (e.g. `MultiOutputGenerator`) in ``tf.data``.
 
     Batch ``i`` of epoch ``e`` is ``generator[i]`` read from a copy of the generator
-    positioned at ``e`` (``set_epoch``), so reads run concurrently on ``tf.data``'s
-    threads (``num_parallel_calls`` batches at once, in order) and the result is the
-    generator's own batches, augmentation included. Structure and dtypes come from
-    ``generator[0]``.
+    positioned at ``e`` (``set_epoch``), so several batches are read at once, in order,
+    and the result is the generator's own batches, augmentation included. Structure and
+    dtypes come from ``generator[0]``.
 
     Args:
         generator: the PyDataset; its ``batch_size`` is the per-worker batch.
         input_context: from ``strategy.distribute_datasets_from_function``: read only
-            this worker's batches and split them for its replicas (see the module
-            docstring). None: every batch, whole.
+            this worker's batches and split them for its replicas. None: every batch, whole.
         initial_epoch: the first epoch (e.g. when resuming).
-        repeat: run over epochs forever (pass ``steps_per_epoch`` to ``fit``); False:
-            one epoch, ``initial_epoch``.
-        num_parallel_calls: batches read at once.
-        prefetch: batches prefetched (0 for none).
-
-    Returns:
-        The dataset.
+        repeat: run over epochs forever; False: one epoch, ``initial_epoch``.
     """
     workers, worker, replicas = _pipelines(input_context)
     batches = worker_batches(len(generator), workers, worker)
@@ -203,8 +165,8 @@ def generator_dataset(
     dataset = _epochs(initial_epoch, repeat).flat_map(
         lambda e: tf.data.Dataset.from_tensor_slices(indices).map(lambda i: (e, i))
     )
-    dataset = dataset.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
-    return _finish(dataset, replicas, prefetch)
+    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _finish(dataset, replicas)
 
 
 # ------------------------------------------------------------------ augmentation
@@ -212,22 +174,18 @@ def generator_dataset(
 class ImageAugment:
     """Augmentations of the ``tf.data`` file pipeline, written with ``tf.image`` ops.
 
-    Every draw is stateless, seeded by ``(seed, epoch, row)``: the same image of the same
-    epoch gets the same augmentation on every worker and in every run. Each image is
-    augmented once (the generator can also emit the originals and several copies).
+    Every draw is stateless, seeded by ``(seed, epoch, row, copy)``: the same image of the
+    same epoch gets the same augmentation on every worker and in every run.
 
     Args:
-        flip: probability of a horizontal flip. Keypoint targets follow the flip: the x
-            coordinates (even units, normalised to [0, 1], continuous coordinates as in
-            `kerasmtl.data.generator`) become ``1 - x`` and each flip pair of points
-            swaps places.
+        flip: probability of a horizontal flip; keypoint targets follow it
+            (`flip_keypoints`).
         brightness: add ``delta * 255``, ``delta`` uniform in ``[-brightness, brightness]``.
         contrast: scale each channel's deviation from its mean by a factor uniform in
             ``[1 - contrast, 1 + contrast]`` (``tf.image.adjust_contrast``).
         color_p: probability of the brightness / contrast change.
         channel_shift: add to each channel its own offset, uniform in
-            ``[-channel_shift, channel_shift]`` pixel levels (albumentations' ``RGBShift``
-            meaning; Keras's ``channel_shift_range`` would add one offset to all).
+            ``[-channel_shift, channel_shift]`` pixel levels (``RGBShift``'s meaning).
         shift_p: probability of the channel shift.
     """
 
@@ -262,18 +220,9 @@ class ImageAugment:
         return bool(self.flip or colour or (self.channel_shift and self.shift_p))
 
     def __call__(self, image, targets: Mapping[str, tf.Tensor], seed, keypoints: Mapping[str, Sequence] | None = None):
-        """Augments one uint8 image ``(H, W, C)`` and its targets.
-
-        Args:
-            image: uint8 image.
-            targets: ``{task name: targets of this row}``.
-            seed: int32/int64 tensor of shape ``(2,)``.
-            keypoints: ``{task name: flip_pairs}`` of the keypoint tasks (as for
-                `MultiOutputGenerator`).
-
-        Returns:
-            ``(image, targets)``, image uint8.
-        """
+        """``(image, targets)`` augmented: one uint8 image ``(H, W, C)``, its row's
+        ``{task name: targets}``, a seed tensor of shape ``(2,)`` and the keypoint tasks'
+        ``{task name: flip_pairs}``."""
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
         targets = dict(targets)
         if self.flip:
@@ -360,8 +309,6 @@ def file_dataset(
     input_context: tf.distribute.InputContext | None = None,
     initial_epoch: int = 0,
     repeat: bool = True,
-    num_parallel_calls=AUTOTUNE,
-    prefetch=AUTOTUNE,
 ) -> tf.data.Dataset:
     """A pure ``tf.data`` pipeline from image files: read, decode, resize, augment, batch.
 
@@ -372,26 +319,10 @@ def file_dataset(
     ``include_original``), then augmented copy 1 of every row, copy 2, ... with the
     targets and weights repeated in that order.
 
-    Args:
-        paths: image files.
-        targets: ``{task name: encoded targets}``, one row per path.
-        batch_size: the per-worker batch.
-        image_size: ``(height, width)`` or one int.
-        channels: 3 (RGB) or 1 (grayscale).
-        shuffle: a fresh order each epoch.
-        seed: seed of the order and of the augmentation.
-        sample_weights: optional ``{task name: per-row weight}`` (e.g. the generator's
-            ``sample_weights``); adds a third element.
-        augment: an `ImageAugment`, or None.
-        copies: augmented copies of each image (with ``augment``).
-        include_original: put the un-augmented images first (with ``augment``).
-        keypoints: ``{task name: flip_pairs}`` of the keypoint tasks, whose targets
-            follow a flip.
-        input_context, initial_epoch, repeat, num_parallel_calls, prefetch: as for
-            `generator_dataset`; ``num_parallel_calls`` counts images decoded at once.
-
-    Returns:
-        The dataset.
+    The arguments are the generator's, and ``input_context``, ``initial_epoch`` and
+    ``repeat`` `generator_dataset`'s, except: ``batch_size`` is the per-worker batch;
+    ``sample_weights`` (``{task name: per-row weight}``, e.g. the generator's) adds a third
+    element; ``augment`` is an `ImageAugment` or None.
     """
     paths = np.asarray([str(p) for p in paths])
     if len(paths) == 0:
@@ -446,11 +377,11 @@ def file_dataset(
     rows_per_epoch = sum(len(range(b * batch_size, min((b + 1) * batch_size, num_rows))) for b in batches)
     sizes = [batch_size] * (rows_per_epoch // batch_size) + ([rows_per_epoch % batch_size] if rows_per_epoch % batch_size else [])
     dataset = _epochs(initial_epoch, repeat).flat_map(epoch_rows)
-    dataset = dataset.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.batch(1).rebatch(np.asarray(sizes, dtype=np.int64))
     if augment is not None:
         dataset = dataset.map(_copies_last)
-    return _finish(dataset, replicas, prefetch)
+    return _finish(dataset, replicas)
 
 
 def _copies_last(*element):
@@ -469,46 +400,17 @@ def file_dataset_like(generator, **kwargs) -> tf.data.Dataset:
     image size, channels, shuffling, seed, sample weights, copies and keypoint tasks
     (``kwargs`` override them; pass ``augment=ImageAugment(...)`` to augment).
     """
-    options = {
-        "batch_size": generator.batch_size,
-        "image_size": generator.image_size,
-        "channels": generator.channels,
-        "shuffle": generator.shuffle,
-        "seed": generator.seed,
-        "sample_weights": generator.sample_weights,
-        "copies": max(1, int(getattr(generator, "copies", 1))),
-        "include_original": bool(getattr(generator, "include_original", True)),
-        "keypoints": dict(getattr(generator, "keypoints", {})),
-    }
-    options.update(kwargs)
-    return file_dataset(generator.paths, generator.targets, **options)
+    names = ("batch_size", "image_size", "channels", "shuffle", "seed", "sample_weights", "include_original", "keypoints")
+    options = {name: getattr(generator, name) for name in names}
+    options["copies"] = max(1, generator.copies)  # a generator without augmentation holds 0
+    return file_dataset(generator.paths, generator.targets, **{**options, **kwargs})
 
 
 def distribute(strategy: tf.distribute.Strategy, dataset_fn):
-    """``dataset_fn(input_context)`` distributed by ``strategy``; a plain dataset (built
-    with ``input_context=None``) when the strategy has one replica and one worker.
-
-    Args:
-        strategy: the strategy the model was built under.
-        dataset_fn: e.g. ``lambda ctx: generator_dataset(gen, input_context=ctx)``.
-
-    Returns:
-        A ``tf.data.Dataset`` or a distributed dataset for ``model.fit``.
-    """
+    """``dataset_fn(input_context)`` (e.g. ``lambda ctx: generator_dataset(gen,
+    input_context=ctx)``) distributed by ``strategy``; a plain dataset, built with
+    ``input_context=None``, when the strategy has one replica and one worker."""
     if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return dataset_fn(None)
     return strategy.distribute_datasets_from_function(dataset_fn)
 
-
-__all__ = [
-    "ImageAugment",
-    "decode_resize",
-    "distribute",
-    "epoch_order",
-    "file_dataset",
-    "file_dataset_like",
-    "flip_keypoints",
-    "generator_dataset",
-    "steps_per_epoch",
-    "worker_batches",
-]

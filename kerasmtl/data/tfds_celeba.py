@@ -1,16 +1,10 @@
-"""CelebA through tensorflow-datasets (``celeb_a``), as batches or as a table.
+"""CelebA through tensorflow-datasets (``celeb_a``) as the table of `load_celeba`.
 
-TFDS's ``celeb_a`` examples hold ``image`` (218 x 178 x 3 uint8), ``attributes`` (a dict
-of 40 bools), ``landmarks`` (a dict of 10 int64 pixel coordinates) and ``identity``; its
-splits ``train`` / ``validation`` / ``test`` are the official partitions. `tfds_celeba_table`
-writes each example's JPEG bytes, unchanged, into a cache folder and returns the same
-table as `kerasmtl.data.celeba.load_celeba`, so the rest of the package
-(`MultiOutputGenerator`, the training scripts) works on it unchanged.
-
-Needs the ``tfds`` extra (``pip install kerasmtl[tfds]``: tensorflow-datasets and
-importlib_resources). ``tfds.load`` downloads from Google Drive when ``download=True``,
-which often fails on quota; place the files by hand in ``data_dir`` then (see TFDS's
-manual-download instructions). Tests run offline with ``tfds.testing.mock_data``.
+TFDS's ``train`` / ``validation`` / ``test`` splits are the official partitions.
+`tfds_celeba_table` copies each example's JPEG bytes, unchanged, into a cache folder, so
+the rest of the package works on the table as on a CelebA folder. Needs the ``tfds``
+extra; ``download=True`` fetches from Google Drive, which often fails on quota (then place
+the files in ``data_dir`` by hand, as TFDS's manual-download instructions say).
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ from kerasmtl.data.celeba import (
     LANDMARK_COLUMNS,
     celeba_tasks,
     check_attribute_names,
+    check_labels,
 )
 from kerasmtl.tasks import Task
 
@@ -58,32 +53,23 @@ def tfds_split(partition: str) -> str:
     raise ValueError(f"partition must be one of {list(TFDS_SPLITS)} (or a TFDS split name). Received: {partition!r}")
 
 
-def load_tfds_celeba(
-    partition: str = "train",
-    data_dir: str | os.PathLike | None = None,
-    download: bool = False,
-    decode_images: bool = True,
-):
-    """``tfds.load("celeb_a", ...)`` for one partition, in the stored order.
+def load_tfds_celeba(partition: str = "train", data_dir: str | os.PathLike | None = None, download: bool = False):
+    """``tfds.load("celeb_a", ...)`` for one partition, in the stored order, each image kept
+    as its JPEG bytes.
 
     Args:
         partition: ``train``, ``val`` or ``test`` (TFDS slicing allowed: ``train[:1%]``).
         data_dir: TFDS data folder; default TFDS's own (``~/tensorflow_datasets``).
         download: let TFDS download and prepare the dataset when it is not there.
-        decode_images: False keeps each image as its JPEG bytes (a scalar string).
-
-    Returns:
-        A ``tf.data.Dataset`` of TFDS example dicts.
     """
     tfds = _tfds()
-    decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
     return tfds.load(
         "celeb_a",
         split=tfds_split(partition),
         data_dir=None if data_dir is None else str(data_dir),
         download=download,
         shuffle_files=False,
-        decoders=decoders,
+        decoders={"image": tfds.decode.SkipDecoding()},
     )
 
 
@@ -93,12 +79,10 @@ def tfds_celeba_table(
     attributes: Sequence[str] | None = None,
     landmarks: bool = True,
     labels: str = "binary",
-    normalize_landmarks: bool = True,
     identities: bool = False,
     limit: int | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
-    datasets: dict | None = None,
     **task_options,
 ) -> tuple[pd.DataFrame, list[Task]]:
     """CelebA from TFDS as the table `kerasmtl.data.celeba.load_celeba` returns.
@@ -106,26 +90,10 @@ def tfds_celeba_table(
     Each example's JPEG bytes are written unchanged to ``cache_dir/<partition>/<index>.jpg``
     (``index`` counts examples in TFDS order; files already there are kept).
 
-    Args:
-        cache_dir: folder for the JPEG files.
-        partitions: from ``train``, ``val``, ``test``.
-        attributes: attribute names (None: all 40; ``()``: none).
-        landmarks: add the landmark columns and task.
-        labels: ``"binary"`` (0 / 1) or ``"signed"`` (-1 / 1).
-        normalize_landmarks: divide x by 178 and y by 218.
-        identities: add an ``identity`` column.
-        limit: keep the first ``limit`` examples of each partition.
-        data_dir, download: as for `load_tfds_celeba`.
-        datasets: ``{partition: dataset}`` of already loaded TFDS datasets whose images
-            are JPEG bytes (``decode_images=False``), used instead of ``tfds.load``.
-        **task_options: passed to `celeba_tasks`.
-
-    Returns:
-        ``(table, tasks)``: columns ``image_id``, ``path``, ``partition``, attributes,
-        landmarks (and ``identity``).
+    The other arguments are `load_celeba`'s, and ``data_dir`` and ``download``
+    `load_tfds_celeba`'s.
     """
-    if labels not in ("binary", "signed"):
-        raise ValueError(f"labels must be 'binary' (0/1) or 'signed' (-1/1). Received: labels={labels!r}")
+    check_labels(labels)
     chosen = CELEBA_ATTRIBUTES if attributes is None else check_attribute_names(attributes, CELEBA_ATTRIBUTES, "TFDS celeb_a")
     cache_dir = Path(cache_dir)
     rows = []
@@ -133,9 +101,7 @@ def tfds_celeba_table(
         tfds_split(partition)  # validates the name
         folder = cache_dir / partition
         folder.mkdir(parents=True, exist_ok=True)
-        data = (datasets or {}).get(partition)
-        if data is None:
-            data = load_tfds_celeba(partition, data_dir, download, decode_images=False)
+        data = load_tfds_celeba(partition, data_dir, download)
         if limit is not None:
             data = data.take(int(limit))
         for index, example in enumerate(data.as_numpy_iterator()):
@@ -149,10 +115,7 @@ def tfds_celeba_table(
                 row[name] = int(positive) if labels == "binary" else (1 if positive else -1)
             if landmarks:
                 for column in LANDMARK_COLUMNS:
-                    value = float(example["landmarks"][column])
-                    if normalize_landmarks:
-                        value /= ALIGNED_SIZE[0] if column.endswith("_x") else ALIGNED_SIZE[1]
-                    row[column] = value
+                    row[column] = float(example["landmarks"][column]) / ALIGNED_SIZE[0 if column.endswith("_x") else 1]
             if identities:
                 row["identity"] = int(np.asarray(example["identity"]["Identity_No"]))
             rows.append(row)

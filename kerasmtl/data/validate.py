@@ -1,22 +1,10 @@
 """One pass over a dataset table before training: every row must be usable.
 
-Any table with an image ``path`` column and one column per task label (what every loader
-of the package returns) can be checked. A row is rejected when:
-
-- its image path is empty, not a valid path, or resolves outside the dataset folder
-  (``../../etc/passwd``, an absolute path elsewhere, a symbolic link leading out);
-- the same image is listed again (keeping the first row when the labels agree, rejecting
-  every copy when they disagree);
-- a label is not one of its task's classes, or a regression value is not a finite number;
-- the image file is missing, is not an image, cannot be decoded to the end (a truncated
-  JPEG counts: OpenCV would decode it silently with grey rows), or is too large.
-
-Image *modes* are not a reason to reject: grayscale, palette, 1-bit, RGBA / LA, CMYK,
-YCbCr, 16-bit and float images are all converted by the decode path the generator uses
-(OpenCV first, `imread_pil` where OpenCV cannot read a file). Odd sizes are resized.
-
-File-level problems (no such file, no rows, a missing column) raise `DataError` at once;
-row-level problems are collected into `Problem` s so that one run lists them all.
+Any table with an image ``path`` column and one column per task label can be checked
+(the rules are listed in the README). Image modes are not a reason to reject: the decode
+path the generator uses (OpenCV first, `imread_pil` where OpenCV cannot read a file)
+converts them all. File-level problems (no such file, a missing column) raise `DataError`
+at once; row-level problems are collected into `Problem` s so that one run lists them all.
 """
 
 from __future__ import annotations
@@ -44,9 +32,6 @@ from kerasmtl.tasks import Task, is_missing
 #: Largest accepted image, in pixels (Pillow's decompression-bomb limit).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
-#: The columns of ``skipped.csv`` and of `Problem`.
-PROBLEM_COLUMNS = ("file", "row", "reason")
-
 
 class Problem(NamedTuple):
     """One rejected row: the annotations file, the row (line number) and why."""
@@ -58,13 +43,9 @@ class Problem(NamedTuple):
 
 # ------------------------------------------------------------------- decoding
 def _to_uint8(image: Image.Image) -> Image.Image:
-    """Converts any Pillow mode to ``RGB`` or ``L`` (8 bits per channel).
-
-    16-bit and 32-bit integer images are scaled by 1/257 (65535 -> 255), as OpenCV
-    does when it reads a 16-bit PNG in colour; float images holding values in [0, 1]
-    are scaled by 255, others clipped to [0, 255]. Transparency is dropped (the colour
-    under it is kept), as with OpenCV's ``IMREAD_COLOR``.
-    """
+    """Converts any Pillow mode to ``RGB`` or ``L`` (8 bits per channel), as OpenCV reads:
+    16- and 32-bit integers scaled by 1/257, floats in [0, 1] by 255 (others clipped),
+    transparency dropped."""
     mode = image.mode
     if mode in ("RGB", "L"):
         return image
@@ -82,19 +63,9 @@ def _to_uint8(image: Image.Image) -> Image.Image:
 
 
 def imread_pil(path: str | os.PathLike, channels: int = 3) -> np.ndarray | None:
-    """Reads an image with Pillow, in OpenCV's layout: a drop-in for ``cv2.imread``.
-
-    The generator reads with OpenCV; this is its fallback for the files OpenCV cannot
-    read (e.g. float TIFFs). EXIF orientation is applied, as ``cv2.imread`` does.
-
-    Args:
-        path: image file.
-        channels: 3 for colour (``BGR`` order, like ``cv2.IMREAD_COLOR``), 1 for a 2-D
-            grayscale array (like ``cv2.IMREAD_GRAYSCALE``).
-
-    Returns:
-        A uint8 array, or None when the file is missing, not an image, or truncated.
-    """
+    """Reads an image with Pillow in ``cv2.imread``'s layout (BGR, or 2-D for ``channels=1``;
+    EXIF orientation applied): the generator's fallback for files OpenCV cannot read
+    (e.g. float TIFFs). None when the file is missing, not an image, or truncated."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -107,17 +78,11 @@ def imread_pil(path: str | os.PathLike, channels: int = 3) -> np.ndarray | None:
 
 
 def check_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str | None:
-    """Checks that an image file exists, decodes to its end and has a usable size.
+    """None when an image file exists, decodes to its end and has at most ``max_pixels``
+    pixels; else the reason it does not.
 
     JPEGs are decoded at reduced scale (Pillow's ``draft``: the whole entropy-coded
     stream is read, so truncation is still caught, at a fraction of the cost).
-
-    Args:
-        path: image file.
-        max_pixels: largest accepted ``width * height``.
-
-    Returns:
-        None when the image is usable, else the reason it is not.
     """
     path = str(path)
     if not os.path.isfile(path):
@@ -165,7 +130,6 @@ def find_path_problems(
     Args:
         paths: image paths (absolute, or relative to ``root``).
         rows: row number of each path.
-        source: the annotations file (for messages).
         root: the dataset folder every image must lie in; None accepts any path.
         shown: the paths as written in the annotations (for messages); default ``paths``.
 
@@ -176,48 +140,37 @@ def find_path_problems(
     shown = list(paths) if shown is None else list(shown)
     problems, resolved = [], []
     for path, row, written in zip(paths, rows, shown):
+        full, reason = None, None
         if is_missing(path) or is_missing(written):
-            problems.append(Problem(source, row, "image path is empty"))
-            resolved.append(None)
-            continue
-        try:
-            full = (base / str(path) if base is not None else Path(str(path))).resolve()
-        except (OSError, ValueError, RuntimeError) as error:
-            problems.append(Problem(source, row, f"image path {written!r} is not a valid path ({error})"))
-            resolved.append(None)
-            continue
-        if base is not None and base not in full.parents:
-            problems.append(Problem(source, row, f"image path {written!r} resolves outside {base}"))
-            resolved.append(None)
-            continue
-        resolved.append(str(full))
+            reason = "image path is empty"
+        else:
+            try:
+                full = (base / str(path) if base is not None else Path(str(path))).resolve()
+            except (OSError, ValueError, RuntimeError) as error:
+                reason = f"image path {written!r} is not a valid path ({error})"
+            else:
+                if base is not None and base not in full.parents:
+                    reason = f"image path {written!r} resolves outside {base}"
+        if reason:
+            problems.append(Problem(source, row, reason))
+        resolved.append(None if reason else str(full))
     return problems, resolved
 
 
-def resolve_image_paths(paths: Sequence, folder: str | os.PathLike, source, rows: Sequence[int], check_files: bool = True) -> list[str]:
-    """Absolute paths of images listed relative to ``folder``, all inside it.
-
-    Raises:
-        DataError: listing every path `find_path_problems` rejects and, with
-            ``check_files``, every file that does not exist.
-    """
+def resolve_image_paths(paths: Sequence, folder: str | os.PathLike, source, rows: Sequence[int]) -> list[str]:
+    """Absolute paths of images listed relative to ``folder``; raises `DataError` listing
+    every path `find_path_problems` rejects and every missing file."""
     rows = [int(r) for r in rows]
     problems, resolved = find_path_problems(list(paths), rows, str(source), folder)
-    if check_files:
-        problems += [Problem(str(source), r, f"image file {p!r} does not exist") for p, r in zip(resolved, rows) if p and not os.path.isfile(p)]
+    problems += [Problem(str(source), r, f"image file {p!r} does not exist") for p, r in zip(resolved, rows) if p and not os.path.isfile(p)]
     if problems:
         raise DataError(f"{source}: {len(problems)} bad image path(s)", sorted(problems, key=lambda p: p.row))
     return resolved
 
 
 def find_label_problems(frame: pd.DataFrame, tasks: Sequence[Task], rows: Sequence[int], source: str) -> list[Problem]:
-    """Rejects labels that are not a class of their task, and non-finite regression values.
-
-    Missing labels (empty, None, NaN) are accepted: the losses skip them.
-
-    Raises:
-        DataError: a task column is missing from the table (a file-level problem).
-    """
+    """Rejects labels that are not a class of their task, and non-finite regression values;
+    missing labels (empty, None, NaN) are accepted: the losses skip them."""
     needed = [c for t in tasks for c in t.columns]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
@@ -232,9 +185,8 @@ def find_label_problems(frame: pd.DataFrame, tasks: Sequence[Task], rows: Sequen
                 given = ~values.map(is_missing).to_numpy(dtype=bool)
                 bad = given & ~np.isfinite(numbers)
                 for i in np.flatnonzero(bad):
-                    problems.append(
-                        Problem(source, int(rows[i]), f"column {column!r}: value {values.iloc[i]!r} is not a finite number")
-                    )
+                    reason = f"column {column!r}: value {values.iloc[i]!r} is not a finite number"
+                    problems.append(Problem(source, int(rows[i]), reason))
             continue
         column = task.columns[0]
         values = frame[column]
@@ -244,32 +196,18 @@ def find_label_problems(frame: pd.DataFrame, tasks: Sequence[Task], rows: Sequen
                 task.encode([value])
             except (ValueError, TypeError):
                 bad_values.add(value)
-        if bad_values:
-            for i in np.flatnonzero(values.isin(bad_values).to_numpy()):
-                problems.append(
-                    Problem(
-                        source,
-                        int(rows[i]),
-                        f"column {column!r}: label {values.iloc[i]!r} is not one of {list(task.classes)}",
-                    )
-                )
+        for i in np.flatnonzero(values.isin(bad_values).to_numpy()):
+            reason = f"column {column!r}: label {values.iloc[i]!r} is not one of {list(task.classes)}"
+            problems.append(Problem(source, int(rows[i]), reason))
     return problems
 
 
-def find_duplicates(
-    paths: Sequence[str | None], rows: Sequence[int], labels: pd.DataFrame | None, source: str
-) -> list[Problem]:
-    """Rejects images listed more than once.
+def find_duplicates(paths: Sequence[str | None], rows: Sequence[int], labels: pd.DataFrame | None, source: str) -> list[Problem]:
+    """Rejects images listed more than once (None paths are ignored).
 
-    When every copy carries the same labels the first row is kept and the others are
-    rejected; when the labels disagree there is no telling which is right, so every
-    copy is rejected.
-
-    Args:
-        paths: resolved image paths (None entries are ignored).
-        rows: row number of each path.
-        labels: the label columns, one row per path (None: compare nothing).
-        source: the annotations file.
+    When every copy carries the same ``labels`` (one row per path; None compares nothing)
+    the first row is kept and the others are rejected; when the labels disagree there is
+    no telling which is right, so every copy is rejected.
     """
     seen: dict[str, list[int]] = {}
     for i, path in enumerate(paths):
@@ -348,17 +286,9 @@ def find_image_problems(
     max_pixels: int = MAX_PIXELS,
     cache: CheckedImages | None = None,
 ) -> list[Problem]:
-    """Runs `check_image` over ``paths`` in a thread pool (Pillow decodes without the GIL).
-
-    Args:
-        paths: image files.
-        rows: row number of each file.
-        source: the annotations file.
-        workers: threads; default ``min(4, cpu count)``.
-        max_pixels: see `check_image`.
-        cache: images that passed before are not decoded again; those that pass now
-            are added (and the record saved).
-    """
+    """Runs `check_image` over ``paths`` in ``workers`` threads (default ``min(4, cpu
+    count)``; Pillow decodes without the GIL). Images that passed before according to
+    ``cache`` are not decoded again; those that pass now are added and the record saved."""
     workers = workers or min(4, os.cpu_count() or 1)
     todo = [i for i, p in enumerate(paths) if cache is None or not cache.passed(p)]
     if workers <= 1 or len(todo) < 32:
@@ -377,37 +307,17 @@ def find_image_problems(
 # ------------------------------------------------------------------ the pass
 @dataclass
 class ValidationReport:
-    """What `validate_table` found.
-
-    Attributes:
-        frame: the rows without problems (index reset), ``path`` resolved.
-        problems: every rejected row, sorted by row.
-        checked: number of rows checked.
-        source: the annotations file.
-    """
+    """What `validate_table` found: the rows without problems (index reset, ``path``
+    resolved), every rejected row sorted by row, and the number of rows checked."""
 
     frame: pd.DataFrame
     problems: list[Problem] = field(default_factory=list)
     checked: int = 0
     source: str = ""
 
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
     def accept(self, skip_bad: bool = False) -> pd.DataFrame:
-        """The table to train on.
-
-        Args:
-            skip_bad: leave rejected rows out instead of raising.
-
-        Returns:
-            `frame`.
-
-        Raises:
-            DataError: listing every problem, unless ``skip_bad``; also when no row is
-                left.
-        """
+        """The table to train on; raises `DataError` listing every problem unless
+        ``skip_bad`` (leave the rejected rows out), and when no row is left."""
         if self.problems and not skip_bad:
             raise DataError(
                 f"{self.source}: {len(self.problems)} of {self.checked} row(s) cannot be used "
@@ -428,7 +338,6 @@ def validate_table(
     shown_column: str | None = None,
     row_column: str | None = "csv_line",
     problems: Iterable = (),
-    check_images: bool = True,
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
     cache: str | os.PathLike | None = None,
@@ -447,17 +356,12 @@ def validate_table(
             absent, rows are numbered from 1 in table order.
         problems: ``(file, row, reason)`` problems a loader already found; those rows
             are rejected without further checks.
-        check_images: decode every image (else only paths and labels are checked).
-        workers: decode threads.
-        max_pixels: largest accepted image.
+        workers, max_pixels: as for `find_image_problems`.
         cache: a `CheckedImages` file: images that passed before and have not changed
             are not decoded again (e.g. `default_cache_path` of ``source``).
 
     Returns:
-        The report; call ``report.accept(skip_bad)`` for the table to train on.
-
-    Raises:
-        DataError: file-level problems (missing path or label column).
+        The report; ``report.accept(skip_bad)`` gives the table to train on.
     """
     source = str(source)
     if path_column not in frame.columns:
@@ -480,11 +384,8 @@ def validate_table(
     rejected = {p.row for p in found}
     todo = [(p, r) for p, r in zip(resolved, sub_rows) if p is not None and r not in rejected]
     if todo:
-        if check_images:
-            record = CheckedImages(cache, max_pixels) if cache is not None else None
-            found += find_image_problems([p for p, _ in todo], [r for _, r in todo], source, workers, max_pixels, record)
-        else:
-            found += [Problem(source, r, f"image file {p!r} does not exist") for p, r in todo if not os.path.isfile(p)]
+        record = CheckedImages(cache, max_pixels) if cache is not None else None
+        found += find_image_problems([p for p, _ in todo], [r for _, r in todo], source, workers, max_pixels, record)
 
     rejected = {p.row for p in found}
     good = np.array([r not in rejected for r in sub_rows], dtype=bool)
@@ -498,7 +399,7 @@ def problems_csv(problems: Iterable) -> str:
     """``(file, row, reason)`` problems as CSV text with a header."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(PROBLEM_COLUMNS)
+    writer.writerow(Problem._fields)
     for file, row, reason in problems:
         writer.writerow([file, int(row), reason])
     return buffer.getvalue()

@@ -9,20 +9,7 @@ keyed by task name. Where one PyTorch ``Linear`` emits several attributes, the K
 keeps that layer whole and splits its columns into one named output per attribute
 (`TakeColumns`), so the imported weights are exact.
 
-=====================  ============================================================
-``vgg16_dst``           torchvision VGG16 (to its 1000 logits) + ``fc``
-                        (Linear(1000, 512)-ReLU-Dropout-Linear(512, 8)), sigmoid per
-                        attribute, BCE, dynamic task scheduling ("dst").
-``resnet18_gray``       ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128
-                        grayscale, classifier 512-4096-4096 (ReLU, Dropout 0.5), 8 heads
-                        Linear(4096, 512)-ReLU-Linear(512, 1), BCE with logits, Adam 0.01.
-``resnext50_mse``       ResNeXt50_32x4d with ``fc = Linear(2048, 40)``, first 6
-                        children frozen, MSE on -1/+1 targets (threshold 0), Adamax.
-``resnet18_landmarks``  ResNet18 + attribute head (3 logits) + landmark head (10
-                        normalised coordinates), loss 50 x BCE + 100 x MSE, Adam 1e-3,
-                        early stopping patience 2; with its single-task baselines
-                        ``resnet18_attributes_only`` and ``resnet18_landmarks_only``.
-=====================  ============================================================
+Each preset's ``source`` says what it reproduces (README lists them).
 
 Choices where the source text is silent (all overridable): ``vgg16_dst``'s 8 attributes
 are those of ``resnet18_gray``, its added layers and their width 512, its optimizer (Adam
@@ -107,23 +94,15 @@ class PortSpec:
         )
 
     def compile_kwargs(self) -> dict:
-        """``model.compile`` arguments: optimizer, per-task losses, loss weights, metrics."""
-        return {
-            "optimizer": self.make_optimizer(),
-            "loss": {t.name: t.make_loss() for t in self.tasks},
-            "loss_weights": dict(self.loss_weights) if self.loss_weights else None,
-            "metrics": {t.name: t.make_metrics() for t in self.tasks},
-        }
+        """``model.compile`` arguments: the source's optimizer and loss weights (losses and
+        metrics come from the model's tasks)."""
+        return {"optimizer": self.make_optimizer(), "loss_weights": dict(self.loss_weights) if self.loss_weights else None}
 
     def callbacks(self) -> list:
         """Callbacks of the source's training loop (early stopping, when it used one)."""
         if self.early_stopping_patience is None:
             return []
-        return [
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=self.early_stopping_patience, restore_best_weights=True
-            )
-        ]
+        return [keras.callbacks.EarlyStopping("val_loss", patience=self.early_stopping_patience, restore_best_weights=True)]
 
 
 _PORTS: dict[str, PortSpec] = {}
@@ -149,9 +128,7 @@ def get_port_spec(name: str) -> PortSpec:
     return _PORTS[name]
 
 
-def create(
-    name: str, input_shape=None, weights=None, backbone_weights=None, **options
-) -> keras.Model:
+def create(name: str, input_shape=None, weights=None, backbone_weights=None, **options) -> keras.Model:
     """Builds the Keras model of preset ``name``.
 
     Args:
@@ -194,9 +171,7 @@ def _assemble(spec, builder: ModelBuilder, top: Callable) -> keras.Model:
     """Raw images -> torch preprocessing -> ``builder``'s tower -> ``top(features)``."""
     tower = builder.build_tower()
     inputs = keras.Input(shape=builder.input_shape, name="images")
-    x = ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")(
-        inputs
-    )
+    x = ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")(inputs)
     return keras.Model(inputs, top(tower(x)), name=spec.name)
 
 
@@ -208,9 +183,7 @@ def _activation(task):
 def _split(x, tasks, units_name):
     """One Dense layer for all binary tasks, split into one named output per task."""
     x = layers.Dense(len(tasks), name=units_name)(x)
-    return {
-        t.name: TakeColumns(i, i + 1, _activation(t), name=t.name)(x) for i, t in enumerate(tasks)
-    }
+    return {t.name: TakeColumns(i, i + 1, _activation(t), name=t.name)(x) for i, t in enumerate(tasks)}
 
 
 def _mlp_head(x, units, hidden, prefix, output_name=None):
@@ -232,21 +205,13 @@ def _build_vgg16_dst(spec, input_shape, hidden=512, dropout=0.5):
 
 def _build_resnet18_gray(spec, input_shape, dropout=0.5):
     return ModelBuilder(
-        spec.tasks,
-        base="resnet18",
-        input_shape=input_shape,
-        neck=(4096, 4096),
-        neck_dropout=dropout,
-        head_kwargs={"units": (512,), "dropout": 0.0},
-        base_kwargs={"stem": "3x3"},
-        name=spec.name,
+        spec.tasks, base="resnet18", input_shape=input_shape, neck=(4096, 4096), neck_dropout=dropout,
+        head_kwargs={"units": (512,), "dropout": 0.0}, base_kwargs={"stem": "3x3"}, name=spec.name,
     ).build()
 
 
 def _build_resnext50_mse(spec, input_shape, freeze_stages=6):
-    builder = ModelBuilder(
-        spec.tasks, base="resnext50_32x4d", input_shape=input_shape, freeze_stages=freeze_stages
-    )
+    builder = ModelBuilder(spec.tasks, base="resnext50_32x4d", input_shape=input_shape, freeze_stages=freeze_stages)
 
     def top(features):
         x = layers.GlobalAveragePooling2D(name="avgpool")(features)

@@ -1,0 +1,93 @@
+"""Methods whose weights are a closed-form function of the Gramian: mean, sum, random (RLW),
+IMTL-G, Aligned-MTL and ConFIG."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from kerasmtl.aggregation._core import EPS, F64, normal, pinv_psd, pref
+
+
+def mean(g, p):
+    """``1/k`` for each of the ``k`` present tasks."""
+    return pref(None, p)
+
+
+def sum_(g, p):
+    """``1`` for each present task."""
+    return p
+
+
+def random(g, p, *, seed=None):
+    """RLW (Lin et al., 2022): ``softmax`` of standard normal draws over the present tasks.
+
+    Args:
+        seed: an int or pair for reproducible draws (pass one derived from the step on
+            several replicas, so that each draws the same weights); None draws afresh.
+    """
+    logits = tf.where(p > 0, normal(p.shape, seed), -np.inf)
+    return tf.where(p > 0, tf.nn.softmax(logits), 0.0)
+
+
+def imtl_g(g, p):
+    """IMTL-G (Liu et al., 2021), generalised to linearly dependent rows: ``G^+ d`` with
+    ``d`` the gradient norms, scaled to sum to one (zeros when the sum vanishes)."""
+    m = g.shape[0]
+    d = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
+    v = tf.linalg.matvec(pinv_psd(g, m * EPS), d)
+    total = tf.reduce_sum(v)
+    return tf.where(tf.abs(total) < 1e-12, tf.zeros_like(v), v / tf.where(total == 0, tf.ones_like(total), total))
+
+
+def aligned_mtl(g, p, *, pref_vector=None, scale_mode="min"):
+    """Aligned-MTL (Senushkin et al., 2023): the preference weights through the balance
+    transformation ``B = sqrt(scale) V S^-1/2 V^T`` of the Gramian's eigendecomposition.
+
+    Args:
+        pref_vector: preference weights (default ``1/k`` each).
+        scale_mode: ``"min"`` (smallest kept eigenvalue), ``"median"`` (lower median) or
+            ``"rmse"`` (mean of the kept eigenvalues, as in the original code).
+    """
+    if scale_mode not in ("min", "median", "rmse"):
+        raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse'. Received: scale_mode={scale_mode!r}")
+    w = pref(pref_vector, p)
+    lam, vec = tf.linalg.eigh(g)
+    tasks = tf.reduce_sum(p)
+    keep = lam > tf.reduce_max(lam) * tasks * EPS
+    rank = tf.reduce_sum(tf.cast(keep, tf.int32))
+    kept = tf.where(keep, lam, np.inf)
+    if scale_mode == "min":
+        scale = tf.reduce_min(kept)
+    elif scale_mode == "median":
+        scale = tf.gather(tf.sort(kept), tf.maximum(rank - 1, 0) // 2)
+    else:
+        scale = tf.reduce_sum(tf.where(keep, lam, 0.0)) / tf.maximum(tf.cast(rank, F64), 1.0)
+    inv_sqrt = tf.where(keep, 1.0 / tf.sqrt(tf.where(keep, lam, 1.0)), 0.0)
+    b = tf.sqrt(tf.where(rank > 0, scale, 0.0)) * tf.matmul(vec * inv_sqrt[None, :], vec, transpose_b=True)
+    return tf.where(rank > 0, tf.linalg.matvec(b, w), w)
+
+
+def config(g, p, *, pref_vector=None):
+    """ConFIG (Liu et al., 2024), through the Gramian: ``pinv(U) w`` for the unit rows
+    ``U = D^-1 J`` is ``U^T (U U^T)^+ w``, rescaled so that its length is the sum of the
+    rows' projections on it.
+
+    Args:
+        pref_vector: weights of the unit rows (default ``1`` each).
+
+    The pseudo-inverse drops eigenvalues of ``U U^T`` below ``m`` float64 epsilons of the
+    largest (singular values of ``U`` below about ``1e-7`` of the largest), a little more
+    than ``torch.linalg.pinv`` on ``U`` drops: squaring the singular values pushes the
+    smaller ones under the Gramian's rounding.
+    """
+    m = g.shape[0]
+    w = pref(pref_vector, p, default="sum")
+    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
+    inv = tf.where(norms > 0, 1.0 / tf.where(norms > 0, norms, 1.0), 0.0)
+    units = g * inv[:, None] * inv[None, :]
+    y = tf.linalg.matvec(pinv_psd(units, m * EPS), w)
+    coefficients = inv * y
+    best_sq = tf.reduce_sum(y * tf.linalg.matvec(units, y))
+    length = tf.reduce_sum(tf.linalg.matvec(g, coefficients))
+    return length / tf.maximum(best_sq, 1e-24) * coefficients

@@ -1,0 +1,228 @@
+"""Labels from an exported model without TensorFlow: numpy, Pillow and the model's runtime.
+
+```python
+from kerasmtl.serving import Predictor
+
+predictor = Predictor("runs/person/export/model.onnx")   # or a .tflite file
+predictor.predict("photo.jpg")      # {"gender": ("female", 0.93), "age": ("25-35", 0.61), ...}
+predictor.predict(["a.jpg", "b.jpg"])                     # one such dict per image
+predictor.run(batch)                # {task: raw outputs} for a uint8 (n, height, width, channels) batch
+```
+
+`kerasmtl.export` writes the model and its `labels.json` (the input size and, per task,
+its kind, class names, decision threshold or regression columns). This module imports
+nothing of TensorFlow or Keras: an ONNX model runs on ``onnxruntime``, a LiteRT one on
+``ai_edge_litert`` (the ``serve`` extra). Only a SavedModel folder, whose runtime is
+TensorFlow itself, imports it. The module does not import the rest of `kerasmtl` either, so it can also be
+copied next to a server on its own; in an environment without Keras, ``import
+kerasmtl.serving`` loads no other part of the package.
+
+Images are read as training reads them: EXIF orientation applied, RGB (or grey for a
+1-channel model), resized to the model's size only when they differ (area filter when
+shrinking, bilinear when enlarging).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+LABELS = "labels.json"
+INPUT_NAME = "images"
+METADATA_KEY = "kerasmtl_labels"
+SIGNATURE = "serving_default"
+
+
+def labels_path(path: str | os.PathLike) -> Path:
+    """Where an exported model's `labels.json` is: inside a SavedModel folder, else beside the file."""
+    path = Path(path)
+    return path / LABELS if path.is_dir() else path.parent / LABELS
+
+
+def is_exported(path: str | os.PathLike) -> bool:
+    """True for an ``.onnx`` or ``.tflite`` file, or a folder holding ``saved_model.pb``."""
+    path = Path(path)
+    return path.suffix in (".onnx", ".tflite") or (path / "saved_model.pb").is_file()
+
+
+def read_labels(path: str | os.PathLike) -> dict:
+    """The `labels.json` of the exported model at ``path``.
+
+    Raises:
+        FileNotFoundError: there is none.
+        ValueError: it does not describe an input and tasks.
+    """
+    file = labels_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no {LABELS} beside the exported model {path} (kerasmtl export writes it).")
+    record = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(record, dict) or "input" not in record or not record.get("tasks"):
+        raise ValueError(f"{file}: {LABELS} holds 'input' and a non-empty 'tasks' list. Received keys: {sorted(record) if isinstance(record, dict) else type(record).__name__}")
+    return record
+
+
+# -------------------------------------------------------------------- runtimes
+def _onnx_runner(path: Path, threads: int | None):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+    return lambda batch: dict(zip(outputs, session.run(outputs, {name: batch})))
+
+
+def _litert_runner(path: Path, threads: int | None):
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(SIGNATURE)
+    return lambda batch: {k: np.asarray(v) for k, v in runner(**{INPUT_NAME: batch}).items()}
+
+
+def _saved_model_runner(path: Path, threads: int | None):
+    import tensorflow as tf  # the SavedModel's own runtime
+
+    function = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    return lambda batch: {k: v.numpy() for k, v in function(**{INPUT_NAME: tf.constant(batch)}).items()}
+
+
+def open_runtime(path: str | os.PathLike, threads: int | None = None):
+    """A function ``uint8 batch -> {output name: array}`` running the exported model.
+
+    Raises:
+        ValueError: ``path`` is not an ``.onnx``, ``.tflite`` or SavedModel.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return _onnx_runner(path, threads)
+    if path.suffix == ".tflite":
+        return _litert_runner(path, threads)
+    if (path / "saved_model.pb").is_file():
+        return _saved_model_runner(path, threads)
+    raise ValueError(f"An exported model is a .onnx file, a .tflite file or a SavedModel folder. Received: {str(path)!r}")
+
+
+# ------------------------------------------------------------------ predictor
+class Predictor:
+    """An exported model with its labels: images in, ``{task: label}`` out.
+
+    Args:
+        path: an ``.onnx`` or ``.tflite`` file (or a SavedModel folder, which needs
+            TensorFlow), with `labels.json` beside it.
+        threads: CPU threads of the runtime; default its own choice.
+
+    Attributes:
+        labels: the `labels.json` record; ``tasks`` its task list.
+        image_shape: ``(height, width, channels)`` of the model's input.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        self.path = Path(path)
+        self.labels = read_labels(self.path)
+        self.tasks = list(self.labels["tasks"])
+        self.image_shape = tuple(int(v) for v in self.labels["input"]["shape"][1:])
+        self._run = open_runtime(self.path, threads)
+
+    # ------------------------------------------------------------------ images
+    def load_image(self, image) -> np.ndarray:
+        """One image (a file path, a PIL image or an ``(h, w[, c])`` 0-255 array) as the
+        model's uint8 ``(height, width, channels)`` input.
+
+        Raises:
+            ValueError: an array of the wrong rank, or values outside 0-255 or not whole.
+        """
+        height, width, channels = self.image_shape
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as opened:
+                image = ImageOps.exif_transpose(opened).convert("L" if channels == 1 else "RGB")
+        elif isinstance(image, Image.Image):
+            image = image.convert("L" if channels == 1 else "RGB")
+        else:
+            image = _pil_image(np.asarray(image), channels)
+        if image.size != (width, height):
+            shrinking = image.width > width or image.height > height
+            image = image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+        return array.reshape(height, width, channels)
+
+    def load_images(self, images) -> np.ndarray:
+        """A uint8 batch from a list of images (see `load_image`) or an ``(n, h, w, c)`` array."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        return np.stack([self.load_image(image) for image in images])
+
+    # ----------------------------------------------------------------- outputs
+    def run(self, batch: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """The raw outputs ``{task: (n, units)}`` for a uint8 ``(n, height, width, channels)`` batch.
+
+        Raises:
+            ValueError: the batch is not uint8 or not of the model's image shape.
+        """
+        batch = np.asarray(batch)
+        if batch.dtype != np.uint8 or batch.ndim != 4 or tuple(batch.shape[1:]) != self.image_shape:
+            raise ValueError(f"The batch must be uint8 of shape (n, {', '.join(map(str, self.image_shape))}). "
+                             f"Received: {batch.dtype} {batch.shape}")
+        parts = [self._run(np.ascontiguousarray(batch[i:i + batch_size])) for i in range(0, len(batch), batch_size)]
+        return {t["name"]: np.concatenate([p[t["name"]] for p in parts]).astype(np.float32) for t in self.tasks}
+
+    def decode(self, outputs: dict[str, np.ndarray]) -> list[dict]:
+        """Per image, ``{task: (class name, its probability)}``, or the regression values."""
+        per_task = {}
+        for task in self.tasks:
+            values = np.asarray(outputs[task["name"]], dtype=np.float64)
+            if task["kind"] == "regression":
+                per_task[task["name"]] = [row.tolist() for row in values.reshape(len(values), -1)]
+                continue
+            classes = task["classes"]
+            if task["kind"] == "binary":
+                positive = values.reshape(-1)
+                chosen = positive > task["threshold"]
+                probability = np.where(chosen, positive, 1 - positive)
+                per_task[task["name"]] = [(classes[int(c)], float(p)) for c, p in zip(chosen, probability)]
+            else:
+                index = values.argmax(axis=-1)
+                per_task[task["name"]] = [(classes[i], float(values[row, i])) for row, i in enumerate(index)]
+        count = len(next(iter(per_task.values())))
+        return [{name: labels[row] for name, labels in per_task.items()} for row in range(count)]
+
+    def predict(self, images, batch_size: int = 32):
+        """Labels of one image (a dict) or of several (a list of dicts).
+
+        Args:
+            images: a file path, a PIL image or an ``(h, w[, c])`` array for one image;
+                a list of them or an ``(n, h, w, c)`` array for several.
+            batch_size: images per run of the model.
+
+        Returns:
+            ``{task: (class name, probability)}`` for classification (binary tasks
+            decided at their threshold), ``{task: [values]}`` for regression, in the data's
+            units.
+        """
+        single = isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4)
+        batch = self.load_images([images] if single else images)
+        labels = self.decode(self.run(batch, batch_size))
+        return labels[0] if single else labels
+
+
+def _pil_image(array: np.ndarray, channels: int) -> Image.Image:
+    """An array of 0-255 values as a PIL image of the model's colour mode."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+        raise ValueError(f"An image array is (height, width), (height, width, 1) or (height, width, 3). Received: shape={array.shape}")
+    if array.dtype != np.uint8:
+        if array.size and (not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 255 or np.any(array != np.round(array))):
+            raise ValueError(f"Image arrays hold whole values 0-255 (raw pixels). Received: {array.dtype}, "
+                             f"range [{array.min()}, {array.max()}]")
+        array = array.astype(np.uint8)
+    image = Image.fromarray(array)
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+__all__ = ["LABELS", "Predictor", "is_exported", "labels_path", "open_runtime", "read_labels"]

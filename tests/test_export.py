@@ -1,0 +1,223 @@
+"""Exported models (SavedModel, ONNX, LiteRT) take raw uint8 images and match Keras.
+
+Each artifact is run by its own runtime (``tf.saved_model.load``, onnxruntime, the LiteRT
+interpreter) on the same uint8 batch as Keras ``predict``; the reference is Keras's output
+turned into probabilities by numpy (`Task.probabilities`), and outputs are looked up by
+task name. The largest absolute difference must stay within 1e-5 for probabilities, and
+for regression values measured in standard deviations of their task (``(y - mean) / std``,
+the head's own scale), within 1e-5 times the largest such value when that exceeds 1: a
+float32 sum in another order differs in its 7th digit, and untrained full-size towers
+give values of 10-30 there (ResNet50 through LiteRT: 1.8e-5 at 28, a relative 6e-7).
+One tiny custom-tower model per format is fast; the tower families are slow.
+"""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY_TOWER
+
+from kerasmtl import ModelBuilder, Task, distribute
+from kerasmtl.export import export, serving_task
+
+TOLERANCE = 1e-5
+FILES = {"saved_model": "saved_model", "onnx": "model.onnx", "litert": "model.tflite"}
+
+TASKS = [
+    Task("smiling", "binary", ("no", "yes"), from_logits=True, threshold=1.0),
+    Task("age", "multiclass", ("young", "middle", "old")),
+    Task("male", "binary", ("female", "male"), loss="mse"),
+    Task("box", "regression", columns=("x0", "y0", "x1", "y1"), mean=(10.0, 20.0, 30.0, 40.0), std=(2.0, 3.0, 4.0, 5.0)),
+]
+
+
+def expected_outputs(model, tasks, images):
+    """Keras ``predict`` read as the exported outputs: probabilities (binary: positive column)."""
+    raw = model.predict(images, verbose=0)
+    expected = {}
+    for task in tasks:
+        value = np.asarray(raw[task.name], np.float64)
+        if task.kind == "binary":
+            value = task.probabilities(value)[:, 1:]
+        elif task.kind == "multiclass":
+            value = task.probabilities(value)
+        expected[task.name] = value
+    return expected
+
+
+def run_exported(format, path, images):
+    """``{output name: array}`` from the artifact's own runtime, for one uint8 batch."""
+    if format == "saved_model":
+        import tensorflow as tf
+
+        function = tf.saved_model.load(str(path)).signatures["serving_default"]
+        assert function.structured_input_signature[1]["images"].dtype == tf.uint8
+        return {k: v.numpy() for k, v in function(images=tf.constant(images)).items()}
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (entry,) = session.get_inputs()
+        assert (entry.name, entry.type, entry.shape[1:]) == ("images", "tensor(uint8)", list(images.shape[1:]))
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, {"images": images})))
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    (entry,) = interpreter.get_input_details()
+    assert (entry["name"], entry["dtype"], list(entry["shape_signature"])) == ("images", np.uint8, [-1, *images.shape[1:]])
+    return interpreter.get_signature_runner("serving_default")(images=images)
+
+
+def check_parity(model, tasks, format, path, images):
+    expected = expected_outputs(model, tasks, images)
+    got = run_exported(format, path, images)
+    assert sorted(got) == sorted(t.name for t in tasks)
+    errors, limits = {}, {}
+    for task in tasks:
+        difference = np.abs(np.asarray(got[task.name], np.float64) - expected[task.name])
+        limits[task.name] = TOLERANCE
+        if task.kind == "regression":
+            mean, std = (np.zeros(task.units), np.ones(task.units)) if task.std is None else (np.asarray(task.mean), np.asarray(task.std))
+            difference = difference / std
+            limits[task.name] = TOLERANCE * max(1.0, float(np.abs((expected[task.name] - mean) / std).max()))
+        errors[task.name] = float(difference.max())
+    assert all(errors[name] <= limits[name] for name in errors), (errors, limits)
+    return errors
+
+
+def uint8_batch(n, shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------ fast, tiny
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = ModelBuilder(TASKS, base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=TINY_TOWER).build()
+    folder = tmp_path_factory.mktemp("export")
+    paths = {fmt: export(model, folder / fmt / FILES[fmt], fmt) for fmt in FILES}
+    return model, paths
+
+
+@pytest.mark.parametrize("format", list(FILES))
+def test_exported_model_takes_uint8_and_matches_keras(tiny, format):
+    model, paths = tiny
+    for n in (1, 5):  # any batch size
+        check_parity(model, TASKS, format, paths[format], uint8_batch(n, (32, 32, 3), seed=n))
+
+
+def test_labels_json_holds_the_tasks_with_thresholds_on_the_probability_scale(tiny):
+    _, paths = tiny
+    expected = {
+        "model": "kerasmtl_bottleneck",
+        "input": {"name": "images", "dtype": "uint8", "shape": [None, 32, 32, 3], "layout": "NHWC",
+                  "values": "raw pixels 0-255, RGB (or grey for 1 channel); scaling happens inside"},
+        "tasks": [
+            {"name": "smiling", "kind": "binary", "output": "probability of the positive class",
+             "classes": ["no", "yes"], "threshold": pytest.approx(1 / (1 + math.exp(-1.0)))},
+            {"name": "age", "kind": "multiclass", "output": "class probabilities", "classes": ["young", "middle", "old"]},
+            {"name": "male", "kind": "binary", "output": "probability of the positive class",
+             "classes": ["female", "male"], "threshold": 0.5},
+            {"name": "box", "kind": "regression", "output": "values in the data's units", "columns": ["x0", "y0", "x1", "y1"],
+             "units": 4, "mean": [10.0, 20.0, 30.0, 40.0], "std": [2.0, 3.0, 4.0, 5.0]},
+        ],
+    }
+    onnx_labels = json.loads((paths["onnx"].parent / "labels.json").read_text())
+    assert onnx_labels == expected
+    assert json.loads((paths["saved_model"] / "labels.json").read_text()) == expected
+    assert json.loads((paths["litert"].parent / "labels.json").read_text()) == expected
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(paths["onnx"])).metadata_props}
+    assert json.loads(metadata["kerasmtl_labels"]) == expected
+
+
+def test_thresholds_give_the_decisions_of_the_keras_model(tiny):
+    model, paths = tiny
+    images = uint8_batch(16, (32, 32, 3), seed=7)
+    keras_labels = model.predict_labels(images)
+    got = run_exported("onnx", paths["onnx"], images)
+    for task in TASKS[:3]:
+        assert serving_task(task).decode(got[task.name]) == [name for name, _ in keras_labels[task.name]]
+
+
+def test_litert_tensors_are_named_after_the_tasks(tiny):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tiny[1]["litert"]))
+    assert sorted(d["name"] for d in interpreter.get_output_details()) == ["age", "box", "male", "smiling"]
+    assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["images"], "outputs": ["age", "box", "male", "smiling"]}}
+
+
+def test_mixed_precision_model_exports_in_float32(tmp_path):
+    import onnx
+
+    tasks = TASKS[:2]
+    with distribute.mixed_precision("float16"):
+        keras.utils.set_random_seed(1)
+        mixed = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), head="conv", base_kwargs=TINY_TOWER).build()
+    reference = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), head="conv", base_kwargs=TINY_TOWER).build()
+    reference.set_weights(mixed.get_weights())  # the same weights, computed in float32
+    path = export(mixed, tmp_path / "mixed.onnx", "onnx")
+    graph = onnx.load(str(path)).graph
+    float16 = onnx.TensorProto.FLOAT16
+    assert not [t.name for t in graph.initializer if t.data_type == float16]
+    assert not [n.name for n in graph.node if n.op_type == "Cast" and any(a.i == float16 for a in n.attribute if a.name == "to")]
+    check_parity(reference, tasks, "onnx", path, uint8_batch(4, (32, 32, 3)))
+    assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"format": "tflite"}, "format must be one of ('saved_model', 'onnx', 'litert'). Received: format='tflite'"),
+    ({"format": "onnx", "quantize": "int8"}, "quantize is ('float16', 'int8') for format 'litert' only"),
+    ({"format": "litert", "quantize": "int4"}, "Received: quantize='int4'"),
+])
+def test_bad_export_arguments_state_the_rule(tiny, tmp_path, kwargs, message):
+    with pytest.raises(ValueError) as error:
+        export(tiny[0], tmp_path / "m.onnx", **kwargs)
+    assert message in str(error.value)
+
+
+def test_a_file_name_must_suit_the_format(tiny, tmp_path):
+    with pytest.raises(ValueError, match=r"A litert model is a \.tflite file\. Received: path='.*m\.onnx'"):
+        export(tiny[0], tmp_path / "m.onnx", "litert")
+
+
+# ------------------------------------------------------- slow: tower families
+def _builder(base, shape, **kwargs):
+    def build(tasks):
+        return ModelBuilder(tasks, base=base, input_shape=shape, head="dense", **kwargs).build()
+
+    return build
+
+
+def _preset(tasks):
+    from kerasmtl.ports import create
+
+    return create("resnet18_landmarks", input_shape=(64, 64, 3))
+
+
+FAMILIES = {
+    "separable": (_builder("separable", (32, 32, 3), base_kwargs=TINY_TOWER), (32, 32, 3)),
+    "resnet50": (_builder("resnet50", (32, 32, 3)), (32, 32, 3)),
+    "vgg16_grey": (_builder("vgg16", (32, 32, 1)), (32, 32, 1)),
+    "resnet18": (_builder("resnet18", (32, 32, 3)), (32, 32, 3)),
+    "resnext50_32x4d": (_builder("resnext50_32x4d", (32, 32, 3)), (32, 32, 3)),
+    "celeba_resnet18_landmarks": (_preset, (64, 64, 3)),
+    "uncertainty_weighted": (_builder("bottleneck", (32, 32, 3), base_kwargs=TINY_TOWER, task_weighting="uncertainty"), (32, 32, 3)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("format", list(FILES))
+def test_every_tower_family_exports_with_parity(family, format, tmp_path):
+    build, shape = FAMILIES[family]
+    keras.utils.set_random_seed(0)
+    model = build(TASKS)
+    tasks = model.tasks
+    path = export(model, tmp_path / FILES[format], format)
+    check_parity(model, tasks, format, path, uint8_batch(3, shape))

@@ -1,0 +1,219 @@
+"""Serving without TensorFlow: `kerasmtl.serving.Predictor` gives the labels `kerasmtl predict` gives.
+
+The commands run as a user runs them, in a subprocess: ``kerasmtl export`` (ONNX, and
+LiteRT with int8 weights and its test-split accuracy change) and ``kerasmtl predict`` on
+the ``.keras`` model and on the exported ones. The Predictor then runs in a second
+subprocess in which importing ``tensorflow`` or ``keras`` raises ImportError (a meta-path
+blocker in ``sitecustomize``), and must give the same labels for the same image files.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_TOWER
+from PIL import Image
+
+from kerasmtl import ModelBuilder
+from kerasmtl.data.generator import read_image
+from kerasmtl.data.person import load_hvc
+from kerasmtl.export import export, serving_task
+from kerasmtl.runs import RunFolder
+from kerasmtl.serving import Predictor
+from kerasmtl_cli import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BLOCKER = '''
+import importlib.abc
+import sys
+
+
+class BlockFrameworks(importlib.abc.MetaPathFinder):
+    """Makes TensorFlow and Keras unimportable, as on a machine without them."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "keras", "tf_keras"):
+            raise ImportError(f"{name} is not installed here")
+        return None
+
+
+sys.meta_path.insert(0, BlockFrameworks())
+'''
+
+SERVE = '''
+import json
+import sys
+
+from kerasmtl.serving import Predictor
+
+paths = json.loads(sys.argv[2])
+result = {}
+for name, model in json.loads(sys.argv[1]).items():
+    result[name] = Predictor(model).predict(paths)
+try:
+    import tensorflow  # noqa: F401
+    result["blocked"] = False
+except ImportError:
+    result["blocked"] = True
+result["modules"] = sorted(m for m in sys.modules if m.partition(".")[0] in ("kerasmtl", "tensorflow", "keras"))
+print(json.dumps(result))
+'''
+
+
+def environment(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+
+
+def read_table(path):
+    """A prediction CSV with class names as text ("None" is a class of carryingbag)."""
+    table = pd.read_csv(path, keep_default_na=False)
+    return table.astype({c: str for c in table.columns if not c.endswith("_prob") and c != "path"})
+
+
+@pytest.fixture(scope="module")
+def run(hvc_folder, tmp_path_factory):
+    """A run folder as training leaves it (untrained tiny model), and images to label."""
+    from kerasmtl.workflow import prepare_data, resolve_recipe, write_run_files
+
+    folder = tmp_path_factory.mktemp("run")
+    config = TrainConfig(data=str(hvc_folder), image_size=32, width=8, val_fraction=0.2, test_fraction=0.25, seed=5)
+    _, tasks = load_hvc(hvc_folder)
+    recipe = resolve_recipe(config)
+    write_run_files(RunFolder(folder), config, recipe, prepare_data(config, recipe))
+    keras.utils.set_random_seed(0)
+    model = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=TINY_TOWER).build()
+    model.save(folder / "model.keras")
+    photos = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(4)
+    for index in range(6):  # the model's size: nothing to resize
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / (f"{index}.png" if index % 2 else f"{index}.jpg"), quality=90)
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(photos / "grey.png")
+    return folder, model, tasks, photos
+
+
+@pytest.fixture(scope="module")
+def commands(run, tmp_path_factory):
+    """``kerasmtl export`` and ``kerasmtl predict`` in one subprocess (one TensorFlow start)."""
+    folder, _, _, photos = run
+    out = tmp_path_factory.mktemp("predictions")
+    argvs = [
+        ["export", str(folder), "--format", "onnx"],
+        ["export", str(folder), "--format", "litert", "--quantize", "int8"],
+        ["predict", str(folder), str(photos), "--out", str(out / "keras.csv")],
+        ["predict", str(folder / "export" / "model.onnx"), str(photos), "--out", str(out / "onnx.csv")],
+        ["predict", str(folder / "export" / "model_int8.tflite"), str(photos), "--out", str(out / "litert.csv")],
+    ]
+    script = "import json, sys, kerasmtl_cli\nprint('codes', [kerasmtl_cli.main(a) for a in json.loads(sys.argv[1])])"
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(argvs)], capture_output=True, text=True,
+                          cwd=ROOT, env=environment(), timeout=600)
+    assert "codes [0, 0, 0, 0, 0]" in done.stdout, done.stdout + done.stderr
+    return out, done.stdout
+
+
+def test_export_command_writes_the_artifacts_and_their_labels(run, commands):
+    folder = run[0]
+    stdout = commands[1]
+    assert f"onnx -> {folder / 'export' / 'model.onnx'} (labels: {folder / 'export' / 'labels.json'})" in stdout
+    labels = json.loads((folder / "export" / "labels.json").read_text())
+    assert [t["name"] for t in labels["tasks"]] == [t.name for t in run[2]]
+    assert (folder / "export" / "model_int8.tflite").stat().st_size > 0
+
+
+def test_quantized_export_writes_its_test_split_accuracy_change(run, commands, hvc_folder):
+    folder, model, tasks, _ = run
+    report = json.loads((folder / "export" / "model_int8.accuracy.json").read_text())
+    split = pd.read_csv(folder / "split.csv")
+    test = split.loc[split["subset"] == "test", "path"].tolist()
+    assert (report["split"], report["n"], report["file"]) == ("test", len(test), "model_int8.tflite")
+    frame, _ = load_hvc(hvc_folder)
+    labels = frame.set_index("path").loc[test]
+    outputs = model.predict(np.stack([read_image(p, (32, 32), 3) for p in test]), verbose=0)
+    for task in tasks:
+        entry = report["tasks"][task.name]
+        predicted = np.asarray(task.decode(outputs[task.name]))
+        accuracy = float(np.mean(predicted == labels[task.name].to_numpy()))  # every hvc label is present
+        assert entry["metric"] == "accuracy"
+        assert entry["keras"] == pytest.approx(accuracy)
+        assert entry["change"] == pytest.approx(entry["quantized"] - entry["keras"])
+        assert abs(entry["change"]) <= 0.25
+
+
+def test_predict_accepts_exported_models(commands, run):
+    out = commands[0]
+    keras_table, onnx_table, litert_table = (read_table(out / f"{n}.csv") for n in ("keras", "onnx", "litert"))
+    assert list(onnx_table.columns) == list(keras_table.columns)
+    assert len(keras_table) == 7
+    for task in run[2]:
+        assert onnx_table[task.name].tolist() == keras_table[task.name].tolist()
+        np.testing.assert_allclose(onnx_table[f"{task.name}_prob"], keras_table[f"{task.name}_prob"], atol=1e-5)
+        np.testing.assert_allclose(litert_table[f"{task.name}_prob"], keras_table[f"{task.name}_prob"], atol=0.05)
+
+
+def test_predictor_without_tensorflow_gives_the_labels_of_kerasmtl_predict(run, commands, tmp_path):
+    folder, _, tasks, photos = run
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    table = read_table(commands[0] / "keras.csv")
+    paths = [str(photos / p) for p in table["path"]]
+    models = {"onnx": str(folder / "export" / "model.onnx"), "litert": str(folder / "export" / "model_int8.tflite")}
+    done = subprocess.run([sys.executable, "-c", SERVE, json.dumps(models), json.dumps(paths)], capture_output=True,
+                          text=True, cwd=tmp_path, env=environment(PYTHONPATH=str(tmp_path)), timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["blocked"] is True
+    assert result["modules"] == ["kerasmtl", "kerasmtl.serving"]
+    litert_table = read_table(commands[0] / "litert.csv")
+    for row in range(len(table)):
+        for task in tasks:
+            name, probability = result["onnx"][row][task.name]
+            assert name == table.loc[row, task.name]
+            assert probability == pytest.approx(table.loc[row, f"{task.name}_prob"], abs=1e-5)
+            name, probability = result["litert"][row][task.name]  # the same int8 file through kerasmtl predict
+            assert name == litert_table.loc[row, task.name]
+            assert probability == pytest.approx(litert_table.loc[row, f"{task.name}_prob"], abs=1e-5)
+
+
+def test_predictor_reads_every_output_convention_like_the_keras_model(tmp_path):
+    from test_export import TASKS
+
+    keras.utils.set_random_seed(2)
+    model = ModelBuilder(TASKS, base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=TINY_TOWER).build()
+    predictor = Predictor(export(model, tmp_path / "model.onnx", "onnx"))
+    images = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    expected = model.predict_labels(images)
+    got = predictor.predict(images)
+    for task in TASKS:
+        for row in range(len(images)):
+            if task.kind == "regression":
+                np.testing.assert_allclose(got[row][task.name], expected[task.name][row], rtol=1e-5, atol=1e-5)
+            else:
+                assert got[row][task.name][0] == expected[task.name][row][0]
+                assert got[row][task.name][1] == pytest.approx(expected[task.name][row][1], abs=1e-5)
+    single = predictor.predict(images[0])
+    assert single["age"] == got[0]["age"] and serving_task(TASKS[0]).threshold == pytest.approx(0.7310586)
+
+
+def test_predictor_resizes_and_refuses_what_is_not_an_image(tmp_path):
+    from test_export import TASKS
+
+    keras.utils.set_random_seed(2)
+    model = ModelBuilder(TASKS[:1], base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=TINY_TOWER).build()
+    predictor = Predictor(export(model, tmp_path / "model.onnx", "onnx"))
+    grey = np.full((64, 48), 200, dtype=np.uint8)
+    assert predictor.load_image(grey).shape == (32, 32, 3)
+    assert np.all(predictor.load_image(grey) == 200)
+    with pytest.raises(ValueError, match=r"whole values 0-255 \(raw pixels\). Received: float64, range \[0.0, 0.5\]"):
+        predictor.load_image(np.full((32, 32, 3), 0.5) * np.eye(32)[..., None])
+    with pytest.raises(ValueError, match=r"The batch must be uint8 of shape \(n, 32, 32, 3\). Received: float32 \(1, 32, 32, 3\)"):
+        predictor.run(np.zeros((1, 32, 32, 3), np.float32))
+    (tmp_path / "labels.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no labels.json beside the exported model"):
+        Predictor(tmp_path / "model.onnx")
