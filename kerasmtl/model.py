@@ -110,7 +110,8 @@ class MultiTaskModel(keras.Model):
         return list(self._task_list)
 
     # ---------------------------------------------------------------- compile
-    def compile(self, optimizer=AUTO, loss=AUTO, metrics=AUTO, loss_weights=None, **kwargs):
+    def compile(self, optimizer=AUTO, loss=AUTO, metrics=AUTO, loss_weights=None, gradient_method=None,
+                gradient_level="features", gradient_options=None, **kwargs):
         """`keras.Model.compile` with defaults from the tasks.
 
         Args:
@@ -120,8 +121,20 @@ class MultiTaskModel(keras.Model):
                 Keras metrics.
             loss_weights: ``{task name: number}`` copied into the weight variables (tasks
                 not named keep theirs); not allowed when the weights are learned.
+            gradient_method: None (Keras's step on the summed loss) or a method of
+                `kerasmtl.aggregation.METHODS` that combines the task gradients
+                (`kerasmtl.gradient_step`).
+            gradient_level: ``"features"`` (Jacobian at the shared representation) or
+                ``"parameters"`` (over the tower's variables).
+            gradient_options: the method's options (``c``, ``pref_vector``, ``seed``, ...).
             **kwargs: passed to `keras.Model.compile`.
         """
+        from kerasmtl import aggregation
+
+        if gradient_method in aggregation.HOST:  # SciPy through tf.numpy_function: not under XLA
+            if kwargs.get("jit_compile") is True:
+                raise ValueError(f"{gradient_method} calls SciPy on the host and cannot be jit-compiled. Received: jit_compile=True")
+            kwargs["jit_compile"] = False
         if _is_auto(optimizer):
             optimizer = keras.optimizers.Adam(learning_rate=1e-3)
         if _is_auto(loss):
@@ -141,11 +154,22 @@ class MultiTaskModel(keras.Model):
             optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=self.task_weighting.loss_weights(), **kwargs
         )
         self._loss_tracker = _TotalLossMean(name="loss")
+        from kerasmtl.gradient_step import configure
+
+        configure(self, gradient_method, gradient_level, gradient_options)
+        self._gradient_config = gradient_method and {
+            "gradient_method": gradient_method, "gradient_level": gradient_level, "gradient_options": gradient_options,
+        }
+
+    def train_step(self, data):
+        step = getattr(self, "_gradient_step", None)
+        return super().train_step(data) if step is None else step(data)
 
     def get_compile_config(self):
         config = super().get_compile_config()
         if config is not None:
             config.pop("loss_weights", None)  # they live in self.task_weighting's variables
+            config.update(getattr(self, "_gradient_config", None) or {})
         return config
 
     def compile_from_config(self, config):

@@ -17,9 +17,13 @@ TensorFlow itself, imports it. The module does not import the rest of `kerasmtl`
 copied next to a server on its own; in an environment without Keras, ``import
 kerasmtl.serving`` loads no other part of the package.
 
-Images are read as training reads them: EXIF orientation applied, RGB (or grey for a
-1-channel model), resized to the model's size only when they differ (area filter when
-shrinking, bilinear when enlarging).
+Images are read as training reads them (`kerasmtl.data.generator.read_image`, OpenCV):
+EXIF orientation applied, RGB (or grey for a 1-channel model), resized to the model's size
+only when they differ, with OpenCV's rules redone in numpy: the area average when
+shrinking (the same pixels for whole-number factors; otherwise a few differ by one level
+where OpenCV's float32 sums round a tie the other way), bilinear when enlarging (one level
+apart where OpenCV's fixed-point weights round), and the grey of a colour file may be one
+level apart too.
 """
 
 from __future__ import annotations
@@ -145,11 +149,11 @@ class Predictor:
             image = image.convert("L" if channels == 1 else "RGB")
         else:
             image = _pil_image(np.asarray(image), channels)
-        if image.size != (width, height):
-            shrinking = image.width > width or image.height > height
-            image = image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.uint8)
-        return array.reshape(height, width, channels)
+        array = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, channels)
+        if array.shape[:2] != (height, width):
+            resized = _resize_axis(_resize_axis(array, height, 0), width, 1)
+            array = np.clip(np.floor(resized + 0.5), 0, 255).astype(np.uint8)
+        return array
 
     def load_images(self, images) -> np.ndarray:
         """A uint8 batch from a list of images (see `load_image`) or an ``(n, h, w, c)`` array."""
@@ -208,6 +212,33 @@ class Predictor:
         batch = self.load_images([images] if single else images)
         labels = self.decode(self.run(batch, batch_size))
         return labels[0] if single else labels
+
+
+def _resize_axis(array: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Resamples one axis as OpenCV does for training: the area average when shrinking
+    (``INTER_AREA``, through cumulative sums), bilinear with aligned pixel centres when
+    enlarging (``INTER_LINEAR``)."""
+    source = array.shape[axis]
+    if source == size:
+        return array
+    scale = source / size
+    shape = [1] * array.ndim
+    if scale > 1:  # the integral of the pixels up to each output edge, differenced
+        edges = np.arange(size + 1) * scale
+        whole = np.minimum(np.floor(edges).astype(int), source)
+        shape[axis] = size + 1
+        fraction = (edges - whole).reshape(shape)
+        total = np.cumsum(array, axis=axis, dtype=np.float64)
+        before = np.take(total, np.maximum(whole - 1, 0), axis=axis) * (whole > 0).reshape(shape)
+        integral = before + fraction * np.take(array, np.minimum(whole, source - 1), axis=axis)
+        return np.diff(integral, axis=axis) / scale
+    centres = np.maximum((np.arange(size) + 0.5) * scale - 0.5, 0.0)
+    left = np.floor(centres).astype(int)
+    shape[axis] = size
+    fraction = (centres - left).reshape(shape)
+    low = np.take(array, np.minimum(left, source - 1), axis=axis)
+    high = np.take(array, np.minimum(left + 1, source - 1), axis=axis)
+    return low * (1 - fraction) + high * fraction
 
 
 def _pil_image(array: np.ndarray, channels: int) -> Image.Image:

@@ -29,3 +29,45 @@ def test_a_truncated_keras_file_is_called_damaged(tmp_path):
     assert f"{tmp_path / 'm.keras'} is damaged: it is not a complete .keras archive" in result.stderr
     assert "Traceback" not in result.stderr and "File not found" not in result.stderr
     assert not (tmp_path / "p.csv").exists()
+
+
+def _refused(result, *needles):
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr[-3000:]
+
+
+def test_backslash_paths_in_an_hvc_csv_get_a_separator_hint(tmp_path):
+    from kerasmtl.data.sample import make_sample
+
+    folder = make_sample(tmp_path / "hvc", n_images=24, seed=1, image_size=64)
+    csv = folder / "hvc_annotations.csv"
+    csv.write_text(csv.read_text().replace("resized/", "resized\\"))
+    result = kerasmtl("train", "--data", folder, "--image-size", "32", "--width", "8", "--epochs", "1",
+                      "--out", tmp_path / "run")
+    _refused(result, "row 2: image file", "does not exist; separate folders with '/', not '\\' (e.g. 'resized/")
+
+
+def test_a_float_tiff_is_refused_before_training_with_the_files_input(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "pics").mkdir()
+    rows = []
+    for i in range(24):
+        name = f"pics/{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+        rows.append(f"{name},{'yes' if i % 2 else 'no'}")
+    for i in range(0, 24, 3):  # every third image a float TIFF (OpenCV cannot read it; Pillow can)
+        Image.fromarray(rng.random((32, 32)).astype(np.float32), "F").save(tmp_path / "pics" / f"{i}.tif")
+        rows[i] = f"pics/{i}.tif,{'yes' if i % 2 else 'no'}"
+    (tmp_path / "labels.csv").write_text("path,smiling\n" + "\n".join(rows) + "\n")
+    result = kerasmtl("train", "--data", tmp_path / "labels.csv", "--image-size", "32", "--width", "8", "--epochs", "1",
+                      "--input", "files", "--val-fraction", "0", "--test-fraction", "0.1", "--out", tmp_path / "run")
+    _refused(result, "--input files decodes images with tf.io", ".tif, row", "is TIFF", "--input generator")
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_fractions_that_leave_no_training_rows_are_refused(tmp_path):
+    result = kerasmtl("train", "--sample-size", "24", "--image-size", "32", "--width", "8", "--test-fraction", "0.8",
+                      "--out", tmp_path / "run")
+    _refused(result, "24 usable row(s) are too few for val_fraction=0.15 and test_fraction=0.8")

@@ -243,3 +243,35 @@ def test_file_dataset_like_follows_an_augmenting_generator(png_rows):
     assert element[0].shape == expected[0].shape == (18, 40, 40, 3)
     np.testing.assert_array_equal(element[0][:6], expected[0][:6])  # the originals
     np.testing.assert_array_equal(element[1]["smiling"], expected[1]["smiling"])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_file_dataset_turns_photos_upright_as_the_generator_does(tmp_path, orientation):
+    from PIL import Image
+
+    from kerasmtl.data.generator import read_image
+
+    rng = np.random.default_rng(orientation)
+    pixels = np.kron(rng.integers(0, 256, (4, 6, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 32 x 48, smooth blocks
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+    upright = 32 if orientation < 5 else 48  # orientations 5-8 swap height and width
+    size = (upright, 80 - upright)
+    assert tfdata.file_orientations([str(path)]).tolist() == [orientation]
+    expected = read_image(str(path), size)
+    got = tfdata.decode_resize(str(path), size, 3, orientation).numpy()
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_file_dataset_refuses_files_tf_cannot_decode(tmp_path, png_rows):
+    from PIL import Image
+
+    from kerasmtl.data.errors import DataError
+
+    paths, targets = png_rows
+    tiff = tmp_path / "depth.tif"
+    Image.fromarray(np.random.default_rng(0).random((16, 16)).astype(np.float32), "F").save(tiff)
+    with pytest.raises(DataError, match=r"(?s)1 image\(s\).*--input generator.*depth.tif, row 2: is TIFF"):
+        tfdata.file_dataset([paths[0], str(tiff)], {k: v[:2] for k, v in targets.items()}, batch_size=2, image_size=16)

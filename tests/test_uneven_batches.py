@@ -34,7 +34,7 @@ def train(tmp_path, name, *args):
     out = tmp_path / name
     command = [
         sys.executable, "-c", SCRIPT, "--base", "plain_test", "--image-size", "32", "--batch-size", "8", "--epochs", "2",
-        "--sample-size", "33", "--optimizer", "sgd", "--lr", "0.05", "--lr-schedule", "constant", "--verbose", "2",
+        "--sample-size", "33", "--optimizer", "sgd", "--lr", "0.05", "--lr-schedule", "constant", "--verbose", "2", "--no-augment", "--head", "dense",
         "--out", str(out), *args,
     ]
     env = dict(os.environ, KERASMTL_HOME=str(tmp_path / "home"), NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="3")

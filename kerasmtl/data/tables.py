@@ -4,6 +4,8 @@ per task (the raw labels). These helpers work on any such table, whatever its so
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from collections.abc import Sequence
 
@@ -82,15 +84,21 @@ def split_table(
                 f"too few for a {fraction:.0%} split; splitting at random.", stacklevel=3,
             )
             keep, held = train_test_split(labelled, test_size=fraction, random_state=seed + salt)
-        if len(unlabelled) > 1:
+        if len(unlabelled) > 1 and math.ceil(len(unlabelled) * fraction) < len(unlabelled):
             more_keep, more_held = train_test_split(unlabelled, test_size=fraction, random_state=seed + salt)
             keep, held = pd.concat([keep, more_keep]), pd.concat([held, more_held])
         elif len(unlabelled):
             keep = pd.concat([keep, unlabelled])
         return keep, held
 
-    rest, test = _split(frame, test_fraction, 0)
-    train, val = _split(rest, val_fraction / (1.0 - test_fraction), 1)
+    try:
+        rest, test = _split(frame, test_fraction, 0)
+        train, val = _split(rest, val_fraction / (1.0 - test_fraction), 1)
+    except ValueError as error:  # scikit-learn's "the resulting train set will be empty"
+        raise ValueError(
+            f"{len(frame)} usable row(s) are too few for val_fraction={val_fraction} and test_fraction={test_fraction}: "
+            "the training split would be empty. Lower the fractions or add rows."
+        ) from error
     return tuple(t.reset_index(drop=True) for t in (train, val, test))
 
 

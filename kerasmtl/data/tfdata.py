@@ -24,7 +24,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import epoch_order
+
+#: What ``tf.io.decode_image`` reads (Pillow's format names); `file_dataset` refuses other files.
+TF_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -261,8 +265,48 @@ def flip_keypoints(values, flip_pairs: Sequence[Sequence[int]] = ()):
 
 
 # -------------------------------------------------------------- file pipeline
-def decode_resize(path, image_size: tuple[int, int], channels: int = 3):
-    """Reads and decodes one image file (JPEG, PNG, BMP, GIF) to uint8 ``(H, W, C)``.
+def file_orientations(paths: Sequence[str]) -> np.ndarray:
+    """The EXIF orientation (1-8) of each image, so the file pipeline turns photos upright
+    as the generator (OpenCV / Pillow) does.
+
+    Raises:
+        DataError: listing every file ``tf.io`` cannot decode (a TIFF, say), before training.
+    """
+    from PIL import Image
+
+    orientations, problems = np.ones(len(paths), np.int32), []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                kind, orientation = image.format, int(image.getexif().get(0x0112, 1))
+        except Exception as error:  # noqa: BLE001 - any reader failure: the file cannot be used
+            problems.append((str(path), i + 1, f"cannot be read ({type(error).__name__}: {error})"))  # row: place in the split
+            continue
+        if kind not in TF_IMAGE_FORMATS:
+            problems.append((str(path), i + 1, f"is {kind}; tf.io decodes {', '.join(TF_IMAGE_FORMATS)}"))
+        orientations[i] = orientation if 1 <= orientation <= 8 else 1
+    if problems:
+        raise DataError(
+            f"--input files decodes images with tf.io: {len(problems)} image(s) of the training split are in a format "
+            "it does not read; convert them, or use --input generator (OpenCV / Pillow)",
+            problems,
+        )
+    return orientations
+
+
+def _upright(image, orientation):
+    """``image`` turned as EXIF ``orientation`` says (Pillow's ``ImageOps.exif_transpose``)."""
+    transposed = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
+    return tf.switch_case(orientation - 1, [
+        lambda: image, lambda: tf.image.flip_left_right(image), lambda: tf.image.rot90(image, 2),
+        lambda: tf.image.flip_up_down(image), transposed, lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(transposed(), 2), lambda: tf.image.rot90(image, 1),
+    ])
+
+
+def decode_resize(path, image_size: tuple[int, int], channels: int = 3, orientation=1):
+    """Reads and decodes one image file (JPEG, PNG, BMP, GIF, WebP) to uint8 ``(H, W, C)``,
+    turned upright by its EXIF ``orientation`` (see `file_orientations`).
 
     Shrinking uses area interpolation, enlarging bilinear (the generator's OpenCV rule);
     an image already of ``image_size`` is left as decoded.
@@ -274,6 +318,7 @@ def decode_resize(path, image_size: tuple[int, int], channels: int = 3):
         lambda: tf.io.decode_jpeg(content, channels=channels, dct_method="INTEGER_ACCURATE"),
         lambda: tf.io.decode_image(content, channels=channels, expand_animations=False),
     )
+    image = _upright(image, tf.cast(orientation, tf.int32))
     height, width = image_size
     shape = tf.shape(image)
     same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
@@ -346,6 +391,7 @@ def file_dataset(
         return np.concatenate([order[b * batch_size : (b + 1) * batch_size] for b in batches])
 
     path_table = tf.constant(paths)
+    orientation_table = tf.constant(file_orientations(paths))
     target_tables = {name: tf.constant(value) for name, value in columns.items()}
     weight_tables = {name: tf.constant(value) for name, value in weights.items()}
     augment = augment if augment is not None and augment.active else None
@@ -353,7 +399,7 @@ def file_dataset(
         raise ValueError(f"Nothing to emit: copies={copies} and include_original=False.")
 
     def load(epoch, row):
-        image = decode_resize(tf.gather(path_table, row), size, channels)
+        image = decode_resize(tf.gather(path_table, row), size, channels, tf.gather(orientation_table, row))
         element = [image, {name: tf.gather(table, row) for name, table in target_tables.items()}]
         if weight_tables:
             element.append({name: tf.gather(table, row) for name, table in weight_tables.items()})

@@ -151,10 +151,19 @@ def find_path_problems(
             else:
                 if base is not None and base not in full.parents:
                     reason = f"image path {written!r} resolves outside {base}"
+                elif "\\" in str(written) and not full.exists():
+                    reason = missing_file(str(full), written)
         if reason:
             problems.append(Problem(source, row, reason))
         resolved.append(None if reason else str(full))
     return problems, resolved
+
+
+def missing_file(path: str, written) -> str:
+    """The reason for a path that names no file, with a hint when it is ``\\``-separated."""
+    if "\\" not in str(written):
+        return f"image file {path!r} does not exist"
+    return f"image file {path!r} does not exist; separate folders with '/', not '\\' (e.g. {str(written).replace(chr(92), '/')!r})"
 
 
 def resolve_image_paths(paths: Sequence, folder: str | os.PathLike, source, rows: Sequence[int]) -> list[str]:
