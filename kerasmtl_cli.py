@@ -30,7 +30,13 @@ MIXED_PRECISION = ("off", "float16", "bfloat16")
 INPUTS = ("generator", "tfdata", "files")
 EXPORT_FORMATS = ("saved_model", "onnx", "litert")
 QUANTIZATIONS = ("float16", "int8")
-LAYOUTS = ("auto", "official", "kaggle")
+LOSSES = ("default", "mse", "weighted_bce", "weighted_bce_sqrt", "focal")
+CALIBRATIONS = ("f1", "balanced_accuracy")
+LAYOUTS = ("auto", "official", "kaggle", "pa100k", "peta")
+PETA_ATTRIBUTES = ("35", "all")
+GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
+                    "config", "nash_mtl", "gradvac", "fairgrad", "graddrop")
+GRADIENT_LEVELS = ("features", "parameters")
 
 
 @dataclasses.dataclass
@@ -49,6 +55,7 @@ class TrainConfig:
     regression: list[str] = dataclasses.field(default_factory=list)
     tasks: str | None = None
     layout: str = "auto"
+    peta_attributes: str = "35"
     tfds_dir: str | None = None
     tfds_cache: str | None = None
     download: bool = False
@@ -85,7 +92,14 @@ class TrainConfig:
     task_weighting: str | None = None
     static_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     dst_count: str | None = None
+    gradient_method: str | None = None
+    gradient_level: str = "features"
     early_stopping: int | None = None
+    loss: str | None = None
+    focal_gamma: float | None = None
+    focal_alpha: float | None = None
+    label_smoothing: float | None = None
+    calibrate: str | None = None
     seed: int = 0
     out: str | None = None
     restart: bool = False
@@ -143,6 +157,8 @@ def _number(rule: str, accept):
 
 _fraction = _number("a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _positive_float = _number("a finite number > 0", lambda v: 0.0 < v < float("inf"))
+_non_negative_float = _number("a finite number >= 0", lambda v: 0.0 <= v < float("inf"))
+_share = _number("a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 MIN_IMAGE_SIZE = 16
 
 
@@ -173,17 +189,19 @@ def _flag(group, name: str, **kwargs):
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The data flags shared by ``train`` and ``lr-find``."""
     group = parser.add_argument_group("data")
-    _flag(group, "data", help="an hvc folder, a CelebA folder (official files or the Kaggle CSVs), tfds:celeb_a, "
+    _flag(group, "data", help="an hvc, PA100k or PETA folder, a CelebA folder (official files or the Kaggle CSVs), tfds:celeb_a, "
           "or a CSV table of your own labels; default: the bundled synthetic sample")
     _flag(group, "path-column", help="CSV table: the image path column (default path); paths are relative to the CSV's folder")
     _flag(group, "image-root", help="CSV table: the folder the image paths are relative to")
     _flag(group, "regression", nargs="+", metavar="COL", help="CSV table: regression columns, COL or NAME=COL1,COL2 (one task of several)")
     _flag(group, "tasks", help="a tasks file (YAML / JSON) instead of inferring the tasks from the columns")
-    _flag(group, "layout", choices=LAYOUTS, help="CelebA annotation files: official .txt or Kaggle .csv (default auto)")
+    _flag(group, "layout", choices=LAYOUTS, help="CelebA annotation files: official .txt or Kaggle .csv; "
+          "or read the folder as PA100k / PETA (default auto: detected)")
+    _flag(group, "peta-attributes", type=str, choices=PETA_ATTRIBUTES, help="PETA: the 35 benchmark attributes (default) or all found")
     _flag(group, "tfds-dir", help="tfds:celeb_a: the TFDS data_dir")
     _flag(group, "tfds-cache", help="tfds:celeb_a: folder for the JPEGs taken out of TFDS (default $KERASMTL_HOME/celeba_tfds)")
     _flag(group, "download", boolean=True, help="tfds:celeb_a: let TFDS download the dataset")
-    _flag(group, "limit", type=_int_at_least(1), help="use only the first N images of each CelebA partition (smoke runs)")
+    _flag(group, "limit", type=_int_at_least(1), help="use only the first N images of each CelebA, PA100k or PETA partition (smoke runs)")
     _flag(group, "image-size", type=_int_at_least(MIN_IMAGE_SIZE), help="side of the square model input (default 64, or the preset's)")
     _flag(group, "grayscale", boolean=True, help="train on 1-channel images")
     _flag(group, "val-fraction", type=_fraction, help="share of rows for validation (default 0.15; official partitions when the data has them)")
@@ -225,7 +243,18 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "static-weights", nargs="+", metavar="TASK=WEIGHT", action=TaskWeightsAction,
           help="fixed loss weights for --task-weighting static, e.g. gender=50 age=100")
     _flag(group, "dst-count", choices=DST_COUNTS, help="what DST counts per output: labelled instances or positives")
+    _flag(group, "gradient-method", choices=GRADIENT_METHODS,
+          help="combine the task gradients with this method (e.g. upgrad, mgda, pcgrad) instead of summing the losses")
+    _flag(group, "gradient-level", choices=GRADIENT_LEVELS,
+          help="--gradient-method at the shared features (default; one backward pass through the tower) or parameters")
     _flag(group, "early-stopping", type=_int_at_least(1), help="stop after N epochs without a better val_loss (default: none, or the preset's)")
+    _flag(group, "loss", choices=LOSSES, help="loss of every binary output (default: each task's own): weighted_bce / "
+          "weighted_bce_sqrt weigh by the training split's positive share, focal, mse on -1/+1")
+    _flag(group, "focal-gamma", type=_non_negative_float, help="focal loss gamma of every binary output (default 2)")
+    _flag(group, "focal-alpha", type=_share, help="focal loss weight of positives of every binary output (default: none)")
+    _flag(group, "label-smoothing", type=_fraction, help="label smoothing of every binary output's loss (default 0)")
+    _flag(group, "calibrate", choices=CALIBRATIONS, help="after training, set each binary output's threshold to the one "
+          "maximising F1 or balanced accuracy on the validation split (saved with the model)")
     _flag(group, "seed", type=_int_at_least(0), help="random seed of split, shuffling, augmentation and weights")
     _flag(group, "out", help="run folder (default runs/<dataset>-<model>-seed<seed>); rerunning a command continues its run")
     _flag(group, "restart", boolean=True, help="remove what the package wrote into the run folder and train from scratch")

@@ -89,11 +89,13 @@ class GradientState(keras.layers.Layer):
         return {**super().get_config(), "method": self.method, "tasks": self.tasks}
 
 
-def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
-    """``(trunk, heads)``: the functional model cut at its shared representation.
+def split_at_features(model: keras.Model) -> tuple[keras.Model, dict]:
+    """``(trunk, {output name: head})``: the functional model cut at its shared representation.
 
-    The representation is the last tensor that every output depends on; ``heads`` maps it
-    to the outputs, so it must be the only way the outputs reach the shared layers.
+    The representation is the last tensor that every output depends on; each head maps it
+    to one output, so it must be the only way the outputs reach the shared layers. Running
+    each head on its own copy of the representation gives every task's gradient there in
+    one backward pass.
 
     Raises:
         ValueError: no such tensor (outputs that share no layer, a single output, or
@@ -123,8 +125,9 @@ def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     last = max(shared, key=lambda i: len(lineage[i]))
     if any(id(t) == last for t in outputs):
         raise ValueError(f"gradient_level='features' found an output as the shared representation. {where}")
+    named = model.output if isinstance(model.output, Mapping) else dict(zip(model.output_names, model.outputs))
     try:
-        heads = keras.Model(shared[last], model.output, name=f"{model.name}_heads")
+        heads = {n: keras.Model(shared[last], t, name=f"{model.name}_{n}_head") for n, t in named.items()}
     except ValueError as error:
         raise ValueError(
             "gradient_level='features' needs the heads to read the shared layers only through one tensor "
@@ -176,11 +179,13 @@ class GradientStep:
         aggregation._check_options(method, aggregation._method(method), {**self.options, **({} if self.seed is None else {"seed": 0})})
         self.model, self.method, self.level = model, method, level
         self.kinds = {t.name: t.kind for t in model.tasks}
-        if level == "features":
+        try:
             self.trunk, self.heads = split_at_features(model)
             self.shared = self.trunk.trainable_variables
-        else:
-            self.shared = shared_variables(model)
+        except ValueError:
+            if level == "features":
+                raise
+            self.trunk, self.heads, self.shared = None, None, shared_variables(model)
         shared_ids = {id(v) for v in self.shared}
         self.others = [v for v in model.trainable_variables if id(v) not in shared_ids]
         self.state = GradientState(method, len(model.tasks)) if method in aggregation.STATEFUL else None
@@ -196,7 +201,7 @@ class GradientStep:
         y, sample_weight = _by_output(y, names), _by_output(sample_weight, names)
         metrics = compiled.metrics if len(compiled.metrics) == len(names) else [None] * len(names)
         losses, present = [], []
-        for (path, function, weight, _), metric, name in zip(compiled._flat_losses, metrics, names):
+        for (_, function, weight, _), metric, name in zip(compiled._flat_losses, metrics, names):
             y_true, pred = y[name], y_pred[name]
             value = tf.cast(function(y_true, pred, None if sample_weight is None else sample_weight[name]), compiled.dtype)
             if metric is not None:
@@ -244,26 +249,37 @@ class GradientStep:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         with tf.GradientTape(persistent=True) as tape:
-            if self.level == "features":
+            if self.heads is not None:
                 features = self.trunk(x, training=True)
-                y_pred = self.heads(features, training=True)
-                targets = [features]
+                copies = {n: tf.identity(features) for n in self.heads}
+                y_pred = {n: head(copies[n], training=True) for n, head in self.heads.items()}
             else:
                 y_pred = model(x, training=True)
-                targets = self.shared
             names, losses, present = self._task_losses(y, y_pred, sample_weight)
             extra = [model._aggregate_additional_loss(loss) for loss in model.losses]
             total = tf.add_n(losses + extra)
             scaled = [optimizer.scale_loss(loss) for loss in losses]
+            scaled_sum = tf.add_n(scaled)
             scaled_extra = optimizer.scale_loss(tf.add_n(extra)) if extra else None
         batch = tf.shape(tree.flatten(x)[0])[0]
         model._loss_tracker.update_state(unscale_loss_for_distribution(total), sample_weight=batch)
 
-        rows, other_grads = [], [tf.zeros_like(v) for v in self.others]
-        for loss in scaled:
-            grads = _gradient(tape, loss, targets + self.others)
-            rows.append(tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads[: len(targets)]], 0))
-            other_grads = [a + tf.cast(b, a.dtype) for a, b in zip(other_grads, grads[len(targets):])]
+        def row(grads):
+            return tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], 0)
+
+        if self.heads is not None:  # every task's gradient at the features in one backward pass
+            grads = _gradient(tape, scaled_sum, [copies[n] for n in names] + self.others)
+            at_features, other_grads = grads[: len(names)], grads[len(names):]
+            if self.level == "features":
+                rows = [row([g]) for g in at_features]
+            else:
+                rows = [row(_gradient(tape, features, self.shared, output_gradients=g)) for g in at_features]
+        else:
+            rows, other_grads = [], [tf.zeros_like(v) for v in self.others]
+            for loss in scaled:
+                grads = _gradient(tape, loss, self.shared + self.others)
+                rows.append(row(grads[: len(self.shared)]))
+                other_grads = [a + tf.cast(b, a.dtype) for a, b in zip(other_grads, grads[len(self.shared):])]
         jacobian = tf.stack(rows) / scale
         finite = tf.reduce_all(tf.math.is_finite(jacobian))
         replicated = self.level == "features"

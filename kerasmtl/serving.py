@@ -119,7 +119,7 @@ class Predictor:
     Args:
         path: an ``.onnx`` or ``.tflite`` file (or a SavedModel folder, which needs
             TensorFlow), with `labels.json` beside it.
-        threads: CPU threads of the runtime; default its own choice.
+        threads: CPU threads of onnxruntime or LiteRT; default the runtime's own choice.
 
     Attributes:
         labels: the `labels.json` record; ``tasks`` its task list.

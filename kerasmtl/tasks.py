@@ -23,6 +23,14 @@ from kerasmtl.losses import MISSING_CLASS  # one missing-label code for targets 
 
 KINDS = ("binary", "multiclass", "regression")
 
+#: Loss choices of a task (`Task.loss`); the last three address class imbalance.
+LOSSES = ("default", "mse", "weighted_bce", "weighted_bce_sqrt", "focal")
+#: The losses that weigh positives by the training split's positive share (`Task.positive_ratio`).
+RATIO_LOSSES = ("weighted_bce", "weighted_bce_sqrt")
+#: Focal loss's ``gamma`` when a task leaves it open (Lin et al. 2017).
+FOCAL_GAMMA = 2.0
+_LOSSES_OF = {"binary": LOSSES, "multiclass": ("default", "focal"), "regression": ("default",)}
+
 
 def is_missing(value: Any) -> bool:
     """True for a missing label: None, NaN or an empty / blank string."""
@@ -54,14 +62,25 @@ class Task:
         from_logits: if True the output layer is linear and the loss applies the
             sigmoid / softmax itself (PyTorch's ``BCEWithLogitsLoss`` convention).
         loss: ``"default"`` (binary cross-entropy, sparse categorical cross-entropy, mean
-            squared error) or ``"mse"`` to train a binary task with mean squared error
-            on -1 / +1 targets, read with threshold 0.
+            squared error); ``"mse"`` to train a binary task with mean squared error on
+            -1 / +1 targets, read with threshold 0; for imbalanced binary attributes
+            ``"weighted_bce"`` (positives weighted ``exp(1 - r)``, negatives ``exp(r)``, r =
+            `positive_ratio`) or ``"weighted_bce_sqrt"`` (``sqrt(1 / (2 sqrt(r)))`` and
+            ``sqrt(1 / (2 (1 - sqrt(r))))``); ``"focal"`` (binary or multiclass).
         flip_pairs: for keypoint regression: coordinates are ``(x, y)`` pairs normalised
             to [0, 1]; these pairs of point indices swap places under a horizontal flip
             (e.g. left eye <-> right eye).
         threshold: decision threshold of a binary output, on the output's own scale;
             default 0 for logits or +-1 MSE outputs, else 0.5 (None for other kinds). A threshold calibrated on
             validation data is stored here, so it travels with the saved model.
+        positive_ratio: the positive share r of a binary task's training labels, which the
+            weighted losses need (`with_statistics` sets it from the training split).
+        gamma: focal loss's focusing exponent (default 2); used by ``loss="focal"``.
+        alpha: focal loss's class weights: for a binary task the weight of positives
+            (negatives get ``1 - alpha``), for a multiclass task one weight per class;
+            None weighs every class 1. Used by ``loss="focal"``.
+        label_smoothing: epsilon of label smoothing for classification losses: binary
+            targets become ``y (1 - eps) + eps / 2``, one-hot targets ``y (1 - eps) + eps / K``.
         mean, std: per-unit statistics of a regression target (usually of the training
             split, see `with_statistics`). When set, the model's head learns the
             standardised target ``(y - mean) / std`` and its output layer maps back, so
@@ -84,6 +103,10 @@ class Task:
     threshold: float | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    positive_ratio: float | None = None
+    gamma: float | None = None
+    alpha: float | tuple[float, ...] | None = None
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):
@@ -125,11 +148,12 @@ class Task:
             raise ValueError(
                 f"A {self.kind} task reads exactly one column. Received: columns={self.columns!r}"
             )
-        if self.loss not in ("default", "mse"):
-            raise ValueError(f"loss must be 'default' or 'mse'. Received: loss={self.loss!r}")
-        if self.loss == "mse" and self.kind != "binary":
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}. Received: loss={self.loss!r} for task {self.name!r}")
+        if self.loss not in _LOSSES_OF[self.kind]:
+            only = "binary tasks only" if self.loss != "focal" else "binary and multiclass tasks"
             raise ValueError(
-                f"loss='mse' applies to binary tasks only. Received: kind={self.kind!r}"
+                f"loss={self.loss!r} applies to {only}. Received: kind={self.kind!r} for task {self.name!r}"
             )
         for pair in self.flip_pairs:
             if len(pair) != 2 or self.kind != "regression":
@@ -139,11 +163,18 @@ class Task:
                 )
         self._check_threshold()
         self._check_statistics()
+        self._check_loss_options()
+
+    @property
+    def default_threshold(self) -> float | None:
+        """The uncalibrated threshold of a binary output: 0 for logits or +-1 MSE outputs, else 0.5."""
+        if self.kind != "binary":
+            return None
+        return 0.0 if (self.from_logits or self.loss == "mse") else 0.5
 
     def _check_threshold(self) -> None:
         if self.threshold is None:
-            if self.kind == "binary":
-                object.__setattr__(self, "threshold", 0.0 if (self.from_logits or self.loss == "mse") else 0.5)
+            object.__setattr__(self, "threshold", self.default_threshold)
             return
         value = float(self.threshold)
         if self.kind != "binary" or not math.isfinite(value):
@@ -170,17 +201,97 @@ class Task:
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 
+    def _check_loss_options(self) -> None:
+        where = f"for {self.kind} task {self.name!r}"
+        if self.positive_ratio is not None:
+            ratio = _number(self.positive_ratio)
+            if self.kind != "binary" or ratio is None or not 0.0 <= ratio <= 1.0:
+                raise ValueError(f"positive_ratio is a share in [0, 1] of a binary task. Received: "
+                                 f"positive_ratio={self.positive_ratio!r} {where}")
+            object.__setattr__(self, "positive_ratio", ratio)
+        if self.gamma is not None:
+            gamma = _number(self.gamma)
+            if self.kind == "regression" or gamma is None or gamma < 0:
+                raise ValueError(f"gamma is a number >= 0 of a classification task. Received: gamma={self.gamma!r} {where}")
+            object.__setattr__(self, "gamma", gamma)
+        if self.alpha is not None:
+            object.__setattr__(self, "alpha", self._checked_alpha(where))
+        smoothing = _number(self.label_smoothing)
+        if smoothing is None or not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"label_smoothing is a number in [0, 1). Received: label_smoothing={self.label_smoothing!r} {where}")
+        if smoothing and (self.kind == "regression" or self.loss == "mse"):
+            raise ValueError(f"label_smoothing applies to cross-entropy and focal losses, not to loss={self.loss!r} "
+                             f"{where}. Received: label_smoothing={smoothing}")
+        object.__setattr__(self, "label_smoothing", smoothing)
+
+    def _checked_alpha(self, where: str):
+        if self.kind == "binary":
+            alpha = _number(self.alpha)
+            if alpha is None or not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"alpha of a binary task is the positives' weight in [0, 1]. Received: alpha={self.alpha!r} {where}")
+            return alpha
+        values = self.alpha if isinstance(self.alpha, (list, tuple)) else None
+        alphas = tuple(_number(v) for v in values) if values is not None else ()
+        if self.kind != "multiclass" or len(alphas) != len(self.classes) or any(a is None or a < 0 for a in alphas):
+            raise ValueError(f"alpha of a multiclass task is one weight >= 0 per class ({len(self.classes)}). "
+                             f"Received: alpha={self.alpha!r} {where}")
+        return alphas
+
+    def with_loss(self, loss: str | None = None, **options) -> Task:
+        """This task with another loss and loss options (``gamma``, ``alpha``,
+        ``label_smoothing``, ``positive_ratio``); None leaves a setting as it is.
+
+        A threshold left at the old loss's default moves to the new one's (``"mse"`` reads
+        its output at 0, a probability at 0.5).
+        """
+        changes = {k: v for k, v in options.items() if v is not None}
+        if loss is not None and loss != self.loss:
+            changes["loss"] = loss
+            if self.threshold == self.default_threshold:
+                changes["threshold"] = None
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def loss_weights(self) -> tuple[float, float]:
+        """``(positive weight, negative weight)`` of this binary task's cross-entropy.
+
+        ``weighted_bce``: ``exp(1 - r)`` and ``exp(r)``; ``weighted_bce_sqrt``:
+        ``sqrt(1 / (2 sqrt(r)))`` and ``sqrt(1 / (2 (1 - sqrt(r))))``, with r clipped to
+        [1e-4, 1 - 1e-4] so that neither weight is infinite; otherwise ``(1, 1)``.
+
+        Raises:
+            ValueError: a weighted loss without `positive_ratio`.
+        """
+        if self.loss not in RATIO_LOSSES:
+            return 1.0, 1.0
+        if self.positive_ratio is None:
+            raise ValueError(
+                f"loss={self.loss!r} weighs labels by the positive share r of the training split; task "
+                f"{self.name!r} has positive_ratio=None (Task.with_statistics(train_targets) sets it)."
+            )
+        r = self.positive_ratio
+        if self.loss == "weighted_bce":
+            return math.exp(1.0 - r), math.exp(r)
+        r = min(max(r, 1e-4), 1.0 - 1e-4)
+        return math.sqrt(1.0 / (2.0 * math.sqrt(r))), math.sqrt(1.0 / (2.0 * (1.0 - math.sqrt(r))))
+
     def with_statistics(self, targets: np.ndarray) -> Task:
-        """This regression task with ``mean`` / ``std`` taken from encoded targets.
+        """This task with the statistics its training needs, taken from encoded targets:
+        ``mean`` / ``std`` of a regression task, or the positive share of a binary task
+        trained with a weighted loss (when not given already).
 
         Args:
-            targets: ``(n, units)`` targets in the data's units (NaN = missing), usually
-                the training split's, so validation and test data stay unseen.
+            targets: encoded targets (regression: ``(n, units)`` in the data's units, NaN =
+                missing), usually the training split's, so validation and test data stay
+                unseen.
 
         Returns:
-            A new task; a unit without spread (or without labels) gets std 1, and a
-            classification task is returned unchanged.
+            A new task; a unit without spread (or without labels) gets std 1, a binary
+            task without labels the ratio 0.5, and other tasks are returned unchanged.
         """
+        if self.kind == "binary" and self.loss in RATIO_LOSSES and self.positive_ratio is None:
+            labels = np.asarray(targets).reshape(-1)
+            labels = labels[labels != MISSING_CLASS]
+            return dataclasses.replace(self, positive_ratio=float(np.mean(labels == 1)) if len(labels) else 0.5)
         if self.kind != "regression":
             return self
         values = np.asarray(targets, dtype=np.float64).reshape(-1, self.units)
@@ -210,23 +321,36 @@ class Task:
 
     # ------------------------------------------------------------- losses etc.
     def make_loss(self):
-        """Returns a fresh Keras loss for this task that ignores missing labels."""
+        """Returns a fresh Keras loss for this task that ignores missing labels.
+
+        Raises:
+            ValueError: a weighted loss without `positive_ratio`.
+        """
         from kerasmtl import losses
 
+        gamma = FOCAL_GAMMA if self.gamma is None else self.gamma
+        smoothing = {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing}
         if self.kind == "binary" and self.loss == "mse":
             return losses.MaskedSignedMeanSquaredError()
+        if self.kind == "binary" and self.loss == "focal":
+            return losses.MaskedBinaryFocalCrossentropy(gamma=gamma, alpha=self.alpha, **smoothing)
         if self.kind == "binary":
-            return losses.MaskedBinaryCrossentropy(from_logits=self.from_logits)
+            positive, negative = self.loss_weights()
+            return losses.MaskedBinaryCrossentropy(positive_weight=positive, negative_weight=negative, **smoothing)
+        if self.kind == "multiclass" and self.loss == "focal":
+            return losses.MaskedSparseCategoricalFocalCrossentropy(gamma=gamma, alpha=self.alpha, **smoothing)
         if self.kind == "multiclass":
-            return losses.MaskedSparseCategoricalCrossentropy(from_logits=self.from_logits)
+            return losses.MaskedSparseCategoricalCrossentropy(**smoothing)
         return losses.MaskedMeanSquaredError(scale=self.std)
 
     def make_metrics(self) -> list:
-        """Returns fresh Keras metrics for this task that ignore missing labels."""
+        """Returns fresh Keras metrics for this task that ignore missing labels (a binary
+        task also gets its balanced accuracy, the mean of positive and negative recall)."""
         from kerasmtl import losses
 
         if self.kind == "binary":
-            return [losses.MaskedBinaryAccuracy(name="accuracy", threshold=self.threshold)]
+            return [losses.MaskedBinaryAccuracy(name="accuracy", threshold=self.threshold),
+                    losses.MaskedBalancedAccuracy(name="balanced_accuracy", threshold=self.threshold)]
         if self.kind == "multiclass":
             return [losses.MaskedSparseCategoricalAccuracy(name="accuracy")]
         return [losses.MaskedMeanAbsoluteError(name="mae")]
@@ -358,6 +482,8 @@ class Task:
         out["flip_pairs"] = [list(p) for p in self.flip_pairs]
         for key in ("mean", "std"):
             out[key] = list(out[key]) if out[key] is not None else None
+        if isinstance(self.alpha, tuple):
+            out["alpha"] = list(self.alpha)
         return out
 
     @classmethod
@@ -372,3 +498,10 @@ class Task:
             raise ValueError(f"Unknown task field(s) {unknown} in {config!r}")
         return cls(**config)
 
+
+def _number(value) -> float | None:
+    """``value`` as a finite float, or None for anything else (booleans and text included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

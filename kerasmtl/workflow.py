@@ -33,7 +33,9 @@ from kerasmtl.data.label_csv import format_tasks
 from kerasmtl.data.sources import Dataset, load_dataset
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.data.validate import Problem, default_cache_path, problems_csv, validate_table
+from kerasmtl.evaluation.metrics import predict_outputs
 from kerasmtl.evaluation.report import evaluate_and_report
+from kerasmtl.evaluation.thresholds import calibrate_thresholds, set_model_tasks
 from kerasmtl.model import MultiTaskModel, with_task_weighting
 from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.resume import ResumableRun, config_fingerprint, data_digest
@@ -176,7 +178,8 @@ def prepare_data(config, recipe: Recipe, tasks: list[Task] | None = None, standa
     frame, problems = check_dataset(dataset, config)
     train, val, test = split_dataset(frame, dataset, config)
     train_targets = encode_targets(train, dataset.tasks, where=dataset.source)
-    tasks = [t.with_statistics(train_targets[t.name]) if standardize and t.mean is None else t for t in dataset.tasks]
+    tasks = [t.with_statistics(train_targets[t.name]) if (standardize and t.mean is None) or t.kind == "binary" else t
+             for t in with_loss_flags(dataset.tasks, config)]  # binary: the positive share a weighted loss needs
     height, width, channels = recipe.input_shape
     common = {"batch_size": config.batch_size, "image_size": (height, width), "channels": channels,
               "workers": config.workers, "use_multiprocessing": config.worker_processes}
@@ -194,6 +197,16 @@ def prepare_data(config, recipe: Recipe, tasks: list[Task] | None = None, standa
     return PreparedData(dataset, tasks, train, val, test, train_data, val_data, test_data, problems if config.skip_bad else [])
 
 
+def with_loss_flags(tasks: list[Task], config) -> list[Task]:
+    """The tasks with ``--loss``, ``--focal-gamma``, ``--focal-alpha`` and
+    ``--label-smoothing`` applied to every binary task (unset flags keep each task's own)."""
+    options = {"loss": getattr(config, "loss", None), "gamma": getattr(config, "focal_gamma", None),
+               "alpha": getattr(config, "focal_alpha", None), "label_smoothing": getattr(config, "label_smoothing", None)}
+    if all(v is None for v in options.values()):
+        return list(tasks)
+    return [t.with_loss(**options) if t.kind == "binary" else t for t in tasks]
+
+
 # ----------------------------------------------------------------------- model
 def build_model(config, recipe: Recipe, tasks: list[Task], spec=None) -> MultiTaskModel:
     """The model of a run: the preset (with its tasks) or the builder's, with loss weights
@@ -202,6 +215,8 @@ def build_model(config, recipe: Recipe, tasks: list[Task], spec=None) -> MultiTa
         from kerasmtl.ports import create
 
         model = create(config.model, input_shape=recipe.input_shape, weights=config.weights, backbone_weights=config.backbone_weights)
+        if [t.name for t in tasks] == [t.name for t in model.tasks] and list(tasks) != model.tasks:
+            set_model_tasks(model, tasks)  # the preset's outputs with the run's loss settings
         return model if recipe.task_weighting == "static" else with_task_weighting(model, recipe.task_weighting)
     base_kwargs = {}
     if config.width is not None:
@@ -325,8 +340,28 @@ def write_run_files(run: RunFolder, config, recipe: Recipe, data: PreparedData) 
         print(f"{len(data.skipped)} bad row(s) left out; listed in {run.file(runs.SKIPPED)}")
 
 
-def finish_run(run: RunFolder, data: PreparedData, model) -> dict:
-    """Saves the model, evaluates it on the test split and writes the report and figures."""
+def calibrate_run(run: RunFolder, data: PreparedData, model, criterion: str) -> dict:
+    """``--calibrate``: sets each binary output's threshold to the one that maximises
+    ``criterion`` on the validation split, in the model's tasks (so ``model.keras`` carries
+    them), in ``data.tasks`` and in ``tasks.json``; prints and returns the record of
+    `calibrate_thresholds`."""
+    outputs = predict_outputs(model, data.val_data)
+    tasks, record = calibrate_thresholds(data.tasks, encode_targets(data.val, data.tasks), outputs, criterion)
+    set_model_tasks(model, tasks)
+    data.tasks = tasks
+    run.write_json(runs.TASKS, [t.to_dict() for t in tasks])
+    for name, entry in record["tasks"].items():
+        if "skipped" in entry:
+            print(f"{name}: threshold kept at {entry['threshold']:g} ({entry['skipped']})")
+        else:
+            print(f"{name}: threshold {entry['threshold']:.4g} (validation {criterion} {entry['score']:.3f}; "
+                  f"{entry['score_at_default']:.3f} at {entry['default_threshold']:g})")
+    return record | {"split": "val"}
+
+
+def finish_run(run: RunFolder, data: PreparedData, model, calibration: dict | None = None) -> dict:
+    """Saves the model, evaluates it on the test split and writes the report and figures
+    (and ``calibration``, the record of `calibrate_run`, into ``metrics.json``)."""
     run.save_model(model)
     history = pd.read_csv(run.file(runs.HISTORY))
     with run.target(runs.TRAINING_CURVES) as path:
@@ -339,6 +374,7 @@ def finish_run(run: RunFolder, data: PreparedData, model) -> dict:
         run.path, model, data.test_data, data.tasks, encode_targets(data.test, data.tasks),
         encode_targets(data.train, data.tasks), dataset_targets=encode_targets(dataset, data.tasks), split="test",
         title=f"Test results of {run.path.name}", nme_scale=data.dataset.nme_scale,
+        extra={"calibration": calibration} if calibration else None,
     )
     print(f"Run folder: {run.path}")
     return reports
@@ -371,6 +407,10 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy) -> RunFolder:
     session = ResumableRun(run, config_fingerprint(config), epochs=recipe.epochs)
     data = prepare_data(config, recipe, list(spec.tasks) if spec is not None else None, standardize=spec is None)
     session.check_data(data_digest(data.train["path"], data.val["path"], data.test["path"]))
+    calibrate = getattr(config, "calibrate", None)
+    if calibrate and data.val_data is None:
+        raise ValueError(f"--calibrate {calibrate} sets thresholds on the validation split, which is empty; "
+                         f"use --val-fraction > 0. Received: val_fraction={config.val_fraction}")
     if session.complete:
         print(session.complete_message())
         return run
@@ -380,7 +420,8 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy) -> RunFolder:
     if config.lr_find:  # a resumed run keeps the rate its range test chose
         lr = session.saved_extra.get("lr")
         recipe = dataclasses.replace(recipe, lr=lr if lr is not None else find_learning_rate(recipe, data, model, run).suggest())
-    model.compile(optimizer=make_optimizer(recipe.optimizer, learning_rate(recipe, config.one_cycle, len(data.train_data))))
+    model.compile(optimizer=make_optimizer(recipe.optimizer, learning_rate(recipe, config.one_cycle, len(data.train_data))),
+                  gradient_method=config.gradient_method, gradient_level=config.gradient_level)
     callbacks = build_callbacks(config, recipe, run, session, data, model)
     initial_epoch = session.restore(
         model, datasets=[data.train_data], callbacks=callbacks,
@@ -395,7 +436,7 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy) -> RunFolder:
             callbacks=callbacks + session.callbacks, verbose=recipe.verbose, **fit_kwargs,
         )
     session.raise_if_diverged()
-    finish_run(run, data, model)
+    finish_run(run, data, model, calibrate_run(run, data, model, calibrate) if calibrate else None)
     session.mark_complete()
     return run
 

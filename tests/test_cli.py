@@ -90,9 +90,11 @@ def test_unknown_base_exits_2_listing_the_towers(capsys):
 
 
 def test_fixed_choices_match_the_package():
-    from kerasmtl import distribute, heads, training, weighting, workflow
+    from kerasmtl import aggregation, distribute, gradient_step, heads, training, weighting, workflow
     from kerasmtl.callbacks import task_weights
-    from kerasmtl.data import celeba
+    from kerasmtl.data import celeba, peta, sources
+    from kerasmtl.evaluation import thresholds
+    from kerasmtl.tasks import LOSSES
 
     assert cli.HEADS == heads.HEADS
     assert cli.WEIGHTINGS == weighting.STRATEGIES
@@ -100,7 +102,10 @@ def test_fixed_choices_match_the_package():
     assert cli.OPTIMIZERS == tuple(sorted(training.OPTIMIZERS))
     assert cli.DISTRIBUTION == distribute.DISTRIBUTION_STRATEGIES
     assert cli.MIXED_PRECISION == tuple(distribute.MIXED_PRECISION)
-    assert cli.LAYOUTS == ("auto", *celeba.LAYOUTS)
+    assert cli.LAYOUTS == ("auto", *celeba.LAYOUTS, *sources.ATTRIBUTE_LAYOUTS)
+    assert cli.PETA_ATTRIBUTES == peta.ATTRIBUTE_SETS and TrainConfig().peta_attributes == sources.DataSettings().peta_attributes
+    assert cli.GRADIENT_METHODS == aggregation.METHODS and cli.GRADIENT_LEVELS == gradient_step.LEVELS
+    assert cli.LOSSES == LOSSES and cli.CALIBRATIONS == thresholds.CRITERIA
     assert workflow.BUILDER_DEFAULTS["lr_schedule"] in cli.LR_SCHEDULES
     # --input: training_input tests for each choice but the last, which is its else branch
     tree = ast.parse(textwrap.dedent(inspect.getsource(workflow.training_input)))
@@ -112,6 +117,7 @@ def test_fixed_choices_match_the_package():
     defaults = TrainConfig()
     assert defaults.head in cli.HEADS and defaults.strategy in cli.DISTRIBUTION and defaults.input == cli.INPUTS[0]
     assert defaults.mixed_precision in cli.MIXED_PRECISION and defaults.layout in cli.LAYOUTS
+    assert defaults.gradient_method is None and defaults.gradient_level == cli.GRADIENT_LEVELS[0]
     # every flag of a training parser is a TrainConfig field
     fields = set(TrainConfig.__dataclass_fields__)
     parser = training_parser("t")

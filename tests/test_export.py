@@ -170,6 +170,21 @@ def test_mixed_precision_model_exports_in_float32(tmp_path):
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.parametrize("quantize, dtype", [("float16", np.float16), ("int8", np.int8)])
+def test_quantized_litert_stores_smaller_weights_and_stays_close(tiny, tmp_path, quantize, dtype):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, paths = tiny
+    path = export(model, tmp_path / f"model_{quantize}.tflite", "litert", quantize=quantize)
+    tensors = Interpreter(model_path=str(path)).get_tensor_details()
+    assert any(t["dtype"] == dtype for t in tensors)
+    assert path.stat().st_size < paths["litert"].stat().st_size
+    images = uint8_batch(4, (32, 32, 3), seed=3)
+    expected, got = expected_outputs(model, TASKS, images), run_exported("litert", path, images)
+    for task in TASKS[:3]:  # probabilities
+        assert np.abs(got[task.name] - expected[task.name]).max() < 0.02
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"format": "tflite"}, "format must be one of ('saved_model', 'onnx', 'litert'). Received: format='tflite'"),
     ({"format": "onnx", "quantize": "int8"}, "quantize is ('float16', 'int8') for format 'litert' only"),

@@ -21,7 +21,9 @@ from kerasmtl.data.celeba import (
 )
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator, read_image
+from kerasmtl.data.pa100k import PA100K_ATTRIBUTES, load_pa100k, pa100k_tasks
 from kerasmtl.data.person import HVC_CLASSES, HVC_COLUMNS, hvc_tasks, load_hvc
+from kerasmtl.data.peta import PETA_35, PETA_ATTRIBUTES, load_peta, peta_tasks, split_persons
 from kerasmtl.data.sample import ensure_sample, make_sample
 from kerasmtl.data.tables import class_weights, encode_targets, majority_class, split_table
 
@@ -34,6 +36,9 @@ __all__ = [
     "HVC_CLASSES",
     "HVC_COLUMNS",
     "MultiOutputGenerator",
+    "PA100K_ATTRIBUTES",
+    "PETA_35",
+    "PETA_ATTRIBUTES",
     "celeba_resize_crop",
     "celeba_tasks",
     "class_weights",
@@ -45,13 +50,18 @@ __all__ = [
     "list_pipelines",
     "load_celeba",
     "load_hvc",
+    "load_pa100k",
+    "load_peta",
     "load_pipeline",
     "majority_class",
     "make_pipeline",
     "make_sample",
+    "pa100k_tasks",
+    "peta_tasks",
     "read_annotation_file",
     "read_image",
     "save_pipeline",
     "split_partitions",
+    "split_persons",
     "split_table",
 ]

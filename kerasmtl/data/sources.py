@@ -1,8 +1,9 @@
 """Every dataset the training workflow takes, behind one function: `load_dataset`.
 
 ``--data`` names the source (`source_kind`): nothing for the bundled synthetic sample,
-a folder holding ``hvc_annotations.csv`` (person attributes), a CelebA folder,
-``tfds:celeb_a``, or a ``.csv`` file of the user's own labels. Each gives a table, its
+a folder holding ``hvc_annotations.csv`` (person attributes), a PA100k folder
+(``annotation.mat``), a PETA folder (``<sub-dataset>/archive/Label.txt``), a CelebA
+folder, ``tfds:celeb_a``, or a ``.csv`` file of the user's own labels. Each gives a table, its
 tasks, and what `kerasmtl.data.validate.validate_table` needs to check every row.
 """
 
@@ -18,6 +19,8 @@ from kerasmtl.data.errors import DataError
 from kerasmtl.tasks import Task
 
 TFDS_PREFIX = "tfds:"
+#: ``--layout`` values that read a folder as PA100k or PETA whatever else it holds.
+ATTRIBUTE_LAYOUTS = ("pa100k", "peta")
 
 
 @dataclasses.dataclass
@@ -34,6 +37,7 @@ class DataSettings:
     regression: list = dataclasses.field(default_factory=list)
     tasks: str | None = None
     layout: str = "auto"
+    peta_attributes: str = "35"
     tfds_dir: str | None = None
     tfds_cache: str | None = None
     download: bool = False
@@ -54,7 +58,8 @@ class Dataset:
     """A loaded dataset, not yet validated or split.
 
     Attributes:
-        kind: ``"sample"``, ``"hvc"``, ``"celeba"``, ``"tfds"`` or ``"csv"``.
+        kind: ``"sample"``, ``"hvc"``, ``"pa100k"``, ``"peta"``, ``"celeba"``, ``"tfds"``
+            or ``"csv"``.
         name: a short name for run folders (``sample``, the folder or file stem).
         frame: the table (absolute ``path`` column, label columns; ``partition`` when the
             source has official splits).
@@ -88,8 +93,14 @@ class Dataset:
         return "partition" in self.frame.columns
 
 
-def source_kind(data: str | None) -> str:
-    """``"sample"``, ``"hvc"``, ``"celeba"``, ``"tfds"`` or ``"csv"``: the source ``data`` names."""
+def source_kind(data: str | None, layout: str = "auto") -> str:
+    """The `Dataset.kind` of the source ``data`` names; ``layout`` ``"pa100k"`` or ``"peta"``
+    reads a folder as that dataset."""
+    if layout in ATTRIBUTE_LAYOUTS:
+        if not data or not Path(data).is_dir():
+            name = {"pa100k": "PA100k", "peta": "PETA"}[layout]
+            raise DataError(f"--layout {layout} reads a {name} folder. Received: --data {data}")
+        return layout
     if not data:
         return "sample"
     if str(data).startswith(TFDS_PREFIX):
@@ -105,15 +116,22 @@ def source_kind(data: str | None) -> str:
     if not path.is_dir():
         raise DataError(f"--data {data}: no such file or folder")
     from kerasmtl.data.celeba import detect_layout
+    from kerasmtl.data.pa100k import ANNOTATION_FILE
     from kerasmtl.data.person import ANNOTATIONS
+    from kerasmtl.data.peta import LABEL_FILE, ROOT_FOLDER, find_root
 
     if (path / ANNOTATIONS).is_file():
         return "hvc"
+    if (path / ANNOTATION_FILE).is_file():
+        return "pa100k"
+    if find_root(path) is not None:
+        return "peta"
     try:
         detect_layout(path)
     except DataError:
         raise DataError(
-            f"--data {data}: the folder holds neither {ANNOTATIONS} (hvc layout) nor CelebA's annotation files "
+            f"--data {data}: the folder holds none of {ANNOTATIONS} (hvc layout), {ANNOTATION_FILE} (PA100k), "
+            f"<sub-dataset>/{LABEL_FILE} (PETA, also under '{ROOT_FOLDER}/') or CelebA's annotation files "
             "(list_eval_partition.txt or list_eval_partition.csv); for your own labels pass the CSV file itself"
         ) from None
     return "celeba"
@@ -124,10 +142,10 @@ def load_dataset(config, tasks: Sequence[Task] | None = None) -> Dataset:
     of `DataSettings`).
 
     Args:
-        tasks: the tasks a model needs (a preset's); by default the source's own (hvc and
-            CelebA), the tasks file (``config.tasks``) or those inferred from a CSV table.
+        tasks: the tasks a model needs (a preset's); by default the source's own (hvc,
+            PA100k, PETA and CelebA), the tasks file (``config.tasks``) or those inferred from a CSV table.
     """
-    kind = source_kind(config.data)
+    kind = source_kind(config.data, config.layout)
     if tasks is None and config.tasks:
         from kerasmtl.data.label_csv import read_tasks_file
 
@@ -136,6 +154,8 @@ def load_dataset(config, tasks: Sequence[Task] | None = None) -> Dataset:
         return _hvc(config, kind, tasks)
     if kind == "csv":
         return _label_csv(config, tasks)
+    if kind in ATTRIBUTE_LAYOUTS:
+        return _attributes(config, kind, tasks)
     return _celeba(config, kind, tasks)
 
 
@@ -162,6 +182,24 @@ def _label_csv(config, tasks) -> Dataset:
     )
     check = {"root": images_folder(path, config.image_root), "shown_column": WRITTEN_PATH}
     return Dataset("csv", path.stem, frame, list(found), str(path), check, problems)
+
+
+def _attributes(config, kind: str, tasks) -> Dataset:
+    """PA100k (official split) or PETA (seeded split by person): a table with
+    ``partition`` and one 0 / 1 column per attribute."""
+    folder = Path(config.data).resolve()
+    if kind == "pa100k":
+        from kerasmtl.data.pa100k import ANNOTATION_FILE, load_pa100k
+
+        frame, own = load_pa100k(folder, limit=config.limit)
+        available, source = own, str(folder / ANNOTATION_FILE)
+    else:
+        from kerasmtl.data.peta import INFO_COLUMNS, load_peta, peta_tasks
+
+        frame, own = load_peta(folder, attributes=config.peta_attributes, limit=config.limit)
+        available, source = peta_tasks([c for c in frame.columns if c not in INFO_COLUMNS]), str(folder)
+    chosen = own if tasks is None else _chosen(tasks, available, source)
+    return Dataset(kind, folder.name, frame, chosen, source, {"row_column": None})
 
 
 def _celeba(config, kind: str, tasks) -> Dataset:

@@ -5,7 +5,6 @@ per task (the raw labels). These helpers work on any such table, whatever its so
 from __future__ import annotations
 
 import math
-
 import warnings
 from collections.abc import Sequence
 

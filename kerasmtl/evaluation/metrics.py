@@ -3,6 +3,12 @@
 - Classification outputs: accuracy next to the majority-class baseline (the class the
   training set holds most often), macro precision / recall / F1 and the confusion matrix
   (scikit-learn).
+- Binary outputs (attributes), as pedestrian- and face-attribute work reports them:
+  positive and negative recall, their mean (the attribute's term of mA), the positive
+  class's precision and F1, balanced accuracy (`binary_scores`); over all binary outputs
+  mA, the mean accuracy and balanced accuracy, and the instance-based accuracy,
+  precision, recall and F1 of each image's set of positive attributes
+  (`instance_scores`). Missing labels are left out of every count.
 - Regression outputs: MAE, MSE, RMSE and, for keypoints, NME (`kerasmtl.landmarks`).
 """
 
@@ -69,6 +75,120 @@ def regression_report(task: Task, targets, outputs, nme_points=None, nme_scale=(
     return report
 
 
+def binary_scores(labels, predicted) -> dict:
+    """Label-based scores of one binary attribute.
+
+    Args:
+        labels: ``(n,)`` 0 / 1 labels, -1 (``MISSING_CLASS``) where missing.
+        predicted: ``(n,)`` 0 / 1 decisions for the same rows.
+
+    Returns:
+        ``n`` (present labels), ``positives``, ``accuracy``, ``positive_recall`` TP / (TP +
+        FN), ``negative_recall`` TN / (TN + FP), ``ma`` their mean (the attribute's mA
+        term), ``balanced_accuracy`` (the same mean, scikit-learn's definition),
+        ``positive_precision`` TP / (TP + FP) and ``positive_f1`` 2 TP / (2 TP + FP + FN).
+        A recall over a class without labels is NaN and ``ma`` is then the other recall
+        alone; precision and F1 with a zero denominator are 0.
+    """
+    labels = np.asarray(labels).reshape(-1).astype(int)
+    predicted = np.asarray(predicted).reshape(-1).astype(int)
+    present = labels != MISSING_CLASS
+    labels, predicted = labels[present], predicted[present]
+    tp = int(np.sum((labels == 1) & (predicted == 1)))
+    fn = int(np.sum((labels == 1) & (predicted == 0)))
+    tn = int(np.sum((labels == 0) & (predicted == 0)))
+    fp = int(np.sum((labels == 0) & (predicted == 1)))
+    nan = float("nan")
+    positive_recall = tp / (tp + fn) if tp + fn else nan
+    negative_recall = tn / (tn + fp) if tn + fp else nan
+    recalls = [r for r in (positive_recall, negative_recall) if not np.isnan(r)]
+    mean_recall = float(np.mean(recalls)) if recalls else nan
+    return {
+        "n": len(labels),
+        "positives": tp + fn,
+        "accuracy": (tp + tn) / len(labels) if len(labels) else nan,
+        "positive_recall": positive_recall,
+        "negative_recall": negative_recall,
+        "ma": mean_recall,
+        "balanced_accuracy": mean_recall,
+        "positive_precision": tp / (tp + fp) if tp + fp else 0.0,
+        "positive_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+    }
+
+
+def instance_scores(labels, predicted, empty: float = 1.0) -> dict:
+    """Instance-based scores: each image's set of positive attributes against the truth.
+
+    Per image, over its present labels, with T the true and P the predicted positive
+    attributes: accuracy ``|P & T| / |P | T|``, precision ``|P & T| / |P|``, recall
+    ``|P & T| / |T|``; each is averaged over the images, and F1 is ``2 prec rec / (prec +
+    rec)`` of the averaged precision and recall (the standard pedestrian-attribute
+    protocol).
+
+    Args:
+        labels: ``(n, k)`` 0 / 1 labels of k binary attributes, -1 where missing.
+        predicted: ``(n, k)`` 0 / 1 decisions.
+        empty: the accuracy, precision and recall of an image with no positive label and
+            no positive prediction (a correct "none of them"): 1 by default; the published
+            evaluation code divides 0 by 0 + eps there, i.e. 0. A 0 / 0 precision (nothing
+            predicted) or recall (nothing true) of any other image is 0.
+
+    Returns:
+        ``images`` (those with at least one present label), ``empty_images`` (images with
+        neither true nor predicted positives), ``instance_accuracy``,
+        ``instance_precision``, ``instance_recall``, ``instance_f1``.
+    """
+    labels = np.asarray(labels).astype(int)
+    predicted = np.asarray(predicted).astype(int)
+    present = labels != MISSING_CLASS
+    rows = present.any(axis=1)
+    truth = ((labels == 1) & present)[rows]
+    said = ((predicted == 1) & present)[rows]
+    both = (truth & said).sum(axis=1)
+    union, n_said, n_true = (truth | said).sum(axis=1), said.sum(axis=1), truth.sum(axis=1)
+    none = union == 0
+
+    def ratio(numerator, denominator):
+        out = np.where(none, float(empty), 0.0)
+        divisible = denominator > 0
+        out[divisible] = numerator[divisible] / denominator[divisible]
+        return out
+
+    nan = float("nan")
+    accuracy = float(ratio(both, union).mean()) if rows.any() else nan
+    precision = float(ratio(both, n_said).mean()) if rows.any() else nan
+    recall = float(ratio(both, n_true).mean()) if rows.any() else nan
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else (0.0 if rows.any() else nan)
+    return {"images": int(rows.sum()), "empty_images": int(none.sum()), "instance_accuracy": accuracy,
+            "instance_precision": precision, "instance_recall": recall, "instance_f1": float(f1)}
+
+
+#: The keys of a binary report that `task_report` also gives at the default threshold.
+BINARY_KEYS = ("accuracy", "positive_recall", "negative_recall", "ma", "balanced_accuracy", "positive_precision",
+               "positive_f1")
+
+
+def binary_decisions(task: Task, outputs, threshold: float | None = None) -> np.ndarray:
+    """``(n,)`` 0 / 1 decisions of a binary output: ``output > threshold`` (default the task's)."""
+    threshold = task.threshold if threshold is None else threshold
+    return (np.asarray(outputs).reshape(-1) > threshold).astype(int)
+
+
+def instance_reports(tasks: Sequence[Task], targets: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> dict:
+    """`instance_scores` over every binary output, at the tasks' thresholds
+    (``"attributes"``) and, when any threshold is not its default (calibrated), also at the
+    defaults (``"attributes_at_default_threshold"``); empty without binary outputs."""
+    binary = [t for t in tasks if t.kind == "binary"]
+    if not binary:
+        return {}
+    labels = np.stack([np.asarray(targets[t.name]).reshape(-1) for t in binary], axis=1)
+    result = {"attributes": instance_scores(labels, np.stack([binary_decisions(t, outputs[t.name]) for t in binary], axis=1))}
+    if any(t.threshold != t.default_threshold for t in binary):
+        defaults = np.stack([binary_decisions(t, outputs[t.name], t.default_threshold) for t in binary], axis=1)
+        result["attributes_at_default_threshold"] = instance_scores(labels, defaults)
+    return result
+
+
 def task_report(
     task: Task,
     targets: np.ndarray,
@@ -91,7 +211,9 @@ def task_report(
         For classification: ``n``, ``accuracy``, ``baseline_accuracy``, ``baseline_class``,
         macro ``precision`` / ``recall`` / ``f1``, ``classes``, ``confusion_matrix`` (rows:
         true class, columns: predicted class) and ``per_class`` precision / recall / F1 /
-        support. For regression: see `regression_report`.
+        support. A binary task adds its ``threshold`` and `binary_scores`, and when the
+        threshold is not the default (a calibrated one) ``at_default_threshold``: those
+        scores at the default threshold. For regression: see `regression_report`.
     """
     if task.kind == "regression":
         return regression_report(task, targets, outputs, nme_points, nme_scale)
@@ -99,7 +221,7 @@ def task_report(
     present = labels != MISSING_CLASS
     labels = labels[present]
     if task.kind == "binary":
-        predicted = (np.asarray(outputs).reshape(-1)[present] > task.threshold).astype(int)
+        predicted = binary_decisions(task, outputs)[present]
     else:
         predicted = np.asarray(outputs)[present].argmax(axis=-1)
     if baseline_class is None:
@@ -109,7 +231,7 @@ def task_report(
         labels, predicted, labels=classes, average="macro", zero_division=0
     )
     per_class = skm.precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
-    return {
+    report = {
         "n": int(len(labels)),
         "accuracy": float(skm.accuracy_score(labels, predicted)) if len(labels) else float("nan"),
         "baseline_accuracy": float(np.mean(labels == baseline_class)) if len(labels) else float("nan"),
@@ -124,6 +246,12 @@ def task_report(
             for name, p, r, f, s in zip(task.classes, *per_class)
         },
     }
+    if task.kind == "binary":
+        report |= {"threshold": task.threshold, **binary_scores(labels, predicted)}
+        if task.threshold != task.default_threshold:
+            at_default = binary_scores(labels, binary_decisions(task, outputs, task.default_threshold)[present])
+            report["at_default_threshold"] = {"threshold": task.default_threshold} | {k: at_default[k] for k in BINARY_KEYS}
+    return report
 
 
 def evaluate_model(
@@ -167,12 +295,46 @@ def evaluate_model(
     return reports
 
 
-def summarize(reports: Mapping[str, dict], tasks: Sequence[Task]) -> dict:
-    """Mean accuracy of the classification outputs and how many beat their baseline."""
+def _mean(values) -> float:
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def attribute_summary(reports: Mapping[str, dict], tasks: Sequence[Task], at_default: bool = False) -> dict | None:
+    """The label-based scores over the binary outputs: ``outputs``, ``mA`` (the mean of
+    the attributes' ``ma`` terms), ``mean_accuracy``, ``mean_balanced_accuracy`` (attributes
+    without labels left out), at the tasks' thresholds or at the default ones."""
+    binary = [t for t in tasks if t.kind == "binary"]
+    if not binary:
+        return None
+    scores = [reports[t.name].get("at_default_threshold", reports[t.name]) if at_default else reports[t.name] for t in binary]
+    return {"outputs": len(binary), "mA": _mean([s["ma"] for s in scores]),
+            "mean_accuracy": _mean([s["accuracy"] for s in scores]),
+            "mean_balanced_accuracy": _mean([s["balanced_accuracy"] for s in scores])}
+
+
+def summarize(reports: Mapping[str, dict], tasks: Sequence[Task], instance: Mapping[str, dict] | None = None) -> dict:
+    """Mean accuracy of the classification outputs and how many beat their baseline; with
+    binary outputs also ``attributes`` (`attribute_summary` and, given, `instance_reports`'
+    scores) and, when a threshold was calibrated, ``attributes_at_default_threshold``.
+
+    Args:
+        reports: ``{task name: report}``.
+        tasks: the tasks.
+        instance: `instance_reports` of the same data (needs the per-image arrays).
+    """
     classified = [t for t in tasks if t.kind != "regression"]
-    return {
+    summary = {
         "mean_accuracy": float(np.mean([reports[t.name]["accuracy"] for t in classified])) if classified else None,
         "mean_baseline_accuracy": float(np.mean([reports[t.name]["baseline_accuracy"] for t in classified])) if classified else None,
         "outputs_beating_baseline": int(sum(reports[t.name]["accuracy"] > reports[t.name]["baseline_accuracy"] for t in classified)),
         "outputs": len(classified),
     }
+    attributes = attribute_summary(reports, tasks)
+    if attributes is not None:
+        instance = instance or {}
+        summary["attributes"] = attributes | instance.get("attributes", {})
+        if any("at_default_threshold" in reports[t.name] for t in tasks if t.kind == "binary"):
+            default = attribute_summary(reports, tasks, at_default=True)
+            summary["attributes_at_default_threshold"] = default | instance.get("attributes_at_default_threshold", {})
+    return summary

@@ -10,13 +10,41 @@ import keras
 import numpy as np
 
 from kerasmtl.evaluation.figures import write_figures
-from kerasmtl.evaluation.metrics import evaluate_model, predict_outputs, summarize
+from kerasmtl.evaluation.metrics import evaluate_model, instance_reports, predict_outputs, summarize
 from kerasmtl.runs import METRICS, REPORT, RunFolder
 from kerasmtl.tasks import Task
 
 
-def format_table(reports: Mapping[str, dict], tasks: Sequence[Task]) -> str:
-    """A plain-text table of the results, for the console."""
+def _attribute_line(block: Mapping) -> str:
+    line = (f"mA {_cell(block['mA'])}, mean accuracy {_cell(block['mean_accuracy'])}, "
+            f"mean balanced accuracy {_cell(block['mean_balanced_accuracy'])}")
+    if "instance_f1" in block:
+        line += (f"; instance accuracy {_cell(block['instance_accuracy'])}, precision {_cell(block['instance_precision'])}, "
+                 f"recall {_cell(block['instance_recall'])}, F1 {_cell(block['instance_f1'])}")
+    return line
+
+
+def attribute_lines(summary: Mapping) -> list[str]:
+    """The attribute scores of a `summarize` result as text lines (none without binary outputs)."""
+    if "attributes" not in summary:
+        return []
+    block = summary["attributes"]
+    default = summary.get("attributes_at_default_threshold")
+    where = "at the calibrated thresholds" if default is not None else "at the default thresholds"
+    lines = [f"{block['outputs']} binary output(s) {where}: {_attribute_line(block)}"]
+    if default is not None:
+        lines.append(f"{block['outputs']} binary output(s) at the default thresholds: {_attribute_line(default)}")
+    return lines
+
+
+def format_table(reports: Mapping[str, dict], tasks: Sequence[Task], instance: Mapping | None = None) -> str:
+    """A plain-text table of the results, for the console.
+
+    Args:
+        reports: ``{task name: report}``.
+        tasks: the tasks.
+        instance: `kerasmtl.evaluation.metrics.instance_reports` of the same data, if known.
+    """
     lines = []
     classified = [t for t in tasks if t.kind != "regression"]
     if classified:
@@ -24,8 +52,9 @@ def format_table(reports: Mapping[str, dict], tasks: Sequence[Task]) -> str:
         for task in classified:
             r = reports[task.name]
             lines.append(f"{task.name:<14}{r['accuracy']:>10.3f}{r['baseline_accuracy']:>10.3f}{r['f1']:>10.3f}")
-        summary = summarize(reports, tasks)
+        summary = summarize(reports, tasks, instance)
         lines.append(f"{summary['outputs_beating_baseline']} of {summary['outputs']} outputs beat their majority-class baseline")
+        lines += attribute_lines(summary)
     for task in (t for t in tasks if t.kind == "regression"):
         r = reports[task.name]
         extra = f"  NME {r['nme']:.4f}" if "nme" in r else ""
@@ -42,23 +71,27 @@ def report_markdown(
     tasks: Sequence[Task],
     title: str = "Evaluation",
     figures: Sequence[str] = (),
+    instance: Mapping | None = None,
 ) -> str:
-    """The evaluation as Markdown: a summary table per output kind, then one section per
-    multiclass output (confusion matrix and per-class scores), then the figures.
+    """The evaluation as Markdown: a summary table per output kind, the attribute scores
+    of the binary outputs (at the calibrated and at the default thresholds when they
+    differ), then one section per multiclass output (confusion matrix and per-class
+    scores), then the figures.
 
     Args:
         reports: ``{task name: report}``.
         tasks: the tasks, in display order.
         title: the first heading.
         figures: PNG file names (relative to the report) to show at the end.
+        instance: `kerasmtl.evaluation.metrics.instance_reports` of the same data, if known.
 
     Returns:
         The Markdown text.
     """
     lines = [f"# {title}", ""]
     classified = [t for t in tasks if t.kind != "regression"]
+    summary = summarize(reports, tasks, instance)
     if classified:
-        summary = summarize(reports, tasks)
         lines += [
             f"{summary['outputs_beating_baseline']} of {summary['outputs']} classification outputs beat their "
             f"majority-class baseline (mean accuracy {_cell(summary['mean_accuracy'])} against "
@@ -83,6 +116,7 @@ def report_markdown(
             normalised = f"{_cell(r['nme'], 4)} ({' - '.join(r['nme_points'])})" if "nme" in r else "n/a"
             lines.append(f"| {task.name} | {r['n']} | {_cell(r['mae'], 4)} | {_cell(r['rmse'], 4)} | {normalised} |")
         lines.append("")
+    lines += _attribute_section(reports, tasks, summary)
     for task in (t for t in classified if t.kind == "multiclass"):
         r = reports[task.name]
         lines += [f"## {task.name}", "", "Confusion matrix (rows: true class, columns: predicted class):", ""]
@@ -101,6 +135,31 @@ def report_markdown(
     return "\n".join(lines)
 
 
+def _attribute_section(reports: Mapping[str, dict], tasks: Sequence[Task], summary: Mapping) -> list[str]:
+    """The "Attributes" section: the summary lines and one row per binary output (and one
+    at the default threshold for each calibrated output)."""
+    binary = [t for t in tasks if t.kind == "binary"]
+    if not binary:
+        return []
+    lines = ["## Attributes", ""] + [f"{line}." for line in attribute_lines(summary)] + [
+        "",
+        "| output | threshold | n | positives | accuracy | positive recall | negative recall | mA term | precision | F1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for task in binary:
+        r = reports[task.name]
+        rows = [(task.name, r)]
+        if "at_default_threshold" in r:
+            rows.append((f"{task.name} (default threshold)", r["at_default_threshold"]))
+        for name, scores in rows:
+            lines.append(
+                f"| {name} | {_cell(scores['threshold'], 4)} | {r['n']} | {r['positives']} | {_cell(scores['accuracy'])} "
+                f"| {_cell(scores['positive_recall'])} | {_cell(scores['negative_recall'])} | {_cell(scores['ma'])} "
+                f"| {_cell(scores['positive_precision'])} | {_cell(scores['positive_f1'])} |"
+            )
+    return lines + [""]
+
+
 def write_report(
     out: str | os.PathLike,
     reports: Mapping[str, dict],
@@ -108,6 +167,8 @@ def write_report(
     split: str = "test",
     figures: Sequence[str] = (),
     title: str | None = None,
+    instance: Mapping | None = None,
+    extra: Mapping | None = None,
 ) -> str:
     """Writes ``metrics.json`` (``{split: reports, "summary": ...}``) and ``report.md``.
 
@@ -118,14 +179,16 @@ def write_report(
         split: the name of the evaluated data (``"test"``, ``"val"``, ``"all"``).
         figures: figure files to show in the report.
         title: the report's heading.
+        instance: `kerasmtl.evaluation.metrics.instance_reports` of the same data.
+        extra: more top-level entries of ``metrics.json`` (e.g. ``calibration``).
 
     Returns:
         The console table (`format_table`).
     """
     run = RunFolder(out)
-    run.write_json(METRICS, {split: dict(reports), "summary": summarize(reports, tasks)})
-    run.write_text(REPORT, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", figures))
-    return format_table(reports, tasks)
+    run.write_json(METRICS, {split: dict(reports), "summary": summarize(reports, tasks, instance), **(extra or {})})
+    run.write_text(REPORT, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", figures, instance))
+    return format_table(reports, tasks, instance)
 
 
 def evaluate_and_report(
@@ -141,6 +204,7 @@ def evaluate_and_report(
     figures: bool = True,
     title: str | None = None,
     nme_scale=(1.0, 1.0),
+    extra: Mapping | None = None,
     **figure_kwargs,
 ) -> dict[str, dict]:
     """Predicts once, then writes ``metrics.json``, ``report.md`` and the figures.
@@ -157,6 +221,7 @@ def evaluate_and_report(
         nme_points, nme_scale: see `evaluate_model`.
         figures: also write the figures (`write_figures`).
         title: the report's heading.
+        extra: more top-level entries of ``metrics.json``.
         **figure_kwargs: options of `write_figures` (``samples``, ``gradcam_images``).
 
     Returns:
@@ -167,5 +232,6 @@ def evaluate_and_report(
     written = []
     if figures:
         written = write_figures(out, model, data, tasks, targets, outputs, reports, dataset_targets, **figure_kwargs)
-    print(write_report(out, reports, tasks, split=split, figures=written, title=title))
+    instance = instance_reports(tasks, targets, outputs)
+    print(write_report(out, reports, tasks, split=split, figures=written, title=title, instance=instance, extra=extra))
     return reports
