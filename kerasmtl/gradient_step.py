@@ -8,9 +8,9 @@ already in it). Levels:
   (the last tensor every output depends on: the base tower's output, or a shared neck's);
   the Jacobian of the task losses with respect to it over the whole batch, ``(tasks,
   batch x features)``, is aggregated into one direction and back-propagated once through
-  the tower. Costs one backward pass per head.
-- ``parameters``: the Jacobian over the tower's trainable variables; one full backward
-  pass per task.
+  the tower. Every task's gradient there comes from one backward pass through the heads.
+- ``parameters``: the Jacobian over the tower's trainable variables; one backward pass
+  through the tower per task.
 
 Every head, and any other variable (learned loss weights), gets the gradient of the sum of
 the task losses, which for a head is its own task's gradient; ``model.losses``

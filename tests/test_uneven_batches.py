@@ -1,8 +1,10 @@
 """``kerasmtl train --strategy mirrored`` on 2 logical CPUs when batches do not split evenly.
 
 33 images, batch 8: the training split ends in a batch of 7 and the validation split is one
-batch of 5 (3 + 2 on 2 replicas). The model has no BatchNormalization and no dropout (per-replica
-statistics and random masks legitimately differ), so the losses must equal one device's.
+batch of 5 (3 + 2 on 2 replicas). The model (dense heads, no augmentation) has no
+BatchNormalization and no dropout (per-replica statistics and random masks legitimately
+differ), so every epoch's losses must equal one device's. Both runs happen in one process
+(TensorFlow fixes its devices at start-up), one after the other.
 """
 
 import os
@@ -26,21 +28,25 @@ import kerasmtl.heads
 distribute_jobs._register_plain_tower()
 kerasmtl.heads.dense_head.__defaults__ = ((8,), 0.0)  # no dropout
 from kerasmtl_cli import train
-sys.exit(train(sys.argv[1:]))
+out, common = sys.argv[1], sys.argv[2:]
+for strategy in ("none", "mirrored"):
+    code = train([*common, "--strategy", strategy, "--out", f"{{out}}/{{strategy}}"])
+    if code:
+        sys.exit(code)
 """
 
 
-def train(tmp_path, name, *args):
-    out = tmp_path / name
+def train_both(tmp_path, *args):
+    """``(one device's history, 2 replicas' history)``."""
     command = [
-        sys.executable, "-c", SCRIPT, "--base", "plain_test", "--image-size", "32", "--batch-size", "8", "--epochs", "2",
-        "--sample-size", "33", "--optimizer", "sgd", "--lr", "0.05", "--lr-schedule", "constant", "--verbose", "2", "--no-augment", "--head", "dense",
-        "--out", str(out), *args,
+        sys.executable, "-c", SCRIPT, str(tmp_path), "--base", "plain_test", "--image-size", "32", "--batch-size", "8",
+        "--epochs", "2", "--sample-size", "33", "--optimizer", "sgd", "--lr", "0.05", "--lr-schedule", "constant",
+        "--verbose", "2", "--no-augment", "--head", "dense", *args,
     ]
     env = dict(os.environ, KERASMTL_HOME=str(tmp_path / "home"), NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
-    return pd.read_csv(out / "history.csv")
+    return pd.read_csv(tmp_path / "none" / "history.csv"), pd.read_csv(tmp_path / "mirrored" / "history.csv")
 
 
 def compare(one, two):
@@ -51,17 +57,11 @@ def compare(one, two):
     assert np.abs(np.diff(one["loss"].to_numpy())).max() > 1e-3  # it trained: equality is not trivial
 
 
-@pytest.fixture(scope="module")
-def one_device(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("single"), "run", "--strategy", "none")
-
-
-def test_mirrored_generator_with_uneven_batches_matches_one_device(one_device, tmp_path):
-    compare(one_device, train(tmp_path, "run", "--strategy", "mirrored"))
+def test_mirrored_generator_with_uneven_batches_matches_one_device(tmp_path):
+    compare(*train_both(tmp_path))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("input_kind", ["tfdata", "files"])
 def test_mirrored_dataset_inputs_with_uneven_batches(input_kind, tmp_path):
-    single = train(tmp_path, "single", "--strategy", "none", "--input", input_kind)
-    compare(single, train(tmp_path, "mirrored", "--strategy", "mirrored", "--input", input_kind))
+    compare(*train_both(tmp_path, "--input", input_kind))
