@@ -1,4 +1,4 @@
-"""The ``kerasmtl`` command: ``kerasmtl train | lr-find | evaluate | predict | export``.
+"""The ``kerasmtl`` command: ``kerasmtl train | lr-find | evaluate | predict | export | compare-methods``.
 
 This module only parses arguments; it imports nothing heavy, so ``--help`` and bad flags
 answer at once. TensorFlow (through `kerasmtl`) is imported after the arguments are
@@ -35,7 +35,7 @@ CALIBRATIONS = ("f1", "balanced_accuracy")
 LAYOUTS = ("auto", "official", "kaggle", "pa100k", "peta")
 PETA_ATTRIBUTES = ("35", "all")
 GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
-                    "config", "nash_mtl", "gradvac", "fairgrad", "graddrop")
+                    "config", "nash_mtl", "gradvac", "fairgrad", "graddrop", "gradnorm", "famo", "db_mtl", "rlw")
 GRADIENT_LEVELS = ("features", "parameters")
 
 
@@ -498,7 +498,41 @@ def compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     return run_with_exit_codes(run_comparison, config)
 
 
-COMMANDS = {"train": train, "lr-find": lr_find, "evaluate": evaluate, "predict": predict, "export": export}
+#: The methods ``compare-methods`` takes: a loss weighting or a gradient method.
+COMPARISON_METHODS = WEIGHTINGS + GRADIENT_METHODS
+DEFAULT_COMPARISON_METHODS = ("static", "dwa", "uncertainty", "pcgrad", "mgda", "upgrad")
+
+
+def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``kerasmtl compare-methods``: one model per multi-task method and per task alone, with the gain Δm."""
+    parser = training_parser(
+        "Train the same model once per method (a --task-weighting or a --gradient-method) and once per task alone, "
+        "on the same split, and write comparison.csv / .md / .png: each task's test metric (accuracy, or MAE for "
+        "regression) and the multi-task gain Δm against the single-task runs. Rerunning it reuses finished runs.", prog)
+    group = parser.add_argument_group("comparison")
+    group.add_argument("--methods", nargs="+", choices=COMPARISON_METHODS, metavar="METHOD",
+                       help=f"loss weightings {list(WEIGHTINGS)} or gradient methods {list(GRADIENT_METHODS)} "
+                       f"(default: {' '.join(DEFAULT_COMPARISON_METHODS)}); --static-weights apply to static and "
+                       "the gradient methods")
+    config, extra = parse_config(parser, argv)
+    methods = list(extra.get("methods") or DEFAULT_COMPARISON_METHODS)
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        parser.error(f"--methods names each method once. Received: {repeated} more than once")
+    if config.task_weighting or config.gradient_method:
+        parser.error("--methods sets each run's --task-weighting or --gradient-method; leave those flags out. "
+                     f"Received: task_weighting={config.task_weighting!r}, gradient_method={config.gradient_method!r}")
+    if config.model:
+        parser.error(f"compare-methods trains builder models (--base); a --model preset has fixed tasks. Received: --model {config.model}")
+    _environment()
+    from kerasmtl.method_comparison import run_method_comparison
+    from kerasmtl.workflow import run_with_exit_codes
+
+    return run_with_exit_codes(run_method_comparison, config, methods)
+
+
+COMMANDS = {"train": train, "lr-find": lr_find, "evaluate": evaluate, "predict": predict, "export": export,
+            "compare-methods": compare_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

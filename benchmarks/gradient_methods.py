@@ -17,30 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import EpochTimer  # noqa: E402
 
 from kerasmtl import ModelBuilder, aggregation  # noqa: E402
 from kerasmtl.data.person import hvc_tasks  # noqa: E402
 from kerasmtl.gradient_step import LEVELS  # noqa: E402
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Seconds between consecutive ``on_epoch_end`` calls."""
-
-    def on_train_begin(self, logs=None):
-        self.times, self._last = [], None
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        if self._last is not None:
-            self.times.append(now - self._last)
-        self._last = now
 
 
 def make_data(tasks, n: int, size: int, rng):

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import EpochTimer  # noqa: E402
 
 from kerasmtl import (  # noqa: E402
     ModelBuilder,
@@ -43,19 +43,6 @@ TASKS = [
     Task("mood", "multiclass", ("x", "y", "z")),
     Task("glasses", "binary", ("no", "yes")),
 ]
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Seconds between consecutive ``on_epoch_end`` calls (put it last)."""
-
-    def on_train_begin(self, logs=None):
-        self.times, self._last = [], None
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        if self._last is not None:
-            self.times.append(now - self._last)
-        self._last = now
 
 
 def make_data(n: int, size: int, rng: np.random.Generator):

@@ -37,6 +37,22 @@ What the step handles:
 - Logs: ``grad_weight/<task>`` (the step's aggregation weights; not for ``graddrop``, which
   has none) and ``grad_conflict``, the mean cosine between the gradients of the pairs of
   present tasks (below 0: they conflict on average; 0 with fewer than 2 tasks present).
+
+Loss-level methods (`aggregation.loss_level`, as LibMTL implements them) use the task
+losses of the global batch (summed over the replicas) and the same Jacobian:
+
+- ``gradnorm``: the rows weighted by ``k softmax(logits)``; the logits are a trainable
+  variable of the state layer, which the model's optimizer updates with GradNorm's
+  gradient. At ``features`` level the gradient norms are those of each task's
+  representation gradient summed over the batch (LibMTL's ``rep_grad``).
+- ``famo``: every task's loss enters as ``z_i log L_i / c``, so its rows and its head get
+  the weight ``z_i / (c L_i)``; after the update the model runs once more on the same batch
+  (``training=True``, moving statistics left as they were), and the decrease of the log
+  losses over the step updates the logits, as LibMTL and the paper do (an extra forward
+  pass per step).
+- ``db_mtl`` (``parameters`` level only, its state being a running average of each task's
+  parameter gradient): the gradients are those of ``log L_i``, heads included.
+- ``rlw``: another name of ``random``.
 """
 
 from __future__ import annotations
@@ -50,29 +66,45 @@ from keras import tree
 from keras.src.losses.loss import unscale_loss_for_distribution
 
 from kerasmtl import aggregation
+from kerasmtl.aggregation import loss_level
 from kerasmtl.aggregation._core import F64, gramian
 from kerasmtl.losses import _global_present, presence_mask
 
 #: The values of ``compile(gradient_level=...)``.
 LEVELS = ("features", "parameters")
+#: Other names of methods.
+ALIASES = {"rlw": "random"}
+#: The values of ``compile(gradient_method=...)``: the aggregation methods, the loss-level
+#: methods and the aliases.
+METHODS = aggregation.METHODS + loss_level.METHODS + tuple(ALIASES)
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class GradientState(keras.layers.Layer):
-    """The state of a stateful aggregation method (GradVac's cosine targets, Nash-MTL's
-    last weights), as non-trainable variables that the model saves with its weights.
+    """The state of a stateful method (GradVac's cosine targets, Nash-MTL's last weights,
+    GradNorm's logits and initial losses, FAMO's logits, DB-MTL's gradient averages), as
+    variables that the model saves with its weights.
 
     Every replica computes the same new state, so the first replica's is written.
+    GradNorm's logits are trainable (the model's optimizer updates them).
+
+    Args:
+        dims: the number of shared parameters (DB-MTL's averages).
     """
 
-    def __init__(self, method: str, tasks: int, name: str = "gradient_state", **kwargs):
+    def __init__(self, method: str, tasks: int, dims: int | None = None, name: str = "gradient_state", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.method, self.tasks = method, int(tasks)
-        self.keys = sorted(aggregation.initial_state(method, self.tasks))
-        start = aggregation.initial_state(method, self.tasks)
+        self.method, self.tasks, self.dims = method, int(tasks), dims
+        if method in loss_level.METHODS:
+            start = loss_level.initial_state(method, self.tasks, dims)
+        else:
+            start = aggregation.initial_state(method, self.tasks)
+        self.keys = sorted(start)
+        trainable = loss_level.TRAINABLE.get(method, ())
         self.slots = [
-            self.add_weight(name=k, shape=tuple(start[k].shape), dtype=start[k].dtype.name, initializer="zeros",
-                            trainable=False, autocast=False, aggregation="only_first_replica")
+            self.add_weight(name=k, shape=tuple(start[k].shape), dtype=start[k].dtype.name, autocast=False,
+                            initializer="ones" if k in trainable else "zeros", trainable=k in trainable,
+                            **({} if k in trainable else {"aggregation": "only_first_replica"}))
             for k in self.keys
         ]
         self.built = True
@@ -80,13 +112,18 @@ class GradientState(keras.layers.Layer):
     def read(self) -> dict:
         return {k: tf.convert_to_tensor(v.value) for k, v in zip(self.keys, self.slots)}
 
+    def slot(self, key):
+        return self.slots[self.keys.index(key)]
+
     def write(self, state: Mapping, keep) -> None:
-        """Stores ``state``, or keeps the old one where ``keep`` (a skipped step) is true."""
+        """Stores the entries of ``state``, or keeps the old ones where ``keep`` (a skipped
+        step) is true."""
         for key, slot in zip(self.keys, self.slots):
-            slot.assign(tf.where(keep, slot.value, tf.cast(state[key], slot.dtype)))
+            if key in state:
+                slot.assign(tf.where(keep, slot.value, tf.cast(state[key], slot.dtype)))
 
     def get_config(self):
-        return {**super().get_config(), "method": self.method, "tasks": self.tasks}
+        return {**super().get_config(), "method": self.method, "tasks": self.tasks, "dims": self.dims}
 
 
 def split_at_features(model: keras.Model) -> tuple[keras.Model, dict]:
@@ -158,26 +195,35 @@ class GradientStep:
 
     Args:
         model: a compiled `kerasmtl.MultiTaskModel`.
-        method: one of `aggregation.METHODS`.
+        method: one of `METHODS`.
         level: one of `LEVELS`.
-        options: the method's options (as in `aggregation.aggregate`), plus ``seed``
-            for the random methods.
+        options: the method's options (as in `aggregation.aggregate`, or the keyword
+            options of `aggregation.loss_level`'s functions), plus ``seed`` for the random
+            methods.
 
     Raises:
         ValueError / TypeError: an unknown method, level or option.
     """
 
     def __init__(self, model, method: str, level: str = "features", options: Mapping | None = None):
-        if method not in aggregation.METHODS:
-            raise ValueError(f"gradient_method must be one of {aggregation.METHODS}. Received: gradient_method={method!r}")
+        if method not in METHODS:
+            raise ValueError(f"gradient_method must be one of {METHODS}. Received: gradient_method={method!r}")
         if level not in LEVELS:
             raise ValueError(f"gradient_level must be one of {LEVELS}. Received: gradient_level={level!r}")
+        kind = ALIASES.get(method, method)
         self.options = dict(options or {})
-        self.seed = self.options.pop("seed", 0) if method in aggregation.RANDOM else None
+        self.seed = self.options.pop("seed", 0) if kind in aggregation.RANDOM else None
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"gradient_options seed must be an int. Received: seed={self.seed!r}")
-        aggregation._check_options(method, aggregation._method(method), {**self.options, **({} if self.seed is None else {"seed": 0})})
-        self.model, self.method, self.level = model, method, level
+        self.loss_level = kind in loss_level.METHODS
+        if self.loss_level:
+            loss_level.check_options(kind, self.options)
+        else:
+            aggregation._check_options(kind, aggregation._method(kind), {**self.options, **({} if self.seed is None else {"seed": 0})})
+        if kind == "db_mtl" and level == "features":
+            raise ValueError("db_mtl averages each task's parameter gradient over the steps (the features are other "
+                             "images' at every step): use gradient_level='parameters'. Received: gradient_level='features'")
+        self.model, self.method, self.kind, self.level = model, method, kind, level
         self.kinds = {t.name: t.kind for t in model.tasks}
         try:
             self.trunk, self.heads = split_at_features(model)
@@ -186,14 +232,20 @@ class GradientStep:
             if level == "features":
                 raise
             self.trunk, self.heads, self.shared = None, None, shared_variables(model)
-        shared_ids = {id(v) for v in self.shared}
-        self.others = [v for v in model.trainable_variables if id(v) not in shared_ids]
-        self.state = GradientState(method, len(model.tasks)) if method in aggregation.STATEFUL else None
+        previous = getattr(model, "gradient_state", None)  # a former compile's, replaced below
+        skip = {id(v) for v in self.shared} | {id(v) for v in (previous.weights if previous is not None else [])}
+        self.others = [v for v in model.trainable_variables if id(v) not in skip]
+        self.state = None
+        if self.loss_level:
+            self.state = GradientState(kind, len(model.tasks), sum(int(np.prod(v.shape)) for v in self.shared))
+        elif kind in aggregation.STATEFUL:
+            self.state = GradientState(kind, len(model.tasks))
 
     # ------------------------------------------------------------------ losses
-    def _task_losses(self, y, y_pred, sample_weight):
+    def _task_losses(self, y, y_pred, sample_weight, record=True):
         """Each task's compiled loss times its loss weight (Keras's `CompileLoss` per output,
-        recording the unweighted ``<task>_loss`` metrics), and the tasks present."""
+        recording the unweighted ``<task>_loss`` metrics unless not ``record``), and the
+        tasks present."""
         compiled = self.model._compile_loss
         if not compiled.built:
             compiled.build(y, y_pred)
@@ -204,7 +256,7 @@ class GradientStep:
         for (_, function, weight, _), metric, name in zip(compiled._flat_losses, metrics, names):
             y_true, pred = y[name], y_pred[name]
             value = tf.cast(function(y_true, pred, None if sample_weight is None else sample_weight[name]), compiled.dtype)
-            if metric is not None:
+            if metric is not None and record:
                 metric.update_state(unscale_loss_for_distribution(value), sample_weight=tf.shape(pred)[0])
             losses.append(value if weight is None else value * tf.cast(weight, value.dtype))
             count = tf.reduce_sum(presence_mask(y_true, self.kinds[name]))
@@ -225,13 +277,13 @@ class GradientStep:
             options["seed"] = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.model.optimizer.iterations, tf.int64)])
         if self.state is not None:
             options["state"] = self.state.read()
-        if self.method in aggregation.GRAMIAN_METHODS:
-            result = aggregation.weights(self.method, g, present=present, **options)
+        if self.kind in aggregation.GRAMIAN_METHODS:
+            result = aggregation.weights(self.kind, g, present=present, **options)
             w, new_state = result if self.state is not None else (result, None)
             direction = tf.cast(tf.linalg.matvec(tf.cast(jacobian, F64), w, transpose_a=True), tf.float32)
         else:
             w, new_state = None, None
-            direction = aggregation.aggregate(self.method, jacobian, present=present, **options)
+            direction = aggregation.aggregate(self.kind, jacobian, present=present, **options)
         return direction, w, g, new_state
 
     def _logs(self, names, w, g, present):
@@ -242,6 +294,67 @@ class GradientStep:
         cosine = g / tf.where(pairs > 0, norm[:, None] * norm[None, :], 1.0)
         logs["grad_conflict"] = tf.cast(tf.reduce_sum(cosine * pairs) / tf.maximum(tf.reduce_sum(pairs), 1.0), tf.float32)
         return logs
+
+    # ------------------------------------------------------------- loss level
+    @staticmethod
+    def _global(values):
+        """The ``(tasks,)`` float32 losses of the global batch: each replica's (already
+        divided by the replica count) summed over the replicas."""
+        total = tf.stop_gradient(tf.cast(tf.stack(values), tf.float32))
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
+        return total
+
+    def _loss_scales(self, totals, present):
+        """The factor of each task's loss in the backward pass (its rows and its head), or
+        None (1 each): FAMO's ``z_i / (c L_i)``, DB-MTL's ``1 / (L_i + eps)`` (the gradient of
+        ``log(L_i + eps)``)."""
+        if self.kind == "famo":
+            return tf.cast(loss_level.famo_weights(totals, present, self.state.read()["logits"]), tf.float32)
+        if self.kind == "db_mtl":
+            return tf.where(present, 1.0 / (totals + loss_level.LOG_EPS), 0.0)
+        return None
+
+    def _loss_level(self, jacobian, present, totals, batch, replicated):
+        """``(direction, weights, gramian, new_state, logits_gradient)`` of a loss-level
+        method; ``batch``: the replica's batch size (features level)."""
+        context = tf.distribute.get_replica_context()
+        synced = context is not None and context.num_replicas_in_sync > 1
+        g = gramian(jacobian)
+        if synced and replicated:
+            g = context.all_reduce(tf.distribute.ReduceOp.SUM, g)
+        p = tf.cast(present, F64)
+        state, new_state, logits_grad = self.state.read(), None, None
+        if self.kind == "db_mtl":
+            direction, w, new_state = loss_level.db_mtl(jacobian, present, state, **self.options)
+            return direction, w, g, new_state, None
+        if self.kind == "gradnorm":
+            if self.level == "features":
+                summed = tf.reduce_sum(tf.reshape(jacobian, [jacobian.shape[0], batch, -1]), axis=1)
+                if synced:
+                    summed = context.all_reduce(tf.distribute.ReduceOp.SUM, summed)
+                summed = tf.cast(summed, F64)
+                norms = tf.sqrt(tf.reduce_sum(summed * summed, axis=1))
+            else:
+                norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
+            w, logits_grad, new_state = loss_level.gradnorm(totals, norms, present, state, step=self.model.optimizer.iterations,
+                                                            **self.options)
+            combine = w
+        else:  # famo: the rows already carry the weights
+            w, combine = loss_level.famo_weights(totals, present, state["logits"]), p
+        direction = tf.cast(tf.linalg.matvec(tf.cast(jacobian, F64), combine, transpose_a=True), tf.float32)
+        return direction, w, g, new_state, logits_grad
+
+    def _after_step_losses(self, x, y, sample_weight):
+        """The global task losses of the updated model on the same batch (``training=True``;
+        the moving statistics and other non-trainable variables are left unchanged)."""
+        model = self.model
+        trainable = [tf.convert_to_tensor(v.value) for v in model.trainable_variables]
+        fixed = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
+        y_pred, _ = model.stateless_call(trainable, fixed, x, training=True)
+        _, losses, _ = self._task_losses(y, y_pred, sample_weight, record=False)
+        return self._global(losses)
 
     # ---------------------------------------------------------------------- step
     def __call__(self, data):
@@ -263,12 +376,18 @@ class GradientStep:
             scaled_extra = optimizer.scale_loss(tf.add_n(extra)) if extra else None
         batch = tf.shape(tree.flatten(x)[0])[0]
         model._loss_tracker.update_state(unscale_loss_for_distribution(total), sample_weight=batch)
+        totals = self._global(losses) if self.loss_level else None
+        factors = None if totals is None else self._loss_scales(totals, present)
 
         def row(grads):
             return tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], 0)
 
         if self.heads is not None:  # every task's gradient at the features in one backward pass
-            grads = _gradient(tape, scaled_sum, [copies[n] for n in names] + self.others)
+            sources = [copies[n] for n in names] + self.others
+            if factors is None:
+                grads = _gradient(tape, scaled_sum, sources)
+            else:
+                grads = _gradient(tape, scaled, sources, output_gradients=[tf.cast(factors[i], s.dtype) for i, s in enumerate(scaled)])
             at_features, other_grads = grads[: len(names)], grads[len(names):]
             if self.level == "features":
                 rows = [row([g]) for g in at_features]
@@ -276,10 +395,11 @@ class GradientStep:
                 rows = [row(_gradient(tape, features, self.shared, output_gradients=g)) for g in at_features]
         else:
             rows, other_grads = [], [tf.zeros_like(v) for v in self.others]
-            for loss in scaled:
+            for i, loss in enumerate(scaled):
                 grads = _gradient(tape, loss, self.shared + self.others)
-                rows.append(row(grads[: len(self.shared)]))
-                other_grads = [a + tf.cast(b, a.dtype) for a, b in zip(other_grads, grads[len(self.shared):])]
+                factor = 1.0 if factors is None else factors[i]
+                rows.append(row(grads[: len(self.shared)]) * factor)
+                other_grads = [a + tf.cast(b, a.dtype) * tf.cast(factor, a.dtype) for a, b in zip(other_grads, grads[len(self.shared):])]
         jacobian = tf.stack(rows) / scale
         finite = tf.reduce_all(tf.math.is_finite(jacobian))
         replicated = self.level == "features"
@@ -288,9 +408,14 @@ class GradientStep:
         if replicas > 1 and not replicated:
             jacobian = context.all_reduce(tf.distribute.ReduceOp.SUM, jacobian)
             finite = tf.reduce_all(tf.math.is_finite(jacobian))
-        direction, w, g, new_state = self._aggregate(tf.where(finite, jacobian, 0.0), present, replicated)
+        logits_grad = None
+        if self.loss_level:
+            local = tf.shape(features)[0] if self.level == "features" else None
+            direction, w, g, new_state, logits_grad = self._loss_level(tf.where(finite, jacobian, 0.0), present, totals, local, replicated)
+        else:
+            direction, w, g, new_state = self._aggregate(tf.where(finite, jacobian, 0.0), present, replicated)
         direction = tf.where(finite, direction, float("nan")) * scale
-        if self.state is not None:
+        if self.state is not None and new_state is not None:
             self.state.write(new_state, keep=tf.logical_not(finite))
 
         if self.level == "features":
@@ -309,8 +434,16 @@ class GradientStep:
             other_grads = [a + tf.cast(b, a.dtype) for a, b in zip(other_grads, extra_grads)]
         del tape
         grads = {id(v): gr for v, gr in zip(self.shared + self.others, list(shared_grads) + other_grads)}
+        if logits_grad is not None:  # GradNorm's logits: the same on every replica, which the optimizer sums
+            logits = self.state.slot("logits")
+            grads[id(logits)] = tf.where(finite, tf.cast(logits_grad, tf.float32), float("nan")) * scale / replicas
         variables = model.trainable_variables
         optimizer.apply_gradients([(tf.cast(grads[id(v)], v.dtype), v) for v in variables])
+        if self.kind == "famo":
+            after = self._after_step_losses(x, y, sample_weight)
+            new_state = loss_level.famo_update(totals, after, present, self.state.read(), **self.options)
+            kept = tf.logical_not(tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(after))))
+            self.state.write(new_state, keep=kept)
         return {**model.compute_metrics(x, y, y_pred, sample_weight=sample_weight), **self._logs(names, w, g, present)}
 
 

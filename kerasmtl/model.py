@@ -109,6 +109,23 @@ class MultiTaskModel(keras.Model):
         """The tasks, in the order they were given."""
         return list(self._task_list)
 
+    def set_tasks(self, tasks: Sequence[Task]) -> None:
+        """New tasks for the same outputs (e.g. calibrated thresholds, another loss); the
+        config, and so every file the model is saved to, carries them.
+
+        Raises:
+            ValueError: the tasks do not describe the outputs, or change an output's kind,
+                classes or activation.
+        """
+        check_tasks(self, tasks)
+        by_name = {t.name: t for t in tasks}
+        for old in self._task_list:
+            new = by_name[old.name]
+            if (new.kind, new.classes, new.activation) != (old.kind, old.classes, old.activation):
+                raise ValueError(f"Output {old.name!r} is a {old.kind} output {old.classes} with {old.activation} activation; "
+                                 f"the new task is a {new.kind} one {new.classes} with {new.activation}.")
+        self._task_list = tuple(by_name[t.name] for t in self._task_list)
+
     # ---------------------------------------------------------------- compile
     def compile(self, optimizer=AUTO, loss=AUTO, metrics=AUTO, loss_weights=None, gradient_method=None,
                 gradient_level="features", gradient_options=None, **kwargs):

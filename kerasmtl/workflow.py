@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
@@ -35,7 +36,7 @@ from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.data.validate import Problem, default_cache_path, problems_csv, validate_table
 from kerasmtl.evaluation.metrics import predict_outputs
 from kerasmtl.evaluation.report import evaluate_and_report
-from kerasmtl.evaluation.thresholds import calibrate_thresholds, set_model_tasks
+from kerasmtl.evaluation.thresholds import calibrate_thresholds
 from kerasmtl.model import MultiTaskModel, with_task_weighting
 from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.resume import ResumableRun, config_fingerprint, data_digest
@@ -146,9 +147,19 @@ def check_dataset(dataset: Dataset, config) -> tuple[pd.DataFrame, list[Problem]
     return report.accept(skip_bad=config.skip_bad), report.problems
 
 
-def split_dataset(frame: pd.DataFrame, dataset: Dataset, config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The official partitions when the data has them, else a seeded stratified split."""
-    if dataset.has_partitions:
+def split_dataset(frame: pd.DataFrame, dataset: Dataset, config,
+                  subsets: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The official partitions when the data has them, else a seeded stratified split.
+
+    Args:
+        subsets: ``{image path: "train" | "val" | "test"}`` fixing the split instead (rows
+            not in it are left out), so that runs on other tasks of the same rows (the
+            stratification follows the tasks) train and test on the same images.
+    """
+    if subsets is not None:
+        subset = frame["path"].map(subsets)
+        train, val, test = (frame[subset == name].reset_index(drop=True) for name in ("train", "val", "test"))
+    elif dataset.has_partitions:
         train, val, test = (frame[frame["partition"] == name].reset_index(drop=True) for name in ("train", "val", "test"))
     else:
         train, val, test = split_table(frame, dataset.tasks, config.val_fraction, config.test_fraction, seed=config.seed)
@@ -161,7 +172,8 @@ def split_dataset(frame: pd.DataFrame, dataset: Dataset, config) -> tuple[pd.Dat
     return train, val, test
 
 
-def prepare_data(config, recipe: Recipe, tasks: list[Task] | None = None, standardize: bool = True) -> PreparedData:
+def prepare_data(config, recipe: Recipe, tasks: list[Task] | None = None, standardize: bool = True,
+                 subsets: Mapping[str, str] | None = None) -> PreparedData:
     """Loads, checks and splits the dataset and builds its generators.
 
     Args:
@@ -170,13 +182,14 @@ def prepare_data(config, recipe: Recipe, tasks: list[Task] | None = None, standa
         tasks: the tasks a preset needs; default the data's own.
         standardize: give regression tasks the mean / std of the training split (builder
             models; presets keep their source's output units).
+        subsets: a fixed split (`split_dataset`).
 
     Raises:
         DataError: for a bad dataset (before any training).
     """
     dataset = load_dataset(config, tasks)
     frame, problems = check_dataset(dataset, config)
-    train, val, test = split_dataset(frame, dataset, config)
+    train, val, test = split_dataset(frame, dataset, config, subsets)
     train_targets = encode_targets(train, dataset.tasks, where=dataset.source)
     tasks = [t.with_statistics(train_targets[t.name]) if (standardize and t.mean is None) or t.kind == "binary" else t
              for t in with_loss_flags(dataset.tasks, config)]  # binary: the positive share a weighted loss needs
@@ -216,7 +229,7 @@ def build_model(config, recipe: Recipe, tasks: list[Task], spec=None) -> MultiTa
 
         model = create(config.model, input_shape=recipe.input_shape, weights=config.weights, backbone_weights=config.backbone_weights)
         if [t.name for t in tasks] == [t.name for t in model.tasks] and list(tasks) != model.tasks:
-            set_model_tasks(model, tasks)  # the preset's outputs with the run's loss settings
+            model.set_tasks(tasks)  # the preset's outputs with the run's loss settings
         return model if recipe.task_weighting == "static" else with_task_weighting(model, recipe.task_weighting)
     base_kwargs = {}
     if config.width is not None:
@@ -347,7 +360,7 @@ def calibrate_run(run: RunFolder, data: PreparedData, model, criterion: str) -> 
     `calibrate_thresholds`."""
     outputs = predict_outputs(model, data.val_data)
     tasks, record = calibrate_thresholds(data.tasks, encode_targets(data.val, data.tasks), outputs, criterion)
-    set_model_tasks(model, tasks)
+    model.set_tasks(tasks)
     data.tasks = tasks
     run.write_json(runs.TASKS, [t.to_dict() for t in tasks])
     for name, entry in record["tasks"].items():
@@ -380,7 +393,7 @@ def finish_run(run: RunFolder, data: PreparedData, model, calibration: dict | No
     return reports
 
 
-def run_training(config) -> RunFolder:
+def run_training(config, subsets: Mapping[str, str] | None = None) -> RunFolder:
     """Trains a model as ``config`` says and writes its run folder.
 
     Under ``--strategy`` the model, optimizer and callbacks are created, and ``fit`` runs,
@@ -388,6 +401,11 @@ def run_training(config) -> RunFolder:
     multiworker cluster the chief writes the run folder and each other worker its own
     ``workers/worker-<id>`` inside it. Rerunning the same command continues an
     interrupted run, and a finished one when ``--epochs`` grew.
+
+    Args:
+        config: the run's settings.
+        subsets: a fixed split (`split_dataset`), e.g. the one multi-task run's rows for
+            its single-task baselines.
 
     Returns:
         The run folder.
@@ -399,13 +417,14 @@ def run_training(config) -> RunFolder:
         keras.utils.set_random_seed(config.seed)
         run_dir = distribute.worker_path(config.out or default_run_dir(config), strategy)
         with RunFolder.open(run_dir, restart=config.restart) as run:
-            return _train(run, config, recipe, spec, strategy)
+            return _train(run, config, recipe, spec, strategy, subsets)
 
 
-def _train(run: RunFolder, config, recipe: Recipe, spec, strategy) -> RunFolder:
+def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None) -> RunFolder:
     """The body of `run_training`, with the run folder open and locked."""
     session = ResumableRun(run, config_fingerprint(config), epochs=recipe.epochs)
-    data = prepare_data(config, recipe, list(spec.tasks) if spec is not None else None, standardize=spec is None)
+    data = prepare_data(config, recipe, list(spec.tasks) if spec is not None else None, standardize=spec is None,
+                        subsets=subsets)
     session.check_data(data_digest(data.train["path"], data.val["path"], data.test["path"]))
     calibrate = getattr(config, "calibrate", None)
     if calibrate and data.val_data is None:

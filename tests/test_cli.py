@@ -90,7 +90,7 @@ def test_unknown_base_exits_2_listing_the_towers(capsys):
 
 
 def test_fixed_choices_match_the_package():
-    from kerasmtl import aggregation, distribute, gradient_step, heads, training, weighting, workflow
+    from kerasmtl import distribute, gradient_step, heads, training, weighting, workflow
     from kerasmtl.callbacks import task_weights
     from kerasmtl.data import celeba, peta, sources
     from kerasmtl.evaluation import thresholds
@@ -104,7 +104,7 @@ def test_fixed_choices_match_the_package():
     assert cli.MIXED_PRECISION == tuple(distribute.MIXED_PRECISION)
     assert cli.LAYOUTS == ("auto", *celeba.LAYOUTS, *sources.ATTRIBUTE_LAYOUTS)
     assert cli.PETA_ATTRIBUTES == peta.ATTRIBUTE_SETS and TrainConfig().peta_attributes == sources.DataSettings().peta_attributes
-    assert cli.GRADIENT_METHODS == aggregation.METHODS and cli.GRADIENT_LEVELS == gradient_step.LEVELS
+    assert cli.GRADIENT_METHODS == gradient_step.METHODS and cli.GRADIENT_LEVELS == gradient_step.LEVELS
     assert cli.LOSSES == LOSSES and cli.CALIBRATIONS == thresholds.CRITERIA
     assert workflow.BUILDER_DEFAULTS["lr_schedule"] in cli.LR_SCHEDULES
     # --input: training_input tests for each choice but the last, which is its else branch

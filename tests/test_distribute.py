@@ -125,6 +125,7 @@ def test_mirrored_predict_and_evaluate_match_one_device(inputs_runs):
     assert max_difference(predictions, runs["none-tfdata"][n:]) < ATOL
 
 
+@pytest.mark.slow
 def test_callbacks_under_mirrored_match_one_device(data_folder, tmp_path):
     """Task weighting (DWA, uncertainty), OneCycle, the LR range test and ResumeCheckpoint
     are created inside the strategy's scope and give one device's results on 2 replicas."""

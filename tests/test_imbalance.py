@@ -14,7 +14,7 @@ import pytest
 
 from kerasmtl import MultiTaskModel, Task, with_task_weighting
 from kerasmtl.evaluation.metrics import task_report
-from kerasmtl.evaluation.thresholds import best_threshold, calibrate_thresholds, criterion_values, set_model_tasks
+from kerasmtl.evaluation.thresholds import best_threshold, calibrate_thresholds, criterion_values
 from kerasmtl.losses import (
     MaskedBinaryCrossentropy,
     MaskedBinaryFocalCrossentropy,
@@ -183,12 +183,12 @@ def test_calibrated_thresholds_travel_in_the_saved_model(tmp_path):
     calibrated, record = calibrate_thresholds(tasks, targets, scores, "f1")
     assert calibrated[0].threshold == pytest.approx(0.25) and calibrated[1] == tasks[1]
     assert record["tasks"]["a"]["score"] == 1.0 and record["tasks"]["a"]["score_at_default"] == 0.0
-    set_model_tasks(model, calibrated)
+    model.set_tasks(calibrated)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.tasks[0].threshold == pytest.approx(0.25)
     with pytest.raises(ValueError, match="activation"):
-        set_model_tasks(model, [Task("a", "binary", ("no", "yes"), loss="mse"), tasks[1]])
+        model.set_tasks([Task("a", "binary", ("no", "yes"), loss="mse"), tasks[1]])
 
 
 # ---------------------------------------------------- a 3 %-positive attribute

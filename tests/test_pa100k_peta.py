@@ -247,6 +247,7 @@ def test_kerasmtl_train_on_a_pa100k_folder_uses_the_official_split_and_names(pa1
     assert set(metrics["test"]) >= {"Female", "Skirt_Dress"}
 
 
+@pytest.mark.slow  # the loading tests above cover the split; this is the command line end to end
 def test_kerasmtl_train_on_a_peta_folder_uses_the_split_by_person(peta, tmp_path):
     tasks_file = _tasks_file(tmp_path / "tasks.yaml", [("personalMale", "personalMale"), ("hairBlack", "hairBlack")])
     tasks, split, metrics = _train(peta.folder, tmp_path / "run", tmp_path / "home", "--tasks", tasks_file)

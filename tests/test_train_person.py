@@ -49,8 +49,8 @@ def broken_copy(hvc_folder, tmp_path):
 @pytest.mark.parametrize(
     "breakage, expected",
     [
-        ("column", "missing column(s) ['bodypose']"),
-        ("label", "row 4: column 'weight': label 'huge'"),
+        pytest.param("column", "missing column(s) ['bodypose']", marks=pytest.mark.slow),
+        pytest.param("label", "row 4: column 'weight': label 'huge'", marks=pytest.mark.slow),
         ("file", "3.jpg' does not exist"),
     ],
 )

@@ -135,23 +135,3 @@ def calibrate_thresholds(
                              "score_at_default": at_default}
         calibrated.append(dataclasses.replace(task, threshold=threshold))
     return calibrated, {"criterion": criterion, "tasks": record}
-
-
-def set_model_tasks(model, tasks: Sequence[Task]) -> None:
-    """Gives a `kerasmtl.MultiTaskModel` new tasks for the same outputs (e.g. calibrated
-    thresholds); its config, and so every file it is saved to, carries them.
-
-    Raises:
-        ValueError: the tasks do not describe the model's outputs, or change more than
-            thresholds and loss settings (an output's kind, classes or activation).
-    """
-    from kerasmtl.model import check_tasks
-
-    check_tasks(model, tasks)
-    by_name = {t.name: t for t in tasks}
-    for old in model.tasks:
-        new = by_name[old.name]
-        if (new.kind, new.classes, new.activation) != (old.kind, old.classes, old.activation):
-            raise ValueError(f"Output {old.name!r} is a {old.kind} output {old.classes} with {old.activation} activation; "
-                             f"the new task is a {new.kind} one {new.classes} with {new.activation}.")
-    model._task_list = tuple(by_name[t.name] for t in model.tasks)
