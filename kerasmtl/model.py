@@ -138,9 +138,9 @@ class MultiTaskModel(keras.Model):
                 Keras metrics.
             loss_weights: ``{task name: number}`` copied into the weight variables (tasks
                 not named keep theirs); not allowed when the weights are learned.
-            gradient_method: None (Keras's step on the summed loss) or a method of
-                `kerasmtl.aggregation.METHODS` that combines the task gradients
-                (`kerasmtl.gradient_step`).
+            gradient_method: None (Keras's step on the summed loss) or one of
+                `kerasmtl.gradient_step.METHODS`: a gradient aggregator or a loss-level
+                method (GradNorm, FAMO, DB-MTL) that combines the task gradients.
             gradient_level: ``"features"`` (Jacobian at the shared representation) or
                 ``"parameters"`` (over the tower's variables).
             gradient_options: the method's options (``c``, ``pref_vector``, ``seed``, ...).
