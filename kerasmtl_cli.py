@@ -540,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = "usage: kerasmtl {" + ",".join(COMMANDS) + "} [options]   (kerasmtl COMMAND --help for each)"
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage + "\n\n" + "\n".join(f"  {name:<9} {command.__doc__.split(':', 1)[1].strip()}" for name, command in COMMANDS.items()))
+        width = max(map(len, COMMANDS))
+        print(usage + "\n\n" + "\n".join(f"  {name:<{width}} {command.__doc__.split(':', 1)[1].strip()}" for name, command in COMMANDS.items()))
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

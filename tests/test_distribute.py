@@ -152,6 +152,7 @@ def test_callbacks_under_mirrored_match_one_device(data_folder, tmp_path):
 
 
 # ----------------------------------------------------------------- 2 workers
+@pytest.mark.slow
 def test_two_workers_agree_and_match_one_device(data_folder, inputs_runs, tmp_path):
     results = run_workers(data_folder, tmp_path)
     for code, stderr in results:

@@ -43,6 +43,7 @@ def _weighted_total(history, weights):
     return sum(w * history[f"{name}_loss"] for name, w in weights.items())
 
 
+@pytest.mark.slow  # tests/test_workflow.py trains this preset from the command line in the fast suite
 def test_resnet18_landmarks_trains_an_epoch_with_its_recipe(celeba, tmp_path):
     spec = get_port_spec("resnet18_landmarks")
     history, config, metrics = _train("resnet18_landmarks", celeba, tmp_path / "run")

@@ -21,6 +21,7 @@ def _run(args, tmp_path, timeout=300):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
 
 
+@pytest.mark.slow  # `make demo` is this run; tests/test_workflow.py covers the command in the fast suite
 def test_default_run_on_the_sample_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "run"
     result = _run([*TINY, "--epochs", "2", "--sample-size", "80", "--out", str(out)], tmp_path)

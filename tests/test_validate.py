@@ -455,6 +455,7 @@ def test_bad_rows_stop_the_run_before_training_with_every_problem_listed(hvc_cop
     assert not (tmp_path / "run" / "history.csv").exists()
 
 
+@pytest.mark.slow
 def test_skip_bad_trains_without_the_bad_rows_and_writes_skipped_csv(hvc_copy, tmp_path):
     from kerasmtl_cli import train
 
