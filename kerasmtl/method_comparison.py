@@ -33,9 +33,7 @@ from kerasmtl.workflow import check_dataset, default_run_dir, load_dataset, reso
 SINGLE_TASK = "single-task"
 #: The Δm column of the table (percent).
 DELTA_M = "delta_m"
-#: The files of a comparison folder besides ``comparison.csv`` (`kerasmtl.runs.COMPARISON`).
-COMPARISON_REPORT = "comparison.md"
-COMPARISON_PLOT = "comparison.png"
+COMPARISON_REPORT, COMPARISON_PLOT = runs.COMPARISON_REPORT, runs.COMPARISON_PLOT
 SPLITS = ("train", "val", "test")
 
 
@@ -297,8 +295,8 @@ def run_method_comparison(config, methods: Sequence[str]) -> pd.DataFrame:
         folder.write_text(runs.COMPARISON, table.to_csv())
         note = (f"Test split ({len(splits['test'])} images); accuracy for classification, MAE for regression; Δm: "
                 "mean over tasks of the signed relative change against the single-task run (LibMTL's count_improvement).")
-        atomic.write_text(out / COMPARISON_REPORT, comparison_markdown(table, tasks, note))
-        plot_comparison(table, tasks, out / COMPARISON_PLOT)
+        folder.write_text(COMPARISON_REPORT, comparison_markdown(table, tasks, note))
+        plot_comparison(table, tasks, folder.output(COMPARISON_PLOT))  # recorded in the folder's manifest
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 160):
         print(table.to_string())
     print(f"Wrote {out / runs.COMPARISON}, {out / COMPARISON_REPORT} and {out / COMPARISON_PLOT}")

@@ -33,6 +33,8 @@ SKIPPED = "skipped.csv"  # rows left out by --skip-bad
 LR_FIND_CSV = "lr_find.csv"
 LR_FIND_PLOT = "lr_find.png"
 COMPARISON = "comparison.csv"
+COMPARISON_REPORT = "comparison.md"  # compare-methods: the table in Markdown
+COMPARISON_PLOT = "comparison.png"
 TRAINING_CURVES = "training_curves.png"
 LOSS_WEIGHTS = "loss_weights.png"
 #: The figures of an evaluation, by kind.
@@ -46,7 +48,7 @@ EVALUATION_FIGURES = {
 }
 FILES = frozenset(
     {CONFIG, TASKS, AUGMENTATION, MODEL, BEST_MODEL, HISTORY, METRICS, REPORT, SPLIT, SKIPPED, LR_FIND_CSV,
-     LR_FIND_PLOT, COMPARISON, TRAINING_CURVES, LOSS_WEIGHTS, *EVALUATION_FIGURES.values()}
+     LR_FIND_PLOT, COMPARISON, COMPARISON_REPORT, COMPARISON_PLOT, TRAINING_CURVES, LOSS_WEIGHTS, *EVALUATION_FIGURES.values()}
 )
 
 # ---------------------------------------------------------------- folders of a run
