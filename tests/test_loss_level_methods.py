@@ -57,6 +57,17 @@ def sgd(variables, grads):
 
 
 # -------------------------------------------------------------------- references
+def _first_losses(losses, present, state):
+    """GradNorm's L(0): each present task's loss on its first labelled step."""
+    values = np.array([float(v) for v in losses])
+    on = np.flatnonzero(present)
+    initial, counts = state["initial_losses"].copy(), state["counts"].copy()
+    for i in on:
+        if counts[i] == 0:
+            initial[i], counts[i] = values[i], 1
+    return values, on, initial, counts
+
+
 def gradnorm_reference(weights, state, x, y, alpha=1.5):
     """LibMTL's GradNorm at features level, over the present tasks: ``loss_scale = k
     softmax(logits)``, ``G = ||loss_scale * grads||`` with ``grads`` the representation
@@ -64,12 +75,7 @@ def gradnorm_reference(weights, state, x, y, alpha=1.5):
     constant) differentiated for the logits; the shared layers get the weighted gradient,
     the heads their own."""
     model, tape, h, losses, present = forward(weights, x, y)
-    values = np.array([float(v) for v in losses])
-    on = np.flatnonzero(present)
-    initial, counts = state["initial_losses"].copy(), state["counts"].copy()
-    for i in on:
-        if counts[i] == 0:
-            initial[i], counts[i] = values[i], 1
+    values, on, initial, counts = _first_losses(losses, present, state)
     per_sample = [tape.gradient(losses[i], h).numpy() for i in range(3)]
     grads = tf.constant(np.stack([per_sample[i].sum(0) for i in on]), tf.float64)
     logits = tf.Variable(state["logits"][on].astype(np.float64))
@@ -179,12 +185,7 @@ def reference_for(method, level, options):
 def gradnorm_parameters_reference(weights, state, x, y, alpha=1.5):
     """GradNorm at parameters level: ``grads`` are the shared parameters' task gradients."""
     model, tape, h, losses, present = forward(weights, x, y)
-    values = np.array([float(v) for v in losses])
-    on = np.flatnonzero(present)
-    initial, counts = state["initial_losses"].copy(), state["counts"].copy()
-    for i in on:
-        if counts[i] == 0:
-            initial[i], counts[i] = values[i], 1
+    values, on, initial, counts = _first_losses(losses, present, state)
     shared = trunk_vars(model)
     rows = [np.concatenate([g.numpy().ravel() for g in tape.gradient(losses[i], shared)]) for i in range(3)]
     logits = tf.Variable(state["logits"][on].astype(np.float64))
