@@ -68,6 +68,7 @@ from keras.src.losses.loss import unscale_loss_for_distribution
 from kerasmtl import aggregation
 from kerasmtl.aggregation import loss_level
 from kerasmtl.aggregation._core import F64, gramian
+from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.losses import _global_present, presence_mask
 
 #: The values of ``compile(gradient_level=...)``.
@@ -211,7 +212,7 @@ class GradientStep:
         if level not in LEVELS:
             raise ValueError(f"gradient_level must be one of {LEVELS}. Received: gradient_level={level!r}")
         kind = ALIASES.get(method, method)
-        self.options = dict(options or {})
+        self.options = check_gradient_options(kind, options)
         self.seed = self.options.pop("seed", 0) if kind in aggregation.RANDOM else None
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"gradient_options seed must be an int. Received: seed={self.seed!r}")
@@ -464,6 +465,8 @@ def shared_variables(model) -> list:
 def configure(model, method, level="features", options=None):
     """Attaches the gradient step of ``method`` to ``model`` (None: the plain Keras step),
     and its state layer as ``model.gradient_state`` so it is saved with the model."""
+    if method is None:
+        check_gradient_options(None, options)
     step = None if method is None else GradientStep(model, method, level, options)
     model._gradient_step = step
     if step is not None and step.state is not None:

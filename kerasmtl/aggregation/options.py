@@ -1,0 +1,131 @@
+"""The options of the gradient methods: which each method has and of what type, checked
+when a model is compiled.
+
+The methods are functions whose keyword-only parameters are their options (see
+`kerasmtl.aggregation` and `kerasmtl.aggregation.loss_level`); this module declares the
+type of each option name (the names mean the same in every method) and checks a
+``compile(gradient_options=...)`` mapping against them. Checking at compile time turns a
+``TypeError`` raised deep inside the first train step (a string compared with a number in
+a solver) into one message naming the method, the option, the type it takes and the value
+received.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from kerasmtl.aggregation import linear, loss_level, solvers, surgery
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_seed(value) -> bool:
+    if _is_int(value):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value)
+
+
+def _is_vector(value) -> bool:
+    if isinstance(value, (str, bytes, Mapping)) or _is_number(value):
+        return False
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        return False
+    return array.ndim == 1 and array.dtype.kind in "iuf"
+
+
+#: Each option name: (the type it takes, in words; its check).
+OPTION_TYPES = {
+    "seed": ("an int or a pair of ints", _is_seed),
+    "pref_vector": ("a list of numbers, one per task", _is_vector),
+    "leak": ("a list of numbers, one per task", _is_vector),
+    "scale_mode": ("a string", lambda v: isinstance(v, str)),
+    "f": ("a function of a tensor", callable),
+    "epsilon": ("a number", _is_number),
+    "eps": ("a number", _is_number),
+    "norm_eps": ("a number", _is_number),
+    "reg_eps": ("a number", _is_number),
+    "c": ("a number", _is_number),
+    "max_norm": ("a number", _is_number),
+    "alpha": ("a number", _is_number),
+    "beta": ("a number", _is_number),
+    "beta_sigma": ("a number", _is_number),
+    "lr": ("a number", _is_number),
+    "weight_decay": ("a number", _is_number),
+    "max_iters": ("an int", _is_int),
+    "update_weights_every": ("an int", _is_int),
+    "optim_niter": ("an int", _is_int),
+    "warmup_steps": ("an int", _is_int),
+}
+
+_FUNCTIONS = {
+    "mean": linear.mean, "sum": linear.sum_, "random": linear.random, "imtl_g": linear.imtl_g,
+    "aligned_mtl": linear.aligned_mtl, "config": linear.config,
+    "mgda": solvers.mgda, "cagrad": solvers.cagrad, "upgrad": solvers.upgrad, "dualproj": solvers.dualproj,
+    "nash_mtl": solvers.nash_mtl, "fairgrad": solvers.fairgrad,
+    "pcgrad": surgery.pcgrad, "gradvac": surgery.gradvac, "graddrop": surgery.graddrop,
+    "gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, "db_mtl": loss_level.db_mtl,
+}
+
+
+def method_options(method: str) -> dict[str, object]:
+    """``{option: default}`` of ``method`` (an aggregation or loss-level method name).
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    if method not in _FUNCTIONS:
+        raise ValueError(f"Unknown gradient method. Known: {', '.join(_FUNCTIONS)}. Received: {method!r}")
+    parameters = inspect.signature(_FUNCTIONS[method]).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "step"}
+
+
+def check_gradient_options(method: str | None, options) -> dict:
+    """Checks ``compile(gradient_options=...)`` against ``method``'s options and their types.
+
+    Args:
+        method: the gradient method (aliases resolved), or None for Keras's own step.
+        options: None or a mapping of option names to values.
+
+    Returns:
+        The options as a new dict (empty for None).
+
+    Raises:
+        ValueError: options without a method (they would be ignored).
+        TypeError: options that are not a mapping, an option the method does not have, or
+            a value of the wrong type; the message names the option, the type it takes and
+            the value received.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError("gradient_options must be a dict of option names to values, e.g. {'c': 0.4}. "
+                        f"Received: gradient_options={options!r} ({type(options).__name__})")
+    if method is None:
+        if options:
+            raise ValueError("gradient_options are the options of a gradient_method; without one they would be "
+                             f"ignored. Give gradient_method too. Received: gradient_options={dict(options)!r}")
+        return {}
+    known = method_options(method)
+    unknown = sorted(str(k) for k in options if k not in known)
+    if unknown:
+        raise TypeError(f"{method} has the options {list(known) or 'none'}. Received: {', '.join(unknown)}")
+    for key, value in options.items():
+        if value is None and known[key] is None:
+            continue
+        wanted, check = OPTION_TYPES[key]
+        if not check(value):
+            raise TypeError(f"{method}'s option {key} must be {wanted}. "
+                            f"Received: {key}={value!r} ({type(value).__name__})")
+    return dict(options)
