@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -162,6 +163,17 @@ _share = _number("a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 MIN_IMAGE_SIZE = 16
 
 
+def task_weight_problem(name: str, weight: float, given: Mapping, shown=None) -> str | None:
+    """What is wrong with one ``TASK=WEIGHT`` pair (None: nothing): a loss weight is a
+    finite number >= 0 (a negative one would train the task to get worse), each task once.
+    ``shown``: the weight as the user wrote it."""
+    if not math.isfinite(weight) or weight < 0:
+        return f"a task's weight must be a finite number >= 0. Received: {name}={weight if shown is None else shown}"
+    if name in given:
+        return f"names each task once. Received: {name} twice"
+    return None
+
+
 class TaskWeightsAction(argparse.Action):
     """Parses ``TASK=WEIGHT`` pairs into ``{task: weight}``."""
 
@@ -170,11 +182,15 @@ class TaskWeightsAction(argparse.Action):
         for item in values:
             name, _, value = item.partition("=")
             try:
-                weights[name] = float(value)
+                weight = float(value)
             except ValueError:
+                weight = None
+            if not name or weight is None:
                 parser.error(f"{option_string} takes TASK=WEIGHT pairs, e.g. gender=50 age=100. Received: {item!r}")
-            if not name:
-                parser.error(f"{option_string} takes TASK=WEIGHT pairs, e.g. gender=50 age=100. Received: {item!r}")
+            problem = task_weight_problem(name, weight, weights, value)
+            if problem:
+                parser.error(f"{option_string}: {problem}")
+            weights[name] = weight
         setattr(namespace, self.dest, weights)
 
 
@@ -273,7 +289,8 @@ def add_distribution_arguments(parser: argparse.ArgumentParser) -> None:
 def training_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
     """A parser with ``--config`` and the data, model, training and distribution flags."""
     parser = argparse.ArgumentParser(description=description, prog=prog)
-    parser.add_argument("--config", help="YAML file whose keys are flag names; command-line flags win")
+    parser.add_argument("--config", help="YAML file whose keys are flag names; command-line flags win; relative paths in "
+                        "it (data, out, tasks, image-root, weights, ...) are read from the file's folder")
     add_data_arguments(parser)
     add_model_arguments(parser)
     add_training_arguments(parser)
@@ -314,7 +331,13 @@ def check_yaml_value(action: argparse.Action, value, where: str):
             raise ValueError(f"{where}: {key} must be a mapping of task names to numbers. Received: {value!r}")
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value.values()):
             raise ValueError(f"{where}: {key} must map task names to numbers. Received: {value!r}")
-        return {str(k): float(v) for k, v in value.items()}
+        weights = {}
+        for name, weight in value.items():
+            problem = task_weight_problem(str(name), float(weight), weights, weight)
+            if problem:
+                raise ValueError(f"{where}: {key}: {problem}")
+            weights[str(name)] = float(weight)
+        return weights
     items = value if action.nargs in ("+", "*") else [value]
     if action.nargs in ("+", "*") and not isinstance(value, list):
         raise ValueError(f"{where}: {key} must be a list. Received: {value!r}")
@@ -337,30 +360,82 @@ def check_yaml_value(action: argparse.Action, value, where: str):
     return checked if action.nargs in ("+", "*") else checked[0]
 
 
+#: Config keys that name files or folders: a relative one is read from the config file's folder.
+PATH_KEYS = ("data", "image_root", "tasks", "tfds_dir", "tfds_cache", "weights", "backbone_weights", "out")
+
+
+def _repeated_key(node) -> str | None:
+    """The first key given twice in one mapping of a composed YAML document (YAML itself
+    would keep the last one without a word), as ``"key 'x' is given twice (lines a and b)"``."""
+    import yaml
+
+    stack = [node] if node is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        return f"key {key.value!r} is given twice (lines {seen[key.value] + 1} and {key.start_mark.line + 1})"
+                    seen[key.value] = key.start_mark.line
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return None
+
+
+def _from_config_folder(dest: str, value, folder: str):
+    """``value`` of a `PATH_KEYS` key, a relative path joined to the config file's folder
+    (``tfds:...`` data and ``imagenet`` weights are names, not paths)."""
+    if not isinstance(value, str) or os.path.isabs(value) or not value:
+        return value
+    if (dest == "data" and value.startswith("tfds:")) or (dest == "weights" and value == "imagenet"):
+        return value
+    return os.path.normpath(os.path.join(folder, os.path.expanduser(value))) if folder else value
+
+
 def load_yaml_config(path: str, parser: argparse.ArgumentParser) -> dict:
-    """Reads a YAML config (``yaml.safe_load``) whose keys are flag names, every value checked.
+    """Reads a YAML config (``yaml.safe_load`` rules) whose keys are flag names, every value
+    checked; relative paths (`PATH_KEYS`) are read from the config file's folder, so that a
+    config works from any working folder.
 
     Raises:
-        ValueError: not a mapping, an unknown key, or a value its flag would refuse.
+        ValueError: an empty file, not a mapping, a key given twice, an unknown key, or a
+            value its flag would refuse.
     """
     import yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            content = yaml.safe_load(handle) or {}
+            text = handle.read()
+        repeated = _repeated_key(yaml.compose(text, Loader=yaml.SafeLoader))  # nodes only: no tag is acted on
+        content = yaml.safe_load(text)
     except OSError as error:
         raise ValueError(f"cannot read the config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except yaml.YAMLError as error:  # includes tags such as !!python/object, which safe_load refuses
         raise ValueError(f"{path}: not a valid YAML config ({error})") from None
+    if repeated:
+        raise ValueError(f"{path}: {repeated}; keep one")
+    if content is None or content == {}:
+        raise ValueError(f"{path}: the config file is empty; it is a YAML mapping of flag names to values "
+                         "(e.g. 'data: labels.csv'). Give settings, or leave out --config")
     if not isinstance(content, dict):
         raise ValueError(f"{path}: a config file is a YAML mapping of flag names to values. Received: {type(content).__name__}")
     actions = _actions(parser)
+    folder = os.path.dirname(str(path))
     config = {}
     for key, value in content.items():
         dest = str(key).replace("-", "_")
         if dest not in actions:
             raise ValueError(f"{path}: unknown key {key!r}. Known keys: {sorted(k.replace('_', '-') for k in actions)}")
+        if dest in config:
+            raise ValueError(f"{path}: {key!r} and its other spelling both given; keep one")
         config[dest] = check_yaml_value(actions[dest], value, str(path))
+        if dest in PATH_KEYS:
+            config[dest] = _from_config_folder(dest, config[dest], folder)
     return config
 
 

@@ -271,3 +271,28 @@ def test_frame_feeds_the_generator(scanned):
     images, targets = generator[0]
     assert images.shape == (4, 8, 8, 3)
     assert targets["glasses"].reshape(-1).tolist() == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("regression, message", [
+    (["ink", "ink"], r"each regression column may be given once \(one task per column\)\. "
+                     r"Received: 'ink' more than once in --regression ink ink"),
+    (["both=ink,col", "col"], r"each regression column may be given once .*Received: 'col' more than once"),
+    (["s=ink", "s=col"], r"each regression task name may be given once .*Received: 's' more than once"),
+    (["size=col"], r"the regression task 'size' \(column\(s\) \['col'\]\) has the name of the label column 'size', "
+                   r"which is a task of its own; name it otherwise, e.g. --regression size_value=col"),
+])
+def test_a_regression_column_or_name_used_twice_is_refused(tmp_path, regression, message):
+    csv_path = _dataset(tmp_path, "path,ink,size,col\na.png,1,s,2\nb.png,2,m,3\n", images=())
+    with pytest.raises(DataError, match=message):
+        scan_label_csv(csv_path, regression=regression)
+
+
+def test_a_regression_column_without_any_value_is_left_out_with_a_note(tmp_path, capsys):
+    csv_path = _dataset(tmp_path, "path,smile,height,x,y\na.png,1,,1,\nb.png,0,,,2\nc.png,1,,,\n", images=())
+    _, tasks, _ = scan_label_csv(csv_path, regression=["height", "point=x,y"])
+    assert [t.name for t in tasks] == ["smile"]
+    err = capsys.readouterr().err
+    assert f"{csv_path}: note: column 'height' has no value on any row (every cell empty); left out." in err
+    assert f"{csv_path}: note: regression task 'point' (columns ['x', 'y']) has no value on any row" in err
+    with pytest.raises(DataError, match="no label column to train on"):
+        scan_label_csv(_dataset(tmp_path / "b", "path,height\na.png,\nb.png,\n", images=()), regression=["height"])

@@ -210,7 +210,8 @@ def _infer_tasks(csv_path: Path, frame: pd.DataFrame, path_column: str, regressi
     header = list(frame.columns)
     specs = _parse_regression(csv_path, regression, header, path_column)
     numeric = {c for _, columns in specs for c in columns}
-    found = [(cols, Task(_safe_name(name), "regression", columns=cols)) for name, cols in specs]
+    found = [(cols, Task(_safe_name(name), "regression", columns=cols)) for name, cols in specs
+             if _has_regression_label(csv_path, frame, name, cols)]
     for column in header:
         if column == path_column or column in numeric:
             continue
@@ -219,6 +220,13 @@ def _infer_tasks(csv_path: Path, frame: pd.DataFrame, path_column: str, regressi
             found.append(((column,), task))
     if not found:
         raise DataError(f"{csv_path}: no label column to train on. Received columns: {header}")
+    named = {task.name: cols for cols, task in found if task.kind == "regression"}
+    for cols, task in found:
+        if task.kind != "regression" and task.name in named:
+            raise DataError(
+                f"{csv_path}: the regression task {task.name!r} (column(s) {named[task.name]}) has the name of the "
+                f"label column {cols[0]!r}, which is a task of its own; name it otherwise, e.g. --regression "
+                f"{task.name}_value={','.join(named[task.name])}")
     found.sort(key=lambda item: header.index(item[0][0]))
     tasks, used = [], set()
     for _, task in found:
@@ -241,7 +249,27 @@ def _parse_regression(csv_path: Path, items: Sequence[str] | str, header: list[s
     unknown = [c for _, columns in specs for c in columns if c not in header or c == path_column]
     if unknown:
         raise DataError(f"{csv_path}: regression column(s) {unknown} not found (as labels). Received columns: {header}")
+    given = " ".join(map(str, items))
+    for what, seen in (("column", [c for _, columns in specs for c in columns]), ("task name", [n for n, _ in specs])):
+        repeated = sorted({c for c in seen if seen.count(c) > 1})
+        if repeated:
+            raise DataError(f"{csv_path}: each regression {what} may be given once (one task per column). "
+                            f"Received: {', '.join(map(repr, repeated))} more than once in --regression {given}")
     return specs
+
+
+def _has_regression_label(csv_path: Path, frame: pd.DataFrame, name: str, columns: Sequence[str]) -> bool:
+    """Whether some row holds every column of a regression task; if none does, the task
+    has nothing to learn (its loss would be 0 and its error undefined): a note says it is
+    left out, as for a classification column without two values."""
+    labelled = np.ones(len(frame), bool)
+    for column in columns:
+        labelled &= ~frame[column].map(is_missing).to_numpy(bool)
+    if labelled.any():
+        return True
+    where = f"column {columns[0]!r}" if list(columns) == [name] else f"regression task {name!r} (columns {list(columns)})"
+    print(f"{csv_path}: note: {where} has no value on any row (every cell empty); left out.", file=sys.stderr)
+    return False
 
 
 def _classification_task(csv_path: Path, frame: pd.DataFrame, column: str) -> Task | None:
