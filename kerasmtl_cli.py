@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
 import sys
@@ -195,10 +196,67 @@ class TaskWeightsAction(argparse.Action):
 
 
 def _flag(group, name: str, **kwargs):
-    """Adds ``--name``; booleans get ``--name/--no-name``."""
+    """Adds ``--name``; booleans get ``--name/--no-name``.
+
+    A value's placeholder is short (``N`` for integers, else the flag's last word), and a
+    long list of choices goes into the help instead of the flag's column, so that each
+    flag takes one or two lines of ``--help``.
+    """
     if kwargs.pop("boolean", False):
         kwargs["action"] = argparse.BooleanOptionalAction
+    elif "metavar" not in kwargs and kwargs.get("action") is None:
+        choices = kwargs.get("choices")
+        if choices is not None and len(",".join(map(str, choices))) <= _SHORT_CHOICES:
+            pass  # argparse shows {a,b,c}
+        elif getattr(kwargs.get("type"), "__name__", "").startswith("integer"):
+            kwargs["metavar"] = "N"
+        else:
+            kwargs["metavar"] = name.rsplit("-", 1)[-1].upper()
+            if choices is not None:
+                kwargs["help"] = kwargs.get("help", "") + "; one of %(choices)s"
     group.add_argument(f"--{name}", **kwargs)
+
+
+_SHORT_CHOICES = 30
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``PROG: error: MESSAGE``, exit code 2.
+
+    Abbreviated flags are refused (``--epoch`` is not ``--epochs``: a flag added later
+    would change what an abbreviation means); an unknown flag is named with the closest
+    known one.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("usage", "%(prog)s [options]")
+        kwargs.setdefault("formatter_class", _help_formatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self._unknown(extras))
+        return namespace
+
+    def _unknown(self, extras: list[str]) -> str:
+        flags = [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+        for item in extras:
+            if item.startswith("-") and len(item) > 1:
+                flag = item.split("=", 1)[0]
+                close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else f" ({self.prog} --help lists the flags)"
+                return f"unknown flag {flag}{hint}"
+        return f"unexpected argument {extras[0]!r} ({self.prog} --help lists the arguments)"
+
+    def error(self, message: str):
+        """Prints ``PROG: error: MESSAGE`` (no usage block) and exits with code 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, max_help_position=30)
 
 
 # ------------------------------------------------------------------------ flags
@@ -207,29 +265,32 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     _flag(group, "data", help="an hvc, PA100k or PETA folder, a CelebA folder (official files or the Kaggle CSVs), tfds:celeb_a, "
           "or a CSV table of your own labels; default: the bundled synthetic sample")
-    _flag(group, "path-column", help="CSV table: the image path column (default path); paths are relative to the CSV's folder")
-    _flag(group, "image-root", help="CSV table: the folder the image paths are relative to")
-    _flag(group, "regression", nargs="+", metavar="COL", help="CSV table: regression columns, COL or NAME=COL1,COL2 (one task of several)")
-    _flag(group, "tasks", help="a tasks file (YAML / JSON) instead of inferring the tasks from the columns")
-    _flag(group, "layout", choices=LAYOUTS, help="CelebA annotation files: official .txt or Kaggle .csv; "
-          "or read the folder as PA100k / PETA (default auto: detected)")
-    _flag(group, "peta-attributes", type=str, choices=PETA_ATTRIBUTES, help="PETA: the 35 benchmark attributes (default) or all found")
-    _flag(group, "tfds-dir", help="tfds:celeb_a: the TFDS data_dir")
-    _flag(group, "tfds-cache", help="tfds:celeb_a: folder for the JPEGs taken out of TFDS (default $KERASMTL_HOME/celeba_tfds)")
-    _flag(group, "download", boolean=True, help="tfds:celeb_a: let TFDS download the dataset")
-    _flag(group, "limit", type=_int_at_least(1), help="use only the first N images of each CelebA, PA100k or PETA partition (smoke runs)")
     _flag(group, "image-size", type=_int_at_least(MIN_IMAGE_SIZE), help="side of the square model input (default 64, or the preset's)")
     _flag(group, "grayscale", boolean=True, help="train on 1-channel images")
     _flag(group, "val-fraction", type=_fraction, help="share of rows for validation (default 0.15; official partitions when the data has them)")
     _flag(group, "test-fraction", type=_fraction, help="share of rows for testing (default 0.15)")
     _flag(group, "class-weights", boolean=True, help="weight classes by inverse frequency")
     _flag(group, "sample-size", type=_int_at_least(24), help="images in the synthetic sample (default 1200)")
+    _flag(group, "skip-bad", boolean=True, help="leave out unusable rows, listed in <run>/skipped.csv (default: stop)")
+    group = parser.add_argument_group("a CSV table of your own labels")
+    _flag(group, "path-column", help="the image path column (default path); paths are relative to the CSV's folder")
+    _flag(group, "image-root", help="the folder the image paths are relative to")
+    _flag(group, "regression", nargs="+", metavar="COL", help="regression columns, COL or NAME=COL1,COL2 (one task of several)")
+    _flag(group, "tasks", help="a tasks file (YAML / JSON) instead of inferring the tasks from the columns")
+    group = parser.add_argument_group("datasets (CelebA, PA100k, PETA, TFDS)")
+    _flag(group, "layout", choices=LAYOUTS, help="CelebA annotation files: official .txt or Kaggle .csv; "
+          "or read the folder as PA100k / PETA (default auto: detected)")
+    _flag(group, "peta-attributes", type=str, choices=PETA_ATTRIBUTES, help="PETA: the 35 benchmark attributes (default) or all found")
+    _flag(group, "tfds-dir", help="tfds:celeb_a data_dir")
+    _flag(group, "tfds-cache", help="folder for the JPEGs taken out of TFDS (default $KERASMTL_HOME/celeba_tfds)")
+    _flag(group, "download", boolean=True, help="let TFDS download tfds:celeb_a")
+    _flag(group, "limit", type=_int_at_least(1), help="use only the first N images of each CelebA, PA100k or PETA partition (smoke runs)")
+    group = parser.add_argument_group("loading and augmentation")
     _flag(group, "workers", type=_int_at_least(1), help="generator workers (default 1); threads unless --worker-processes")
     _flag(group, "worker-processes", boolean=True, help="run the generator's workers as processes (default threads)")
     _flag(group, "augment", boolean=True, help="add augmented copies to each training batch (default on)")
     _flag(group, "augment-pipeline", help="named augmentation pipeline (default: 'default', or the preset's)")
     _flag(group, "copies", type=_int_at_least(1), help="augmented copies per image (default 1)")
-    _flag(group, "skip-bad", boolean=True, help="leave out unusable rows, listed in <run>/skipped.csv (default: stop)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -255,6 +316,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "optimizer", choices=OPTIMIZERS, help="(default adam, or the preset's)")
     _flag(group, "lr-find", boolean=True, help="run an LR range test first and train with its suggestion")
     _flag(group, "one-cycle", boolean=True, help="one-cycle policy peaking at --lr, with momentum cycling")
+    _flag(group, "early-stopping", type=_int_at_least(1), help="stop after N epochs without a better val_loss (default: none, or the preset's)")
+    group = parser.add_argument_group("task balancing")
     _flag(group, "task-weighting", choices=WEIGHTINGS, help="per-output loss weights (default static, or the preset's)")
     _flag(group, "static-weights", nargs="+", metavar="TASK=WEIGHT", action=TaskWeightsAction,
           help="fixed loss weights for --task-weighting static, e.g. gender=50 age=100")
@@ -263,7 +326,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
           help="combine the task gradients with this method (e.g. upgrad, mgda, pcgrad) instead of summing the losses")
     _flag(group, "gradient-level", choices=GRADIENT_LEVELS,
           help="--gradient-method at the shared features (default; one backward pass through the tower) or parameters")
-    _flag(group, "early-stopping", type=_int_at_least(1), help="stop after N epochs without a better val_loss (default: none, or the preset's)")
+    group = parser.add_argument_group("losses")
     _flag(group, "loss", choices=LOSSES, help="loss of every binary output (default: each task's own): weighted_bce / "
           "weighted_bce_sqrt weigh by the training split's positive share, focal, mse on -1/+1")
     _flag(group, "focal-gamma", type=_non_negative_float, help="focal loss gamma of every binary output (default 2)")
@@ -271,6 +334,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "label-smoothing", type=_fraction, help="label smoothing of every binary output's loss (default 0)")
     _flag(group, "calibrate", choices=CALIBRATIONS, help="after training, set each binary output's threshold to the one "
           "maximising F1 or balanced accuracy on the validation split (saved with the model)")
+    group = parser.add_argument_group("run folder and output")
     _flag(group, "seed", type=_int_at_least(0), help="random seed of split, shuffling, augmentation and weights")
     _flag(group, "out", help="run folder (default runs/<dataset>-<model>-seed<seed>); rerunning a command continues its run")
     _flag(group, "restart", boolean=True, help="remove what the package wrote into the run folder and train from scratch")
@@ -288,7 +352,7 @@ def add_distribution_arguments(parser: argparse.ArgumentParser) -> None:
 
 def training_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
     """A parser with ``--config`` and the data, model, training and distribution flags."""
-    parser = argparse.ArgumentParser(description=description, prog=prog)
+    parser = CommandParser(description=description, prog=prog)
     parser.add_argument("--config", help="YAML file whose keys are flag names; command-line flags win; relative paths in "
                         "it (data, out, tasks, image-root, weights, ...) are read from the file's folder")
     add_data_arguments(parser)
@@ -496,7 +560,7 @@ def lr_find(argv: Sequence[str] | None = None, defaults: Mapping | None = None, 
 
 def evaluate(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``kerasmtl evaluate``: metrics.json, report.md and figures for a saved model."""
-    parser = argparse.ArgumentParser(prog=prog, description=(
+    parser = CommandParser(prog=prog, description=(
         "Evaluate a saved model: metrics.json, report.md and figures (accuracy against the majority-class "
         "baseline, confusion matrices, sample predictions, Grad-CAM, label statistics)."))
     parser.add_argument("model", help="a run folder or a .keras file")
@@ -524,7 +588,7 @@ def evaluate(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``kerasmtl predict``: labels for a folder of images (or a CSV listing them)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Predict every output for a folder of images (or a CSV listing them) into a CSV.")
+    parser = CommandParser(prog=prog, description="Predict every output for a folder of images (or a CSV listing them) into a CSV.")
     parser.add_argument("model", help="a run folder, a .keras file or an exported model (.onnx, .tflite, SavedModel folder)")
     parser.add_argument("images", help="a folder of images (searched recursively), one image, or a CSV with an image path column")
     parser.add_argument("--out", default="predictions.csv", help="CSV file to write (default predictions.csv)")
@@ -542,7 +606,7 @@ def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 def export(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``kerasmtl export``: a SavedModel, ONNX or LiteRT model for serving, with labels.json."""
-    parser = argparse.ArgumentParser(prog=prog, description=(
+    parser = CommandParser(prog=prog, description=(
         "Export a saved model for serving: raw uint8 NHWC images in, one output per task (probabilities, or "
         "regression values in the data's units), labels.json beside it."))
     parser.add_argument("model", help="a run folder or a .keras file")
@@ -610,17 +674,24 @@ COMMANDS = {"train": train, "lr-find": lr_find, "evaluate": evaluate, "predict":
             "compare-methods": compare_methods}
 
 
+def _summary(command) -> str:
+    """The first sentence of a command's docstring after its name, as plain text (no ``markup``)."""
+    return command.__doc__.split(":", 1)[1].strip().split("\n")[0].replace("``", "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kerasmtl`` console command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = "usage: kerasmtl {" + ",".join(COMMANDS) + "} [options]   (kerasmtl COMMAND --help for each)"
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, COMMANDS))
-        print(usage + "\n\n" + "\n".join(f"  {name:<{width}} {command.__doc__.split(':', 1)[1].strip()}" for name, command in COMMANDS.items()))
+        print(usage + "\n\n" + "\n".join(f"  {name:<{width}} {_summary(command)}" for name, command in COMMANDS.items()))
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"{usage}\nkerasmtl: error: unknown command {name!r}", file=sys.stderr)
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; the commands: {', '.join(COMMANDS)}"
+        print(f"kerasmtl: error: unknown command {name!r}{hint}", file=sys.stderr)
         return 2
     return COMMANDS[name](rest, prog=f"kerasmtl {name}")
 

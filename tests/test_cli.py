@@ -140,3 +140,44 @@ def test_worker_processes_flag_reaches_the_generators(hvc_folder):
     data = prepare_data(config, resolve_recipe(config))
     for generator in (data.train_data, data.val_data, data.test_data):
         assert generator.workers == 2 and generator.use_multiprocessing and generator._arena is not None
+
+
+def _command(*args: str, columns: int = 80):
+    """Runs ``kerasmtl ARGS`` in a fresh process, as a user would."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": str(columns)}
+    return subprocess.run([sys.executable, "-m", "kerasmtl_cli", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epoch", "3"], "kerasmtl train: error: unknown flag --epoch; did you mean --epochs?"),
+    (["train", "--lr-findd"], "kerasmtl train: error: unknown flag --lr-findd; did you mean --lr-find?"),
+    (["evaluate", "run", "--batch=8"], "kerasmtl evaluate: error: unknown flag --batch; did you mean --batch-size?"),
+    (["trian"], "kerasmtl: error: unknown command 'trian'; did you mean train?"),
+])
+def test_a_mistyped_flag_is_one_line_naming_the_closest_flag(args, message):
+    result = _command(*args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [message], result.stderr
+    assert result.stdout == ""
+
+
+def test_help_is_grouped_and_plain_text():
+    top = _command("--help")
+    assert top.returncode == 0 and "`" not in top.stdout
+    assert "lr-find         an LR range test on the training data and model of train." in top.stdout
+    train_help = _command("train", "--help").stdout
+    assert train_help.startswith("usage: kerasmtl train [options]\n")
+    headings = [line[:-1] for line in train_help.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert {"data", "model", "training", "task balancing", "losses", "run folder and output", "distribution"} <= set(headings)
+    flags_per_group, group = {}, None
+    for line in train_help.splitlines():
+        if line[:-1] in headings:
+            group = line[:-1]
+        elif line.startswith("  --"):
+            flags_per_group.setdefault(group, []).append(line.split()[0])
+    assert max(len(flags) for flags in flags_per_group.values()) <= 12, flags_per_group
+    assert "--gradient-method METHOD" in train_help  # the long choice list is in the help, not the flag column
