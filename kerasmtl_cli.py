@@ -591,7 +591,9 @@ def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = CommandParser(prog=prog, description="Predict every output for a folder of images (or a CSV listing them) into a CSV.")
     parser.add_argument("model", help="a run folder, a .keras file or an exported model (.onnx, .tflite, SavedModel folder)")
     parser.add_argument("images", help="a folder of images (searched recursively), one image, or a CSV with an image path column")
-    parser.add_argument("--out", default="predictions.csv", help="CSV file to write (default predictions.csv)")
+    parser.add_argument("--out", default="predictions.csv", help="CSV file to write, or a folder to write predictions.csv into "
+                        "(default predictions.csv); an existing file kerasmtl did not write is refused")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file even if kerasmtl did not write it")
     parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
     parser.add_argument("--column", help="path column of a CSV input (default: path, image_path, filename, image_id, image or the first)")
     parser.add_argument("--all-probabilities", action="store_true", help="add a probability column per class")
@@ -611,7 +613,9 @@ def export(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         "regression values in the data's units), labels.json beside it."))
     parser.add_argument("model", help="a run folder or a .keras file")
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="saved_model (a folder), onnx or litert (.tflite)")
-    parser.add_argument("--out", help="the artifact (default <run folder>/export/model.onnx, model.tflite or saved_model)")
+    parser.add_argument("--out", help="the artifact, or a folder to write it into (default <run folder>/export/model.onnx, "
+                        "model.tflite or saved_model); files kerasmtl did not write are refused")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files at --out even if kerasmtl did not write them")
     parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
     parser.add_argument("--quantize", choices=QUANTIZATIONS,
                         help="litert: float16 or dynamic-range int8 weights; the test-split accuracy change is written beside")

@@ -32,6 +32,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kerasmtl import written_files
 from kerasmtl.saved import find_run_folder, load_model, resolve_tasks
 from kerasmtl.serving import INPUT_NAME, LABELS, METADATA_KEY, labels_path
 from kerasmtl.tasks import Task
@@ -221,24 +222,59 @@ def _finish_onnx(path: Path, text: str) -> None:
     onnx.save(model, str(path))
 
 
+def artifact_path(path: str | os.PathLike, format: str, quantize: str | None = None) -> Path:
+    """The artifact ``export`` writes for ``path``: the SavedModel folder itself; for ONNX
+    and LiteRT the file, or ``model.onnx`` / ``model.tflite`` (``model_<quantize>.tflite``)
+    in ``path`` when it is an existing folder or a name without a suffix.
+
+    Raises:
+        kerasmtl.written_files.OutputError: a SavedModel path that is a file.
+        ValueError: a file name whose suffix does not suit the format.
+    """
+    path = Path(path)
+    if format == "saved_model":
+        if path.exists() and not path.is_dir():
+            raise written_files.OutputError(f"{path} is a file; a SavedModel is a folder. Choose a new or empty folder with --out.")
+        return path
+    suffix = {"onnx": ".onnx", "litert": ".tflite"}[format]
+    if path.is_dir() or not path.suffix:
+        return path / (f"model_{quantize}.tflite" if quantize is not None else _FILE_NAMES[format])
+    if path.suffix != suffix:
+        raise ValueError(f"A {format} model is a {suffix} file, or a folder to write model{suffix} into. Received: path={str(path)!r}")
+    return path
+
+
+def check_outputs(path: Path, format: str, overwrite: bool = False, extra: Sequence[Path] = ()) -> None:
+    """Refuses (`kerasmtl.written_files.OutputError`) to write over files kerasmtl did not
+    write: the SavedModel folder's, or the artifact, its `labels.json` and ``extra`` files."""
+    if format == "saved_model":
+        written_files.check_folder(path, overwrite)
+    for file in ([] if format == "saved_model" else [path, labels_path(path)]) + list(extra):
+        written_files.check_replaceable(file, overwrite)
+
+
 def export(
     model,
     path: str | os.PathLike,
     format: str = "onnx",
     tasks=None,
     quantize: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Exports a model for serving (see the module docstring) and writes `labels.json`.
 
     Args:
         model: a `keras.Model`, a ``.keras`` file or a run folder.
-        path: the artifact: a folder for ``saved_model``, a ``.onnx`` file, a
-            ``.tflite`` file for ``litert``. `labels.json` goes into the SavedModel
-            folder, or beside the file.
+        path: the artifact: a folder for ``saved_model``; a ``.onnx`` file, a ``.tflite``
+            file for ``litert``, or a folder to write ``model.onnx`` / ``model.tflite``
+            into (`artifact_path`). `labels.json` goes into the SavedModel folder, or
+            beside the file.
         format: ``"saved_model"``, ``"onnx"`` or ``"litert"``.
         tasks: tasks (or a tasks file) for a model that does not carry its own.
         quantize: LiteRT only: ``"float16"`` weights, or ``"int8"`` dynamic-range
             weights (activations stay float).
+        overwrite: replace files kerasmtl did not write (by default such a file, or a
+            SavedModel folder holding one, is refused before the model is loaded).
 
     Returns:
         The artifact's path.
@@ -246,15 +282,15 @@ def export(
     Raises:
         ValueError: an unknown format or quantisation, or a file name that does not
             suit the format.
+        kerasmtl.written_files.OutputError: files in the way that kerasmtl did not
+            write, a file where a folder goes, or a folder that is not writable.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")
     if quantize is not None and (format != "litert" or quantize not in QUANTIZATIONS):
         raise ValueError(f"quantize is {QUANTIZATIONS} for format 'litert' only. Received: quantize={quantize!r}, format={format!r}")
-    path = Path(path)
-    suffix = {"onnx": ".onnx", "litert": ".tflite"}.get(format)
-    if suffix is not None and path.suffix != suffix:
-        raise ValueError(f"A {format} model is a {suffix} file. Received: path={str(path)!r}")
+    path = artifact_path(path, format, quantize)
+    check_outputs(path, format, overwrite)
     source = None if isinstance(model, keras.Model) else Path(model)
     if source is not None:
         model = load_model(source)
@@ -271,6 +307,7 @@ def export(
     if format == "litert":
         _name_litert_tensors(path)
     labels_path(path).write_text(text + "\n", encoding="utf-8")
+    written_files.remember([path, labels_path(path)])
     return path
 
 
@@ -316,10 +353,12 @@ def default_path(model: str | os.PathLike, format: str, quantize: str | None = N
 
 def export_command(args) -> Path:
     """``kerasmtl export``: writes the artifact (and, quantised, its accuracy change)."""
-    out = Path(args.out) if args.out else default_path(args.model, args.format, args.quantize)
+    out = artifact_path(args.out, args.format, args.quantize) if args.out else default_path(args.model, args.format, args.quantize)
+    accuracy = out.with_suffix(".accuracy.json")
+    check_outputs(out, args.format, args.overwrite, [accuracy] if args.quantize is not None else [])
     model = load_model(args.model)
     tasks = resolve_tasks(model, args.tasks, args.model)
-    path = export(model, out, args.format, tasks, args.quantize)
+    path = export(model, out, args.format, tasks, args.quantize, args.overwrite)
     print(f"{args.format} -> {path} (labels: {labels_path(path)})")
     if args.quantize is not None:
         run = find_run_folder(args.model)
@@ -327,13 +366,14 @@ def export_command(args) -> Path:
             print("accuracy change not measured: the model is not in a run folder, so it has no test split")
             return path
         report = quantization_report(run, model, path, tasks)
-        target = path.with_suffix(".accuracy.json")
+        target = accuracy
         target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        written_files.remember([target])
         for name, entry in report["tasks"].items():
             print(f"  {name}: {entry['metric']} {entry['keras']:.4f} -> {entry['quantized']:.4f}")
         print(f"accuracy change on the test split ({report['n']} images) -> {target}")
     return path
 
 
-__all__ = ["FORMATS", "LABELS", "QUANTIZATIONS", "export", "float32_copy", "labels_record", "serving_model",
+__all__ = ["FORMATS", "LABELS", "QUANTIZATIONS", "artifact_path", "export", "float32_copy", "labels_record", "serving_model",
            "serving_task", "tasks_from_labels"]

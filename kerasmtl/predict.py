@@ -19,11 +19,14 @@ import keras
 import numpy as np
 import pandas as pd
 
+from kerasmtl import written_files
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.validate import IMAGE_SUFFIXES
 from kerasmtl.serving import is_exported
 from kerasmtl.tasks import Task
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: The file ``predict`` writes into a folder given as ``out``.
+DEFAULT_OUT = "predictions.csv"
 PATH_COLUMNS = ("path", "image_path", "filename", "image_id", "image")
 
 
@@ -152,6 +155,7 @@ def predict(
     batch_size: int = 32,
     all_probabilities: bool = False,
     column: str | None = None,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Predicts every output for a folder of images (or a CSV listing them).
 
@@ -160,20 +164,28 @@ def predict(
             a model `kerasmtl.export` wrote (``.onnx``, ``.tflite``, SavedModel folder),
             run by its own runtime with the tasks of its ``labels.json``.
         source: a folder of images or a CSV of image paths (see `list_images`).
-        out: CSV file to write; None writes nothing.
+        out: CSV file to write (an existing folder: `DEFAULT_OUT` in it); None writes
+            nothing. An existing file is replaced only when kerasmtl wrote it and it has
+            not changed since (`kerasmtl.written_files`), or with ``overwrite``; this is
+            checked before the model is loaded.
         tasks: a list of `Task` or a tasks file; default the model's run folder's
             ``tasks.json``. Only the tasks of the model's outputs are used.
         batch_size: images per batch.
         all_probabilities: add a probability column per class.
         column: the path column of a CSV source.
+        overwrite: replace an existing ``out`` even when kerasmtl did not write it.
 
     Returns:
         The prediction table.
+
+    Raises:
+        kerasmtl.written_files.OutputError: ``out`` is another's file, or not writable.
     """
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl.evaluation.metrics import predict_outputs
     from kerasmtl.saved import load_model, resolve_tasks
 
+    out = output_path(out, overwrite)
     origin = None if isinstance(model, keras.Model) else Path(model)
     if origin is not None and is_exported(origin):
         return _predict_exported(origin, source, out, tasks, batch_size, all_probabilities, column)
@@ -189,10 +201,24 @@ def predict(
     return _write(predictions_table(outputs, tasks, listed, all_probabilities), out)
 
 
-def _write(table: pd.DataFrame, out) -> pd.DataFrame:
+def output_path(out: str | os.PathLike | None, overwrite: bool = False) -> Path | None:
+    """The CSV file ``predict`` writes for ``out`` (a folder: `DEFAULT_OUT` in it), checked
+    by `kerasmtl.written_files.check_replaceable`."""
+    if out is None:
+        return None
+    out = Path(out)
+    if out.is_dir():
+        out = out / DEFAULT_OUT
+    written_files.check_replaceable(out, overwrite)
+    return out
+
+
+def _write(table: pd.DataFrame, out: Path | None) -> pd.DataFrame:
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False, float_format="%.6g")
+        from kerasmtl.atomic import write_text
+
+        write_text(out, table.to_csv(index=False, float_format="%.6g"))
+        written_files.remember([out])
     return table
 
 
@@ -218,6 +244,7 @@ def _predict_exported(path: Path, source, out, tasks, batch_size: int, all_proba
 
 def predict_command(args) -> pd.DataFrame:
     """``kerasmtl predict``: writes the prediction CSV and says how many images it holds."""
-    table = predict(args.model, args.images, args.out, args.tasks, args.batch_size, args.all_probabilities, args.column)
-    print(f"{len(table)} images -> {args.out}")
+    out = output_path(args.out, args.overwrite)
+    table = predict(args.model, args.images, out, args.tasks, args.batch_size, args.all_probabilities, args.column, args.overwrite)
+    print(f"{len(table)} images -> {out}")
     return table

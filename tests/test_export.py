@@ -21,6 +21,7 @@ from conftest import TINY_TOWER
 
 from kerasmtl import ModelBuilder, Task, distribute
 from kerasmtl.export import export, serving_task
+from kerasmtl.written_files import OutputError
 
 TOLERANCE = 1e-5
 FILES = {"saved_model": "saved_model", "onnx": "model.onnx", "litert": "model.tflite"}
@@ -197,8 +198,48 @@ def test_bad_export_arguments_state_the_rule(tiny, tmp_path, kwargs, message):
 
 
 def test_a_file_name_must_suit_the_format(tiny, tmp_path):
-    with pytest.raises(ValueError, match=r"A litert model is a \.tflite file\. Received: path='.*m\.onnx'"):
+    with pytest.raises(ValueError, match=r"A litert model is a \.tflite file, or a folder to write model\.tflite into\. "
+                       r"Received: path='.*m\.onnx'"):
         export(tiny[0], tmp_path / "m.onnx", "litert")
+
+
+def test_export_never_replaces_files_it_did_not_write(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERASMTL_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    (folder / "labels.json").write_text('{"mine": true}\n')
+    with pytest.raises(OutputError, match=r"deploy holds files kerasmtl did not write \(labels\.json\)"):
+        export(tiny[0], folder, "saved_model")
+    with pytest.raises(OutputError, match=r"deploy/labels\.json exists and kerasmtl did not write it .* --overwrite"):
+        export(tiny[0], folder / "m.onnx", "onnx")
+    assert sorted(p.name for p in folder.iterdir()) == ["labels.json"]
+    assert (folder / "labels.json").read_text() == '{"mine": true}\n'
+    # its own files are written again; a file changed since is the user's
+    mine = tmp_path / "mine"
+    assert export(tiny[0], mine, "onnx") == mine / "model.onnx"
+    export(tiny[0], mine / "model.onnx", "onnx")
+    (mine / "model.onnx").write_bytes(b"edited")
+    with pytest.raises(OutputError, match="model.onnx exists and kerasmtl did not write it"):
+        export(tiny[0], mine, "onnx")
+    assert (mine / "model.onnx").read_bytes() == b"edited"
+
+
+@pytest.mark.parametrize("format, name, exists", [("onnx", "model.onnx", True), ("litert", "model.tflite", False)])
+def test_a_folder_takes_the_artifact_and_its_labels(tiny, tmp_path, format, name, exists):
+    out = tmp_path / "served"  # an existing folder, or a new name without a suffix
+    if exists:
+        out.mkdir()
+    path = export(tiny[0], out, format)
+    assert path == out / name and path.is_file()
+    assert json.loads((out / "labels.json").read_text())["tasks"][0]["name"] == "smiling"
+    check_parity(tiny[0], TASKS, format, path, uint8_batch(2, (32, 32, 3)))
+
+
+def test_a_saved_model_is_not_written_over_a_file(tiny, tmp_path):
+    (tmp_path / "model").write_text("a file of the user's\n")
+    with pytest.raises(OutputError, match=r"model is a file; a SavedModel is a folder"):
+        export(tiny[0], tmp_path / "model", "saved_model")
+    assert (tmp_path / "model").read_text() == "a file of the user's\n"
 
 
 # ------------------------------------------------------- slow: tower families

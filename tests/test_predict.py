@@ -126,3 +126,24 @@ def test_an_empty_folder_is_a_clear_error(tmp_path, saved_run):
     assert predict([str(run), str(tmp_path / "empty"), "--out", str(tmp_path / "x.csv")]) == 2
     with pytest.raises(DataError, match="no image files"):
         list_images(tmp_path / "empty")
+
+
+def test_predict_never_replaces_a_file_it_did_not_write(saved_run, tmp_path, monkeypatch, capsys):
+    run, _, _, images = saved_run
+    monkeypatch.setenv("KERASMTL_HOME", str(tmp_path / "home"))
+    users = tmp_path / "labels.csv"
+    users.write_text("path,smiling\nb.jpg,yes\n")
+    assert predict([str(run), str(images), "--out", str(users)]) == 2
+    assert f"{users} exists and kerasmtl did not write it" in capsys.readouterr().err
+    assert users.read_text() == "path,smiling\nb.jpg,yes\n"
+    # an existing folder gets predictions.csv; predict replaces its own table, unless edited since
+    assert predict([str(run), str(images), "--out", str(tmp_path)]) == 0
+    out = tmp_path / "predictions.csv"
+    assert len(pd.read_csv(out)) == 5
+    assert predict([str(run), str(images / "a.png"), "--out", str(tmp_path)]) == 0
+    assert pd.read_csv(out)["path"].tolist() == ["a.png"]
+    out.write_text(out.read_text() + "edited\n")
+    assert predict([str(run), str(images), "--out", str(out)]) == 2
+    assert "predictions.csv exists and kerasmtl did not write it (or it was changed since)" in capsys.readouterr().err
+    assert predict([str(run), str(images), "--out", str(users), "--overwrite"]) == 0
+    assert len(pd.read_csv(users)) == 5

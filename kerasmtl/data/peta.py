@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.validate import IMAGE_SUFFIXES
 from kerasmtl.tasks import Task
 
 LABEL_FILE = os.path.join("archive", "Label.txt")
@@ -32,7 +33,6 @@ ROOT_FOLDER = "PETA dataset"
 SUBSETS = ("3DPeS", "CAVIAR4REID", "CUHK", "GRID", "i-LID", "MIT", "PRID", "SARC3D", "TownCentre", "VIPeR")
 #: Shares of the images in train / val / test: 9,500 / 1,900 / 7,600 of 19,000.
 SPLIT_SHARES = {"train": 0.5, "val": 0.1, "test": 0.4}
-IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif")
 #: ``--peta-attributes``: the 35 commonly evaluated attributes, or every attribute found.
 ATTRIBUTE_SETS = ("35", "all")
 # fmt: off

@@ -29,6 +29,10 @@ from kerasmtl.data.errors import DataError
 from kerasmtl.paths import home
 from kerasmtl.tasks import Task, is_missing
 
+#: The file name endings read as images where a folder is searched for them (PETA's
+#: folders in training, ``kerasmtl predict`` on a folder); OpenCV or Pillow reads each.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
 #: Largest accepted image, in pixels (Pillow's decompression-bomb limit).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
