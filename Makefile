@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-slow lint benchmarks clean
+.PHONY: demo test test-slow test-compat lint benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,15 @@ lint: $(VENV)/.installed-dev
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m slow
 
+# The smoke suite (tests/compat/smoke.py: train with DWA and with UPGrad, save, load in a
+# fresh process, export ONNX) in one environment at the lowest keras and tensorflow that
+# setup.cfg allows and in one at the newest releases its ranges allow.
+test-compat:
+	PYTHON=$(PYTHON) tests/compat/run.sh .venv-compat-low lowest
+	PYTHON=$(PYTHON) tests/compat/run.sh .venv-compat-new newest
+
 benchmarks: $(VENV)/.installed-dev
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-compat-low .venv-compat-new build *.egg-info .pytest_cache
