@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kerasmtl.evaluation.class_cap import capped, most_frequent  # noqa: E402
 from kerasmtl.landmarks import is_keypoint_task  # noqa: E402
 from kerasmtl.tasks import MISSING_CLASS, Task  # noqa: E402
 
@@ -174,27 +175,36 @@ def plot_confusion_matrices(
         tasks: restricts and orders the outputs; default every report with a matrix.
         figsize: inches; default 3.2 x 3.0 per panel.
     """
-    names = [n for n in _classified(tasks, reports) if "confusion_matrix" in reports[n]]
+    names = [n for n in _classified(tasks, reports) if "confusion_matrix" in reports[n] or "confusion_matrix_top" in reports[n]]
     if not names:
         raise ValueError(f"No report with a confusion matrix. Received reports for: {list(reports)}")
     columns = max(1, min(columns, len(names)))
     rows = -(-len(names) // columns)
     figure, axes = _panels(rows, columns, figsize or (3.2 * columns, 3.0 * rows), margins=(0.8, 0.1, 0.7, 0.3), gaps=(0.9, 0.9))
     for ax, name in zip(axes.flat, names):
-        matrix = np.asarray(reports[name]["confusion_matrix"], dtype=float)
-        classes = [str(c) for c in reports[name]["classes"]]
-        totals = matrix.sum(axis=1, keepdims=True)
+        report, title = reports[name], f"{name} (acc {reports[name]['accuracy']:.2f})"
+        if "confusion_matrix" in report:
+            matrix = np.asarray(report["confusion_matrix"], dtype=float)
+            classes = [str(c) for c in report["classes"]]
+            totals = matrix.sum(axis=1, keepdims=True)
+        else:  # past CLASS_CAP classes: those with the most rows, shares of all their rows
+            top = report["confusion_matrix_top"]
+            matrix = np.asarray(top["matrix"], dtype=float)
+            classes = [str(c) for c in top["classes"]]
+            totals = np.asarray(top["support"], dtype=float)[:, None]
+            title = f"{name} (acc {report['accuracy']:.2f}; {len(classes)} of {len(report['classes'])} classes)"
         shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
         ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
         for (i, j), count in np.ndenumerate(matrix):
-            ax.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=7,
-                    color="white" if shares[i, j] > 0.6 else "black")
+            if count or i == j:
+                ax.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=7 if len(classes) <= 12 else 4,
+                        color="white" if shares[i, j] > 0.6 else "black")
         short = [c if len(c) <= 10 else c[:9] + "." for c in classes]
         ax.set_xticks(range(len(classes)), short, rotation=45, ha="right", fontsize=6)
         ax.set_yticks(range(len(classes)), short, fontsize=6)
         ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("true", fontsize=7)
-        ax.set_title(f"{name} (acc {reports[name]['accuracy']:.2f})", fontsize=8)
+        ax.set_title(title, fontsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     return _save(figure, path)
@@ -313,8 +323,11 @@ def _label_frame(targets: Mapping[str, np.ndarray], tasks: Sequence[Task]) -> pd
         if task.kind == "binary":
             columns[f"{task.name}={task.classes[1]}"] = np.where(present, labels, np.nan).astype(float)
             continue
-        for k, name in enumerate(task.classes):
-            columns[f"{task.name}={name}"] = np.where(present, labels == k, np.nan).astype(float)
+        shown = range(len(task.classes))
+        if capped(len(task.classes)):  # the classes with the most labels only
+            shown = sorted(most_frequent(np.bincount(labels[present], minlength=len(task.classes))))
+        for k in shown:
+            columns[f"{task.name}={task.classes[k]}"] = np.where(present, labels == k, np.nan).astype(float)
     return pd.DataFrame(columns)
 
 
@@ -353,16 +366,21 @@ def plot_label_distribution(
         present = labels[labels != MISSING_CLASS]
         counts = np.bincount(present, minlength=len(task.classes))
         shares = counts / max(1, counts.sum())
-        x = np.arange(len(task.classes))
-        ax.bar(x, counts, color=[GOOD if c == counts.max() else "#457b9d" for c in counts])
+        shown = np.arange(len(task.classes))
+        if capped(len(task.classes)):  # the classes with the most labels, most first
+            shown = most_frequent(counts)
+        x = np.arange(len(shown))
+        ax.bar(x, counts[shown], color=[GOOD if c == counts.max() else "#457b9d" for c in counts[shown]])
         ax.axhline(counts.sum() / len(task.classes), color="black", lw=0.8, ls="--")
-        for xi, count, share in zip(x, counts, shares):
-            ax.text(xi, count, f"{share:.0%}", ha="center", va="bottom", fontsize=7)
-        short = [c if len(c) <= 12 else c[:11] + "." for c in task.classes]
-        ax.set_xticks(x, short, rotation=30, ha="right", fontsize=7)
+        for xi, count, share in zip(x, counts[shown], shares[shown]):
+            ax.text(xi, count, f"{share:.0%}" if share >= 0.01 else f"{share:.1%}", ha="center", va="bottom",
+                    fontsize=7 if len(shown) <= 12 else 4)
+        short = [c if len(c) <= 12 else c[:11] + "." for c in (task.classes[k] for k in shown)]
+        ax.set_xticks(x, short, rotation=30 if len(shown) <= 12 else 90, ha="right", fontsize=7 if len(shown) <= 12 else 5)
         ax.set_ylim(0, counts.max() * 1.18 + 1)
         missing = int(len(labels) - len(present))
-        ax.set_title(f"{task.name} (n={len(present)}" + (f", {missing} missing)" if missing else ")"), fontsize=9)
+        some = f"; top {len(shown)} of {len(task.classes)} classes" if len(shown) < len(task.classes) else ""
+        ax.set_title(f"{task.name} (n={len(present)}" + (f", {missing} missing" if missing else "") + some + ")", fontsize=9)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     figure.suptitle("Label distribution (dashed: uniform share)", fontsize=10)

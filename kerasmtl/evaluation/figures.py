@@ -60,7 +60,7 @@ def write_figures(
 
     out = Path(out)
     written = []
-    classified = [t for t in tasks if t.kind != "regression"]
+    classified = [t for t in tasks if t.kind != "regression" and reports[t.name]["n"] > 0]
     if classified:
         written.append(plots.plot_accuracy_vs_baseline(reports, out / FIGURES["accuracy"], tasks))
         written.append(plots.plot_confusion_matrices(reports, out / FIGURES["confusion"], tasks))

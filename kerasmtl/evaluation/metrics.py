@@ -21,8 +21,12 @@ import numpy as np
 from sklearn import metrics as skm
 
 from kerasmtl.data.tables import majority_class
+from kerasmtl.evaluation.class_cap import TOP_CONFUSIONS, capped, most_frequent
 from kerasmtl.landmarks import nme, point_names, reference_points
 from kerasmtl.tasks import MISSING_CLASS, Task
+
+#: The note of a task without a labelled row in the evaluated data.
+NO_LABELS = "no labelled row in the evaluated data"
 
 
 def predict_outputs(model: keras.Model, data, verbose: int = 0) -> dict[str, np.ndarray]:
@@ -210,16 +214,21 @@ def task_report(
     Returns:
         For classification: ``n``, ``accuracy``, ``baseline_accuracy``, ``baseline_class``,
         macro ``precision`` / ``recall`` / ``f1``, ``classes``, ``confusion_matrix`` (rows:
-        true class, columns: predicted class) and ``per_class`` precision / recall / F1 /
+        true class, columns: predicted class; past `CLASS_CAP` classes
+        `confusion_summary` instead) and ``per_class`` precision / recall / F1 /
         support. A binary task adds its ``threshold`` and `binary_scores`, and when the
         threshold is not the default (a calibrated one) ``at_default_threshold``: those
         scores at the default threshold. For regression: see `regression_report`.
+        Without a labelled row: `without_labels`.
     """
     if task.kind == "regression":
-        return regression_report(task, targets, outputs, nme_points, nme_scale)
+        report = regression_report(task, targets, outputs, nme_points, nme_scale)
+        return report if report["n"] else without_labels()
     labels = np.asarray(targets).reshape(-1).astype(int)
     present = labels != MISSING_CLASS
     labels = labels[present]
+    if not len(labels):
+        return without_labels()
     if task.kind == "binary":
         predicted = binary_decisions(task, outputs)[present]
     else:
@@ -240,18 +249,57 @@ def task_report(
         "recall": float(recall),
         "f1": float(f1),
         "classes": list(task.classes),
-        "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=classes).tolist(),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(task.classes, *per_class)
         },
     }
+    if capped(len(classes)):
+        report |= confusion_summary(task, labels, predicted, per_class[3])
+    else:
+        report["confusion_matrix"] = skm.confusion_matrix(labels, predicted, labels=classes).tolist()
     if task.kind == "binary":
         report |= {"threshold": task.threshold, **binary_scores(labels, predicted)}
         if task.threshold != task.default_threshold:
             at_default = binary_scores(labels, binary_decisions(task, outputs, task.default_threshold)[present])
             report["at_default_threshold"] = {"threshold": task.default_threshold} | {k: at_default[k] for k in BINARY_KEYS}
     return report
+
+
+def without_labels() -> dict:
+    """The report of a task without a labelled row in the evaluated data: ``n`` 0 and a
+    note, no scores (the other tasks are still evaluated)."""
+    return {"n": 0, "note": NO_LABELS}
+
+
+def labelled_tasks(reports: Mapping[str, dict], tasks: Sequence[Task]) -> list[Task]:
+    """The tasks whose report has scores (a labelled row in the evaluated data)."""
+    return [t for t in tasks if reports[t.name]["n"] > 0]
+
+
+def confusion_summary(task: Task, labels: np.ndarray, predicted: np.ndarray, support) -> dict:
+    """The confusions of an output past `CLASS_CAP` classes, counted from the rows (not
+    a classes x classes matrix): ``confusion_matrix_top`` (the matrix of the `CLASS_CAP`
+    classes with the most rows: ``classes``, ``matrix``, ``support`` of each) and
+    ``top_confusions`` (the `TOP_CONFUSIONS` most frequent ``true`` / ``predicted`` pairs
+    of different classes, with their ``count``)."""
+    k = len(task.classes)
+    pairs, counts = np.unique(labels.astype(np.int64) * k + predicted, return_counts=True)
+    truth, guess = np.divmod(pairs, k)
+    top = np.sort(most_frequent(support))
+    position = np.full(k, -1)
+    position[top] = np.arange(len(top))
+    matrix = np.zeros((len(top), len(top)), np.int64)
+    inside = (position[truth] >= 0) & (position[guess] >= 0)
+    matrix[position[truth[inside]], position[guess[inside]]] = counts[inside]
+    wrong = truth != guess
+    order = np.lexsort((pairs[wrong], -counts[wrong]))[:TOP_CONFUSIONS]
+    return {
+        "confusion_matrix_top": {"classes": [task.classes[i] for i in top], "matrix": matrix.tolist(),
+                                 "support": [int(support[i]) for i in top]},
+        "top_confusions": [{"true": task.classes[t], "predicted": task.classes[p], "count": int(c)}
+                           for t, p, c in zip(truth[wrong][order], guess[wrong][order], counts[wrong][order])],
+    }
 
 
 def evaluate_model(
@@ -304,7 +352,7 @@ def attribute_summary(reports: Mapping[str, dict], tasks: Sequence[Task], at_def
     """The label-based scores over the binary outputs: ``outputs``, ``mA`` (the mean of
     the attributes' ``ma`` terms), ``mean_accuracy``, ``mean_balanced_accuracy`` (attributes
     without labels left out), at the tasks' thresholds or at the default ones."""
-    binary = [t for t in tasks if t.kind == "binary"]
+    binary = [t for t in labelled_tasks(reports, tasks) if t.kind == "binary"]
     if not binary:
         return None
     scores = [reports[t.name].get("at_default_threshold", reports[t.name]) if at_default else reports[t.name] for t in binary]
@@ -323,13 +371,16 @@ def summarize(reports: Mapping[str, dict], tasks: Sequence[Task], instance: Mapp
         tasks: the tasks.
         instance: `instance_reports` of the same data (needs the per-image arrays).
     """
-    classified = [t for t in tasks if t.kind != "regression"]
+    classified = [t for t in labelled_tasks(reports, tasks) if t.kind != "regression"]
+    unlabelled = [t.name for t in tasks if reports[t.name]["n"] == 0]
     summary = {
         "mean_accuracy": float(np.mean([reports[t.name]["accuracy"] for t in classified])) if classified else None,
         "mean_baseline_accuracy": float(np.mean([reports[t.name]["baseline_accuracy"] for t in classified])) if classified else None,
         "outputs_beating_baseline": int(sum(reports[t.name]["accuracy"] > reports[t.name]["baseline_accuracy"] for t in classified)),
         "outputs": len(classified),
     }
+    if unlabelled:
+        summary["without_labels"] = unlabelled
     attributes = attribute_summary(reports, tasks)
     if attributes is not None:
         instance = instance or {}

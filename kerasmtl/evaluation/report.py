@@ -10,7 +10,14 @@ import keras
 import numpy as np
 
 from kerasmtl.evaluation.figures import write_figures
-from kerasmtl.evaluation.metrics import evaluate_model, instance_reports, predict_outputs, summarize
+from kerasmtl.evaluation.metrics import (
+    NO_LABELS,
+    evaluate_model,
+    instance_reports,
+    labelled_tasks,
+    predict_outputs,
+    summarize,
+)
 from kerasmtl.runs import METRICS, REPORT, RunFolder
 from kerasmtl.tasks import Task
 
@@ -46,7 +53,8 @@ def format_table(reports: Mapping[str, dict], tasks: Sequence[Task], instance: M
         instance: `kerasmtl.evaluation.metrics.instance_reports` of the same data, if known.
     """
     lines = []
-    classified = [t for t in tasks if t.kind != "regression"]
+    scored = labelled_tasks(reports, tasks)
+    classified = [t for t in scored if t.kind != "regression"]
     if classified:
         lines.append(f"{'output':<14}{'accuracy':>10}{'baseline':>10}{'macro F1':>10}")
         for task in classified:
@@ -55,10 +63,11 @@ def format_table(reports: Mapping[str, dict], tasks: Sequence[Task], instance: M
         summary = summarize(reports, tasks, instance)
         lines.append(f"{summary['outputs_beating_baseline']} of {summary['outputs']} outputs beat their majority-class baseline")
         lines += attribute_lines(summary)
-    for task in (t for t in tasks if t.kind == "regression"):
+    for task in (t for t in scored if t.kind == "regression"):
         r = reports[task.name]
         extra = f"  NME {r['nme']:.4f}" if "nme" in r else ""
         lines.append(f"{task.name:<14}MAE {r['mae']:.4f}  RMSE {r['rmse']:.4f}{extra}")
+    lines += [f"{t.name:<14}not scored: {NO_LABELS}" for t in tasks if t not in scored]
     return "\n".join(lines)
 
 
@@ -89,6 +98,10 @@ def report_markdown(
         The Markdown text.
     """
     lines = [f"# {title}", ""]
+    unscored = [t.name for t in tasks if reports[t.name]["n"] == 0]
+    if unscored:
+        lines += [f"Not scored, {NO_LABELS}: {', '.join(unscored)}.", ""]
+    tasks = labelled_tasks(reports, tasks)
     classified = [t for t in tasks if t.kind != "regression"]
     summary = summarize(reports, tasks, instance)
     if classified:
@@ -118,21 +131,45 @@ def report_markdown(
         lines.append("")
     lines += _attribute_section(reports, tasks, summary)
     for task in (t for t in classified if t.kind == "multiclass"):
-        r = reports[task.name]
-        lines += [f"## {task.name}", "", "Confusion matrix (rows: true class, columns: predicted class):", ""]
-        lines.append("| true \\ predicted | " + " | ".join(r["classes"]) + " |")
-        lines.append("|---|" + "---:|" * len(r["classes"]))
-        for name, row in zip(r["classes"], r["confusion_matrix"]):
-            lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
-        lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-        for name, scores in r["per_class"].items():
-            lines.append(f"| {name} | {_cell(scores['precision'])} | {_cell(scores['recall'])} | {_cell(scores['f1'])} | {scores['support']} |")
-        lines.append("")
+        lines += _multiclass_section(task.name, reports[task.name])
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
         lines.append("")
     return "\n".join(lines)
+
+
+def _multiclass_section(name: str, r: Mapping) -> list[str]:
+    """One multiclass output: its confusion matrix and per-class scores, or past
+    `CLASS_CAP` classes those of the classes with the most rows and the most frequent
+    confusions (every class's scores stay in ``metrics.json``)."""
+    lines = [f"## {name}", ""]
+    if "confusion_matrix" in r:
+        classes, matrix, per_class = r["classes"], r["confusion_matrix"], r["per_class"]
+        lines += ["Confusion matrix (rows: true class, columns: predicted class):", ""]
+    else:
+        top = r["confusion_matrix_top"]
+        classes, matrix = top["classes"], top["matrix"]
+        per_class = {c: r["per_class"][c] for c in classes}
+        f1 = [s["f1"] for s in r["per_class"].values()]
+        absent = sum(1 for s in r["per_class"].values() if s["support"] == 0)
+        lines += [
+            f"{len(r['classes'])} classes: shown are the {len(classes)} with the most rows here (every class's "
+            f"scores are in metrics.json). Median per-class F1 {_cell(float(np.median(f1)))}; {absent} class(es) "
+            "without a row here.", "",
+            "Most frequent confusions:", "", "| true | predicted | count |", "|---|---|---:|",
+        ]
+        lines += [f"| {c['true']} | {c['predicted']} | {c['count']} |" for c in r["top_confusions"]]
+        lines += ["", f"Confusion matrix of those {len(classes)} classes (rows: true class, columns: predicted "
+                  "class; predictions of other classes not shown):", ""]
+    lines.append("| true \\ predicted | " + " | ".join(classes) + " |")
+    lines.append("|---|" + "---:|" * len(classes))
+    for label, row in zip(classes, matrix):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for label, scores in per_class.items():
+        lines.append(f"| {label} | {_cell(scores['precision'])} | {_cell(scores['recall'])} | {_cell(scores['f1'])} | {scores['support']} |")
+    return lines + [""]
 
 
 def _attribute_section(reports: Mapping[str, dict], tasks: Sequence[Task], summary: Mapping) -> list[str]:
@@ -185,10 +222,21 @@ def write_report(
     Returns:
         The console table (`format_table`).
     """
-    run = RunFolder(out)
-    run.write_json(METRICS, {split: dict(reports), "summary": summarize(reports, tasks, instance), **(extra or {})})
-    run.write_text(REPORT, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", figures, instance))
+    write_metrics(out, reports, tasks, split, instance, extra)
+    RunFolder(out).write_text(REPORT, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", figures, instance))
     return format_table(reports, tasks, instance)
+
+
+def write_metrics(
+    out: str | os.PathLike,
+    reports: Mapping[str, dict],
+    tasks: Sequence[Task],
+    split: str = "test",
+    instance: Mapping | None = None,
+    extra: Mapping | None = None,
+) -> None:
+    """Writes ``metrics.json``: ``{split: reports, "summary": ..., **extra}`` (see `write_report`)."""
+    RunFolder(out).write_json(METRICS, {split: dict(reports), "summary": summarize(reports, tasks, instance), **(extra or {})})
 
 
 def evaluate_and_report(
@@ -229,9 +277,11 @@ def evaluate_and_report(
     """
     outputs = predict_outputs(model, data)
     reports = evaluate_model(model, data, targets, tasks, train_targets, nme_points, outputs, nme_scale)
+    instance = instance_reports(tasks, targets, outputs)
+    write_metrics(out, reports, tasks, split, instance, extra)  # first: the figures take the longest
     written = []
     if figures:
         written = write_figures(out, model, data, tasks, targets, outputs, reports, dataset_targets, **figure_kwargs)
-    instance = instance_reports(tasks, targets, outputs)
-    print(write_report(out, reports, tasks, split=split, figures=written, title=title, instance=instance, extra=extra))
+    RunFolder(out).write_text(REPORT, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", written, instance))
+    print(format_table(reports, tasks, instance))
     return reports
