@@ -528,7 +528,58 @@ def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = N
     values.update({k: v for k, v in args.items() if v is not None})
     config = TrainConfig(**{k: v for k, v in values.items() if k in fields})
     extra = {k: v for k, v in values.items() if k not in fields}
+    problem = batch_memory_problem(config)
+    if problem:
+        parser.error(problem)
     return config, extra
+
+
+# ----------------------------------------------------------------------- memory
+#: The share of the machine's memory one batch's input may take: the tower's activations
+#: (kept for the backward pass) take many times the input, so a batch whose input alone
+#: exceeds it cannot train.
+BATCH_INPUT_SHARE = 1 / 16
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the physical memory, or a smaller cgroup limit."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit, encoding="ascii") as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def batch_input_bytes(config: TrainConfig, side: int) -> int:
+    """Bytes of one training batch's images at ``side`` x ``side`` px: the uint8 batch the
+    generator reads (``--copies`` augmented copies added) and its float32 copy in the model."""
+    images = config.batch_size * (1 + config.copies if config.augment else 1)
+    return images * side * side * (1 if config.grayscale else 3) * (1 + 4)
+
+
+def batch_memory_problem(config: TrainConfig, memory: int | None = None) -> str | None:
+    """Why ``--image-size`` cannot train on this machine, or None.
+
+    Checked before TensorFlow is imported and any image read, so a size such as 100000
+    (28 GiB per image) is refused at once, naming the largest size that fits.
+    """
+    if config.image_size is None:
+        return None
+    memory = machine_memory() if memory is None else memory
+    allowed = memory * BATCH_INPUT_SHARE
+    needed = batch_input_bytes(config, config.image_size)
+    if needed <= allowed:
+        return None
+    fits = int((allowed / batch_input_bytes(config, 1)) ** 0.5)
+    return (f"--image-size {config.image_size}: one batch of {config.batch_size} images (with augmented copies) takes "
+            f"{needed / 2**30:,.1f} GiB as input alone, more than 1/{round(1 / BATCH_INPUT_SHARE)} of this machine's "
+            f"{memory / 2**30:,.1f} GiB (the model's activations need many times the input). With --batch-size "
+            f"{config.batch_size}, --image-size up to {fits} fits; a smaller --batch-size allows more.")
 
 
 # --------------------------------------------------------------------- commands

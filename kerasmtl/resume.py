@@ -31,12 +31,34 @@ IGNORED_FIELDS = ("verbose", "workers", "worker_processes", "out", "restart", "e
 __all__ = [
     "DATA_KEY",
     "IGNORED_FIELDS",
+    "TrainingInterrupted",
     "NonFiniteLossError",
     "ResumableRun",
     "ResumeError",
     "config_fingerprint",
     "data_digest",
 ]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, SIGINT) after ``epoch`` saved epochs; rerunning the
+    same command continues from there."""
+
+    def __init__(self, folder, epoch: int):
+        super().__init__(folder, epoch)
+        self.folder, self.epoch = folder, int(epoch)
+
+    @classmethod
+    def of(cls, run: RunFolder) -> TrainingInterrupted:
+        """The interruption of ``run``, at the last epoch its resume state holds."""
+        try:
+            state = read_state(run.file(RESUME))
+        except ResumeError:
+            state = None
+        return cls(run.path, int(state["epoch"]) if state else 0)
+
+    def __str__(self) -> str:
+        return f"interrupted after epoch {self.epoch}; run the same command to resume (the state is in {self.folder})"
 
 
 def config_fingerprint(config, ignore: Sequence[str] = IGNORED_FIELDS) -> dict:

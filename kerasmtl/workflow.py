@@ -39,7 +39,7 @@ from kerasmtl.evaluation.report import evaluate_and_report
 from kerasmtl.evaluation.thresholds import calibrate_thresholds
 from kerasmtl.model import MultiTaskModel, with_task_weighting
 from kerasmtl.plots import plot_history, plot_loss_weights
-from kerasmtl.resume import ResumableRun, config_fingerprint, data_digest
+from kerasmtl.resume import ResumableRun, TrainingInterrupted, config_fingerprint, data_digest
 from kerasmtl.runs import RunFolder, RunFolderError
 from kerasmtl.tasks import Task
 from kerasmtl.towers import get_tower_spec, list_towers
@@ -417,7 +417,10 @@ def run_training(config, subsets: Mapping[str, str] | None = None) -> RunFolder:
         keras.utils.set_random_seed(config.seed)
         run_dir = distribute.worker_path(config.out or default_run_dir(config), strategy)
         with RunFolder.open(run_dir, restart=config.restart) as run:
-            return _train(run, config, recipe, spec, strategy, subsets)
+            try:
+                return _train(run, config, recipe, spec, strategy, subsets)
+            except KeyboardInterrupt:
+                raise TrainingInterrupted.of(run) from None
 
 
 def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None) -> RunFolder:
@@ -483,10 +486,18 @@ def run_lr_find(config, options: dict) -> LRRangeTestResult:
 
 
 def run_with_exit_codes(work, *args) -> int:
-    """Runs ``work(*args)`` for a command: bad data or settings, an unusable run folder or a
-    full disk exit 2, a diverged run 3; the error is one line on stderr, no traceback."""
+    """Runs ``work(*args)`` for a command: bad data or settings, an unusable run folder, a
+    file or folder the user may not write, or a full disk exit 2, a diverged run 3, Ctrl-C
+    130 (as a shell reports SIGINT); the error is one line on stderr, no traceback."""
     try:
         work(*args)
+    except KeyboardInterrupt as error:
+        print(str(error) if isinstance(error, TrainingInterrupted) else "interrupted", file=sys.stderr)
+        return 130
+    except PermissionError as error:
+        print(f"error: {error.filename or error}: permission denied (this user may not write or read it). "
+              "Choose a folder you can write with --out, or change its permissions.", file=sys.stderr)
+        return 2
     except (DataError, FileNotFoundError, NotImplementedError, RunFolderError, DiskFullError, ValueError,
             ModuleNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

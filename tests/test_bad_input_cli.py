@@ -71,3 +71,30 @@ def test_fractions_that_leave_no_training_rows_are_refused(tmp_path):
     result = kerasmtl("train", "--sample-size", "24", "--image-size", "32", "--width", "8", "--test-fraction", "0.8",
                       "--out", tmp_path / "run")
     _refused(result, "24 usable row(s) are too few for val_fraction=0.15 and test_fraction=0.8")
+
+
+def test_an_image_size_whose_batch_cannot_fit_is_refused_before_loading(tmp_path):
+    result = kerasmtl("train", "--image-size", "100000", "--sample-size", "24", "--out", tmp_path / "run", timeout=60)
+    _refused(result, "--image-size 100000: one batch of 32 images", "GiB as input alone", "--image-size up to")
+    assert not (tmp_path / "run").exists()
+    from kerasmtl_cli import TrainConfig, batch_memory_problem
+
+    config = TrainConfig(image_size=128, batch_size=32, copies=1)  # 64 images x 128 x 128 x 3 x (1 + 4) bytes
+    needed = 64 * 128 * 128 * 3 * 5
+    assert batch_memory_problem(config, memory=16 * needed) is None
+    assert "--image-size up to 127 fits" in batch_memory_problem(config, memory=16 * needed - 16)
+
+
+def test_permission_denied_and_ctrl_c_are_one_line_with_their_exit_codes(capsys):
+    from kerasmtl.workflow import run_with_exit_codes
+
+    def write_into_a_read_only_folder():
+        raise PermissionError(13, "Permission denied", "/data/out/predictions.csv")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_with_exit_codes(write_into_a_read_only_folder) == 2
+    assert "/data/out/predictions.csv: permission denied" in capsys.readouterr().err
+    assert run_with_exit_codes(interrupted) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

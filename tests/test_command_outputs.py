@@ -9,6 +9,8 @@ tests/test_predict.py and tests/test_export.py check the same rules in-process.
 """
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def kerasmtl(*args, home, cwd=ROOT, timeout=600, **kwargs):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "KERASMTL_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "kerasmtl_cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout, **kwargs)
+def environment(home):
+    return {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "KERASMTL_HOME": str(home),
+            "PYTHONUNBUFFERED": "1"}
+
+
+def kerasmtl(*args, home, cwd=ROOT, timeout=600, prefix=(), **kwargs):
+    return subprocess.run([*prefix, sys.executable, "-m", "kerasmtl_cli", *map(str, args)], capture_output=True, text=True,
+                          env=environment(home), cwd=cwd, timeout=timeout, **kwargs)
 
 
 def refused(result, *needles):
@@ -53,8 +59,9 @@ def make_data(folder: Path, rows: int = 24) -> Path:
     return csv
 
 
-TRAIN = ("--path-column", "file", "--regression", "size", "--base", "separable", "--image-size", "32", "--epochs", "1",
-         "--batch-size", "8", "--verbose", "2")
+MODEL = ("--path-column", "file", "--regression", "size", "--base", "separable", "--image-size", "32", "--batch-size", "8",
+         "--verbose", "2")
+TRAIN = (*MODEL, "--epochs", "1")
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +114,55 @@ def test_export_refuses_a_folder_of_the_users_files(trained, tmp_path):
     ok(kerasmtl("export", run, "--format", "saved_model", "--out", target, home=home))
     ok(kerasmtl("export", run, "--format", "saved_model", "--out", target, home=home))
     assert (target / "saved_model.pb").is_file() and (target / "labels.json").is_file()
+
+
+# ------------------------------------------------------------- tracebacks
+def as_a_user(read_only: Path) -> list[str]:
+    """A command prefix under which ``read_only`` (mode 555) cannot be written: nothing for
+    a user other than root; for root, ``setpriv`` without the capabilities that bypass file
+    permissions. Skips the test where neither works."""
+    prefix = [] if os.geteuid() != 0 else ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if prefix and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions cannot be tested")
+    probe = subprocess.run([*prefix, sys.executable, "-c", f"import os, sys; sys.exit(os.access({str(read_only)!r}, os.W_OK))"])
+    if probe.returncode != 0:
+        pytest.skip("this user writes into a mode-555 folder: file permissions cannot be tested")
+    return prefix
+
+
+def test_an_output_folder_the_user_cannot_write_is_named(trained, tmp_path):
+    run, csv, home = trained
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    prefix = as_a_user(read_only)
+    refused(kerasmtl("predict", run, csv.parent / "pics", "--out", read_only / "p.csv", home=home, prefix=prefix),
+            f"{read_only}: this folder is not writable by you (permission denied)")
+    refused(kerasmtl("export", run, "--format", "onnx", "--out", read_only / "served", home=home, prefix=prefix),
+            f"{read_only}: this folder is not writable by you")
+    refused(kerasmtl("train", "--data", csv, *TRAIN, "--out", read_only / "run", home=home, prefix=prefix),
+            f"{read_only / 'run'}: permission denied")
+    assert list(read_only.iterdir()) == []
+
+
+def test_ctrl_c_during_training_exits_130_and_the_same_command_resumes(trained, tmp_path):
+    _, csv, home = trained
+    command = [sys.executable, "-m", "kerasmtl_cli", "train", "--data", str(csv), *MODEL, "--epochs", "5", "--out", str(tmp_path / "run")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(home), cwd=ROOT)
+    lines = []
+    for line in process.stdout:  # "Epoch 2/5" is printed once epoch 1 and its saved state are complete
+        lines.append(line)
+        if line.startswith("Epoch 2/"):
+            process.send_signal(signal.SIGINT)
+            break
+    output = "".join(lines) + process.stdout.read()
+    error = process.stderr.read()
+    assert process.wait(timeout=120) == 130, output[-2000:] + error[-3000:]
+    assert "Traceback" not in error and "KeyboardInterrupt" not in error, error[-3000:]
+    epoch = int(error.split("interrupted after epoch ")[1].split(";")[0])
+    assert 1 <= epoch < 5 and "; run the same command to resume" in error
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == epoch
+    resumed = ok(subprocess.run(command, capture_output=True, text=True, env=environment(home), cwd=ROOT, timeout=600))
+    assert f"after epoch {epoch} of 5" in resumed.stdout
+    assert pd.read_csv(tmp_path / "run" / "history.csv")["epoch"].tolist() == [0, 1, 2, 3, 4]
+    assert (tmp_path / "run" / "model.keras").is_file() and (tmp_path / "run" / "metrics.json").is_file()
