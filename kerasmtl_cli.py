@@ -30,8 +30,12 @@ LR_SCHEDULES = ("constant", "cosine")
 DISTRIBUTION = ("none", "mirrored", "multiworker")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
 INPUTS = ("generator", "tfdata", "files")
-EXPORT_FORMATS = ("saved_model", "onnx", "litert")
-QUANTIZATIONS = ("float16", "int8")
+EXPORT_FORMATS = ("saved_model", "onnx", "litert", "openvino")
+QUANTIZATIONS = ("float16", "int8", "bfloat16")
+#: The quantisations of each export format (kerasmtl.export.FORMAT_QUANTIZATIONS).
+FORMAT_QUANTIZATIONS = {"litert": ("float16", "int8"), "onnx": ("int8",), "openvino": ("int8", "bfloat16")}
+#: Exit code of ``kerasmtl export`` when a quantised model loses more accuracy than allowed.
+EXIT_ACCURACY_DROP = 4
 LOSSES = ("default", "mse", "weighted_bce", "weighted_bce_sqrt", "focal")
 CALIBRATIONS = ("f1", "balanced_accuracy")
 LAYOUTS = ("auto", "official", "kaggle", "pa100k", "peta")
@@ -658,26 +662,48 @@ def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 
 def export(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """``kerasmtl export``: a SavedModel, ONNX or LiteRT model for serving, with labels.json."""
+    """``kerasmtl export``: a SavedModel, ONNX, LiteRT or OpenVINO model for serving, with labels.json."""
     parser = CommandParser(prog=prog, description=(
         "Export a saved model for serving: raw uint8 NHWC images in, one output per task (probabilities, or "
         "regression values in the data's units), labels.json beside it."))
     parser.add_argument("model", help="a run folder or a .keras file")
-    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="saved_model (a folder), onnx or litert (.tflite)")
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                        help="saved_model (a folder), onnx, litert (.tflite) or openvino (.xml and .bin)")
     parser.add_argument("--out", help="the artifact, or a folder to write it into (default <run folder>/export/model.onnx, "
-                        "model.tflite or saved_model); files kerasmtl did not write are refused")
+                        "model.tflite, model.xml or saved_model; quantised: model_<quantize>.<suffix>); files kerasmtl "
+                        "did not write are refused")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files at --out even if kerasmtl did not write them")
     parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
-    parser.add_argument("--quantize", choices=QUANTIZATIONS,
-                        help="litert: float16 or dynamic-range int8 weights; the test-split accuracy change is written beside")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, help=(
+        "litert: float16 or dynamic-range int8 weights; onnx, openvino: int8 calibrated on the run's training split; "
+        "openvino: bfloat16 inference. The float model is written beside, and for a run folder the test-split "
+        "accuracy change (<artifact>.accuracy.json)"))
+    parser.add_argument("--max-drop", type=_non_negative_float, default=1.0, metavar="POINTS",
+                        help="with --quantize: the largest accepted test-accuracy drop of a task, in points (default 1)")
+    parser.add_argument("--max-mae-rise", type=_non_negative_float, default=5.0, metavar="PERCENT",
+                        help="with --quantize: the largest accepted rise of a regression task's test MAE, in %% (default 5)")
     args = parser.parse_args(argv)
-    if args.quantize is not None and args.format != "litert":
-        parser.error(f"--quantize applies to --format litert. Received: --format {args.format}")
+    if args.quantize is not None and args.quantize not in FORMAT_QUANTIZATIONS.get(args.format, ()):
+        allowed = ", ".join(f"--format {f}: {' or '.join(q)}" for f, q in FORMAT_QUANTIZATIONS.items())
+        parser.error(f"--quantize is {allowed} (saved_model: none). Received: --format {args.format} --quantize {args.quantize}")
     _environment()
     from kerasmtl.export import export_command
+    from kerasmtl.quantize import AccuracyDropError
     from kerasmtl.workflow import run_with_exit_codes
 
-    return run_with_exit_codes(export_command, args)
+    refused = []
+
+    def work():
+        try:
+            export_command(args)
+        except AccuracyDropError as error:
+            refused.append(error)
+
+    code = run_with_exit_codes(work)
+    if refused:
+        print(f"error: {refused[0]}", file=sys.stderr)
+        return EXIT_ACCURACY_DROP
+    return code
 
 
 def compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

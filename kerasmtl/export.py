@@ -1,4 +1,4 @@
-"""Export for serving: SavedModel, ONNX and LiteRT models that take raw uint8 images.
+"""Export for serving: SavedModel, ONNX, LiteRT and OpenVINO models that take raw uint8 images.
 
 `export` wraps a trained model in a serving model: its input is a batch of raw uint8
 NHWC images of the model's height, width and channels (any batch size; the tower's own
@@ -14,9 +14,11 @@ Logit and ``loss="mse"`` outputs are turned into probabilities inside the export
 probability scale with them, so a served model gives the same decisions as
 `kerasmtl.MultiTaskModel.predict_labels`. A model trained under mixed precision is
 exported from a float32 copy with the same weights. Keras's own ``model.export`` writes
-each format (tf2onnx for ONNX, TensorFlow's converter for LiteRT); beside each artifact
-`labels.json` holds the tasks (`kerasmtl.serving` reads it without TensorFlow), and an
-ONNX file carries the same text in its ``metadata_props``.
+each format (tf2onnx for ONNX, TensorFlow's converter for LiteRT, OpenVINO's model
+converter for an OpenVINO IR, whose float model is marked to run in float32); beside each
+artifact `labels.json` holds the tasks (`kerasmtl.serving` reads it without TensorFlow),
+and an ONNX file carries the same text in its ``metadata_props``. Quantised ONNX and
+OpenVINO models are made from the float artifact by `kerasmtl.quantize`.
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ from kerasmtl.saved import find_run_folder, load_model, resolve_tasks
 from kerasmtl.serving import INPUT_NAME, LABELS, METADATA_KEY, labels_path
 from kerasmtl.tasks import Task
 
-FORMATS = ("saved_model", "onnx", "litert")
-QUANTIZATIONS = ("float16", "int8")
-_KERAS_FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
-_FILE_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "litert": "model.tflite"}
+FORMATS = ("saved_model", "onnx", "litert", "openvino")
+#: The quantisations of each format: LiteRT's converter options (float16 or dynamic-range
+#: int8 weights), calibrated static int8 for ONNX and OpenVINO, bfloat16 inference for OpenVINO.
+FORMAT_QUANTIZATIONS = {"litert": ("float16", "int8"), "onnx": ("int8",), "openvino": ("int8", "bfloat16")}
+QUANTIZATIONS = ("float16", "int8", "bfloat16")
+#: The quantisations that need calibration images.
+CALIBRATED = {("onnx", "int8"), ("openvino", "int8")}
+_KERAS_FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert", "openvino": "openvino"}
+_FILE_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx", "litert": "model.tflite", "openvino": "model.xml"}
+_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite", "openvino": ".xml"}
 
 
 # ------------------------------------------------------------------- the graph
@@ -223,9 +231,10 @@ def _finish_onnx(path: Path, text: str) -> None:
 
 
 def artifact_path(path: str | os.PathLike, format: str, quantize: str | None = None) -> Path:
-    """The artifact ``export`` writes for ``path``: the SavedModel folder itself; for ONNX
-    and LiteRT the file, or ``model.onnx`` / ``model.tflite`` (``model_<quantize>.tflite``)
-    in ``path`` when it is an existing folder or a name without a suffix.
+    """The artifact ``export`` writes for ``path``: the SavedModel folder itself; for ONNX,
+    LiteRT and OpenVINO the file, or ``model.onnx`` / ``model.tflite`` / ``model.xml``
+    (``model_<quantize>.<suffix>``) in ``path`` when it is an existing folder or a name
+    without a suffix.
 
     Raises:
         kerasmtl.written_files.OutputError: a SavedModel path that is a file.
@@ -236,9 +245,9 @@ def artifact_path(path: str | os.PathLike, format: str, quantize: str | None = N
         if path.exists() and not path.is_dir():
             raise written_files.OutputError(f"{path} is a file; a SavedModel is a folder. Choose a new or empty folder with --out.")
         return path
-    suffix = {"onnx": ".onnx", "litert": ".tflite"}[format]
+    suffix = _SUFFIXES[format]
     if path.is_dir() or not path.suffix:
-        return path / (f"model_{quantize}.tflite" if quantize is not None else _FILE_NAMES[format])
+        return path / (f"model_{quantize}{suffix}" if quantize is not None else _FILE_NAMES[format])
     if path.suffix != suffix:
         raise ValueError(f"A {format} model is a {suffix} file, or a folder to write model{suffix} into. Received: path={str(path)!r}")
     return path
@@ -249,8 +258,35 @@ def check_outputs(path: Path, format: str, overwrite: bool = False, extra: Seque
     write: the SavedModel folder's, or the artifact, its `labels.json` and ``extra`` files."""
     if format == "saved_model":
         written_files.check_folder(path, overwrite)
-    for file in ([] if format == "saved_model" else [path, labels_path(path)]) + list(extra):
+    for file in ([] if format == "saved_model" else [*_artifact_files(path), labels_path(path)]) + list(extra):
         written_files.check_replaceable(file, overwrite)
+
+
+def _artifact_files(path: Path) -> list[Path]:
+    """The files of one artifact (an OpenVINO IR is its ``.xml`` and ``.bin``)."""
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+
+
+def _finish_openvino(path: Path) -> None:
+    """Marks the IR to run in float32 (the CPU plugin may otherwise pick bfloat16)."""
+    import openvino as ov
+
+    from kerasmtl.quantize import set_openvino_precision
+
+    model = ov.Core().read_model(str(path))  # maps the .bin: written anew under another name, then moved
+    set_openvino_precision(model, "float32")
+    written = path.with_name(f"{path.stem}.marked.xml")
+    ov.save_model(model, str(written), compress_to_fp16=False)
+    del model
+    os.replace(written.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(written, path)
+
+
+def check_quantization(format: str, quantize: str | None) -> None:
+    """Raises ValueError unless ``quantize`` is None or one of ``format``'s quantisations."""
+    if quantize is not None and quantize not in FORMAT_QUANTIZATIONS.get(format, ()):
+        allowed = ", ".join(f"{f}: {'/'.join(q)}" for f, q in FORMAT_QUANTIZATIONS.items())
+        raise ValueError(f"quantize is one of {allowed} (saved_model: none). Received: quantize={quantize!r}, format={format!r}")
 
 
 def export(
@@ -260,37 +296,47 @@ def export(
     tasks=None,
     quantize: str | None = None,
     overwrite: bool = False,
+    calibration: np.ndarray | None = None,
 ) -> Path:
     """Exports a model for serving (see the module docstring) and writes `labels.json`.
 
     Args:
         model: a `keras.Model`, a ``.keras`` file or a run folder.
         path: the artifact: a folder for ``saved_model``; a ``.onnx`` file, a ``.tflite``
-            file for ``litert``, or a folder to write ``model.onnx`` / ``model.tflite``
-            into (`artifact_path`). `labels.json` goes into the SavedModel folder, or
-            beside the file.
-        format: ``"saved_model"``, ``"onnx"`` or ``"litert"``.
+            file for ``litert``, an ``.xml`` file (and its ``.bin``) for ``openvino``, or a
+            folder to write ``model.onnx`` / ``model.tflite`` / ``model.xml`` into
+            (`artifact_path`). `labels.json` goes into the SavedModel folder, or beside
+            the file.
+        format: ``"saved_model"``, ``"onnx"``, ``"litert"`` or ``"openvino"``.
         tasks: tasks (or a tasks file) for a model that does not carry its own.
-        quantize: LiteRT only: ``"float16"`` weights, or ``"int8"`` dynamic-range
-            weights (activations stay float).
+        quantize: LiteRT: ``"float16"`` weights, or ``"int8"`` dynamic-range weights
+            (activations stay float); ONNX and OpenVINO: ``"int8"`` static
+            quantisation calibrated on ``calibration``; OpenVINO: ``"bfloat16"``
+            inference (see `kerasmtl.quantize`).
         overwrite: replace files kerasmtl did not write (by default such a file, or a
             SavedModel folder holding one, is refused before the model is loaded).
+        calibration: a uint8 ``(n, height, width, channels)`` batch of typical images
+            (training images), for int8 ONNX and OpenVINO.
 
     Returns:
         The artifact's path.
 
     Raises:
-        ValueError: an unknown format or quantisation, or a file name that does not
-            suit the format.
+        ValueError: an unknown format or quantisation, a file name that does not suit
+            the format, or int8 ONNX / OpenVINO without calibration images.
         kerasmtl.written_files.OutputError: files in the way that kerasmtl did not
             write, a file where a folder goes, or a folder that is not writable.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")
-    if quantize is not None and (format != "litert" or quantize not in QUANTIZATIONS):
-        raise ValueError(f"quantize is {QUANTIZATIONS} for format 'litert' only. Received: quantize={quantize!r}, format={format!r}")
+    check_quantization(format, quantize)
+    if (format, quantize) in CALIBRATED and calibration is None:
+        raise ValueError(f"{format} int8 quantisation is calibrated on typical images: pass calibration= "
+                         "(a uint8 batch of training images)")
     path = artifact_path(path, format, quantize)
     check_outputs(path, format, overwrite)
+    if quantize is not None and format != "litert":
+        return _export_quantized(model, path, format, tasks, quantize, calibration)
     source = None if isinstance(model, keras.Model) else Path(model)
     if source is not None:
         model = load_model(source)
@@ -306,74 +352,117 @@ def export(
         _finish_onnx(path, text)
     if format == "litert":
         _name_litert_tensors(path)
+    if format == "openvino":
+        _finish_openvino(path)
     labels_path(path).write_text(text + "\n", encoding="utf-8")
-    written_files.remember([path, labels_path(path)])
+    written_files.remember([*_artifact_files(path), labels_path(path)])
     return path
 
 
-# ----------------------------------------------------------- quantisation check
-def quantization_report(run, float_model: keras.Model, quantized: Path, tasks: Sequence[Task], batch_size: int = 32) -> dict:
-    """Test-split metrics of the Keras model and of its quantised LiteRT file.
+def quantize_artifact(float_path: str | os.PathLike, path: str | os.PathLike, format: str, quantize: str,
+                      calibration: np.ndarray | None = None) -> Path:
+    """The quantised ``path`` made from the float ONNX or OpenVINO artifact ``float_path``
+    (which `export` wrote, with `labels.json` beside it, which ``path`` shares when in the
+    same folder, else a copy goes beside it)."""
+    from kerasmtl import quantize as quantization
 
-    Returns:
-        ``{"split": "test", "n": rows, "tasks": {name: {metric, keras, quantized,
-        change}}}``: accuracy for classification, MAE (data units) for regression.
-    """
-    from kerasmtl.data.generator import read_image
-    from kerasmtl.data.tables import encode_targets
-    from kerasmtl.evaluate import load_evaluation_data
-    from kerasmtl.evaluation.metrics import task_report
-    from kerasmtl.serving import Predictor
+    float_path, path = Path(float_path), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "onnx":
+        quantization.quantize_onnx(float_path, path, calibration)
+    else:
+        quantization.quantize_openvino(float_path, path, quantize, calibration)
+    if labels_path(path) != labels_path(float_path):
+        labels_path(path).write_text(labels_path(float_path).read_text(encoding="utf-8"), encoding="utf-8")
+    written_files.remember([*_artifact_files(path), labels_path(path)])
+    return path
 
-    table = load_evaluation_data(run, tasks, "test").table
-    targets = encode_targets(table, tasks)
-    height, width, channels = float_model.input_shape[1:4]
-    images = np.stack([read_image(p, (height, width), channels) for p in table["path"]])
-    reference = float_model.predict(images, batch_size=batch_size, verbose=0)
-    served = Predictor(quantized).run(images, batch_size=batch_size)
-    report = {"split": "test", "n": len(table), "file": quantized.name, "tasks": {}}
-    for task in tasks:
-        metric = "mae" if task.kind == "regression" else "accuracy"
-        before = task_report(task, targets[task.name], reference[task.name])[metric]
-        after = task_report(serving_task(task), targets[task.name], served[task.name])[metric]
-        report["tasks"][task.name] = {"metric": metric, "keras": before, "quantized": after, "change": after - before}
-    return report
+
+def _export_quantized(model, path: Path, format: str, tasks, quantize: str, calibration) -> Path:
+    """`export` of a quantised ONNX / OpenVINO model, through a float one in a temporary folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        float_path = export(model, Path(folder) / _FILE_NAMES[format], format, tasks)
+        return quantize_artifact(float_path, path, format, quantize, calibration)
+
+
 
 
 # ---------------------------------------------------------------- the command
 def default_path(model: str | os.PathLike, format: str, quantize: str | None = None) -> Path:
-    """``<run folder>/export/<file>``, or ``<name>-export/<file>`` beside a ``.keras`` file."""
+    """``<run folder>/export/<file>``, or ``<name>-export/<file>`` beside a ``.keras`` file;
+    a quantised file is ``model_<quantize>.<suffix>``."""
     model = Path(model)
     folder = model / "export" if model.is_dir() else model.parent / f"{model.stem}-export"
     name = _FILE_NAMES[format]
     if quantize is not None:
-        name = f"model_{quantize}.tflite"
+        name = f"model_{quantize}{_SUFFIXES[format]}"
     return folder / name
 
 
+def float_sibling(path: Path, format: str) -> Path:
+    """Where the float artifact of the quantised ``path`` goes: ``model.<suffix>`` beside it
+    (``<name>_float.<suffix>`` when ``path`` itself is named so)."""
+    sibling = path.with_name(_FILE_NAMES[format])
+    return sibling if sibling != path else path.with_name(f"{path.stem}_float{path.suffix}")
+
+
 def export_command(args) -> Path:
-    """``kerasmtl export``: writes the artifact (and, quantised, its accuracy change)."""
-    out = artifact_path(args.out, args.format, args.quantize) if args.out else default_path(args.model, args.format, args.quantize)
-    accuracy = out.with_suffix(".accuracy.json")
-    check_outputs(out, args.format, args.overwrite, [accuracy] if args.quantize is not None else [])
+    """``kerasmtl export``: writes the artifact; quantised, also the float one and, for a
+    run folder, the test-split accuracy change, refusing (`AccuracyDropError`, the
+    quantised files removed, the float ones kept) a loss beyond ``--max-drop`` /
+    ``--max-mae-rise``."""
+    from kerasmtl import quantize as quantization
+
+    quantize = args.quantize
+    out = artifact_path(args.out, args.format, quantize) if args.out else default_path(args.model, args.format, quantize)
+    run = find_run_folder(args.model)
+    if (args.format, quantize) in CALIBRATED and run is None:
+        raise ValueError(f"--quantize int8 for {args.format} is calibrated on the training split of a run folder, and "
+                         f"{args.model} is not in one: pass the run folder (or export in Python with calibration=images)")
+    target = out.with_name(f"{out.name}.accuracy.json")  # model_int8.onnx and model_int8.xml may share a folder
+    float_path = None if quantize is None else float_sibling(out, args.format)
+    extra = [] if quantize is None else [target, *_artifact_files(float_path)]
+    check_outputs(out, args.format, args.overwrite, extra)
     model = load_model(args.model)
     tasks = resolve_tasks(model, args.tasks, args.model)
-    path = export(model, out, args.format, tasks, args.quantize, args.overwrite)
-    print(f"{args.format} -> {path} (labels: {labels_path(path)})")
-    if args.quantize is not None:
-        run = find_run_folder(args.model)
-        if run is None:
-            print("accuracy change not measured: the model is not in a run folder, so it has no test split")
-            return path
-        report = quantization_report(run, model, path, tasks)
-        target = accuracy
-        target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        written_files.remember([target])
-        for name, entry in report["tasks"].items():
-            print(f"  {name}: {entry['metric']} {entry['keras']:.4f} -> {entry['quantized']:.4f}")
-        print(f"accuracy change on the test split ({report['n']} images) -> {target}")
+    if quantize is None:
+        path = export(model, out, args.format, tasks, overwrite=args.overwrite)
+        print(f"{args.format} -> {path} (labels: {labels_path(path)})")
+        return path
+    float_path = export(model, float_path, args.format, tasks, overwrite=args.overwrite)
+    print(f"{args.format} -> {float_path} (labels: {labels_path(float_path)})")
+    if args.format == "litert":
+        path = export(model, out, args.format, tasks, quantize, overwrite=args.overwrite)
+    else:
+        calibration = None
+        if (args.format, quantize) in CALIBRATED:
+            calibration = quantization.calibration_images(run, tasks, model.input_shape[1:4])
+            print(f"calibrating on {len(calibration)} images of the training split")
+        path = quantize_artifact(float_path, out, args.format, quantize, calibration)
+    print(f"{args.format} {quantize} -> {path}")
+    if run is None:
+        print("accuracy change not measured: the model is not in a run folder, so it has no test split")
+        return path
+    bounds = quantization.DropBounds(getattr(args, "max_drop", 1.0), getattr(args, "max_mae_rise", 5.0))
+    report = quantization.accuracy_report(run, model, path, tasks, [serving_task(t) for t in tasks], bounds)
+    refused = quantization.refusals(report)
+    report["refused"] = bool(refused)
+    target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    written_files.remember([target])
+    for name, entry in report["tasks"].items():
+        print(f"  {name}: {entry['metric']} {entry['keras']:.4f} -> {entry['quantized']:.4f}")
+    print(f"accuracy change on the test split ({report['n']} images) -> {target}")
+    if refused:
+        for file in _artifact_files(path):
+            file.unlink(missing_ok=True)
+        raise quantization.AccuracyDropError(
+            f"the {quantize} model lost more than allowed on the test split, so {path} was removed and the float "
+            f"model {float_path} is kept: {'; '.join(refused)} (bounds: --max-drop {bounds.accuracy_points:g} "
+            f"accuracy points, --max-mae-rise {bounds.mae_percent:g} %; details in {target})")
     return path
 
 
-__all__ = ["FORMATS", "LABELS", "QUANTIZATIONS", "artifact_path", "export", "float32_copy", "labels_record", "serving_model",
-           "serving_task", "tasks_from_labels"]
+__all__ = ["FORMATS", "FORMAT_QUANTIZATIONS", "LABELS", "QUANTIZATIONS", "artifact_path", "check_quantization", "export",
+           "float32_copy", "labels_record", "quantize_artifact", "serving_model", "serving_task", "tasks_from_labels"]

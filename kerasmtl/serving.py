@@ -3,7 +3,7 @@
 ```python
 from kerasmtl.serving import Predictor
 
-predictor = Predictor("runs/person/export/model.onnx")   # or a .tflite file
+predictor = Predictor("runs/person/export/model.onnx")   # or a .tflite or OpenVINO .xml file
 predictor.predict("photo.jpg")      # {"gender": ("female", 0.93), "age": ("25-35", 0.61), ...}
 predictor.predict(["a.jpg", "b.jpg"])                     # one such dict per image
 predictor.run(batch)                # {task: raw outputs} for a uint8 (n, height, width, channels) batch
@@ -12,7 +12,8 @@ predictor.run(batch)                # {task: raw outputs} for a uint8 (n, height
 `kerasmtl.export` writes the model and its `labels.json` (the input size and, per task,
 its kind, class names, decision threshold or regression columns). This module imports
 nothing of TensorFlow or Keras: an ONNX model runs on ``onnxruntime``, a LiteRT one on
-``ai_edge_litert`` (the ``serve`` extra). Only a SavedModel folder, whose runtime is
+``ai_edge_litert``, an OpenVINO IR on ``openvino`` (the ``serve`` extra), at the inference
+precision stored in the IR (float32 unless it was exported for bfloat16). Only a SavedModel folder, whose runtime is
 TensorFlow itself, imports it. The module does not import the rest of `kerasmtl` either, so it can also be
 copied next to a server on its own; in an environment without Keras, ``import
 kerasmtl.serving`` loads no other part of the package.
@@ -39,6 +40,8 @@ LABELS = "labels.json"
 INPUT_NAME = "images"
 METADATA_KEY = "kerasmtl_labels"
 SIGNATURE = "serving_default"
+#: Where an OpenVINO IR keeps its inference precision (`kerasmtl.quantize` writes it).
+OPENVINO_PRECISION_KEY = ["runtime_options", "INFERENCE_PRECISION_HINT"]
 
 
 def labels_path(path: str | os.PathLike) -> Path:
@@ -48,9 +51,9 @@ def labels_path(path: str | os.PathLike) -> Path:
 
 
 def is_exported(path: str | os.PathLike) -> bool:
-    """True for an ``.onnx`` or ``.tflite`` file, or a folder holding ``saved_model.pb``."""
+    """True for an ``.onnx``, ``.tflite`` or OpenVINO ``.xml`` file, or a folder holding ``saved_model.pb``."""
     path = Path(path)
-    return path.suffix in (".onnx", ".tflite") or (path / "saved_model.pb").is_file()
+    return path.suffix in (".onnx", ".tflite", ".xml") or (path / "saved_model.pb").is_file()
 
 
 def read_labels(path: str | os.PathLike) -> dict:
@@ -89,6 +92,26 @@ def _litert_runner(path: Path, threads: int | None):
     return lambda batch: {k: np.asarray(v) for k, v in runner(**{INPUT_NAME: batch}).items()}
 
 
+def _openvino_runner(path: Path, threads: int | None):
+    import openvino
+
+    core = openvino.Core()
+    model = core.read_model(str(path))
+    precision = model.get_rt_info(OPENVINO_PRECISION_KEY).astype(str) if model.has_rt_info(OPENVINO_PRECISION_KEY) else "f32"
+    config = {"INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    outputs = [(o.any_name, o) for o in compiled.outputs]
+
+    def run(batch):
+        result = request.infer({0: batch})
+        return {name: np.array(result[output]) for name, output in outputs}  # copies: the request reuses its buffers
+
+    return run
+
+
 def _saved_model_runner(path: Path, threads: int | None):
     import tensorflow as tf  # the SavedModel's own runtime
 
@@ -100,16 +123,19 @@ def open_runtime(path: str | os.PathLike, threads: int | None = None):
     """A function ``uint8 batch -> {output name: array}`` running the exported model.
 
     Raises:
-        ValueError: ``path`` is not an ``.onnx``, ``.tflite`` or SavedModel.
+        ValueError: ``path`` is not an ``.onnx``, ``.tflite``, OpenVINO ``.xml`` or SavedModel.
     """
     path = Path(path)
     if path.suffix == ".onnx":
         return _onnx_runner(path, threads)
     if path.suffix == ".tflite":
         return _litert_runner(path, threads)
+    if path.suffix == ".xml":
+        return _openvino_runner(path, threads)
     if (path / "saved_model.pb").is_file():
         return _saved_model_runner(path, threads)
-    raise ValueError(f"An exported model is a .onnx file, a .tflite file or a SavedModel folder. Received: {str(path)!r}")
+    raise ValueError(f"An exported model is a .onnx file, a .tflite file, an OpenVINO .xml file or a SavedModel folder. "
+                     f"Received: {str(path)!r}")
 
 
 # ------------------------------------------------------------------ predictor
@@ -117,9 +143,10 @@ class Predictor:
     """An exported model with its labels: images in, ``{task: label}`` out.
 
     Args:
-        path: an ``.onnx`` or ``.tflite`` file (or a SavedModel folder, which needs
-            TensorFlow), with `labels.json` beside it.
-        threads: CPU threads of onnxruntime or LiteRT; default the runtime's own choice.
+        path: an ``.onnx``, ``.tflite`` or OpenVINO ``.xml`` file (or a SavedModel
+            folder, which needs TensorFlow), with `labels.json` beside it.
+        threads: CPU threads of onnxruntime, LiteRT or OpenVINO; default the runtime's
+            own choice (all cores).
 
     Attributes:
         labels: the `labels.json` record; ``tasks`` its task list.

@@ -1,14 +1,17 @@
-"""Exported models (SavedModel, ONNX, LiteRT) take raw uint8 images and match Keras.
+"""Exported models (SavedModel, ONNX, LiteRT, OpenVINO) take raw uint8 images and match Keras.
 
 Each artifact is run by its own runtime (``tf.saved_model.load``, onnxruntime, the LiteRT
-interpreter) on the same uint8 batch as Keras ``predict``; the reference is Keras's output
+interpreter, OpenVINO's CPU plugin at the precision the IR names) on the same uint8 batch
+as Keras ``predict``; the reference is Keras's output
 turned into probabilities by numpy (`Task.probabilities`), and outputs are looked up by
 task name. The largest absolute difference must stay within 1e-5 for probabilities, and
 for regression values measured in standard deviations of their task (``(y - mean) / std``,
 the head's own scale), within 1e-5 times the largest such value when that exceeds 1: a
 float32 sum in another order differs in its 7th digit, and untrained full-size towers
 give values of 10-30 there (ResNet50 through LiteRT: 1.8e-5 at 28, a relative 6e-7).
-One tiny custom-tower model per format is fast; the tower families are slow.
+One tiny custom-tower model per format is fast; the tower families are slow. Quantised
+ONNX and OpenVINO models must hold int8 operations and stay within a few hundredths of
+Keras's probabilities.
 """
 
 import json
@@ -20,11 +23,12 @@ import pytest
 from conftest import TINY_TOWER
 
 from kerasmtl import ModelBuilder, Task, distribute
-from kerasmtl.export import export, serving_task
+from kerasmtl.export import export, quantize_artifact, serving_task
 from kerasmtl.written_files import OutputError
 
 TOLERANCE = 1e-5
-FILES = {"saved_model": "saved_model", "onnx": "model.onnx", "litert": "model.tflite"}
+FILES = {"saved_model": "saved_model", "onnx": "model.onnx", "litert": "model.tflite", "openvino": "model.xml"}
+PRECISION = ["runtime_options", "INFERENCE_PRECISION_HINT"]
 
 TASKS = [
     Task("smiling", "binary", ("no", "yes"), from_logits=True, threshold=1.0),
@@ -64,6 +68,18 @@ def run_exported(format, path, images):
         assert (entry.name, entry.type, entry.shape[1:]) == ("images", "tensor(uint8)", list(images.shape[1:]))
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, {"images": images})))
+    if format == "openvino":
+        import openvino
+
+        core = openvino.Core()
+        model = core.read_model(str(path))
+        (entry,) = model.inputs
+        assert (entry.any_name, entry.get_element_type(), str(entry.get_partial_shape())) == (
+            "images", openvino.Type.u8, f"[?,{','.join(map(str, images.shape[1:]))}]")
+        precision = model.get_rt_info(PRECISION).astype(str)  # the IR's own: f32 unless exported for bf16
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        result = compiled(images)
+        return {o.any_name: np.array(result[o]) for o in compiled.outputs}
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))
@@ -130,6 +146,7 @@ def test_labels_json_holds_the_tasks_with_thresholds_on_the_probability_scale(ti
     assert onnx_labels == expected
     assert json.loads((paths["saved_model"] / "labels.json").read_text()) == expected
     assert json.loads((paths["litert"].parent / "labels.json").read_text()) == expected
+    assert json.loads((paths["openvino"].parent / "labels.json").read_text()) == expected
     import onnx
 
     metadata = {p.key: p.value for p in onnx.load(str(paths["onnx"])).metadata_props}
@@ -186,10 +203,67 @@ def test_quantized_litert_stores_smaller_weights_and_stays_close(tiny, tmp_path,
         assert np.abs(got[task.name] - expected[task.name]).max() < 0.02
 
 
+def test_float_openvino_model_is_marked_to_run_in_float32(tiny):
+    import openvino
+
+    model = openvino.Core().read_model(str(tiny[1]["openvino"]))
+    assert model.get_rt_info(PRECISION).astype(str) == "f32"
+    assert tiny[1]["openvino"].with_suffix(".bin").is_file()
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return uint8_batch(32, (32, 32, 3), seed=11)
+
+
+def _onnx_int8_operations(path):
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    quantized = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    return [n.op_type for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized]
+
+
+def _openvino_fake_quantize(path):
+    import openvino
+
+    return [op for op in openvino.Core().read_model(str(path)).get_ops() if op.get_type_name() == "FakeQuantize"]
+
+
+@pytest.mark.parametrize("format, quantize", [("onnx", "int8"), ("openvino", "int8"), ("openvino", "bfloat16")])
+def test_quantized_onnx_and_openvino_models_stay_close_to_keras(tiny, tmp_path, calibration, format, quantize):
+    model, paths = tiny
+    suffix = FILES[format].split(".")[1]
+    target = tmp_path / f"model_{quantize}.{suffix}"
+    if format == "onnx":  # the whole route: a float model in a temporary folder, quantised
+        path = export(model, target, format, quantize=quantize, calibration=calibration)
+    else:  # from the float artifact, as kerasmtl export does
+        path = quantize_artifact(paths[format], target, format, quantize, calibration)
+    assert json.loads((tmp_path / "labels.json").read_text()) == json.loads((paths[format].parent / "labels.json").read_text())
+    if format == "onnx":
+        assert len(_onnx_int8_operations(path)) >= 5  # weights of the convolutions and dense heads
+    elif quantize == "int8":
+        assert len(_openvino_fake_quantize(path)) >= 5
+    else:
+        import openvino
+
+        assert openvino.Core().read_model(str(path)).get_rt_info(PRECISION).astype(str) == "bf16"
+        assert not _openvino_fake_quantize(path)
+    images = uint8_batch(8, (32, 32, 3), seed=5)
+    expected, got = expected_outputs(model, TASKS, images), run_exported(format, path, images)
+    assert sorted(got) == sorted(t.name for t in TASKS)
+    for task in TASKS[:3]:  # probabilities
+        assert np.abs(got[task.name] - expected[task.name]).max() < 0.03, task.name
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"format": "tflite"}, "format must be one of ('saved_model', 'onnx', 'litert'). Received: format='tflite'"),
-    ({"format": "onnx", "quantize": "int8"}, "quantize is ('float16', 'int8') for format 'litert' only"),
+    ({"format": "tflite"}, "format must be one of ('saved_model', 'onnx', 'litert', 'openvino'). Received: format='tflite'"),
+    ({"format": "saved_model", "quantize": "int8"},
+     "quantize is one of litert: float16/int8, onnx: int8, openvino: int8/bfloat16 (saved_model: none). "
+     "Received: quantize='int8', format='saved_model'"),
     ({"format": "litert", "quantize": "int4"}, "Received: quantize='int4'"),
+    ({"format": "onnx", "quantize": "bfloat16"}, "Received: quantize='bfloat16', format='onnx'"),
+    ({"format": "onnx", "quantize": "int8"}, "onnx int8 quantisation is calibrated on typical images: pass calibration="),
 ])
 def test_bad_export_arguments_state_the_rule(tiny, tmp_path, kwargs, message):
     with pytest.raises(ValueError) as error:
@@ -201,6 +275,8 @@ def test_a_file_name_must_suit_the_format(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"A litert model is a \.tflite file, or a folder to write model\.tflite into\. "
                        r"Received: path='.*m\.onnx'"):
         export(tiny[0], tmp_path / "m.onnx", "litert")
+    with pytest.raises(ValueError, match=r"A openvino model is a \.xml file\. Received: path='.*m\.onnx'"):
+        export(tiny[0], tmp_path / "m.onnx", "openvino")
 
 
 def test_export_never_replaces_files_it_did_not_write(tiny, tmp_path, monkeypatch):
