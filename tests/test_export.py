@@ -275,7 +275,8 @@ def test_a_file_name_must_suit_the_format(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"A litert model is a \.tflite file, or a folder to write model\.tflite into\. "
                        r"Received: path='.*m\.onnx'"):
         export(tiny[0], tmp_path / "m.onnx", "litert")
-    with pytest.raises(ValueError, match=r"A openvino model is a \.xml file\. Received: path='.*m\.onnx'"):
+    with pytest.raises(ValueError, match=r"A openvino model is a \.xml file, or a folder to write model\.xml into\. "
+                       r"Received: path='.*m\.onnx'"):
         export(tiny[0], tmp_path / "m.onnx", "openvino")
 
 
