@@ -84,7 +84,8 @@ class ResumableRun:
         run: the run folder, opened with `RunFolder.open` (locked).
         fingerprint: the run's identity (`config_fingerprint`); a saved state with another
             fingerprint raises `ResumeError` here, before any data is read.
-        epochs: the epochs this run trains to.
+        epochs: the epochs this run trains to; fewer than the state holds raises
+            `ResumeError` (the run folder, its ``config.yaml`` included, is left as it is).
 
     Attributes:
         callbacks: after `restore`, the callbacks to append (last) to ``fit``'s list.
@@ -98,6 +99,12 @@ class ResumableRun:
         if self.state is not None:
             saved = {k: v for k, v in self.state.get("fingerprint", {}).items() if k != DATA_KEY}
             check_fingerprint(saved, {k: v for k, v in self.fingerprint.items() if k != DATA_KEY}, run.path)
+            if self.epochs_done > self.epochs:
+                raise ResumeError(
+                    f"{run.path} already holds {self.epochs_done} trained epochs; --epochs {self.epochs} is fewer. "
+                    f"To train longer give --epochs above {self.epochs_done}; to start over, --restart (or --out for a "
+                    "new folder)."
+                )
         self.callbacks: list = []
         self.stopper: StopOnNonFiniteLoss | None = None
         self.checkpoint: ResumeCheckpoint | None = None

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from kerasmtl.atomic import atomic_path, save_model
 from kerasmtl.callbacks import BestModelCheckpoint, NonFiniteLossError, ResumeCheckpoint, StopOnNonFiniteLoss
@@ -265,10 +266,12 @@ def test_finished_run_continues_bit_for_bit_when_asked_for_more_epochs(tmp_path)
     first, _ = session(2)
     state = read_state(tmp_path / "run" / "resume")
     assert state["complete"] and state["epoch"] == 2 and state["target"] == 2
-    for epochs in (1, 2):  # the same or fewer epochs: finished
-        again, model = session(epochs)
-        assert model is None and again.complete
-        assert again.complete_message().startswith(f"{tmp_path / 'run'} holds a finished run (2 epochs); nothing to do.")
+    again, model = session(2)  # the same epochs: finished
+    assert model is None and again.complete
+    assert again.complete_message().startswith(f"{tmp_path / 'run'} holds a finished run (2 epochs); nothing to do.")
+    with pytest.raises(ResumeError, match=r"already holds 2 trained epochs; --epochs 1 is fewer\. To train longer give "
+                                          r"--epochs above 2; to start over, --restart"):
+        session(1)  # fewer epochs: refused, not "resuming after epoch 2 of 1"
     longer, model = session(3)
     assert longer.checkpoint.initial_epoch == 2 and longer.checkpoint.saved_epochs == [2, 3, 3]  # epoch 3, then fit's end
     assert int(model.optimizer.iterations) == int(straight.optimizer.iterations) == 15
@@ -445,9 +448,13 @@ def test_finished_run_continues_with_more_epochs_and_is_refused_when_its_data_ch
     assert main(_args(data, out, "--epochs", "2")) == 0
     assert f"Resuming {out} after epoch 1 of 2" in capsys.readouterr().out
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1]
-    for epochs in ("2", "1"):
-        assert main(_args(data, out, "--epochs", epochs)) == 0
-        assert "holds a finished run (2 epochs); nothing to do" in capsys.readouterr().out
+    assert main(_args(data, out, "--epochs", "2")) == 0
+    assert "holds a finished run (2 epochs); nothing to do" in capsys.readouterr().out
+    assert main(_args(data, out, "--epochs", "1")) == 2  # fewer epochs than the run has: refused, the record kept
+    assert capsys.readouterr().err.strip() == (
+        f"error: {out} already holds 2 trained epochs; --epochs 1 is fewer. To train longer give --epochs above 2; "
+        "to start over, --restart (or --out for a new folder).")
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
 
     annotations = data / "hvc_annotations.csv"
     lines = annotations.read_text().splitlines(keepends=True)
