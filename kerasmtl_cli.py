@@ -277,8 +277,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "sample-size", type=_int_at_least(24), help="images in the synthetic sample (default 1200)")
     _flag(group, "skip-bad", boolean=True, help="leave out unusable rows, listed in <run>/skipped.csv (default: stop)")
     group = parser.add_argument_group("a CSV table of your own labels")
-    _flag(group, "path-column", help="the image path column (default path); paths are relative to the CSV's folder")
-    _flag(group, "image-root", help="the folder the image paths are relative to")
+    add_table_arguments(group)
     _flag(group, "regression", nargs="+", metavar="COL", help="regression columns, COL or NAME=COL1,COL2 (one task of several)")
     _flag(group, "tasks", help="a tasks file (YAML / JSON) instead of inferring the tasks from the columns")
     group = parser.add_argument_group("datasets (CelebA, PA100k, PETA, TFDS)")
@@ -295,6 +294,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "augment", boolean=True, help="add augmented copies to each training batch (default on)")
     _flag(group, "augment-pipeline", help="named augmentation pipeline (default: 'default', or the preset's)")
     _flag(group, "copies", type=_int_at_least(1), help="augmented copies per image (default 1)")
+
+
+def add_table_arguments(group) -> None:
+    """How a CSV table names its images: the flags ``train``, ``evaluate`` and ``predict``
+    share for a table of the user's own."""
+    _flag(group, "path-column", help="the image path column (default path); paths are relative to the CSV's folder")
+    _flag(group, "image-root", help="the folder the image paths are relative to")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -628,6 +634,7 @@ def evaluate(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True, help="write the figures (default on)")
     parser.add_argument("--samples", type=_int_at_least(0), default=8, help="images in the sample-predictions grid")
     parser.add_argument("--gradcam-images", type=_int_at_least(0), default=4, help="images in the Grad-CAM figure (0: none)")
+    add_table_arguments(parser.add_argument_group("a CSV table given as --data"))
     args = parser.parse_args(argv)
     _environment()
     from kerasmtl.evaluate import evaluate as evaluate_model
@@ -636,7 +643,8 @@ def evaluate(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     def work():
         evaluate_model(args.model, data=args.data, out=args.out, tasks=args.tasks, split=args.split,
                        batch_size=args.batch_size, nme_points=args.nme_points, figures=args.figures,
-                       samples=args.samples, gradcam_images=args.gradcam_images)
+                       samples=args.samples, gradcam_images=args.gradcam_images,
+                       path_column=args.path_column or "path", image_root=args.image_root)
 
     return run_with_exit_codes(work)
 
@@ -650,9 +658,12 @@ def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                         "(default predictions.csv); an existing file kerasmtl did not write is refused")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file even if kerasmtl did not write it")
     parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
-    parser.add_argument("--column", help="path column of a CSV input (default: path, image_path, filename, image_id, image or the first)")
     parser.add_argument("--all-probabilities", action="store_true", help="add a probability column per class")
     parser.add_argument("--batch-size", type=_int_at_least(1), default=32)
+    group = parser.add_argument_group("a CSV table given as IMAGES (default path column: path, image_path, filename, "
+                                      "image_id, image or the first)")
+    add_table_arguments(group)
+    group.add_argument("--column", dest="path_column", help="the same as --path-column")
     args = parser.parse_args(argv)
     _environment()
     from kerasmtl.predict import predict_command

@@ -43,7 +43,8 @@ class EvaluationData:
     nme_scale: tuple[float, float] = (1.0, 1.0)
 
 
-def load_evaluation_data(data, tasks: Sequence[Task], split: str = "test") -> EvaluationData:
+def load_evaluation_data(data, tasks: Sequence[Task], split: str = "test", path_column: str = "path",
+                         image_root: str | os.PathLike | None = None) -> EvaluationData:
     """The rows to evaluate: a run folder's split, or every usable row of any dataset.
 
     Args:
@@ -52,6 +53,9 @@ def load_evaluation_data(data, tasks: Sequence[Task], split: str = "test") -> Ev
             (an hvc or CelebA folder, ``tfds:celeb_a``, a CSV table of labels).
         tasks: the model's tasks (their columns are read).
         split: for a run folder: ``"test"``, ``"val"`` or ``"train"``.
+        path_column, image_root: for a CSV table, its image path column and the folder
+            the paths are relative to (as ``kerasmtl train`` takes them); a run folder
+            has its own in ``config.yaml``.
 
     Returns:
         The `EvaluationData`. Rows whose image or labels training would have refused are
@@ -76,9 +80,40 @@ def load_evaluation_data(data, tasks: Sequence[Task], split: str = "test") -> Ev
         subset = subset.dropna().reset_index(drop=True)
         return EvaluationData(frame[subset == split].reset_index(drop=True), list(tasks), split,
                               frame[subset == "train"].reset_index(drop=True), frame, str(data), dataset.nme_scale)
-    dataset = load_dataset(DataSettings(data=str(data)), tasks)
+    dataset = load_dataset(DataSettings(data=str(data), path_column=path_column,
+                                        image_root=None if image_root is None else str(image_root)), tasks)
     frame = _usable_rows(dataset)
     return EvaluationData(frame, list(tasks), "all", None, frame, dataset.source, dataset.nme_scale)
+
+
+def _task_key(task: Task) -> tuple:
+    return task.name, task.kind, tuple(task.classes or ()), tuple(task.columns or ())
+
+
+def check_run_tasks(run: str | os.PathLike, tasks: Sequence[Task], model) -> None:
+    """Refuses to write a model's evaluation into a run folder whose tasks are others:
+    the run's ``metrics.json`` and ``report.md`` would then describe another model.
+
+    Args:
+        run: the run folder (holding ``tasks.json``).
+        tasks: the evaluated model's tasks.
+        model: the model's file or name, for the message.
+
+    Raises:
+        ValueError: naming both task lists and what to do instead.
+    """
+    from kerasmtl.data.label_csv import read_tasks_file
+
+    own = read_tasks_file(Path(run) / runs.TASKS)
+    if sorted(map(_task_key, own)) == sorted(map(_task_key, tasks)):
+        return
+    differ = sorted({t.name for t in own} ^ {t.name for t in tasks}) or sorted(
+        {t.name for t in own if _task_key(t) not in set(map(_task_key, tasks))})
+    raise ValueError(
+        f"{model} has other tasks than the run folder {run} ({runs.TASKS}: {[t.name for t in own]}; the model: "
+        f"{[t.name for t in tasks]}; differing: {differ}), so its evaluation would replace that run's metrics.json "
+        "and report. Evaluate the run's own model.keras, or give --data and --out for another folder."
+    )
 
 
 def _read_split(run: Path) -> dict[str, str]:
@@ -113,6 +148,8 @@ def evaluate(
     batch_size: int = 32,
     nme_points=None,
     figures: bool = True,
+    path_column: str = "path",
+    image_root: str | os.PathLike | None = None,
     **figure_kwargs,
 ) -> dict[str, dict]:
     """Evaluates a saved model and writes ``metrics.json``, ``report.md`` and figures.
@@ -129,10 +166,15 @@ def evaluate(
         batch_size: images per prediction batch.
         nme_points: NME reference points (see `evaluate_model`).
         figures: also write the figures.
+        path_column, image_root: how a CSV table ``data`` names its images.
         **figure_kwargs: options of `write_figures`.
 
     Returns:
         ``{task name: report}``.
+
+    Raises:
+        ValueError: ``out`` is a run folder whose tasks (``tasks.json``) are not the
+            model's: its ``metrics.json`` and report belong to the run's own model.
     """
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl.saved import find_run_folder, is_run_folder, load_model, resolve_tasks
@@ -146,9 +188,11 @@ def evaluate(
             raise ValueError("Name the data to evaluate on: the model is not inside a run folder.")
         data = run
     tasks = resolve_tasks(model, tasks, source)
-    evaluation = load_evaluation_data(data, tasks, split)
     if out is None:
         out = data if is_run_folder(data) else (source.parent if source is not None else Path.cwd()) / f"{Path(data).stem}-evaluation"
+    if is_run_folder(out):
+        check_run_tasks(out, tasks, model.name if source is None else source / runs.MODEL if source.is_dir() else source)
+    evaluation = load_evaluation_data(data, tasks, split, path_column, image_root)
     height, width, channels = model.input_shape[1:4]
     if height is None or width is None:
         raise ValueError(f"The model's input size must be fixed to read images for it. Received: input_shape={model.input_shape}")

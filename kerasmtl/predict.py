@@ -35,7 +35,8 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.as_posix())]
 
 
-def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[list[str], list[str]]:
+def list_images(source: str | os.PathLike, column: str | None = None,
+                image_root: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
     """The images to predict: every image file under a folder, or those a CSV lists.
 
     Args:
@@ -44,6 +45,7 @@ def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[l
             (default: the first of `PATH_COLUMNS` present, else the first column) holds
             paths relative to the CSV's folder (or absolute).
         column: the CSV's path column.
+        image_root: the folder a CSV's paths are relative to (default the CSV's folder).
 
     Returns:
         ``(listed, absolute)``: the paths as listed (relative to the folder for a
@@ -70,7 +72,8 @@ def list_images(source: str | os.PathLike, column: str | None = None) -> tuple[l
     listed = [p.strip() for p in frame[column].tolist() if p.strip()]
     if not listed:
         raise DataError(f"{source}: column {column!r} lists no image paths.")
-    absolute = [str((source.parent / p).resolve()) for p in listed]
+    root = Path(image_root) if image_root is not None else source.parent
+    absolute = [str((root / p).resolve()) for p in listed]
     problems = [(str(source), row + 2, f"image file {a!r} does not exist") for row, a in enumerate(absolute) if not Path(a).is_file()]
     if problems:
         raise DataError(f"{source}: {len(problems)} listed image(s) not found (row = CSV line number)", problems)
@@ -156,6 +159,7 @@ def predict(
     all_probabilities: bool = False,
     column: str | None = None,
     overwrite: bool = False,
+    image_root: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Predicts every output for a folder of images (or a CSV listing them).
 
@@ -173,6 +177,7 @@ def predict(
         batch_size: images per batch.
         all_probabilities: add a probability column per class.
         column: the path column of a CSV source.
+        image_root: the folder a CSV source's paths are relative to (default its folder).
         overwrite: replace an existing ``out`` even when kerasmtl did not write it.
 
     Returns:
@@ -188,11 +193,11 @@ def predict(
     out = output_path(out, overwrite)
     origin = None if isinstance(model, keras.Model) else Path(model)
     if origin is not None and is_exported(origin):
-        return _predict_exported(origin, source, out, tasks, batch_size, all_probabilities, column)
+        return _predict_exported(origin, source, out, tasks, batch_size, all_probabilities, column, image_root)
     if origin is not None:
         model = load_model(origin)
     tasks = resolve_tasks(model, tasks, origin)
-    listed, absolute = usable_images(*list_images(source, column), source)
+    listed, absolute = usable_images(*list_images(source, column, image_root), source)
     height, width, channels = model.input_shape[1:4]
     if height is None or width is None:
         raise ValueError(f"The model's input size must be fixed to read images for it. Received: input_shape={model.input_shape}")
@@ -222,7 +227,8 @@ def _write(table: pd.DataFrame, out: Path | None) -> pd.DataFrame:
     return table
 
 
-def _predict_exported(path: Path, source, out, tasks, batch_size: int, all_probabilities: bool, column) -> pd.DataFrame:
+def _predict_exported(path: Path, source, out, tasks, batch_size: int, all_probabilities: bool, column,
+                      image_root=None) -> pd.DataFrame:
     """`predict` for an exported model: images read as for a ``.keras`` one, run by its runtime."""
     from kerasmtl.data.generator import read_image
     from kerasmtl.export import tasks_from_labels
@@ -232,7 +238,7 @@ def _predict_exported(path: Path, source, out, tasks, batch_size: int, all_proba
         raise ValueError(f"An exported model's tasks are those of its {LABELS}. Received: tasks={tasks!r}")
     predictor = Predictor(path)
     tasks = tasks_from_labels(predictor.labels)
-    listed, absolute = usable_images(*list_images(source, column), source)
+    listed, absolute = usable_images(*list_images(source, column, image_root), source)
     height, width, channels = predictor.image_shape
     parts = []
     for start in range(0, len(absolute), batch_size):
@@ -245,6 +251,7 @@ def _predict_exported(path: Path, source, out, tasks, batch_size: int, all_proba
 def predict_command(args) -> pd.DataFrame:
     """``kerasmtl predict``: writes the prediction CSV and says how many images it holds."""
     out = output_path(args.out, args.overwrite)
-    table = predict(args.model, args.images, out, args.tasks, args.batch_size, args.all_probabilities, args.column, args.overwrite)
+    table = predict(args.model, args.images, out, args.tasks, args.batch_size, args.all_probabilities, args.path_column,
+                    args.overwrite, args.image_root)
     print(f"{len(table)} images -> {out}")
     return table
