@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from kerasmtl import written_files
 from kerasmtl.data.errors import DataError
-from kerasmtl.data.validate import IMAGE_SUFFIXES
+from kerasmtl.data.validate import IMAGE_SUFFIXES, missing_file
 from kerasmtl.serving import is_exported
 from kerasmtl.tasks import Task
 
@@ -41,7 +42,8 @@ def list_images(source: str | os.PathLike, column: str | None = None,
 
     Args:
         source: a folder (searched recursively, in natural order: ``2.jpg`` before
-            ``10.jpg``), or a CSV file whose ``column``
+            ``10.jpg``, for the names of ``IMAGE_SUFFIXES`` that training reads; other
+            files are listed on stderr as skipped), or a CSV file whose ``column``
             (default: the first of `PATH_COLUMNS` present, else the first column) holds
             paths relative to the CSV's folder (or absolute).
         column: the CSV's path column.
@@ -58,7 +60,11 @@ def list_images(source: str | os.PathLike, column: str | None = None,
     if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
         return [source.name], [str(source.resolve())]
     if source.is_dir():
-        files = sorted((p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        found = sorted((p for p in source.rglob("*") if p.is_file()), key=_natural_key)
+        files = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+        for other in (p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES):
+            print(f"skipped: {other.relative_to(source).as_posix()}: not an image file name ({' '.join(IMAGE_SUFFIXES)})",
+                  file=sys.stderr)
         if not files:
             raise DataError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder.")
         return [p.relative_to(source).as_posix() for p in files], [str(p.resolve()) for p in files]
@@ -74,7 +80,7 @@ def list_images(source: str | os.PathLike, column: str | None = None,
         raise DataError(f"{source}: column {column!r} lists no image paths.")
     root = Path(image_root) if image_root is not None else source.parent
     absolute = [str((root / p).resolve()) for p in listed]
-    problems = [(str(source), row + 2, f"image file {a!r} does not exist") for row, a in enumerate(absolute) if not Path(a).is_file()]
+    problems = [(str(source), row + 2, missing_file(a, a)) for row, a in enumerate(absolute) if not Path(a).is_file()]
     if problems:
         raise DataError(f"{source}: {len(problems)} listed image(s) not found (row = CSV line number)", problems)
     return listed, absolute
@@ -89,8 +95,6 @@ def usable_images(listed: list[str], absolute: list[str], source: str | os.PathL
     Raises:
         DataError: no usable image is left.
     """
-    import sys
-
     from kerasmtl.data.validate import CheckedImages, default_cache_path, find_image_problems
 
     problems = find_image_problems(absolute, list(range(len(absolute))), str(source), cache=CheckedImages(default_cache_path(source)))

@@ -110,11 +110,18 @@ class ResumableRun:
         self.checkpoint: ResumeCheckpoint | None = None
 
     def check_data(self, digest: str) -> None:
-        """Sets the `data_digest` of the splits; a state saved with other rows raises
-        `ResumeError`, whether the run finished or not."""
+        """Sets the `data_digest` of the splits; a state saved with other rows (other images,
+        or labels that draw another split) raises `ResumeError`, whether the run finished
+        or not."""
         self.fingerprint[DATA_KEY] = digest
-        if self.state is not None and DATA_KEY in self.state.get("fingerprint", {}):
-            check_fingerprint({DATA_KEY: self.state["fingerprint"][DATA_KEY]}, {DATA_KEY: digest}, self.run.path)
+        saved = (self.state or {}).get("fingerprint", {}).get(DATA_KEY)
+        if saved is not None and saved != digest:
+            raise ResumeError(
+                f"{self.run.path} holds a run trained on other data: the images or their labels changed since it "
+                f"started, so the train / val / test split is not the one it was trained on ({DATA_KEY} "
+                f"{saved[:7]}… -> {digest[:7]}…). Pass --restart to train this folder again from scratch on the data "
+                "as it is now, or choose a new folder with --out to keep this run."
+            )
 
     # ----------------------------------------------------------------- status
     def _reached(self, state_target: int) -> bool:

@@ -17,7 +17,7 @@ import kerasmtl.layers  # noqa: F401  (registers the custom layers for loading)
 import kerasmtl.losses  # noqa: F401  (registers the losses and metrics)
 import kerasmtl.ports.layers  # noqa: F401  (registers TakeColumns)
 from kerasmtl.model import MultiTaskModel, check_tasks
-from kerasmtl.runs import CONFIG, MODEL, TASKS
+from kerasmtl.runs import BEST_MODEL, CONFIG, MODEL, RESUME, TASKS
 from kerasmtl.tasks import Task
 
 
@@ -41,6 +41,8 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     """
     path = Path(path)
     file = path / MODEL if path.is_dir() else path
+    if path.is_dir() and not file.is_file() and (is_run_folder(path) or (path / RESUME).is_dir()):
+        raise FileNotFoundError(unfinished_run_message(path))
     if not file.is_file():
         raise FileNotFoundError(f"No saved model at {file} (expected a .keras file or a run folder holding {MODEL}).")
     damaged = ValueError(f"{file} is damaged: it is not a complete .keras archive (truncated or overwritten?). "
@@ -51,6 +53,22 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         return keras.saving.load_model(file, safe_mode=True, compile=False)
     except (zipfile.BadZipFile, EOFError) as error:
         raise damaged from error
+
+
+def unfinished_run_message(path: Path) -> str:
+    """What to do with a run folder that has no ``model.keras`` yet: training stopped (killed,
+    interrupted) before its end. Names the epoch reached and ``best.keras`` where it exists."""
+    from kerasmtl.checkpointing.state import ResumeError, read_state
+
+    try:
+        state = read_state(path / RESUME)
+    except ResumeError:
+        state = None
+    reached = f"training stopped after epoch {state['epoch']} of {state.get('target', '?')}" if state else "training has not ended"
+    best = path / BEST_MODEL
+    use = (f", or use the model of its best epoch so far, {best} (e.g. kerasmtl predict {best} IMAGES)" if best.is_file()
+           else f"; it has no {BEST_MODEL} either (no epoch finished)")
+    return f"{path} is an unfinished run: {reached}, so it has no {MODEL} yet. Rerun its train command to finish it{use}."
 
 
 def match_tasks(model: keras.Model, tasks: Sequence[Task]) -> list[Task]:

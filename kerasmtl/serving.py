@@ -56,20 +56,142 @@ def is_exported(path: str | os.PathLike) -> bool:
     return path.suffix in (".onnx", ".tflite", ".xml") or (path / "saved_model.pb").is_file()
 
 
+class LabelsError(ValueError):
+    """A `labels.json` that does not describe its model: one message naming the file and the field."""
+
+    def __init__(self, file: Path, field: str, problem: str):
+        super().__init__(f"{file}: field {field}: {problem}. {LABELS} must be the one kerasmtl export wrote "
+                         "beside this model (export it again to restore it).")
+        self.file, self.field = file, field
+
+
 def read_labels(path: str | os.PathLike) -> dict:
-    """The `labels.json` of the exported model at ``path``.
+    """The `labels.json` of the exported model at ``path``, checked (`check_labels`).
 
     Raises:
         FileNotFoundError: there is none.
-        ValueError: it does not describe an input and tasks.
+        LabelsError: it is not JSON, or a field does not hold what kerasmtl writes.
     """
     file = labels_path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no {LABELS} beside the exported model {path} (kerasmtl export writes it).")
-    record = json.loads(file.read_text(encoding="utf-8"))
-    if not isinstance(record, dict) or "input" not in record or not record.get("tasks"):
-        raise ValueError(f"{file}: {LABELS} holds 'input' and a non-empty 'tasks' list. Received keys: {sorted(record) if isinstance(record, dict) else type(record).__name__}")
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise LabelsError(file, "(the whole file)", f"not valid JSON ({error})") from None
+    check_labels(record, file)
     return record
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def task_units(task: dict) -> int:
+    """The width of a task's output: 1 (binary), the classes (multiclass), the units (regression)."""
+    if task["kind"] == "binary":
+        return 1
+    if task["kind"] == "multiclass":
+        return len(task["classes"])
+    return int(task.get("units") or len(task["columns"]))
+
+
+def check_labels(record, file: Path) -> None:
+    """Raises `LabelsError` at the first field of ``record`` that is not as kerasmtl writes it:
+    ``input.shape`` ``[null, height, width, channels]``; per task a unique ``name``, a
+    ``kind``, two (binary) or more (multiclass) distinct class names and a binary
+    ``threshold`` in [0, 1]; a regression task's ``units`` / ``columns`` (and ``mean`` /
+    ``std`` of that length)."""
+    def fail(field, problem, value):
+        raise LabelsError(file, field, f"{problem}. Received: {value!r}")
+
+    if not isinstance(record, dict):
+        fail("(the whole file)", "a JSON object with 'input' and 'tasks'", type(record).__name__)
+    shape = record.get("input", {}).get("shape") if isinstance(record.get("input"), dict) else None
+    if not (isinstance(shape, list) and len(shape) == 4 and all(_is_count(v) for v in shape[1:])):
+        fail("input.shape", "[null, height, width, channels] with whole numbers >= 1", shape)
+    if shape[3] not in (1, 3):
+        fail("input.shape", "1 (grey) or 3 (RGB) channels", shape)
+    tasks = record.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        fail("tasks", "a non-empty list of tasks", tasks)
+    names = set()
+    for index, task in enumerate(tasks):
+        where = f"tasks[{index}]"
+        if not isinstance(task, dict):
+            fail(where, "an object", task)
+        name, kind = task.get("name"), task.get("kind")
+        if not isinstance(name, str) or not name or name in names:
+            fail(f"{where}.name", "a task name given once", name)
+        names.add(name)
+        if kind not in ("binary", "multiclass", "regression"):
+            fail(f"{where}.kind", "'binary', 'multiclass' or 'regression'", kind)
+        if kind == "regression":
+            columns, units = task.get("columns"), task.get("units")
+            if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+                fail(f"{where}.columns", "a list of column names", columns)
+            if not _is_count(units) or (columns and len(columns) != units):
+                fail(f"{where}.units", f"a whole number >= 1, the number of columns ({len(columns)})", units)
+            for key in ("mean", "std"):
+                value = task.get(key)
+                if value is not None and not (isinstance(value, list) and len(value) == units and all(map(_is_number, value))):
+                    fail(f"{where}.{key}", f"null or {units} number(s)", value)
+            continue
+        classes = task.get("classes")
+        count = "2" if kind == "binary" else "2 or more"
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes)
+                and (len(classes) == 2 if kind == "binary" else len(classes) >= 2)):
+            fail(f"{where}.classes", f"{count} distinct class names", classes)
+        threshold = task.get("threshold")
+        if kind == "binary" and not (_is_number(threshold) and 0 <= threshold <= 1):
+            fail(f"{where}.threshold", "a number in [0, 1] (a probability)", threshold)
+
+
+def _first_difference(a, b, where: str = "") -> str | None:
+    """The path of the first field where two JSON values differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return next((f for i, (x, y) in enumerate(zip(a, b)) if (f := _first_difference(x, y, f"{where}[{i}]"))), None)
+    return None if a == b else (where or "(the whole file)")
+
+
+def check_against_model(record: dict, file: Path, signature: dict, embedded: str | None = None) -> None:
+    """Raises `LabelsError` when ``record`` does not describe the model: its input shape,
+    its output names and widths (``signature``: ``{"input": shape, "outputs": {name:
+    width}}``), or the copy an ONNX file carries (``embedded``)."""
+    shape = list(record["input"]["shape"][1:])
+    if signature.get("input") is not None and list(signature["input"]) != shape:
+        raise LabelsError(file, "input.shape", f"the model takes {signature['input']} images. Received: {shape}")
+    outputs = signature.get("outputs", {})
+    for index, task in enumerate(record["tasks"]):
+        if task["name"] not in outputs:
+            raise LabelsError(file, f"tasks[{index}].name", f"the model has no output of that name (its outputs: "
+                                                              f"{sorted(outputs)}). Received: {task['name']!r}")
+        width, units = outputs[task["name"]], task_units(task)
+        if width is not None and width != units:
+            field = "units" if task["kind"] == "regression" else "classes"
+            raise LabelsError(file, f"tasks[{index}].{field}", f"the model's output {task['name']!r} has {width} "
+                                                               f"unit(s), the {task['kind']} task describes {units}")
+    missing = sorted(set(outputs) - {t["name"] for t in record["tasks"]})
+    if missing:
+        raise LabelsError(file, "tasks", f"no task describes the model's output(s) {missing}")
+    if embedded is not None:
+        try:
+            original = json.loads(embedded)
+        except ValueError:
+            return
+        field = _first_difference(original, record)
+        if field is not None:
+            raise LabelsError(file, field, "differs from the copy the model file carries (written by kerasmtl export)")
 
 
 # -------------------------------------------------------------------- runtimes
@@ -80,16 +202,22 @@ def _onnx_runner(path: Path, threads: int | None):
     if threads:
         options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    entry = session.get_inputs()[0]
     outputs = [o.name for o in session.get_outputs()]
-    return lambda batch: dict(zip(outputs, session.run(outputs, {name: batch})))
+    signature = {"input": _dims(entry.shape[1:]), "outputs": {o.name: _width(o.shape) for o in session.get_outputs()},
+                 "embedded": session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)}
+    return (lambda batch: dict(zip(outputs, session.run(outputs, {entry.name: batch})))), signature
 
 
 def _litert_runner(path: Path, threads: int | None):
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(SIGNATURE)
-    return lambda batch: {k: np.asarray(v) for k, v in runner(**{INPUT_NAME: batch}).items()}
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    entry = inputs.get(INPUT_NAME)
+    signature = {"input": None if entry is None else _dims(list(entry["shape_signature"])[1:]),
+                 "outputs": {k: _width(list(v["shape_signature"])) for k, v in outputs.items()}}
+    return (lambda batch: {k: np.asarray(v) for k, v in runner(**{INPUT_NAME: batch}).items()}), signature
 
 
 def _openvino_runner(path: Path, threads: int | None):
@@ -116,11 +244,29 @@ def _saved_model_runner(path: Path, threads: int | None):
     import tensorflow as tf  # the SavedModel's own runtime
 
     function = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-    return lambda batch: {k: v.numpy() for k, v in function(**{INPUT_NAME: tf.constant(batch)}).items()}
+    entry = function.structured_input_signature[1].get(INPUT_NAME)
+    signature = {"input": None if entry is None else _dims(entry.shape.as_list()[1:]),
+                 "outputs": {k: _width(v.shape.as_list()) for k, v in function.structured_outputs.items()}}
+    return (lambda batch: {k: v.numpy() for k, v in function(**{INPUT_NAME: tf.constant(batch)}).items()}), signature
+
+
+def _dims(shape) -> list | None:
+    """Whole-number dimensions, or None where any is unknown."""
+    shape = [int(v) if isinstance(v, (int, np.integer)) and v >= 0 else None for v in shape]
+    return None if None in shape else shape
+
+
+def _width(shape) -> int | None:
+    """The units of a ``(batch, units)`` output, None when unknown."""
+    shape = list(shape)
+    return int(shape[-1]) if len(shape) == 2 and isinstance(shape[-1], (int, np.integer)) and shape[-1] >= 0 else None
 
 
 def open_runtime(path: str | os.PathLike, threads: int | None = None):
-    """A function ``uint8 batch -> {output name: array}`` running the exported model.
+    """``(run, signature)``: a function ``uint8 batch -> {output name: array}`` running the
+    exported model, and what the model says of itself: ``{"input": [height, width,
+    channels], "outputs": {name: units}}`` (None where unknown) and, for ONNX, the
+    ``"embedded"`` `labels.json` text.
 
     Raises:
         ValueError: ``path`` is not an ``.onnx``, ``.tflite``, OpenVINO ``.xml`` or SavedModel.
@@ -158,7 +304,8 @@ class Predictor:
         self.labels = read_labels(self.path)
         self.tasks = list(self.labels["tasks"])
         self.image_shape = tuple(int(v) for v in self.labels["input"]["shape"][1:])
-        self._run = open_runtime(self.path, threads)
+        self._run, signature = open_runtime(self.path, threads)
+        check_against_model(self.labels, labels_path(self.path), signature, signature.get("embedded"))
 
     # ------------------------------------------------------------------ images
     def load_image(self, image) -> np.ndarray:
@@ -171,9 +318,9 @@ class Predictor:
         height, width, channels = self.image_shape
         if isinstance(image, (str, os.PathLike)):
             with Image.open(image) as opened:
-                image = ImageOps.exif_transpose(opened).convert("L" if channels == 1 else "RGB")
+                image = to_uint8(ImageOps.exif_transpose(opened)).convert("L" if channels == 1 else "RGB")
         elif isinstance(image, Image.Image):
-            image = image.convert("L" if channels == 1 else "RGB")
+            image = to_uint8(image).convert("L" if channels == 1 else "RGB")
         else:
             image = _pil_image(np.asarray(image), channels)
         array = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, channels)
@@ -208,7 +355,8 @@ class Predictor:
         for task in self.tasks:
             values = np.asarray(outputs[task["name"]], dtype=np.float64)
             if task["kind"] == "regression":
-                per_task[task["name"]] = [row.tolist() for row in values.reshape(len(values), -1)]
+                rows = values.reshape(len(values), -1)
+                per_task[task["name"]] = [float(row[0]) if rows.shape[1] == 1 else row.tolist() for row in rows]
                 continue
             classes = task["classes"]
             if task["kind"] == "binary":
@@ -219,7 +367,7 @@ class Predictor:
             else:
                 index = values.argmax(axis=-1)
                 per_task[task["name"]] = [(classes[i], float(values[row, i])) for row, i in enumerate(index)]
-        count = len(next(iter(per_task.values())))
+        count = len(next(iter(per_task.values()), []))
         return [{name: labels[row] for name, labels in per_task.items()} for row in range(count)]
 
     def predict(self, images, batch_size: int = 32):
@@ -232,13 +380,37 @@ class Predictor:
 
         Returns:
             ``{task: (class name, probability)}`` for classification (binary tasks
-            decided at their threshold), ``{task: [values]}`` for regression, in the data's
-            units.
+            decided at their threshold), ``{task: value}`` for a one-unit regression task
+            and ``{task: [values]}`` for a wider one, in the data's units. No images (an
+            empty list or an ``(0, h, w, c)`` array) give an empty list.
         """
         single = isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4)
+        if not single and len(images) == 0:
+            return []
         batch = self.load_images([images] if single else images)
         labels = self.decode(self.run(batch, batch_size))
         return labels[0] if single else labels
+
+
+def to_uint8(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8 bits per channel, as training reads it
+    (`kerasmtl.data.generator.read_image`): 16-bit integer images by their high byte, as
+    OpenCV reads them; other integer images scaled by 1/257 and float images in [0, 1] by
+    255 (others clipped), as training's Pillow fallback for what OpenCV cannot read; other
+    modes unchanged (``convert`` makes them RGB or grey as OpenCV does)."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        array = np.asarray(image).astype(np.uint16)
+        return Image.fromarray((array >> 8).astype(np.uint8), "L")
+    if mode.startswith("I") or mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        if mode == "F" and array.size and np.nanmax(array) <= 1.0:
+            array = array * 255.0
+        elif mode != "F":
+            array = array / 257.0
+        array = np.nan_to_num(array, nan=0.0, posinf=255.0, neginf=0.0)
+        return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+    return image
 
 
 def _resize_axis(array: np.ndarray, size: int, axis: int) -> np.ndarray:
@@ -283,4 +455,4 @@ def _pil_image(array: np.ndarray, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
-__all__ = ["LABELS", "Predictor", "is_exported", "labels_path", "open_runtime", "read_labels"]
+__all__ = ["LABELS", "LabelsError", "Predictor", "is_exported", "labels_path", "open_runtime", "read_labels", "to_uint8"]

@@ -162,7 +162,24 @@ def test_ctrl_c_during_training_exits_130_and_the_same_command_resumes(trained, 
     epoch = int(error.split("interrupted after epoch ")[1].split(";")[0])
     assert 1 <= epoch < 5 and "; run the same command to resume" in error
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == epoch
+    refused(kerasmtl("predict", tmp_path / "run", csv.parent / "pics", "--out", tmp_path / "p.csv", home=home),
+            f"{tmp_path / 'run'} is an unfinished run: training stopped after epoch {epoch} of 5",
+            f"use the model of its best epoch so far, {tmp_path / 'run' / 'best.keras'}")
     resumed = ok(subprocess.run(command, capture_output=True, text=True, env=environment(home), cwd=ROOT, timeout=600))
     assert f"after epoch {epoch} of 5" in resumed.stdout
     assert pd.read_csv(tmp_path / "run" / "history.csv")["epoch"].tolist() == [0, 1, 2, 3, 4]
     assert (tmp_path / "run" / "model.keras").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_labels_edited_between_runs_are_named_with_the_ways_to_start_again(trained):
+    run, csv, home = trained
+    original = csv.read_text()
+    lines = original.splitlines(keepends=True)
+    flipped = [line.replace(",yes,", ",NO,").replace(",no,", ",yes,").replace(",NO,", ",no,") for line in lines[1:13]]
+    try:
+        csv.write_text("".join([lines[0], *flipped, *lines[13:]]))
+        refused(kerasmtl("train", "--data", csv, *TRAIN, "--out", run, home=home),
+                f"{run} holds a run trained on other data: the images or their labels changed since it started",
+                "Pass --restart to train this folder again", "choose a new folder with --out")
+    finally:
+        csv.write_text(original)

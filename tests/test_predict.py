@@ -147,3 +147,25 @@ def test_predict_never_replaces_a_file_it_did_not_write(saved_run, tmp_path, mon
     assert "predictions.csv exists and kerasmtl did not write it (or it was changed since)" in capsys.readouterr().err
     assert predict([str(run), str(images), "--out", str(users), "--overwrite"]) == 0
     assert len(pd.read_csv(users)) == 5
+
+
+def test_predict_reads_the_images_training_reads_and_lists_the_files_it_skips(saved_run, tmp_path, capsys):
+    import kerasmtl.data.peta
+    import kerasmtl.predict
+
+    run, _, _, images = saved_run
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(images / "more" / "anim.gif")
+    assert predict([str(run), str(images), "--out", str(tmp_path / "p.csv")]) == 0
+    assert pd.read_csv(tmp_path / "p.csv")["path"].tolist() == ["9.jpg", "10.jpg", "a.png", "b.jpg", "more/anim.gif", "more/c.jpg"]
+    assert "skipped: notes.txt: not an image file name (.jpg .jpeg .png .bmp .gif .webp .tif .tiff)" in capsys.readouterr().err
+    assert kerasmtl.predict.IMAGE_SUFFIXES is kerasmtl.data.peta.IMAGE_SUFFIXES  # one list for training and predict
+
+
+def test_a_folder_named_like_an_image_is_called_a_folder(tmp_path):
+    from kerasmtl.data.validate import check_image
+
+    (tmp_path / "x.jpg").mkdir()
+    assert check_image(tmp_path / "x.jpg") == f"image path {str(tmp_path / 'x.jpg')!r} is a folder, not an image file"
+    (tmp_path / "list.csv").write_text("path\nx.jpg\n")
+    with pytest.raises(DataError, match=r"row 2: image path .*x\.jpg' is a folder, not an image file"):
+        list_images(tmp_path / "list.csv")

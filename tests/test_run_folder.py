@@ -274,3 +274,27 @@ def test_scripts_exit_2_for_a_refused_folder_and_a_full_disk(tmp_path, capsys):
     assert run_with_exit_codes(refused) == 2 and run_with_exit_codes(full) == 2
     err = capsys.readouterr().err
     assert "error: in use\n" in err and f"error: No space left on the device of {tmp_path} while writing model.keras." in err
+
+
+def test_commands_on_an_unfinished_run_say_so_and_name_best_keras(tmp_path, capsys):
+    import kerasmtl_cli
+
+    run = tmp_path / "run"
+    (run / "resume").mkdir(parents=True)
+    (run / "config.yaml").write_text("image_size: 32\n")
+    (run / "tasks.json").write_text("[]\n")
+    (run / "resume" / "state.json").write_text('{"format": 1, "epoch": 2, "target": 5, "fingerprint": {}}\n')
+    (run / "best.keras").write_bytes(b"the model of the best epoch")
+    commands = [["evaluate", str(run)], ["predict", str(run), str(tmp_path), "--out", str(tmp_path / "p.csv")],
+                ["export", str(run), "--format", "onnx"]]
+    for argv in commands:
+        assert kerasmtl_cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert (f"{run} is an unfinished run: training stopped after epoch 2 of 5, so it has no model.keras yet. Rerun its "
+                f"train command to finish it, or use the model of its best epoch so far, {run / 'best.keras'} "
+                f"(e.g. kerasmtl predict {run / 'best.keras'} IMAGES).") in err, (argv, err)
+        assert "No saved model" not in err
+    (run / "best.keras").unlink()
+    assert kerasmtl_cli.main(commands[0]) == 2
+    assert "Rerun its train command to finish it; it has no best.keras either (no epoch finished)." in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "resume", "tasks.json"]

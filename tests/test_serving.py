@@ -239,3 +239,109 @@ def test_predictor_resizes_and_refuses_what_is_not_an_image(tmp_path):
     (tmp_path / "labels.json").unlink()
     with pytest.raises(FileNotFoundError, match="no labels.json beside the exported model"):
         Predictor(tmp_path / "model.onnx")
+
+
+# ------------------------------------------------------- reading and checking
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny model with every output kind (a one-unit regression task too), exported to ONNX."""
+    from test_export import TASKS
+
+    from kerasmtl import Task
+
+    keras.utils.set_random_seed(2)
+    tasks = [*TASKS, Task("size", "regression", units=1, mean=(5.0,), std=(2.0,))]
+    model = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=TINY_TOWER).build()
+    return model, tasks, export(model, tmp_path_factory.mktemp("served") / "model.onnx", "onnx")
+
+
+def test_predictor_reads_16_bit_and_float_images_as_training_does(served, tmp_path):
+    import cv2
+
+    predictor = Predictor(served[2])
+    rng = np.random.default_rng(7)
+    grey16 = rng.integers(0, 65536, (32, 32), dtype=np.uint16)
+    rgb16 = rng.integers(0, 65536, (32, 32, 3), dtype=np.uint16)
+    floats = rng.random((32, 32)).astype(np.float32)
+    cv2.imwrite(str(tmp_path / "grey16.png"), grey16)
+    cv2.imwrite(str(tmp_path / "grey16.tif"), grey16)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16[..., ::-1])  # OpenCV writes BGR
+    Image.fromarray(floats, "F").save(tmp_path / "float.tif")
+    expected = {  # the high byte of 16-bit values (OpenCV's reading), floats in [0, 1] times 255
+        "grey16.png": np.repeat((grey16 >> 8).astype(np.uint8)[..., None], 3, -1),
+        "grey16.tif": np.repeat((grey16 >> 8).astype(np.uint8)[..., None], 3, -1),
+        "rgb16.png": (rgb16 >> 8).astype(np.uint8),
+        "float.tif": np.repeat(np.rint(floats.astype(np.float64) * 255).astype(np.uint8)[..., None], 3, -1),
+    }
+    for name, pixels in expected.items():
+        training = read_image(str(tmp_path / name), (32, 32), 3)
+        np.testing.assert_array_equal(training, pixels, err_msg=f"training's reader, {name}")
+        np.testing.assert_array_equal(predictor.load_image(tmp_path / name), training, err_msg=name)
+        np.testing.assert_array_equal(predictor.load_image(Image.open(tmp_path / name)), training, err_msg=name)
+    assert abs(predictor.load_image(tmp_path / "grey16.png").mean() - 127.5) < 8
+
+
+def test_predictor_gives_a_one_unit_regression_value_as_a_number_and_no_images_no_labels(served):
+    model, _, path = served
+    predictor = Predictor(path)
+    images = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = model.predict_labels(images)
+    got = predictor.predict(images)
+    for row in range(3):
+        assert isinstance(got[row]["size"], float)
+        assert got[row]["size"] == pytest.approx(float(np.ravel(expected["size"][row])[0]), rel=1e-5, abs=1e-5)
+        assert isinstance(got[row]["box"], list) and len(got[row]["box"]) == 4
+    assert predictor.predict([]) == []
+    assert predictor.predict(np.zeros((0, 32, 32, 3), np.uint8)) == []
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(record):
+        target = record
+        for key in keys[:-1]:
+            target = target[key]
+        if value is APPEND:
+            target[keys[-1]].append("ancient")
+        else:
+            target[keys[-1]] = value
+
+    return edit
+
+
+APPEND = object()
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_set("tasks", 1, "classes", 0, "baby"), "tasks[1].classes[0]: differs from the copy the model file carries"),
+    (_set("tasks", 1, "classes", APPEND), "tasks[1].classes: the model's output 'age' has 3 unit(s), the multiclass task describes 4"),
+    (_set("tasks", 1, "classes", ["young", "young", "old"]), "tasks[1].classes: 2 or more distinct class names"),
+    (_set("input", "shape", 1, 64), "input.shape: the model takes [32, 32, 3] images. Received: [64, 32, 3]"),
+    (_set("tasks", 0, "threshold", "0.5"), "tasks[0].threshold: a number in [0, 1] (a probability). Received: '0.5'"),
+    (_set("tasks", 3, "name", "bbox"), "tasks[3].name: the model has no output of that name"),
+    (_set("tasks", 4, "units", 2), "tasks[4].units: a whole number >= 1, the number of columns (1)"),
+    ("{not json", "field (the whole file): not valid JSON"),
+])
+def test_a_labels_file_edited_by_hand_is_refused_naming_the_file_and_the_field(served, tmp_path, edit, field, capsys):
+    import shutil
+
+    from kerasmtl.serving import LabelsError
+
+    shutil.copy(served[2], tmp_path / "model.onnx")
+    labels = tmp_path / "labels.json"
+    if isinstance(edit, str):
+        labels.write_text(edit)
+    else:
+        record = json.loads((served[2].parent / "labels.json").read_text())
+        edit(record)
+        labels.write_text(json.dumps(record))
+    with pytest.raises(LabelsError) as error:
+        Predictor(tmp_path / "model.onnx")
+    assert str(error.value).startswith(f"{labels}: field "), str(error.value)
+    assert field in str(error.value)
+    from kerasmtl_cli import predict
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    assert predict([str(tmp_path / "model.onnx"), str(tmp_path / "x.png"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert field in capsys.readouterr().err

@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from kerasmtl.atomic import write_json
 from kerasmtl.data.errors import DataError
 from kerasmtl.paths import home
+from kerasmtl.serving import to_uint8
 from kerasmtl.tasks import Task, is_missing
 
 #: The file name endings read as images where a folder is searched for them (PETA's
@@ -48,19 +49,14 @@ class Problem(NamedTuple):
 # ------------------------------------------------------------------- decoding
 def _to_uint8(image: Image.Image) -> Image.Image:
     """Converts any Pillow mode to ``RGB`` or ``L`` (8 bits per channel), as OpenCV reads:
-    16- and 32-bit integers scaled by 1/257, floats in [0, 1] by 255 (others clipped),
+    16-bit integers by their high byte, other integers scaled by 1/257, floats in [0, 1]
+    by 255 (others clipped; `kerasmtl.serving.to_uint8`, which the Predictor shares),
     transparency dropped."""
     mode = image.mode
     if mode in ("RGB", "L"):
         return image
     if mode.startswith("I") or mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        if mode == "F" and array.size and np.nanmax(array) <= 1.0:
-            array = array * 255.0
-        elif mode != "F":
-            array = array / 257.0
-        array = np.nan_to_num(array, nan=0.0, posinf=255.0, neginf=0.0)
-        return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+        return to_uint8(image)
     if mode in ("1", "LA", "La"):
         return image.convert("L")
     return image.convert("RGB")  # P, PA, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV
@@ -90,7 +86,7 @@ def check_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str | 
     """
     path = str(path)
     if not os.path.isfile(path):
-        return f"image file {path!r} does not exist"
+        return missing_file(path, path)
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -164,7 +160,10 @@ def find_path_problems(
 
 
 def missing_file(path: str, written) -> str:
-    """The reason for a path that names no file, with a hint when it is ``\\``-separated."""
+    """The reason for a path that names no file: a folder of that name, or nothing (with a
+    hint when it is ``\\``-separated)."""
+    if os.path.isdir(path):
+        return f"image path {path!r} is a folder, not an image file"
     if "\\" not in str(written):
         return f"image file {path!r} does not exist"
     return f"image file {path!r} does not exist; separate folders with '/', not '\\' (e.g. {str(written).replace(chr(92), '/')!r})"
@@ -175,7 +174,7 @@ def resolve_image_paths(paths: Sequence, folder: str | os.PathLike, source, rows
     every path `find_path_problems` rejects and every missing file."""
     rows = [int(r) for r in rows]
     problems, resolved = find_path_problems(list(paths), rows, str(source), folder)
-    problems += [Problem(str(source), r, f"image file {p!r} does not exist") for p, r in zip(resolved, rows) if p and not os.path.isfile(p)]
+    problems += [Problem(str(source), r, missing_file(p, p)) for p, r in zip(resolved, rows) if p and not os.path.isfile(p)]
     if problems:
         raise DataError(f"{source}: {len(problems)} bad image path(s)", sorted(problems, key=lambda p: p.row))
     return resolved
