@@ -663,7 +663,7 @@ def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     group = parser.add_argument_group("a CSV table given as IMAGES (default path column: path, image_path, filename, "
                                       "image_id, image or the first)")
     add_table_arguments(group)
-    group.add_argument("--column", dest="path_column", help="the same as --path-column")
+    group.add_argument("--column", dest="path_column", metavar="COLUMN", help="the same as --path-column")
     args = parser.parse_args(argv)
     _environment()
     from kerasmtl.predict import predict_command

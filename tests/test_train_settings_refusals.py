@@ -69,3 +69,19 @@ def test_config_paths_are_read_from_the_config_files_folder(tmp_path, monkeypatc
     config, _ = parse_config(training_parser("t"), ["--config", str(folder / "run.yaml"), "--data", "other.csv"])
     assert config.data == "other.csv"  # a flag is read from the working folder, as flags are
     assert "relative paths in it (data, out, tasks" in " ".join(kerasmtl("train", "--help").stdout.split())
+
+
+def test_evaluate_and_predict_take_the_table_flags_of_train(tmp_path):
+    """--path-column and --image-root: one definition, the same help in the three commands;
+    predict reads a table's paths from --image-root."""
+    from kerasmtl.predict import list_images
+
+    helps = {command: " ".join(kerasmtl(command, "--help").stdout.split()) for command in ("train", "evaluate", "predict")}
+    for flag in ("--path-column COLUMN the image path column (default path); paths are relative to the CSV's folder",
+                 "--image-root ROOT the folder the image paths are relative to"):
+        assert all(flag in text for text in helps.values()), (flag, helps)
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "a.png").write_bytes(b"")
+    (tmp_path / "list.csv").write_text("id,file\n1,a.png\n")
+    listed, absolute = list_images(tmp_path / "list.csv", "file", image_root=tmp_path / "pictures")
+    assert (listed, absolute) == (["a.png"], [str((tmp_path / "pictures" / "a.png").resolve())])
