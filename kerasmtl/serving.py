@@ -237,7 +237,11 @@ def _openvino_runner(path: Path, threads: int | None):
         result = request.infer({0: batch})
         return {name: np.array(result[output]) for name, output in outputs}  # copies: the request reuses its buffers
 
-    return run
+    def dims(port) -> list:
+        return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+    signature = {"input": _dims(dims(compiled.inputs[0])[1:]), "outputs": {name: _width(dims(o)) for name, o in outputs}}
+    return run, signature
 
 
 def _saved_model_runner(path: Path, threads: int | None):
