@@ -20,64 +20,82 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-# Fixed choices (checked against the package's own tuples by tests/test_cli.py). Towers,
-# presets and augmentation pipelines are registries: they are checked after import.
-HEADS = ("dense", "conv")
-WEIGHTINGS = ("static", "dst", "dwa", "uncertainty")
-DST_COUNTS = ("labelled", "positives")
-OPTIMIZERS = ("adam", "adamax", "adamw", "rmsprop", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
-DISTRIBUTION = ("none", "mirrored", "multiworker")
-MIXED_PRECISION = ("off", "float16", "bfloat16")
-INPUTS = ("generator", "tfdata", "files")
-EXPORT_FORMATS = ("saved_model", "onnx", "litert", "openvino")
-QUANTIZATIONS = ("float16", "int8", "bfloat16")
-#: The quantisations of each export format (kerasmtl.export.FORMAT_QUANTIZATIONS).
-FORMAT_QUANTIZATIONS = {"litert": ("float16", "int8"), "onnx": ("int8",), "openvino": ("int8", "bfloat16")}
+
+def _light_module(name: str):
+    """Imports ``name`` (`kerasmtl.choices`, `kerasmtl.data.settings`) without TensorFlow.
+
+    ``import kerasmtl.choices`` would first run ``kerasmtl/__init__.py``, which imports Keras
+    (and so TensorFlow) to register the package's objects. These modules import only the
+    standard library, so until the package itself is imported the file is loaded on its
+    own, the way the importlib documentation's "Importing a source file directly" recipe
+    does, under its own name in ``sys.modules``: the package's later imports of it get
+    this same module, and the same classes.
+    """
+    import importlib
+    import importlib.util
+
+    if name in sys.modules or "kerasmtl" in sys.modules:
+        return importlib.import_module(name)
+    package = importlib.util.find_spec("kerasmtl")  # finds the package without running it
+    path = os.path.join(package.submodule_search_locations[0], *name.split(".")[1:]) + ".py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_choices = _light_module("kerasmtl.choices")
+_data = _light_module("kerasmtl.data.settings")
+# Fixed choices, defined beside the package's implementations. Towers, presets and
+# augmentation pipelines are registries: they are checked after import.
+HEADS = _choices.HEADS
+WEIGHTINGS = _choices.WEIGHTINGS
+DST_COUNTS = _choices.DST_COUNTS
+OPTIMIZERS = _choices.OPTIMIZERS
+LR_SCHEDULES = _choices.LR_SCHEDULES
+DISTRIBUTION = _choices.DISTRIBUTION_STRATEGIES
+MIXED_PRECISION = _choices.MIXED_PRECISION
+INPUTS = _choices.INPUTS
+EXPORT_FORMATS = _choices.EXPORT_FORMATS
+QUANTIZATIONS = _choices.QUANTIZATIONS
+FORMAT_QUANTIZATIONS = _choices.FORMAT_QUANTIZATIONS
 #: Exit code of ``kerasmtl export`` when a quantised model loses more accuracy than allowed.
 EXIT_ACCURACY_DROP = 4
-LOSSES = ("default", "mse", "weighted_bce", "weighted_bce_sqrt", "focal")
-CALIBRATIONS = ("f1", "balanced_accuracy")
-LAYOUTS = ("auto", "official", "kaggle", "pa100k", "peta")
-PETA_ATTRIBUTES = ("35", "all")
-GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
-                    "config", "nash_mtl", "gradvac", "fairgrad", "graddrop", "gradnorm", "famo", "db_mtl", "rlw")
-GRADIENT_LEVELS = ("features", "parameters")
+LOSSES = _choices.LOSSES
+CALIBRATIONS = _choices.CALIBRATIONS
+GRADIENT_METHODS = _choices.GRADIENT_METHODS
+GRADIENT_LEVELS = _choices.GRADIENT_LEVELS
+LR_SWEEP_MODES = _choices.LR_SWEEP_MODES
+LR_SUGGESTION_RULES = _choices.LR_SUGGESTION_RULES
+LAYOUTS = _data.LAYOUTS
+PETA_ATTRIBUTES = _data.PETA_ATTRIBUTE_SETS
+SPLITS = _data.SPLITS
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(_data.DataSettings):
     """Everything a training run is built from; a run folder stores it as ``config.yaml``.
+
+    The data fields are `kerasmtl.data.DataSettings`'s (which rows the source yields), so
+    the config is what `kerasmtl.data.sources.load_dataset` takes; the fields here add the
+    split, the input, the model and the training.
 
     None means "the model's own value": a preset's (``--model``) input size, epochs,
     learning rate, optimizer, task weighting and early stopping, or the builder defaults
     (64 px, 7 epochs, 2e-3, Adam, static weights, none).
     """
 
-    # data
-    data: str | None = None
-    path_column: str = "path"
-    image_root: str | None = None
-    regression: list[str] = dataclasses.field(default_factory=list)
-    tasks: str | None = None
-    layout: str = "auto"
-    peta_attributes: str = "35"
-    tfds_dir: str | None = None
-    tfds_cache: str | None = None
-    download: bool = False
-    limit: int | None = None
+    # data (besides DataSettings')
     image_size: int | None = None
     grayscale: bool = False
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     class_weights: bool = False
-    sample_size: int = 1200
-    workers: int = 1
     worker_processes: bool = False
     augment: bool = True
     augment_pipeline: str | None = None
     copies: int = 1
-    skip_bad: bool = False
     # model
     model: str | None = None
     base: str = "bottleneck"
@@ -378,8 +396,8 @@ def add_lr_find_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-lr", type=_positive_float, default=1e-7, help="first learning rate (default 1e-7)")
     group.add_argument("--max-lr", type=_positive_float, default=10.0, help="last learning rate (default 10)")
     group.add_argument("--steps", type=_int_at_least(2), default=100, help="batches in the sweep (default 100)")
-    group.add_argument("--mode", choices=("exp", "linear"), default="exp", help="sweep shape (default exp)")
-    group.add_argument("--rule", choices=("valley", "steep", "minimum"), default="valley", help="rule of the printed suggestion")
+    group.add_argument("--mode", choices=LR_SWEEP_MODES, default="exp", help="sweep shape (default exp)")
+    group.add_argument("--rule", choices=LR_SUGGESTION_RULES, default="valley", help="rule of the printed suggestion")
 
 
 # ----------------------------------------------------------------------- config
@@ -627,7 +645,7 @@ def evaluate(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("model", help="a run folder or a .keras file")
     parser.add_argument("--data", help="a run folder (its split), any data --data of train takes, or a table CSV; default: the model's run folder")
     parser.add_argument("--tasks", help="tasks file (YAML / JSON); default: the model's own tasks")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of a run folder (default test)")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="split of a run folder (default test)")
     parser.add_argument("--out", help="output folder (default: the run folder, or <data>-evaluation next to the model)")
     parser.add_argument("--batch-size", type=_int_at_least(1), default=32)
     parser.add_argument("--nme-points", nargs=2, metavar=("A", "B"), help="the two points normalising the landmark NME")

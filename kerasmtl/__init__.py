@@ -9,6 +9,8 @@ serving machine with only the ``serve`` extra), nothing is registered and
 
 __version__ = "0.1.0"
 
+from kerasmtl import choices  # noqa: E402, F401  (no TensorFlow; bound here also when kerasmtl_cli loaded it first)
+
 try:
     import keras  # noqa: F401
 except ImportError:  # serving only: kerasmtl.serving needs no Keras

@@ -18,7 +18,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-DISTRIBUTION_STRATEGIES = ("none", "mirrored", "multiworker")
+from kerasmtl import choices
+
+DISTRIBUTION_STRATEGIES = choices.DISTRIBUTION_STRATEGIES
 MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 COMMUNICATIONS = {
     "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,

@@ -64,11 +64,12 @@ def load_evaluation_data(data, tasks: Sequence[Task], split: str = "test", path_
     Raises:
         DataError / FileNotFoundError / ValueError: unknown data, a bad split name.
     """
-    from kerasmtl.data.sources import DataSettings, load_dataset
+    from kerasmtl.data.settings import SPLITS, DataSettings
+    from kerasmtl.data.sources import load_dataset
     from kerasmtl.saved import is_run_folder
 
     if is_run_folder(data):
-        if split not in ("train", "val", "test"):
+        if split not in SPLITS:
             raise ValueError(f"split must be 'train', 'val' or 'test'. Received: split={split!r}")
         stored = yaml.safe_load((Path(data) / runs.CONFIG).read_text(encoding="utf-8")) or {}
         settings = DataSettings.from_mapping(stored)

@@ -34,16 +34,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kerasmtl import written_files
+from kerasmtl import choices, written_files
 from kerasmtl.saved import find_run_folder, load_model, resolve_tasks
 from kerasmtl.serving import INPUT_NAME, LABELS, METADATA_KEY, labels_path
 from kerasmtl.tasks import Task
 
-FORMATS = ("saved_model", "onnx", "litert", "openvino")
+FORMATS = choices.EXPORT_FORMATS
 #: The quantisations of each format: LiteRT's converter options (float16 or dynamic-range
 #: int8 weights), calibrated static int8 for ONNX and OpenVINO, bfloat16 inference for OpenVINO.
-FORMAT_QUANTIZATIONS = {"litert": ("float16", "int8"), "onnx": ("int8",), "openvino": ("int8", "bfloat16")}
-QUANTIZATIONS = ("float16", "int8", "bfloat16")
+FORMAT_QUANTIZATIONS = choices.FORMAT_QUANTIZATIONS
+QUANTIZATIONS = choices.QUANTIZATIONS
 #: The quantisations that need calibration images.
 CALIBRATED = {("onnx", "int8"), ("openvino", "int8")}
 _KERAS_FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert", "openvino": "openvino"}

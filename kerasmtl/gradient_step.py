@@ -65,14 +65,14 @@ import tensorflow as tf
 from keras import tree
 from keras.src.losses.loss import unscale_loss_for_distribution
 
-from kerasmtl import aggregation
+from kerasmtl import aggregation, choices
 from kerasmtl.aggregation import loss_level
 from kerasmtl.aggregation._core import F64, gramian
 from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.losses import _global_present, presence_mask
 
 #: The values of ``compile(gradient_level=...)``.
-LEVELS = ("features", "parameters")
+LEVELS = choices.GRADIENT_LEVELS
 #: Other names of methods.
 ALIASES = {"rlw": "random"}
 #: The values of ``compile(gradient_method=...)``: the aggregation methods, the loss-level

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 
 from keras import layers
 
+from kerasmtl import choices
 from kerasmtl.layers import Destandardize
 from kerasmtl.tasks import Task
 
-HEADS = ("dense", "conv")
+#: Head towers (`build_head`'s ``kind``).
+HEADS = choices.HEADS
 
 
 def _output_layer(x, task: Task):

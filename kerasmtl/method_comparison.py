@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl import atomic, runs
+from kerasmtl.data.settings import SPLITS
 from kerasmtl.plots import BAD, DPI, GOOD, NEUTRAL  # also selects matplotlib's headless backend
 from kerasmtl.runs import RunFolder
 from kerasmtl.tasks import Task
@@ -34,7 +35,6 @@ SINGLE_TASK = "single-task"
 #: The Δm column of the table (percent).
 DELTA_M = "delta_m"
 COMPARISON_REPORT, COMPARISON_PLOT = runs.COMPARISON_REPORT, runs.COMPARISON_PLOT
-SPLITS = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------- scores

@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from kerasmtl import choices
 from kerasmtl.losses import MISSING_CLASS  # one missing-label code for targets and losses
 
 KINDS = ("binary", "multiclass", "regression")
 
 #: Loss choices of a task (`Task.loss`); the last three address class imbalance.
-LOSSES = ("default", "mse", "weighted_bce", "weighted_bce_sqrt", "focal")
+LOSSES = choices.LOSSES
 #: The losses that weigh positives by the training split's positive share (`Task.positive_ratio`).
 RATIO_LOSSES = ("weighted_bce", "weighted_bce_sqrt")
 #: Focal loss's ``gamma`` when a task leaves it open (Lin et al. 2017).

@@ -17,8 +17,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasmtl import choices
+
 #: Loss-weighting strategies; ``uncertainty`` learns its weights, the others assign them.
-STRATEGIES = ("static", "dst", "dwa", "uncertainty")
+STRATEGIES = choices.WEIGHTINGS
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")

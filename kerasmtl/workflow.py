@@ -31,6 +31,7 @@ from kerasmtl.data.augment import list_pipelines, save_pipeline
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.label_csv import format_tasks
+from kerasmtl.data.settings import DataSettings
 from kerasmtl.data.sources import Dataset, load_dataset
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.data.validate import Problem, default_cache_path, problems_csv, validate_table
@@ -137,14 +138,14 @@ def default_run_dir(config) -> Path:
 
 
 # ------------------------------------------------------------------------ data
-def check_dataset(dataset: Dataset, config) -> tuple[pd.DataFrame, list[Problem]]:
+def check_dataset(dataset: Dataset, settings: DataSettings) -> tuple[pd.DataFrame, list[Problem]]:
     """Checks every row before training (`validate_table`); returns the usable table and
     the rows left out (``--skip-bad``), or raises `DataError` listing every bad row."""
     report = validate_table(  # every image decoded once (later runs: only new or changed files)
         dataset.frame, dataset.tasks, source=dataset.source, problems=dataset.problems,
-        workers=max(2, config.workers), cache=default_cache_path(dataset.source), **dataset.check,
+        workers=max(2, settings.workers), cache=default_cache_path(dataset.source), **dataset.check,
     )
-    return report.accept(skip_bad=config.skip_bad), report.problems
+    return report.accept(skip_bad=settings.skip_bad), report.problems
 
 
 def split_dataset(frame: pd.DataFrame, dataset: Dataset, config,
@@ -213,8 +214,8 @@ def prepare_data(config, recipe: Recipe, tasks: list[Task] | None = None, standa
 def with_loss_flags(tasks: list[Task], config) -> list[Task]:
     """The tasks with ``--loss``, ``--focal-gamma``, ``--focal-alpha`` and
     ``--label-smoothing`` applied to every binary task (unset flags keep each task's own)."""
-    options = {"loss": getattr(config, "loss", None), "gamma": getattr(config, "focal_gamma", None),
-               "alpha": getattr(config, "focal_alpha", None), "label_smoothing": getattr(config, "label_smoothing", None)}
+    options = {"loss": config.loss, "gamma": config.focal_gamma, "alpha": config.focal_alpha,
+               "label_smoothing": config.label_smoothing}
     if all(v is None for v in options.values()):
         return list(tasks)
     return [t.with_loss(**options) if t.kind == "binary" else t for t in tasks]
@@ -429,7 +430,7 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None)
     data = prepare_data(config, recipe, list(spec.tasks) if spec is not None else None, standardize=spec is None,
                         subsets=subsets)
     session.check_data(data_digest(data.train["path"], data.val["path"], data.test["path"]))
-    calibrate = getattr(config, "calibrate", None)
+    calibrate = config.calibrate
     if calibrate and data.val_data is None:
         raise ValueError(f"--calibrate {calibrate} sets thresholds on the validation split, which is empty; "
                          f"use --val-fraction > 0. Received: val_fraction={config.val_fraction}")

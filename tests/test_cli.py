@@ -1,12 +1,21 @@
 import argparse
 import ast
 import inspect
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import kerasmtl_cli as cli
 from kerasmtl_cli import TrainConfig, load_yaml_config, parse_config, training_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "kerasmtl"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def test_defaults_then_yaml_then_flags(tmp_path):
@@ -124,6 +133,65 @@ def test_fixed_choices_match_the_package():
     dests = {a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction)} - {"config"}
     assert dests <= fields
 
+
+
+def test_lr_find_choices_match_the_range_test():
+    from kerasmtl.callbacks.lr_range_test import SUGGESTION_RULES, SWEEP_MODES
+
+    assert cli.LR_SWEEP_MODES == tuple(SWEEP_MODES) and cli.LR_SUGGESTION_RULES == tuple(SUGGESTION_RULES)
+
+
+def test_the_command_line_reads_the_package_own_choices_and_data_settings():
+    """Loaded before the package (and TensorFlow), kerasmtl.choices and
+    kerasmtl.data.settings are the very modules the package imports later: one list of
+    names per concept, and a TrainConfig that is a DataSettings of the package's."""
+    probe = textwrap.dedent("""
+        import sys, kerasmtl_cli as cli
+        print("tensorflow" in sys.modules)
+        import kerasmtl, kerasmtl.heads, kerasmtl.gradient_step
+        from kerasmtl.data import pa100k, sources
+        print(kerasmtl.choices is cli._choices, kerasmtl.data.settings is cli._data,
+              kerasmtl.heads.HEADS is cli.HEADS, kerasmtl.gradient_step.LEVELS is cli.GRADIENT_LEVELS,
+              pa100k.SPLITS is cli.SPLITS, issubclass(cli.TrainConfig, sources.DataSettings))
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False"] + ["True"] * 6
+
+
+def test_the_light_modules_import_only_the_standard_library():
+    for path in (PACKAGE / "choices.py", PACKAGE / "data" / "settings.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert imported <= {"__future__", "dataclasses"}, (path.name, imported)
+
+
+def test_load_dataset_takes_data_settings(tmp_path):
+    from types import SimpleNamespace
+
+    from kerasmtl.data import DataSettings, load_dataset
+
+    with pytest.raises(TypeError, match=r"load_dataset takes a kerasmtl.data.DataSettings. Received: SimpleNamespace"):
+        load_dataset(SimpleNamespace(**vars(DataSettings())))
+    table = tmp_path / "labels.csv"
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    table.write_text("path,smiling\na.png,yes\na.png,no\n")
+    for settings in (DataSettings(data=str(table)), TrainConfig(data=str(table), epochs=3)):
+        dataset = load_dataset(settings)
+        assert (dataset.kind, [t.name for t in dataset.tasks], len(dataset.frame)) == ("csv", ["smiling"], 2)
+
+
+def test_the_library_reads_settings_without_getattr_guards():
+    """``getattr(config, name, default)`` hid a missing setting; the library reads the
+    fields of its own settings instead."""
+    guarded = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+                    and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in ("config", "settings")):
+                guarded.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert guarded == []
 
 def test_commands_dispatch(capsys):
     assert cli.main([]) == 2

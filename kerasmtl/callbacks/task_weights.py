@@ -16,10 +16,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasmtl import choices
 from kerasmtl.tasks import MISSING_CLASS, Task
 from kerasmtl.weighting import TaskWeighting, check_strategy
 
-DST_COUNTS = ("labelled", "positives")
+DST_COUNTS = choices.DST_COUNTS
 DST_ALL_OFF = ("redraw", "none")
 LOG_PREFIX = "loss_weight/"
 

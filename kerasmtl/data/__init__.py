@@ -1,5 +1,6 @@
 """Datasets as tables, and the generator that feeds them to a model."""
 
+from kerasmtl.data import settings  # noqa: F401  (bound here also when kerasmtl_cli loaded it first)
 from kerasmtl.data.augment import (
     ChannelShift,
     Cutout,
@@ -25,6 +26,8 @@ from kerasmtl.data.pa100k import PA100K_ATTRIBUTES, load_pa100k, pa100k_tasks
 from kerasmtl.data.person import HVC_CLASSES, HVC_COLUMNS, hvc_tasks, load_hvc
 from kerasmtl.data.peta import PETA_35, PETA_ATTRIBUTES, load_peta, peta_tasks, split_persons
 from kerasmtl.data.sample import ensure_sample, make_sample
+from kerasmtl.data.settings import DataSettings
+from kerasmtl.data.sources import Dataset, load_dataset
 from kerasmtl.data.tables import class_weights, encode_targets, majority_class, split_table
 
 __all__ = [
@@ -33,6 +36,8 @@ __all__ = [
     "ChannelShift",
     "Cutout",
     "DataError",
+    "DataSettings",
+    "Dataset",
     "HVC_CLASSES",
     "HVC_COLUMNS",
     "MultiOutputGenerator",
@@ -48,6 +53,7 @@ __all__ = [
     "get_pipeline",
     "hvc_tasks",
     "list_pipelines",
+    "load_dataset",
     "load_celeba",
     "load_hvc",
     "load_pa100k",

@@ -23,11 +23,10 @@ import pandas as pd
 
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.label_csv import _safe_name
+from kerasmtl.data.settings import SPLITS
 from kerasmtl.tasks import Task
 
 ANNOTATION_FILE = "annotation.mat"
-#: The official splits, in table order.
-SPLITS = ("train", "val", "test")
 #: Where the images may lie, relative to the folder, in the order they are looked for.
 IMAGE_FOLDERS = ("data", os.path.join("release_data", "release_data"), "release_data", ".")
 # fmt: off

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.settings import PETA_ATTRIBUTE_SETS
 from kerasmtl.data.validate import IMAGE_SUFFIXES
 from kerasmtl.tasks import Task
 
@@ -34,7 +35,7 @@ SUBSETS = ("3DPeS", "CAVIAR4REID", "CUHK", "GRID", "i-LID", "MIT", "PRID", "SARC
 #: Shares of the images in train / val / test: 9,500 / 1,900 / 7,600 of 19,000.
 SPLIT_SHARES = {"train": 0.5, "val": 0.1, "test": 0.4}
 #: ``--peta-attributes``: the 35 commonly evaluated attributes, or every attribute found.
-ATTRIBUTE_SETS = ("35", "all")
+ATTRIBUTE_SETS = PETA_ATTRIBUTE_SETS
 # fmt: off
 #: The 35 attributes of the standard PETA benchmark (Deng et al., "Pedestrian Attribute
 #: Recognition At Far Distance", ACM MM 2014), in the order of the benchmark's attribute

@@ -16,43 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.settings import ATTRIBUTE_LAYOUTS, DataSettings
 from kerasmtl.tasks import Task
 
 TFDS_PREFIX = "tfds:"
-#: ``--layout`` values that read a folder as PA100k or PETA whatever else it holds.
-ATTRIBUTE_LAYOUTS = ("pa100k", "peta")
-
-
-@dataclasses.dataclass
-class DataSettings:
-    """The settings that say which rows a source yields (the data flags of ``kerasmtl train``).
-
-    `load_dataset` takes any object with these attributes (the training config), so a
-    saved ``config.yaml`` reproduces the same table for evaluation.
-    """
-
-    data: str | None = None
-    path_column: str = "path"
-    image_root: str | None = None
-    regression: list = dataclasses.field(default_factory=list)
-    tasks: str | None = None
-    layout: str = "auto"
-    peta_attributes: str = "35"
-    tfds_dir: str | None = None
-    tfds_cache: str | None = None
-    download: bool = False
-    limit: int | None = None
-    sample_size: int = 1200
-    workers: int = 1
-    skip_bad: bool = False
-
-    @classmethod
-    def from_mapping(cls, values) -> DataSettings:
-        """The settings among ``values`` (e.g. a run's ``config.yaml``); others are ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(values).items() if k in fields})
-
-
 @dataclasses.dataclass
 class Dataset:
     """A loaded dataset, not yet validated or split.
@@ -137,72 +104,78 @@ def source_kind(data: str | None, layout: str = "auto") -> str:
     return "celeba"
 
 
-def load_dataset(config, tasks: Sequence[Task] | None = None) -> Dataset:
-    """Loads the dataset ``config.data`` names (``config``: any object with the attributes
-    of `DataSettings`).
+def load_dataset(settings: DataSettings, tasks: Sequence[Task] | None = None) -> Dataset:
+    """Loads the dataset ``settings.data`` names.
 
     Args:
+        settings: which rows the source yields (a command's config extends `DataSettings`).
         tasks: the tasks a model needs (a preset's); by default the source's own (hvc,
-            PA100k, PETA and CelebA), the tasks file (``config.tasks``) or those inferred from a CSV table.
+            PA100k, PETA and CelebA), the tasks file (``settings.tasks``) or those inferred from a CSV table.
+
+    Raises:
+        TypeError: ``settings`` is not a `DataSettings`.
+        DataError: a source that cannot be read.
     """
-    kind = source_kind(config.data, config.layout)
-    if tasks is None and config.tasks:
+    if not isinstance(settings, DataSettings):
+        raise TypeError(f"load_dataset takes a kerasmtl.data.DataSettings. Received: {type(settings).__name__}")
+    kind = source_kind(settings.data, settings.layout)
+    if tasks is None and settings.tasks:
         from kerasmtl.data.label_csv import read_tasks_file
 
-        tasks = read_tasks_file(config.tasks)
+        tasks = read_tasks_file(settings.tasks)
     if kind in ("sample", "hvc"):
-        return _hvc(config, kind, tasks)
+        return _hvc(settings, kind, tasks)
     if kind == "csv":
-        return _label_csv(config, tasks)
+        return _label_csv(settings, tasks)
     if kind in ATTRIBUTE_LAYOUTS:
-        return _attributes(config, kind, tasks)
-    return _celeba(config, kind, tasks)
+        return _attributes(settings, kind, tasks)
+    return _celeba(settings, kind, tasks)
 
 
-def _hvc(config, kind: str, tasks) -> Dataset:
+def _hvc(settings: DataSettings, kind: str, tasks) -> Dataset:
     from kerasmtl.data.person import ANNOTATIONS, hvc_tasks, scan_hvc
     from kerasmtl.data.sample import ensure_sample
 
     if kind == "sample":  # checked before the sample is written
         _chosen(tasks, hvc_tasks(), "--data is required: the bundled synthetic sample (person attributes)")
-    folder = Path(config.data) if config.data else ensure_sample(n_images=config.sample_size, seed=0)
+    folder = Path(settings.data) if settings.data else ensure_sample(n_images=settings.sample_size, seed=0)
     frame, own_tasks, problems = scan_hvc(folder)
     name = "sample" if kind == "sample" else folder.resolve().name
     check = {"root": folder, "shown_column": "image_path"}
     return Dataset(kind, name, frame, _chosen(tasks, own_tasks, folder / ANNOTATIONS), str(folder / ANNOTATIONS), check, problems)
 
 
-def _label_csv(config, tasks) -> Dataset:
+def _label_csv(settings: DataSettings, tasks) -> Dataset:
     from kerasmtl.data.label_csv import WRITTEN_PATH, images_folder, scan_label_csv
 
-    path = Path(config.data)
+    path = Path(settings.data)
     frame, found, problems = scan_label_csv(
-        path, path_column=config.path_column, image_root=config.image_root,
-        regression=() if tasks is not None else config.regression, tasks=tasks,
+        path, path_column=settings.path_column, image_root=settings.image_root,
+        regression=() if tasks is not None else settings.regression, tasks=tasks,
     )
-    check = {"root": images_folder(path, config.image_root), "shown_column": WRITTEN_PATH}
+    check = {"root": images_folder(path, settings.image_root), "shown_column": WRITTEN_PATH}
     return Dataset("csv", path.stem, frame, list(found), str(path), check, problems)
 
 
-def _attributes(config, kind: str, tasks) -> Dataset:
+def _attributes(settings: DataSettings, kind: str, tasks) -> Dataset:
     """PA100k (official split) or PETA (seeded split by person): a table with
     ``partition`` and one 0 / 1 column per attribute."""
-    folder = Path(config.data).resolve()
+    folder = Path(settings.data).resolve()
     if kind == "pa100k":
         from kerasmtl.data.pa100k import ANNOTATION_FILE, load_pa100k
 
-        frame, own = load_pa100k(folder, limit=config.limit)
+        frame, own = load_pa100k(folder, limit=settings.limit)
         available, source = own, str(folder / ANNOTATION_FILE)
     else:
         from kerasmtl.data.peta import INFO_COLUMNS, load_peta, peta_tasks
 
-        frame, own = load_peta(folder, attributes=config.peta_attributes, limit=config.limit)
+        frame, own = load_peta(folder, attributes=settings.peta_attributes, limit=settings.limit)
         available, source = peta_tasks([c for c in frame.columns if c not in INFO_COLUMNS]), str(folder)
     chosen = own if tasks is None else _chosen(tasks, available, source)
     return Dataset(kind, folder.name, frame, chosen, source, {"row_column": None})
 
 
-def _celeba(config, kind: str, tasks) -> Dataset:
+def _celeba(settings: DataSettings, kind: str, tasks) -> Dataset:
     from kerasmtl.data.celeba import celeba_tasks
 
     tasks = list(tasks) if tasks is not None else celeba_tasks()
@@ -212,16 +185,16 @@ def _celeba(config, kind: str, tasks) -> Dataset:
         from kerasmtl.data.tfds_celeba import tfds_celeba_table
         from kerasmtl.paths import home
 
-        cache = Path(config.tfds_cache) if config.tfds_cache else home() / "celeba_tfds"
+        cache = Path(settings.tfds_cache) if settings.tfds_cache else home() / "celeba_tfds"
         frame, _ = tfds_celeba_table(
-            cache, attributes=attributes, landmarks=landmarks, limit=config.limit, data_dir=config.tfds_dir,
-            download=config.download,
+            cache, attributes=attributes, landmarks=landmarks, limit=settings.limit, data_dir=settings.tfds_dir,
+            download=settings.download,
         )
         return Dataset("tfds", "celeb_a", frame, tasks, f"tfds:celeb_a (images in {cache})", {"row_column": None})
     from kerasmtl.data.celeba import load_celeba
 
-    frame, _ = load_celeba(config.data, attributes=attributes, landmarks=landmarks, limit=config.limit, layout=config.layout)
-    folder = Path(config.data).resolve()
+    frame, _ = load_celeba(settings.data, attributes=attributes, landmarks=landmarks, limit=settings.limit, layout=settings.layout)
+    folder = Path(settings.data).resolve()
     return Dataset("celeba", folder.name, frame, tasks, str(folder), {"row_column": None})
 
 

@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from kerasmtl import choices
 from kerasmtl.tasks import MISSING_CLASS, Task
 
 #: What a threshold can be calibrated to maximise (``kerasmtl train --calibrate``).
-CRITERIA = ("f1", "balanced_accuracy")
+CRITERIA = choices.CALIBRATIONS
 
 
 def _cuts(values: np.ndarray) -> np.ndarray:

@@ -1,0 +1,47 @@
+"""The names the package's settings accept: one tuple per concept.
+
+The module that implements a concept takes its tuple from here (`kerasmtl.heads.HEADS` is
+`HEADS`), and so does the command line, which checks its flags against them. This module
+imports nothing, so ``kerasmtl --help`` and a bad flag answer without TensorFlow:
+`kerasmtl_cli` reads the file without running ``kerasmtl/__init__.py``, which imports Keras
+to register the package's objects. Where a concept's implementation is a table of its own
+(`kerasmtl.training.OPTIMIZERS`, `kerasmtl.distribute.MIXED_PRECISION`, the gradient
+methods of `kerasmtl.gradient_step`), tests/test_cli.py keeps the table's names equal to
+the tuple here. Towers, presets and augmentation pipelines are registries that fill at
+import; the command line checks those after it imports the package.
+"""
+
+#: Head towers (`kerasmtl.heads.build_head`).
+HEADS = ("dense", "conv")
+#: Loss-weighting strategies (`kerasmtl.weighting`, `kerasmtl.callbacks.DynamicTaskWeights`).
+WEIGHTINGS = ("static", "dst", "dwa", "uncertainty")
+#: What DST counts per output (`kerasmtl.callbacks.DynamicTaskWeights`'s ``count``).
+DST_COUNTS = ("labelled", "positives")
+#: Optimizers by name (`kerasmtl.training.make_optimizer`).
+OPTIMIZERS = ("adam", "adamax", "adamw", "rmsprop", "sgd")
+#: Learning-rate schedules of a training run (`kerasmtl.workflow.learning_rate`).
+LR_SCHEDULES = ("constant", "cosine")
+#: Distribution strategies (`kerasmtl.distribute.make_strategy`).
+DISTRIBUTION_STRATEGIES = ("none", "mirrored", "multiworker")
+#: Mixed-precision settings (`kerasmtl.distribute.mixed_precision`).
+MIXED_PRECISION = ("off", "float16", "bfloat16")
+#: What a training run feeds ``fit`` (`kerasmtl.workflow.training_input`).
+INPUTS = ("generator", "tfdata", "files")
+#: Export formats and quantisations (`kerasmtl.export.export`).
+EXPORT_FORMATS = ("saved_model", "onnx", "litert", "openvino")
+QUANTIZATIONS = ("float16", "int8", "bfloat16")
+#: The quantisations of each export format (``--quantize``).
+FORMAT_QUANTIZATIONS = {"litert": ("float16", "int8"), "onnx": ("int8",), "openvino": ("int8", "bfloat16")}
+#: Losses of a binary task (`kerasmtl.Task`'s ``loss``).
+LOSSES = ("default", "mse", "weighted_bce", "weighted_bce_sqrt", "focal")
+#: Criteria of threshold calibration (`kerasmtl.evaluation.thresholds`).
+CALIBRATIONS = ("f1", "balanced_accuracy")
+#: The learning-rate range test's sweeps and the rules of its suggestion
+#: (`kerasmtl.callbacks.lr_range_test`'s ``SWEEP_MODES`` and ``SUGGESTION_RULES``).
+LR_SWEEP_MODES = ("exp", "linear")
+LR_SUGGESTION_RULES = ("valley", "steep", "minimum")
+#: Gradient methods (`kerasmtl.gradient_step.METHODS`: the aggregators, the loss-level
+#: methods and their other names) and the levels they act at.
+GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
+                    "config", "nash_mtl", "gradvac", "fairgrad", "graddrop", "gradnorm", "famo", "db_mtl", "rlw")
+GRADIENT_LEVELS = ("features", "parameters")
