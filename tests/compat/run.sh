@@ -5,7 +5,8 @@
 # Usage: tests/compat/run.sh VENV lowest|newest|REQUIREMENT...
 #   lowest: the lower bounds of setup.cfg; newest: the newest releases its ranges allow;
 #   or requirements of your own, e.g. keras==3.11.0 tensorflow==2.20.0.
-# The environment is kept and reused while the requirements stay the same.
+# The environment is kept and reused while the requirements stay the same (kerasmtl itself
+# is installed again each time).
 set -eu
 cd "$(dirname "$0")/../.."
 venv=$1
@@ -20,6 +21,8 @@ if [ ! -f "$venv/.requirements" ] || [ "$(cat "$venv/.requirements")" != "$requi
     # shellcheck disable=SC2086  (one word per requirement)
     "$venv/bin/pip" install -q $requirements
     echo "$requirements" > "$venv/.requirements"
+else  # the same versions: only this checkout's kerasmtl, in place of the copy installed before
+    "$venv/bin/pip" install -q --no-deps --force-reinstall .
 fi
 installed=$(date +%s)
 echo "== $venv: pip install $requirements ($((installed - start)) s)"
