@@ -31,7 +31,7 @@ from kerasmtl.data.augment import list_pipelines, save_pipeline
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.label_csv import format_tasks
-from kerasmtl.data.settings import DataSettings
+from kerasmtl.data.settings import SPLITS, DataSettings
 from kerasmtl.data.sources import Dataset, load_dataset
 from kerasmtl.data.tables import class_weights, encode_targets, split_table
 from kerasmtl.data.validate import Problem, default_cache_path, problems_csv, validate_table
@@ -159,9 +159,9 @@ def split_dataset(frame: pd.DataFrame, dataset: Dataset, config,
     """
     if subsets is not None:
         subset = frame["path"].map(subsets)
-        train, val, test = (frame[subset == name].reset_index(drop=True) for name in ("train", "val", "test"))
+        train, val, test = (frame[subset == name].reset_index(drop=True) for name in SPLITS)
     elif dataset.has_partitions:
-        train, val, test = (frame[frame["partition"] == name].reset_index(drop=True) for name in ("train", "val", "test"))
+        train, val, test = (frame[frame["partition"] == name].reset_index(drop=True) for name in SPLITS)
     else:
         train, val, test = split_table(frame, dataset.tasks, config.val_fraction, config.test_fraction, seed=config.seed)
     for name, split in (("train", train), ("test", test)):

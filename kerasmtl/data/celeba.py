@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.settings import SPLITS
 from kerasmtl.tasks import Task
 
 # fmt: off
@@ -301,7 +302,7 @@ def load_celeba(
     bboxes: bool = False,
     identities: bool = False,
     limit: int | None = None,
-    partitions: Sequence[str] = ("train", "val", "test"),
+    partitions: Sequence[str] = SPLITS,
     layout: str = "auto",
     **task_options,
 ) -> tuple[pd.DataFrame, list[Task]]:
@@ -415,4 +416,4 @@ def image_paths(ids: Sequence[str], images: Path, source: AnnotationFile, lines:
 
 def split_partitions(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The official ``(train, val, test)`` tables of a CelebA table (index reset)."""
-    return tuple(frame[frame["partition"] == name].reset_index(drop=True) for name in ("train", "val", "test"))
+    return tuple(frame[frame["partition"] == name].reset_index(drop=True) for name in SPLITS)
