@@ -30,6 +30,7 @@ if [ "$*" = "newest" ]; then
     "$venv/bin/pip" index versions keras 2>/dev/null | head -1 | sed 's/^/newest published: /'
     "$venv/bin/pip" index versions tensorflow 2>/dev/null | head -1 | sed 's/^/newest published: /'
 fi
+rm -rf "$venv/smoke"  # the last run's models and exports, written by smoke.py
 status=0
 (unset PYTHONPATH; "$venv/bin/python" tests/compat/smoke.py "$venv/smoke") || status=$?
 echo "== $venv: smoke $([ $status -eq 0 ] && echo passed || echo FAILED) in $(($(date +%s) - installed)) s"
