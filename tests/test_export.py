@@ -301,7 +301,10 @@ def test_export_never_replaces_files_it_did_not_write(tiny, tmp_path, monkeypatc
     assert (mine / "model.onnx").read_bytes() == b"edited"
 
 
-@pytest.mark.parametrize("format, name, exists", [("onnx", "model.onnx", True), ("litert", "model.tflite", False)])
+@pytest.mark.parametrize("format, name, exists", [
+    ("onnx", "model.onnx", True),
+    pytest.param("litert", "model.tflite", False, marks=pytest.mark.slow),  # the same path rule; a slower converter
+])
 def test_a_folder_takes_the_artifact_and_its_labels(tiny, tmp_path, format, name, exists):
     out = tmp_path / "served"  # an existing folder, or a new name without a suffix
     if exists:
