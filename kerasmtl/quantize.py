@@ -209,6 +209,8 @@ def accuracy_report(run, float_model, artifact: str | os.PathLike, tasks, served
 
     artifact = Path(artifact)
     table = load_evaluation_data(run, tasks, "test").table
+    if table.empty:
+        raise ValueError(f"{run}: its test split holds no usable image to measure the quantised model's accuracy on")
     targets = encode_targets(table, tasks)
     height, width, channels = float_model.input_shape[1:4]
     images = np.stack([read_image(p, (height, width), channels) for p in table["path"]])
