@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from functools import cache, lru_cache
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.text  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import font_manager, ft2font  # noqa: E402
 
 from kerasmtl.evaluation.class_cap import capped, most_frequent  # noqa: E402
 from kerasmtl.landmarks import is_keypoint_task  # noqa: E402
@@ -23,6 +27,75 @@ from kerasmtl.tasks import MISSING_CLASS, Task  # noqa: E402
 
 DPI = 100
 GOOD, BAD, NEUTRAL = "#2a9d55", "#d1495b", "#9aa0a6"
+
+#: Font families drawing the characters matplotlib's default font lacks (Chinese, Japanese,
+#: Korean), in the order tried; those installed are used as fallbacks.
+FALLBACK_FAMILIES = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "IPAexGothic", "IPAGothic",
+    "Noto Sans JP", "Noto Sans SC", "Microsoft YaHei", "SimHei", "MS Gothic", "Malgun Gothic",
+    "Hiragino Sans", "PingFang SC", "Arial Unicode MS",
+)
+UNDRAWABLE_NOTE = ("class N: a class name the installed fonts cannot draw (N: its index in the run's tasks.json); "
+                   "? : a character they cannot draw")
+
+
+@cache
+def _charmap(font_path: str) -> frozenset[int]:
+    """The code points a font file draws."""
+    return frozenset(ft2font.FT2Font(font_path).get_charmap())
+
+
+@lru_cache(maxsize=1)
+def _fallback_fonts() -> tuple[tuple[str, frozenset[int]], ...]:
+    """``(family, code points)`` of each installed `FALLBACK_FAMILIES` font."""
+    installed = {font.name: font.fname for font in font_manager.fontManager.ttflist}
+    return tuple((name, _charmap(installed[name])) for name in FALLBACK_FAMILIES if name in installed)
+
+
+def _missing(text: str, properties=None) -> set[str]:
+    """The characters of ``text`` that neither the font of ``properties`` nor a fallback font draws."""
+    if text.isascii():
+        return set()
+    drawn = _charmap(font_manager.findfont(properties or font_manager.FontProperties()))
+    missing = {c for c in text if ord(c) not in drawn and not c.isspace()}
+    for _, fallback in _fallback_fonts():
+        missing = {c for c in missing if ord(c) not in fallback}
+    return missing
+
+
+def _class_labels(classes: Sequence[str]) -> list[str]:
+    """Class names as drawn: ``class N`` (N: its index) for a name the installed fonts cannot draw."""
+    return [name if not _missing(name) else f"class {i}" for i, name in enumerate(map(str, classes))]
+
+
+def _drawable(figure) -> bool:
+    """Makes every text of ``figure`` drawable without missing-glyph boxes or warnings.
+
+    A text with characters the default font lacks gets the installed fallback fonts
+    (matplotlib draws each glyph from the first font that has it); characters no
+    installed font draws become ``?``.
+
+    Returns:
+        Whether a class name or a character was replaced (then the figure needs `UNDRAWABLE_NOTE`).
+    """
+    replaced = False
+    for artist in figure.findobj(matplotlib.text.Text):
+        content = artist.get_text()
+        if not content or content.isascii():
+            continue
+        own = _charmap(font_manager.findfont(artist.get_fontproperties()))
+        lacking = {c for c in content if ord(c) not in own and not c.isspace()}
+        if not lacking:
+            continue
+        families = [name for name, drawn in _fallback_fonts() if any(ord(c) in drawn for c in lacking)]
+        if families:
+            artist.set_fontfamily([*artist.get_fontproperties().get_family(), *families])
+        missing = _missing(content, artist.get_fontproperties())
+        if missing:
+            artist.set_text("".join("?" if c in missing else c for c in content))
+            replaced = True
+    return replaced
 
 
 def _new_figure(width: float, height: float, layout: str | None = "constrained"):
@@ -55,7 +128,11 @@ def _panels(rows: int, columns: int, figsize, margins=(0.6, 0.2, 0.6, 0.5), gaps
     return figure, axes
 
 
-def _save(figure, path) -> str:
+def _save(figure, path, replaced_names: bool = False) -> str:
+    """Writes ``figure`` to ``path`` and closes it; a note explains names drawn as their index
+    (``replaced_names``) or characters drawn as ``?``."""
+    if _drawable(figure) or replaced_names:
+        figure.text(0.005, 0.003, UNDRAWABLE_NOTE, fontsize=7, color="dimgray", va="bottom")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         figure.savefig(path, dpi=DPI)
@@ -92,6 +169,7 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
                 ax.plot(epochs, history[prefix + loss], style, color="tab:blue", label=f"{prefix}loss")
         ax.set_title(panel)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         handles = ax.get_legend_handles_labels()[0]
         metric = next((m for m in ("accuracy", "mae") if f"{panel}_{m}" in history), None)
         if metric:
@@ -181,16 +259,20 @@ def plot_confusion_matrices(
     columns = max(1, min(columns, len(names)))
     rows = -(-len(names) // columns)
     figure, axes = _panels(rows, columns, figsize or (3.2 * columns, 3.0 * rows), margins=(0.8, 0.1, 0.7, 0.3), gaps=(0.9, 0.9))
+    replaced = False
     for ax, name in zip(axes.flat, names):
         report, title = reports[name], f"{name} (acc {reports[name]['accuracy']:.2f})"
+        every_class = [str(c) for c in report["classes"]]
+        labels = _class_labels(every_class)
+        replaced = replaced or labels != every_class
         if "confusion_matrix" in report:
             matrix = np.asarray(report["confusion_matrix"], dtype=float)
-            classes = [str(c) for c in report["classes"]]
+            classes = labels
             totals = matrix.sum(axis=1, keepdims=True)
         else:  # past CLASS_CAP classes: those with the most rows, shares of all their rows
             top = report["confusion_matrix_top"]
             matrix = np.asarray(top["matrix"], dtype=float)
-            classes = [str(c) for c in top["classes"]]
+            classes = [labels[every_class.index(str(c))] for c in top["classes"]]
             totals = np.asarray(top["support"], dtype=float)[:, None]
             title = f"{name} (acc {report['accuracy']:.2f}; {len(classes)} of {len(report['classes'])} classes)"
         shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
@@ -207,7 +289,7 @@ def plot_confusion_matrices(
         ax.set_title(title, fontsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    return _save(figure, path)
+    return _save(figure, path, replaced_names=replaced)
 
 
 def _keypoints(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -233,10 +315,11 @@ def _label_lines(task: Task, output, target) -> list[tuple[str, str]]:
             error = np.mean(np.abs(predicted - np.asarray(target, dtype=float).reshape(-1)))
             text += f" (err {error:.2f})"
         return [(text, "black")]
-    predicted = task.decode(np.asarray(output).reshape(1, -1))[0]
+    names = _class_labels(task.classes)
+    predicted = names[list(task.classes).index(task.decode(np.asarray(output).reshape(1, -1))[0])]
     if target is None or int(np.asarray(target).reshape(-1)[0]) == MISSING_CLASS:
         return [(f"{task.name}: {_short(predicted)}", "black")]
-    truth = task.classes[int(np.asarray(target).reshape(-1)[0])]
+    truth = names[int(np.asarray(target).reshape(-1)[0])]
     if truth == predicted:
         return [(f"{task.name}: {_short(predicted)}", GOOD)]
     return [(f"{task.name}: {_short(predicted)} (true {_short(truth)})", BAD)]
@@ -261,8 +344,8 @@ def plot_sample_predictions(
         images: ``(N, H, W, C)`` uint8 images.
         outputs: ``{task: (N, units) model outputs}``.
         targets: optional ``{task: encoded targets}`` of the same images.
-        figsize: inches; default ``3.0`` wide per image and ``2.0 + 0.14 * lines`` high
-            per row of images (``lines``: the non-keypoint outputs), plus 0.5.
+        figsize: inches; default ``3.6`` wide per image and ``2.0 + 0.2 * lines`` high
+            per row of images (``lines``: the non-keypoint outputs, 9 pt each), plus 0.5.
     """
     images = np.asarray(images)
     n = len(images)
@@ -271,8 +354,8 @@ def plot_sample_predictions(
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
     text_lines = sum(1 for t in tasks if not is_keypoint_task(t))
-    text_height = 0.14 * text_lines
-    figsize = figsize or (3.0 * columns, (2.0 + text_height) * rows + 0.5)
+    text_height = 0.2 * text_lines
+    figsize = figsize or (3.6 * columns, (2.0 + text_height) * rows + 0.5)
     ratios = [2.0, max(text_height, 0.01)] * rows
     figure, axes = _panels(2 * rows, columns, figsize, margins=(0.1, 0.1, 0.05, 0.45), gaps=(0.2, 0.0), height_ratios=ratios)
     for i in range(rows * columns):
@@ -301,10 +384,11 @@ def plot_sample_predictions(
                 ax.set_ylim(image.shape[0] - 0.5, -0.5)
             lines.extend(_label_lines(task, outputs[task.name][i], target))
         for k, (text, colour) in enumerate(lines):
-            text_ax.text(0.0, 1 - (k + 0.5) / max(1, text_lines), text, transform=text_ax.transAxes, fontsize=6,
+            text_ax.text(0.0, 1 - (k + 0.5) / max(1, text_lines), text, transform=text_ax.transAxes, fontsize=9,
                          color=colour, va="center")
     figure.suptitle("Sample predictions (green: right, red: wrong)", fontsize=10)
-    return _save(figure, path)
+    replaced = any(_class_labels(task.classes) != list(task.classes) for task in tasks if task.kind != "regression")
+    return _save(figure, path, replaced_names=replaced)
 
 
 def _label_frame(targets: Mapping[str, np.ndarray], tasks: Sequence[Task]) -> pd.DataFrame:
@@ -352,6 +436,7 @@ def plot_label_distribution(
     columns = max(1, min(columns, len(tasks)))
     rows = -(-len(tasks) // columns)
     figure, axes = _panels(rows, columns, figsize or (3.4 * columns, 2.8 * rows), margins=(0.5, 0.1, 0.8, 0.55), gaps=(0.55, 1.0))
+    replaced = False
     for ax, task in zip(axes.flat, tasks):
         values = np.asarray(targets[task.name])
         if task.kind == "regression":
@@ -375,7 +460,9 @@ def plot_label_distribution(
         for xi, count, share in zip(x, counts[shown], shares[shown]):
             ax.text(xi, count, f"{share:.0%}" if share >= 0.01 else f"{share:.1%}", ha="center", va="bottom",
                     fontsize=7 if len(shown) <= 12 else 4)
-        short = [c if len(c) <= 12 else c[:11] + "." for c in (task.classes[k] for k in shown)]
+        names = _class_labels(task.classes)
+        replaced = replaced or names != list(task.classes)
+        short = [c if len(c) <= 12 else c[:11] + "." for c in (names[k] for k in shown)]
         ax.set_xticks(x, short, rotation=30 if len(shown) <= 12 else 90, ha="right", fontsize=7 if len(shown) <= 12 else 5)
         ax.set_ylim(0, counts.max() * 1.18 + 1)
         missing = int(len(labels) - len(present))
@@ -384,7 +471,7 @@ def plot_label_distribution(
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     figure.suptitle("Label distribution (dashed: uniform share)", fontsize=10)
-    return _save(figure, path)
+    return _save(figure, path, replaced_names=replaced)
 
 
 def label_correlation(targets: Mapping[str, np.ndarray], tasks: Sequence[Task]) -> pd.DataFrame:

@@ -87,7 +87,7 @@ def test_sample_grid_height_counts_text_lines_not_keypoint_outputs(tasks, data, 
     truth = {k: v[:6] for k, v in targets.items()}
     # 6 images, 4 a row -> 2 rows; 3 text lines (landmarks are drawn on the picture).
     size = _png_size(plot_sample_predictions(images, tasks, first, tmp_path / "s.png", truth))
-    assert size == (round(4 * 3.0 * DPI), round(((2.0 + 0.14 * 3) * 2 + 0.5) * DPI))
+    assert size == (round(4 * 3.6 * DPI), round(((2.0 + 0.2 * 3) * 2 + 0.5) * DPI))
     grey = images[:1, ..., :1]
     size = _png_size(plot_sample_predictions(grey, tasks[:1], {"smiling": first["smiling"][:1]}, tmp_path / "g.png", figsize=(3, 3)))
     assert size == (300, 300)
@@ -117,3 +117,58 @@ def test_label_correlation_encodes_each_kind(rng):
     assert table.loc["smiling=yes", "mouth=open"] == pytest.approx(1.0)
     assert table.loc["smiling=yes", "mouth=closed"] == pytest.approx(-1.0)
     assert table.loc["smiling=yes", "mouth_x"] > 0.95
+
+
+@pytest.fixture()
+def drawn(monkeypatch):
+    """The figures the plot functions save, drawn, after the file is written."""
+    import kerasmtl.plots as plots
+
+    figures, save = [], plots._save
+
+    def keep(figure, path, **kwargs):
+        written = save(figure, path, **kwargs)
+        figure.canvas.draw()  # as written (the figure stays drawable after it is closed)
+        figures.append(figure)
+        return written
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_history_epoch_axis_has_whole_epochs(tmp_path, drawn):
+    history = pd.DataFrame({"epoch": [0, 1, 2], "loss": [3, 2, 1.5], "age_loss": [1, 0.8, 0.7]})
+    plot_history(history, tmp_path / "h.png")
+    for ax in drawn[0].axes:
+        if ax.get_xlabel() == "epoch":
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_cjk_class_names_draw_without_missing_glyph_warnings(tmp_path, drawn, rng):
+    """Names the installed fonts cannot draw show as "class N" with a note, never as empty boxes."""
+    import warnings
+
+    from kerasmtl.plots import _fallback_fonts
+
+    tasks = [Task("性别", "binary", ("男", "女")), Task("age", "multiclass", ("年轻", "中年", "old"))]
+    n = 12
+    targets = {"性别": rng.integers(0, 2, (n, 1)).astype("float32"), "age": rng.integers(0, 3, n)}
+    outputs = {"性别": rng.uniform(0, 1, (n, 1)), "age": rng.dirichlet([1, 1, 1], n)}
+    reports = evaluate_model(None, None, targets, tasks, outputs=outputs)
+    images = rng.integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns once per glyph a font lacks
+        plot_confusion_matrices(reports, tmp_path / "c.png", tasks)
+        plot_label_distribution(targets, tasks, tmp_path / "d.png")
+        plot_sample_predictions(images, tasks, {k: v[:4] for k, v in outputs.items()}, tmp_path / "s.png",
+                                {k: v[:4] for k, v in targets.items()})
+    texts = [[t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text"))] for figure in drawn]
+    if not _fallback_fonts():  # no CJK font here: the names become their indices, explained in a note
+        for figure_texts in texts:
+            joined = "\n".join(figure_texts)
+            assert "男" not in joined and "年轻" not in joined
+            assert "class 0" in joined and "class 1" in joined and "old" in joined
+            assert any("cannot draw" in text for text in figure_texts)
+    sample_captions = [t for t in drawn[2].findobj(lambda a: hasattr(a, "get_text")) if "age:" in t.get_text()]
+    assert sample_captions and min(t.get_fontsize() for t in sample_captions) >= 9

@@ -143,6 +143,13 @@ def test_truncate_history_drops_later_and_half_written_rows(tmp_path):
     assert truncate_history(path, 5) == 1
     assert path.read_text() == "epoch,loss\n0,1.5\n"
     assert truncate_history(path, 0) == 0 and not path.exists()
+    path.write_bytes(b"epoch,loss\r\n0,1.5\r\n1,1.2\r\n")  # CSVLogger's CRLF lines stay CRLF
+    assert truncate_history(path, 1) == 1 and path.read_bytes() == b"epoch,loss\r\n0,1.5\r\n"
+
+
+def _line_endings(path) -> set[bytes]:
+    """The distinct line endings of a file (b"\\r\\n" or b"\\n")."""
+    return {b"\r\n" if line.endswith(b"\r\n") else b"\n" for line in path.read_bytes().splitlines(keepends=True)}
 
 
 # ------------------------------------------------------------------ resume
@@ -181,6 +188,7 @@ def test_resumed_fit_matches_an_uninterrupted_fit_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(a, b)
     history = pd.read_csv(tmp_path / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2, 3, 4]
+    assert len(_line_endings(tmp_path / "history.csv")) == 1  # rows kept over the resume end as the logger's
     assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["epoch-0005-trained.weights.h5", "state.json"]
     assert read_state(tmp_path / "resume")["trained"]
 
@@ -382,6 +390,8 @@ def test_run_killed_mid_epoch_continues_and_matches_an_uninterrupted_run(tmp_pat
     expected, history = pd.read_csv(straight / "history.csv"), pd.read_csv(killed / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2, 3]
     pd.testing.assert_frame_equal(history, expected)  # every logged value, bit for bit
+    assert _line_endings(killed / "history.csv") == _line_endings(straight / "history.csv")
+    assert len(_line_endings(killed / "history.csv")) == 1
     final, reference = load_checkpoint(killed / "model.keras"), load_checkpoint(straight / "model.keras")
     for a, b in zip(final.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -14,8 +14,9 @@ def truncate_history(path: str | os.PathLike, epochs: int) -> int:
     """Keeps the rows of a ``CSVLogger`` file whose ``epoch`` is below ``epochs``.
 
     Rows written after the last checkpoint and a row left half-written by a kill are
-    dropped; the file is rewritten atomically. With ``epochs == 0`` the file is removed,
-    so the logger writes a fresh header.
+    dropped; the file is rewritten atomically, with the line ending of its header (Keras's
+    ``CSVLogger`` ends lines with CRLF and appends after the kept rows in the same way). With
+    ``epochs == 0`` the file is removed, so the logger writes a fresh header.
 
     Returns:
         The number of rows kept.
@@ -26,7 +27,8 @@ def truncate_history(path: str | os.PathLike, epochs: int) -> int:
     if epochs <= 0:
         path.unlink()
         return 0
-    text = path.read_text(encoding="utf-8", errors="replace")
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:  # CRLF as written
+        text = handle.read()
     complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
     rows = list(csv.reader(io.StringIO(complete, newline="")))
     if not rows:
@@ -44,7 +46,8 @@ def truncate_history(path: str | os.PathLike, epochs: int) -> int:
         if epoch < epochs:
             kept.append(row)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    first_line = complete[: complete.find("\n") + 1]
+    writer = csv.writer(buffer, lineterminator="\r\n" if first_line.endswith("\r\n") else "\n")
     writer.writerow(header)
     writer.writerows(kept)
     write_text(path, buffer.getvalue())
