@@ -2,15 +2,19 @@
 plain ``fit`` of the same model.
 
 The model is the 8-output person model (bottleneck tower, conv heads, 64 px, batch 32) on
-in-memory random images with 30 % of the labels missing. Each variant is one ``fit`` of
-``--epochs`` epochs of ``--steps`` steps; the first epoch (tracing) is not timed, and a
-variant's time is its fastest timed epoch per step. The plain fit is timed first and last
-and its faster time is the baseline. Target: every method at ``features`` level within
-1.3x of plain. CAGrad and FairGrad call SciPy on the host on every step (their references
-solve these problems with external solvers) and are listed apart. The last line is
-``features_over_plain=<worst> parameters_over_plain=<worst>`` over the other methods.
+in-memory random images with 30 % of the labels missing. Every variant's model is built
+and traced once (one untimed epoch); then ``--rounds`` rounds time a plain ``fit``, a
+method, a plain ``fit``, the next method, ... (each round in the opposite order of the
+last), one ``fit`` of ``--epochs`` epochs of ``--steps`` steps each, keeping its fastest
+epoch. A method's ratio in a round is its time over the mean of the plain times just
+before and after it, so a machine busy for a while slows both; the report gives the
+median of each method's ratios (and of its times). Target: every method at ``features``
+level within 1.3x of plain. CAGrad and FairGrad call SciPy on the host on every step
+(their references solve these problems with external solvers) and are listed apart. The
+last line is ``features_over_plain=<worst> parameters_over_plain=<worst>`` over the other
+methods' median ratios.
 
-    python benchmarks/gradient_methods.py [--steps 4] [--epochs 2] [--methods upgrad mgda ...]
+    python benchmarks/gradient_methods.py [--steps 4] [--epochs 1] [--rounds 3] [--methods upgrad mgda ...]
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _timing import EpochTimer  # noqa: E402
+from _timing import EpochDurations  # noqa: E402
 
 from kerasmtl import ModelBuilder, aggregation  # noqa: E402
 from kerasmtl.data.person import hvc_tasks  # noqa: E402
@@ -40,19 +44,51 @@ def make_data(tasks, n: int, size: int, rng):
     return x, y
 
 
-def step_time(tasks, data, args, method=None, level="features") -> float:
+def traced_model(tasks, data, args, method=None, level="features") -> keras.Model:
+    """The benchmark model of one variant (``method=None``: plain), compiled and traced by
+    one untimed epoch."""
     keras.utils.set_random_seed(0)
     model = ModelBuilder(tasks, base="bottleneck", input_shape=(args.image_size,) * 2 + (3,), head="conv").build()
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), gradient_method=method, gradient_level=level)
-    timer = EpochTimer()
+    model.fit(*data, batch_size=args.batch_size, epochs=1, steps_per_epoch=1, shuffle=False, verbose=0)
+    return model
+
+
+def step_time(model, data, args) -> float:
+    """Seconds per step: the fastest epoch of one ``fit`` of ``args.epochs`` epochs."""
+    timer = EpochDurations()
     model.fit(*data, batch_size=args.batch_size, epochs=args.epochs, shuffle=False, verbose=0, callbacks=[timer])
     return min(timer.times) / args.steps
+
+
+def interleaved_ratios(models, plain, data, args) -> tuple[dict, dict, list]:
+    """Times ``plain, v1, plain, v2, ..., plain`` for ``args.rounds`` rounds (odd rounds in
+    reverse order).
+
+    Returns:
+        ``(ratios, times, plain_times)``: per variant its times over the mean of the plain
+        times around it, one per round; its times; every plain time.
+    """
+    ratios, times, plain_times = {v: [] for v in models}, {v: [] for v in models}, []
+    variants = list(models)
+    for round_ in range(args.rounds):
+        before = step_time(plain, data, args)
+        plain_times.append(before)
+        for variant in variants if round_ % 2 == 0 else variants[::-1]:
+            seconds = step_time(models[variant], data, args)
+            after = step_time(plain, data, args)
+            plain_times.append(after)
+            times[variant].append(seconds)
+            ratios[variant].append(seconds / ((before + after) / 2))
+            before = after
+    return ratios, times, plain_times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="steps per epoch")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per fit (the first is not timed)")
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per fit (the fastest counts)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of plain / method pairs (medians over them)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--methods", nargs="+", default=list(aggregation.METHODS), choices=aggregation.METHODS)
@@ -60,22 +96,26 @@ def main() -> None:
 
     tasks = hvc_tasks()
     data = make_data(tasks, args.steps * args.batch_size, args.image_size, np.random.default_rng(0))
-    plain = step_time(tasks, data, args)
-    times = {(m, level): step_time(tasks, data, args, m, level) for m in args.methods for level in LEVELS}
-    plain = min(plain, step_time(tasks, data, args))
-    print(f"plain fit: {1000 * plain:.1f} ms/step ({len(tasks)} outputs, bottleneck, {args.image_size} px, batch {args.batch_size})")
+    plain = traced_model(tasks, data, args)
+    models = {(m, level): traced_model(tasks, data, args, m, level) for m in args.methods for level in LEVELS}
+    ratios, times, plain_times = interleaved_ratios(models, plain, data, args)
+    ratio = {v: float(np.median(r)) for v, r in ratios.items()}
+    ms = {v: 1000 * float(np.median(t)) for v, t in times.items()}
+    print(f"plain fit: median {1000 * np.median(plain_times):.1f} ms/step over {len(plain_times)} fits "
+          f"(min {1000 * min(plain_times):.1f}, max {1000 * max(plain_times):.1f}; {len(tasks)} outputs, bottleneck, "
+          f"{args.image_size} px, batch {args.batch_size}); {args.rounds} rounds, medians")
     print(f"{'method':<12} {'features':>14} {'parameters':>16}")
     for m in args.methods:
-        f, p = times[m, "features"], times[m, "parameters"]
+        f, p = (m, "features"), (m, "parameters")
         note = "  (SciPy on the host every step)" if m in aggregation.HOST else ""
-        print(f"{m:<12} {1000 * f:7.1f} ms {f / plain:4.2f}x {1000 * p:8.1f} ms {p / plain:4.2f}x{note}")
+        print(f"{m:<12} {ms[f]:7.1f} ms {ratio[f]:4.2f}x {ms[p]:8.1f} ms {ratio[p]:4.2f}x{note}")
     host = [m for m in args.methods if m in aggregation.HOST]
     if host:
         print("apart (an external solver on each step): " + " ".join(
-            f"{m}: features_over_plain={times[m, 'features'] / plain:.2f} parameters_over_plain={times[m, 'parameters'] / plain:.2f}"
+            f"{m}: features_over_plain={ratio[m, 'features']:.2f} parameters_over_plain={ratio[m, 'parameters']:.2f}"
             for m in host))
     rest = [m for m in args.methods if m not in aggregation.HOST] or args.methods
-    worst = {level: max(times[m, level] for m in rest) / plain for level in LEVELS}
+    worst = {level: max(ratio[m, level] for m in rest) for level in LEVELS}
     print(f"features_over_plain={worst['features']:.2f} parameters_over_plain={worst['parameters']:.2f}")
 
 
