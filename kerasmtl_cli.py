@@ -125,6 +125,7 @@ class TrainConfig(_data.DataSettings):
     label_smoothing: float | None = None
     calibrate: str | None = None
     seed: int = 0
+    deterministic: bool = True
     out: str | None = None
     restart: bool = False
     tensorboard: bool = False
@@ -364,6 +365,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
           "maximising F1 or balanced accuracy on the validation split (saved with the model)")
     group = parser.add_argument_group("run folder and output")
     _flag(group, "seed", type=_int_at_least(0), help="random seed of split, shuffling, augmentation and weights")
+    _flag(group, "deterministic", boolean=True, help="TensorFlow's deterministic ops: the same seed gives the same "
+          "run on the same machine (default on; --no-deterministic may be faster)")
     _flag(group, "out", help="run folder (default runs/<dataset>-<model>-seed<seed>); rerunning a command continues its run")
     _flag(group, "restart", boolean=True, help="remove what the package wrote into the run folder and train from scratch")
     _flag(group, "tensorboard", boolean=True, help="write a TensorBoard log into <run folder>/tensorboard")
@@ -611,16 +614,75 @@ def batch_memory_problem(config: TrainConfig, memory: int | None = None) -> str 
 
 
 # --------------------------------------------------------------------- commands
-def _environment() -> None:
+#: Lines TensorFlow's native libraries print while loading and looking for devices, whatever
+#: TF_CPP_MIN_LOG_LEVEL says (absl logs them before its log level is read): start-up notes
+#: about oneDNN, CPU instructions and missing CUDA drivers, not about the user's work.
+NATIVE_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "cpu_feature_guard",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+    "Unable to register cuDNN factory",
+    "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "computation placer already registered",
+    "TF-TRT Warning: Could not find TensorRT",
+)
+
+
+def _environment(deterministic: bool = False) -> None:
+    """Prepares the process before TensorFlow loads: no update check, no native start-up noise,
+    and with ``deterministic`` TensorFlow's op determinism (for the whole process, which is
+    the command's own).
+
+    TensorFlow's own C++ log lines are silenced (``TF_CPP_MIN_LOG_LEVEL=3``) unless the
+    user set ``TF_CPP_MIN_LOG_LEVEL``; with it set to 0 or 1 every native line is shown,
+    start-up notes included.
+    """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if level.strip() not in ("0", "1"):
+        _load_tensorflow_without_startup_noise()
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _load_tensorflow_without_startup_noise() -> None:
+    """Imports TensorFlow and lists its devices with file descriptor 2 caught, then writes back
+    every caught line but the `NATIVE_STARTUP_NOISE` ones (an import error's own text included).
+    """
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # CUDA's start-up lines come here
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not any(noise in line for noise in NATIVE_STARTUP_NOISE)))
+            sys.stderr.flush()
 
 
 def train(argv: Sequence[str] | None = None, defaults: Mapping | None = None, prog: str | None = None) -> int:
     """``kerasmtl train``: trains a model and writes its run folder."""
     parser = training_parser("Train a multi-output image model and write its run folder.", prog)
     config, _ = parse_config(parser, argv, defaults)
-    _environment()
+    _environment(config.deterministic)
     from kerasmtl.workflow import run_training, run_with_exit_codes
 
     return run_with_exit_codes(run_training, config)
@@ -631,7 +693,7 @@ def lr_find(argv: Sequence[str] | None = None, defaults: Mapping | None = None, 
     parser = training_parser("LR range test: writes lr_find.png / lr_find.csv and prints the suggestion.", prog)
     add_lr_find_arguments(parser)
     config, extra = parse_config(parser, argv, defaults)
-    _environment()
+    _environment(config.deterministic)
     from kerasmtl.workflow import run_lr_find, run_with_exit_codes
 
     return run_with_exit_codes(run_lr_find, config, extra)
@@ -740,7 +802,7 @@ def compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = training_parser("Train the multi-task ResNet18 (attributes + landmarks) and its two single-task "
                              "baselines on the same CelebA data and print one comparison table.", prog)
     config, _ = parse_config(parser, argv)
-    _environment()
+    _environment(config.deterministic)
     from kerasmtl.comparison import run_comparison
     from kerasmtl.workflow import run_with_exit_codes
 
@@ -773,7 +835,7 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
                      f"Received: task_weighting={config.task_weighting!r}, gradient_method={config.gradient_method!r}")
     if config.model:
         parser.error(f"compare-methods trains builder models (--base); a --model preset has fixed tasks. Received: --model {config.model}")
-    _environment()
+    _environment(config.deterministic)
     from kerasmtl.method_comparison import run_method_comparison
     from kerasmtl.workflow import run_with_exit_codes
 

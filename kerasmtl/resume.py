@@ -26,7 +26,7 @@ DATA_KEY = "dataset_digest"
 
 #: Config fields that do not change what a run is: a rerun may change them (``epochs``:
 #: a finished run continues when asked for more).
-IGNORED_FIELDS = ("verbose", "workers", "worker_processes", "out", "restart", "epochs")
+IGNORED_FIELDS = ("verbose", "workers", "worker_processes", "out", "restart", "epochs", "deterministic")
 
 __all__ = [
     "DATA_KEY",

@@ -64,6 +64,9 @@ def test_own_csv_trains_evaluates_and_predicts_from_the_command_line(own_csv, tm
         "train", "--data", own_csv / "labels.csv", "--path-column", "file", "--regression", "box_px",
         "--image-size", "32", "--width", "8", "--epochs", "2", "--batch-size", "8", "--no-augment", "--out", run,
     ))
+    # TensorFlow's native start-up lines (absl, oneDNN, CPU features, CUDA) are not shown, even at TF_CPP_MIN_LOG_LEVEL=2
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "cuInit", "cuda drivers"):
+        assert noise not in result.stderr, result.stderr[-3000:]
     # the inferred tasks are printed as a table
     lines = {}
     for line in result.stdout.splitlines():
