@@ -110,3 +110,42 @@ class Destandardize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class GroupedConv2D(keras.layers.Conv2D):
+    """A ``Conv2D`` with ``groups > 1`` (ResNeXt) run as TensorFlow's own grouped convolution.
+
+    Keras's TensorFlow backend runs every grouped convolution through an XLA-compiled
+    ``tf.function`` made anew at each call: each eager call and each new batch shape
+    compiles again (``_conv_xla triggered tf.function retracing``), which makes evaluation
+    and prediction of a ResNeXt crawl on CPU. TensorFlow 2.21 runs ``tf.nn.convolution``
+    with grouped kernels on CPU, gradients included; older TensorFlow gets one
+    convolution per group and a concatenation. The kernel is ``Conv2D``'s
+    ``(kh, kw, in / groups, filters)``, so weights, checkpoints and torchvision imports are
+    those of a grouped ``Conv2D``. Other backends use ``Conv2D``'s own operation.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.groups == 1 or keras.backend.backend() != "tensorflow":
+            return super().convolution_op(inputs, kernel)
+        import tensorflow as tf
+
+        channels_last = self.data_format == "channels_last"
+        layout = "NHWC" if channels_last else "NCHW"
+        convolve = lambda x, k: tf.nn.convolution(  # noqa: E731
+            x, k, strides=list(self.strides), padding=self.padding.upper(), dilations=list(self.dilation_rate),
+            data_format=layout)
+        if _native_grouped_convolution():
+            return convolve(inputs, kernel)
+        axis = -1 if channels_last else 1
+        pieces = zip(tf.split(inputs, self.groups, axis=axis), tf.split(kernel, self.groups, axis=-1))
+        return tf.concat([convolve(x, k) for x, k in pieces], axis=axis)
+
+
+def _native_grouped_convolution() -> bool:
+    """Whether this TensorFlow runs grouped kernels in ``tf.nn.convolution`` on CPU (2.21 does)."""
+    import tensorflow as tf
+
+    major, minor = (int(part) for part in tf.__version__.split(".")[:2])
+    return (major, minor) >= (2, 21)

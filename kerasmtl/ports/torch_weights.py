@@ -23,6 +23,7 @@ import numpy as np
 #: Keras layer class name -> ((torch param, Keras attribute, axes of np.transpose or None), ...)
 CONVERSIONS = {
     "Conv2D": (("weight", "kernel", (2, 3, 1, 0)), ("bias", "bias", None)),
+    "GroupedConv2D": (("weight", "kernel", (2, 3, 1, 0)), ("bias", "bias", None)),
     "Dense": (("weight", "kernel", (1, 0)), ("bias", "bias", None)),
     "BatchNormalization": (
         ("weight", "gamma", None),

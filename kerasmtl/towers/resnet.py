@@ -25,6 +25,7 @@ import os
 import keras
 from keras import layers
 
+from kerasmtl.layers import GroupedConv2D
 from kerasmtl.towers.registry import register_tower
 
 #: torchvision ResNet children before ``avgpool``; the towers' stages.
@@ -43,7 +44,8 @@ def torch_padded_conv(x, filters, kernel, stride, name, groups=1, use_bias=False
         kernel: square kernel size (odd).
         stride: stride.
         name: layer name (the torch module name with ``_`` for ``.``).
-        groups: convolution groups (ResNeXt cardinality).
+        groups: convolution groups (ResNeXt cardinality); above 1 a `GroupedConv2D`,
+            which TensorFlow runs without compiling it anew at each call.
         use_bias: whether the convolution has a bias.
 
     Returns:
@@ -55,7 +57,8 @@ def torch_padded_conv(x, filters, kernel, stride, name, groups=1, use_bias=False
         padding = "valid"
     else:
         padding = "same" if pad else "valid"
-    return layers.Conv2D(
+    convolution = GroupedConv2D if groups > 1 else layers.Conv2D
+    return convolution(
         filters,
         kernel,
         strides=stride,
