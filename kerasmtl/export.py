@@ -23,7 +23,6 @@ OpenVINO models are made from the float artifact by `kerasmtl.quantize`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -35,6 +34,8 @@ import keras
 import numpy as np
 
 from kerasmtl import choices, written_files
+from kerasmtl.graph import all_layers
+from kerasmtl.keras_workarounds import plain_grouped_convolutions
 from kerasmtl.saved import find_run_folder, load_model, resolve_tasks
 from kerasmtl.serving import INPUT_NAME, LABELS, METADATA_KEY, labels_path
 from kerasmtl.tasks import Task
@@ -90,7 +91,7 @@ def float32_copy(model: keras.Model) -> keras.Model:
     def mixed(layer):
         return layer.dtype_policy.compute_dtype != "float32"
 
-    if not any(mixed(layer) for layer in model._flatten_layers(include_self=True)):
+    if not any(mixed(layer) for layer in all_layers(model)):
         return model
 
     def to_float32(value):
@@ -167,32 +168,6 @@ def tasks_from_labels(record: dict) -> list[Task]:
 
 
 # ------------------------------------------------------------------- artifacts
-@contextlib.contextmanager
-def _plain_grouped_convolutions():
-    """Traces grouped convolutions (ResNeXt) as one ``Conv2D`` op.
-
-    Keras's TensorFlow backend wraps them in an XLA-compiled function for old CPU
-    kernels; neither tf2onnx nor the LiteRT converter reads such a function. TensorFlow
-    2.21 runs grouped ``Conv2D`` on CPU itself, and both converters map it to a grouped
-    convolution.
-    """
-    from keras.src.backend.tensorflow import nn
-
-    original = nn.conv
-
-    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
-        import tensorflow as tf
-
-        layout = nn._convert_data_format(data_format, len(inputs.shape))
-        return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format=layout, dilations=dilation_rate)
-
-    nn.conv = conv
-    try:
-        yield
-    finally:
-        nn.conv = original
-
-
 def _converter_options(quantize: str | None) -> dict:
     import tensorflow as tf
 
@@ -345,7 +320,7 @@ def export(
     path.parent.mkdir(parents=True, exist_ok=True)
     serving(np.zeros((1, *serving.input_shape[1:]), np.uint8))  # Keras's ONNX route exports called models only
     options = _converter_options(quantize) if format == "litert" else {}
-    with _plain_grouped_convolutions():
+    with plain_grouped_convolutions():
         serving.export(str(path), format=_KERAS_FORMATS[format], verbose=False, **options)
     text = json.dumps(labels_record(tasks, serving.input_shape[1:], model.name), indent=2)
     if format == "onnx":

@@ -17,27 +17,24 @@ from collections.abc import Mapping, Sequence
 import keras
 import numpy as np
 
+from kerasmtl.graph import layer_input, layer_output
+
 BASE_LAYER = "base"
 
 
 def _outer_tensor(model: keras.Model, layer, attribute: str):
-    """The tensor ``layer`` reads / writes in ``model``'s graph.
+    """The tensor ``layer`` reads / writes in ``model``'s graph (a nested model's own
+    ``.input`` / ``.output`` belong to its inner graph).
 
-    A nested model's own ``.input`` / ``.output`` belong to its inner graph, and a layer
-    gains call nodes whenever a sub-model is cut out of the graph, so the node that
-    belongs to ``model`` is looked up.
+    Raises:
+        ValueError: the layer is called more than once, or reads / writes several tensors.
     """
-    graph = {id(node) for nodes in model._nodes_by_depth.values() for node in nodes}
-    nodes = [node for node in layer._inbound_nodes if id(node) in graph]
-    if len(nodes) != 1:
-        raise ValueError(
-            f"Grad-CAM needs layer {layer.name!r} to be called exactly once in the model. "
-            f"Received: {len(nodes)} calls"
-        )
-    tensors = nodes[0].input_tensors if attribute == "input" else nodes[0].output_tensors
-    if len(tensors) != 1:
-        raise ValueError(f"Layer {layer.name!r} has {len(tensors)} {attribute}s; Grad-CAM needs one.")
-    return tensors[0]
+    try:
+        if attribute == "input":
+            return layer_input(model, layer.name)
+        return layer_output(model, layer.name)
+    except ValueError as error:
+        raise ValueError(f"Grad-CAM needs layer {layer.name!r} called once, with one input and one output: {error}") from None
 
 
 def _score_tensor(model: keras.Model, output_name: str):

@@ -62,13 +62,12 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import tree
-from keras.src.losses.loss import unscale_loss_for_distribution
 
 from kerasmtl import aggregation, choices
 from kerasmtl.aggregation import loss_level
 from kerasmtl.aggregation._core import F64, gramian
 from kerasmtl.aggregation.options import check_gradient_options
+from kerasmtl.graph import layer_output, shared_representation
 from kerasmtl.losses import _global_present, presence_mask
 
 #: The values of ``compile(gradient_level=...)``.
@@ -127,51 +126,20 @@ class GradientState(keras.layers.Layer):
         return {**super().get_config(), "method": self.method, "tasks": self.tasks, "dims": self.dims}
 
 
-def split_at_features(model: keras.Model) -> tuple[keras.Model, dict]:
-    """``(trunk, {output name: head})``: the functional model cut at its shared representation.
+def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """``(forward, trunk)``: ``model``'s graph returning ``(outputs, shared representation)``,
+    and its graph up to the shared representation (whose variables are the tower's).
 
-    The representation is the last tensor that every output depends on; each head maps it
-    to one output, so it must be the only way the outputs reach the shared layers. Running
-    each head on its own copy of the representation gives every task's gradient there in
-    one backward pass.
+    The representation is the last tensor that every output depends on (see
+    `kerasmtl.graph.shared_representation`); both models run ``model``'s own layers.
 
     Raises:
         ValueError: no such tensor (outputs that share no layer, a single output, or
             heads that also read an earlier tensor of the tower).
     """
-    def ancestors(tensor, seen):
-        stack = [tensor]
-        while stack:
-            t = stack.pop()
-            if id(t) not in seen:
-                seen[id(t)] = t
-                operation, node_index, _ = t._keras_history
-                stack.extend(operation._inbound_nodes[node_index].input_tensors)
-        return seen
-
-    outputs = tree.flatten(model.output)
-    inputs = {id(t) for t in tree.flatten(model.input)}
-    upstream = [ancestors(t, {}) for t in outputs]
-    shared = {i: t for i, t in upstream[0].items() if all(i in u for u in upstream[1:]) and i not in inputs}
-    where = f"Received: a model with outputs {list(model.output_names)}"
-    if len(outputs) < 2 or not shared:
-        raise ValueError(
-            "gradient_level='features' needs at least two outputs computed from a shared representation "
-            f"(the base tower's output); use gradient_level='parameters'. {where}"
-        )
-    lineage = {i: ancestors(t, {}) for i, t in shared.items()}
-    last = max(shared, key=lambda i: len(lineage[i]))
-    if any(id(t) == last for t in outputs):
-        raise ValueError(f"gradient_level='features' found an output as the shared representation. {where}")
-    named = model.output if isinstance(model.output, Mapping) else dict(zip(model.output_names, model.outputs))
-    try:
-        heads = {n: keras.Model(shared[last], t, name=f"{model.name}_{n}_head") for n, t in named.items()}
-    except ValueError as error:
-        raise ValueError(
-            "gradient_level='features' needs the heads to read the shared layers only through one tensor "
-            f"(here {shared[last].name!r}); use gradient_level='parameters'. {where} ({error})"
-        ) from None
-    return keras.Model(model.input, shared[last], name=f"{model.name}_trunk"), heads
+    features = layer_output(model, shared_representation(model))
+    forward = keras.Model(model.inputs, (model.output, features), name=f"{model.name}_forward")
+    return forward, keras.Model(model.inputs, features, name=f"{model.name}_trunk")
 
 
 def _gradient(tape, target, sources, **kwargs):
@@ -181,7 +149,7 @@ def _gradient(tape, target, sources, **kwargs):
     return [tf.zeros(s.shape, tf.as_dtype(s.dtype)) if g is None else g for g, s in zip(grads, sources)]
 
 
-def _by_output(value, names):
+def by_output(value, names):
     """``value`` (None, a mapping, a sequence in output order, or one array for all)
     as ``{output name: value}``."""
     if value is None or isinstance(value, Mapping):
@@ -227,12 +195,12 @@ class GradientStep:
         self.model, self.method, self.kind, self.level = model, method, kind, level
         self.kinds = {t.name: t.kind for t in model.tasks}
         try:
-            self.trunk, self.heads = split_at_features(model)
-            self.shared = self.trunk.trainable_variables
+            self.forward, trunk = split_at_features(model)
+            self.shared = trunk.trainable_variables
         except ValueError:
             if level == "features":
                 raise
-            self.trunk, self.heads, self.shared = None, None, shared_variables(model)
+            self.forward, self.shared = None, shared_variables(model)
         previous = getattr(model, "gradient_state", None)  # a former compile's, replaced below
         skip = {id(v) for v in self.shared} | {id(v) for v in (previous.weights if previous is not None else [])}
         self.others = [v for v in model.trainable_variables if id(v) not in skip]
@@ -244,23 +212,18 @@ class GradientStep:
 
     # ------------------------------------------------------------------ losses
     def _task_losses(self, y, y_pred, sample_weight, record=True):
-        """Each task's compiled loss times its loss weight (Keras's `CompileLoss` per output,
-        recording the unweighted ``<task>_loss`` metrics unless not ``record``), and the
-        tasks present."""
-        compiled = self.model._compile_loss
-        if not compiled.built:
-            compiled.build(y, y_pred)
-        names = [entry.path[0] for entry in compiled._flat_losses]
-        y, sample_weight = _by_output(y, names), _by_output(sample_weight, names)
-        metrics = compiled.metrics if len(compiled.metrics) == len(names) else [None] * len(names)
+        """Each task's loss times its loss weight (recording the unweighted ``<task>_loss``
+        metrics unless not ``record``), and the tasks present."""
+        model = self.model
+        names = [t.name for t in model.tasks]
+        values = model.compute_task_losses(y, y_pred, sample_weight)
+        if record:
+            model.record_task_losses(values, tf.shape(by_output(y_pred, names)[names[0]])[0])
+        y = by_output(y, names)
         losses, present = [], []
-        for (_, function, weight, _), metric, name in zip(compiled._flat_losses, metrics, names):
-            y_true, pred = y[name], y_pred[name]
-            value = tf.cast(function(y_true, pred, None if sample_weight is None else sample_weight[name]), compiled.dtype)
-            if metric is not None and record:
-                metric.update_state(unscale_loss_for_distribution(value), sample_weight=tf.shape(pred)[0])
-            losses.append(value if weight is None else value * tf.cast(weight, value.dtype))
-            count = tf.reduce_sum(presence_mask(y_true, self.kinds[name]))
+        for name, value, weight in zip(names, values, model.task_weighting.values()):
+            losses.append(value * tf.cast(weight, value.dtype))
+            count = tf.reduce_sum(presence_mask(y[name], self.kinds[name]))
             present.append(_global_present(count)[0] > 0)
         return names, losses, tf.stack(present)
 
@@ -363,33 +326,30 @@ class GradientStep:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         with tf.GradientTape(persistent=True) as tape:
-            if self.heads is not None:
-                features = self.trunk(x, training=True)
-                copies = {n: tf.identity(features) for n in self.heads}
-                y_pred = {n: head(copies[n], training=True) for n, head in self.heads.items()}
+            if self.forward is not None:
+                y_pred, features = self.forward(x, training=True)
             else:
                 y_pred = model(x, training=True)
             names, losses, present = self._task_losses(y, y_pred, sample_weight)
-            extra = [model._aggregate_additional_loss(loss) for loss in model.losses]
-            total = tf.add_n(losses + extra)
+            extra = model.regularization_loss()
+            total = tf.add_n(losses + ([] if extra is None else [extra]))
             scaled = [optimizer.scale_loss(loss) for loss in losses]
             scaled_sum = tf.add_n(scaled)
-            scaled_extra = optimizer.scale_loss(tf.add_n(extra)) if extra else None
-        batch = tf.shape(tree.flatten(x)[0])[0]
-        model._loss_tracker.update_state(unscale_loss_for_distribution(total), sample_weight=batch)
+            scaled_extra = None if extra is None else optimizer.scale_loss(extra)
+        model.record_loss(total, x)
         totals = self._global(losses) if self.loss_level else None
         factors = None if totals is None else self._loss_scales(totals, present)
 
         def row(grads):
             return tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], 0)
 
-        if self.heads is not None:  # every task's gradient at the features in one backward pass
-            sources = [copies[n] for n in names] + self.others
+        if self.forward is not None:  # each task's gradient at the features: a backward pass through its head
+            seeds = [None if factors is None else [tf.cast(factors[i], s.dtype)] for i, s in enumerate(scaled)]
+            at_features = [_gradient(tape, s, [features], output_gradients=seed)[0] for s, seed in zip(scaled, seeds)]
             if factors is None:
-                grads = _gradient(tape, scaled_sum, sources)
+                other_grads = _gradient(tape, scaled_sum, self.others)
             else:
-                grads = _gradient(tape, scaled, sources, output_gradients=[tf.cast(factors[i], s.dtype) for i, s in enumerate(scaled)])
-            at_features, other_grads = grads[: len(names)], grads[len(names):]
+                other_grads = _gradient(tape, scaled, self.others, output_gradients=[seed[0] for seed in seeds])
             if self.level == "features":
                 rows = [row([g]) for g in at_features]
             else:
@@ -460,17 +420,3 @@ def shared_variables(model) -> list:
     if len(outputs) < 2 or not shared:
         raise ValueError(f"A gradient method needs at least two outputs with shared trainable layers. Received: outputs {sorted(outputs)}")
     return shared
-
-
-def configure(model, method, level="features", options=None):
-    """Attaches the gradient step of ``method`` to ``model`` (None: the plain Keras step),
-    and its state layer as ``model.gradient_state`` so it is saved with the model."""
-    if method is None:
-        check_gradient_options(None, options)
-    step = None if method is None else GradientStep(model, method, level, options)
-    model._gradient_step = step
-    if step is not None and step.state is not None:
-        model.gradient_state = step.state
-    elif getattr(model, "gradient_state", None) is not None:
-        model.gradient_state = None
-    return step

@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import keras
+from keras import ops
 
+from kerasmtl.aggregation.options import check_gradient_options
+from kerasmtl.gradient_step import GradientStep, by_output
+from kerasmtl.keras_workarounds import UnevenBatchBuild
 from kerasmtl.tasks import Task
 from kerasmtl.weighting import TaskWeighting, check_strategy
 
@@ -45,12 +49,26 @@ def check_tasks(model: keras.Model, tasks: Sequence[Task]) -> None:
             )
 
 
-class _TotalLossMean(keras.metrics.Mean):
-    """Keras's ``loss`` tracker, weighting each replica by an equal share of the global batch.
+def replicas_in_sync() -> int:
+    """The number of replicas the current ``tf.distribute`` strategy runs the step on."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
 
-    Keras weights each replica's (replica-scaled) total loss by its own part of the batch,
-    which misreports ``loss`` when a batch splits unevenly (5 images: 3 + 2); the per-task
-    losses are right either way.
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def unscale(value, replicas: int):
+    """A replica's share of a loss (Keras divides losses by the replica count) as the
+    whole batch's value."""
+    return value if replicas == 1 else ops.multiply(value, ops.cast(replicas, value.dtype))
+
+
+class TotalLossMean(keras.metrics.Mean):
+    """The ``loss`` tracker, weighting each replica by an equal share of the global batch.
+
+    A replica's total loss is its (replica-scaled) share; weighting it by its own part of
+    the batch would misreport ``loss`` when a batch splits unevenly (5 images: 3 + 2).
     """
 
     def update_state(self, values, sample_weight=None):
@@ -63,8 +81,17 @@ class _TotalLossMean(keras.metrics.Mean):
         return super().update_state(values, sample_weight=sample_weight)
 
 
+class StepMetrics:
+    """The metrics the model's own step keeps: the total ``loss`` and each task's
+    unweighted ``<task>_loss`` (none with a single task, as Keras does)."""
+
+    def __init__(self, names: Sequence[str]):
+        self.loss = TotalLossMean(name="loss")
+        self.tasks = [keras.metrics.Mean(name=f"{n}_loss") for n in names] if len(names) > 1 else []
+
+
 @keras.saving.register_keras_serializable(package="kerasmtl")
-class MultiTaskModel(keras.Model):
+class MultiTaskModel(UnevenBatchBuild):
     """A functional multi-output model that knows its tasks and owns its loss weights.
 
     Build one with `kerasmtl.ModelBuilder`, `kerasmtl.ports.create`, or directly from
@@ -167,25 +194,110 @@ class MultiTaskModel(keras.Model):
                     f"loss_weights. Received: loss_weights={dict(loss_weights)!r}"
                 )
             self.task_weighting.assign(loss_weights)
-        super().compile(
-            optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=self.task_weighting.loss_weights(), **kwargs
-        )
-        self._loss_tracker = _TotalLossMean(name="loss")
-        from kerasmtl.gradient_step import configure
-
-        configure(self, gradient_method, gradient_level, gradient_options)
+        names = [t.name for t in self._task_list]
+        by_name = by_output(loss, names)
+        if sorted(by_name) != sorted(names):
+            raise ValueError(f"loss must give one loss per task {names}. Received: loss={loss!r}")
+        self._loss = loss
+        self.task_losses = {n: keras.losses.get(by_name[n]) for n in names}
+        # The model computes its losses itself (`compute_loss`); Keras compiles the metrics.
+        super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+        self._step_metrics = StepMetrics(names)
+        if gradient_method is None:
+            check_gradient_options(None, gradient_options)
+        self._gradient_step = None if gradient_method is None else GradientStep(self, gradient_method, gradient_level, gradient_options)
+        state = None if self._gradient_step is None else self._gradient_step.state
+        if state is not None or getattr(self, "gradient_state", None) is not None:
+            self.gradient_state = state  # a layer of the model, so its variables are saved with it
         self._gradient_config = gradient_method and {
             "gradient_method": gradient_method, "gradient_level": gradient_level, "gradient_options": gradient_options,
         }
 
+    # ------------------------------------------------------------------ step
+    @property
+    def loss_tracker(self) -> keras.metrics.Mean:
+        """The mean total loss of the epoch (``logs["loss"]``)."""
+        return self._step_metrics.loss
+
+    @property
+    def metrics(self):
+        """The ``loss`` tracker, the compiled metrics, then each task's ``<task>_loss``."""
+        # Keras's compile adds a "loss" tracker of its own, which this model's step replaces.
+        compiled = [m for m in super().metrics if m.name != "loss"]
+        step = getattr(self, "_step_metrics", None)
+        return compiled if step is None else [step.loss, *compiled, *step.tasks]
+
+    def compute_task_losses(self, y, y_pred, sample_weight=None) -> list:
+        """Each task's loss, unweighted, in task order: this replica's share (Keras's
+        losses divide by the replica count), in float32."""
+        names = [t.name for t in self._task_list]
+        y, y_pred, sample_weight = by_output(y, names), by_output(y_pred, names), by_output(sample_weight, names)
+        return [
+            ops.cast(self.task_losses[n](y[n], y_pred[n], None if sample_weight is None else sample_weight[n]), "float32")
+            for n in names
+        ]
+
+    def record_task_losses(self, values, batch_size) -> None:
+        """Adds each task's loss (`compute_task_losses`) to its ``<task>_loss`` metric."""
+        replicas = replicas_in_sync()
+        for metric, value in zip(self._step_metrics.tasks, values):
+            metric.update_state(unscale(value, replicas), sample_weight=batch_size)
+
+    def regularization_loss(self):
+        """The sum of ``model.losses`` (regularizers), this replica's share; None if none."""
+        if not self.losses:
+            return None
+        replicas = replicas_in_sync()
+        terms = [ops.sum(ops.cast(v, "float32")) for v in self.losses]
+        return ops.sum([t if replicas == 1 else ops.multiply(t, 1.0 / replicas) for t in terms])
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The total loss: each task's loss times its loss weight, plus ``model.losses``.
+
+        Each task's unweighted loss goes to its ``<task>_loss`` metric.
+        """
+        del x, training
+        values = self.compute_task_losses(y, y_pred, sample_weight)
+        self.record_task_losses(values, keras.tree.flatten(y_pred)[0].shape[0])
+        weights = self.task_weighting.values()
+        total = sum(ops.multiply(v, w) for v, w in zip(values, weights))
+        extra = self.regularization_loss()
+        return total if extra is None else ops.sum([total, extra])
+
+    def record_loss(self, loss, x) -> None:
+        """Adds a step's total loss (this replica's share) to ``loss_tracker``, weighted by
+        the batch size of the inputs ``x``."""
+        batch = ops.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
+        self.loss_tracker.update_state(unscale(loss, replicas_in_sync()), sample_weight=batch)
+
     def train_step(self, data):
-        step = getattr(self, "_gradient_step", None)
-        return super().train_step(data) if step is None else step(data)
+        """One optimizer step on the total loss (`compute_loss`), or the gradient method's."""
+        if self._gradient_step is not None:
+            return self._gradient_step(data)
+        import tensorflow as tf
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
+            self.record_loss(loss, x)
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(x, y, y_pred, sample_weight, training=False)
+        self.record_loss(loss, x)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def get_compile_config(self):
         config = super().get_compile_config()
-        if config is not None:
+        if config:
             config.pop("loss_weights", None)  # they live in self.task_weighting's variables
+            config["loss"] = keras.saving.serialize_keras_object(self._loss)
             config.update(getattr(self, "_gradient_config", None) or {})
         return config
 
@@ -195,29 +307,6 @@ class MultiTaskModel(keras.Model):
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Builds the compiled loss and metrics from one replica's part of the first batch.
-
-        Under a ``tf.distribute`` strategy Keras averages the replicas' parts of the first
-        batch to get example shapes, which fails when a batch does not split evenly (a last
-        or only batch of 5 images on 2 replicas: 3 + 2). Any one replica's part has the
-        shapes the build needs.
-        """
-        if iterator is None or getattr(self, "_distribute_strategy", None) is None:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        import tensorflow as tf
-
-        strategy = self.distribute_strategy
-        for _, _, batches in iterator:
-            first = next(batches)
-            data_batch = keras.tree.map_structure(
-                lambda x: strategy.experimental_local_results(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x,
-                first,
-            )
-            break
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
 
     # ---------------------------------------------------------------- predict
     def predict_labels(self, images, batch_size: int = 32, verbose: int = 0) -> dict[str, list | object]:
@@ -262,7 +351,9 @@ def with_task_weighting(model: keras.Model, strategy: str = "static", tasks: Seq
         if not isinstance(model, MultiTaskModel):
             raise ValueError(f"with_task_weighting needs the tasks of a plain {type(model).__name__}: pass tasks=[...]")
         tasks = model.tasks
-    if not hasattr(model, "_outputs_struct") or not hasattr(model, "_inputs_struct"):
-        raise TypeError(f"with_task_weighting needs a functional keras.Model. Received: {type(model).__name__}")
+    try:
+        inputs, outputs = model.input, model.output
+    except (AttributeError, ValueError):
+        raise TypeError(f"with_task_weighting needs a functional keras.Model. Received: {type(model).__name__}") from None
     weighting = TaskWeighting([t.name for t in tasks], learned=strategy == "uncertainty")
-    return MultiTaskModel(model.input, model.output, name=model.name, tasks=tasks, task_weighting=weighting)
+    return MultiTaskModel(inputs, outputs, name=model.name, tasks=tasks, task_weighting=weighting)

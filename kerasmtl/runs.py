@@ -153,7 +153,7 @@ class RunFolder:
             if restart:
                 run.clear()
             elif not (run.path / META / MANIFEST).is_file():
-                run._write_manifest(set())
+                run.write_manifest(set())
             try:
                 yield run
             finally:
@@ -196,7 +196,7 @@ class RunFolder:
         except (OSError, ValueError, KeyError, TypeError):
             return set()
 
-    def _write_manifest(self, names: set[str]) -> None:
+    def write_manifest(self, names: set[str]) -> None:
         atomic.write_json(self.path / META / MANIFEST, {"format": _MANIFEST_FORMAT, "written": sorted(names)})
 
     def record(self, *names: str) -> None:
@@ -206,7 +206,7 @@ class RunFolder:
             _check_name(name)
         written = self.written
         if not set(names) <= written:
-            self._write_manifest(written | set(names))
+            self.write_manifest(written | set(names))
 
     def clear(self) -> None:
         """Removes what the package wrote here (the manifest's files, the package's files in
@@ -224,7 +224,7 @@ class RunFolder:
             match = atomic.TEMPORARY.fullmatch(path.name)
             if match and match["target"] in FILES and path.is_file():
                 path.unlink()
-        self._write_manifest({name for name in written if (self.path / name).exists()})
+        self.write_manifest({name for name in written if (self.path / name).exists()})
 
     # ------------------------------------------------------------------- files
     def file(self, name: str) -> Path:

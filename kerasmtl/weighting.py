@@ -2,7 +2,7 @@
 
 A float loss weight changed after ``compile`` is baked into the traced train step and does
 nothing, so a `kerasmtl.MultiTaskModel` keeps its weights in a `TaskWeighting` layer and its
-compiled loss reads them on every step (with ``jit_compile`` on or off). The layer's
+``compute_loss`` reads them on every step (with ``jit_compile`` on or off). The layer's
 variables are part of ``model.weights``: saving writes them and loading restores them
 (log-variances, their optimizer slots, the current weights and DWA's loss record), so a
 run resumes from a saved ``.keras`` model. `kerasmtl.callbacks.DynamicTaskWeights` changes
@@ -38,38 +38,12 @@ class LogVariancePenalty(keras.regularizers.Regularizer):
         return {}
 
 
-class _Precision:
-    """``exp(-s)`` of a log-variance variable, computed in the step that reads it.
-
-    Keras multiplies each output's loss by its entry of ``loss_weights`` with
-    ``ops.multiply``, which converts it to a tensor; this object converts to
-    ``exp(-variable)`` at that moment (TensorFlow backend), so the gradient reaches ``s``
-    and the weight follows ``s`` as it is trained.
-    """
-
-    def __init__(self, variable):
-        self.variable = variable
-
-    def __tf_tensor__(self, dtype=None, name=None):
-        import tensorflow as tf
-
-        value = tf.exp(-self.variable.value)
-        return value if dtype is None else tf.cast(value, dtype)
-
-    def numpy(self) -> float:
-        return float(np.exp(-ops.convert_to_numpy(self.variable)))
-
-    def get_config(self):
-        # Read by `Model.get_compile_config`; `TaskWeightedModel` drops it again.
-        return {"log_variance": self.variable.path}
-
-
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class TaskWeighting(keras.layers.Layer):
     """Holds the per-task loss weights of a model, as variables.
 
-    Not part of the forward pass: it is attached to a `TaskWeightedModel` as
-    ``model.task_weighting`` and read by its compiled loss.
+    Not part of the forward pass: it is attached to a `kerasmtl.MultiTaskModel` as
+    ``model.task_weighting`` and read by its ``compute_loss``.
 
     Args:
         task_names: the model's outputs, in order.
@@ -99,7 +73,6 @@ class TaskWeighting(keras.layers.Layer):
                 self.add_weight(name=f"log_variance_{n}", shape=(), initializer="zeros", regularizer=LogVariancePenalty())
                 for n in task_names
             ]
-            self._task_weights = [_Precision(v) for v in self.log_variances]
         else:
             self._task_weights = [
                 self.add_weight(name=f"loss_weight_{n}", shape=(), initializer="ones", trainable=False) for n in task_names
@@ -111,16 +84,19 @@ class TaskWeighting(keras.layers.Layer):
             )
         self.built = True
 
-    def loss_weights(self) -> dict:
-        """``{task name: weight}`` for ``compile(loss_weights=...)``: the variables
-        (or their ``exp(-s)``), never a copy of their values."""
-        return dict(zip(self.task_names, self._task_weights))
+    def values(self) -> list:
+        """The loss weights in task order, read from the variables in the step that calls
+        this (``exp(-s)`` of the log-variances when learned), so the gradient reaches the
+        log-variances and assigned weights take effect without retracing."""
+        if self.learned:
+            return [ops.exp(-v) for v in self.log_variances]
+        return [v.value for v in self._task_weights]
 
     def current(self) -> dict[str, float]:
         """The weights' present values, ``{task name: float}``."""
         if self.learned:
-            return {n: w.numpy() for n, w in zip(self.task_names, self._task_weights)}
-        return {n: float(ops.convert_to_numpy(w)) for n, w in zip(self.task_names, self._task_weights)}
+            return {n: float(np.exp(-ops.convert_to_numpy(v))) for n, v in zip(self.task_names, self.log_variances)}
+        return {n: float(ops.convert_to_numpy(v)) for n, v in zip(self.task_names, self._task_weights)}
 
     def assign(self, weights: Mapping[str, float]) -> None:
         """Sets the weights of the named tasks (others keep theirs).

@@ -246,8 +246,9 @@ class LRRangeTest(keras.callbacks.Callback):
         if isinstance(optimizer.learning_rate, keras.Variable):
             self._lr_variable = optimizer.learning_rate
         else:
-            # The optimizer's own schedule object (its public getter evaluates it).
-            self._schedule = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+            # The optimizer's schedule, rebuilt from its config (the getter evaluates it).
+            inner = getattr(optimizer, "inner_optimizer", optimizer)
+            self._schedule = keras.optimizers.schedules.deserialize(inner.get_config()["learning_rate"])
             self._lr_variable = keras.Variable(self.min_lr, dtype="float32", trainable=False, name="lr_sweep")
             optimizer.learning_rate = lambda: self._lr_variable
             model.make_train_function(force=True)

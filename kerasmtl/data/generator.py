@@ -182,12 +182,12 @@ class MultiOutputGenerator(keras.utils.PyDataset):
 
     @property
     def use_multiprocessing(self) -> bool:
-        return self._use_multiprocessing
+        return keras.utils.PyDataset.use_multiprocessing.fget(self)
 
     @use_multiprocessing.setter
     def use_multiprocessing(self, value: bool) -> None:
-        self._use_multiprocessing = bool(value)
-        if self._use_multiprocessing and self._arena is None:
+        keras.utils.PyDataset.use_multiprocessing.fset(self, bool(value))
+        if value and self._arena is None:
             self._arena = self._make_arena()
 
     def _make_arena(self) -> BatchArena:

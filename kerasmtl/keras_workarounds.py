@@ -1,0 +1,92 @@
+"""The two places where kerasmtl goes around Keras, because no public route exists.
+
+Each workaround cites its upstream issue and is gated on the versions it is needed for;
+``tests/test_keras_workarounds.py`` reproduces each bug with Keras alone and fails once a
+release no longer has it (then set its ``*_FIXED_IN`` and, once the oldest supported
+release has the fix, delete the workaround). ``tests/test_public_api.py`` allows private
+Keras uses in this module only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+from packaging import version
+
+KERAS_VERSION = version.parse(keras.__version__)
+
+#: The Keras release that builds a model under ``tf.distribute`` from a first batch that
+#: does not split evenly over the replicas (keras-team/keras#20329); None: not fixed in
+#: any release checked (3.15.1 is the newest).
+UNEVEN_BUILD_FIXED_IN: str | None = None
+UNEVEN_BUILD_NEEDED = UNEVEN_BUILD_FIXED_IN is None or KERAS_VERSION < version.parse(UNEVEN_BUILD_FIXED_IN)
+
+#: The Keras release whose TensorFlow backend traces a grouped convolution as one plain
+#: ``Conv2D`` rather than an XLA-compiled function, which neither tf2onnx
+#: (onnx/tensorflow-onnx#2099) nor the LiteRT converter reads; None: not yet.
+GROUPED_CONV_FIXED_IN: str | None = None
+GROUPED_CONV_NEEDED = GROUPED_CONV_FIXED_IN is None or KERAS_VERSION < version.parse(GROUPED_CONV_FIXED_IN)
+
+
+class UnevenBatchBuild(keras.Model):
+    """A model that builds its compiled metrics from one replica's part of the first batch.
+
+    Under a ``tf.distribute`` strategy Keras averages the replicas' parts of the first
+    batch to get example shapes (keras-team/keras#20329), which fails when a batch does not
+    split evenly (a last or only batch of 5 images on 2 replicas: 3 + 2). Any one replica's
+    part has the shapes the build needs. There is no public hook before the first step.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        import tensorflow as tf
+
+        strategy = self.distribute_strategy
+        if not UNEVEN_BUILD_NEEDED or iterator is None or strategy.num_replicas_in_sync == 1:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            first = next(batches)
+            data_batch = keras.tree.map_structure(
+                lambda x: strategy.experimental_local_results(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x,
+                first,
+            )
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+
+def _tf_layout(data_format: str | None, rank: int) -> str:
+    """TensorFlow's layout string (``"NHWC"``, ``"NCW"``, ...) for a Keras data format."""
+    data_format = data_format or keras.config.image_data_format()
+    spatial = "DHW"[3 - (rank - 2):]
+    return f"N{spatial}C" if data_format == "channels_last" else f"NC{spatial}"
+
+
+@contextlib.contextmanager
+def plain_grouped_convolutions():
+    """Traces grouped convolutions (ResNeXt) as one ``Conv2D`` op while exporting.
+
+    Keras's TensorFlow backend wraps them in an XLA-compiled function for old CPU kernels;
+    neither tf2onnx (onnx/tensorflow-onnx#2099) nor the LiteRT converter reads such a
+    function. TensorFlow 2.21 runs grouped ``Conv2D`` on CPU itself, and both converters
+    map it to a grouped convolution. Keras offers no switch, so its backend's ``conv`` is
+    replaced for the duration of the ``with`` block.
+    """
+    if not GROUPED_CONV_NEEDED or keras.backend.backend() != "tensorflow":
+        yield
+        return
+    from keras.src.backend.tensorflow import nn
+
+    original = nn.conv
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        import tensorflow as tf
+
+        layout = _tf_layout(data_format, len(inputs.shape))
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format=layout, dilations=dilation_rate)
+
+    nn.conv = conv
+    try:
+        yield
+    finally:
+        nn.conv = original
