@@ -1,14 +1,14 @@
 """The train step of ``MultiTaskModel.compile(gradient_method=...)``: the task gradients
 aggregated by a `kerasmtl.aggregation` method instead of summed.
 
-Each task's loss is its compiled loss (loss weights, class weights and sample weights
-already in it). Levels:
+Each task's loss is the model's (`MultiTaskModel.compute_task_losses`: class weights and
+sample weights in it) times its loss weight. Levels:
 
-- ``features`` (LibMTL's ``rep_grad``): the model is split at the shared representation
+- ``features`` (LibMTL's ``rep_grad``): the model also returns its shared representation
   (the last tensor every output depends on: the base tower's output, or a shared neck's);
   the Jacobian of the task losses with respect to it over the whole batch, ``(tasks,
   batch x features)``, is aggregated into one direction and back-propagated once through
-  the tower. Every task's gradient there comes from one backward pass through the heads.
+  the tower. Each task's gradient there comes from a backward pass through its own head.
 - ``parameters``: the Jacobian over the tower's trainable variables; one backward pass
   through the tower per task.
 
