@@ -24,7 +24,7 @@ work on a shared machine falls on all of them alike. The last line is
 ``best_over_keras_b1=<ratio> best=<name>``: the fastest artifact for ResNet50 at batch 1
 over Keras (target: <= 0.5).
 
-    python benchmarks/serving.py [--repeats 30] [--warmup 3] [--threads 2] [--models demo resnet50]
+    python benchmarks/serving.py [--repeats 30] [--warmup 3] [--threads 2] [--models demo resnet50] [--batches 1 32]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of every runtime")
     parser.add_argument("--calibration", type=int, default=32, help="random images the int8 models are calibrated on")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES), help="batch sizes (1 gives the last line)")
     return parser.parse_args()
 
 
@@ -120,7 +121,7 @@ def main() -> None:
             paths = export_all(model, Path(folder) / model_name, calibration)
             runtimes = {"keras": model.predict_on_batch}
             runtimes.update({name: Predictor(paths[name], threads=args.threads).run for name in names})
-            for size in BATCHES:
+            for size in args.batches:
                 batch = rng.integers(0, 256, (size, *shape), dtype=np.uint8)
                 ms = time_runtimes(runtimes, batch, args.repeats, args.warmup)
                 print(f"{model_name:<9} {size:>5} {ms['keras']:>8.2f} " + " ".join(f"{ms[n]:>13.2f}" for n in names))

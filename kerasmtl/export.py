@@ -346,7 +346,8 @@ def quantize_artifact(float_path: str | os.PathLike, path: str | os.PathLike, fo
     if format == "onnx":
         quantization.quantize_onnx(float_path, path, calibration)
     else:
-        quantization.quantize_openvino(float_path, path, quantize, calibration)
+        heads = [task["name"] for task in json.loads(labels_path(float_path).read_text(encoding="utf-8"))["tasks"]]
+        quantization.quantize_openvino(float_path, path, quantize, calibration, float_layers=heads)
     if labels_path(path) != labels_path(float_path):
         labels_path(path).write_text(labels_path(float_path).read_text(encoding="utf-8"), encoding="utf-8")
     written_files.remember([*_artifact_files(path), labels_path(path)])
