@@ -153,8 +153,8 @@ def quantize_openvino(source: str | os.PathLike, target: str | os.PathLike, quan
         quantize: ``"int8"`` (NNCF post-training quantisation; the layers it leaves in
             float run in float32) or ``"bfloat16"`` (float32 weights, bfloat16 inference).
         images: the calibration batch, for ``int8``.
-        float_layers: Keras layer names whose operations stay float in ``int8`` (the
-            task names: each head's output layer).
+        float_layers: task names whose output layers (``<task>``, or
+            ``<task>_standardized`` for regression) stay float in ``int8``.
 
     Returns:
         ``target``.
@@ -169,8 +169,10 @@ def quantize_openvino(source: str | os.PathLike, target: str | os.PathLike, quan
 
         nncf.set_log_level(logging.ERROR)
         singles = _single_images(images)
-        # OpenVINO names an operation after its Keras layer path: ".../<layer>_<n>/MatMul".
-        ignored = nncf.IgnoredScope(patterns=[f".*/{re.escape(name)}(_\\d+)?/[^/]*" for name in float_layers], validate=False)
+        # OpenVINO names an operation after its Keras layer path: ".../<layer>_<n>/MatMul"; a
+        # regression head's last Dense is "<task>_standardized" (the layer "<task>" rescales it).
+        ignored = nncf.IgnoredScope(patterns=[f".*/{re.escape(name)}(_standardized)?(_\\d+)?/[^/]*" for name in float_layers],
+                                    validate=False)
         model = nncf.quantize(model, nncf.Dataset(singles), subset_size=len(singles), ignored_scope=ignored)
         set_openvino_precision(model, "float32")
     elif quantize == "bfloat16":

@@ -230,6 +230,21 @@ def _openvino_fake_quantize(path):
     return [op for op in openvino.Core().read_model(str(path)).get_ops() if op.get_type_name() == "FakeQuantize"]
 
 
+def _openvino_quantized_inputs(path):
+    """``{task: whether its output layer's matrix product reads a FakeQuantize}``."""
+    import re
+
+    import openvino
+
+    found = {}
+    for op in openvino.Core().read_model(str(path)).get_ops():
+        match = re.search(r"/(smiling|age|male|box)(_standardized)?(_\d+)?/MatMul$", op.get_friendly_name())
+        if op.get_type_name() == "MatMul" and match:
+            sources = [value.get_source_output().get_node().get_type_name() for value in op.inputs()]
+            found[match.group(1)] = "FakeQuantize" in sources
+    return found
+
+
 @pytest.mark.parametrize("format, quantize", [("onnx", "int8"), ("openvino", "int8"), ("openvino", "bfloat16")])
 def test_quantized_onnx_and_openvino_models_stay_close_to_keras(tiny, tmp_path, calibration, format, quantize):
     model, paths = tiny
@@ -244,6 +259,7 @@ def test_quantized_onnx_and_openvino_models_stay_close_to_keras(tiny, tmp_path, 
         assert len(_onnx_int8_operations(path)) >= 5  # weights of the convolutions and dense heads
     elif quantize == "int8":
         assert len(_openvino_fake_quantize(path)) >= 5
+        assert _openvino_quantized_inputs(path) == {"smiling": False, "age": False, "male": False, "box": False}
     else:
         import openvino
 
