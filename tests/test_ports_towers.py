@@ -207,3 +207,34 @@ def test_reading_a_checkpoint_without_torch_says_how_to_install_it(tmp_path, mon
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
     with pytest.raises(ImportError, match=r"pip install kerasmtl\[torch\]"):
         read_state_dict(str(path))
+
+
+def test_grouped_convolution_matches_keras_and_is_not_recompiled_per_call(caplog):
+    """ResNeXt's grouped convolutions give Keras's grouped Conv2D outputs (same kernel) for
+    every batch size, called eagerly, without a function traced anew at each call."""
+    import logging
+
+    from kerasmtl.layers import GroupedConv2D
+
+    tower = create_tower("resnext50_32x4d", (32, 32, 3))
+    grouped = [layer for layer in tower.layers if getattr(layer, "groups", 1) > 1]
+    assert grouped and all(isinstance(layer, GroupedConv2D) for layer in grouped)
+
+    rng = np.random.default_rng(0)
+    ours = GroupedConv2D(16, 3, strides=2, padding="valid", groups=4, use_bias=True)
+    reference = keras.layers.Conv2D(16, 3, strides=2, padding="valid", groups=4, use_bias=True)
+    ours.build((None, 9, 9, 8))
+    reference.build((None, 9, 9, 8))
+    assert ours.kernel.shape == reference.kernel.shape == (3, 3, 2, 16)  # torchvision's layout
+    weights = [rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()]
+    ours.set_weights(weights)
+    reference.set_weights(weights)
+    inputs = [rng.normal(size=(batch, 9, 9, 8)).astype("float32") for batch in (1, 2, 3, 5, 7, 1)]
+    expected = [keras.ops.convert_to_numpy(reference(x)) for x in inputs]  # Keras retraces here
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for x, want in zip(inputs, expected):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), want, rtol=1e-5, atol=1e-5)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()], [r.getMessage() for r in caplog.records]
+    restored = GroupedConv2D.from_config(ours.get_config())
+    assert restored.groups == 4 and restored.strides == (2, 2)
