@@ -308,6 +308,38 @@ def _masked_update(metric_class, kind):
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
+class FunctionLoss(keras.losses.Loss):
+    """A loss function of ``(y_true, y_pred)`` as a `keras.losses.Loss`.
+
+    `keras.losses.get("mse")` and user functions are plain functions that take no sample
+    weight; the `Loss` base class adds the sample weighting and the reduction that
+    `Model.compile` gives them.
+
+    Args:
+        fn: the function, or the name of a Keras loss function.
+    """
+
+    def __init__(self, fn, name: str | None = None, reduction: str = "sum_over_batch_size", dtype=None):
+        fn = keras.losses.get(fn) if isinstance(fn, str) else fn
+        if not callable(fn):
+            raise TypeError(f"FunctionLoss needs a loss function or its name. Received: fn={fn!r}")
+        super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction, dtype=dtype)
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "fn": keras.saving.serialize_keras_object(self.fn)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["fn"] = keras.saving.deserialize_keras_object(config["fn"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
 class MaskedBinaryAccuracy(keras.metrics.BinaryAccuracy):
     """`keras.metrics.BinaryAccuracy` over present labels only."""
 

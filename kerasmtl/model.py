@@ -14,10 +14,27 @@ from keras import ops
 from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.gradient_step import GradientStep, by_output
 from kerasmtl.keras_workarounds import UnevenBatchBuild
+from kerasmtl.losses import FunctionLoss
 from kerasmtl.tasks import Task
 from kerasmtl.weighting import TaskWeighting, check_strategy
 
 AUTO = "auto"
+
+
+def _loss_object(loss):
+    """A `keras.losses.Loss` for a loss given by name, function or object.
+
+    Keras's `compile` accepts ``"mse"`` or a bare function; its `losses.get` returns those as
+    plain functions of ``(y_true, y_pred)``, which take no sample weight. Wrapping them in
+    `kerasmtl.losses.FunctionLoss` gives them the sample weighting and the reduction that
+    `compile` gives them.
+    """
+    loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    if not callable(loss):
+        raise TypeError(f"A task's loss must be a keras.losses.Loss, a loss name or a function. Received: {loss!r}")
+    return FunctionLoss(loss)
 
 
 def _is_auto(value) -> bool:
@@ -199,7 +216,7 @@ class MultiTaskModel(UnevenBatchBuild):
         if sorted(by_name) != sorted(names):
             raise ValueError(f"loss must give one loss per task {names}. Received: loss={loss!r}")
         self._loss = loss
-        self.task_losses = {n: keras.losses.get(by_name[n]) for n in names}
+        self.task_losses = {n: _loss_object(by_name[n]) for n in names}
         # The model computes its losses itself (`compute_loss`); Keras compiles the metrics.
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
         self._step_metrics = StepMetrics(names)

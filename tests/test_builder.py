@@ -5,6 +5,7 @@ from conftest import TINY_TOWER
 
 from kerasmtl import ModelBuilder
 from kerasmtl.data import hvc_tasks
+from kerasmtl.tasks import Task
 from kerasmtl.training import compile_model
 
 TOWERS = {
@@ -111,3 +112,25 @@ def test_neck_and_dense_heads_train_one_step(mixed_tasks):
     assert np.isfinite(history.history["loss"][0])
     assert {"smiling_loss", "age_loss", "landmarks_loss"} <= set(history.history)
     assert not np.allclose(before[0], model.get_layer("neck_dense1").get_weights()[0])
+
+
+def test_losses_given_by_name_or_function_weigh_samples_as_keras_compile_does(rng):
+    """``compile(loss={task: "mse"})`` or a bare function: the sample-weighted mean, written out by hand."""
+    tasks = [Task("size", "regression", columns=["s"]), Task("width", "regression", columns=["w"])]
+    model = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), base_kwargs=TINY_TOWER).build()
+
+    def absolute_error(y_true, y_pred):
+        return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1)
+
+    model.compile(optimizer="sgd", loss={"size": "mse", "width": absolute_error}, metrics=None)
+    images = rng.integers(0, 256, size=(4, 32, 32, 3)).astype("float32")
+    y = {"size": rng.normal(size=(4, 1)).astype("float32"), "width": rng.normal(size=(4, 1)).astype("float32")}
+    weights = {"size": np.array([1.0, 0.0, 2.0, 1.0], "float32"), "width": np.array([0.5, 1.0, 0.0, 1.0], "float32")}
+    predicted = model(images)
+    predicted = {name: np.asarray(predicted[name]) for name in ("size", "width")}
+    expected = (
+        np.sum(weights["size"] * ((y["size"] - predicted["size"]) ** 2)[:, 0]) / 4
+        + np.sum(weights["width"] * np.abs(y["width"] - predicted["width"])[:, 0]) / 4
+    )
+    loss = model.compute_loss(images, y, model(images), weights)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
