@@ -219,6 +219,7 @@ class MultiTaskModel(UnevenBatchBuild):
         self.task_losses = {n: _loss_object(by_name[n]) for n in names}
         # The model computes its losses itself (`compute_loss`); Keras compiles the metrics.
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+        self.loss = loss  # what `compile` was given, as Keras's `Model.loss` holds it
         self._step_metrics = StepMetrics(names)
         if gradient_method is None:
             check_gradient_options(None, gradient_options)
