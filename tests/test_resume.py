@@ -431,6 +431,7 @@ def test_non_finite_loss_exits_3_naming_where_and_keeps_the_last_good_state(hvc_
     assert pd.read_csv(out / "history.csv")["epoch"].tolist()[0] == 0
 
 
+@pytest.mark.slow  # about 40 s of CLI runs: CI runs it with the slow suite
 def test_finished_run_is_not_retrained_other_settings_are_refused_and_restart_clears(hvc_folder, tmp_path, capsys):
     from kerasmtl_cli import train as main
 

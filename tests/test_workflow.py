@@ -58,6 +58,7 @@ def own_csv(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # 75-90 s of CLI training: CI runs it with the slow suite
 def test_own_csv_trains_evaluates_and_predicts_from_the_command_line(own_csv, tmp_path):
     run = tmp_path / "run"
     result = _ok(kerasmtl(
@@ -125,6 +126,7 @@ def celeba(tmp_path_factory):
     return write_official(tmp_path_factory.mktemp("celeba") / "celeba").folder
 
 
+@pytest.mark.slow  # 75-90 s of CLI training: CI runs it with the slow suite
 def test_a_celeba_preset_with_augmentation_and_one_cycle_writes_the_report_and_figures(celeba, tmp_path):
     run = tmp_path / "run"
     _ok(subprocess.run(
