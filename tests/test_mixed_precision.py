@@ -31,7 +31,14 @@ def build(tasks, mode):
     return model
 
 
-@pytest.mark.parametrize("mode, compute, scaled", [("float16", "float16", True), ("bfloat16", "bfloat16", False)])
+@pytest.mark.parametrize(
+    "mode, compute, scaled",
+    [
+        # float16 runs without native CPU kernels: ~45 s here, so with the slow suite
+        pytest.param("float16", "float16", True, marks=pytest.mark.slow),
+        ("bfloat16", "bfloat16", False),
+    ],
+)
 def test_mixed_model_computes_low_keeps_float32_outputs_and_trains(mixed_tasks, batch, mode, compute, scaled):
     before = keras.config.dtype_policy().name
     model = build(mixed_tasks, mode)

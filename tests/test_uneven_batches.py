@@ -57,6 +57,7 @@ def compare(one, two):
     assert np.abs(np.diff(one["loss"].to_numpy())).max() > 1e-3  # it trained: equality is not trivial
 
 
+@pytest.mark.slow  # two ~30 s training runs: CI runs it with the slow suite
 def test_mirrored_generator_with_uneven_batches_matches_one_device(tmp_path):
     compare(*train_both(tmp_path))
 
