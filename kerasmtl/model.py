@@ -13,6 +13,7 @@ from keras import ops
 
 from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.gradient_step import GradientStep, by_output
+from kerasmtl.graph import layer_output, shared_representation
 from kerasmtl.keras_workarounds import UnevenBatchBuild
 from kerasmtl.losses import FunctionLoss
 from kerasmtl.tasks import Task
@@ -169,6 +170,21 @@ class MultiTaskModel(UnevenBatchBuild):
                 raise ValueError(f"Output {old.name!r} is a {old.kind} output {old.classes} with {old.activation} activation; "
                                  f"the new task is a {new.kind} one {new.classes} with {new.activation}.")
         self._task_list = tuple(by_name[t.name] for t in self._task_list)
+
+    def split_at_features(self) -> tuple[keras.Model, keras.Model]:
+        """``(forward, trunk)``: the model returning ``(outputs, shared representation)``,
+        and the model up to the shared representation (whose variables are the tower's).
+
+        Both run this model's own layers, so a step through ``forward`` trains the model.
+
+        Raises:
+            ValueError: the model has no shared representation (outputs that share no
+                layer, a single output, or heads that also read an earlier tensor of the
+                tower).
+        """
+        features = layer_output(self, shared_representation(self))
+        forward = keras.Model(self.inputs, (self.output, features), name=f"{self.name}_forward")
+        return forward, keras.Model(self.inputs, features, name=f"{self.name}_trunk")
 
     # ---------------------------------------------------------------- compile
     def compile(self, optimizer=AUTO, loss=AUTO, metrics=AUTO, loss_weights=None, gradient_method=None,
