@@ -1,4 +1,4 @@
-# `make demo` trains on the bundled sample; `make test` runs the test suite.
+# `make demo` trains on the bundled sample; `make test` runs the test suite; `make docs` builds the site.
 # Each creates .venv and installs the package into it when needed.
 
 PYTHON ?= python3
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-slow test-compat lint benchmarks clean
+.PHONY: demo test test-slow test-compat lint docs benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q torchjd==0.18.0 cvxpy==1.9.3 clarabel==0.11.1 ecos==2.0.14 quadprog==0.1.14 qpsolvers==4.13.0
 	touch $@
 
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/python experiments/train_person.py
 
@@ -32,6 +36,10 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+# The documentation site (mkdocs.yml): --strict fails on a broken link, page or API reference.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m slow
@@ -47,4 +55,4 @@ benchmarks: $(VENV)/.installed-dev
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) .venv-compat-low .venv-compat-new build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-compat-low .venv-compat-new build site *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""CI runs every test: the fast suite through `make test` and the slow one through `make test-slow`."""
+"""CI runs every test (the fast suite through `make test`, the slow one through `make test-slow`) and builds the docs."""
 
 import re
 import shlex
@@ -43,3 +43,12 @@ def test_every_marker_is_run_by_ci():
     addopts = re.search(r'addopts = "(.*)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert "-m 'not slow'" in addopts
 
+
+
+def test_ci_builds_the_documentation_strictly():
+    # The site is built on every change, and a broken link, page or API reference fails the build.
+    assert ["make", "docs"] in _ci_commands()
+    recipe = shlex.split(_make_recipe("docs"))
+    assert recipe[recipe.index("build") - 1].endswith("mkdocs") and "--strict" in recipe
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert re.search(r"^strict: true$", config, flags=re.MULTILINE)
