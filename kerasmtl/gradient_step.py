@@ -38,21 +38,13 @@ What the step handles:
   has none) and ``grad_conflict``, the mean cosine between the gradients of the pairs of
   present tasks (below 0: they conflict on average; 0 with fewer than 2 tasks present).
 
-Loss-level methods (`aggregation.loss_level`, as LibMTL implements them) use the task
-losses of the global batch (summed over the replicas) and the same Jacobian:
-
-- ``gradnorm``: the rows weighted by ``k softmax(logits)``; the logits are a trainable
-  variable of the state layer, which the model's optimizer updates with GradNorm's
-  gradient. At ``features`` level the gradient norms are those of each task's
-  representation gradient summed over the batch (LibMTL's ``rep_grad``).
-- ``famo``: every task's loss enters as ``z_i log L_i / c``, so its rows and its head get
-  the weight ``z_i / (c L_i)``; after the update the model runs once more on the same batch
-  (``training=True``, moving statistics left as they were), and the decrease of the log
-  losses over the step updates the logits, as LibMTL and the paper do (an extra forward
-  pass per step).
-- ``db_mtl`` (``parameters`` level only, its state being a running average of each task's
-  parameter gradient): the gradients are those of ``log L_i``, heads included.
-- ``rlw``: another name of ``random``.
+The method (a `kerasmtl.methods.GradientMethod`) turns the Jacobian into the direction;
+its traits tell the step what else it needs: the global task losses (``uses_losses``), a
+factor of each task's loss in the backward pass (``loss_factors``: FAMO, DB-MTL), a
+trainable state entry (GradNorm's logits, which the model's optimizer updates with the
+gradient the method returns) and a state update after the optimizer's step (FAMO: the
+model runs once more on the same batch, ``training=True``, moving statistics left as
+they were).
 """
 
 from __future__ import annotations
@@ -63,20 +55,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerasmtl import aggregation, choices
-from kerasmtl.aggregation import loss_level
+from kerasmtl import choices, methods
 from kerasmtl.aggregation._core import F64, gramian
-from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.graph import layer_output, shared_representation
 from kerasmtl.losses import _global_present, presence_mask
 
 #: The values of ``compile(gradient_level=...)``.
 LEVELS = choices.GRADIENT_LEVELS
-#: Other names of methods.
-ALIASES = {"rlw": "random"}
 #: The values of ``compile(gradient_method=...)``: the aggregation methods, the loss-level
 #: methods and the aliases.
-METHODS = aggregation.METHODS + loss_level.METHODS + tuple(ALIASES)
+METHODS = methods.gradient_method_names()
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
@@ -95,12 +83,10 @@ class GradientState(keras.layers.Layer):
     def __init__(self, method: str, tasks: int, dims: int | None = None, name: str = "gradient_state", **kwargs):
         super().__init__(name=name, **kwargs)
         self.method, self.tasks, self.dims = method, int(tasks), dims
-        if method in loss_level.METHODS:
-            start = loss_level.initial_state(method, self.tasks, dims)
-        else:
-            start = aggregation.initial_state(method, self.tasks)
+        owner = methods.get(method, "parameters")  # any level: only the state's shape is needed
+        start = owner.initial_state(self.tasks, dims)
         self.keys = sorted(start)
-        trainable = loss_level.TRAINABLE.get(method, ())
+        trainable = owner.trainable_state
         self.slots = [
             self.add_weight(name=k, shape=tuple(start[k].shape), dtype=start[k].dtype.name, autocast=False,
                             initializer="ones" if k in trainable else "zeros", trainable=k in trainable,
@@ -164,51 +150,29 @@ class GradientStep:
 
     Args:
         model: a compiled `kerasmtl.MultiTaskModel`.
-        method: one of `METHODS`.
-        level: one of `LEVELS`.
-        options: the method's options (as in `aggregation.aggregate`, or the keyword
-            options of `aggregation.loss_level`'s functions), plus ``seed`` for the random
-            methods.
+        method: a `kerasmtl.methods.GradientMethod`.
 
     Raises:
-        ValueError / TypeError: an unknown method, level or option.
+        ValueError: ``features`` level on a model without one shared representation.
     """
 
-    def __init__(self, model, method: str, level: str = "features", options: Mapping | None = None):
-        if method not in METHODS:
-            raise ValueError(f"gradient_method must be one of {METHODS}. Received: gradient_method={method!r}")
-        if level not in LEVELS:
-            raise ValueError(f"gradient_level must be one of {LEVELS}. Received: gradient_level={level!r}")
-        kind = ALIASES.get(method, method)
-        self.options = check_gradient_options(kind, options)
-        self.seed = self.options.pop("seed", 0) if kind in aggregation.RANDOM else None
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise TypeError(f"gradient_options seed must be an int. Received: seed={self.seed!r}")
-        self.loss_level = kind in loss_level.METHODS
-        if self.loss_level:
-            loss_level.check_options(kind, self.options)
-        else:
-            aggregation._check_options(kind, aggregation._method(kind), {**self.options, **({} if self.seed is None else {"seed": 0})})
-        if kind == "db_mtl" and level == "features":
-            raise ValueError("db_mtl averages each task's parameter gradient over the steps (the features are other "
-                             "images' at every step): use gradient_level='parameters'. Received: gradient_level='features'")
-        self.model, self.method, self.kind, self.level = model, method, kind, level
+    def __init__(self, model, method: methods.GradientMethod):
+        self.model, self.multitask_method = model, method
+        self.method, self.kind, self.level = method.name, method.kind, method.level
+        self.options, self.seed = method.options, getattr(method, "seed", None)
         self.kinds = {t.name: t.kind for t in model.tasks}
         try:
             self.forward, trunk = split_at_features(model)
             self.shared = trunk.trainable_variables
         except ValueError:
-            if level == "features":
+            if self.level == "features":
                 raise
             self.forward, self.shared = None, shared_variables(model)
         previous = getattr(model, "gradient_state", None)  # a former compile's, replaced below
         skip = {id(v) for v in self.shared} | {id(v) for v in (previous.weights if previous is not None else [])}
         self.others = [v for v in model.trainable_variables if id(v) not in skip]
-        self.state = None
-        if self.loss_level:
-            self.state = GradientState(kind, len(model.tasks), sum(int(np.prod(v.shape)) for v in self.shared))
-        elif kind in aggregation.STATEFUL:
-            self.state = GradientState(kind, len(model.tasks))
+        dims = sum(int(np.prod(v.shape)) for v in self.shared)
+        self.state = GradientState(self.kind, len(model.tasks), dims) if method.stateful else None
 
     # ------------------------------------------------------------------ losses
     def _task_losses(self, y, y_pred, sample_weight, record=True):
@@ -227,39 +191,6 @@ class GradientStep:
             present.append(_global_present(count)[0] > 0)
         return names, losses, tf.stack(present)
 
-    # --------------------------------------------------------------- aggregation
-    def _aggregate(self, jacobian, present, replicated: bool):
-        """``(direction, weights, gramian)`` for the float32 ``jacobian``; ``replicated``: the
-        rows are one replica's columns of the global Jacobian (features level)."""
-        context = tf.distribute.get_replica_context()
-        synced = context is not None and context.num_replicas_in_sync > 1
-        g = gramian(jacobian)
-        if synced and replicated:
-            g = context.all_reduce(tf.distribute.ReduceOp.SUM, g)
-        options = dict(self.options)
-        if self.seed is not None:
-            options["seed"] = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.model.optimizer.iterations, tf.int64)])
-        if self.state is not None:
-            options["state"] = self.state.read()
-        if self.kind in aggregation.GRAMIAN_METHODS:
-            result = aggregation.weights(self.kind, g, present=present, **options)
-            w, new_state = result if self.state is not None else (result, None)
-            direction = tf.cast(tf.linalg.matvec(tf.cast(jacobian, F64), w, transpose_a=True), tf.float32)
-        else:
-            w, new_state = None, None
-            direction = aggregation.aggregate(self.kind, jacobian, present=present, **options)
-        return direction, w, g, new_state
-
-    def _logs(self, names, w, g, present):
-        logs = {} if w is None else {f"grad_weight/{n}": tf.cast(w[i], tf.float32) for i, n in enumerate(names)}
-        norm = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
-        valid = tf.cast(present, F64) * tf.cast(norm > 0, F64)
-        pairs = tf.linalg.band_part(valid[:, None] * valid[None, :], 0, -1) - tf.linalg.diag(valid)
-        cosine = g / tf.where(pairs > 0, norm[:, None] * norm[None, :], 1.0)
-        logs["grad_conflict"] = tf.cast(tf.reduce_sum(cosine * pairs) / tf.maximum(tf.reduce_sum(pairs), 1.0), tf.float32)
-        return logs
-
-    # ------------------------------------------------------------- loss level
     @staticmethod
     def _global(values):
         """The ``(tasks,)`` float32 losses of the global batch: each replica's (already
@@ -270,45 +201,14 @@ class GradientStep:
             total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
         return total
 
-    def _loss_scales(self, totals, present):
-        """The factor of each task's loss in the backward pass (its rows and its head), or
-        None (1 each): FAMO's ``z_i / (c L_i)``, DB-MTL's ``1 / (L_i + eps)`` (the gradient of
-        ``log(L_i + eps)``)."""
-        if self.kind == "famo":
-            return tf.cast(loss_level.famo_weights(totals, present, self.state.read()["logits"]), tf.float32)
-        if self.kind == "db_mtl":
-            return tf.where(present, 1.0 / (totals + loss_level.LOG_EPS), 0.0)
-        return None
-
-    def _loss_level(self, jacobian, present, totals, batch, replicated):
-        """``(direction, weights, gramian, new_state, logits_gradient)`` of a loss-level
-        method; ``batch``: the replica's batch size (features level)."""
-        context = tf.distribute.get_replica_context()
-        synced = context is not None and context.num_replicas_in_sync > 1
-        g = gramian(jacobian)
-        if synced and replicated:
-            g = context.all_reduce(tf.distribute.ReduceOp.SUM, g)
-        p = tf.cast(present, F64)
-        state, new_state, logits_grad = self.state.read(), None, None
-        if self.kind == "db_mtl":
-            direction, w, new_state = loss_level.db_mtl(jacobian, present, state, **self.options)
-            return direction, w, g, new_state, None
-        if self.kind == "gradnorm":
-            if self.level == "features":
-                summed = tf.reduce_sum(tf.reshape(jacobian, [jacobian.shape[0], batch, -1]), axis=1)
-                if synced:
-                    summed = context.all_reduce(tf.distribute.ReduceOp.SUM, summed)
-                summed = tf.cast(summed, F64)
-                norms = tf.sqrt(tf.reduce_sum(summed * summed, axis=1))
-            else:
-                norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
-            w, logits_grad, new_state = loss_level.gradnorm(totals, norms, present, state, step=self.model.optimizer.iterations,
-                                                            **self.options)
-            combine = w
-        else:  # famo: the rows already carry the weights
-            w, combine = loss_level.famo_weights(totals, present, state["logits"]), p
-        direction = tf.cast(tf.linalg.matvec(tf.cast(jacobian, F64), combine, transpose_a=True), tf.float32)
-        return direction, w, g, new_state, logits_grad
+    def _logs(self, names, w, g, present):
+        logs = {} if w is None else {f"grad_weight/{n}": tf.cast(w[i], tf.float32) for i, n in enumerate(names)}
+        norm = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
+        valid = tf.cast(present, F64) * tf.cast(norm > 0, F64)
+        pairs = tf.linalg.band_part(valid[:, None] * valid[None, :], 0, -1) - tf.linalg.diag(valid)
+        cosine = g / tf.where(pairs > 0, norm[:, None] * norm[None, :], 1.0)
+        logs["grad_conflict"] = tf.cast(tf.reduce_sum(cosine * pairs) / tf.maximum(tf.reduce_sum(pairs), 1.0), tf.float32)
+        return logs
 
     def _after_step_losses(self, x, y, sample_weight):
         """The global task losses of the updated model on the same batch (``training=True``;
@@ -322,7 +222,7 @@ class GradientStep:
 
     # ---------------------------------------------------------------------- step
     def __call__(self, data):
-        model, optimizer = self.model, self.model.optimizer
+        model, optimizer, method = self.model, self.model.optimizer, self.multitask_method
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         with tf.GradientTape(persistent=True) as tape:
@@ -337,8 +237,9 @@ class GradientStep:
             scaled_sum = tf.add_n(scaled)
             scaled_extra = None if extra is None else optimizer.scale_loss(extra)
         model.record_loss(total, x)
-        totals = self._global(losses) if self.loss_level else None
-        factors = None if totals is None else self._loss_scales(totals, present)
+        state = {} if self.state is None else self.state.read()
+        totals = self._global(losses) if method.uses_losses else None
+        factors = None if totals is None else method.loss_factors(totals, present, state)
 
         def row(grads):
             return tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], 0)
@@ -363,18 +264,19 @@ class GradientStep:
                 other_grads = [a + tf.cast(b, a.dtype) * tf.cast(factor, a.dtype) for a, b in zip(other_grads, grads[len(self.shared):])]
         jacobian = tf.stack(rows) / scale
         finite = tf.reduce_all(tf.math.is_finite(jacobian))
-        replicated = self.level == "features"
+        replicated = self.level == "features"  # each replica holds other samples' columns
         context = tf.distribute.get_replica_context()
         replicas = 1 if context is None else context.num_replicas_in_sync
         if replicas > 1 and not replicated:
             jacobian = context.all_reduce(tf.distribute.ReduceOp.SUM, jacobian)
             finite = tf.reduce_all(tf.math.is_finite(jacobian))
-        logits_grad = None
-        if self.loss_level:
-            local = tf.shape(features)[0] if self.level == "features" else None
-            direction, w, g, new_state, logits_grad = self._loss_level(tf.where(finite, jacobian, 0.0), present, totals, local, replicated)
-        else:
-            direction, w, g, new_state = self._aggregate(tf.where(finite, jacobian, 0.0), present, replicated)
+        jacobian = tf.where(finite, jacobian, 0.0)
+        g = gramian(jacobian)
+        if replicas > 1 and replicated:
+            g = context.all_reduce(tf.distribute.ReduceOp.SUM, g)
+        batch = tf.shape(features)[0] if self.level == "features" else None
+        direction, w, new_state, state_grads = method.combine(
+            jacobian, g, present, state, step=optimizer.iterations, totals=totals, batch=batch)
         direction = tf.where(finite, direction, float("nan")) * scale
         if self.state is not None and new_state is not None:
             self.state.write(new_state, keep=tf.logical_not(finite))
@@ -395,14 +297,13 @@ class GradientStep:
             other_grads = [a + tf.cast(b, a.dtype) for a, b in zip(other_grads, extra_grads)]
         del tape
         grads = {id(v): gr for v, gr in zip(self.shared + self.others, list(shared_grads) + other_grads)}
-        if logits_grad is not None:  # GradNorm's logits: the same on every replica, which the optimizer sums
-            logits = self.state.slot("logits")
-            grads[id(logits)] = tf.where(finite, tf.cast(logits_grad, tf.float32), float("nan")) * scale / replicas
+        for key, gradient in (state_grads or {}).items():  # the same on every replica, which the optimizer sums
+            grads[id(self.state.slot(key))] = tf.where(finite, tf.cast(gradient, tf.float32), float("nan")) * scale / replicas
         variables = model.trainable_variables
         optimizer.apply_gradients([(tf.cast(grads[id(v)], v.dtype), v) for v in variables])
-        if self.kind == "famo":
+        if method.after_update:
             after = self._after_step_losses(x, y, sample_weight)
-            new_state = loss_level.famo_update(totals, after, present, self.state.read(), **self.options)
+            new_state = method.after_step(totals, after, present, self.state.read())
             kept = tf.logical_not(tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(after))))
             self.state.write(new_state, keep=kept)
         return {**model.compute_metrics(x, y, y_pred, sample_weight=sample_weight), **self._logs(names, w, g, present)}

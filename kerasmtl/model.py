@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import ops
 
-from kerasmtl.aggregation.options import check_gradient_options
+from kerasmtl import methods
 from kerasmtl.gradient_step import GradientStep, by_output
 from kerasmtl.graph import layer_output, shared_representation
 from kerasmtl.keras_workarounds import UnevenBatchBuild
@@ -187,9 +187,9 @@ class MultiTaskModel(UnevenBatchBuild):
         return forward, keras.Model(self.inputs, features, name=f"{self.name}_trunk")
 
     # ---------------------------------------------------------------- compile
-    def compile(self, optimizer=AUTO, loss=AUTO, metrics=AUTO, loss_weights=None, gradient_method=None,
+    def compile(self, optimizer=AUTO, loss=AUTO, metrics=AUTO, loss_weights=None, method=None, gradient_method=None,
                 gradient_level="features", gradient_options=None, **kwargs):
-        """`keras.Model.compile` with defaults from the tasks.
+        """`keras.Model.compile` with defaults from the tasks, and the multi-task method.
 
         Args:
             optimizer: an optimizer, its name, or ``"auto"`` (Adam, learning rate 1e-3).
@@ -198,19 +198,19 @@ class MultiTaskModel(UnevenBatchBuild):
                 Keras metrics.
             loss_weights: ``{task name: number}`` copied into the weight variables (tasks
                 not named keep theirs); not allowed when the weights are learned.
-            gradient_method: None (Keras's step on the summed loss) or one of
-                `kerasmtl.gradient_step.METHODS`: a gradient aggregator or a loss-level
-                method (GradNorm, FAMO, DB-MTL) that combines the task gradients.
-            gradient_level: ``"features"`` (Jacobian at the shared representation) or
-                ``"parameters"`` (over the tower's variables).
-            gradient_options: the method's options (``c``, ``pref_vector``, ``seed``, ...).
+            method: None (Keras's step on the sum of the weighted task losses), a
+                `kerasmtl.methods.Method` (``UPGrad(level="parameters")``, ``DWA()``) or
+                a method's name (``"upgrad"``, ``"dwa"``; default options). A loss
+                weighting sets the loss weights (``fit`` adds its callback); a gradient
+                method combines the task gradients in the model's step.
+            gradient_method, gradient_level, gradient_options: the older spelling of a
+                gradient method: its name, level and options.
             **kwargs: passed to `keras.Model.compile`.
         """
-        from kerasmtl import aggregation
-
-        if gradient_method in aggregation.HOST:  # SciPy through tf.numpy_function: not under XLA
+        method = methods.from_compile_arguments(method, gradient_method, gradient_level, gradient_options)
+        if method is not None and method.host:  # SciPy through tf.numpy_function: not under XLA
             if kwargs.get("jit_compile") is True:
-                raise ValueError(f"{gradient_method} calls SciPy on the host and cannot be jit-compiled. Received: jit_compile=True")
+                raise ValueError(f"{method.name} calls SciPy on the host and cannot be jit-compiled. Received: jit_compile=True")
             kwargs["jit_compile"] = False
         if _is_auto(optimizer):
             optimizer = keras.optimizers.Adam(learning_rate=1e-3)
@@ -237,15 +237,29 @@ class MultiTaskModel(UnevenBatchBuild):
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
         self.loss = loss  # what `compile` was given, as Keras's `Model.loss` holds it
         self._step_metrics = StepMetrics(names)
-        if gradient_method is None:
-            check_gradient_options(None, gradient_options)
-        self._gradient_step = None if gradient_method is None else GradientStep(self, gradient_method, gradient_level, gradient_options)
+        if isinstance(method, methods.LossWeighting):
+            method.configure(self)
+        self.method = method
+        # what compile was given, in the spelling it was given in
+        self._method_config = {"gradient_method": gradient_method, "gradient_level": gradient_level,
+                               "gradient_options": gradient_options} if gradient_method is not None else (
+            None if method is None else {"method": keras.saving.serialize_keras_object(method)})
+        gradient = isinstance(method, methods.GradientMethod)
+        self._gradient_step = GradientStep(self, method) if gradient else None
         state = None if self._gradient_step is None else self._gradient_step.state
         if state is not None or getattr(self, "gradient_state", None) is not None:
             self.gradient_state = state  # a layer of the model, so its variables are saved with it
-        self._gradient_config = gradient_method and {
-            "gradient_method": gradient_method, "gradient_level": gradient_level, "gradient_options": gradient_options,
-        }
+
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with the callback of an epoch-level loss weighting (DST, DWA:
+        `kerasmtl.callbacks.DynamicTaskWeights`) first in ``callbacks`` unless they hold one."""
+        from kerasmtl.callbacks.task_weights import DynamicTaskWeights
+
+        callbacks = list(callbacks or [])
+        method = getattr(self, "method", None)
+        if isinstance(method, methods.LossWeighting) and not any(isinstance(c, DynamicTaskWeights) for c in callbacks):
+            callbacks.insert(0, method.callback(self, y))
+        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------------ step
     @property
@@ -332,7 +346,7 @@ class MultiTaskModel(UnevenBatchBuild):
         if config:
             config.pop("loss_weights", None)  # they live in self.task_weighting's variables
             config["loss"] = keras.saving.serialize_keras_object(self._loss)
-            config.update(getattr(self, "_gradient_config", None) or {})
+            config.update(getattr(self, "_method_config", None) or {})
         return config
 
     def compile_from_config(self, config):

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from kerasmtl.aggregation import linear, loss_level, solvers, surgery
+from kerasmtl.aggregation import loss_level
 
 
 def _is_number(value) -> bool:
@@ -69,14 +69,20 @@ OPTION_TYPES = {
     "warmup_steps": ("an int", _is_int),
 }
 
-_FUNCTIONS = {
-    "mean": linear.mean, "sum": linear.sum_, "random": linear.random, "imtl_g": linear.imtl_g,
-    "aligned_mtl": linear.aligned_mtl, "config": linear.config,
-    "mgda": solvers.mgda, "cagrad": solvers.cagrad, "upgrad": solvers.upgrad, "dualproj": solvers.dualproj,
-    "nash_mtl": solvers.nash_mtl, "fairgrad": solvers.fairgrad,
-    "pcgrad": surgery.pcgrad, "gradvac": surgery.gradvac, "graddrop": surgery.graddrop,
-    "gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, "db_mtl": loss_level.db_mtl,
-}
+_LOSS_LEVEL = {"gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, "db_mtl": loss_level.db_mtl}
+
+
+def _function(method: str):
+    """The function whose keyword-only parameters are ``method``'s options: an aggregator
+    of `kerasmtl.aggregation` (any of its `METHODS`) or a loss-level method."""
+    from kerasmtl import aggregation
+
+    if method in _LOSS_LEVEL:
+        return _LOSS_LEVEL[method]
+    if method not in aggregation.METHODS:
+        raise ValueError(f"Unknown gradient method. Known: {', '.join(aggregation.METHODS + tuple(_LOSS_LEVEL))}. "
+                         f"Received: {method!r}")
+    return aggregation._method(method)
 
 
 def method_options(method: str) -> dict[str, object]:
@@ -85,9 +91,7 @@ def method_options(method: str) -> dict[str, object]:
     Raises:
         ValueError: an unknown method.
     """
-    if method not in _FUNCTIONS:
-        raise ValueError(f"Unknown gradient method. Known: {', '.join(_FUNCTIONS)}. Received: {method!r}")
-    parameters = inspect.signature(_FUNCTIONS[method]).parameters.values()
+    parameters = inspect.signature(_function(method)).parameters.values()
     return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "step"}
 
 
@@ -122,8 +126,8 @@ def check_gradient_options(method: str | None, options) -> dict:
     if unknown:
         raise TypeError(f"{method} has the options {list(known) or 'none'}. Received: {', '.join(unknown)}")
     for key, value in options.items():
-        if value is None and known[key] is None:
-            continue
+        if (value is None and known[key] is None) or key not in OPTION_TYPES:
+            continue  # an option whose type is not declared here is checked by its method
         wanted, check = OPTION_TYPES[key]
         if not check(value):
             raise TypeError(f"{method}'s option {key} must be {wanted}. "

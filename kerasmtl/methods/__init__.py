@@ -1,0 +1,121 @@
+"""Multi-task methods: one hierarchy for the loss weightings and the gradient methods.
+
+``model.compile(method=UPGrad())``, ``method="upgrad"`` or ``method=DWA(temperature=2)``:
+`get` turns a name into the method with its default options, and a method object is used
+as it is. See `kerasmtl.methods.base` for the traits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kerasmtl import aggregation
+from kerasmtl.methods.aggregators import (
+    ALIASES,
+    IMTLG,
+    MGDA,
+    NAMED,
+    RLW,
+    Aggregator,
+    AlignedMTL,
+    CAGrad,
+    ConFIG,
+    DualProj,
+    FairGrad,
+    GradDrop,
+    GradVac,
+    Mean,
+    NashMTL,
+    PCGrad,
+    Random,
+    Sum,
+    UPGrad,
+)
+from kerasmtl.methods.base import LEVELS, GradientMethod, Method
+from kerasmtl.methods.loss_level import DBMTL, FAMO, GradNorm
+from kerasmtl.methods.weightings import DST, DWA, LossWeighting, Static, Uncertainty
+
+#: The loss weightings by name.
+WEIGHTINGS = {cls.name: cls for cls in (Static, DST, DWA, Uncertainty)}
+#: The loss-level gradient methods by name.
+LOSS_LEVEL = {cls.name: cls for cls in (GradNorm, FAMO, DBMTL)}
+
+
+def gradient_method_names() -> tuple[str, ...]:
+    """Every gradient method's name: the aggregators (any name of
+    `kerasmtl.aggregation.METHODS`), the loss-level methods and the aliases."""
+    return aggregation.METHODS + tuple(LOSS_LEVEL) + tuple(ALIASES)
+
+
+def names() -> tuple[str, ...]:
+    """Every method's name: the loss weightings, then the gradient methods."""
+    return tuple(WEIGHTINGS) + gradient_method_names()
+
+
+def get(identifier, level: str | None = None, options: Mapping | None = None, argument: str = "method") -> Method:
+    """The method ``identifier`` names (or ``identifier`` itself, a `Method`).
+
+    Args:
+        identifier: a `Method`, or one of `names`.
+        level: a gradient method's level (None: ``"features"``, DB-MTL's ``"parameters"``).
+        options: a gradient method's options.
+        argument: the argument's name in error messages.
+
+    Raises:
+        ValueError: an unknown name or level. TypeError: not a name or a method, or an
+            option the method does not have.
+    """
+    if isinstance(identifier, Method):
+        if level is not None or options:
+            raise ValueError(f"A {type(identifier).__name__} object carries its level and options. "
+                             f"Received: level={level!r}, options={options!r}")
+        return identifier
+    if not isinstance(identifier, str):
+        raise TypeError(f"{argument} must be a kerasmtl.methods.Method or a method name. Received: {identifier!r}")
+    if identifier in WEIGHTINGS:
+        if options:
+            raise ValueError(f"The loss weighting {identifier} takes its options as an object, e.g. DWA(temperature=2). "
+                             f"Received: options={dict(options)!r}")
+        return WEIGHTINGS[identifier]()
+    known = names() if argument == "method" else gradient_method_names()
+    if identifier not in known:
+        raise ValueError(f"{argument} must be one of {known}. Received: {argument}={identifier!r}")
+    keyword = {} if level is None else {"level": level}
+    if identifier in LOSS_LEVEL:
+        return LOSS_LEVEL[identifier](**keyword, **dict(options or {}))
+    return Aggregator(identifier, **keyword, **dict(options or {}))
+
+
+def from_compile_arguments(method, gradient_method, gradient_level, gradient_options) -> Method | None:
+    """The method of ``compile(method=...)``, or of its older spelling
+    ``compile(gradient_method=..., gradient_level=..., gradient_options=...)``.
+
+    Raises:
+        ValueError: both spellings, a bad level, options without a method.
+    """
+    from kerasmtl.aggregation.options import check_gradient_options
+
+    if gradient_method is None:
+        if method is None:
+            check_gradient_options(None, gradient_options)
+            return None
+        if gradient_options:
+            raise ValueError("gradient_options go with gradient_method; a method takes its options itself, e.g. "
+                             f"UPGrad(pref_vector=...). Received: gradient_options={dict(gradient_options)!r}")
+        return get(method)
+    if method is not None:
+        raise ValueError(f"Give method or its older spelling gradient_method, not both. Received: method={method!r}, "
+                         f"gradient_method={gradient_method!r}")
+    if gradient_options is not None and not isinstance(gradient_options, Mapping):
+        check_gradient_options(None, gradient_options)  # raises: not a mapping
+    if gradient_level not in LEVELS:
+        raise ValueError(f"gradient_level must be one of {LEVELS}. Received: gradient_level={gradient_level!r}")
+    return get(gradient_method, gradient_level, gradient_options, argument="gradient_method")
+
+
+__all__ = [
+    "DBMTL", "DST", "DWA", "FAMO", "IMTLG", "LEVELS", "MGDA", "NAMED", "RLW", "AlignedMTL", "Aggregator", "CAGrad",
+    "ConFIG", "DualProj", "FairGrad", "GradDrop", "GradNorm", "GradVac", "GradientMethod", "LossWeighting", "Mean",
+    "Method", "NashMTL", "PCGrad", "Random", "Static", "Sum", "UPGrad", "Uncertainty", "from_compile_arguments",
+    "get", "gradient_method_names", "names",
+]

@@ -1,0 +1,115 @@
+"""The gradient aggregators as methods: `Aggregator` runs any name of
+`kerasmtl.aggregation.METHODS` through the pure functions ``aggregation.weights`` (methods
+defined through the Gramian) and ``aggregation.aggregate`` (the others), and its traits
+come from the aggregation package's own tables, so a method added there is a method here.
+
+The named classes (``UPGrad()``, ``PCGrad(seed=1)``, ``CAGrad(c=0.4)``) read as torchjd's
+``UPGrad()``; ``Aggregator("upgrad")`` is the same method.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kerasmtl import aggregation
+from kerasmtl.aggregation.options import check_gradient_options
+from kerasmtl.methods.base import GradientMethod, combination
+
+#: Other names of aggregators: ``rlw`` (random loss weighting) is ``random``.
+ALIASES = {"rlw": "random"}
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class Aggregator(GradientMethod):
+    """A gradient aggregator of `kerasmtl.aggregation` by name.
+
+    Args:
+        name: one of `kerasmtl.aggregation.METHODS`, or an alias of `ALIASES`.
+        level: ``"features"`` or ``"parameters"``.
+        **options: the method's options, named as in torchjd (``pref_vector``, ``c``, ...);
+            ``seed`` (default 0) for the random methods: each step draws from ``(seed,
+            step)``, the same draw on every replica.
+
+    Raises:
+        ValueError: an unknown name or level. TypeError: an option the method does not
+            have, or a value of the wrong type.
+    """
+
+    def __init__(self, name: str, level: str = "features", **options):
+        kind = ALIASES.get(name, name)
+        if kind not in aggregation.METHODS:
+            raise ValueError(f"Unknown aggregator. Known: {', '.join(aggregation.METHODS + tuple(ALIASES))}. "
+                             f"Received: name={name!r}")
+        self.name, self._kind = name, kind
+        options = check_gradient_options(kind, options)
+        super().__init__(level, **options)
+        self.seed = self.options.pop("seed", 0) if self.random else None
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TypeError(f"{name}'s seed must be an int. Received: seed={self.seed!r}")
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def needs(self) -> str:
+        return "gramian" if self._kind in aggregation.GRAMIAN_METHODS else "jacobian"
+
+    @property
+    def stateful(self) -> bool:
+        return self._kind in aggregation.STATEFUL
+
+    @property
+    def random(self) -> bool:
+        return self._kind in aggregation.RANDOM
+
+    @property
+    def host(self) -> bool:
+        return self._kind in aggregation.HOST
+
+    def get_config(self) -> dict:
+        seed = {} if self.seed is None else {"seed": self.seed}
+        named = {} if type(self) is not Aggregator else {"name": self.name}
+        return {**named, "level": self.level, **self.options, **seed}
+
+    def initial_state(self, tasks: int, dims: int | None = None) -> dict:
+        return aggregation.initial_state(self._kind, tasks)
+
+    def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
+        options = dict(self.options)
+        if self.random:
+            options["seed"] = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        if self.stateful:
+            options["state"] = state
+        if self.needs == "gramian":
+            result = aggregation.weights(self._kind, gramian, present=present, **options)
+            weights, new_state = result if self.stateful else (result, None)
+            return combination(jacobian, weights), weights, new_state, None
+        result = aggregation.aggregate(self._kind, jacobian, present=present, **options)
+        direction, new_state = result if self.stateful else (result, None)
+        return tf.cast(direction, tf.float32), None, new_state, None
+
+
+def _named(class_name: str, kind: str, doc: str):
+    """A subclass of `Aggregator` fixed to ``kind``, registered under ``class_name``."""
+
+    def __init__(self, level: str = "features", **options):
+        Aggregator.__init__(self, kind, level, **options)
+
+    cls = type(class_name, (Aggregator,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+    return keras.saving.register_keras_serializable(package="kerasmtl")(cls)
+
+
+_DOC = "`Aggregator` ``{!r}``: ``{}(level='features', **options)`` (see `kerasmtl.aggregation`)."
+#: The class name of each aggregator.
+CLASS_NAMES = {
+    "mean": "Mean", "sum": "Sum", "random": "Random", "rlw": "RLW", "pcgrad": "PCGrad", "mgda": "MGDA",
+    "cagrad": "CAGrad", "imtl_g": "IMTLG", "aligned_mtl": "AlignedMTL", "upgrad": "UPGrad", "dualproj": "DualProj",
+    "config": "ConFIG", "nash_mtl": "NashMTL", "gradvac": "GradVac", "fairgrad": "FairGrad", "graddrop": "GradDrop",
+}
+NAMED = {kind: _named(cls, kind, _DOC.format(kind, cls)) for kind, cls in CLASS_NAMES.items()}
+Mean, Sum, Random, RLW, PCGrad, MGDA = (NAMED[k] for k in ("mean", "sum", "random", "rlw", "pcgrad", "mgda"))
+CAGrad, IMTLG, AlignedMTL, UPGrad = (NAMED[k] for k in ("cagrad", "imtl_g", "aligned_mtl", "upgrad"))
+DualProj, ConFIG, NashMTL, GradVac, FairGrad, GradDrop = (
+    NAMED[k] for k in ("dualproj", "config", "nash_mtl", "gradvac", "fairgrad", "graddrop"))

@@ -1,0 +1,181 @@
+"""``compile(method=...)``: the multi-task methods as objects of one hierarchy
+(`kerasmtl.methods`), checked against the older spellings ``compile(gradient_method=...)``
+and ``with_task_weighting`` + ``DynamicTaskWeights``, and in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from test_gradient_training import LR, batch, build
+from test_task_weights import NAMES, TASKS, dense_model, make_data
+
+from kerasmtl import aggregation, methods
+from kerasmtl.callbacks import DynamicTaskWeights
+from kerasmtl.methods import (
+    DBMTL,
+    DST,
+    DWA,
+    FAMO,
+    MGDA,
+    Aggregator,
+    CAGrad,
+    GradDrop,
+    GradNorm,
+    GradVac,
+    PCGrad,
+    Static,
+    Uncertainty,
+    UPGrad,
+)
+from kerasmtl.training import compile_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def weights_after_steps(steps=2, **compile_kwargs):
+    model = build()
+    model.compile(optimizer=keras.optimizers.SGD(LR), **compile_kwargs)
+    for seed in range(1, steps + 1):
+        model.train_on_batch(*batch(seed))
+    return {v.path: v.numpy() for v in model.weights}
+
+
+@pytest.mark.parametrize("method, old", [
+    (UPGrad(), {"gradient_method": "upgrad"}),
+    (UPGrad(level="parameters", pref_vector=[1.0, 2.0, 3.0]),
+     {"gradient_method": "upgrad", "gradient_level": "parameters", "gradient_options": {"pref_vector": [1.0, 2.0, 3.0]}}),
+    ("pcgrad", {"gradient_method": "pcgrad"}),
+    (GradVac(level="parameters", seed=4), {"gradient_method": "gradvac", "gradient_level": "parameters", "gradient_options": {"seed": 4}}),
+    (FAMO(), {"gradient_method": "famo"}),
+])
+def test_a_method_object_steps_as_its_older_spelling(method, old):
+    new = weights_after_steps(method=method)
+    before = weights_after_steps(steps=0)
+    reference = weights_after_steps(**old)
+    assert set(new) == set(reference)
+    for path, value in reference.items():
+        np.testing.assert_array_equal(new[path], value, err_msg=path)
+    assert any(not np.array_equal(new[p], before[p]) for p in before)  # the steps did move the weights
+
+
+def test_traits_are_attributes():
+    assert (UPGrad().needs, GradDrop().needs, FAMO().needs) == ("gramian", "jacobian", "jacobian")
+    assert CAGrad().host and not UPGrad().host
+    assert PCGrad().random and GradDrop().random and not MGDA().random
+    assert GradVac().stateful and GradNorm().stateful and not UPGrad().stateful
+    assert DBMTL().levels == ("parameters",) and DBMTL().level == "parameters" and UPGrad().level == "features"
+    assert Uncertainty().learned and not DWA().learned and DWA().levels == () and DWA().needs == "losses"
+    assert GradNorm().trainable_state == ("logits",) and GradNorm().uses_losses and not UPGrad().uses_losses
+    assert methods.get("rlw").kind == "random" and methods.get("rlw").name == "rlw"
+
+
+def test_every_aggregation_name_is_a_method():
+    for name in aggregation.METHODS:
+        method = methods.get(name)
+        assert isinstance(method, Aggregator) and method.kind == name
+        assert method.needs == ("gramian" if name in aggregation.GRAMIAN_METHODS else "jacobian")
+        assert method.stateful == (name in aggregation.STATEFUL) and method.host == (name in aggregation.HOST)
+    assert set(methods.names()) == set(methods.WEIGHTINGS) | set(aggregation.METHODS) | {"gradnorm", "famo", "db_mtl", "rlw"}
+
+
+@pytest.mark.parametrize("method", [
+    UPGrad(level="parameters", pref_vector=np.array([1.0, 2.0])), CAGrad(c=0.4), PCGrad(seed=3), Aggregator("mgda"),
+    DBMTL(beta=0.5), DWA(temperature=3.0), DST(counts={"a": 1, "b": 2}, seed=2), Static({"a": 2.0}), Uncertainty(),
+])
+def test_a_method_serializes_with_its_options(method):
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(method)))
+    copy = keras.saving.deserialize_keras_object(config)
+    assert type(copy) is type(method) and copy.get_config() == method.get_config()
+
+
+def test_bad_methods_are_named():
+    model = build()
+    with pytest.raises(ValueError, match=r"method must be one of \(.*'static', 'dst', 'dwa', 'uncertainty'.*'upgrad'.*\)\. "
+                                         r"Received: method='nope'"):
+        model.compile(method="nope")
+    with pytest.raises(ValueError, match="not both"):
+        model.compile(method="upgrad", gradient_method="upgrad")
+    with pytest.raises(ValueError, match=r"upgrad supports the levels \('features', 'parameters'\)\. Received: level='heads'"):
+        UPGrad(level="heads")
+    with pytest.raises(TypeError, match=r"upgrad has the options .*Received: c"):
+        UPGrad(c=0.5)
+    with pytest.raises(ValueError, match="does not match the model's assignable loss weights"):
+        model.compile(method="uncertainty")
+    with pytest.raises(ValueError, match="DST needs each task's label count"):
+        weighted = dense_model("dst")
+        weighted.compile(method=DST())
+        weighted.fit(np.zeros((4, 6), "float32"), None, verbose=0)
+
+
+def test_dwa_by_name_trains_as_the_callback_on_a_wrapped_model():
+    x, y = make_data()
+    old = dense_model("dwa")
+    compile_model(old, TASKS, keras.optimizers.SGD(0.1))
+    expected = old.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[DynamicTaskWeights("dwa")]).history
+    new = dense_model("dwa")
+    new.compile(optimizer=keras.optimizers.SGD(0.1), method="dwa")  # fit adds the callback
+    got = new.fit(x, y, batch_size=16, epochs=4, verbose=0).history
+    assert [got[f"loss_weight/{n}"] for n in NAMES] == [expected[f"loss_weight/{n}"] for n in NAMES]
+    assert not np.allclose([got[f"loss_weight/{n}"][3] for n in NAMES], 1.0)
+    for a, b in zip(old.weights, new.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_static_and_dst_objects_set_the_weights_they_are_given():
+    x, y = make_data()
+    model = dense_model("static")
+    model.compile(optimizer="sgd", method=Static({"a": 3.0}))
+    assert model.task_weighting.current() == {"a": 3.0, "b": 1.0, "c": 1.0}
+    model = dense_model("dst")
+    model.compile(optimizer="sgd", method=DST(seed=5))
+    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0).history  # counts from y: 64 labels each
+    callback = DynamicTaskWeights("dst", counts={n: 64 for n in NAMES}, seed=5)
+    callback.set_model(model)
+    callback.on_train_begin()
+    assert [[history[f"loss_weight/{n}"][e] for n in NAMES] for e in range(3)] == [
+        [callback.weights_for_epoch(e)[n] for n in NAMES] for e in range(3)]
+
+
+FRESH = """
+import json, sys
+import keras, numpy as np
+import kerasmtl
+model = keras.saving.load_model(sys.argv[1])
+data = np.load(sys.argv[2])
+x, y = data["x"], {k[2:]: data[k] for k in data.files if k.startswith("y_")}
+state = {k: v.numpy().tolist() for k, v in zip(model.gradient_state.keys, model.gradient_state.slots)}
+model.train_on_batch(x, y)
+np.savez(sys.argv[3], **{v.path: v.numpy() for v in model.trainable_variables})
+print(json.dumps({"method": type(model.method).__name__, "config": model.method.get_config(), "state": state}))
+"""
+
+
+@pytest.mark.slow
+def test_method_state_is_saved_and_continues_in_a_fresh_process(tmp_path):
+    method = GradVac(level="parameters", seed=2)
+    x1, y1 = batch(1)
+    x2, y2 = batch(2)
+    straight = build()
+    straight.compile(optimizer=keras.optimizers.SGD(LR), method=method)
+    straight.train_on_batch(x1, y1)
+    saved_state = {k: v.numpy().tolist() for k, v in zip(straight.gradient_state.keys, straight.gradient_state.slots)}
+    straight.save(tmp_path / "m.keras")
+    straight.train_on_batch(x2, y2)
+    np.savez(tmp_path / "batch.npz", x=x2, **{f"y_{k}": v for k, v in y2.items()})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", FRESH, str(tmp_path / "m.keras"), str(tmp_path / "batch.npz"),
+                             str(tmp_path / "after.npz")], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["method"] == "GradVac" and report["config"] == {"level": "parameters", "seed": 2}
+    assert report["state"] == saved_state and np.any(np.asarray(saved_state["phi_hat"]) != 0)
+    after = np.load(tmp_path / "after.npz")
+    for v in straight.trainable_variables:
+        np.testing.assert_allclose(after[v.path], v.numpy(), atol=1e-6, err_msg=v.path)
