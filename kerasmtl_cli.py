@@ -326,7 +326,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model flags: a preset (``--model``) or the builder's tower and heads."""
     group = parser.add_argument_group("model")
     _flag(group, "model", help="a preset of kerasmtl.ports (e.g. resnet18_landmarks); replaces --base/--head/--neck/--width")
-    _flag(group, "base", help="base tower of the builder (default bottleneck; see kerasmtl.towers.list_towers())")
+    _flag(group, "base", help="base tower of the builder: any keras.applications model by name (e.g. EfficientNetV2B0) "
+          "or a kerasmtl tower (default bottleneck; `kerasmtl list-backbones` lists them)")
     _flag(group, "head", choices=HEADS, help="head tower per task (default conv)")
     _flag(group, "weights", help="base tower weights ('imagenet' or a file), or a preset's whole-model weights")
     _flag(group, "backbone-weights", help="a torchvision ImageNet checkpoint (.pth) for a preset's tower")
@@ -842,8 +843,27 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
     return run_with_exit_codes(run_method_comparison, config, methods)
 
 
+def list_backbones(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``kerasmtl list-backbones``: the base towers --base takes, with their parameter counts."""
+    parser = CommandParser(prog=prog, description=(
+        "List the base towers --base takes (every keras.applications model by its function name, in any case, "
+        "and kerasmtl's own) with their parameter counts without a top, smallest input size, preprocessing and "
+        "number of stages (--freeze-stages)."))
+    parser.add_argument("patterns", nargs="*", metavar="PATTERN", help="shell-style name patterns, e.g. 'efficientnet*' (default: all)")
+    parser.add_argument("--parameters", action=argparse.BooleanOptionalAction, default=True,
+                        help="build each tower to count its parameters (default on; seconds per large tower)")
+    args = parser.parse_args(argv)
+    _environment()
+    from kerasmtl.towers.listing import format_rows, matching_towers, tower_rows
+
+    if not matching_towers(args.patterns):
+        parser.error(f"no base tower matches {' '.join(args.patterns)}; `kerasmtl list-backbones` lists them all")
+    print(format_rows(tower_rows(args.patterns, parameters=args.parameters)))
+    return 0
+
+
 COMMANDS = {"train": train, "lr-find": lr_find, "evaluate": evaluate, "predict": predict, "export": export,
-            "compare-methods": compare_methods}
+            "compare-methods": compare_methods, "list-backbones": list_backbones}
 
 
 def _summary(command) -> str:

@@ -35,7 +35,9 @@ class ModelBuilder:
 
     Args:
         tasks: the tasks, one head each (names must be unique).
-        base: a registered tower name (see `kerasmtl.towers.list_towers()`).
+        base: a registered tower name, in any case (see `kerasmtl.towers.list_towers()`):
+            every `keras.applications` model by its function name, the custom towers
+            and the torchvision-layout ResNets.
         input_shape: ``(height, width, channels)``, channels 1 or 3.
         weights: tower weights: None, ``"imagenet"`` or a file path.
         head: ``"dense"`` or ``"conv"`` for every task, or a mapping task name -> kind
@@ -160,16 +162,8 @@ class ModelBuilder:
         return MultiTaskModel(inputs, outputs, name=self.name, tasks=self.tasks, task_weighting=weighting)
 
     def _freeze(self, tower: keras.Model) -> None:
-        frozen = set()
-        if self.freeze_layers:
-            frozen.update(layer.name for layer in tower.layers[: self.freeze_layers])
-        if self.freeze_stages:
-            prefixes = self.spec.stages[: self.freeze_stages]
-            frozen.update(
-                layer.name
-                for layer in tower.layers
-                if any(layer.name == p or layer.name.startswith(p + "_") for p in prefixes)
-            )
+        frozen = set(self.spec.stage_layers(tower, self.freeze_stages)) if self.freeze_stages else set()
+        frozen.update(layer.name for layer in tower.layers[: self.freeze_layers])
         for layer in tower.layers:
             if layer.name in frozen:
                 layer.trainable = False

@@ -10,7 +10,7 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
-PREPROCESSING_MODES = ("unit", "caffe", "torch", "none")
+PREPROCESSING_MODES = ("unit", "caffe", "torch", "tf", "none")
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
@@ -24,6 +24,8 @@ class ImagePreprocessing(keras.layers.Layer):
       (keras.applications ResNet50 / VGG16, same as their ``preprocess_input``).
     - ``"torch"``: divide by 255, subtract the ImageNet mean and divide by its std
       (torchvision models; for one channel the first channel's statistics are used).
+    - ``"tf"``: scale to [-1, 1] (keras.applications MobileNet, MobileNetV2, ResNetV2,
+      Inception, Xception, NASNet).
     - ``"none"``: only cast to float32.
 
     Args:
@@ -66,6 +68,8 @@ class ImagePreprocessing(keras.layers.Layer):
             mean = ops.convert_to_tensor(mean, dtype="float32")
             std = ops.convert_to_tensor(std, dtype="float32")
             return (x - mean) / std
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
         return x
 
     def compute_output_shape(self, input_shape):

@@ -43,7 +43,7 @@ from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.resume import ResumableRun, TrainingInterrupted, config_fingerprint, data_digest
 from kerasmtl.runs import RunFolder, RunFolderError
 from kerasmtl.tasks import Task
-from kerasmtl.towers import get_tower_spec, list_towers
+from kerasmtl.towers import get_tower_spec, is_tower, list_towers
 from kerasmtl.training import make_optimizer
 
 BUILDER_DEFAULTS = {"image_size": 64, "epochs": 7, "lr": 2e-3, "optimizer": "adam", "lr_schedule": "cosine"}
@@ -97,7 +97,7 @@ def resolve_recipe(config, spec=None) -> Recipe:
     Raises:
         ValueError: a registry name (tower, pipeline) that does not exist.
     """
-    if spec is None and config.base not in list_towers():
+    if spec is None and not is_tower(config.base):
         raise ValueError(f"--base must be one of {list_towers()}. Received: {config.base!r}")
     pipeline = config.augment_pipeline or ("celeba_resize_crop" if spec is not None else "default")
     if pipeline not in list_pipelines():

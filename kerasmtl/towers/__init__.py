@@ -1,5 +1,8 @@
 """Base towers ("backbones"): a registry of functions that build image -> feature map.
 
+Every `keras.applications` model is registered under its function name
+(`kerasmtl.towers.applications`), besides the custom and torchvision-layout towers.
+
 A tower is a functional `keras.Model` whose input is a batch of preprocessed float
 images ``(H, W, C)`` and whose output is a 4-D feature map. Its pixel preprocessing is
 declared in its `TowerSpec` and applied by `ModelBuilder`, so exported models take raw
@@ -12,6 +15,14 @@ Register a new tower with::
 """
 
 from kerasmtl.towers import applications, custom, resnet  # noqa: F401 - they register the built-in towers
-from kerasmtl.towers.registry import TowerSpec, create_tower, get_tower_spec, list_towers, register_tower
+from kerasmtl.towers.registry import (
+    STRIDE_STAGES,
+    TowerSpec,
+    create_tower,
+    get_tower_spec,
+    is_tower,
+    list_towers,
+    register_tower,
+)
 
-__all__ = ["TowerSpec", "register_tower", "create_tower", "get_tower_spec", "list_towers"]
+__all__ = ["STRIDE_STAGES", "TowerSpec", "register_tower", "create_tower", "get_tower_spec", "is_tower", "list_towers"]

@@ -1,11 +1,19 @@
-"""The tower registry: `register_tower` records a builder, `create_tower` calls it."""
+"""The tower registry: `register_tower` records a builder, `create_tower` calls it.
+
+Names are looked up without regard to case (``efficientnetv2b0`` is ``EfficientNetV2B0``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import keras
+
+#: Stages of a tower split at its output strides (`TowerSpec.stage_layers`).
+STRIDE_STAGES = ("stride2", "stride4", "stride8", "stride16", "stride32")
+_GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,7 +25,8 @@ class TowerSpec:
         build: ``build(input_shape, weights=None, **kwargs) -> keras.Model``.
         preprocessing: `kerasmtl.layers.ImagePreprocessing` mode the tower expects.
         stages: layer-name prefixes of the tower's stages, input side first, used by
-            ``ModelBuilder(freeze_stages=N)``.
+            ``ModelBuilder(freeze_stages=N)``; or `STRIDE_STAGES`, which split the
+            tower where its feature map first falls below 1/2, 1/4 ... of the input.
         rgb_weights: True if pretrained weights need 3 input channels (grayscale input
             is then repeated to 3 channels).
         min_size: smallest input height / width the tower accepts.
@@ -30,8 +39,41 @@ class TowerSpec:
     rgb_weights: bool = False
     min_size: int = 32
 
+    def stage_layers(self, tower: keras.Model, count: int) -> list[str]:
+        """The names of the layers of ``tower``'s first ``count`` stages.
+
+        With name prefixes a layer belongs to a stage when its name is the prefix or starts
+        with it and ``_``. With `STRIDE_STAGES` the first ``count`` stages are every layer
+        (in the graph's order) before the first one that takes the feature map below
+        ``1 / 2**count`` of the input: the layers that run at output stride ``2**count`` or
+        finer. Global poolings (squeeze-and-excitation) do not count as down-sampling.
+        """
+        if self.stages != STRIDE_STAGES:
+            prefixes = self.stages[:count]
+            return [
+                layer.name for layer in tower.layers if any(layer.name == p or layer.name.startswith(p + "_") for p in prefixes)
+            ]
+        height = tower.input_shape[1]
+        names = []
+        for layer in tower.layers:
+            reduced = None if isinstance(layer, _GLOBAL_POOLING) else _reduces_to(layer)
+            if reduced is not None and round(math.log2(height / reduced)) > count:
+                break
+            names.append(layer.name)
+        return names
+
+
+def _reduces_to(layer) -> int | None:
+    """The output height of a layer that shrinks its one 4-D input by 1.5x or more; else None."""
+    inputs = layer.input
+    if isinstance(inputs, (list, tuple)) or len(inputs.shape) != 4 or len(layer.output.shape) != 4:
+        return None
+    before, after = inputs.shape[1], layer.output.shape[1]
+    return after if before and after and before >= 1.5 * after else None
+
 
 _REGISTRY: dict[str, TowerSpec] = {}
+_BY_LOWER: dict[str, str] = {}
 
 
 def register_tower(name, preprocessing="unit", stages=(), rgb_weights=False, min_size=32):
@@ -49,8 +91,9 @@ def register_tower(name, preprocessing="unit", stages=(), rgb_weights=False, min
     """
 
     def decorator(function):
-        if name in _REGISTRY:
-            raise ValueError(f"A tower named {name!r} is already registered.")
+        if name.lower() in _BY_LOWER:
+            raise ValueError(f"A tower named {_BY_LOWER[name.lower()]!r} is already registered. Received: {name!r}")
+        _BY_LOWER[name.lower()] = name
         _REGISTRY[name] = TowerSpec(
             name=name,
             build=function,
@@ -70,14 +113,19 @@ def list_towers() -> list[str]:
 
 
 def get_tower_spec(name: str) -> TowerSpec:
-    """Returns the `TowerSpec` registered under ``name``.
+    """Returns the `TowerSpec` registered under ``name`` (in any case).
 
     Raises:
         ValueError: for an unknown name, listing the known ones.
     """
-    if name not in _REGISTRY:
+    if str(name).lower() not in _BY_LOWER:
         raise ValueError(f"Unknown base tower. Expected one of {sorted(_REGISTRY)}. Received: base={name!r}")
-    return _REGISTRY[name]
+    return _REGISTRY[_BY_LOWER[str(name).lower()]]
+
+
+def is_tower(name: str) -> bool:
+    """Whether ``name`` (in any case) names a registered tower."""
+    return str(name).lower() in _BY_LOWER
 
 
 def create_tower(name: str, input_shape, weights=None, **kwargs) -> keras.Model:
@@ -105,4 +153,4 @@ def create_tower(name: str, input_shape, weights=None, **kwargs) -> keras.Model:
     return spec.build(tuple(input_shape), weights=weights, **kwargs)
 
 
-__all__ = ["TowerSpec", "create_tower", "get_tower_spec", "list_towers", "register_tower"]
+__all__ = ["STRIDE_STAGES", "TowerSpec", "create_tower", "get_tower_spec", "is_tower", "list_towers", "register_tower"]
