@@ -66,6 +66,7 @@ LOSSES = _choices.LOSSES
 CALIBRATIONS = _choices.CALIBRATIONS
 GRADIENT_METHODS = _choices.GRADIENT_METHODS
 GRADIENT_LEVELS = _choices.GRADIENT_LEVELS
+METHODS = _choices.METHODS
 LR_SWEEP_MODES = _choices.LR_SWEEP_MODES
 LR_SUGGESTION_RULES = _choices.LR_SUGGESTION_RULES
 LAYOUTS = _data.LAYOUTS
@@ -113,6 +114,7 @@ class TrainConfig(_data.DataSettings):
     optimizer: str | None = None
     lr_find: bool = False
     one_cycle: bool = False
+    method: str | None = None
     task_weighting: str | None = None
     static_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     dst_count: str | None = None
@@ -348,12 +350,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "one-cycle", boolean=True, help="one-cycle policy peaking at --lr, with momentum cycling")
     _flag(group, "early-stopping", type=_int_at_least(1), help="stop after N epochs without a better val_loss (default: none, or the preset's)")
     group = parser.add_argument_group("task balancing")
-    _flag(group, "task-weighting", choices=WEIGHTINGS, help="per-output loss weights (default static, or the preset's)")
+    _flag(group, "method", choices=METHODS, help="the multi-task method: a loss weighting (default static, or the "
+          "preset's) or a gradient method that combines the task gradients instead of summing the losses")
+    _flag(group, "task-weighting", choices=WEIGHTINGS, help="older name of --method for a loss weighting")
     _flag(group, "static-weights", nargs="+", metavar="TASK=WEIGHT", action=TaskWeightsAction,
           help="fixed loss weights for --task-weighting static, e.g. gender=50 age=100")
     _flag(group, "dst-count", choices=DST_COUNTS, help="what DST counts per output: labelled instances or positives")
-    _flag(group, "gradient-method", choices=GRADIENT_METHODS,
-          help="combine the task gradients with this method (e.g. upgrad, mgda, pcgrad) instead of summing the losses")
+    _flag(group, "gradient-method", choices=GRADIENT_METHODS, help="older name of --method for a gradient method")
     _flag(group, "gradient-level", choices=GRADIENT_LEVELS,
           help="--gradient-method at the shared features (default; one backward pass through the tower) or parameters")
     group = parser.add_argument_group("losses")
@@ -560,6 +563,10 @@ def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = N
     values.update({k: v for k, v in args.items() if v is not None})
     config = TrainConfig(**{k: v for k, v in values.items() if k in fields})
     extra = {k: v for k, v in values.items() if k not in fields}
+    try:
+        _choices.split_method(config.method, config.task_weighting, config.gradient_method)
+    except ValueError as error:
+        parser.error(str(error))
     problem = batch_memory_problem(config)
     if problem:
         parser.error(problem)
@@ -810,8 +817,6 @@ def compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     return run_with_exit_codes(run_comparison, config)
 
 
-#: The methods ``compare-methods`` takes: a loss weighting or a gradient method.
-COMPARISON_METHODS = WEIGHTINGS + GRADIENT_METHODS
 DEFAULT_COMPARISON_METHODS = ("static", "dwa", "uncertainty", "pcgrad", "mgda", "upgrad")
 
 
@@ -822,7 +827,7 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
         "on the same split, and write comparison.csv / .md / .png: each task's test metric (accuracy, or MAE for "
         "regression) and the multi-task gain Δm against the single-task runs. Rerunning it reuses finished runs.", prog)
     group = parser.add_argument_group("comparison")
-    group.add_argument("--methods", nargs="+", choices=COMPARISON_METHODS, metavar="METHOD",
+    group.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
                        help=f"loss weightings {list(WEIGHTINGS)} or gradient methods {list(GRADIENT_METHODS)} "
                        f"(default: {' '.join(DEFAULT_COMPARISON_METHODS)}); --static-weights apply to static and "
                        "the gradient methods")
@@ -831,9 +836,10 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
     repeated = sorted({m for m in methods if methods.count(m) > 1})
     if repeated:
         parser.error(f"--methods names each method once. Received: {repeated} more than once")
-    if config.task_weighting or config.gradient_method:
-        parser.error("--methods sets each run's --task-weighting or --gradient-method; leave those flags out. "
-                     f"Received: task_weighting={config.task_weighting!r}, gradient_method={config.gradient_method!r}")
+    if config.method or config.task_weighting or config.gradient_method:
+        parser.error("--methods sets each run's --method; leave those flags out (--method, --task-weighting, --gradient-method). "
+                     f"Received: method={config.method!r}, task_weighting={config.task_weighting!r}, "
+                     f"gradient_method={config.gradient_method!r}")
     if config.model:
         parser.error(f"compare-methods trains builder models (--base); a --model preset has fixed tasks. Received: --model {config.model}")
     _environment(config.deterministic)

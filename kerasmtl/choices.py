@@ -45,3 +45,27 @@ LR_SUGGESTION_RULES = ("valley", "steep", "minimum")
 GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
                     "config", "nash_mtl", "gradvac", "fairgrad", "graddrop", "gradnorm", "famo", "db_mtl", "rlw")
 GRADIENT_LEVELS = ("features", "parameters")
+#: Multi-task methods (`kerasmtl.methods.names`, ``--method``): the loss weightings, then the
+#: gradient methods.
+METHODS = WEIGHTINGS + GRADIENT_METHODS
+
+
+def split_method(method, task_weighting, gradient_method):
+    """``(task weighting, gradient method)`` of ``--method`` and its older names
+    ``--task-weighting`` and ``--gradient-method`` (None: not given).
+
+    The older names may be given together (a loss weighting and a gradient method in one
+    run); ``--method`` names one method, and either older name may only repeat it.
+
+    Raises:
+        ValueError: ``--method`` with an older name that says something else.
+    """
+    if method is None:
+        return task_weighting, gradient_method
+    weighting = method in WEIGHTINGS
+    same, other = (task_weighting, gradient_method) if weighting else (gradient_method, task_weighting)
+    if same not in (None, method) or other is not None:
+        raise ValueError("--method names the run's one multi-task method; --task-weighting and --gradient-method are "
+                         f"its older names. Received: --method {method}, --task-weighting {task_weighting}, "
+                         f"--gradient-method {gradient_method}")
+    return (method, None) if weighting else (None, method)

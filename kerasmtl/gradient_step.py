@@ -57,7 +57,6 @@ import tensorflow as tf
 
 from kerasmtl import choices, methods
 from kerasmtl.aggregation._core import F64, gramian
-from kerasmtl.graph import layer_output, shared_representation
 from kerasmtl.losses import _global_present, presence_mask
 
 #: The values of ``compile(gradient_level=...)``.
@@ -112,22 +111,6 @@ class GradientState(keras.layers.Layer):
         return {**super().get_config(), "method": self.method, "tasks": self.tasks, "dims": self.dims}
 
 
-def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
-    """``(forward, trunk)``: ``model``'s graph returning ``(outputs, shared representation)``,
-    and its graph up to the shared representation (whose variables are the tower's).
-
-    The representation is the last tensor that every output depends on (see
-    `kerasmtl.graph.shared_representation`); both models run ``model``'s own layers.
-
-    Raises:
-        ValueError: no such tensor (outputs that share no layer, a single output, or
-            heads that also read an earlier tensor of the tower).
-    """
-    features = layer_output(model, shared_representation(model))
-    forward = keras.Model(model.inputs, (model.output, features), name=f"{model.name}_forward")
-    return forward, keras.Model(model.inputs, features, name=f"{model.name}_trunk")
-
-
 def _gradient(tape, target, sources, **kwargs):
     """``tape.gradient`` with zeros for unconnected sources (Keras variables' string dtypes
     defeat TensorFlow's own ``UnconnectedGradients.ZERO``)."""
@@ -162,7 +145,7 @@ class GradientStep:
         self.options, self.seed = method.options, getattr(method, "seed", None)
         self.kinds = {t.name: t.kind for t in model.tasks}
         try:
-            self.forward, trunk = split_at_features(model)
+            self.forward, trunk = model.split_at_features()
             self.shared = trunk.trainable_variables
         except ValueError:
             if self.level == "features":

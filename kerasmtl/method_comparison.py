@@ -24,10 +24,10 @@ import pandas as pd
 
 from kerasmtl import atomic, runs
 from kerasmtl.data.settings import SPLITS
+from kerasmtl.methods import WEIGHTINGS, names
 from kerasmtl.plots import BAD, DPI, GOOD, NEUTRAL  # also selects matplotlib's headless backend
 from kerasmtl.runs import RunFolder
 from kerasmtl.tasks import Task
-from kerasmtl.weighting import STRATEGIES
 from kerasmtl.workflow import check_dataset, default_run_dir, load_dataset, resolve_recipe, run_training, split_dataset
 
 #: The row of the single-task baselines in the table.
@@ -192,20 +192,18 @@ def check_methods(methods: Sequence[str], config) -> list[str]:
     Raises:
         ValueError: naming the rule and the value received.
     """
-    from kerasmtl.aggregation import METHODS
-
     methods = list(methods)
     if not methods:
         raise ValueError("--methods needs at least one method. Received: none")
-    unknown = [m for m in methods if m not in STRATEGIES and m not in METHODS]
+    unknown = [m for m in methods if m not in names()]
     if unknown:
-        raise ValueError(f"--methods takes loss weightings {list(STRATEGIES)} or gradient methods {list(METHODS)}. Received: {unknown}")
+        raise ValueError(f"--methods takes the multi-task methods {list(names())}. Received: {unknown}")
     repeated = sorted({m for m in methods if methods.count(m) > 1})
     if repeated:
         raise ValueError(f"--methods names each method once. Received: {repeated} more than once")
-    if config.task_weighting or config.gradient_method:
-        raise ValueError("--methods sets each run's task weighting or gradient method; leave out --task-weighting and "
-                         f"--gradient-method. Received: task_weighting={config.task_weighting!r}, "
+    if config.method or config.task_weighting or config.gradient_method:
+        raise ValueError("--methods sets each run's method; leave out --method, --task-weighting and --gradient-method. "
+                         f"Received: method={config.method!r}, task_weighting={config.task_weighting!r}, "
                          f"gradient_method={config.gradient_method!r}")
     if config.model:
         raise ValueError("the comparison trains builder models (--base): a --model preset has fixed tasks and "
@@ -216,7 +214,7 @@ def check_methods(methods: Sequence[str], config) -> list[str]:
 def method_config(config, method: str, out: Path):
     """The config of one method's run: ``method`` as the loss weighting or the gradient
     method (with static loss weights, which ``--static-weights`` sets)."""
-    if method in STRATEGIES:
+    if method in WEIGHTINGS:
         weights = config.static_weights if method == "static" else {}
         return dataclasses.replace(config, task_weighting=method, gradient_method=None, static_weights=weights, out=str(out))
     return dataclasses.replace(config, task_weighting=None, gradient_method=method, out=str(out))

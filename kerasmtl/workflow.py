@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from kerasmtl import distribute, runs
+from kerasmtl import choices, distribute, methods, runs
 from kerasmtl.atomic import DiskFullError
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
@@ -59,6 +59,8 @@ class Recipe:
     optimizer: str
     lr_schedule: str
     task_weighting: str
+    gradient_method: str | None
+    method: str
     dst_count: str
     early_stopping: int | None
     augment_pipeline: str
@@ -112,7 +114,8 @@ def resolve_recipe(config, spec=None) -> Recipe:
         defaults, weighting, patience, loss_weights = BUILDER_DEFAULTS, "static", None, {}
     if config.image_size is not None:
         height = width = config.image_size
-    weighting = config.task_weighting or weighting
+    given, gradient = choices.split_method(config.method, config.task_weighting, config.gradient_method)
+    weighting = given or weighting
     if config.static_weights and weighting != "static":
         raise ValueError(f"--static-weights applies to --task-weighting static. Received: task_weighting={weighting!r}")
     return Recipe(
@@ -122,12 +125,22 @@ def resolve_recipe(config, spec=None) -> Recipe:
         optimizer=config.optimizer or defaults["optimizer"],
         lr_schedule=config.lr_schedule or defaults["lr_schedule"],
         task_weighting=weighting,
+        gradient_method=gradient,
+        method=gradient or weighting,
         dst_count=config.dst_count or ("positives" if spec is not None else "labelled"),
         early_stopping=config.early_stopping if config.early_stopping is not None else patience,
         augment_pipeline=pipeline,
         loss_weights=dict(config.static_weights) or loss_weights,
         verbose=config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2),
     )
+
+
+def run_fingerprint(config) -> dict:
+    """The run's identity (`config_fingerprint`), with ``--method`` counted as the older
+    name it stands for: a run continues whichever spelling resumes it."""
+    weighting, gradient = choices.split_method(config.method, config.task_weighting, config.gradient_method)
+    folded = dataclasses.replace(config, task_weighting=weighting, gradient_method=gradient)
+    return {k: v for k, v in config_fingerprint(folded).items() if k != "method"}
 
 
 def default_run_dir(config) -> Path:
@@ -426,7 +439,7 @@ def run_training(config, subsets: Mapping[str, str] | None = None) -> RunFolder:
 
 def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None) -> RunFolder:
     """The body of `run_training`, with the run folder open and locked."""
-    session = ResumableRun(run, config_fingerprint(config), epochs=recipe.epochs)
+    session = ResumableRun(run, run_fingerprint(config), epochs=recipe.epochs)
     data = prepare_data(config, recipe, list(spec.tasks) if spec is not None else None, standardize=spec is None,
                         subsets=subsets)
     session.check_data(data_digest(data.train["path"], data.val["path"], data.test["path"]))
@@ -444,7 +457,7 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None)
         lr = session.saved_extra.get("lr")
         recipe = dataclasses.replace(recipe, lr=lr if lr is not None else find_learning_rate(recipe, data, model, run).suggest())
     model.compile(optimizer=make_optimizer(recipe.optimizer, learning_rate(recipe, config.one_cycle, len(data.train_data))),
-                  gradient_method=config.gradient_method, gradient_level=config.gradient_level)
+                  method=recipe.gradient_method and methods.get(recipe.gradient_method, config.gradient_level))
     callbacks = build_callbacks(config, recipe, run, session, data, model)
     initial_epoch = session.restore(
         model, datasets=[data.train_data], callbacks=callbacks,

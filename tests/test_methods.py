@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from test_gradient_training import LR, batch, build
 from test_task_weights import NAMES, TASKS, dense_model, make_data
@@ -179,3 +180,79 @@ def test_method_state_is_saved_and_continues_in_a_fresh_process(tmp_path):
     after = np.load(tmp_path / "after.npz")
     for v in straight.trainable_variables:
         np.testing.assert_allclose(after[v.path], v.numpy(), atol=1e-6, err_msg=v.path)
+
+
+# ------------------------------------------------------------------ command line
+def _train(*args, tmp_path, timeout=600):
+    command = [sys.executable, "-m", "kerasmtl_cli", "train", *map(str, args)]
+    env = dict(os.environ, KERASMTL_HOME=str(tmp_path / "home"), NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope"], "argument --method: invalid choice: 'nope'"),
+    (["--method", "upgrad", "--task-weighting", "dwa"],
+     "--method names the run's one multi-task method; --task-weighting and --gradient-method are its older names. "
+     "Received: --method upgrad, --task-weighting dwa, --gradient-method None"),
+    (["--method", "dwa", "--gradient-method", "mgda"], "Received: --method dwa, --task-weighting None, --gradient-method mgda"),
+])
+def test_method_flag_refusals_exit_2(tmp_path, args, message):
+    result = _train(*args, "--out", tmp_path / "run", tmp_path=tmp_path, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) <= 2  # usage line and the error
+    assert not (tmp_path / "run").exists()
+
+
+def test_method_choices_are_the_package_names():
+    import kerasmtl_cli as cli
+    from kerasmtl import weighting
+
+    assert cli.METHODS == methods.names() and tuple(methods.WEIGHTINGS) == weighting.STRATEGIES
+
+
+def test_the_method_names_the_recipe_and_the_fingerprint():
+    from kerasmtl.workflow import resolve_recipe, run_fingerprint
+    from kerasmtl_cli import parse_config, training_parser
+
+    parser = training_parser("t")
+
+    def settings(*argv):
+        config, _ = parse_config(parser, list(argv))
+        recipe = resolve_recipe(config)
+        return (recipe.method, recipe.task_weighting, recipe.gradient_method), run_fingerprint(config)
+
+    new, fingerprint = settings("--method", "upgrad")
+    old, old_fingerprint = settings("--gradient-method", "upgrad")
+    assert new == old == ("upgrad", "static", "upgrad") and fingerprint == old_fingerprint and "method" not in fingerprint
+    new, fingerprint = settings("--method", "dwa")
+    old, old_fingerprint = settings("--task-weighting", "dwa")
+    assert new == old == ("dwa", "dwa", None) and fingerprint == old_fingerprint
+    assert settings("--task-weighting", "dwa", "--gradient-method", "mgda")[0] == ("mgda", "dwa", "mgda")
+    assert settings()[0] == ("static", "static", None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, recorded", [
+    (["--method", "pcgrad", "--gradient-level", "parameters"], {"method": "pcgrad", "gradient_method": "pcgrad", "task_weighting": "static"}),
+    (["--config", "CONFIG"], {"method": "dwa", "gradient_method": None, "task_weighting": "dwa"}),
+])
+def test_train_with_method(tmp_path, flags, recorded):
+    import yaml
+
+    (tmp_path / "run.yaml").write_text("method: dwa\n")
+    flags = [str(tmp_path / "run.yaml") if f == "CONFIG" else f for f in flags]
+    out = tmp_path / "run"
+    result = _train(*flags, "--image-size", 32, "--width", 8, "--epochs", 3, "--sample-size", 24, "--batch-size", 8,
+                    "--no-augment", "--verbose", 2, "--out", out, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert {k: config["resolved"][k] for k in recorded} == recorded
+    history = pd.read_csv(out / "history.csv")
+    tasks = [c.removeprefix("loss_weight/") for c in history.columns if c.startswith("loss_weight/")]
+    if recorded["gradient_method"]:
+        assert config["method"] == "pcgrad" and np.isfinite(history["grad_conflict"]).all()
+    else:  # DWA: weights 1 for two epochs, then K softmax of the loss ratios (summing to K)
+        assert config["method"] == "dwa" and "grad_conflict" not in history
+        weights = history[[f"loss_weight/{t}" for t in tasks]].to_numpy()
+        np.testing.assert_array_equal(weights[:2], 1.0)
+        assert weights[2].sum() == pytest.approx(len(tasks), rel=1e-5) and not np.allclose(weights[2], 1.0)
