@@ -43,7 +43,8 @@ LR_SUGGESTION_RULES = ("valley", "steep", "minimum")
 #: Gradient methods (`kerasmtl.gradient_step.METHODS`: the aggregators, the loss-level
 #: methods and their other names) and the levels they act at.
 GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
-                    "config", "nash_mtl", "gradvac", "fairgrad", "graddrop", "gradnorm", "famo", "db_mtl", "rlw")
+                    "config", "nash_mtl", "gradvac", "fairgrad", "constant", "krum", "pcd", "modo", "sdmgrad", "cr_mogm",
+                    "excess_mtl", "graddrop", "trimmed_mean", "gradnorm", "famo", "db_mtl", "rlw")
 GRADIENT_LEVELS = ("features", "parameters")
 #: Multi-task methods (`kerasmtl.methods.names`, ``--method``): the loss weightings, then the
 #: gradient methods.

@@ -79,16 +79,18 @@ class GradientState(keras.layers.Layer):
         dims: the number of shared parameters (DB-MTL's averages).
     """
 
-    def __init__(self, method: str, tasks: int, dims: int | None = None, name: str = "gradient_state", **kwargs):
+    def __init__(self, method: str, tasks: int, dims: int | None = None, weighting: str | None = None,
+                 name: str = "gradient_state", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.method, self.tasks, self.dims = method, int(tasks), dims
-        owner = methods.get(method, "parameters")  # any level: only the state's shape is needed
+        self.method, self.tasks, self.dims, self.weighting = method, int(tasks), dims, weighting
+        # any level: only the state's shape is needed (and CR-MOGM's wrapped method's name)
+        owner = methods.get(method, "parameters", None if weighting is None else {"weighting": weighting})
         start = owner.initial_state(self.tasks, dims)
         self.keys = sorted(start)
         trainable = owner.trainable_state
         self.slots = [
             self.add_weight(name=k, shape=tuple(start[k].shape), dtype=start[k].dtype.name, autocast=False,
-                            initializer="ones" if k in trainable else "zeros", trainable=k in trainable,
+                            initializer=lambda shape, dtype, value=start[k]: tf.cast(value, dtype), trainable=k in trainable,
                             **({} if k in trainable else {"aggregation": "only_first_replica"}))
             for k in self.keys
         ]
@@ -108,7 +110,8 @@ class GradientState(keras.layers.Layer):
                 slot.assign(tf.where(keep, slot.value, tf.cast(state[key], slot.dtype)))
 
     def get_config(self):
-        return {**super().get_config(), "method": self.method, "tasks": self.tasks, "dims": self.dims}
+        return {**super().get_config(), "method": self.method, "tasks": self.tasks, "dims": self.dims,
+                "weighting": self.weighting}
 
 
 def _gradient(tape, target, sources, **kwargs):
@@ -155,7 +158,9 @@ class GradientStep:
         skip = {id(v) for v in self.shared} | {id(v) for v in (previous.weights if previous is not None else [])}
         self.others = [v for v in model.trainable_variables if id(v) not in skip]
         dims = sum(int(np.prod(v.shape)) for v in self.shared)
-        self.state = GradientState(self.kind, len(model.tasks), dims) if method.stateful else None
+        weighting = method.options.get("weighting")
+        weighting = weighting if weighting is None or isinstance(weighting, str) else weighting[0]
+        self.state = GradientState(self.kind, len(model.tasks), dims, weighting) if method.stateful else None
 
     # ------------------------------------------------------------------ losses
     def _task_losses(self, y, y_pred, sample_weight, record=True):

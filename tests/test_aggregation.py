@@ -406,8 +406,10 @@ def check_graph(names, jit_compile):
     jacobian = tf.constant(random_jacobian(3, 6, 1))
     present = tf.constant([True, True, False])
     for name in names:
-        state = aggregation.initial_state(name, 3) if name in aggregation.STATEFUL else None
+        state = aggregation.initial_state(name, 3, dims=6) if name in aggregation.STATEFUL else None
         options = {"seed": [1, 2]} if name in aggregation.RANDOM else {}
+        options |= {"constant": {"weights": [1.0, 2.0, 3.0]}, "krum": {"n_byzantine": 0},
+                    "trimmed_mean": {"trim_number": 1}}.get(name, {})
 
         @tf.function(jit_compile=jit_compile)
         def step(j, present, state, name=name, options=options):
@@ -437,7 +439,7 @@ def test_unknown_options_are_rejected():
 
 def test_errors_state_the_rule_and_the_value():
     jacobian = random_jacobian(2, 3, 0)
-    with pytest.raises(ValueError, match=r"Known methods: mean, sum, .*graddrop\. Received: name='pcgard'"):
+    with pytest.raises(ValueError, match=r"Known methods: mean, sum, .*graddrop, trimmed_mean\. Received: name='pcgard'"):
         aggregation.aggregate("pcgard", jacobian)
     with pytest.raises(ValueError, match=r"jacobian must be a \(tasks, dims\) matrix\. Received: shape=\(3,\)"):
         aggregation.aggregate("mean", np.ones(3))

@@ -86,7 +86,11 @@ def reference_step(model, x, y, method, level, sample_weight=None, loss_weights=
     direction = aggregation.aggregate(method, jacobian, present=present, **(options or {}))
     if method in aggregation.STATEFUL:
         direction = direction[0]
-    weights = aggregation.weights(method, jacobian.astype(np.float64) @ jacobian.T.astype(np.float64), present=present, **(options or {}))
+    weights = None
+    if method in aggregation.GRAMIAN_METHODS:
+        weights = aggregation.weights(method, jacobian.astype(np.float64) @ jacobian.T.astype(np.float64), present=present, **(options or {}))
+    elif method in aggregation.JACOBIAN_WEIGHTED:
+        weights = aggregation.weights(method, jacobian, present=present, **(options or {}))
     if method in aggregation.STATEFUL:
         weights = weights[0]
     if level == "features":
@@ -147,6 +151,27 @@ def test_one_step_equals_the_hand_written_step(method, level, extra):
     assert logs["grad_conflict"] == pytest.approx(cosine, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method, level, options", [
+    ("trimmed_mean", "features", {"trim_number": 1}), ("krum", "parameters", {"n_byzantine": 0, "n_selected": 2}),
+    ("constant", "features", {"weights": [0.5, 1.0, 2.0]}), ("pcd", "features", {"tau": 0.3}),
+    ("modo", "parameters", {}), ("sdmgrad", "features", {}), ("cr_mogm", "features", {"weighting": "mgda"}),
+    ("excess_mtl", "parameters", {}),
+])
+def test_torchjd_018_methods_take_the_hand_written_step(method, level, options):
+    x, y = batch()
+    y["smiling"][:4] = -1
+    model = compiled(method, level, gradient_options=options)
+    expected, weights, cosine, _ = reference_step(model, x, y, method, level, options=options)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert_weights(model, expected, before)
+    if weights.ndim:  # trimmed_mean has no weights
+        for name, w in zip([t.name for t in TASKS], weights):
+            assert logs[f"grad_weight/{name}"] == pytest.approx(w, rel=1e-4, abs=1e-6)
+    assert logs["grad_conflict"] == pytest.approx(cosine, rel=1e-4, abs=1e-6)
+
+
 def test_a_task_without_labels_is_left_out_not_a_zero_row():
     x, y = batch()
     y["smiling"][:] = -1  # no labelled sample of this task in the batch
@@ -193,7 +218,9 @@ def test_bad_settings_are_named():
     assert set(logs) >= {"grad_weight/smiling", "grad_weight/age", "grad_conflict"} and np.isfinite(logs["loss"])
 
 
-@pytest.mark.parametrize("method, options", [("gradvac", {}), pytest.param("nash_mtl", {"update_weights_every": 2}, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method, options", [("gradvac", {}), pytest.param("nash_mtl", {"update_weights_every": 2}, marks=pytest.mark.slow),
+                                             pytest.param("excess_mtl", {}, marks=pytest.mark.slow),
+                                             pytest.param("cr_mogm", {"weighting": "modo"}, marks=pytest.mark.slow)])
 def test_state_is_saved_with_the_model_and_continues(tmp_path, method, options):
     x1, y1 = batch(1)
     x2, y2 = batch(2)
@@ -217,8 +244,8 @@ def test_state_is_saved_with_the_model_and_continues(tmp_path, method, options):
     assert_weights(reloaded, {v.path: v.numpy() for v in straight.trainable_variables}, atol=1e-6)
     # and it matters: the same step from the initial state differs
     reset = keras.saving.load_model(tmp_path / "m.keras")
-    for slot in reset.gradient_state.slots:
-        slot.assign(np.zeros(slot.shape, slot.dtype))
+    for slot, start in zip(reset.gradient_state.slots, compiled(method, "parameters", gradient_options=options).gradient_state.slots):
+        slot.assign(start.value)
     reset.train_on_batch(x2, y2)
     assert max(np.abs(a.numpy() - b.numpy()).max() for a, b in zip(reset.trainable_variables, straight.trainable_variables)) > 1e-6
 

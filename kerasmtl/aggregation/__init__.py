@@ -21,7 +21,8 @@ Design:
   are TensorFlow ops: they work under XLA and on every device. CAGrad and FairGrad call SciPy
   through ``tf.numpy_function`` (CAGrad's non-smooth dual and FairGrad's nonlinear least
   squares are what their references solve with external solvers): a train step using them
-  must not be ``jit_compile``-d, and runs that part on the host.
+  must not be ``jit_compile``-d, and runs that part on the host; so does PCD, whose small
+  active-set QP is solved in NumPy as torchjd solves it on the CPU.
 - Missing tasks: every function takes ``present``, a boolean ``(tasks,)`` vector. Absent
   tasks get weight 0 and the method runs on the others exactly as on the matrix without
   their rows, so a task without a labelled sample in the batch does not reach the update (a
@@ -30,10 +31,15 @@ Design:
 - Randomness: ``random``, ``pcgrad``, ``gradvac`` and ``graddrop`` draw afresh on each call,
   or reproducibly with ``seed`` (an int or pair, for TensorFlow's stateless ops). On several
   replicas pass a seed derived from the step, so that every replica takes the same draw.
-- State: ``gradvac`` (its cosine targets) and ``nash_mtl`` (its last weights and call count)
-  are stateful (`STATEFUL`). They take ``state`` (start from `initial_state`) and return
-  ``(result, new_state)``: a dict of tensors that a training loop keeps in variables and
-  saves, so that a resumed run continues where it stopped.
+- State: ``gradvac`` (its cosine targets), ``nash_mtl`` (its last weights and call count),
+  ``pcd`` (moving averages of the squared norms), ``modo`` and ``sdmgrad`` (their weights),
+  ``excess_mtl`` (weights and sums of squared gradients) and ``cr_mogm`` (its moving
+  average, and its wrapped method's state) are stateful (`STATEFUL`). They take ``state``
+  (start from `initial_state`) and return ``(result, new_state)``: a dict of tensors that
+  a training loop keeps in variables and saves, so that a resumed run continues where it
+  stopped.
+- The methods added with torchjd 0.18 (`robust`, `simplex`, `running`, `priority`) are
+  written in ``keras.ops``, the step toward aggregation on any Keras backend.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import inspect
 
 import tensorflow as tf
 
-from kerasmtl.aggregation import linear, solvers, surgery
+from kerasmtl.aggregation import linear, priority, robust, running, simplex, solvers, surgery
 from kerasmtl.aggregation._core import F64, as_matrix, gramian, mask, masked
 
 _GRAMIAN = {
@@ -60,27 +66,49 @@ _GRAMIAN = {
     "nash_mtl": solvers.nash_mtl,
     "gradvac": surgery.gradvac,
     "fairgrad": solvers.fairgrad,
+    "constant": linear.constant,
+    "krum": robust.krum,
+    "pcd": priority.pcd,
+    "modo": simplex.modo,
+    "sdmgrad": simplex.sdmgrad,
+    "cr_mogm": running.cr_mogm,
 }
-_JACOBIAN = {"graddrop": surgery.graddrop}
+_JACOBIAN_WEIGHTS = {"excess_mtl": running.excess_mtl}
+_JACOBIAN = {"graddrop": surgery.graddrop, "trimmed_mean": robust.trimmed_mean}
 
 #: Every method name `aggregate` accepts.
-METHODS = tuple(_GRAMIAN) + tuple(_JACOBIAN)
-#: Methods defined through the Gramian (`weights` accepts them).
+METHODS = tuple(_GRAMIAN) + tuple(_JACOBIAN_WEIGHTS) + tuple(_JACOBIAN)
+#: Methods defined through the Gramian (`weights` accepts them with the Gramian; ``modo``
+#: and ``sdmgrad`` also take ``J_1 J_2^T`` of two batches).
 GRAMIAN_METHODS = tuple(_GRAMIAN)
+#: Methods whose weights come from the Jacobian itself (`weights` takes the Jacobian).
+JACOBIAN_WEIGHTED = tuple(_JACOBIAN_WEIGHTS)
 #: Methods with a state carried from one call to the next.
-STATEFUL = ("gradvac", "nash_mtl")
+STATEFUL = ("gradvac", "nash_mtl", "pcd", "modo", "sdmgrad", "cr_mogm", "excess_mtl")
 #: Methods that draw random numbers (``seed`` makes them reproducible).
 RANDOM = ("random", "pcgrad", "gradvac", "graddrop")
-#: Methods that call SciPy on the host (not under XLA).
-HOST = ("cagrad", "fairgrad")
+#: Methods that call SciPy or NumPy on the host (not under XLA).
+HOST = ("cagrad", "fairgrad", "pcd")
+#: Methods whose state grows with the number of columns of the Jacobian (its ``dims``).
+SIZED = ("excess_mtl",)
 
 
 def _method(name):
-    if name in _GRAMIAN:
-        return _GRAMIAN[name]
-    if name in _JACOBIAN:
-        return _JACOBIAN[name]
+    for table in (_GRAMIAN, _JACOBIAN_WEIGHTS, _JACOBIAN):
+        if name in table:
+            return table[name]
     raise ValueError(f"Unknown aggregation method. Known methods: {', '.join(METHODS)}. Received: name={name!r}")
+
+
+def _inner(weighting):
+    """CR-MOGM's ``weighting`` option, a method name or ``(name, {options})``, as
+    ``(name, options)``."""
+    name, options = (weighting, {}) if isinstance(weighting, str) else tuple(weighting)
+    if name not in _GRAMIAN or name == "cr_mogm":
+        raise ValueError("cr_mogm's weighting must be the name of a method defined through the Gramian "
+                         f"({', '.join(n for n in GRAMIAN_METHODS if n != 'cr_mogm')}), or [name, {{options}}]. "
+                         f"Received: weighting={weighting!r}")
+    return name, dict(options)
 
 
 def _check_options(name, function, options):
@@ -90,15 +118,36 @@ def _check_options(name, function, options):
         raise TypeError(f"{name} has the options {allowed or 'none'}. Received: {', '.join(unknown)}")
 
 
-def initial_state(name: str, tasks: int) -> dict:
-    """The state a stateful method starts from, as float64/int64 tensors (empty for the
-    others): ``gradvac``: ``{"phi_hat": zeros (tasks, tasks)}``; ``nash_mtl``:
-    ``{"weights": zeros (tasks,), "step": 0}``."""
+def initial_state(name: str, tasks: int, dims: int | None = None, dtype=F64, weighting="upgrad") -> dict:
+    """The state a stateful method starts from, as tensors (empty for the others).
+
+    ``gradvac``: ``{"phi_hat": zeros (tasks, tasks)}``; ``nash_mtl``: ``{"weights": zeros,
+    "step": 0}``; ``pcd``: ``{"sq_norm_ema": zeros, "steps": zeros}``; ``modo`` and
+    ``sdmgrad``: ``{"weights": 1/tasks each}``; ``cr_mogm``: ``{"smoothed", "seen"}`` and
+    its ``weighting``'s state under ``inner_`` keys; ``excess_mtl``: its weights, step
+    counts and baselines, and the running sums of squared gradients, ``(tasks, dims)`` in
+    ``dtype`` (float64 by default; float32 halves a training step's memory).
+    """
     _method(name)
+    zeros = tf.zeros([tasks], F64)
+    uniform = tf.fill([tasks], tf.constant(1.0 / tasks, F64))
     if name == "gradvac":
         return {"phi_hat": tf.zeros([tasks, tasks], F64)}
     if name == "nash_mtl":
-        return {"weights": tf.zeros([tasks], F64), "step": tf.constant(0, tf.int64)}
+        return {"weights": zeros, "step": tf.constant(0, tf.int64)}
+    if name == "pcd":
+        return {"sq_norm_ema": zeros, "steps": tf.zeros([tasks], tf.int64)}
+    if name in ("modo", "sdmgrad"):
+        return {"weights": uniform}
+    if name == "cr_mogm":
+        inner = _inner(weighting)[0]
+        return {"smoothed": zeros, "seen": zeros,
+                **{f"inner_{k}": v for k, v in initial_state(inner, tasks, dims, dtype).items()}}
+    if name == "excess_mtl":
+        if dims is None:
+            raise ValueError("excess_mtl's state needs the number of columns of the Jacobian. Received: dims=None")
+        return {"weights": uniform, "sq_grad_sum": tf.zeros([tasks, int(dims)], dtype), "warmup_sum": zeros,
+                "baseline": zeros, "steps": tf.zeros([tasks], tf.int64)}
     return {}
 
 
@@ -106,6 +155,14 @@ def _run(name, g, p, state, options):
     function = _method(name)
     _check_options(name, function, options)
     g = masked(g, p)
+    if name == "cr_mogm":
+        options = dict(options)
+        inner, inner_options = _inner(options.pop("weighting", "upgrad"))
+        state = initial_state(name, g.shape[0], weighting=inner) if state is None else state
+        inner_state = {k[len("inner_"):]: v for k, v in state.items() if k.startswith("inner_")}
+        hat, new_inner = _run(inner, g, p, inner_state or None, inner_options)
+        w, new_state = function(hat, p, state, **options)
+        return w * p, {**new_state, **{f"inner_{k}": v for k, v in (new_inner or {}).items()}}
     if name in STATEFUL:
         state = initial_state(name, g.shape[0]) if state is None else state
         w, state = function(g, p, state, **options)
@@ -119,12 +176,15 @@ def _output(value, numpy_in):
     return value
 
 
-def weights(name: str, gramian, *, present=None, state=None, **options):
-    """The ``(tasks,)`` weights of method ``name`` for the Gramian ``G = J J^T``.
+def weights(name: str, matrix, *, present=None, state=None, **options):
+    """The ``(tasks,)`` weights of method ``name`` for the Gramian ``G = J J^T``, or for
+    the Jacobian ``J`` itself with the `JACOBIAN_WEIGHTED` methods.
 
     Args:
-        name: one of `GRAMIAN_METHODS`.
-        gramian: ``(tasks, tasks)`` symmetric PSD matrix (tensor or NumPy array).
+        name: one of `GRAMIAN_METHODS` or `JACOBIAN_WEIGHTED`.
+        matrix: ``(tasks, tasks)`` symmetric PSD Gramian (``modo`` and ``sdmgrad`` also take
+            ``J_1 J_2^T`` of two independent batches), or the ``(tasks, dims)`` Jacobian
+            (tensor or NumPy array).
         present: optional boolean ``(tasks,)``: the tasks to aggregate; the others get 0.
         state: for `STATEFUL` methods, the previous state (None: `initial_state`).
         **options: the method's options, named as in torchjd (``pref_vector``, ``c``,
@@ -138,8 +198,16 @@ def weights(name: str, gramian, *, present=None, state=None, **options):
         raise ValueError(
             f"{name} acts on the Jacobian's entries, not on its Gramian: use aggregate(). Received: name={name!r}"
         )
-    _method(name)
-    g, numpy_in = as_matrix(gramian, "gramian", square=True)
+    function = _method(name)
+    if name in _JACOBIAN_WEIGHTS:
+        j, numpy_in = as_matrix(matrix, "jacobian")
+        p = mask(present, j.shape[0])
+        _check_options(name, function, options)
+        if state is None:
+            state = initial_state(name, j.shape[0], j.shape[1], F64 if j.dtype == F64 else tf.float32)
+        w, new_state = function(j, p, state, **options)
+        return _output((w, new_state), numpy_in)
+    g, numpy_in = as_matrix(matrix, "gramian", square=True)
     g = tf.cast(g, F64)
     p = mask(present, g.shape[0])
     w, new_state = _run(name, g, p, state, options)
@@ -167,6 +235,9 @@ def aggregate(name: str, jacobian, *, present=None, state=None, **options):
     if name in _JACOBIAN:
         _check_options(name, function, options)
         return _output(function(j, p, **options), numpy_in)
-    w, new_state = _run(name, gramian(j), p, state, options)
+    if name in _JACOBIAN_WEIGHTS:
+        w, new_state = weights(name, j, present=present, state=state, **options)
+    else:
+        w, new_state = _run(name, gramian(j), p, state, options)
     direction = tf.cast(tf.linalg.matvec(tf.cast(j, F64), w, transpose_a=True), j.dtype)
     return _output((direction, new_state) if name in STATEFUL else direction, numpy_in)

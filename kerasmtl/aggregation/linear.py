@@ -91,3 +91,14 @@ def config(g, p, *, pref_vector=None):
     best_sq = tf.reduce_sum(y * tf.linalg.matvec(units, y))
     length = tf.reduce_sum(tf.linalg.matvec(g, coefficients))
     return length / tf.maximum(best_sq, 1e-24) * coefficients
+
+
+def constant(g, p, *, weights=None):
+    """Constant: the given ``weights`` (required, one per task), 0 for absent tasks."""
+    if weights is None:
+        raise ValueError("constant needs weights, a list with one number per task. Received: weights=None")
+    vector = tf.cast(tf.convert_to_tensor(weights), F64)
+    if vector.shape.rank != 1 or vector.shape[0] != p.shape[0]:
+        raise ValueError(f"weights must be a vector with one entry per task ({p.shape[0]}). "
+                         f"Received: shape={tuple(vector.shape)}")
+    return vector * p

@@ -45,6 +45,12 @@ def _is_vector(value) -> bool:
     return array.ndim == 1 and array.dtype.kind in "iuf"
 
 
+def _is_weighting(value) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], Mapping)
+
+
 #: Each option name: (the type it takes, in words; its check).
 OPTION_TYPES = {
     "seed": ("an int or a pair of ints", _is_seed),
@@ -67,6 +73,20 @@ OPTION_TYPES = {
     "update_weights_every": ("an int", _is_int),
     "optim_niter": ("an int", _is_int),
     "warmup_steps": ("an int", _is_int),
+    "weights": ("a list of numbers, one per task", _is_vector),
+    "initial_weights": ("a list of numbers, one per task", _is_vector),
+    "tau": ("a number, or a list of numbers, one per task after the first", lambda v: _is_number(v) or _is_vector(v)),
+    "weighting": ("a method name, or [name, {options}]", _is_weighting),
+    "trim_number": ("an int", _is_int),
+    "n_byzantine": ("an int", _is_int),
+    "n_selected": ("an int", _is_int),
+    "n_iter": ("an int", _is_int),
+    "n_warmup_steps": ("an int", _is_int),
+    "robust_step_size": ("a number", _is_number),
+    "gamma": ("a number", _is_number),
+    "rho": ("a number", _is_number),
+    "momentum": ("a number", _is_number),
+    "lambda_": ("a number", _is_number),
 }
 
 _LOSS_LEVEL = {"gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, "db_mtl": loss_level.db_mtl}

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from kerasmtl import aggregation
 from kerasmtl.aggregation.options import check_gradient_options
-from kerasmtl.methods.base import GradientMethod, combination
+from kerasmtl.methods.base import LEVELS, GradientMethod, combination
 
 #: Other names of aggregators: ``rlw`` (random loss weighting) is ``random``.
 ALIASES = {"rlw": "random"}
@@ -26,7 +26,8 @@ class Aggregator(GradientMethod):
 
     Args:
         name: one of `kerasmtl.aggregation.METHODS`, or an alias of `ALIASES`.
-        level: ``"features"`` or ``"parameters"``.
+        level: ``"features"`` or ``"parameters"`` (None: ``"features"``, or
+            ``"parameters"`` for the methods whose state is sized by the parameters).
         **options: the method's options, named as in torchjd (``pref_vector``, ``c``, ...);
             ``seed`` (default 0) for the random methods: each step draws from ``(seed,
             step)``, the same draw on every replica.
@@ -36,14 +37,14 @@ class Aggregator(GradientMethod):
             have, or a value of the wrong type.
     """
 
-    def __init__(self, name: str, level: str = "features", **options):
+    def __init__(self, name: str, level: str | None = None, **options):
         kind = ALIASES.get(name, name)
         if kind not in aggregation.METHODS:
             raise ValueError(f"Unknown aggregator. Known: {', '.join(aggregation.METHODS + tuple(ALIASES))}. "
                              f"Received: name={name!r}")
         self.name, self._kind = name, kind
         options = check_gradient_options(kind, options)
-        super().__init__(level, **options)
+        super().__init__(self.levels[0] if level is None else level, **options)
         self.seed = self.options.pop("seed", 0) if self.random else None
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"{name}'s seed must be an int. Received: seed={self.seed!r}")
@@ -55,6 +56,11 @@ class Aggregator(GradientMethod):
     @property
     def needs(self) -> str:
         return "gramian" if self._kind in aggregation.GRAMIAN_METHODS else "jacobian"
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        # a state sized by the Jacobian's columns needs the same columns at every step
+        return ("parameters",) if self._kind in aggregation.SIZED else LEVELS
 
     @property
     def stateful(self) -> bool:
@@ -74,7 +80,9 @@ class Aggregator(GradientMethod):
         return {**named, "level": self.level, **self.options, **seed}
 
     def initial_state(self, tasks: int, dims: int | None = None) -> dict:
-        return aggregation.initial_state(self._kind, tasks)
+        weighting = self.options.get("weighting", "upgrad")
+        weighting = weighting if isinstance(weighting, str) else weighting[0]
+        return aggregation.initial_state(self._kind, tasks, dims, tf.float32, weighting)
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
         options = dict(self.options)
@@ -82,8 +90,9 @@ class Aggregator(GradientMethod):
             options["seed"] = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
         if self.stateful:
             options["state"] = state
-        if self.needs == "gramian":
-            result = aggregation.weights(self._kind, gramian, present=present, **options)
+        if self.needs == "gramian" or self._kind in aggregation.JACOBIAN_WEIGHTED:
+            matrix = gramian if self.needs == "gramian" else jacobian
+            result = aggregation.weights(self._kind, matrix, present=present, **options)
             weights, new_state = result if self.stateful else (result, None)
             return combination(jacobian, weights), weights, new_state, None
         result = aggregation.aggregate(self._kind, jacobian, present=present, **options)
@@ -94,7 +103,7 @@ class Aggregator(GradientMethod):
 def _named(class_name: str, kind: str, doc: str):
     """A subclass of `Aggregator` fixed to ``kind``, registered under ``class_name``."""
 
-    def __init__(self, level: str = "features", **options):
+    def __init__(self, level: str | None = None, **options):
         Aggregator.__init__(self, kind, level, **options)
 
     cls = type(class_name, (Aggregator,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
@@ -107,9 +116,13 @@ CLASS_NAMES = {
     "mean": "Mean", "sum": "Sum", "random": "Random", "rlw": "RLW", "pcgrad": "PCGrad", "mgda": "MGDA",
     "cagrad": "CAGrad", "imtl_g": "IMTLG", "aligned_mtl": "AlignedMTL", "upgrad": "UPGrad", "dualproj": "DualProj",
     "config": "ConFIG", "nash_mtl": "NashMTL", "gradvac": "GradVac", "fairgrad": "FairGrad", "graddrop": "GradDrop",
+    "constant": "Constant", "krum": "Krum", "trimmed_mean": "TrimmedMean", "pcd": "PCD", "modo": "MoDo",
+    "sdmgrad": "SDMGrad", "cr_mogm": "CRMOGM", "excess_mtl": "ExcessMTL",
 }
 NAMED = {kind: _named(cls, kind, _DOC.format(kind, cls)) for kind, cls in CLASS_NAMES.items()}
 Mean, Sum, Random, RLW, PCGrad, MGDA = (NAMED[k] for k in ("mean", "sum", "random", "rlw", "pcgrad", "mgda"))
 CAGrad, IMTLG, AlignedMTL, UPGrad = (NAMED[k] for k in ("cagrad", "imtl_g", "aligned_mtl", "upgrad"))
 DualProj, ConFIG, NashMTL, GradVac, FairGrad, GradDrop = (
     NAMED[k] for k in ("dualproj", "config", "nash_mtl", "gradvac", "fairgrad", "graddrop"))
+Constant, Krum, TrimmedMean, PCD = (NAMED[k] for k in ("constant", "krum", "trimmed_mean", "pcd"))
+MoDo, SDMGrad, CRMOGM, ExcessMTL = (NAMED[k] for k in ("modo", "sdmgrad", "cr_mogm", "excess_mtl"))
