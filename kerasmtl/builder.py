@@ -1,13 +1,14 @@
-"""ModelBuilder: raw images -> base tower -> optional shared neck -> one head per task."""
+"""ModelBuilder: a `MultiTaskModel` from a registered tower's name and the options of the
+command line: raw images -> the tower's preprocessing -> the tower -> optional shared neck
+-> one head per task."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import keras
-from keras import layers
 
-from kerasmtl.heads import HEADS, build_head
+from kerasmtl.heads import HEADS
 from kerasmtl.layers import ImagePreprocessing
 from kerasmtl.model import MultiTaskModel
 from kerasmtl.tasks import Task
@@ -134,32 +135,22 @@ class ModelBuilder:
         self._freeze(tower)
         return tower
 
-    def build(self) -> keras.Model:
+    def build(self) -> MultiTaskModel:
         """Builds the model.
 
         Returns:
-            A `kerasmtl.MultiTaskModel` mapping raw images to a dict of task outputs.
+            A `kerasmtl.MultiTaskModel` mapping raw images to a dict of task outputs, owning
+            its ``backbone``, ``neck`` and ``heads``.
         """
         tower = self.build_tower()
-        inputs = keras.Input(shape=self.input_shape, name="images")
-        x = ImagePreprocessing(
-            mode=self.spec.preprocessing,
-            output_channels=tower.input_shape[-1],
-            name="preprocessing",
-        )(inputs)
-        features = tower(x)
-        if self.neck:
-            features = layers.GlobalAveragePooling2D(name="neck_gap")(features)
-            for i, width in enumerate(self.neck):
-                features = layers.Dense(width, activation="relu", name=f"neck_dense{i + 1}")(features)
-                if self.neck_dropout:
-                    features = layers.Dropout(self.neck_dropout, name=f"neck_dropout{i + 1}")(features)
-        outputs = {
-            task.name: build_head(self.heads[task.name], features, task, **self.head_kwargs)
-            for task in self.tasks
-        }
+        preprocessing = ImagePreprocessing(mode=self.spec.preprocessing, output_channels=tower.input_shape[-1],
+                                           name="preprocessing")
         weighting = TaskWeighting([t.name for t in self.tasks], learned=self.task_weighting == "uncertainty")
-        return MultiTaskModel(inputs, outputs, name=self.name, tasks=self.tasks, task_weighting=weighting)
+        return MultiTaskModel(
+            backbone=tower, tasks=self.tasks, head=self.heads, head_kwargs=self.head_kwargs, neck=self.neck or None,
+            neck_dropout=self.neck_dropout, preprocessing=preprocessing, image_shape=self.input_shape,
+            task_weighting=weighting, name=self.name,
+        )
 
     def _freeze(self, tower: keras.Model) -> None:
         frozen = set(self.spec.stage_layers(tower, self.freeze_stages)) if self.freeze_stages else set()

@@ -11,7 +11,7 @@ the tuple here. Towers, presets and augmentation pipelines are registries that f
 import; the command line checks those after it imports the package.
 """
 
-#: Head towers (`kerasmtl.heads.build_head`).
+#: Head towers (`kerasmtl.heads.head_layers`).
 HEADS = ("dense", "conv")
 #: Loss-weighting strategies (`kerasmtl.weighting`, `kerasmtl.callbacks.DynamicTaskWeights`).
 WEIGHTINGS = ("static", "dst", "dwa", "uncertainty")

@@ -3,9 +3,10 @@
 The score differentiated is the pre-activation of the output unit (the logit of a Dense
 output, which keeps saturated probabilities from hiding the gradient), or the output
 itself when the output layer is not Dense; for a binary output, class 0 uses the
-negated logit. The default feature map is the output of the nested base tower
-(``"base"``); ``layer`` may name another 4-D layer of the outer model (e.g.
-``"gender_relu1"``) or one inside the base tower as ``"base/<layer name>"``.
+negated logit. The default feature map is the backbone's output
+(`MultiTaskModel.feature_map`; in a functional model, the nested tower ``"base"``'s);
+``layer`` may name another 4-D layer of the outer model (e.g. ``"gender_relu1"``) or one
+inside the backbone as ``"base/<layer name>"``.
 TensorFlow backend (``tf.GradientTape``).
 """
 
@@ -29,6 +30,12 @@ def _outer_tensor(model: keras.Model, layer, attribute: str):
     Raises:
         ValueError: the layer is called more than once, or reads / writes several tensors.
     """
+    if getattr(model, "backbone", None) is not None:  # a MultiTaskModel that owns its parts
+        if layer is model.backbone:
+            preprocessing = model.preprocessing
+            return model.feature_map if attribute == "output" else (model.input if preprocessing is None else preprocessing.output)
+        if not isinstance(layer, keras.Model):  # the model's own layers, whose first call is in its graph
+            return getattr(layer, attribute)
     try:
         if attribute == "input":
             return layer_input(model, layer.name)
@@ -83,7 +90,9 @@ class GradCAM:
         self._inner = None  # (model input -> base input, base sub-model) for "base/<name>"
         names = [item.name for item in model.layers]
         if layer is None:
-            if BASE_LAYER in names:
+            if getattr(model, "backbone", None) is not None:
+                self.feature_tensor = model.feature_map
+            elif BASE_LAYER in names:
                 self.feature_tensor = _outer_tensor(model, model.get_layer(BASE_LAYER), "output")
             else:
                 self.feature_tensor = self._last_feature_map()

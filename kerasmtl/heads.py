@@ -1,7 +1,8 @@
-"""Per-task head towers ("label towers").
+"""The layers a `MultiTaskModel` puts around its backbone: a shared neck and one head
+("label tower") per task, as lists of layers the model applies in order.
 
-A head maps the shared features to one task's output. Its output layer is named after
-the task so logs read ``<task>_loss`` / ``<task>_accuracy``.
+A head maps the shared representation to one task's output. Its output layer is named
+after the task so logs read ``<task>_loss`` / ``<task>_accuracy``.
 
 - ``dense``: global average pooling (for a feature map), then Dense-ReLU-Dropout blocks,
   then the output layer.
@@ -19,85 +20,102 @@ from kerasmtl import choices
 from kerasmtl.layers import Destandardize
 from kerasmtl.tasks import Task
 
-#: Head towers (`build_head`'s ``kind``).
+#: Head towers (`head_layers`'s ``kind``).
 HEADS = choices.HEADS
 
 
-def _output_layer(x, task: Task):
+def _output_layers(task: Task) -> list:
     if task.kind == "regression" and task.mean is not None:
-        x = layers.Dense(task.num_outputs, name=f"{task.name}_standardized", dtype="float32")(x)
-        return Destandardize(task.mean, task.std, name=task.name)(x)
-    return layers.Dense(task.num_outputs, activation=task.activation, name=task.name, dtype="float32")(x)
+        return [layers.Dense(task.num_outputs, name=f"{task.name}_standardized", dtype="float32"),
+                Destandardize(task.mean, task.std, name=task.name)]
+    return [layers.Dense(task.num_outputs, activation=task.activation, name=task.name, dtype="float32")]
 
 
-def dense_head(features, task: Task, units: Sequence[int] = (128,), dropout: float = 0.2):
+def dense_head(task: Task, feature_map: bool, units: Sequence[int] = (128,), dropout: float = 0.2) -> list:
     """Dense head.
 
     Args:
-        features: a 4-D feature map or a 2-D feature vector.
         task: the task this head predicts.
+        feature_map: whether the head reads a 4-D feature map (pooled first) rather than a
+            feature vector.
         units: widths of the hidden Dense layers (may be empty).
         dropout: dropout rate after each hidden layer.
 
     Returns:
-        The output tensor.
+        The head's layers, in order.
     """
-    x = features
-    if len(x.shape) == 4:
-        x = layers.GlobalAveragePooling2D(name=f"{task.name}_gap")(x)
+    found = [layers.GlobalAveragePooling2D(name=f"{task.name}_gap")] if feature_map else []
     for i, width in enumerate(units):
-        x = layers.Dense(int(width), activation="relu", name=f"{task.name}_dense{i + 1}")(x)
+        found.append(layers.Dense(int(width), activation="relu", name=f"{task.name}_dense{i + 1}"))
         if dropout:
-            x = layers.Dropout(dropout, name=f"{task.name}_dropout{i + 1}")(x)
-    return _output_layer(x, task)
+            found.append(layers.Dropout(dropout, name=f"{task.name}_dropout{i + 1}"))
+    return found + _output_layers(task)
 
 
-def conv_head(features, task: Task, filters: Sequence[int] = (64,), dropout: float = 0.0):
+def conv_head(task: Task, feature_map: bool, filters: Sequence[int] = (64,), dropout: float = 0.0) -> list:
     """Convolutional label tower ending in global average pooling.
 
     Args:
-        features: a 4-D feature map.
         task: the task this head predicts.
+        feature_map: whether the head reads a 4-D feature map; it must.
         filters: channels of each 3x3 Conv-BN-ReLU block.
         dropout: dropout rate before the output layer.
 
     Returns:
-        The output tensor.
+        The head's layers, in order.
 
     Raises:
-        ValueError: if ``features`` is not a feature map (e.g. a shared neck flattened it).
+        ValueError: if the head reads no feature map (e.g. a shared neck flattened it).
     """
-    if len(features.shape) != 4:
-        raise ValueError(
-            "The conv head needs a 4-D feature map; a shared neck flattens it. Use "
-            f"head='dense' with a neck. Received features of shape {features.shape}"
-        )
-    x = features
+    if not feature_map:
+        raise ValueError("The conv head needs a 4-D feature map; a shared neck flattens it. Use "
+                         f"head='dense' with a neck. Received: a feature vector for task {task.name!r}")
+    found = []
     for i, width in enumerate(filters):
-        x = layers.Conv2D(int(width), 3, padding="same", use_bias=False, name=f"{task.name}_conv{i + 1}")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"{task.name}_bn{i + 1}")(x)
-        x = layers.ReLU(name=f"{task.name}_relu{i + 1}")(x)
-    x = layers.GlobalAveragePooling2D(name=f"{task.name}_gap")(x)
+        found += [
+            layers.Conv2D(int(width), 3, padding="same", use_bias=False, name=f"{task.name}_conv{i + 1}"),
+            layers.BatchNormalization(momentum=0.9, name=f"{task.name}_bn{i + 1}"),
+            layers.ReLU(name=f"{task.name}_relu{i + 1}"),
+        ]
+    found.append(layers.GlobalAveragePooling2D(name=f"{task.name}_gap"))
     if dropout:
-        x = layers.Dropout(dropout, name=f"{task.name}_dropout")(x)
-    return _output_layer(x, task)
+        found.append(layers.Dropout(dropout, name=f"{task.name}_dropout"))
+    return found + _output_layers(task)
 
 
-def build_head(kind: str, features, task: Task, **kwargs):
-    """Builds the head named ``kind`` for ``task``.
+def head_layers(kind: str, task: Task, feature_map: bool, **kwargs) -> list:
+    """The layers of the head named ``kind`` for ``task``.
 
     Args:
         kind: ``"dense"`` or ``"conv"``.
-        features: shared features.
         task: the task.
+        feature_map: whether the head reads a 4-D feature map.
         **kwargs: head options (``units`` / ``filters``, ``dropout``); None values dropped.
 
     Returns:
-        The output tensor.
+        The head's layers, in order.
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if kind == "dense":
-        return dense_head(features, task, **kwargs)
+        return dense_head(task, feature_map, **kwargs)
     if kind == "conv":
-        return conv_head(features, task, **kwargs)
+        return conv_head(task, feature_map, **kwargs)
     raise ValueError(f"head must be one of {HEADS}. Received: head={kind!r}")
+
+
+def neck_layers(widths: Sequence[int], dropout: float = 0.5) -> list:
+    """A shared Dense neck: global average pooling, then Dense-ReLU(-Dropout) blocks.
+
+    Args:
+        widths: the Dense layers' widths (e.g. ``[4096, 4096]``).
+        dropout: dropout after each Dense layer (0: none).
+
+    Returns:
+        The neck's layers, in order.
+    """
+    found = [layers.GlobalAveragePooling2D(name="neck_gap")]
+    for i, width in enumerate(widths):
+        found.append(layers.Dense(int(width), activation="relu", name=f"neck_dense{i + 1}"))
+        if dropout:
+            found.append(layers.Dropout(dropout, name=f"neck_dropout{i + 1}"))
+    return found

@@ -14,6 +14,7 @@ from keras import ops
 from kerasmtl import methods
 from kerasmtl.gradient_step import GradientStep, by_output
 from kerasmtl.graph import layer_output, shared_representation
+from kerasmtl.heads import head_layers, neck_layers
 from kerasmtl.keras_workarounds import UnevenBatchBuild
 from kerasmtl.losses import FunctionLoss
 from kerasmtl.tasks import Task
@@ -110,10 +111,19 @@ class StepMetrics:
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class MultiTaskModel(UnevenBatchBuild):
-    """A functional multi-output model that knows its tasks and owns its loss weights.
+    """A multi-output model that knows its tasks, owns its parts and its loss weights.
 
-    Build one with `kerasmtl.ModelBuilder`, `kerasmtl.ports.create`, or directly from
-    functional inputs and dict outputs named after the tasks:
+    Build one from its parts (what `kerasmtl.ModelBuilder` and `kerasmtl.ports.create`
+    do): raw images -> ``preprocessing`` -> ``backbone`` -> ``neck`` (the shared
+    representation) -> ``architecture`` -> one head per task:
+
+    ```python
+    model = MultiTaskModel(backbone=tower, tasks=[smiling, age], head="dense", neck=[256])
+    model.heads["age"], model.neck, model.backbone    # the parts, after loading too
+    ```
+
+    or from functional inputs and dict outputs named after the tasks (then ``backbone``,
+    ``neck`` and ``heads`` are None and the shared representation is found in the graph):
 
     ```python
     model = MultiTaskModel(inputs, {"smiling": p, "age": q}, tasks=[smiling, age])
@@ -122,21 +132,49 @@ class MultiTaskModel(UnevenBatchBuild):
     model.predict_labels(images[:2])       # {"smiling": [("yes", 0.91), ...], ...}
     ```
 
+    A part given as a list of layers (or built from a kind or widths) is applied layer by
+    layer, so its layers are the model's own (``model.get_layer("age_dense1")``) and
+    ``model.neck`` / ``model.heads[name]`` are `keras.Sequential` views of them; a part
+    given as one layer or model is called as a whole.
+
     Args:
-        *args, **kwargs: the functional ``keras.Model`` arguments (inputs, outputs, name).
+        *args: the functional ``keras.Model`` arguments (inputs, outputs), without
+            ``backbone``.
+        backbone: the tower, a `keras.Model` from (preprocessed) images to a feature map.
         tasks: one `kerasmtl.Task` (or its ``to_dict`` mapping) per output.
+        head: a head kind of `kerasmtl.heads.HEADS` for every task, or ``{task name: kind,
+            layer or list of layers}`` (tasks not named get ``"dense"``).
+        head_kwargs: options of the head kinds (e.g. ``{"units": [256], "dropout": 0.3}``).
+        neck: None, the widths of a shared Dense neck after global average pooling (see
+            `kerasmtl.heads.neck_layers`), or a layer / list of layers.
+        neck_dropout: dropout after each layer of a neck given by widths.
+        architecture: None, or a layer mapping the shared representation to ``{task name:
+            representation}`` (MMoE and its kind), between the neck and the heads.
+        preprocessing: None or a layer applied to the raw images before the backbone
+            (`kerasmtl.layers.ImagePreprocessing`).
+        image_shape: ``(height, width, channels)`` of the raw images; default the
+            backbone's input shape.
         task_weighting: a `TaskWeighting` layer (or its serialized config); default one
             with assignable weights, all 1.
+        name: the model's name.
 
     Raises:
-        ValueError: the tasks do not match the outputs.
+        ValueError: the tasks do not match the outputs, or the parts do not fit together.
     """
 
-    def __init__(self, *args, tasks=None, task_weighting=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, backbone=None, tasks=None, head="dense", head_kwargs=None, neck=None, neck_dropout=0.5,
+                 architecture=None, preprocessing=None, image_shape=None, task_weighting=None, **kwargs):
         if tasks is None:
-            raise ValueError(f"MultiTaskModel needs the tasks of its outputs {self.output_names}. Received: tasks=None")
+            raise ValueError("MultiTaskModel needs the tasks of its outputs. Received: tasks=None")
         tasks = tuple(t if isinstance(t, Task) else Task.from_dict(dict(t)) for t in tasks)
+        if backbone is None:
+            super().__init__(*args, **kwargs)
+            self.backbone = self.neck = self.heads = self.architecture = self.preprocessing = None
+        else:
+            if args or "inputs" in kwargs or "outputs" in kwargs:
+                raise ValueError("Give MultiTaskModel either backbone=... or functional inputs and outputs, not both.")
+            self._build_from_parts(backbone, tasks, head, dict(head_kwargs or {}), neck, float(neck_dropout),
+                                   architecture, preprocessing, image_shape, **kwargs)
         check_tasks(self, tasks)
         self._task_list = tasks
         if task_weighting is None:
@@ -148,6 +186,65 @@ class MultiTaskModel(UnevenBatchBuild):
         if sorted(task_weighting.task_names) != sorted(t.name for t in tasks):
             raise ValueError(f"task_weighting covers {task_weighting.task_names}; the tasks are {[t.name for t in tasks]}.")
         self.task_weighting = task_weighting
+
+    def _build_from_parts(self, backbone, tasks, head, head_kwargs, neck, neck_dropout, architecture, preprocessing,
+                          image_shape, **kwargs):
+        names = [t.name for t in tasks]
+        kinds = dict(head) if isinstance(head, Mapping) else dict.fromkeys(names, head)
+        unknown = sorted(set(kinds) - set(names))
+        if unknown:
+            raise ValueError(f"head names unknown tasks {unknown}. Tasks: {names}")
+        # === Layers ===
+        backbone, preprocessing, architecture = (_deserialize(p) for p in (backbone, preprocessing, architecture))
+        neck_parts = neck_layers(neck, neck_dropout) if _is_widths(neck) else _deserialize(neck)
+        # === Functional Model ===
+        image_shape = tuple(image_shape or backbone.input_shape[1:])
+        inputs = keras.Input(shape=image_shape, name="images")
+        backbone_input = inputs if preprocessing is None else preprocessing(inputs)
+        feature_map = backbone(backbone_input)
+        representation = _apply(neck_parts, feature_map)
+        per_task = dict.fromkeys(names, representation) if architecture is None else architecture(representation)
+        head_parts = {}
+        for task in tasks:
+            kind = kinds.get(task.name, "dense")
+            part = _deserialize(kind)
+            if isinstance(kind, str):
+                part = head_layers(kind, task, len(per_task[task.name].shape) == 4, **head_kwargs)
+            head_parts[task.name] = part
+        outputs = {n: _apply(head_parts[n], per_task[n]) for n in names}
+        super().__init__(inputs, outputs, **kwargs)
+        self.backbone, self.preprocessing, self.architecture = backbone, preprocessing, architecture
+        self.neck = _view(neck_parts, "neck", feature_map)
+        self.heads = {n: _view(head_parts[n], f"{n}_head", per_task[n]) for n in names}
+        self._part_tensors = (backbone_input, feature_map, representation)
+        # === Config ===
+        self._parts_config = {
+            "head": head, "head_kwargs": head_kwargs, "neck": neck, "neck_dropout": neck_dropout,
+            "image_shape": list(image_shape),
+        }
+
+    @property
+    def feature_map(self):
+        """The backbone's output in this model's graph (Grad-CAM's default map); None for
+        a functional model without a nested ``"base"`` tower."""
+        if self.backbone is not None:
+            return self._part_tensors[1]
+        names = [layer.name for layer in self.layers]
+        return layer_output(self, "base") if "base" in names else None
+
+    @property
+    def representation(self):
+        """The shared representation in this model's graph: the neck's output (the
+        backbone's without a neck); for a functional model, the last tensor every output
+        depends on.
+
+        Raises:
+            ValueError: a functional model without such a tensor (see
+                `kerasmtl.graph.shared_representation`).
+        """
+        if self.backbone is not None:
+            return self._part_tensors[2]
+        return layer_output(self, shared_representation(self))
 
     @property
     def tasks(self) -> list[Task]:
@@ -182,7 +279,11 @@ class MultiTaskModel(UnevenBatchBuild):
                 layer, a single output, or heads that also read an earlier tensor of the
                 tower).
         """
-        features = layer_output(self, shared_representation(self))
+        if self.backbone is not None and len(self._task_list) < 2:
+            raise ValueError("gradient_level='features' needs at least two outputs computed from a shared representation "
+                             f"(the base tower's output); use gradient_level='parameters'. Received: a model with outputs "
+                             f"{[t.name for t in self._task_list]}")
+        features = self.representation
         forward = keras.Model(self.inputs, (self.output, features), name=f"{self.name}_forward")
         return forward, keras.Model(self.inputs, features, name=f"{self.name}_trunk")
 
@@ -375,10 +476,74 @@ class MultiTaskModel(UnevenBatchBuild):
 
     # ------------------------------------------------------------------ config
     def get_config(self):
-        config = super().get_config()
+        """Every constructor argument; a functional model's graph for one built from
+        inputs and outputs."""
+        if self.backbone is None:
+            config = super().get_config()
+        else:
+            serialize = keras.saving.serialize_keras_object
+            config = {"name": self.name, "trainable": self.trainable, "backbone": serialize(self.backbone),
+                      **{k: _serialize(v) for k, v in self._parts_config.items()},
+                      "architecture": serialize(self.architecture), "preprocessing": serialize(self.preprocessing)}
         config["tasks"] = [t.to_dict() for t in self._task_list]
         config["task_weighting"] = keras.saving.serialize_keras_object(self.task_weighting)
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """A model from `get_config`: rebuilt from its parts, or from its functional graph
+        (the form every saved model had before models owned their parts)."""
+        if "backbone" not in config:
+            return super().from_config(config, custom_objects=custom_objects)
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
+        return cls(**config)
+
+
+def _is_widths(part) -> bool:
+    return part is not None and not isinstance(part, (str, Mapping, keras.Layer)) and all(
+        isinstance(w, int) and not isinstance(w, bool) for w in part) and len(part) > 0
+
+
+def _deserialize(part):
+    """A part (None, a kind, a layer or a list of layers) with serialized layers revived."""
+    if isinstance(part, Mapping):
+        return keras.saving.deserialize_keras_object(dict(part))
+    if isinstance(part, (list, tuple)) and not _is_widths(part):
+        return [_deserialize(p) for p in part]
+    return part
+
+
+def _serialize(part):
+    """A constructor argument for the config: layers serialized, the rest as given."""
+    if isinstance(part, keras.Layer):
+        return keras.saving.serialize_keras_object(part)
+    if isinstance(part, Mapping):
+        return {k: _serialize(v) for k, v in part.items()}
+    if isinstance(part, (list, tuple)):
+        return [_serialize(p) for p in part]
+    return part
+
+
+def _apply(part, x):
+    """``x`` through a part: a list of layers one by one, a layer as a whole, None as is."""
+    if part is None:
+        return x
+    for layer in part if isinstance(part, (list, tuple)) else [part]:
+        x = layer(x)
+    return x
+
+
+def _view(part, name, source):
+    """The attribute for a part: a list of layers as a built `keras.Sequential` over the
+    same layers (called on a fresh input, so the model's own graph is their first call)."""
+    if not isinstance(part, (list, tuple)):
+        return part
+    if not part:
+        return None
+    view = keras.Sequential(list(part), name=name)
+    view.build(source.shape)
+    return view
 
 
 def with_task_weighting(model: keras.Model, strategy: str = "static", tasks: Sequence[Task] | None = None) -> MultiTaskModel:
