@@ -173,8 +173,16 @@ class MultiTaskModel(UnevenBatchBuild):
         else:
             if args or "inputs" in kwargs or "outputs" in kwargs:
                 raise ValueError("Give MultiTaskModel either backbone=... or functional inputs and outputs, not both.")
-            self._build_from_parts(backbone, tasks, head, dict(head_kwargs or {}), neck, float(neck_dropout),
-                                   architecture, preprocessing, image_shape, **kwargs)
+            # The parts built here compute in the model's dtype policy (a mixed one saved with
+            # it), whatever the global policy is when a saved model is loaded.
+            policy = keras.dtype_policies.get(kwargs.pop("dtype", None) or keras.config.dtype_policy())
+            previous = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(policy)
+            try:
+                self._build_from_parts(backbone, tasks, head, dict(head_kwargs or {}), neck, float(neck_dropout),
+                                       architecture, preprocessing, image_shape, dtype=policy, **kwargs)
+            finally:
+                keras.config.set_dtype_policy(previous)
         check_tasks(self, tasks)
         self._task_list = tasks
         if task_weighting is None:
@@ -482,7 +490,8 @@ class MultiTaskModel(UnevenBatchBuild):
             config = super().get_config()
         else:
             serialize = keras.saving.serialize_keras_object
-            config = {"name": self.name, "trainable": self.trainable, "backbone": serialize(self.backbone),
+            config = {"name": self.name, "trainable": self.trainable, "dtype": serialize(self.dtype_policy),
+                      "backbone": serialize(self.backbone),
                       **{k: _serialize(v) for k, v in self._parts_config.items()},
                       "architecture": serialize(self.architecture), "preprocessing": serialize(self.preprocessing)}
         config["tasks"] = [t.to_dict() for t in self._task_list]

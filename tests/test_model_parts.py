@@ -37,3 +37,134 @@ def test_split_at_features_refuses_a_model_without_a_shared_representation():
     outputs = {t.name: keras.layers.Dense(t.num_outputs, activation=t.activation, name=t.name)(inputs) for t in TASKS}
     with pytest.raises(ValueError, match="shared representation"):
         MultiTaskModel(inputs, outputs, tasks=TASKS).split_at_features()
+
+
+# ------------------------------------------------------------------ a model of parts
+REGRESSION = Task("height", "regression", mean=[170.0], std=[10.0])
+#: Every argument MultiTaskModel's constructor takes for a model of parts, written out.
+CONSTRUCTOR_ARGUMENTS = {"backbone", "tasks", "head", "head_kwargs", "neck", "neck_dropout", "architecture",
+                         "preprocessing", "image_shape", "task_weighting", "name", "trainable", "dtype"}
+
+
+def _tower():
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(inputs)
+    return keras.Model(inputs, keras.layers.Conv2D(6, 3, strides=2, name="top")(x), name="base")
+
+
+def _parts_model(**options):
+    from kerasmtl.layers import ImagePreprocessing
+
+    options = {"head": {"age": "conv"}, **options}
+    return MultiTaskModel(backbone=_tower(), tasks=[*TASKS, REGRESSION], preprocessing=ImagePreprocessing("unit", name="preprocessing"),
+                          image_shape=(32, 32, 3), name="parts", **options)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
+
+
+def test_a_model_of_parts_holds_them_and_its_layers_keep_their_names():
+    model = _parts_model(neck=None)
+    assert model.backbone.name == "base" and model.get_layer("base") is model.backbone
+    assert model.neck is None
+    assert [layer.name for layer in model.heads["smiling"].layers] == ["smiling_gap", "smiling_dense1", "smiling_dropout1", "smiling"]
+    assert [layer.name for layer in model.heads["age"].layers] == ["age_conv1", "age_bn1", "age_relu1", "age_gap", "age"]
+    assert model.heads["height"].layers[-1].name == "height" and model.get_layer("smiling_dense1") is model.heads["smiling"].layers[1]
+    assert tuple(model.feature_map.shape) == (None, 7, 7, 6) and tuple(model.representation.shape) == (None, 7, 7, 6)
+
+
+def test_a_neck_is_the_shared_representation(images):
+    model = _parts_model(neck=[7], head="dense")
+    assert [layer.name for layer in model.neck.layers] == ["neck_gap", "neck_dense1", "neck_dropout1"]
+    forward, trunk = model.split_at_features()
+    tower = model.backbone(model.preprocessing(images))
+    expected = model.get_layer("neck_dense1")(model.get_layer("neck_gap")(tower))  # dropout is off outside training
+    np.testing.assert_allclose(trunk(images), expected, rtol=1e-5, atol=1e-6)
+    outputs, features = forward(images)
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    for name in ("smiling", "age", "height"):
+        np.testing.assert_allclose(outputs[name], model.heads[name](expected), rtol=1e-5, atol=1e-5)
+    assert {id(v) for v in trunk.trainable_variables} == {
+        id(v) for v in model.backbone.trainable_variables + model.get_layer("neck_dense1").trainable_variables}
+
+
+def test_get_config_lists_every_constructor_argument_and_rebuilds_the_model(images):
+    import inspect
+
+    model = _parts_model(neck=[7], head="dense")
+    config = model.get_config()
+    assert set(config) == CONSTRUCTOR_ARGUMENTS
+    keywords = {p.name for p in inspect.signature(MultiTaskModel.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    assert keywords <= set(config)
+    assert config["neck"] == [7] and config["head"] == "dense" and config["image_shape"] == [32, 32, 3]
+    again = MultiTaskModel.from_config(config)
+    assert [layer.name for layer in again.layers] == [layer.name for layer in model.layers]
+    again.set_weights(model.get_weights())
+    expected, got = model.predict(images, verbose=0), again.predict(images, verbose=0)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_part_given_as_layers_is_saved_as_layers():
+    heads = {"smiling": [keras.layers.GlobalAveragePooling2D(name="pool_a"), keras.layers.Dense(1, activation="sigmoid", name="smiling")]}
+    model = _parts_model(neck=None, head=heads)
+    config = model.get_config()
+    assert [layer["config"]["name"] for layer in config["head"]["smiling"]] == ["pool_a", "smiling"]
+    assert [layer.name for layer in MultiTaskModel.from_config(config).heads["smiling"].layers] == ["pool_a", "smiling"]
+
+
+def test_constructor_refusals():
+    with pytest.raises(ValueError, match="either backbone"):
+        MultiTaskModel(keras.Input((3,)), backbone=_tower(), tasks=TASKS)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        _parts_model(head={"weight": "dense"})
+    with pytest.raises(ValueError, match="conv head needs a 4-D feature map"):
+        _parts_model(neck=[4], head="conv")
+
+
+LOAD_AND_PREDICT = """
+import sys, numpy as np, keras
+import kerasmtl  # registers the package's classes
+model = keras.saving.load_model(sys.argv[1])
+images = np.load(sys.argv[2])
+out = model.predict(images, verbose=0)
+np.savez(sys.argv[3], **out)
+print(type(model).__name__, model.backbone.name, model.neck is None, sorted(model.heads),
+      [layer.name for layer in model.heads["age"].layers], model.feature_map.shape[-1])
+"""
+
+
+@pytest.mark.parametrize("neck, head, age_layers", [
+    (None, {"age": "conv"}, "['age_conv1', 'age_bn1', 'age_relu1', 'age_gap', 'age']"),
+    ([7], "dense", "['age_dense1', 'age_dropout1', 'age']"),
+])
+def test_a_saved_model_of_parts_loads_with_its_parts_in_a_fresh_process(images, tmp_path, neck, head, age_layers):
+    import subprocess
+    import sys
+
+    model = _parts_model(neck=neck, head=head)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, str(tmp_path / "m.keras"), str(tmp_path / "images.npy"),
+                             str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1].strip() == "6"
+    assert f"MultiTaskModel base {neck is None} ['age', 'height', 'smiling'] {age_layers}" in result.stdout
+    expected, got = model.predict(images, verbose=0), np.load(tmp_path / "out.npz")
+    for name in ("smiling", "age", "height"):
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_a_model_saved_before_models_owned_their_parts_loads_as_a_functional_model(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, keras, kerasmtl\nm = keras.saving.load_model(sys.argv[1])\nf, t = m.split_at_features()\n"
+            "print(type(m).__name__, m.backbone, len(m.tasks), t.output.shape[-1] > 0)")
+    saved = Path(__file__).parent / "data" / "run_2b8c55b" / "model.keras"
+    result = subprocess.run([sys.executable, "-c", code, str(saved)], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-4:] == ["MultiTaskModel", "None", "8", "True"]

@@ -4,8 +4,8 @@ Each preset is a `PortSpec`: its tasks, input shape, recommended compile setting
 callbacks, augmentation notes, and the prefix renames (``torch_key_map``) that let
 `kerasmtl.ports.load_torch_weights` load the PyTorch model's own ``state_dict`` into the
 Keras model. Models take raw 0-255 images (a ``torch`` ImagePreprocessing layer comes
-first), hold their tower as a nested model named ``"base"`` and return a dict of outputs
-keyed by task name. Where one PyTorch ``Linear`` emits several attributes, the Keras model
+first), hold their tower as ``model.backbone`` (the nested model ``"base"``) and return a
+dict of outputs keyed by task name. Where one PyTorch ``Linear`` emits several attributes, the Keras model
 keeps that layer whole and splits its columns into one named output per attribute
 (`TakeColumns`), so the imported weights are exact.
 
@@ -167,12 +167,11 @@ def create(name: str, input_shape=None, weights=None, backbone_weights=None, **o
 
 
 # ----------------------------------------------------------------------- builders
-def _assemble(spec, builder: ModelBuilder, top: Callable) -> keras.Model:
-    """Raw images -> torch preprocessing -> ``builder``'s tower -> ``top(features)``."""
-    tower = builder.build_tower()
-    inputs = keras.Input(shape=builder.input_shape, name="images")
-    x = ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")(inputs)
-    return keras.Model(inputs, top(tower(x)), name=spec.name)
+def _model(spec, tower, input_shape, neck, heads) -> MultiTaskModel:
+    """Raw images -> torch preprocessing -> ``tower`` -> the ``neck`` layers -> ``heads``."""
+    preprocessing = ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")
+    return MultiTaskModel(backbone=tower, tasks=spec.tasks, neck=neck, head=heads, preprocessing=preprocessing,
+                          image_shape=input_shape, name=spec.name)
 
 
 def _activation(task):
@@ -180,27 +179,17 @@ def _activation(task):
     return "linear" if task.loss == "mse" else task.activation
 
 
-def _split(x, tasks, units_name):
-    """One Dense layer for all binary tasks, split into one named output per task."""
-    x = layers.Dense(len(tasks), name=units_name)(x)
-    return {t.name: TakeColumns(i, i + 1, _activation(t), name=t.name)(x) for i, t in enumerate(tasks)}
-
-
-def _mlp_head(x, units, hidden, prefix, output_name=None):
-    """``nn.Sequential(Linear(in, hidden), ReLU(), Linear(hidden, units))``."""
-    x = layers.Dense(hidden, activation="relu", name=f"{prefix}_0")(x)
-    return layers.Dense(units, name=output_name or f"{prefix}_2", dtype="float32")(x)
+def _columns(tasks) -> dict:
+    """One output per task, each a column of one Dense layer for all of them."""
+    return {t.name: TakeColumns(i, i + 1, _activation(t), name=t.name) for i, t in enumerate(tasks)}
 
 
 def _build_vgg16_dst(spec, input_shape, hidden=512, dropout=0.5):
-    inputs = keras.Input(shape=input_shape, name="images")
-    x = ImagePreprocessing("torch", output_channels=3, name="preprocessing")(inputs)
     tower_input = keras.Input(shape=input_shape[:2] + (3,), name="images")
     tower = keras.Model(tower_input, vgg16_features(tower_input), name="base")
-    x = vgg16_classifier(tower(x))
-    x = layers.Dense(hidden, activation="relu", name="fc_0")(x)
-    x = layers.Dropout(dropout, name="fc_2")(x)
-    return keras.Model(inputs, _split(x, spec.tasks, "fc_3"), name=spec.name)
+    neck = [*vgg16_classifier(), layers.Dense(hidden, activation="relu", name="fc_0"),
+            layers.Dropout(dropout, name="fc_2"), layers.Dense(len(spec.tasks), name="fc_3")]
+    return _model(spec, tower, input_shape, neck, _columns(spec.tasks))
 
 
 def _build_resnet18_gray(spec, input_shape, dropout=0.5):
@@ -211,35 +200,38 @@ def _build_resnet18_gray(spec, input_shape, dropout=0.5):
 
 
 def _build_resnext50_mse(spec, input_shape, freeze_stages=6):
-    builder = ModelBuilder(spec.tasks, base="resnext50_32x4d", input_shape=input_shape, freeze_stages=freeze_stages)
+    tower = ModelBuilder(spec.tasks, base="resnext50_32x4d", input_shape=input_shape, freeze_stages=freeze_stages).build_tower()
+    neck = [layers.GlobalAveragePooling2D(name="avgpool"), layers.Dense(len(spec.tasks), name="fc")]
+    return _model(spec, tower, input_shape, neck, _columns(spec.tasks))
 
-    def top(features):
-        x = layers.GlobalAveragePooling2D(name="avgpool")(features)
-        return _split(x, spec.tasks, "fc")
 
-    return _assemble(spec, builder, top)
+def _mlp(units, hidden, prefix, output_name=None) -> list:
+    """``nn.Sequential(Linear(in, hidden), ReLU(), Linear(hidden, units))``."""
+    return [layers.Dense(hidden, activation="relu", name=f"{prefix}_0"),
+            layers.Dense(units, name=output_name or f"{prefix}_2", dtype="float32")]
 
 
 def _build_resnet18_landmarks(spec, input_shape, hidden=256):
-    builder = ModelBuilder(spec.tasks, base="resnet18", input_shape=input_shape)
+    tower = ModelBuilder(spec.tasks, base="resnet18", input_shape=input_shape).build_tower()
     attributes = [t for t in spec.tasks if t.kind == "binary"]
-    landmarks = LANDMARKS in spec.tasks
-    single = not (attributes and landmarks)
-
-    def top(features):
-        x = layers.GlobalAveragePooling2D(name="avgpool")(features)
-        outputs = {}
-        if attributes:
-            prefix = "head" if single else "attr_head"
-            logits = _mlp_head(x, len(attributes), hidden, prefix)
-            for i, task in enumerate(attributes):
-                outputs[task.name] = TakeColumns(i, i + 1, task.activation, name=task.name)(logits)
-        if landmarks:
-            prefix = "head" if single else "landmark_head"
-            outputs[LANDMARKS.name] = _mlp_head(x, LANDMARKS.units, hidden, prefix, LANDMARKS.name)
-        return outputs
-
-    return _assemble(spec, builder, top)
+    pool = layers.GlobalAveragePooling2D(name="avgpool")
+    if not attributes:  # the landmarks baseline
+        *neck, head = _mlp(LANDMARKS.units, hidden, "head", LANDMARKS.name)
+        return _model(spec, tower, input_shape, [pool, *neck], {LANDMARKS.name: head})
+    if LANDMARKS not in spec.tasks:  # the attributes baseline
+        return _model(spec, tower, input_shape, [pool, *_mlp(len(attributes), hidden, "head")], _columns(attributes))
+    # Both heads: the attributes' MLP is shared by three outputs, which a model of parts
+    # does not express; this one stays a functional graph.
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = pool(tower(ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")(inputs)))
+    logits = x
+    for layer in _mlp(len(attributes), hidden, "attr_head"):
+        logits = layer(logits)
+    outputs = {t.name: TakeColumns(i, i + 1, t.activation, name=t.name)(logits) for i, t in enumerate(attributes)}
+    landmarks = x
+    for layer in _mlp(LANDMARKS.units, hidden, "landmark_head", LANDMARKS.name):
+        landmarks = layer(landmarks)
+    return keras.Model(inputs, {**outputs, LANDMARKS.name: landmarks}, name=spec.name)
 
 
 # ------------------------------------------------------------------------ presets

@@ -60,26 +60,27 @@ def vgg16_features(inputs, prefix="features"):
     return x
 
 
-def vgg16_classifier(features, num_classes=1000, dropout=0.5, prefix="classifier"):
-    """torchvision VGG16 ``avgpool`` + ``classifier`` on a feature map.
+def vgg16_classifier(num_classes=1000, dropout=0.5, prefix="classifier") -> list:
+    """torchvision VGG16 ``avgpool`` + ``classifier``, to apply to the ``features`` map.
 
     Args:
-        features: the ``features`` output.
         num_classes: units of ``classifier.6``.
         dropout: rate of ``classifier.2`` and ``classifier.5``.
         prefix: name prefix of the classifier layers.
 
     Returns:
-        The logits tensor.
+        The layers, in order (the last one gives the logits).
     """
-    x = layers.AdaptiveAveragePooling2D((7, 7), name="avgpool")(features)
-    x = layers.Permute((3, 1, 2), name="avgpool_chw")(x)  # flatten in PyTorch's C, H, W order
-    x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(4096, activation="relu", name=f"{prefix}_0")(x)
-    x = layers.Dropout(dropout, name=f"{prefix}_2")(x)
-    x = layers.Dense(4096, activation="relu", name=f"{prefix}_3")(x)
-    x = layers.Dropout(dropout, name=f"{prefix}_5")(x)
-    return layers.Dense(num_classes, name=f"{prefix}_6")(x)
+    return [
+        layers.AdaptiveAveragePooling2D((7, 7), name="avgpool"),
+        layers.Permute((3, 1, 2), name="avgpool_chw"),  # flatten in PyTorch's C, H, W order
+        layers.Flatten(name="flatten"),
+        layers.Dense(4096, activation="relu", name=f"{prefix}_0"),
+        layers.Dropout(dropout, name=f"{prefix}_2"),
+        layers.Dense(4096, activation="relu", name=f"{prefix}_3"),
+        layers.Dropout(dropout, name=f"{prefix}_5"),
+        layers.Dense(num_classes, name=f"{prefix}_6"),
+    ]
 
 
 def torchvision_model(
@@ -100,7 +101,9 @@ def torchvision_model(
         raise ValueError(f"name must be one of {TORCHVISION_MODELS}. Received: name={name!r}")
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     if name == "vgg16":
-        outputs = vgg16_classifier(vgg16_features(inputs), num_classes)
+        outputs = vgg16_features(inputs)
+        for layer in vgg16_classifier(num_classes):
+            outputs = layer(outputs)
     else:
         x = resnet_features(inputs, **_RESNETS[name])
         x = layers.GlobalAveragePooling2D(name="avgpool")(x)
