@@ -80,11 +80,11 @@ class GradientState(keras.layers.Layer):
     """
 
     def __init__(self, method: str, tasks: int, dims: int | None = None, weighting: str | None = None,
-                 name: str = "gradient_state", **kwargs):
+                 name: str = "gradient_state", owner=None, **kwargs):
         super().__init__(name=name, **kwargs)
         self.method, self.tasks, self.dims, self.weighting = method, int(tasks), dims, weighting
-        # any level: only the state's shape is needed (and CR-MOGM's wrapped method's name)
-        owner = methods.get(method, "parameters", None if weighting is None else {"weighting": weighting})
+        if owner is None:  # any level: only the state's shape is needed (and CR-MOGM's wrapped method's name)
+            owner = methods.get(method, "parameters", None if weighting is None else {"weighting": weighting})
         start = owner.initial_state(self.tasks, dims)
         self.keys = sorted(start)
         trainable = owner.trainable_state

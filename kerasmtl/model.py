@@ -12,11 +12,11 @@ import keras
 from keras import ops
 
 from kerasmtl import methods
-from kerasmtl.gradient_step import GradientStep, by_output
+from kerasmtl.gradient_step import GradientState, GradientStep, by_output
 from kerasmtl.graph import layer_output, shared_representation
 from kerasmtl.heads import head_layers, neck_layers
 from kerasmtl.keras_workarounds import UnevenBatchBuild
-from kerasmtl.losses import FunctionLoss
+from kerasmtl.losses import FunctionLoss, _global_present, presence_mask
 from kerasmtl.tasks import Task
 from kerasmtl.weighting import TaskWeighting, check_strategy
 
@@ -356,6 +356,8 @@ class MultiTaskModel(UnevenBatchBuild):
         gradient = isinstance(method, methods.GradientMethod)
         self._gradient_step = GradientStep(self, method) if gradient else None
         state = None if self._gradient_step is None else self._gradient_step.state
+        if isinstance(method, methods.Scalarization) and method.stateful:  # IMTL-L's and UW's learned parameters
+            state = GradientState(method.name, len(names), owner=method)
         if state is not None or getattr(self, "gradient_state", None) is not None:
             self.gradient_state = state  # a layer of the model, so its variables are saved with it
 
@@ -417,9 +419,22 @@ class MultiTaskModel(UnevenBatchBuild):
         values = self.compute_task_losses(y, y_pred, sample_weight)
         self.record_task_losses(values, keras.tree.flatten(y_pred)[0].shape[0])
         weights = self.task_weighting.values()
-        total = sum(ops.multiply(v, w) for v, w in zip(values, weights))
+        method = getattr(self, "method", None)
+        if isinstance(method, methods.Scalarization):
+            weighted = ops.stack([ops.multiply(v, ops.cast(w, v.dtype)) for v, w in zip(values, weights)])
+            state = self.gradient_state.read() if method.stateful else None
+            step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
+            total = method.loss(weighted, self.present_tasks(y), state, step=step)
+        else:
+            total = sum(ops.multiply(v, w) for v, w in zip(values, weights))
         extra = self.regularization_loss()
         return total if extra is None else ops.sum([total, extra])
+
+    def present_tasks(self, y):
+        """Boolean ``(tasks,)``: the tasks with a labelled sample in the global batch."""
+        y = by_output(y, [t.name for t in self._task_list])
+        counts = [ops.sum(presence_mask(y[t.name], t.kind)) for t in self._task_list]
+        return ops.stack([_global_present(count)[0] > 0 for count in counts])
 
     def record_loss(self, loss, x) -> None:
         """Adds a step's total loss (this replica's share) to ``loss_tracker``, weighted by

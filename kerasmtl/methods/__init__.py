@@ -41,6 +41,8 @@ from kerasmtl.methods.aggregators import (
 )
 from kerasmtl.methods.base import LEVELS, GradientMethod, Method
 from kerasmtl.methods.loss_level import DBMTL, FAMO, GradNorm
+from kerasmtl.methods.scalarizers import COSMOS, IMTLL, PBI, STCH, UW, GeometricMean, Scalarization
+from kerasmtl.methods.scalarizers import NAMED as SCALARIZATIONS
 from kerasmtl.methods.weightings import DST, DWA, LossWeighting, Static, Uncertainty
 
 #: The loss weightings by name.
@@ -56,8 +58,9 @@ def gradient_method_names() -> tuple[str, ...]:
 
 
 def names() -> tuple[str, ...]:
-    """Every method's name: the loss weightings, then the gradient methods."""
-    return tuple(WEIGHTINGS) + gradient_method_names()
+    """Every method's name: the loss weightings, the gradient methods, then the
+    scalarizations that have a name of their own."""
+    return tuple(WEIGHTINGS) + gradient_method_names() + tuple(SCALARIZATIONS)
 
 
 def get(identifier, level: str | None = None, options: Mapping | None = None, argument: str = "method") -> Method:
@@ -88,6 +91,8 @@ def get(identifier, level: str | None = None, options: Mapping | None = None, ar
     known = names() if argument == "method" else gradient_method_names()
     if identifier not in known:
         raise ValueError(f"{argument} must be one of {known}. Received: {argument}={identifier!r}")
+    if identifier in SCALARIZATIONS:  # loss level: no gradient level
+        return SCALARIZATIONS[identifier](**dict(options or {}))
     keyword = {} if level is None else {"level": level}
     if identifier in LOSS_LEVEL:
         return LOSS_LEVEL[identifier](**keyword, **dict(options or {}))
@@ -126,5 +131,5 @@ __all__ = [
     "ConFIG", "DualProj", "FairGrad", "GradDrop", "GradNorm", "GradVac", "GradientMethod", "LossWeighting", "Mean",
     "Method", "NashMTL", "PCGrad", "Random", "Static", "Sum", "UPGrad", "Uncertainty", "from_compile_arguments",
     "get", "gradient_method_names", "names", "CRMOGM", "Constant", "ExcessMTL", "Krum", "MoDo", "PCD", "SDMGrad",
-    "TrimmedMean",
+    "TrimmedMean", "COSMOS", "IMTLL", "PBI", "STCH", "UW", "GeometricMean", "Scalarization", "SCALARIZATIONS",
 ]

@@ -1,0 +1,118 @@
+"""The scalarizations of `kerasmtl.scalarization` as methods: the task losses combined into
+one loss, whose ordinary gradient Keras's own step takes (no task gradients: as cheap as
+``fit`` on the summed loss).
+
+``Scalarization("stch", mu=0.1)``, or the named classes ``GeometricMean()``, ``STCH(mu=0.1)``,
+``PBI(theta=5, weights=[...])``, ``COSMOS(lambda_=2, weights=[...])``, ``IMTLL()``,
+``UW()``. The names that other methods already hold (``mean``, ``sum``, ``constant``,
+``random``) are methods only as objects (``Scalarization("random", seed=1)`` is RLW at the
+loss level); DWA and FAMO are the ``dwa`` loss weighting and the ``famo`` gradient method.
+
+With several replicas each one scalarizes the global batch's task losses (summed over the
+replicas, without gradient) and takes the gradient through its own share, so a step equals
+one device's. IMTL-L's scales and UW's log-variances are trainable variables of the
+model's ``gradient_state`` layer, trained by the model's optimizer and saved with it.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kerasmtl import scalarization
+from kerasmtl.aggregation.options import OPTION_TYPES
+from kerasmtl.methods.base import Method, plain
+
+#: Options of the scalarizations besides the aggregators' (`OPTION_TYPES`).
+_TYPES = {"mu": OPTION_TYPES["eps"], "theta": OPTION_TYPES["eps"], "reference": OPTION_TYPES["weights"]}
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class Scalarization(Method):
+    """A scalarization of `kerasmtl.scalarization` by name, as a loss-level method.
+
+    Args:
+        name: one of `kerasmtl.scalarization.METHODS` but ``dwa`` and ``famo`` (their
+            per-epoch and after-step updates are the ``dwa`` and ``famo`` methods').
+        **options: the scalarization's options, named as in torchjd (``mu``, ``weights``,
+            ``reference``, ``theta``, ``lambda_``); ``seed`` of ``random``'s draws (each
+            step draws from ``(seed, step)``).
+
+    Raises:
+        ValueError: an unknown name, a missing or bad option. TypeError: an option the
+            scalarization does not have, or of the wrong type.
+    """
+
+    needs = "losses"
+
+    def __init__(self, name: str, **options):
+        if name not in scalarization.METHODS or name in scalarization.STATEFUL:
+            known = [n for n in scalarization.METHODS if n not in scalarization.STATEFUL]
+            raise ValueError(f"Unknown scalarization method. Known: {', '.join(known)} (dwa and famo are the 'dwa' and "
+                             f"'famo' methods). Received: name={name!r}")
+        allowed = scalarization.options(name)
+        for key, value in options.items():
+            if key not in allowed:
+                raise TypeError(f"{name} has the options {list(allowed) or 'none'}. Received: {key}")
+            wanted, check = _TYPES.get(key) or OPTION_TYPES[key]
+            if not check(value):
+                raise TypeError(f"{name}'s option {key} must be {wanted}. Received: {key}={value!r} ({type(value).__name__})")
+        self.name, self.options = name, {k: plain(v) for k, v in options.items()}
+        self.seed = self.options.pop("seed", 0) if name == "random" else None
+        scalarization.scalarize(name, tf.ones([_tasks(self.options)], tf.float32), **self._call_options(0))
+
+    stateful = property(lambda self: self.name in scalarization.LEARNED)
+    random = property(lambda self: self.name == "random")
+    trainable_state = property(lambda self: tuple(scalarization.initial_state(self.name, 1)))
+
+    def _call_options(self, step):
+        if self.seed is None:
+            return dict(self.options)
+        return {**self.options, "seed": tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])}
+
+    def get_config(self) -> dict:
+        seed = {} if self.seed is None else {"seed": self.seed}
+        named = {"name": self.name} if type(self) is Scalarization else {}
+        return {**named, **self.options, **seed}
+
+    def initial_state(self, tasks: int, dims: int | None = None) -> dict:
+        return {k: tf.cast(v, tf.float32) for k, v in scalarization.initial_state(self.name, tasks).items()}
+
+    def loss(self, losses, present, state, *, step):
+        """The scalar loss of this replica for its ``(tasks,)`` float32 task losses (its
+        shares of the global batch's), the tasks ``present`` in the global batch and the
+        state's values."""
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        total = tf.stop_gradient(losses)
+        if replicas > 1:
+            total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
+        # the global losses' value, this replica's gradient: f(L + R (l - sg l)) / R
+        values = total + replicas * (losses - tf.stop_gradient(losses))
+        state = state or None
+        return scalarization.scalarize(self.name, values, present=present, state=state, **self._call_options(step)) / replicas
+
+
+def _tasks(options) -> int:
+    """The number of tasks a check of ``options`` runs on (that of a vector option)."""
+    for key in ("weights", "reference"):
+        if options.get(key) is not None:
+            return len(options[key])
+    return 2
+
+
+def _named(class_name: str, kind: str):
+    def __init__(self, **options):
+        Scalarization.__init__(self, kind, **options)
+
+    doc = f"`Scalarization` ``{kind!r}`` (see `kerasmtl.scalarization.{kind}`)."
+    cls = type(class_name, (Scalarization,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+    return keras.saving.register_keras_serializable(package="kerasmtl")(cls)
+
+
+GeometricMean, STCH, PBI, COSMOS, IMTLL, UW = (
+    _named(c, k) for c, k in [("GeometricMean", "geometric_mean"), ("STCH", "stch"), ("PBI", "pbi"),
+                              ("COSMOS", "cosmos"), ("IMTLL", "imtl_l"), ("UW", "uw")])
+#: The scalarizations that are methods by name, with their classes (the other
+#: scalarizations' names belong to other methods).
+NAMED = {"geometric_mean": GeometricMean, "stch": STCH, "pbi": PBI, "cosmos": COSMOS, "imtl_l": IMTLL, "uw": UW}
