@@ -8,17 +8,11 @@ their state; the others are treated as the whole set of tasks.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import tensorflow as tf
 
 from kerasmtl.aggregation._core import F64
 
-#: The loss-level methods (`kerasmtl.gradient_step` runs them).
-METHODS = ("gradnorm", "famo", "db_mtl")
-#: State entries that are trainable variables, updated by the model's optimizer.
-TRAINABLE = {"gradnorm": ("logits",)}
 #: The logarithm's offset of FAMO and DB-MTL (``1e-8`` in LibMTL).
 LOG_EPS = 1e-8
 
@@ -38,17 +32,12 @@ def initial_state(name: str, tasks: int, dims: int | None = None) -> dict:
         if dims is None:
             raise ValueError("db_mtl's state needs the number of shared parameters. Received: dims=None")
         return {"buffer": tf.zeros([tasks, int(dims)], tf.float32), "steps": tf.zeros([tasks], tf.int64)}
-    raise ValueError(f"Unknown loss-level method. Known: {', '.join(METHODS)}. Received: name={name!r}")
+    raise ValueError(f"Unknown loss-level method. Known: gradnorm, famo, db_mtl. Received: name={name!r}")
 
 
 def check_options(name: str, options) -> None:
-    """Raises TypeError for an option ``name`` does not have, ValueError for a bad value."""
-    function = {"gradnorm": gradnorm, "famo": famo_update, "db_mtl": db_mtl}[name]
-    allowed = [k for k, v in inspect.signature(function).parameters.items()
-               if v.kind is inspect.Parameter.KEYWORD_ONLY and k != "step"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(f"{name} has the options {allowed}. Received: {', '.join(unknown)}")
+    """Raises ValueError for a value out of its option's range (`kerasmtl.aggregation.options`
+    checks the names and types)."""
     rules = {
         "alpha": (lambda v: v >= 0, "non-negative"),
         "warmup_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative int"),

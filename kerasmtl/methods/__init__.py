@@ -10,35 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kerasmtl import aggregation
-from kerasmtl.methods.aggregators import (
-    ALIASES,
-    CRMOGM,
-    IMTLG,
-    MGDA,
-    NAMED,
-    PCD,
-    RLW,
-    Aggregator,
-    AlignedMTL,
-    CAGrad,
-    ConFIG,
-    Constant,
-    DualProj,
-    ExcessMTL,
-    FairGrad,
-    GradDrop,
-    GradVac,
-    Krum,
-    Mean,
-    MoDo,
-    NashMTL,
-    PCGrad,
-    Random,
-    SDMGrad,
-    Sum,
-    TrimmedMean,
-    UPGrad,
-)
+from kerasmtl.methods import aggregators
+from kerasmtl.methods.aggregators import *  # noqa: F403  (UPGrad, PCGrad, ...: every named aggregator)
+from kerasmtl.methods.aggregators import ALIASES, Aggregator
 from kerasmtl.methods.base import LEVELS, GradientMethod, Method
 from kerasmtl.methods.loss_level import DBMTL, FAMO, GradNorm
 from kerasmtl.methods.scalarizers import COSMOS, IMTLL, PBI, STCH, UW, GeometricMean, Scalarization
@@ -127,9 +101,7 @@ def from_compile_arguments(method, gradient_method, gradient_level, gradient_opt
 
 
 __all__ = [
-    "DBMTL", "DST", "DWA", "FAMO", "IMTLG", "LEVELS", "MGDA", "NAMED", "RLW", "AlignedMTL", "Aggregator", "CAGrad",
-    "ConFIG", "DualProj", "FairGrad", "GradDrop", "GradNorm", "GradVac", "GradientMethod", "LossWeighting", "Mean",
-    "Method", "NashMTL", "PCGrad", "Random", "Static", "Sum", "UPGrad", "Uncertainty", "from_compile_arguments",
-    "get", "gradient_method_names", "names", "CRMOGM", "Constant", "ExcessMTL", "Krum", "MoDo", "PCD", "SDMGrad",
-    "TrimmedMean", "COSMOS", "IMTLL", "PBI", "STCH", "UW", "GeometricMean", "Scalarization", "SCALARIZATIONS",
+    *aggregators.__all__, "DBMTL", "DST", "DWA", "FAMO", "LEVELS", "GradNorm", "GradientMethod", "LossWeighting", "Method",
+    "Static", "Uncertainty", "from_compile_arguments", "get", "gradient_method_names", "names", "COSMOS", "IMTLL", "PBI",
+    "STCH", "UW", "GeometricMean", "Scalarization", "SCALARIZATIONS",
 ]

@@ -120,6 +120,7 @@ CLASS_NAMES = {
     "sdmgrad": "SDMGrad", "cr_mogm": "CRMOGM", "excess_mtl": "ExcessMTL",
 }
 NAMED = {kind: _named(cls, kind, _DOC.format(kind, cls)) for kind, cls in CLASS_NAMES.items()}
+__all__ = ["ALIASES", "Aggregator", "NAMED", *CLASS_NAMES.values()]
 Mean, Sum, Random, RLW, PCGrad, MGDA = (NAMED[k] for k in ("mean", "sum", "random", "rlw", "pcgrad", "mgda"))
 CAGrad, IMTLG, AlignedMTL, UPGrad = (NAMED[k] for k in ("cagrad", "imtl_g", "aligned_mtl", "upgrad"))
 DualProj, ConFIG, NashMTL, GradVac, FairGrad, GradDrop = (
