@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 
+from kerasmtl import architectures
 from kerasmtl.heads import HEADS
 from kerasmtl.layers import ImagePreprocessing
 from kerasmtl.model import MultiTaskModel
@@ -51,6 +52,11 @@ class ModelBuilder:
         freeze_stages: freeze the base tower's first N stages (its stem counts as one
             stage for the custom towers).
         base_kwargs: tower-specific options (e.g. ``{"width": 16}`` for custom towers).
+        architecture: how the tasks share the backbone (`kerasmtl.architectures`):
+            ``"hps"`` (every head reads the backbone's output), ``"mmoe"``, ``"cgc"``,
+            ``"ple"``, ``"mtan"`` (over the backbone's last ``stages`` stage outputs, 4 by
+            default), ``"cross_stitch"`` or ``"dselect_k"``.
+        architecture_options: the architecture's options (e.g. ``{"num_experts": 4}``).
         task_weighting: the loss-weighting strategy the model is made for (see
             `kerasmtl.weighting.STRATEGIES`): ``"uncertainty"`` gives it learnable
             weights, the others assignable ones (set by
@@ -76,6 +82,8 @@ class ModelBuilder:
         base_kwargs: Mapping | None = None,
         task_weighting: str = "static",
         name: str | None = None,
+        architecture: str = "hps",
+        architecture_options: Mapping | None = None,
     ):
         tasks = list(tasks)
         if not tasks:
@@ -123,6 +131,12 @@ class ModelBuilder:
         self.freeze_stages = int(freeze_stages)
         self.base_kwargs = dict(base_kwargs or {})
         self.task_weighting = check_strategy(task_weighting)
+        architectures.make_architecture(architecture, names, architecture_options)  # checks the name and options
+        if neck and architecture in architectures.STAGED:
+            raise ValueError(f"The {architecture} architecture reads the backbone's stages, so no shared neck can come "
+                             f"before it. Received: neck={list(neck)}")
+        self.architecture = architecture
+        self.architecture_options = dict(architecture_options or {})
         self.name = name or f"kerasmtl_{base}"
 
     def build_tower(self) -> keras.Model:
@@ -146,11 +160,27 @@ class ModelBuilder:
         preprocessing = ImagePreprocessing(mode=self.spec.preprocessing, output_channels=tower.input_shape[-1],
                                            name="preprocessing")
         weighting = TaskWeighting([t.name for t in self.tasks], learned=self.task_weighting == "uncertainty")
+        names = [t.name for t in self.tasks]
+        architecture = architectures.make_architecture(self.architecture, names, self.architecture_options)
+        if self.architecture in architectures.STAGED:
+            tower = self.staged_tower(tower, architectures.stage_count(self.architecture_options))
         return MultiTaskModel(
             backbone=tower, tasks=self.tasks, head=self.heads, head_kwargs=self.head_kwargs, neck=self.neck or None,
             neck_dropout=self.neck_dropout, preprocessing=preprocessing, image_shape=self.input_shape,
-            task_weighting=weighting, name=self.name,
+            architecture=architecture, task_weighting=weighting, name=self.name,
         )
+
+    def staged_tower(self, tower: keras.Model, count: int) -> keras.Model:
+        """The tower returning the outputs of its last ``count`` stages (`TowerSpec.stage_outputs`).
+
+        Raises:
+            ValueError: the tower has fewer stages.
+        """
+        stages = self.spec.stage_outputs(tower)
+        if len(stages) < count:
+            raise ValueError(f"The {self.architecture} architecture reads {count} stages; tower {self.base!r} has "
+                             f"{len(stages)} {stages}. Received: stages={count}")
+        return keras.Model(tower.input, [tower.get_layer(n).output for n in stages[-count:]], name="base")
 
     def _freeze(self, tower: keras.Model) -> None:
         frozen = set(self.spec.stage_layers(tower, self.freeze_stages)) if self.freeze_stages else set()

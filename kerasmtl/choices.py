@@ -11,6 +11,10 @@ the tuple here. Towers, presets and augmentation pipelines are registries that f
 import; the command line checks those after it imports the package.
 """
 
+#: Multi-task architectures (`kerasmtl.architectures`).
+ARCHITECTURES = ("hps", "mmoe", "cgc", "ple", "mtan", "cross_stitch", "dselect_k")
+#: Architectures whose tasks share no single representation: no gradient method at the features.
+PER_TASK_ARCHITECTURES = ("mtan",)
 #: Head towers (`kerasmtl.heads.head_layers`).
 HEADS = ("dense", "conv")
 #: Loss-weighting strategies (`kerasmtl.weighting`, `kerasmtl.callbacks.DynamicTaskWeights`).

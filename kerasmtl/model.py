@@ -291,6 +291,10 @@ class MultiTaskModel(UnevenBatchBuild):
             raise ValueError("gradient_level='features' needs at least two outputs computed from a shared representation "
                              f"(the base tower's output); use gradient_level='parameters'. Received: a model with outputs "
                              f"{[t.name for t in self._task_list]}")
+        if getattr(self.architecture, "shares_one_representation", True) is False:
+            raise ValueError(f"gradient_level='features' needs one representation all tasks share; the "
+                             f"{self.architecture.name!r} architecture gives each task its own, computed from the "
+                             "backbone's stages: use gradient_level='parameters'.")
         features = self.representation
         forward = keras.Model(self.inputs, (self.output, features), name=f"{self.name}_forward")
         return forward, keras.Model(self.inputs, features, name=f"{self.name}_trunk")

@@ -63,6 +63,32 @@ class TowerSpec:
         return names
 
 
+    def stage_outputs(self, tower: keras.Model) -> list[str]:
+        """The name of the layer giving each stage's output (stages without layers left out).
+
+        A stage's output is its last single-output 4-D layer at the stage's smallest
+        resolution: after the layers that shrink the map (squeeze-and-excitation maps and
+        padding layers, which are smaller or larger, left aside).
+        """
+        names, done = [], set()
+        for count in range(1, len(self.stages) + 1):
+            layers = [tower.get_layer(n) for n in self.stage_layers(tower, count) if n not in done]
+            done.update(layer.name for layer in layers)
+            maps = [layer for layer in layers if _single_map(layer) and not isinstance(layer, _GLOBAL_POOLING)]
+            reduced = [_reduces_to(layer) for layer in maps if _reduces_to(layer) is not None]
+            floor = min(reduced) if reduced else 0
+            maps = [layer for layer in maps if layer.output.shape[1] >= floor]
+            if maps:
+                size = min(layer.output.shape[1] for layer in maps)
+                names.append([layer.name for layer in maps if layer.output.shape[1] == size][-1])
+        return names
+
+
+def _single_map(layer) -> bool:
+    output = layer.output
+    return not isinstance(output, (list, tuple)) and len(output.shape) == 4
+
+
 def _reduces_to(layer) -> int | None:
     """The output height of a layer that shrinks its one 4-D input by 1.5x or more; else None."""
     inputs = layer.input
