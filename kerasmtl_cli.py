@@ -50,6 +50,7 @@ _data = _light_module("kerasmtl.data.settings")
 # Fixed choices, defined beside the package's implementations. Towers, presets and
 # augmentation pipelines are registries: they are checked after import.
 HEADS = _choices.HEADS
+ARCHITECTURES = _choices.ARCHITECTURES
 WEIGHTINGS = _choices.WEIGHTINGS
 DST_COUNTS = _choices.DST_COUNTS
 OPTIMIZERS = _choices.OPTIMIZERS
@@ -106,6 +107,8 @@ class TrainConfig(_data.DataSettings):
     width: int | None = None
     neck: list[int] = dataclasses.field(default_factory=list)
     freeze_stages: int = 0
+    architecture: str = "hps"
+    architecture_options: dict[str, float] = dataclasses.field(default_factory=dict)
     # training
     epochs: int | None = None
     batch_size: int = 32
@@ -218,6 +221,31 @@ class TaskWeightsAction(argparse.Action):
                 parser.error(f"{option_string}: {problem}")
             weights[name] = weight
         setattr(namespace, self.dest, weights)
+
+
+def _number(text: str):
+    """An option's value: an int if it reads as one, else a float; None if neither."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
+
+
+class ArchitectureOptionsAction(argparse.Action):
+    """Parses ``KEY=NUMBER`` pairs into ``{option: number}`` (``num_experts=4 units=64``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = {}
+        for item in values:
+            name, _, text = item.partition("=")
+            value = _number(text)
+            if not name or value is None or name in options:
+                parser.error(f"{option_string} takes OPTION=NUMBER pairs, each option once, e.g. num_experts=4 "
+                             f"units=64. Received: {item!r}")
+            options[name] = value
+        setattr(namespace, self.dest, options)
 
 
 def _flag(group, name: str, **kwargs):
@@ -336,6 +364,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "width", type=_int_at_least(1), help="stem width of the custom towers (bottleneck, separable)")
     _flag(group, "neck", type=_int_at_least(1), nargs="*", help="widths of a shared Dense neck, e.g. --neck 4096 4096")
     _flag(group, "freeze-stages", type=_int_at_least(0), help="freeze the first N stages of the base tower")
+    _flag(group, "architecture", choices=ARCHITECTURES, help="how the tasks share the base tower (default hps: "
+          "every head reads its output; mmoe, cgc, ple, dselect_k: experts with per-task gates; mtan: per-task "
+          "attention over its stages; cross_stitch: per-task towers mixed linearly)")
+    _flag(group, "architecture-options", nargs="+", metavar="OPTION=NUMBER", action=ArchitectureOptionsAction,
+          help="the architecture's options, e.g. num_experts=4 units=64 (kerasmtl.architectures)")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -437,6 +470,10 @@ def check_yaml_value(action: argparse.Action, value, where: str):
                 raise ValueError(f"{where}: {key}: {problem}")
             weights[str(name)] = float(weight)
         return weights
+    if isinstance(action, ArchitectureOptionsAction):
+        if not isinstance(value, Mapping) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value.values()):
+            raise ValueError(f"{where}: {key} must map option names to numbers. Received: {value!r}")
+        return {str(k): v for k, v in value.items()}
     items = value if action.nargs in ("+", "*") else [value]
     if action.nargs in ("+", "*") and not isinstance(value, list):
         raise ValueError(f"{where}: {key} must be a list. Received: {value!r}")
@@ -564,9 +601,15 @@ def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = N
     config = TrainConfig(**{k: v for k, v in values.items() if k in fields})
     extra = {k: v for k, v in values.items() if k not in fields}
     try:
-        _choices.split_method(config.method, config.task_weighting, config.gradient_method)
+        _, gradient = _choices.split_method(config.method, config.task_weighting, config.gradient_method)
     except ValueError as error:
         parser.error(str(error))
+    if config.model and (config.architecture != "hps" or config.architecture_options):
+        parser.error(f"--architecture builds a --base model; a --model preset has its own. Received: --model {config.model} "
+                     f"--architecture {config.architecture}")
+    if gradient and config.gradient_level == "features" and config.architecture in _choices.PER_TASK_ARCHITECTURES:
+        parser.error(f"--gradient-level features needs one representation all tasks share; the {config.architecture} "
+                     f"architecture gives each task its own. Use --gradient-level parameters. Received: --method {gradient}")
     problem = batch_memory_problem(config)
     if problem:
         parser.error(problem)

@@ -140,7 +140,9 @@ def run_fingerprint(config) -> dict:
     name it stands for: a run continues whichever spelling resumes it."""
     weighting, gradient = choices.split_method(config.method, config.task_weighting, config.gradient_method)
     folded = dataclasses.replace(config, task_weighting=weighting, gradient_method=gradient)
-    return {k: v for k, v in config_fingerprint(folded).items() if k != "method"}
+    default_architecture = config.architecture == "hps" and not config.architecture_options
+    left_out = {"method"} | ({"architecture", "architecture_options"} if default_architecture else set())
+    return {k: v for k, v in config_fingerprint(folded).items() if k not in left_out}
 
 
 def default_run_dir(config) -> Path:
@@ -253,7 +255,8 @@ def build_model(config, recipe: Recipe, tasks: list[Task], spec=None) -> MultiTa
     return ModelBuilder(
         tasks, base=config.base, input_shape=recipe.input_shape, weights=config.weights, head=config.head,
         neck=config.neck, freeze_stages=config.freeze_stages, base_kwargs=base_kwargs,
-        task_weighting=recipe.task_weighting,
+        task_weighting=recipe.task_weighting, architecture=config.architecture,
+        architecture_options=config.architecture_options,
     ).build()
 
 

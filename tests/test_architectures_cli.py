@@ -1,0 +1,88 @@
+"""Each multi-task architecture through the command line: refusals before TensorFlow loads,
+and (slow) a 2-epoch run on the synthetic sample, the saved model loaded in a fresh
+process, and its ONNX export run by onnxruntime."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kerasmtl.choices import ARCHITECTURES
+
+OPTIONS = {"hps": [], "mtan": ["stages=2"], "cross_stitch": ["units=8", "num_layers=2"]}
+for _name in ("mmoe", "cgc", "ple", "dselect_k"):
+    OPTIONS[_name] = ["units=8", "num_experts=3"]
+
+
+def _kerasmtl(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "kerasmtl_cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--architecture", "moe"], "argument --architecture: invalid choice: 'moe'"),
+        (["--architecture-options", "num_experts"], "--architecture-options takes OPTION=NUMBER pairs"),
+        (["--architecture", "mtan", "--method", "upgrad"], "the mtan architecture gives each task its own"),
+        (["--model", "resnet18_landmarks", "--architecture", "mmoe"], "a --model preset has its own"),
+    ],
+)
+def test_bad_architecture_flags_exit_2_naming_the_value(args, message):
+    result = _kerasmtl("train", *args, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr
+
+
+@pytest.fixture(scope="module")
+def runs(hvc_folder, tmp_path_factory):
+    """``run(architecture) -> (completed process, run folder)``: its 2-epoch run, trained once
+    for the module when first asked for."""
+    root = tmp_path_factory.mktemp("architectures")
+    done = {}
+
+    def run(architecture):
+        if architecture in done:
+            return done[architecture]
+        out = root / architecture
+        args = ["train", "--data", str(hvc_folder), "--image-size", "32", "--width", "8", "--epochs", "2", "--batch-size", "16",
+                "--no-augment", "--head", "dense", "--architecture", architecture, "--out", str(out)]
+        if OPTIONS[architecture]:
+            args += ["--architecture-options", *OPTIONS[architecture]]
+        done[architecture] = (_kerasmtl(*args), out)
+        return done[architecture]
+
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_two_epoch_run_trains_saves_and_exports(architecture, runs, tmp_path):
+    result, out = runs(architecture)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == 2 and np.isfinite(history["loss"]).all()
+    onnx_path = tmp_path / "model.onnx"
+    exported = _kerasmtl("export", str(out), "--format", "onnx", "--out", str(onnx_path))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    # A fresh process loads the saved model and compares it with onnxruntime on the same images.
+    probe = f"""
+import json, numpy as np, keras, kerasmtl, onnxruntime
+model = keras.saving.load_model({str(out / "model.keras")!r}, safe_mode=True)
+layers = [layer.name for layer in model.layers]
+images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
+expected = model.predict(images, verbose=0)
+session = onnxruntime.InferenceSession({str(onnx_path)!r}, providers=["CPUExecutionProvider"])
+names = [o.name for o in session.get_outputs()]
+got = dict(zip(names, session.run(names, {{"images": images}})))
+print(json.dumps({{"layers": layers, "gap": max(float(np.abs(got[n] - np.asarray(expected[n])).max()) for n in names)}}))
+"""
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    report = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert report["gap"] < 1e-4
+    expected_layer = {"hps": None, "ple": "ple_level1", "cross_stitch": "cross_stitch1"}.get(architecture, architecture)
+    if expected_layer:
+        assert expected_layer in report["layers"]
