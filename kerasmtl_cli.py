@@ -58,6 +58,7 @@ LR_SCHEDULES = _choices.LR_SCHEDULES
 DISTRIBUTION = _choices.DISTRIBUTION_STRATEGIES
 MIXED_PRECISION = _choices.MIXED_PRECISION
 INPUTS = _choices.INPUTS
+BACKENDS = _choices.BACKENDS
 EXPORT_FORMATS = _choices.EXPORT_FORMATS
 QUANTIZATIONS = _choices.QUANTIZATIONS
 FORMAT_QUANTIZATIONS = _choices.FORMAT_QUANTIZATIONS
@@ -139,6 +140,7 @@ class TrainConfig(_data.DataSettings):
     strategy: str = "none"
     mixed_precision: str = "off"
     input: str = "generator"
+    backend: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -416,6 +418,12 @@ def add_distribution_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "strategy", choices=DISTRIBUTION, help="none, mirrored (every local GPU) or multiworker (TF_CONFIG)")
     _flag(group, "mixed-precision", choices=MIXED_PRECISION, help="off, float16 (loss scaling) or bfloat16 compute")
     _flag(group, "input", choices=INPUTS, help="generator (default), tfdata or files (decoding in tf.data)")
+    add_backend_argument(group)
+
+
+def add_backend_argument(group) -> None:
+    """``--backend``: the Keras backend the command runs on."""
+    _flag(group, "backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
 
 
 def training_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
@@ -684,15 +692,18 @@ NATIVE_STARTUP_NOISE = (
 )
 
 
-def _environment(deterministic: bool = False) -> None:
+def _environment(deterministic: bool = False, backend: str | None = None) -> None:
     """Prepares the process before TensorFlow loads: no update check, no native start-up noise,
-    and with ``deterministic`` TensorFlow's op determinism (for the whole process, which is
-    the command's own).
+    with ``deterministic`` TensorFlow's op determinism (for the whole process, which is
+    the command's own), and with ``backend`` Keras's backend (``KERAS_BACKEND``, which
+    Keras reads once, when it is imported).
 
     TensorFlow's own C++ log lines are silenced (``TF_CPP_MIN_LOG_LEVEL=3``) unless the
     user set ``TF_CPP_MIN_LOG_LEVEL``; with it set to 0 or 1 every native line is shown,
     start-up notes included.
     """
+    if backend is not None:
+        _set_backend(backend)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if level.strip() not in ("0", "1"):
@@ -701,6 +712,17 @@ def _environment(deterministic: bool = False) -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+
+
+def _set_backend(backend: str) -> None:
+    """Sets ``KERAS_BACKEND``; exits with code 2 when this process's Keras already runs on
+    another backend (a process has one)."""
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.backend.backend() != backend:
+        print(f"kerasmtl: error: --backend {backend}: Keras is already loaded in this process on "
+              f"{keras.backend.backend()!r}; run the command in a new process", file=sys.stderr)
+        sys.exit(2)
+    os.environ["KERAS_BACKEND"] = backend
 
 
 def _load_tensorflow_without_startup_noise() -> None:
@@ -733,7 +755,7 @@ def train(argv: Sequence[str] | None = None, defaults: Mapping | None = None, pr
     """``kerasmtl train``: trains a model and writes its run folder."""
     parser = training_parser("Train a multi-output image model and write its run folder.", prog)
     config, _ = parse_config(parser, argv, defaults)
-    _environment(config.deterministic)
+    _environment(config.deterministic, config.backend)
     from kerasmtl.workflow import run_training, run_with_exit_codes
 
     return run_with_exit_codes(run_training, config)
@@ -744,7 +766,7 @@ def lr_find(argv: Sequence[str] | None = None, defaults: Mapping | None = None, 
     parser = training_parser("LR range test: writes lr_find.png / lr_find.csv and prints the suggestion.", prog)
     add_lr_find_arguments(parser)
     config, extra = parse_config(parser, argv, defaults)
-    _environment(config.deterministic)
+    _environment(config.deterministic, config.backend)
     from kerasmtl.workflow import run_lr_find, run_with_exit_codes
 
     return run_with_exit_codes(run_lr_find, config, extra)
@@ -766,8 +788,9 @@ def evaluate(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--samples", type=_int_at_least(0), default=8, help="images in the sample-predictions grid")
     parser.add_argument("--gradcam-images", type=_int_at_least(0), default=4, help="images in the Grad-CAM figure (0: none)")
     add_table_arguments(parser.add_argument_group("a CSV table given as --data"))
+    add_backend_argument(parser)
     args = parser.parse_args(argv)
-    _environment()
+    _environment(backend=args.backend)
     from kerasmtl.evaluate import evaluate as evaluate_model
     from kerasmtl.workflow import run_with_exit_codes
 
@@ -795,8 +818,9 @@ def predict(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                                       "image_id, image or the first)")
     add_table_arguments(group)
     group.add_argument("--column", dest="path_column", metavar="COLUMN", help="the same as --path-column")
+    add_backend_argument(parser)
     args = parser.parse_args(argv)
-    _environment()
+    _environment(backend=args.backend)
     from kerasmtl.predict import predict_command
     from kerasmtl.workflow import run_with_exit_codes
 
@@ -824,11 +848,12 @@ def export(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                         help="with --quantize: the largest accepted test-accuracy drop of a task, in points (default 1)")
     parser.add_argument("--max-mae-rise", type=_non_negative_float, default=5.0, metavar="PERCENT",
                         help="with --quantize: the largest accepted rise of a regression task's test MAE, in %% (default 5)")
+    add_backend_argument(parser)
     args = parser.parse_args(argv)
     if args.quantize is not None and args.quantize not in FORMAT_QUANTIZATIONS.get(args.format, ()):
         allowed = ", ".join(f"--format {f}: {' or '.join(q)}" for f, q in FORMAT_QUANTIZATIONS.items())
         parser.error(f"--quantize is {allowed} (saved_model: none). Received: --format {args.format} --quantize {args.quantize}")
-    _environment()
+    _environment(backend=args.backend)
     from kerasmtl.export import export_command
     from kerasmtl.quantize import AccuracyDropError
     from kerasmtl.workflow import run_with_exit_codes
@@ -853,7 +878,7 @@ def compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = training_parser("Train the multi-task ResNet18 (attributes + landmarks) and its two single-task "
                              "baselines on the same CelebA data and print one comparison table.", prog)
     config, _ = parse_config(parser, argv)
-    _environment(config.deterministic)
+    _environment(config.deterministic, config.backend)
     from kerasmtl.comparison import run_comparison
     from kerasmtl.workflow import run_with_exit_codes
 
@@ -885,7 +910,7 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
                      f"gradient_method={config.gradient_method!r}")
     if config.model:
         parser.error(f"compare-methods trains builder models (--base); a --model preset has fixed tasks. Received: --model {config.model}")
-    _environment(config.deterministic)
+    _environment(config.deterministic, config.backend)
     from kerasmtl.method_comparison import run_method_comparison
     from kerasmtl.workflow import run_with_exit_codes
 

@@ -31,6 +31,8 @@ DISTRIBUTION_STRATEGIES = ("none", "mirrored", "multiworker")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
 #: What a training run feeds ``fit`` (`kerasmtl.workflow.training_input`).
 INPUTS = ("generator", "tfdata", "files")
+#: Keras backends (``KERAS_BACKEND``; ``--backend`` sets it before Keras is imported).
+BACKENDS = ("tensorflow", "jax", "torch")
 #: Export formats and quantisations (`kerasmtl.export.export`).
 EXPORT_FORMATS = ("saved_model", "onnx", "litert", "openvino")
 QUANTIZATIONS = ("float16", "int8", "bfloat16")

@@ -396,7 +396,7 @@ class MaskedBalancedAccuracy(keras.metrics.Metric):
         return recalls / ops.maximum(defined, 1.0)
 
     def reset_state(self):
-        self.counts.assign(ops.zeros_like(self.counts))
+        self.counts.assign(ops.zeros(self.counts.shape, dtype=self.counts.dtype))
 
     def get_config(self):
         return {"threshold": self.threshold, "name": self.name, "dtype": self.dtype}

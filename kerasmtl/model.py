@@ -100,12 +100,23 @@ class TotalLossMean(keras.metrics.Mean):
         return super().update_state(values, sample_weight=sample_weight)
 
 
+def own_step() -> bool:
+    """Whether the model runs its own step (TensorFlow) rather than Keras's default one.
+
+    Keras's JAX and PyTorch trainers run the default ``train_step`` / ``test_step``, which
+    differentiate `MultiTaskModel.compute_loss` with ``jax.value_and_grad`` or
+    ``torch.autograd`` and update the ``loss`` tracker themselves.
+    """
+    return keras.backend.backend() == "tensorflow"
+
+
 class StepMetrics:
-    """The metrics the model's own step keeps: the total ``loss`` and each task's
-    unweighted ``<task>_loss`` (none with a single task, as Keras does)."""
+    """The metrics the model's own step keeps: the total ``loss`` (on TensorFlow; Keras's
+    default step on the other backends keeps its own) and each task's unweighted
+    ``<task>_loss`` (none with a single task, as Keras does)."""
 
     def __init__(self, names: Sequence[str]):
-        self.loss = TotalLossMean(name="loss")
+        self.loss = TotalLossMean(name="loss") if own_step() else None
         self.tasks = [keras.metrics.Mean(name=f"{n}_loss") for n in names] if len(names) > 1 else []
 
 
@@ -321,6 +332,11 @@ class MultiTaskModel(UnevenBatchBuild):
             **kwargs: passed to `keras.Model.compile`.
         """
         method = methods.from_compile_arguments(method, gradient_method, gradient_level, gradient_options)
+        if isinstance(method, methods.GradientMethod) and not own_step():
+            raise ValueError(
+                f"Gradient methods run on the TensorFlow backend only so far; Keras runs on "
+                f"{keras.backend.backend()!r} (KERAS_BACKEND). Received: method={method.name!r}"
+            )
         if method is not None and method.host:  # SciPy through tf.numpy_function: not under XLA
             if kwargs.get("jit_compile") is True:
                 raise ValueError(f"{method.name} calls SciPy on the host and cannot be jit-compiled. Received: jit_compile=True")
@@ -380,15 +396,19 @@ class MultiTaskModel(UnevenBatchBuild):
     @property
     def loss_tracker(self) -> keras.metrics.Mean:
         """The mean total loss of the epoch (``logs["loss"]``)."""
-        return self._step_metrics.loss
+        return next(m for m in self.metrics if m.name == "loss")
 
     @property
     def metrics(self):
         """The ``loss`` tracker, the compiled metrics, then each task's ``<task>_loss``."""
+        step = getattr(self, "_step_metrics", None)
+        if step is None:
+            return super().metrics
+        if step.loss is None:  # Keras's default step updates Keras's own tracker
+            return [*super().metrics, *step.tasks]
         # Keras's compile adds a "loss" tracker of its own, which this model's step replaces.
         compiled = [m for m in super().metrics if m.name != "loss"]
-        step = getattr(self, "_step_metrics", None)
-        return compiled if step is None else [step.loss, *compiled, *step.tasks]
+        return [step.loss, *compiled, *step.tasks]
 
     def compute_task_losses(self, y, y_pred, sample_weight=None) -> list:
         """Each task's loss, unweighted, in task order: this replica's share (Keras's
@@ -421,7 +441,7 @@ class MultiTaskModel(UnevenBatchBuild):
         """
         del x, training
         values = self.compute_task_losses(y, y_pred, sample_weight)
-        self.record_task_losses(values, keras.tree.flatten(y_pred)[0].shape[0])
+        self.record_task_losses(values, ops.shape(keras.tree.flatten(y_pred)[0])[0])
         weights = self.task_weighting.values()
         method = getattr(self, "method", None)
         if isinstance(method, methods.Scalarization):
@@ -446,8 +466,14 @@ class MultiTaskModel(UnevenBatchBuild):
         batch = ops.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
         self.loss_tracker.update_state(unscale(loss, replicas_in_sync()), sample_weight=batch)
 
-    def train_step(self, data):
-        """One optimizer step on the total loss (`compute_loss`), or the gradient method's."""
+    def train_step(self, *args):
+        """One optimizer step on the total loss (`compute_loss`), or the gradient method's.
+
+        On JAX and PyTorch, Keras's default step (``args`` is ``(state, data)`` on JAX).
+        """
+        if not own_step():
+            return super().train_step(*args)
+        (data,) = args
         if self._gradient_step is not None:
             return self._gradient_step(data)
         import tensorflow as tf
@@ -462,7 +488,10 @@ class MultiTaskModel(UnevenBatchBuild):
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def test_step(self, data):
+    def test_step(self, *args):
+        if not own_step():
+            return super().test_step(*args)
+        (data,) = args
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
         loss = self.compute_loss(x, y, y_pred, sample_weight, training=False)

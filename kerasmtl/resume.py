@@ -25,8 +25,9 @@ from kerasmtl.runs import BEST_MODEL, HISTORY, RESUME, RunFolder
 DATA_KEY = "dataset_digest"
 
 #: Config fields that do not change what a run is: a rerun may change them (``epochs``:
-#: a finished run continues when asked for more).
-IGNORED_FIELDS = ("verbose", "workers", "worker_processes", "out", "restart", "epochs", "deterministic")
+#: a finished run continues when asked for more; ``backend``: the saved model and
+#: optimizer state load on every Keras backend).
+IGNORED_FIELDS = ("verbose", "workers", "worker_processes", "out", "restart", "epochs", "deterministic", "backend")
 
 __all__ = [
     "DATA_KEY",

@@ -1,0 +1,119 @@
+"""Jobs that the cross-backend tests run in their own processes.
+
+A process runs one Keras backend (``KERAS_BACKEND`` is read when Keras is imported), so
+each backend's run is a fresh process:
+
+    KERAS_BACKEND=jax python tests/backend_jobs.py run FOLDER
+    KERAS_BACKEND=jax python tests/backend_jobs.py load FOLDER
+
+``run`` builds the same small model on every backend, sets its weights from a NumPy
+generator (the same numbers on every backend, whatever each backend's own initialisers
+draw), and writes ``FOLDER/<backend>.npz``: the inference and training-mode outputs for a
+fixed batch, ``evaluate``'s results, the weights after one SGD step on that batch, and the
+step's logs, and the trained model's outputs; it saves that model as
+``FOLDER/<backend>.keras``. ``load`` loads
+every ``FOLDER/*.keras`` and writes their predictions to ``FOLDER/<backend>-loaded.npz``.
+
+The model has no dropout (each backend draws its own masks); its BatchNormalization
+layers use the batch's statistics in training mode on every backend alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kerasmtl  # noqa: E402
+
+IMAGE_SIZE = 32
+BATCH = 8
+EVAL_BATCH = 5  # evaluate sees a batch of 5, then one of 3
+LEARNING_RATE = 0.1
+
+
+def tasks():
+    """One task of each kind."""
+    return [kerasmtl.Task("smiling", "binary", ("no", "yes")),
+            kerasmtl.Task("age", "multiclass", ("young", "adult", "old")),
+            kerasmtl.Task("point", "regression", columns=("x", "y"))]
+
+
+def data():
+    """A fixed batch of images and targets with missing labels in every task."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    point = rng.normal(size=(BATCH, 2)).astype("float32")
+    point[[2, 6]] = np.nan
+    y = {"smiling": np.array([0, 1, -1, 1, 0, 0, 1, -1], "float32"),
+         "age": np.array([0, 2, 1, -1, 1, 0, 2, 2], "int32"),
+         "point": point}
+    return x, y
+
+
+def model():
+    """The small model, with weights drawn from NumPy (BatchNorm variances kept positive)."""
+    built = kerasmtl.ModelBuilder(tasks(), base="bottleneck", input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+                                  base_kwargs={"width": 8}, head_kwargs={"units": [16], "dropout": 0.0}).build()
+    rng = np.random.default_rng(3)
+    values = []
+    for variable in built.weights:
+        shape = tuple(variable.shape)
+        if "variance" in variable.path:
+            values.append(rng.uniform(0.5, 1.5, shape))
+        elif "gamma" in variable.path:
+            values.append(1.0 + 0.1 * rng.normal(size=shape))
+        elif len(shape) > 1:
+            fan_in = int(np.prod(shape[:-1]))
+            values.append(rng.normal(size=shape) * np.sqrt(2.0 / fan_in))
+        elif "loss_weight" in variable.path or "dwa_epochs" in variable.path:
+            values.append(np.asarray(variable.numpy()))
+        else:
+            values.append(0.1 * rng.normal(size=shape))
+    built.set_weights([v.astype("float32") for v in values])
+    return built
+
+
+def as_arrays(outputs, prefix):
+    return {f"{prefix}/{name}": np.asarray(keras.ops.convert_to_numpy(value)) for name, value in outputs.items()}
+
+
+def run(folder: Path) -> None:
+    backend = keras.backend.backend()
+    x, y = data()
+    net = model()
+    arrays = as_arrays(net.predict(x, batch_size=BATCH, verbose=0), "predict")
+    arrays.update(as_arrays(net(x, training=True), "train_outputs"))
+    net = model()  # the training-mode call moved BatchNorm's statistics: start again
+    arrays.update({f"initial/{i}": w for i, w in enumerate(net.get_weights())})
+    net.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE))
+    evaluated = net.evaluate(x, y, batch_size=EVAL_BATCH, verbose=0, return_dict=True)
+    history = net.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0).history
+    arrays.update({f"stepped/{i}": w for i, w in enumerate(net.get_weights())})
+    arrays.update({f"stepped_names/{i}": np.array(w.path) for i, w in enumerate(net.weights)})
+    arrays.update(as_arrays(net.predict(x, batch_size=BATCH, verbose=0), "saved"))
+    np.savez(folder / f"{backend}.npz", **arrays)
+    (folder / f"{backend}.json").write_text(json.dumps({
+        "evaluate": evaluated, "fit": {k: v[-1] for k, v in history.items()}}))
+    net.save(folder / f"{backend}.keras")
+
+
+def load(folder: Path) -> None:
+    x, _ = data()
+    arrays = {}
+    for path in sorted(folder.glob("*.keras")):
+        loaded = keras.saving.load_model(path)
+        arrays.update(as_arrays(loaded.predict(x, batch_size=BATCH, verbose=0), path.stem))
+    np.savez(folder / f"{keras.backend.backend()}-loaded.npz", **arrays)
+
+
+if __name__ == "__main__":
+    {"run": run, "load": load}[sys.argv[1]](Path(sys.argv[2]))

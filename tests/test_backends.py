@@ -1,0 +1,116 @@
+"""The same model on TensorFlow, JAX and PyTorch: the same outputs, the same losses (checked
+against a NumPy computation), the same weights after one SGD step, and a ``.keras`` file
+saved on each backend loads on each other with the same predictions.
+
+Each backend runs in its own process (`tests/backend_jobs.py`): Keras picks its backend
+once, at import.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import backend_jobs as jobs
+import numpy as np
+import pytest
+
+BACKENDS = ("tensorflow", "jax", "torch")
+JOBS = Path(__file__).with_name("backend_jobs.py")
+
+
+def _job(mode, backend, folder):
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run([sys.executable, str(JOBS), mode, str(folder)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, f"{backend} {mode}:\n{done.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``{backend: (arrays, logs, loaded predictions)}`` after every backend's ``run``, then
+    every backend's ``load`` of all three saved models."""
+    folder = tmp_path_factory.mktemp("backends")
+    for backend in BACKENDS:
+        _job("run", backend, folder)
+    for backend in BACKENDS:
+        _job("load", backend, folder)
+    return {b: (dict(np.load(folder / f"{b}.npz")), json.loads((folder / f"{b}.json").read_text()),
+                dict(np.load(folder / f"{b}-loaded.npz"))) for b in BACKENDS}
+
+
+def _bce(p, y):
+    p = np.clip(p[:, 0].astype("float64"), 1e-7, 1 - 1e-7)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def numpy_losses(outputs, y):
+    """Each task's loss over its present labels, and their sum, computed with NumPy."""
+    smiling = y["smiling"] != -1
+    age = y["age"] != -1
+    point = ~np.isnan(y["point"]).any(axis=1)
+    losses = {
+        "smiling_loss": _bce(outputs["smiling"], y["smiling"])[smiling].mean(),
+        "age_loss": -np.log(np.clip(outputs["age"][age, y["age"][age]].astype("float64"), 1e-7, 1.0)).mean(),
+        "point_loss": ((outputs["point"][point] - y["point"][point]) ** 2).mean(),
+    }
+    losses["loss"] = sum(losses.values())
+    return losses
+
+
+def _outputs(arrays, prefix):
+    return {name: arrays[f"{prefix}/{name}"] for name in ("smiling", "age", "point")}
+
+
+def _relative(difference, reference):
+    return np.linalg.norm(difference) / np.linalg.norm(reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_outputs_and_one_sgd_step_match_tensorflow(runs, backend):
+    reference, other = runs["tensorflow"][0], runs[backend][0]
+    for prefix in ("predict", "train_outputs"):
+        for name, value in _outputs(reference, prefix).items():
+            np.testing.assert_allclose(_outputs(other, prefix)[name], value, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{prefix} {name}")
+    count = sum(key.startswith("stepped/") for key in reference)
+    moved = 0
+    for i in range(count):
+        name, before, after = str(reference[f"stepped_names/{i}"]), reference[f"initial/{i}"], reference[f"stepped/{i}"]
+        np.testing.assert_array_equal(other[f"initial/{i}"], before)
+        # each variable after the step within 1e-4 of TensorFlow's (relative, in norm) ...
+        assert _relative(other[f"stepped/{i}"] - after, after) <= 1e-4, name
+        if np.any(after != before):
+            moved += 1
+            # ... and so is the step itself, within 1e-3 of it
+            assert _relative((other[f"stepped/{i}"] - before) - (after - before), after - before) <= 1e-3, name
+    assert moved > count // 2  # the step changed most variables
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logged_losses_are_the_numpy_losses(runs, backend):
+    arrays, logs, _ = runs[backend]
+    x, y = jobs.data()
+    # evaluate: a batch of 5 and one of 3, each epoch mean weighted by the batch's size
+    predicted = _outputs(arrays, "predict")
+    first = numpy_losses({k: v[:5] for k, v in predicted.items()}, {k: v[:5] for k, v in y.items()})
+    second = numpy_losses({k: v[5:] for k, v in predicted.items()}, {k: v[5:] for k, v in y.items()})
+    for name in first:
+        assert logs["evaluate"][name] == pytest.approx((5 * first[name] + 3 * second[name]) / 8, rel=1e-5), name
+    # fit: one batch of 8 in training mode (BatchNorm on the batch's statistics), before the step
+    expected = numpy_losses(_outputs(arrays, "train_outputs"), y)
+    for name, value in expected.items():
+        assert logs["fit"][name] == pytest.approx(value, rel=1e-5), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", BACKENDS)
+def test_a_model_saved_on_each_backend_loads_on_each_other(runs, loader):
+    loaded = runs[loader][2]
+    for saver in BACKENDS:
+        # the saving backend's own outputs of the model it saved
+        for name, value in _outputs(runs[saver][0], "saved").items():
+            np.testing.assert_allclose(loaded[f"{saver}/{name}"], value, rtol=1e-5, atol=1e-5, err_msg=f"{saver} {name}")
