@@ -364,6 +364,9 @@ class MultiTaskModel(UnevenBatchBuild):
         self.task_losses = {n: _loss_object(by_name[n]) for n in names}
         # The model computes its losses itself (`compute_loss`); Keras compiles the metrics.
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+        # Keras saves jit_compile resolved for this backend: "auto" is XLA on TensorFlow and
+        # JAX but eager on PyTorch, where True would mean torch.compile.
+        self._jit_compile_given = kwargs.get("jit_compile", "auto")
         self.loss = loss  # what `compile` was given, as Keras's `Model.loss` holds it
         self._step_metrics = StepMetrics(names)
         if isinstance(method, methods.LossWeighting):
@@ -504,6 +507,7 @@ class MultiTaskModel(UnevenBatchBuild):
             config.pop("loss_weights", None)  # they live in self.task_weighting's variables
             config["loss"] = keras.saving.serialize_keras_object(self._loss)
             config.update(getattr(self, "_method_config", None) or {})
+            config["jit_compile"] = getattr(self, "_jit_compile_given", config.get("jit_compile", "auto"))
         return config
 
     def compile_from_config(self, config):

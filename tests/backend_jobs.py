@@ -10,7 +10,7 @@ each backend's run is a fresh process:
 generator (the same numbers on every backend, whatever each backend's own initialisers
 draw), and writes ``FOLDER/<backend>.npz``: the inference and training-mode outputs for a
 fixed batch, ``evaluate``'s results, the weights after one SGD step on that batch, and the
-step's logs, and the trained model's outputs; it saves that model as
+step's logs, the trained model's outputs, and what ``compile(method="upgrad")`` says; it saves that model as
 ``FOLDER/<backend>.keras``. ``load`` loads
 every ``FOLDER/*.keras`` and writes their predictions to ``FOLDER/<backend>-loaded.npz``.
 
@@ -104,6 +104,13 @@ def run(folder: Path) -> None:
     (folder / f"{backend}.json").write_text(json.dumps({
         "evaluate": evaluated, "fit": {k: v[-1] for k, v in history.items()}}))
     net.save(folder / f"{backend}.keras")
+    try:
+        model().compile(method="upgrad")
+        refusal = None
+    except ValueError as error:
+        refusal = str(error)
+    facts = json.loads((folder / f"{backend}.json").read_text())
+    (folder / f"{backend}.json").write_text(json.dumps(facts | {"upgrad_refusal": refusal}))
 
 
 def load(folder: Path) -> None:

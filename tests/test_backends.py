@@ -114,3 +114,23 @@ def test_a_model_saved_on_each_backend_loads_on_each_other(runs, loader):
         # the saving backend's own outputs of the model it saved
         for name, value in _outputs(runs[saver][0], "saved").items():
             np.testing.assert_allclose(loaded[f"{saver}/{name}"], value, rtol=1e-5, atol=1e-5, err_msg=f"{saver} {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_methods_name_the_backend_they_do_not_run_on(runs, backend):
+    refusal = runs[backend][1]["upgrad_refusal"]
+    if backend == "tensorflow":
+        assert refusal is None
+    else:
+        assert f"{backend!r}" in refusal and "upgrad" in refusal and "TensorFlow" in refusal
+
+
+def test_a_saved_model_keeps_jit_compile_as_compile_was_given():
+    # "auto" resolves per backend (XLA on TensorFlow, eager on PyTorch); saved resolved, a
+    # model compiled on TensorFlow would load on PyTorch with torch.compile.
+    net = jobs.model()
+    net.compile()
+    assert net.get_compile_config()["jit_compile"] == "auto"
+    net.compile(jit_compile=False)
+    assert net.get_compile_config()["jit_compile"] is False
