@@ -60,8 +60,9 @@ METHODS = WEIGHTINGS + GRADIENT_METHODS + SCALARIZATIONS
 
 
 def split_method(method, task_weighting, gradient_method):
-    """``(task weighting, gradient method)`` of ``--method`` and its older names
-    ``--task-weighting`` and ``--gradient-method`` (None: not given).
+    """``(task weighting, other method)`` of ``--method`` and its older names
+    ``--task-weighting`` and ``--gradient-method`` (None: not given); the other method is a
+    gradient method or a scalarization, which the run compiles the model with.
 
     The older names may be given together (a loss weighting and a gradient method in one
     run); ``--method`` names one method, and either older name may only repeat it.

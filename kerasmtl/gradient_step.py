@@ -1,5 +1,5 @@
-"""The train step of ``MultiTaskModel.compile(gradient_method=...)``: the task gradients
-aggregated by a `kerasmtl.aggregation` method instead of summed.
+"""The train step of ``MultiTaskModel.compile(method=...)`` with a gradient method
+(`kerasmtl.methods.GradientMethod`): the task gradients combined instead of summed.
 
 Each task's loss is the model's (`MultiTaskModel.compute_task_losses`: class weights and
 sample weights in it) times its loss weight. Levels:

@@ -461,7 +461,7 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None)
         lr = session.saved_extra.get("lr")
         recipe = dataclasses.replace(recipe, lr=lr if lr is not None else find_learning_rate(recipe, data, model, run).suggest())
     model.compile(optimizer=make_optimizer(recipe.optimizer, learning_rate(recipe, config.one_cycle, len(data.train_data))),
-                  method=recipe.gradient_method and methods.get(recipe.gradient_method, config.gradient_level))
+                  method=None if recipe.gradient_method is None else methods.get(recipe.method, config.gradient_level))
     callbacks = build_callbacks(config, recipe, run, session, data, model)
     initial_epoch = session.restore(
         model, datasets=[data.train_data], callbacks=callbacks,
