@@ -1,4 +1,4 @@
-"""Training step time of each gradient method (``compile(gradient_method=...)``) against a
+"""Training step time of each gradient method (``compile(method=...)``) against a
 plain ``fit`` of the same model.
 
 The model is the 8-output person model (bottleneck tower, conv heads, 64 px, batch 32) on
@@ -29,9 +29,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from _timing import EpochTimer  # noqa: E402
 
-from kerasmtl import ModelBuilder, aggregation  # noqa: E402
+from kerasmtl import ModelBuilder, aggregation, methods  # noqa: E402
 from kerasmtl.data.person import hvc_tasks  # noqa: E402
-from kerasmtl.gradient_step import LEVELS  # noqa: E402
+from kerasmtl.methods import LEVELS  # noqa: E402
 
 
 def make_data(tasks, n: int, size: int, rng):
@@ -48,7 +48,7 @@ def compiled_model(tasks, args, method=None, level="features") -> keras.Model:
     """The benchmark model of one variant (``method=None``: plain fit), built once."""
     keras.utils.set_random_seed(0)
     model = ModelBuilder(tasks, base="bottleneck", input_shape=(args.image_size,) * 2 + (3,), head="conv").build()
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), gradient_method=method, gradient_level=level)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), method=method and methods.get(method, level))
     return model
 
 
