@@ -1,5 +1,6 @@
-"""Training step time of each gradient method (``compile(method=...)``) against a
-plain ``fit`` of the same model.
+"""Training step time of each multi-task method (``compile(method=...)``: the loss
+weightings, the gradient methods at both levels and the scalarizations) against a plain
+``fit`` of the same model.
 
 The model is the 8-output person model (bottleneck tower, conv heads, 64 px, batch 32) on
 in-memory random images with 30 % of the labels missing. Every variant's model is built
@@ -9,10 +10,12 @@ method, ... (each round in the opposite order of the last). Each is one ``fit`` 
 ``fit`` does) and is not timed, and the fastest timed epoch counts. A method's ratio in a round is its time over the mean of the plain times just
 before and after it, so a machine busy for a while slows both; the report gives the
 median of each method's ratios (and of its times). Target: every method at ``features``
-level within 1.3x of plain. CAGrad and FairGrad call SciPy on the host on every step
-(their references solve these problems with external solvers) and are listed apart. The
+level (or at the loss level, where it has no gradient level) within 1.3x of plain; a
+method that cannot be is printed with the reason. CAGrad, FairGrad and PCD call SciPy or
+NumPy on the host on every step (their references solve these problems with external
+solvers) and are listed apart. The methods that need options get those of `OPTIONS`. The
 last line is ``features_over_plain=<worst> parameters_over_plain=<worst>`` over the other
-methods' median ratios.
+methods' median ratios (the loss-level ones counting as features).
 
     python benchmarks/gradient_methods.py [--steps 4] [--epochs 1] [--rounds 3] [--methods upgrad mgda ...]
 """
@@ -29,9 +32,32 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from _timing import EpochTimer  # noqa: E402
 
-from kerasmtl import ModelBuilder, aggregation, methods  # noqa: E402
+from kerasmtl import ModelBuilder, methods  # noqa: E402
 from kerasmtl.data.person import hvc_tasks  # noqa: E402
 from kerasmtl.methods import LEVELS  # noqa: E402
+
+#: Options of the methods that have required ones (8 tasks).
+OPTIONS = {"constant": {"weights": [1.0] * 8}, "krum": {"n_byzantine": 2, "n_selected": 3},
+           "trimmed_mean": {"trim_number": 2}, "stch": {"mu": 0.5}, "pbi": {"theta": 5.0, "weights": [1.0] * 8},
+           "cosmos": {"lambda_": 1.0, "weights": [0.125] * 8}}
+#: Why a method cannot be timed at the ``features`` level.
+PARAMETERS_ONLY = "its state is sized by the shared parameters: parameters level only (a backward pass per task)"
+
+
+def make_method(name, level):
+    """The method ``name`` at ``level`` (None: a method without a gradient level)."""
+    return methods.get(name, level, OPTIONS.get(name))
+
+
+def variants(names):
+    """``[(name, level)]``: every gradient level a method supports, or None for the
+    others (loss weightings, scalarizations)."""
+    found = []
+    for name in names:
+        method = methods.get(name, None, OPTIONS.get(name))
+        levels = method.levels if isinstance(method, methods.GradientMethod) else (None,)
+        found += [(name, level) for level in levels]
+    return found
 
 
 def make_data(tasks, n: int, size: int, rng):
@@ -47,8 +73,11 @@ def make_data(tasks, n: int, size: int, rng):
 def compiled_model(tasks, args, method=None, level="features") -> keras.Model:
     """The benchmark model of one variant (``method=None``: plain fit), built once."""
     keras.utils.set_random_seed(0)
-    model = ModelBuilder(tasks, base="bottleneck", input_shape=(args.image_size,) * 2 + (3,), head="conv").build()
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), method=method and methods.get(method, level))
+    learned = method == "uncertainty"
+    model = ModelBuilder(tasks, base="bottleneck", input_shape=(args.image_size,) * 2 + (3,), head="conv",
+                         **({"task_weighting": "uncertainty"} if learned else {})).build()
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  method=None if method is None else make_method(method, level))
     return model
 
 
@@ -90,31 +119,43 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of plain / method pairs (medians over them)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--methods", nargs="+", default=list(aggregation.METHODS), choices=aggregation.METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(methods.names()), choices=methods.names())
     args = parser.parse_args()
 
     tasks = hvc_tasks()
     data = make_data(tasks, args.steps * args.batch_size, args.image_size, np.random.default_rng(0))
     plain = compiled_model(tasks, args)
-    models = {(m, level): compiled_model(tasks, args, m, level) for m in args.methods for level in LEVELS}
+    models = {(m, level): compiled_model(tasks, args, m, level) for m, level in variants(args.methods)}
     ratios, times, plain_times = interleaved_ratios(models, plain, data, args)
     ratio = {v: float(np.median(r)) for v, r in ratios.items()}
     ms = {v: 1000 * float(np.median(t)) for v, t in times.items()}
     print(f"plain fit: median {1000 * np.median(plain_times):.1f} ms/step over {len(plain_times)} fits "
           f"(min {1000 * min(plain_times):.1f}, max {1000 * max(plain_times):.1f}; {len(tasks)} outputs, bottleneck, "
           f"{args.image_size} px, batch {args.batch_size}); {args.rounds} rounds, medians")
-    print(f"{'method':<12} {'features':>14} {'parameters':>16}")
+    print(f"{'method':<15} {'features':>14} {'parameters':>16}")
+
+    def cell(variant, width):
+        if variant not in ms:
+            return " " * width
+        return f"{ms[variant]:7.1f} ms {ratio[variant]:4.2f}x".rjust(width)
+
+    host = [m for m in args.methods if make_method(m, (variants([m])[0][1])).host]
     for m in args.methods:
-        f, p = (m, "features"), (m, "parameters")
-        note = "  (SciPy on the host every step)" if m in aggregation.HOST else ""
-        print(f"{m:<12} {ms[f]:7.1f} ms {ratio[f]:4.2f}x {ms[p]:8.1f} ms {ratio[p]:4.2f}x{note}")
-    host = [m for m in args.methods if m in aggregation.HOST]
+        if (m, None) in ms:
+            print(f"{m:<15} {cell((m, None), 14)}  (loss level: no task gradients)")
+            continue
+        notes = ["SciPy or NumPy on the host every step"] if m in host else []
+        if (m, "features") not in ms:
+            notes.append(PARAMETERS_ONLY)
+        elif ratio[m, "features"] > 1.3 and m not in host:
+            notes.append("over 1.3x at features level")
+        note = f"  ({'; '.join(notes)})" if notes else ""
+        print(f"{m:<15} {cell((m, 'features'), 14)} {cell((m, 'parameters'), 16)}{note}")
     if host:
         print("apart (an external solver on each step): " + " ".join(
-            f"{m}: features_over_plain={ratio[m, 'features']:.2f} parameters_over_plain={ratio[m, 'parameters']:.2f}"
-            for m in host))
-    rest = [m for m in args.methods if m not in aggregation.HOST] or args.methods
-    worst = {level: max(ratio[m, level] for m in rest) for level in LEVELS}
+            f"{m}: " + " ".join(f"{lv}_over_plain={ratio[m, lv]:.2f}" for lv in LEVELS if (m, lv) in ratio) for m in host))
+    rest = [v for v in ratio if v[0] not in host] or list(ratio)
+    worst = {lv: max((ratio[v] for v in rest if (v[1] or "features") == lv), default=float("nan")) for lv in LEVELS}
     print(f"features_over_plain={worst['features']:.2f} parameters_over_plain={worst['parameters']:.2f}")
 
 

@@ -165,3 +165,11 @@ def test_bad_input_names_the_rule_and_the_value():
         scalarization.scalarize("mean", [1.0, 2.0], mu=1.0)
     with pytest.raises(ValueError, match=r"losses must be a \(tasks,\) vector\. Received: shape=\(2, 2\)"):
         scalarization.scalarize("sum", np.ones((2, 2)))
+
+
+def test_geometric_mean_is_libmtls_gls():
+    # LibMTL's GLS: loss = prod(L) ** (1 / m); its gradient, written out: loss / (m L_i)
+    losses = np.array([0.3, 1.7, 2.5, 0.9])
+    expected = np.prod(losses) ** (1 / 4)
+    loss, grad, _ = ours("geometric_mean", losses)
+    assert rel(loss, expected) < 1e-12 and rel(grad, expected / (4 * losses)) < 1e-12
