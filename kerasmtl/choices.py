@@ -50,7 +50,7 @@ LR_SUGGESTION_RULES = ("valley", "steep", "minimum")
 #: methods and their other names) and the levels they act at.
 GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
                     "config", "nash_mtl", "gradvac", "fairgrad", "constant", "krum", "pcd", "modo", "sdmgrad", "cr_mogm",
-                    "excess_mtl", "graddrop", "trimmed_mean", "gradnorm", "famo", "db_mtl", "rlw")
+                    "excess_mtl", "graddrop", "trimmed_mean", "gradnorm", "famo", "db_mtl", "moco", "rlw")
 GRADIENT_LEVELS = ("features", "parameters")
 #: Multi-task methods (`kerasmtl.methods.names`, ``--method``): the loss weightings, the
 #: gradient methods, then the scalarizations.

@@ -1,4 +1,4 @@
-"""The loss-level methods of the gradient step (``gradnorm``, ``famo``, ``db_mtl``, and
+"""The loss-level methods of the gradient step (``gradnorm``, ``famo``, ``db_mtl``, ``moco``, and
 ``rlw``), checked against LibMTL's formulas written out here: each reference objective
 (GradNorm's ``L_grad``, FAMO's ``sum z log L / c``, DB-MTL's log losses) is differentiated by
 its own ``tf.GradientTape`` over the tiny model's layers, and the state updates (GradNorm's
@@ -156,13 +156,40 @@ def db_mtl_reference(weights, state, x, y, beta=0.9, beta_sigma=0.0):
     return new, {"buffer": buffer, "steps": steps}, alpha
 
 
-REFERENCES = {"gradnorm": gradnorm_reference, "famo": famo_reference, "db_mtl": db_mtl_reference}
+def moco_reference(weights, state, x, y, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0):
+    """LibMTL's MoCo over the shared layers' parameters: ``g_i / (||g_i|| + 1e-8) L_i``
+    tracked by ``y_i <- y_i - beta / step^beta_sigma (y_i - that)``, ``lambda <- softmax(lambda
+    - gamma / step^gamma_sigma (Y Y^T + rho I) lambda)`` over the present tasks, the shared
+    layers' gradient ``Y^T lambda``; heads get their own losses' gradients."""
+    model, tape, h, losses, present = forward(weights, x, y)
+    on = np.flatnonzero(present)
+    shared = trunk_vars(model)
+    values = np.array([float(v) for v in losses])
+    step = state["step"] + 1
+    tracked, lambd = state["y"].astype(np.float64), state["lambd"].copy()
+    for i in on:
+        g = np.concatenate([t.numpy().ravel() for t in tape.gradient(losses[i], shared)]).astype(np.float64)
+        tracked[i] -= beta / step**beta_sigma * (tracked[i] - g / (np.linalg.norm(g) + 1e-8) * values[i])
+    rows = tracked[on]
+    moved = lambd[on] - gamma / step**gamma_sigma * (rows @ rows.T + rho * np.eye(len(on))) @ lambd[on]
+    w = np.zeros(3)
+    w[on] = np.exp(moved - moved.max()) / np.exp(moved - moved.max()).sum()
+    lambd[on] = w[on]
+    sizes = np.cumsum([int(np.prod(v.shape)) for v in shared])[:-1]
+    new = sgd(shared, [part.reshape(v.shape) for part, v in zip(np.split(w @ tracked, sizes), shared)])
+    for n, loss in zip(NAMES, losses):
+        new.update(sgd(head_vars(model, n), tape.gradient(loss, head_vars(model, n))))
+    return new, {"y": tracked, "lambd": lambd, "step": step}, w
+
+
+REFERENCES = {"gradnorm": gradnorm_reference, "famo": famo_reference, "db_mtl": db_mtl_reference, "moco": moco_reference}
 CASES = [
     pytest.param("gradnorm", "features", {}, id="gradnorm-features"),
     pytest.param("famo", "features", {"lr": 0.1, "weight_decay": 0.05}, id="famo-features"),  # both visible in 2 steps
     pytest.param("db_mtl", "parameters", {"beta": 0.8, "beta_sigma": 0.5}, id="db_mtl-parameters"),
     pytest.param("gradnorm", "parameters", {"alpha": 0.5}, marks=pytest.mark.slow, id="gradnorm-parameters"),
     pytest.param("famo", "parameters", {}, marks=pytest.mark.slow, id="famo-parameters"),
+    pytest.param("moco", "parameters", {"beta": 0.7, "gamma": 0.5, "rho": 0.1}, marks=pytest.mark.slow, id="moco-parameters"),
 ]
 
 

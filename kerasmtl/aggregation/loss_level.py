@@ -1,6 +1,6 @@
 """Loss-level methods of the gradient step: weights from the task losses and one gradient
 norm per task (GradNorm, FAMO), or from running averages of the gradients of the log losses
-(DB-MTL), as pure TensorFlow functions of a ``present`` mask and a state.
+(DB-MTL), or from tracking gradients (MoCo), as pure TensorFlow functions of a ``present`` mask and a state.
 
 They follow LibMTL's implementations. Absent tasks (``present`` false) get weight 0 and keep
 their state; the others are treated as the whole set of tasks.
@@ -21,7 +21,8 @@ def initial_state(name: str, tasks: int, dims: int | None = None) -> dict:
     """The state ``name`` starts from: ``gradnorm``: the weight logits (ones, trainable),
     each task's initial loss and how many steps it averages; ``famo``: the logits and their
     Adam moments and step; ``db_mtl``: each task's gradient average over the ``dims`` shared
-    parameters (float32) and its number of updates."""
+    parameters (float32) and its number of updates; ``moco``: each task's tracking gradient
+    (float32), the weights (``1/tasks`` each) and the call count."""
     if name == "gradnorm":
         return {"logits": tf.ones([tasks], tf.float32), "initial_losses": tf.zeros([tasks], F64),
                 "counts": tf.zeros([tasks], tf.int64)}
@@ -32,7 +33,12 @@ def initial_state(name: str, tasks: int, dims: int | None = None) -> dict:
         if dims is None:
             raise ValueError("db_mtl's state needs the number of shared parameters. Received: dims=None")
         return {"buffer": tf.zeros([tasks, int(dims)], tf.float32), "steps": tf.zeros([tasks], tf.int64)}
-    raise ValueError(f"Unknown loss-level method. Known: gradnorm, famo, db_mtl. Received: name={name!r}")
+    if name == "moco":
+        if dims is None:
+            raise ValueError("moco's state needs the number of shared parameters. Received: dims=None")
+        return {"y": tf.zeros([tasks, int(dims)], tf.float32), "lambd": tf.fill([tasks], tf.constant(1.0 / tasks, F64)),
+                "step": tf.constant(0, tf.int64)}
+    raise ValueError(f"Unknown loss-level method. Known: gradnorm, famo, db_mtl, moco. Received: name={name!r}")
 
 
 def check_options(name: str, options) -> None:
@@ -45,7 +51,12 @@ def check_options(name: str, options) -> None:
         "weight_decay": (lambda v: v >= 0, "non-negative"),
         "beta": (lambda v: 0 <= v < 1, "in [0, 1)"),
         "beta_sigma": (lambda v: v >= 0, "non-negative"),
+        "gamma": (lambda v: v > 0, "positive"),
+        "gamma_sigma": (lambda v: v >= 0, "non-negative"),
+        "rho": (lambda v: v >= 0, "non-negative"),
     }
+    if name == "moco":  # the tracking rate: 1 replaces y by the new gradient
+        rules["beta"] = (lambda v: 0 < v <= 1, "in (0, 1]")
     for key, value in options.items():
         rule, wanted = rules[key]
         if not rule(value):
@@ -156,3 +167,38 @@ def db_mtl(rows, present, state, *, beta=0.9, beta_sigma=0.0):
     scales = tf.where(on, largest / (norms + LOG_EPS), 0.0)
     direction = tf.cast(tf.linalg.matvec(b, scales, transpose_a=True), tf.float32)
     return direction, scales, {"buffer": buffer, "steps": steps}
+
+
+def moco(rows, losses, present, state, *, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0):
+    """MoCo (Fernando et al., 2023), as LibMTL: each present task's tracking gradient moves
+    toward its gradient, normalised and scaled by its loss,
+    ``y_i <- y_i - beta / t^beta_sigma (y_i - L_i g_i / (||g_i|| + 1e-8))``; the weights take
+    one step ``lambda <- softmax(lambda - gamma / t^gamma_sigma (Y Y^T + rho I) lambda)``
+    over the present tasks (``t``: the call count); the direction is ``Y^T lambda``.
+
+    Args:
+        rows: ``(tasks, dims)`` task gradients over the shared parameters.
+        losses: ``(tasks,)`` global batch losses.
+        state: ``{"y", "lambd", "step"}`` (`initial_state`); absent tasks keep their ``y``
+            and weight.
+
+    Returns:
+        ``(direction, weights, new_state)``: the float32 direction and the float64
+        weights of the present tasks' rows.
+    """
+    on = tf.cast(present, tf.bool)
+    p = tf.cast(on, F64)
+    rows = tf.cast(rows, tf.float32)
+    step = tf.cast(state["step"], tf.int64) + 1
+    t = tf.cast(step, F64)
+    norms = tf.sqrt(tf.reduce_sum(tf.square(tf.cast(rows, F64)), axis=1))
+    target = rows * tf.cast(tf.cast(losses, F64) / (norms + LOG_EPS), tf.float32)[:, None]
+    rate = tf.cast(float(beta) / tf.pow(t, float(beta_sigma)), tf.float32)
+    y = tf.where(on[:, None], state["y"] - rate * (state["y"] - target), state["y"])
+    y64 = tf.cast(y, F64) * p[:, None]
+    lambd = tf.cast(state["lambd"], F64)
+    system = tf.matmul(y64, y64, transpose_b=True) + float(rho) * tf.linalg.diag(p)
+    moved = lambd - float(gamma) / tf.pow(t, float(gamma_sigma)) * tf.linalg.matvec(system, lambd * p)
+    weights = _softmax(moved, on)
+    direction = tf.cast(tf.linalg.matvec(y64, weights, transpose_a=True), tf.float32)
+    return direction, weights, {"y": y, "lambd": tf.where(on, weights, lambd), "step": step}

@@ -84,12 +84,14 @@ OPTION_TYPES = {
     "n_warmup_steps": ("an int", _is_int),
     "robust_step_size": ("a number", _is_number),
     "gamma": ("a number", _is_number),
+    "gamma_sigma": ("a number", _is_number),
     "rho": ("a number", _is_number),
     "momentum": ("a number", _is_number),
     "lambda_": ("a number", _is_number),
 }
 
-_LOSS_LEVEL = {"gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, "db_mtl": loss_level.db_mtl}
+_LOSS_LEVEL = {"gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, "db_mtl": loss_level.db_mtl,
+               "moco": loss_level.moco}
 
 
 def _function(method: str):

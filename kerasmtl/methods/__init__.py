@@ -14,7 +14,7 @@ from kerasmtl.methods import aggregators
 from kerasmtl.methods.aggregators import *  # noqa: F403  (UPGrad, PCGrad, ...: every named aggregator)
 from kerasmtl.methods.aggregators import ALIASES, Aggregator
 from kerasmtl.methods.base import LEVELS, GradientMethod, Method
-from kerasmtl.methods.loss_level import DBMTL, FAMO, GradNorm
+from kerasmtl.methods.loss_level import DBMTL, FAMO, GradNorm, MoCo
 from kerasmtl.methods.scalarizers import COSMOS, IMTLL, PBI, STCH, UW, GeometricMean, Scalarization
 from kerasmtl.methods.scalarizers import NAMED as SCALARIZATIONS
 from kerasmtl.methods.weightings import DST, DWA, LossWeighting, Static, Uncertainty
@@ -22,7 +22,7 @@ from kerasmtl.methods.weightings import DST, DWA, LossWeighting, Static, Uncerta
 #: The loss weightings by name.
 WEIGHTINGS = {cls.name: cls for cls in (Static, DST, DWA, Uncertainty)}
 #: The loss-level gradient methods by name.
-LOSS_LEVEL = {cls.name: cls for cls in (GradNorm, FAMO, DBMTL)}
+LOSS_LEVEL = {cls.name: cls for cls in (GradNorm, FAMO, DBMTL, MoCo)}
 
 
 def gradient_method_names() -> tuple[str, ...]:
@@ -101,7 +101,7 @@ def from_compile_arguments(method, gradient_method, gradient_level, gradient_opt
 
 
 __all__ = [
-    *aggregators.__all__, "DBMTL", "DST", "DWA", "FAMO", "LEVELS", "GradNorm", "GradientMethod", "LossWeighting", "Method",
+    *aggregators.__all__, "DBMTL", "DST", "DWA", "FAMO", "LEVELS", "GradNorm", "GradientMethod", "LossWeighting", "Method", "MoCo",
     "Static", "Uncertainty", "from_compile_arguments", "get", "gradient_method_names", "names", "COSMOS", "IMTLL", "PBI",
     "STCH", "UW", "GeometricMean", "Scalarization", "SCALARIZATIONS",
 ]

@@ -1,4 +1,4 @@
-"""The loss-level gradient methods, GradNorm, FAMO and DB-MTL, as LibMTL implements them:
+"""The loss-level gradient methods, GradNorm, FAMO, DB-MTL and MoCo, as LibMTL implements them:
 weights from the global batch's task losses and the task gradients, computed by the pure
 functions of `kerasmtl.aggregation.loss_level`. Their state (logits, initial losses,
 gradient averages) lives in the model's ``gradient_state`` variables.
@@ -99,4 +99,22 @@ class DBMTL(LossLevelMethod):
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
         direction, weights, new_state = loss_level.db_mtl(jacobian, present, state, **self.options)
+        return direction, weights, new_state, None
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl")
+class MoCo(LossLevelMethod):
+    """MoCo (Fernando et al., 2023), as LibMTL (``parameters`` level only: it tracks each
+    task's parameter gradient): options ``beta`` (0.5), ``beta_sigma`` (0.5), ``gamma``
+    (0.1), ``gamma_sigma`` (0.5), ``rho`` (0)."""
+
+    name = "moco"
+    needs = "jacobian"
+    levels = ("parameters",)
+
+    def __init__(self, level: str = "parameters", **options):
+        super().__init__(level, **options)
+
+    def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
+        direction, weights, new_state = loss_level.moco(jacobian, totals, present, state, **self.options)
         return direction, weights, new_state, None
