@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 # torchjd (the reference of the aggregation tests) and the solvers its CAGrad, Nash-MTL
 # and UPGrad need, installed after torch so that pip keeps the pinned torch.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,tfds,torch,jax]"
+	$(BIN)/pip install -q -e ".[dev,tfds,torch,jax,hub]"
 	$(BIN)/pip install -q torchjd==0.18.0 cvxpy==1.9.3 clarabel==0.11.1 ecos==2.0.14 quadprog==0.1.14 qpsolvers==4.13.0
 	touch $@
 

@@ -13,7 +13,7 @@ from kerasmtl.heads import HEADS
 from kerasmtl.layers import ImagePreprocessing
 from kerasmtl.model import MultiTaskModel
 from kerasmtl.tasks import Task
-from kerasmtl.towers import create_tower, get_tower_spec
+from kerasmtl.towers import create_tower, get_tower_spec, tower_label
 from kerasmtl.weighting import TaskWeighting, check_strategy
 
 
@@ -137,7 +137,7 @@ class ModelBuilder:
                              f"before it. Received: neck={list(neck)}")
         self.architecture = architecture
         self.architecture_options = dict(architecture_options or {})
-        self.name = name or f"kerasmtl_{base}"
+        self.name = name or f"kerasmtl_{tower_label(base)}"
 
     def build_tower(self) -> keras.Model:
         """Builds the base tower (named ``"base"``) with its freezing applied."""

@@ -43,7 +43,7 @@ from kerasmtl.plots import plot_history, plot_loss_weights
 from kerasmtl.resume import ResumableRun, TrainingInterrupted, config_fingerprint, data_digest
 from kerasmtl.runs import RunFolder, RunFolderError
 from kerasmtl.tasks import Task
-from kerasmtl.towers import get_tower_spec, is_tower, list_towers
+from kerasmtl.towers import get_tower_spec, is_tower, list_towers, tower_label
 from kerasmtl.training import make_optimizer
 
 BUILDER_DEFAULTS = {"image_size": 64, "epochs": 7, "lr": 2e-3, "optimizer": "adam", "lr_schedule": "cosine"}
@@ -149,7 +149,7 @@ def default_run_dir(config) -> Path:
     """``runs/<dataset>-<model or base>-seed<seed>``: the same command uses the same folder."""
     data = config.data or "sample"
     dataset = "celeb_a" if str(data).startswith("tfds:") else Path(data).stem or Path(data).name
-    return Path("runs") / f"{dataset}-{config.model or config.base}-seed{config.seed}"
+    return Path("runs") / f"{dataset}-{config.model or tower_label(config.base)}-seed{config.seed}"
 
 
 # ------------------------------------------------------------------------ data

@@ -1,7 +1,8 @@
 """Base towers ("backbones"): a registry of functions that build image -> feature map.
 
 Every `keras.applications` model is registered under its function name
-(`kerasmtl.towers.applications`), besides the custom and torchvision-layout towers.
+(`kerasmtl.towers.applications`), besides the custom and torchvision-layout towers, and
+a keras-hub preset handle names its image backbone (`kerasmtl.towers.hub`).
 
 A tower is a functional `keras.Model` whose input is a batch of preprocessed float
 images ``(H, W, C)`` and whose output is a 4-D feature map. Its pixel preprocessing is
@@ -23,6 +24,7 @@ from kerasmtl.towers.registry import (
     is_tower,
     list_towers,
     register_tower,
+    tower_label,
 )
 
-__all__ = ["STRIDE_STAGES", "TowerSpec", "register_tower", "create_tower", "get_tower_spec", "is_tower", "list_towers"]
+__all__ = ["STRIDE_STAGES", "TowerSpec", "register_tower", "create_tower", "get_tower_spec", "is_tower", "list_towers", "tower_label"]

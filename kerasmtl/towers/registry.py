@@ -139,19 +139,33 @@ def list_towers() -> list[str]:
 
 
 def get_tower_spec(name: str) -> TowerSpec:
-    """Returns the `TowerSpec` registered under ``name`` (in any case).
+    """Returns the `TowerSpec` registered under ``name`` (in any case), or that of a keras-hub
+    preset handle (`kerasmtl.towers.hub`).
 
     Raises:
         ValueError: for an unknown name, listing the known ones.
     """
-    if str(name).lower() not in _BY_LOWER:
-        raise ValueError(f"Unknown base tower. Expected one of {sorted(_REGISTRY)}. Received: base={name!r}")
-    return _REGISTRY[_BY_LOWER[str(name).lower()]]
+    if str(name).lower() in _BY_LOWER:
+        return _REGISTRY[_BY_LOWER[str(name).lower()]]
+    from kerasmtl.towers import hub  # imports this module: imported here, not at the top
+
+    if hub.is_preset(name):
+        return hub.hub_spec(name)
+    raise ValueError(f"Unknown base tower. Expected one of {sorted(_REGISTRY)} or a keras-hub preset (a folder with "
+                     f"config.json, hf://..., kaggle://...). Received: base={name!r}")
 
 
 def is_tower(name: str) -> bool:
-    """Whether ``name`` (in any case) names a registered tower."""
-    return str(name).lower() in _BY_LOWER
+    """Whether ``name`` names a registered tower (in any case) or a keras-hub preset."""
+    from kerasmtl.towers import hub
+
+    return str(name).lower() in _BY_LOWER or hub.is_preset(name)
+
+
+def tower_label(name: str) -> str:
+    """``name`` as a file and model name: a keras-hub preset folder or handle by its last part."""
+    last = str(name).rstrip("/").rsplit("/", 1)[-1]
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in last) or "tower"
 
 
 def create_tower(name: str, input_shape, weights=None, **kwargs) -> keras.Model:
@@ -179,4 +193,5 @@ def create_tower(name: str, input_shape, weights=None, **kwargs) -> keras.Model:
     return spec.build(tuple(input_shape), weights=weights, **kwargs)
 
 
-__all__ = ["STRIDE_STAGES", "TowerSpec", "create_tower", "get_tower_spec", "is_tower", "list_towers", "register_tower"]
+__all__ = ["STRIDE_STAGES", "TowerSpec", "create_tower", "get_tower_spec", "is_tower", "list_towers", "register_tower",
+           "tower_label"]
