@@ -15,7 +15,7 @@ Register a new tower with::
     def my_tower(input_shape, weights=None, **kwargs) -> keras.Model: ...
 """
 
-from kerasmtl.towers import applications, custom, resnet  # noqa: F401 - they register the built-in towers
+from kerasmtl.towers import applications, custom, hub, resnet  # noqa: F401 - they register the built-in towers
 from kerasmtl.towers.registry import (
     STRIDE_STAGES,
     TowerSpec,

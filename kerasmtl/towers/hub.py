@@ -17,7 +17,7 @@ import os
 
 import keras
 
-from kerasmtl.towers.registry import TowerSpec
+from kerasmtl.towers.registry import TowerSpec, register_resolver
 
 REMOTE_PREFIXES = ("hf://", "kaggle://")
 
@@ -74,9 +74,16 @@ def hub_tower(handle: str, input_shape, weights=None) -> keras.Model:
     return tower
 
 
-def hub_spec(handle: str) -> TowerSpec:
-    """The `TowerSpec` of preset ``handle`` (its scaling is inside the tower: preprocessing ``none``)."""
+def hub_spec(handle: str) -> TowerSpec | None:
+    """The `TowerSpec` of preset ``handle`` (its scaling is inside the tower: preprocessing
+    ``none``); None if ``handle`` names no preset."""
+    if not is_preset(handle):
+        return None
+
     def build(input_shape, weights=None):
         return hub_tower(handle, input_shape, weights)
 
     return TowerSpec(name=str(handle), build=build, preprocessing="none", stages=(), rgb_weights=True, min_size=1)
+
+
+register_resolver(hub_spec)

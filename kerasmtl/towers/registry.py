@@ -100,6 +100,7 @@ def _reduces_to(layer) -> int | None:
 
 _REGISTRY: dict[str, TowerSpec] = {}
 _BY_LOWER: dict[str, str] = {}
+_RESOLVERS: list[Callable[[str], TowerSpec | None]] = []
 
 
 def register_tower(name, preprocessing="unit", stages=(), rgb_weights=False, min_size=32):
@@ -147,19 +148,23 @@ def get_tower_spec(name: str) -> TowerSpec:
     """
     if str(name).lower() in _BY_LOWER:
         return _REGISTRY[_BY_LOWER[str(name).lower()]]
-    from kerasmtl.towers import hub  # imports this module: imported here, not at the top
-
-    if hub.is_preset(name):
-        return hub.hub_spec(name)
+    for resolve in _RESOLVERS:
+        spec = resolve(name)
+        if spec is not None:
+            return spec
     raise ValueError(f"Unknown base tower. Expected one of {sorted(_REGISTRY)} or a keras-hub preset (a folder with "
                      f"config.json, hf://..., kaggle://...). Received: base={name!r}")
 
 
 def is_tower(name: str) -> bool:
-    """Whether ``name`` names a registered tower (in any case) or a keras-hub preset."""
-    from kerasmtl.towers import hub
+    """Whether ``name`` names a registered tower (in any case) or one a resolver knows."""
+    return str(name).lower() in _BY_LOWER or any(resolve(name) is not None for resolve in _RESOLVERS)
 
-    return str(name).lower() in _BY_LOWER or hub.is_preset(name)
+
+def register_resolver(resolve: Callable[[str], TowerSpec | None]) -> None:
+    """Adds ``resolve(name) -> TowerSpec | None``, asked for names no tower is registered
+    under (`kerasmtl.towers.hub` resolves keras-hub preset handles)."""
+    _RESOLVERS.append(resolve)
 
 
 def tower_label(name: str) -> str:
