@@ -332,7 +332,8 @@ class MultiTaskModel(UnevenBatchBuild):
             **kwargs: passed to `keras.Model.compile`.
         """
         method = methods.from_compile_arguments(method, gradient_method, gradient_level, gradient_options)
-        if isinstance(method, methods.GradientMethod) and not own_step():
+        gradient = method is not None and method.needs != "losses"  # the model's gradient step
+        if gradient and not own_step():
             raise ValueError(
                 f"Gradient methods run on the TensorFlow backend only so far; Keras runs on "
                 f"{keras.backend.backend()!r} (KERAS_BACKEND). Received: method={method.name!r}"
@@ -369,17 +370,16 @@ class MultiTaskModel(UnevenBatchBuild):
         self._jit_compile_given = kwargs.get("jit_compile", "auto")
         self.loss = loss  # what `compile` was given, as Keras's `Model.loss` holds it
         self._step_metrics = StepMetrics(names)
-        if isinstance(method, methods.LossWeighting):
+        if method is not None:
             method.configure(self)
         self.method = method
         # what compile was given, in the spelling it was given in
         self._method_config = {"gradient_method": gradient_method, "gradient_level": gradient_level,
                                "gradient_options": gradient_options} if gradient_method is not None else (
             None if method is None else {"method": keras.saving.serialize_keras_object(method)})
-        gradient = isinstance(method, methods.GradientMethod)
         self._gradient_step = GradientStep(self, method) if gradient else None
         state = None if self._gradient_step is None else self._gradient_step.state
-        if isinstance(method, methods.Scalarization) and method.stateful:  # IMTL-L's and UW's learned parameters
+        if not gradient and method is not None and method.stateful:  # a scalarization's learned parameters
             state = GradientState(method.name, len(names), owner=method)
         if state is not None or getattr(self, "gradient_state", None) is not None:
             self.gradient_state = state  # a layer of the model, so its variables are saved with it
@@ -391,8 +391,8 @@ class MultiTaskModel(UnevenBatchBuild):
 
         callbacks = list(callbacks or [])
         method = getattr(self, "method", None)
-        if isinstance(method, methods.LossWeighting) and not any(isinstance(c, DynamicTaskWeights) for c in callbacks):
-            callbacks.insert(0, method.callback(self, y))
+        if method is not None and not any(isinstance(c, DynamicTaskWeights) for c in callbacks):
+            callbacks = [c for c in [method.callback(self, y)] if c is not None] + callbacks
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------------ step
@@ -446,14 +446,9 @@ class MultiTaskModel(UnevenBatchBuild):
         values = self.compute_task_losses(y, y_pred, sample_weight)
         self.record_task_losses(values, ops.shape(keras.tree.flatten(y_pred)[0])[0])
         weights = self.task_weighting.values()
+        weighted = [ops.multiply(v, ops.cast(w, v.dtype)) for v, w in zip(values, weights)]
         method = getattr(self, "method", None)
-        if isinstance(method, methods.Scalarization):
-            weighted = ops.stack([ops.multiply(v, ops.cast(w, v.dtype)) for v, w in zip(values, weights)])
-            state = self.gradient_state.read() if method.stateful else None
-            step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
-            total = method.loss(weighted, self.present_tasks(y), state, step=step)
-        else:
-            total = sum(ops.multiply(v, w) for v, w in zip(values, weights))
+        total = sum(weighted) if method is None else method.total_loss(self, weighted, y)
         extra = self.regularization_loss()
         return total if extra is None else ops.sum([total, extra])
 

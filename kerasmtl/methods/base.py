@@ -54,6 +54,29 @@ class Method:
     host = False
     learned = False
 
+    def configure(self, model) -> None:
+        """Checks ``model`` and sets what ``compile`` sets (a loss weighting's weights)."""
+
+    def callback(self, model, y=None):
+        """The callback ``fit`` adds for the method (an epoch-level weighting's), or None.
+
+        Args:
+            model: the compiled model.
+            y: the targets ``fit`` was given.
+        """
+        return None
+
+    def total_loss(self, model, losses, y):
+        """The loss Keras's step differentiates, from the task losses times their loss
+        weights (a list, this replica's shares): their sum, or the method's scalarization.
+
+        Args:
+            model: the compiled model (its state, optimizer step and present tasks).
+            losses: one float32 scalar per task.
+            y: the batch's targets.
+        """
+        return sum(losses)
+
     def get_config(self) -> dict:
         return {}
 

@@ -78,6 +78,11 @@ class Scalarization(Method):
     def initial_state(self, tasks: int, dims: int | None = None) -> dict:
         return {k: tf.cast(v, tf.float32) for k, v in scalarization.initial_state(self.name, tasks).items()}
 
+    def total_loss(self, model, losses, y):
+        state = model.gradient_state.read() if self.stateful else None
+        step = model.optimizer.iterations if getattr(model, "optimizer", None) is not None else 0
+        return self.loss(tf.stack(losses), model.present_tasks(y), state, step=step)
+
     def loss(self, losses, present, state, *, step):
         """The scalar loss of this replica for its ``(tasks,)`` float32 task losses (its
         shares of the global batch's), the tasks ``present`` in the global batch and the
