@@ -80,8 +80,9 @@ class GradCAM:
     built once, so maps for many outputs are cheap).
 
     Args:
-        layer: the feature-map layer (see the module docstring); default the base tower's
-            output, or, for a model without a ``"base"`` layer, the last 4-D layer output.
+        layer: the feature-map layer (see the module docstring); default the backbone's
+            output, or, for a functional model without a ``"base"`` layer, the last 4-D
+            layer output.
     """
 
     def __init__(self, model: keras.Model, layer: str | None = None):
