@@ -168,3 +168,35 @@ def test_a_model_saved_before_models_owned_their_parts_loads_as_a_functional_mod
     result = subprocess.run([sys.executable, "-c", code, str(saved)], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-4:] == ["MultiTaskModel", "None", "8", "True"]
+
+
+@keras.saving.register_keras_serializable(package="kerasmtl_tests")
+class PerTaskGates(keras.layers.Layer):
+    """A stand-in architecture: each task's representation is the shared one times its own
+    learned per-channel gate."""
+
+    def __init__(self, task_names, **kwargs):
+        super().__init__(**kwargs)
+        self.task_names = list(task_names)
+
+    def build(self, input_shape):
+        self.gates = {n: self.add_weight(name=f"{n}_gate", shape=(input_shape[-1],), initializer="ones") for n in self.task_names}
+
+    def call(self, x):
+        return {n: x * self.gates[n] for n in self.task_names}
+
+    def get_config(self):
+        return {**super().get_config(), "task_names": self.task_names}
+
+
+def test_an_architecture_sits_between_the_neck_and_the_heads(images):
+    names = ["smiling", "age", "height"]
+    model = _parts_model(neck=[7], head="dense", architecture=PerTaskGates(names, name="gates"))
+    model.architecture.gates["age"].assign(np.zeros(7, "float32"))  # age sees only zeros
+    _, trunk = model.split_at_features()
+    shared = trunk(images)
+    outputs = model(images)
+    np.testing.assert_allclose(outputs["smiling"], model.heads["smiling"](shared), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["age"], model.heads["age"](np.zeros_like(shared)), rtol=1e-5, atol=1e-6)
+    again = MultiTaskModel.from_config(model.get_config())
+    assert isinstance(again.architecture, PerTaskGates) and again.architecture.task_names == names
