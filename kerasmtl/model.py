@@ -245,11 +245,8 @@ class MultiTaskModel(UnevenBatchBuild):
     @property
     def feature_map(self):
         """The backbone's output in this model's graph (Grad-CAM's default map); None for
-        a functional model without a nested ``"base"`` tower."""
-        if self.backbone is not None:
-            return self._part_tensors[1]
-        names = [layer.name for layer in self.layers]
-        return layer_output(self, "base") if "base" in names else None
+        a functional model."""
+        return None if self.backbone is None else self._part_tensors[1]
 
     @property
     def representation(self):
