@@ -236,6 +236,7 @@ def test_the_method_names_the_recipe_and_the_fingerprint():
 @pytest.mark.parametrize("flags, recorded", [
     (["--method", "pcgrad", "--gradient-level", "parameters"], {"method": "pcgrad", "gradient_method": "pcgrad", "task_weighting": "static"}),
     (["--config", "CONFIG"], {"method": "dwa", "gradient_method": None, "task_weighting": "dwa"}),
+    (["--method", "imtl_l"], {"method": "imtl_l", "gradient_method": "imtl_l", "task_weighting": "static"}),
 ])
 def test_train_with_method(tmp_path, flags, recorded):
     import yaml
@@ -250,7 +251,9 @@ def test_train_with_method(tmp_path, flags, recorded):
     assert {k: config["resolved"][k] for k in recorded} == recorded
     history = pd.read_csv(out / "history.csv")
     tasks = [c.removeprefix("loss_weight/") for c in history.columns if c.startswith("loss_weight/")]
-    if recorded["gradient_method"]:
+    if recorded["gradient_method"] == "imtl_l":  # a scalarization: Keras's own step, no task gradients
+        assert config["method"] == "imtl_l" and "grad_conflict" not in history and np.isfinite(history["loss"]).all()
+    elif recorded["gradient_method"]:
         assert config["method"] == "pcgrad" and np.isfinite(history["grad_conflict"]).all()
     else:  # DWA: weights 1 for two epochs, then K softmax of the loss ratios (summing to K)
         assert config["method"] == "dwa" and "grad_conflict" not in history
