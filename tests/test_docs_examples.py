@@ -7,20 +7,23 @@ says why, in the line directly above it::
 
     <!-- example: not run — needs two machines -->
 
-The slow tests run each page's examples in document order, in a fresh working folder
-that holds what the examples name (``path/to/hvc``, ``path/to/celeba``,
-``path/to/PA-100K``, ``path/to/PETA``, ``labels.csv``, ``photos/``, trained run folders
-``runs/mine`` and ``runs/sample-bottleneck-seed0``, ...). Python blocks share one
-namespace per page, started by `PRELUDE`; each shell command runs as a subprocess
-(``kerasmtl`` as ``python -m kerasmtl_cli``) with `fast_flags` appended: argparse keeps
-the last value of a repeated flag, so ``--epochs 1 --image-size 32`` shrinks a run without
-changing the command as written.
+The slow tests run each page's examples in a fresh working folder that holds what the
+examples name (``path/to/hvc``, ``path/to/celeba``, ``path/to/PA-100K``, ``path/to/PETA``,
+``labels.csv``, ``photos/``, trained run folders ``runs/mine`` and
+``runs/sample-bottleneck-seed0``, ...). First each shell command, in order, as a
+subprocess (``kerasmtl`` as ``python -m kerasmtl_cli``) with `fast_flags` appended:
+argparse keeps the last value of a repeated flag, so ``--epochs 1 --image-size 32``
+shrinks a run without changing the command as written. Then the page's Python blocks, in
+order, in one namespace started by `PRELUDE`, in a fresh Python process as a user's
+script would run them (a multi-worker strategy, say, must come before any other
+TensorFlow op of its process).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -59,7 +62,7 @@ PYTHON_REPLACEMENTS = [
     (r"^epochs = \d+", "epochs = 1"),
     (r"\bsteps=100\b", "steps=8"),
 ]
-#: What a page's Python examples may take as given (``model``: the trained sample run's).
+#: What a page's Python examples may take as given.
 PRELUDE = """
 import keras
 import numpy as np
@@ -73,8 +76,16 @@ train, val, test = split_table(frame, tasks, seed=0)
 train_data = MultiOutputGenerator.from_table(train, tasks, image_size=32, batch_size=8)
 images = np.stack([np.asarray(keras.utils.load_img(p, target_size=(32, 32))) for p in frame["path"][:4]])
 batch = images
-model = keras.saving.load_model("runs/sample-bottleneck-seed0/model.keras")
 """
+#: Added to the prelude of a page whose Python uses ``model`` before it makes one.
+PRELUDE_MODEL = 'model = keras.saving.load_model("runs/sample-bottleneck-seed0/model.keras")\n'
+
+
+def prelude(code: str) -> str:
+    """`PRELUDE`, with `PRELUDE_MODEL` when ``code`` reads ``model`` before assigning it: a
+    page that starts with its own strategy must run no TensorFlow op before it."""
+    first = re.search(r"\bmodel\b(\s*=(?!=))?", code)
+    return PRELUDE + (PRELUDE_MODEL if first and not first.group(1) else "")
 
 
 @dataclass
@@ -275,7 +286,7 @@ def _write_assets(root: Path, write_official, write_pa100k, write_peta) -> None:
 def _workdir(assets: Path, page_examples: list[Example], into: Path) -> None:
     """Copies the assets into a page's working folder, leaving out the run folders the
     page trains itself (``--out runs/mine``) and those it never names."""
-    text = "".join(example.code for example in page_examples) + PRELUDE
+    text = "".join(example.code for example in page_examples) + PRELUDE_MODEL
     for entry in assets.iterdir():
         if entry.name == "home":
             continue
@@ -299,20 +310,28 @@ def _python(example: Example) -> str:
 RUNNABLE_PAGES = [page for page in PAGES if any(e.not_run is None for e in examples(page) if e.language in ("python", "bash"))]
 
 
+#: Runs a page's Python blocks in one namespace, each compiled under its page and line so
+#: that a traceback names the block.
+RUNNER = """
+import json, sys
+namespace = {}
+for name, code in json.load(open(sys.argv[1])):
+    exec(compile(code, name, "exec"), namespace)
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda page: page.name)
-def test_page_examples_run(page, assets, tmp_path, monkeypatch):
+def test_page_examples_run(page, assets, tmp_path):
     page_examples = [e for e in examples(page) if e.language in ("python", "bash") and e.not_run is None]
     _workdir(assets, page_examples, tmp_path)
-    monkeypatch.chdir(tmp_path)
-    namespace = None
-    for number, example in enumerate(page_examples):
-        if example.language == "python":
-            if namespace is None:
-                namespace = {}
-                exec(compile(PRELUDE, "prelude", "exec"), namespace)
-            exec(compile(_python(example), example.name, "exec"), namespace)
-            continue
+    for number, example in enumerate(e for e in page_examples if e.language == "bash"):
         for index, words in enumerate(shell_commands(example.code)):
             command, argv = command_of(words)
             _run(argv + fast_flags(command, words, number * 100 + index), tmp_path, f"{example.name}: {shlex.join(words)}")
+    blocks = [(e.name, _python(e)) for e in page_examples if e.language == "python"]
+    if blocks:
+        code = "".join(code for _, code in blocks)
+        (tmp_path / "blocks.json").write_text(json.dumps([("prelude", prelude(code)), *blocks]))
+        (tmp_path / "run_blocks.py").write_text(RUNNER)
+        _run([sys.executable, "run_blocks.py", "blocks.json"], tmp_path, f"the Python examples of {page.name}")
