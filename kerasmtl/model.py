@@ -244,9 +244,12 @@ class MultiTaskModel(UnevenBatchBuild):
 
     @property
     def feature_map(self):
-        """The backbone's output in this model's graph (Grad-CAM's default map); None for
-        a functional model."""
-        return None if self.backbone is None else self._part_tensors[1]
+        """The backbone's output in this model's graph (Grad-CAM's default map; the last one
+        of a backbone returning its stages); None for a functional model."""
+        if self.backbone is None:
+            return None
+        tensor = self._part_tensors[1]
+        return tensor[-1] if isinstance(tensor, (list, tuple)) else tensor
 
     @property
     def representation(self):

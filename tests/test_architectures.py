@@ -131,3 +131,15 @@ def test_architecture_is_a_part_of_the_model_after_loading(tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     assert type(loaded.architecture).__name__ == "PLE" and loaded.architecture.num_levels == 3
+
+
+def test_grad_cam_reads_the_last_stage_of_a_staged_backbone():
+    from kerasmtl.gradcam import GradCAM
+
+    tasks = hvc_tasks()
+    model = ModelBuilder(tasks, base="bottleneck", base_kwargs={"width": 8, "blocks": (1, 1)}, input_shape=(32, 32, 3),
+                         architecture="mtan", architecture_options={"stages": 2}).build()
+    # the tiny tower's last stage: 32 px pooled twice (stem, stage 1), 8 bottleneck channels expanded 4x
+    assert tuple(model.feature_map.shape) == (None, 8, 8, 32)
+    heatmaps = GradCAM(model).many(np.zeros((2, 32, 32, 3), "uint8"), {t.name: t.kind for t in tasks})
+    assert sorted(heatmaps) == sorted(t.name for t in tasks)
