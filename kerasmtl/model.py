@@ -477,6 +477,8 @@ class MultiTaskModel(UnevenBatchBuild):
         import tensorflow as tf
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if getattr(self, "method", None) is not None:
+            self.method.before_step(self, x, y, sample_weight)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)

@@ -13,6 +13,7 @@ from kerasmtl import aggregation
 from kerasmtl.methods import aggregators
 from kerasmtl.methods.aggregators import *  # noqa: F403  (UPGrad, PCGrad, ...: every named aggregator)
 from kerasmtl.methods.aggregators import ALIASES, Aggregator
+from kerasmtl.methods.auto_lambda import AutoLambda
 from kerasmtl.methods.base import LEVELS, GradientMethod, Method
 from kerasmtl.methods.loss_level import DBMTL, FAMO, GradNorm, MoCo
 from kerasmtl.methods.scalarizers import COSMOS, IMTLL, PBI, STCH, UW, GeometricMean, Scalarization
@@ -101,7 +102,7 @@ def from_compile_arguments(method, gradient_method, gradient_level, gradient_opt
 
 
 __all__ = [
-    *aggregators.__all__, "DBMTL", "DST", "DWA", "FAMO", "LEVELS", "GradNorm", "GradientMethod", "LossWeighting", "Method", "MoCo",
+    *aggregators.__all__, "AutoLambda", "DBMTL", "DST", "DWA", "FAMO", "LEVELS", "GradNorm", "GradientMethod", "LossWeighting", "Method", "MoCo",
     "Static", "Uncertainty", "from_compile_arguments", "get", "gradient_method_names", "names", "COSMOS", "IMTLL", "PBI",
     "STCH", "UW", "GeometricMean", "Scalarization", "SCALARIZATIONS",
 ]

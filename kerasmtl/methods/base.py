@@ -77,6 +77,15 @@ class Method:
         """
         return sum(losses)
 
+    def before_step(self, model, x, y, sample_weight) -> None:
+        """Runs in the training step before its forward pass, with the training batch
+        (Auto-Lambda's bilevel update of its weights); nothing by default.
+
+        Args:
+            model: the compiled model.
+            x, y, sample_weight: the training batch.
+        """
+
     def get_config(self) -> dict:
         return {}
 
