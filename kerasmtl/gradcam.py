@@ -7,7 +7,8 @@ negated logit. The default feature map is the backbone's output
 (`MultiTaskModel.feature_map`; in a functional model, the nested tower ``"base"``'s);
 ``layer`` may name another 4-D layer of the outer model (e.g. ``"gender_relu1"``) or one
 inside the backbone as ``"base/<layer name>"``.
-TensorFlow backend (``tf.GradientTape``).
+The gradient comes from ``tf.GradientTape`` on TensorFlow, and on JAX and PyTorch from
+their own autodiff through the model split at the feature map.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
+from keras import ops
 
 from kerasmtl.graph import layer_input, layer_output
 
@@ -56,23 +58,47 @@ def _score_tensor(model: keras.Model, output_name: str):
 
 def _scores(values, dense, kind: str, class_index):
     """Per-image score to differentiate: ``(N,)``."""
-    import tensorflow as tf
-
     if dense is not None:
-        values = tf.matmul(values, tf.cast(dense.kernel, values.dtype))
+        values = ops.matmul(values, ops.cast(dense.kernel, values.dtype))
         if dense.use_bias:
-            values = values + tf.cast(dense.bias, values.dtype)
+            values = values + ops.cast(dense.bias, values.dtype)
     if values.shape[-1] == 1 and kind == "binary":
         logit = values[:, 0]
         if class_index is None:
-            return logit  # sign flipped per image below
+            return ops.abs(logit)  # the predicted side: logit > 0 -> class 1, else class 0
         return logit if int(class_index) == 1 else -logit
     if class_index is None:
         if kind == "regression":
-            return tf.reduce_sum(values, axis=-1)
-        index = tf.argmax(values, axis=-1)
-        return tf.gather(values, index, axis=1, batch_dims=1)
+            return ops.sum(values, axis=-1)
+        return ops.max(values, axis=-1)  # the predicted class's score
     return values[:, int(class_index)]
+
+
+def _feature_gradients(head: keras.Model, features, score):
+    """The gradient of ``sum(score(head(features)))`` with respect to ``features`` on
+    JAX or PyTorch (``score``: the head's outputs -> ``(N,)``), as each backend's own
+    autodiff computes it; each image's score depends on its own features only."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.grad(lambda f: jax.numpy.sum(score(head(f, training=False))))(features)
+    import torch
+
+    features = features.detach().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(torch.sum(score(head(features, training=False))), features)
+    return gradient
+
+
+def _heatmaps(gradients, features, size) -> np.ndarray:
+    """``(N, H, W)`` Grad-CAM maps in [0, 1] at ``size``: ReLU of the channels weighted by
+    their mean gradient, resized bilinearly and divided by each map's maximum."""
+    gradients, features = ops.convert_to_numpy(gradients), ops.convert_to_numpy(features)
+    weights = gradients.mean(axis=(1, 2), keepdims=True)
+    cam = np.maximum((weights * features).sum(axis=-1), 0.0)[..., None].astype("float32")
+    cam = ops.convert_to_numpy(ops.image.resize(cam, tuple(size), interpolation="bilinear"))[..., 0]
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    cam = np.where(peak > 0, cam / np.where(peak > 0, peak, 1.0), 0.0)
+    return np.clip(cam, 0.0, 1.0).astype(np.float32)
 
 
 class GradCAM:
@@ -160,13 +186,19 @@ class GradCAM:
     def many(self, images, outputs, class_index: int | None = None) -> dict[str, np.ndarray]:
         """``{output name: heatmaps}`` of several outputs from one forward pass; ``outputs``
         are names or ``{output name: kind or None}`` (see `__call__`)."""
-        import tensorflow as tf
-
         images = np.asarray(images)
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C). Received: shape={images.shape}")
         kinds = dict(outputs) if isinstance(outputs, Mapping) else dict.fromkeys(outputs)
+        for name in kinds:
+            if name not in self.model.output_names:
+                raise ValueError(f"The model has no output named {name!r}. Its outputs: {self.model.output_names}")
+        kinds = {name: kind or self._guess_kind(name) for name, kind in kinds.items()}
         names = tuple(kinds)
+        if keras.backend.backend() != "tensorflow":
+            return self._many_by_backend(images, kinds, class_index)
+        import tensorflow as tf
+
         sub, denses = self._heads_model(names)
         x = tf.convert_to_tensor(images)
         with tf.GradientTape(persistent=True) as tape:
@@ -178,24 +210,43 @@ class GradCAM:
                 values = sub(base_out, training=False)
                 values = values if isinstance(values, (list, tuple)) else [values]
             tape.watch(features)
-            scores = []
-            for name, value, dense in zip(names, values, denses):
-                kind = kinds[name] or self._guess_kind(name)
-                score = _scores(value, dense, kind, class_index)
-                if kind == "binary" and class_index is None:
-                    score = tf.abs(score)  # the predicted side: logit > 0 -> class 1, else class 0
-                scores.append(score)
+            scores = [_scores(value, dense, kinds[name], class_index) for name, value, dense in zip(names, values, denses)]
         heatmaps = {}
         for name, score in zip(names, scores):
             gradients = tape.gradient(score, features)
             if gradients is None:
                 raise ValueError(f"Output {name!r} does not depend on the feature map of layer {self.layer!r}.")
-            weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-            cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
-            cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0]
-            cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True))
-            heatmaps[name] = np.clip(cam.numpy(), 0.0, 1.0).astype(np.float32)
+            heatmaps[name] = _heatmaps(gradients, features, images.shape[1:3])
         del tape
+        return heatmaps
+
+    def _many_by_backend(self, images, kinds, class_index) -> dict[str, np.ndarray]:
+        """`many` on JAX and PyTorch: the model split at the feature map, and each output's
+        score differentiated with respect to the map by the backend's autodiff.
+
+        Raises:
+            ValueError: a layer inside the base tower (``"base/<layer>"``): the tower's
+                later layers may read earlier tensors than the map.
+        """
+        if self._inner is not None:
+            raise ValueError(f"Grad-CAM at a layer inside the base tower runs on the TensorFlow backend only; Keras "
+                             f"runs on {keras.backend.backend()!r}. Received: layer={self.layer!r}")
+        names = tuple(kinds)
+        key = ("split", names)
+        if key not in self._heads:
+            targets = [_score_tensor(self.model, name) for name in names]
+            self._heads[key] = (keras.Model(self.model.input, self.feature_tensor),
+                                keras.Model(self.feature_tensor, [tensor for tensor, _ in targets]),
+                                [dense for _, dense in targets])
+        trunk, head, denses = self._heads[key]
+        features = trunk(ops.convert_to_tensor(images), training=False)
+        heatmaps = {}
+        for i, (name, dense) in enumerate(zip(names, denses)):
+            def score(values, i=i, name=name, dense=dense):
+                values = values if isinstance(values, (list, tuple)) else [values]
+                return _scores(values[i], dense, kinds[name], class_index)
+
+            heatmaps[name] = _heatmaps(_feature_gradients(head, features, score), features, images.shape[1:3])
         return heatmaps
 
     def _guess_kind(self, output_name: str) -> str:

@@ -9,10 +9,11 @@ each backend's run is a fresh process:
 ``run`` builds the same small model on every backend, sets its weights from a NumPy
 generator (the same numbers on every backend, whatever each backend's own initialisers
 draw), and writes ``FOLDER/<backend>.npz``: the inference and training-mode outputs for a
-fixed batch, ``evaluate``'s results, the weights after one SGD step on that batch, and the
-step's logs, the trained model's outputs, and what ``compile(method="upgrad")`` says; it saves that model as
-``FOLDER/<backend>.keras``. ``load`` loads
-every ``FOLDER/*.keras`` and writes their predictions to ``FOLDER/<backend>-loaded.npz``.
+fixed batch, Grad-CAM's maps of every output, ``evaluate``'s results, the weights after
+one SGD step on that batch, the step's logs, the trained model's outputs, and what
+``compile(method="upgrad")`` says; it saves that model as ``FOLDER/<backend>.keras``.
+``load`` loads every ``FOLDER/*.keras`` and writes their predictions to
+``FOLDER/<backend>-loaded.npz``.
 
 The model has no dropout (each backend draws its own masks); its BatchNormalization
 layers use the batch's statistics in training mode on every backend alike.
@@ -33,6 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kerasmtl  # noqa: E402
+from kerasmtl.gradcam import GradCAM  # noqa: E402
 
 IMAGE_SIZE = 32
 BATCH = 8
@@ -91,6 +93,7 @@ def run(folder: Path) -> None:
     x, y = data()
     net = model()
     arrays = as_arrays(net.predict(x, batch_size=BATCH, verbose=0), "predict")
+    arrays.update(as_arrays(GradCAM(net).many(x[:4], [t.name for t in tasks()]), "gradcam"))
     arrays.update(as_arrays(net(x, training=True), "train_outputs"))
     net = model()  # the training-mode call moved BatchNorm's statistics: start again
     arrays.update({f"initial/{i}": w for i, w in enumerate(net.get_weights())})

@@ -69,12 +69,15 @@ def _relative(difference, reference):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_outputs_and_one_sgd_step_match_tensorflow(runs, backend):
+def test_outputs_grad_cam_and_one_sgd_step_match_tensorflow(runs, backend):
     reference, other = runs["tensorflow"][0], runs[backend][0]
     for prefix in ("predict", "train_outputs"):
         for name, value in _outputs(reference, prefix).items():
             np.testing.assert_allclose(_outputs(other, prefix)[name], value, rtol=1e-5, atol=1e-5,
                                        err_msg=f"{prefix} {name}")
+    assert _outputs(reference, "gradcam")["smiling"].max() == 1.0  # maps in [0, 1], each scaled to its maximum
+    for name, value in _outputs(reference, "gradcam").items():
+        np.testing.assert_allclose(_outputs(other, "gradcam")[name], value, atol=1e-4, err_msg=f"Grad-CAM {name}")
     count = sum(key.startswith("stepped/") for key in reference)
     moved = 0
     for i in range(count):
