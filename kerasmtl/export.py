@@ -257,6 +257,20 @@ def _finish_openvino(path: Path) -> None:
     os.replace(written, path)
 
 
+def check_backend(format: str) -> None:
+    """Refuses ONNX on the JAX backend without ``jax2onnx``, the converter Keras's
+    ``model.export`` uses there (TensorFlow uses tf2onnx, PyTorch ``torch.onnx``).
+
+    Raises:
+        ValueError: naming the backend, the missing package and the other routes.
+    """
+    import importlib.util
+
+    if format == "onnx" and keras.backend.backend() == "jax" and importlib.util.find_spec("jax2onnx") is None:
+        raise ValueError("ONNX export on the JAX backend needs the jax2onnx package (pip install jax2onnx); or export "
+                         "with --backend tensorflow or torch: a .keras model loads on every backend")
+
+
 def check_quantization(format: str, quantize: str | None) -> None:
     """Raises ValueError unless ``quantize`` is None or one of ``format``'s quantisations."""
     if quantize is not None and quantize not in FORMAT_QUANTIZATIONS.get(format, ()):
@@ -308,6 +322,7 @@ def export(
     if (format, quantize) in CALIBRATED and calibration is None:
         raise ValueError(f"{format} int8 quantisation is calibrated on typical images: pass calibration= "
                          "(a uint8 batch of training images)")
+    check_backend(format)
     path = artifact_path(path, format, quantize)
     check_outputs(path, format, overwrite)
     if quantize is not None and format != "litert":
@@ -392,6 +407,7 @@ def export_command(args) -> Path:
     from kerasmtl import quantize as quantization
 
     quantize = args.quantize
+    check_backend(args.format)
     out = artifact_path(args.out, args.format, quantize) if args.out else default_path(args.model, args.format, quantize)
     run = find_run_folder(args.model)
     if (args.format, quantize) in CALIBRATED and run is None:

@@ -10,7 +10,8 @@ each backend's run is a fresh process:
 generator (the same numbers on every backend, whatever each backend's own initialisers
 draw), and writes ``FOLDER/<backend>.npz``: the inference and training-mode outputs for a
 fixed batch, Grad-CAM's maps of every output, ``evaluate``'s results, the weights after
-one SGD step on that batch, the step's logs, the trained model's outputs, and what
+one SGD step on that batch, the step's logs, the trained model's outputs, the weights
+after training with uncertainty weighting (1 step) and DWA (3 epochs of 1 step), and what
 ``compile(method="upgrad")`` says; it saves that model as ``FOLDER/<backend>.keras``.
 ``load`` loads every ``FOLDER/*.keras`` and writes their predictions to
 ``FOLDER/<backend>-loaded.npz``.
@@ -61,10 +62,12 @@ def data():
     return x, y
 
 
-def model():
-    """The small model, with weights drawn from NumPy (BatchNorm variances kept positive)."""
+def model(weighting="static"):
+    """The small model, with weights drawn from NumPy (BatchNorm variances kept positive;
+    the loss weights' variables as the model starts them)."""
     built = kerasmtl.ModelBuilder(tasks(), base="bottleneck", input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-                                  base_kwargs={"width": 8}, head_kwargs={"units": [16], "dropout": 0.0}).build()
+                                  base_kwargs={"width": 8}, head_kwargs={"units": [16], "dropout": 0.0},
+                                  task_weighting=weighting).build()
     rng = np.random.default_rng(3)
     values = []
     for variable in built.weights:
@@ -76,7 +79,7 @@ def model():
         elif len(shape) > 1:
             fan_in = int(np.prod(shape[:-1]))
             values.append(rng.normal(size=shape) * np.sqrt(2.0 / fan_in))
-        elif "loss_weight" in variable.path or "dwa_epochs" in variable.path:
+        elif variable.path.startswith("task_weighting/"):
             values.append(np.asarray(variable.numpy()))
         else:
             values.append(0.1 * rng.normal(size=shape))
@@ -103,6 +106,12 @@ def run(folder: Path) -> None:
     arrays.update({f"stepped/{i}": w for i, w in enumerate(net.get_weights())})
     arrays.update({f"stepped_names/{i}": np.array(w.path) for i, w in enumerate(net.weights)})
     arrays.update(as_arrays(net.predict(x, batch_size=BATCH, verbose=0), "saved"))
+    for method, epochs in (("uncertainty", 1), ("dwa", 3)):  # DWA sets its weights from the last two epochs
+        weighted = model(method if method == "uncertainty" else "static")
+        weighted.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), method=method)
+        weighted.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0)
+        arrays.update({f"{method}/{i}": w for i, w in enumerate(weighted.get_weights())})
+        arrays.update({f"{method}_weights/{n}": np.float32(w) for n, w in weighted.task_weighting.current().items()})
     np.savez(folder / f"{backend}.npz", **arrays)
     (folder / f"{backend}.json").write_text(json.dumps({
         "evaluate": evaluated, "fit": {k: v[-1] for k, v in history.items()}}))

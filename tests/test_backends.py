@@ -93,6 +93,20 @@ def test_outputs_grad_cam_and_one_sgd_step_match_tensorflow(runs, backend):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("method", ["uncertainty", "dwa"])
+def test_loss_weightings_train_alike_on_every_backend(runs, backend, method):
+    reference, other = runs["tensorflow"][0], runs[backend][0]
+    weights = {key.split("/", 1)[1]: float(value) for key, value in reference.items() if key.startswith(f"{method}_weights/")}
+    assert len(weights) == 3 and any(w != pytest.approx(1.0, abs=1e-3) for w in weights.values())  # they moved
+    for name, value in weights.items():
+        assert float(other[f"{method}_weights/{name}"]) == pytest.approx(value, rel=1e-4), name
+    for i in range(sum(key.startswith(f"{method}/") for key in reference)):
+        after = reference[f"{method}/{i}"]
+        assert _relative(other[f"{method}/{i}"] - after, after) <= 1e-4 if np.any(after) else not np.any(other[f"{method}/{i}"])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_logged_losses_are_the_numpy_losses(runs, backend):
     arrays, logs, _ = runs[backend]

@@ -1,0 +1,76 @@
+"""One epoch of the demo model on each Keras backend: TensorFlow, JAX and PyTorch.
+
+The model is the command line's default (bottleneck tower, conv heads, 64 px images) with
+four tasks, trained with the plain step (Adam, batch ``--batch-size``) on in-memory data
+with missing labels. Each backend runs in its own process (Keras picks its backend at
+import); an epoch's time runs from one ``on_epoch_end`` to the next, so the first epoch
+(tracing and compiling) is left out, and each backend's time is its fastest timed epoch.
+The last line is ``jax_over_tf=<x> torch_over_tf=<y>`` (epoch time over TensorFlow's).
+
+    python benchmarks/backends.py [--steps 20] [--epochs 3] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def child(steps: int, epochs: int, batch_size: int) -> None:
+    """Times the fit in this process's backend and prints ``{"epoch": seconds}`` as JSON."""
+    import keras
+    import numpy as np
+    from _timing import EpochTimer
+
+    from kerasmtl import ModelBuilder, Task
+
+    tasks = [Task("gender", "binary", ("male", "female")), Task("age", "multiclass", ("a", "b", "c", "d")),
+             Task("mood", "multiclass", ("x", "y", "z")), Task("glasses", "binary", ("no", "yes"))]
+    rng = np.random.default_rng(0)
+    n = steps * batch_size
+    x = rng.integers(0, 256, (n, 64, 64, 3), dtype="uint8")
+    y = {}
+    for task in tasks:
+        labels = rng.choice(list(task.classes), n).astype(object)
+        labels[rng.random(n) < 0.3] = None
+        y[task.name] = task.encode(labels)
+    keras.utils.set_random_seed(0)
+    model = ModelBuilder(tasks, base="bottleneck", head="conv", input_shape=(64, 64, 3)).build()
+    model.compile()
+    timer = EpochTimer()
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[timer])
+    print(json.dumps({"epoch": min(timer.times), "backend": keras.backend.backend()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per fit (the first is not timed)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error(f"--epochs must be >= 2 (the first epoch compiles and is not timed). Received: {args.epochs}")
+    if args.child:
+        child(args.steps, args.epochs, args.batch_size)
+        return
+    times = {}
+    for backend in BACKENDS:
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--epochs", str(args.epochs),
+                               "--batch-size", str(args.batch_size)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{backend}: {done.stderr[-2000:]}")
+        times[backend] = json.loads(done.stdout.strip().splitlines()[-1])["epoch"]
+        print(f"{backend:<10} {times[backend]:.2f} s per epoch of {args.steps} steps "
+              f"({1000 * times[backend] / args.steps:.0f} ms/step)", flush=True)
+    print(f"jax_over_tf={times['jax'] / times['tensorflow']:.2f} torch_over_tf={times['torch'] / times['tensorflow']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
