@@ -308,13 +308,20 @@ def _python(example: Example) -> str:
 
 
 RUNNABLE_PAGES = [page for page in PAGES if any(e.not_run is None for e in examples(page) if e.language in ("python", "bash"))]
-#: Pages whose examples have not yet been run through to the end here, skipped visibly until they are.
-NOT_YET_RUN = {"README.md", "deploy.md", "distributed.md", "methods.md", "training.md"}
+#: Pages whose examples have not yet run through to the end here, skipped visibly (with why) until they do.
+NOT_YET_RUN = {
+    "README.md": "not yet run through here",
+    "deploy.md": "int8 export calibrates on the run's training split, which the copied run folder's "
+                 "absolute split.csv paths no longer match",
+    "distributed.md": "its ResumeCheckpoint example is new and not yet run through here",
+    "methods.md": "not yet run through here",
+    "training.md": "not yet run through here",
+}
 
 
 def _page_param(page: Path):
-    marks = [pytest.mark.skip(reason="its examples have not yet run through here")] if page.name in NOT_YET_RUN else []
-    return pytest.param(page, id=page.name, marks=marks)
+    reason = NOT_YET_RUN.get(page.name)
+    return pytest.param(page, id=page.name, marks=[pytest.mark.skip(reason=reason)] if reason else [])
 
 
 #: Runs a page's Python blocks in one namespace, each compiled under its page and line so
