@@ -4,6 +4,10 @@ saved with the model."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -110,3 +114,28 @@ def test_fit_updates_the_weights_every_update_every_steps():
     state = dict(zip(model.gradient_state.keys, model.gradient_state.slots))
     assert state["count"].numpy() == 3.0
     assert np.all(state["weights"].numpy() != 0.1)
+
+
+@pytest.mark.slow
+def test_a_fresh_process_loads_the_weights_and_trains_once_given_validation_data(tmp_path):
+    x, y = data(3, 8)
+    model = build()
+    model.compile(optimizer=keras.optimizers.SGD(LR), method=methods.AutoLambda(validation_data=data(4, 6), lr=META_LR))
+    model.train_on_batch(x, y)
+    saved = model.gradient_state.slot("weights").numpy()
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x, a=y["a"], b=y["b"])
+    script = f"""
+import json, keras, numpy as np, kerasmtl
+model = keras.saving.load_model({str(tmp_path / "m.keras")!r})
+before = model.gradient_state.slot("weights").numpy().tolist()
+d = np.load({str(tmp_path / "d.npz")!r})
+model.method.validation_data = (d["x"], {{"a": d["a"], "b": d["b"]}})
+model.fit(d["x"], {{"a": d["a"], "b": d["b"]}}, batch_size=8, epochs=1, verbose=0)
+print(json.dumps([before, model.gradient_state.slot("count").numpy().tolist()]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, count = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_array_equal(before, saved)
+    assert count == 2.0  # the saved update, then one more
