@@ -311,6 +311,7 @@ RUNNABLE_PAGES = [page for page in PAGES if any(e.not_run is None for e in examp
 #: Pages whose examples have not yet run through to the end here, skipped visibly (with why) until they do.
 NOT_YET_RUN = {
     "README.md": "not yet run through here",
+    "backends.md": "not yet run through here",
     "deploy.md": "int8 export calibrates on the run's training split, which the copied run folder's "
                  "absolute split.csv paths no longer match",
     "distributed.md": "its ResumeCheckpoint example is new and not yet run through here",
