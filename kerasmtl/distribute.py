@@ -171,6 +171,9 @@ def make_strategy(
         raise ValueError(f"strategy must be one of {DISTRIBUTION_STRATEGIES}. Received: strategy={name!r}")
     if name == "none":
         return tf.distribute.get_strategy()
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"strategy {name!r} is TensorFlow's tf.distribute, and Keras runs on "
+                         f"{keras.backend.backend()!r}: train with --backend tensorflow. Received: strategy={name!r}")
     if name == "mirrored":
         if not devices:
             devices = [d.name for d in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]

@@ -100,3 +100,11 @@ def test_onnx_from_torch_matches_keras_and_jax_names_its_converter(jax_run):
                     home=jax_run)
     if done.returncode != 0:  # jax2onnx is not one of the pinned extras
         assert done.returncode == 2 and "jax2onnx" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_tf_distribute_strategy_on_jax_names_the_backend(tmp_path):
+    done = kerasmtl("train", "--backend", "jax", *TINY, "--strategy", "mirrored", "--out", tmp_path / "run", home=tmp_path)
+    assert done.returncode == 2
+    assert "'mirrored'" in done.stderr and "'jax'" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
