@@ -388,11 +388,13 @@ class MultiTaskModel(UnevenBatchBuild):
         """`keras.Model.fit`, with the callback of an epoch-level loss weighting (DST, DWA:
         `kerasmtl.callbacks.DynamicTaskWeights`) first in ``callbacks`` unless they hold one."""
         from kerasmtl.callbacks.task_weights import DynamicTaskWeights
+        from kerasmtl.methods.weightings import LossWeighting
 
         callbacks = list(callbacks or [])
         method = getattr(self, "method", None)
         if method is not None and not any(isinstance(c, DynamicTaskWeights) for c in callbacks):
-            callbacks = [c for c in [method.callback(self, y)] if c is not None] + callbacks
+            added = DynamicTaskWeights(method, targets=y) if isinstance(method, LossWeighting) else method.callback(self, y)
+            callbacks = [c for c in [added] if c is not None] + callbacks
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------------ step

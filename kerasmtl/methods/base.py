@@ -58,12 +58,7 @@ class Method:
         """Checks ``model`` and sets what ``compile`` sets (a loss weighting's weights)."""
 
     def callback(self, model, y=None):
-        """The callback ``fit`` adds for the method (an epoch-level weighting's), or None.
-
-        Args:
-            model: the compiled model.
-            y: the targets ``fit`` was given.
-        """
+        """The callback ``fit`` adds for the method (``y``: fit's targets), or None."""
         return None
 
     def total_loss(self, model, losses, y):

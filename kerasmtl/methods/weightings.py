@@ -2,47 +2,142 @@
 (`DST`), dynamic weight average (`DWA`) and uncertainty weighting (`Uncertainty`).
 
 Their weights live in the model's `kerasmtl.weighting.TaskWeighting` variables, which its
-``compute_loss`` multiplies in. `Static` sets them once at ``compile``; `DST` and `DWA`
-change them between epochs through `kerasmtl.callbacks.DynamicTaskWeights`, which
-`kerasmtl.MultiTaskModel.fit` adds for them (unless the call already has one);
-`Uncertainty` learns them, and needs a model built with learnable weights.
+``compute_loss`` multiplies in. Each method says what the weights are at the start of an
+epoch (`LossWeighting.weights_for_epoch`) and what it records at its end; the callback
+`kerasmtl.callbacks.DynamicTaskWeights`, which `kerasmtl.MultiTaskModel.fit` adds for
+them (unless the call already has one), only calls these. `Uncertainty` learns its
+weights, and needs a model built with learnable weights. Task losses skip missing
+labels, so a batch without labels for task t contributes 0 to it whatever its weight.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import keras
+import numpy as np
+from keras import ops
 
-from kerasmtl.callbacks.task_weights import DynamicTaskWeights, label_counts
+from kerasmtl import choices
 from kerasmtl.methods.base import Method
+from kerasmtl.tasks import MISSING_CLASS, Task
+
+DST_ALL_OFF = ("redraw", "none")
 
 
+# --------------------------------------------------------------------------- DST
+def label_counts(targets: Mapping[str, np.ndarray], tasks: Sequence[Task], count: str = "labelled") -> dict[str, int]:
+    """Counts each task's labels, one task (column) at a time.
+
+    Args:
+        targets: ``{task name: encoded targets}`` of the training set or a reference batch.
+        count: ``"labelled"`` counts present labels (a regression row only when all its
+            values are present, as in `kerasmtl.losses`); ``"positives"`` counts labels
+            equal to the positive class (index 1) and applies to binary tasks only.
+    """
+    if count not in choices.DST_COUNTS:
+        raise ValueError(f"count must be one of {choices.DST_COUNTS}. Received: count={count!r}")
+    counts = {}
+    for task in tasks:
+        if task.name not in targets:
+            raise ValueError(f"No targets for task {task.name!r}. Received targets for: {sorted(targets)}")
+        values = np.asarray(targets[task.name])
+        rows = values.reshape(len(values), -1)
+        if count == "labelled":
+            if task.kind == "regression":
+                present = np.isfinite(rows.astype(np.float64)).all(axis=1)
+            else:
+                present = rows[:, 0] != MISSING_CLASS
+            counts[task.name] = int(present.sum())
+            continue
+        if task.kind != "binary":
+            raise ValueError(
+                f"count='positives' applies to binary tasks only; task {task.name!r} is {task.kind}. "
+                "Use count='labelled' for datasets with multiclass or regression tasks."
+            )
+        counts[task.name] = int((rows[:, 0] == 1).sum())
+    return counts
+
+
+def dst_probabilities(counts: Mapping[str, float]) -> dict[str, float]:
+    """``{task: p_t}`` with ``p_t = n_t / sum(n)`` (each task's chance to be on in an epoch)
+    from ``{task: n_t}``, ``n_t >= 0``."""
+    values = np.array([float(v) for v in counts.values()])
+    if len(values) == 0 or (values < 0).any() or not values.sum() > 0:
+        raise ValueError(f"DST needs non-negative label counts with a positive sum. Received: counts={dict(counts)!r}")
+    return {name: float(v / values.sum()) for name, v in zip(counts, values)}
+
+
+def dst_switches(probabilities: Sequence[float], epoch: int, seed: int = 0, all_off: str = "redraw") -> np.ndarray:
+    """The on (1) / off (0) float32 weights of DST for one 0-based ``epoch``.
+
+    Each task is on with its probability, independently. The draw depends only on
+    ``(seed, epoch)``, so a resumed run continues the same sequence.
+
+    Args:
+        all_off: when every task comes out off, ``"redraw"`` draws again (each task is
+            then on with probability ``p_t / (1 - prod_k(1 - p_k))``, still proportional to
+            ``p_t``); ``"none"`` keeps them all off, as the original code does.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if all_off not in DST_ALL_OFF:
+        raise ValueError(f"all_off must be one of {DST_ALL_OFF}. Received: all_off={all_off!r}")
+    if not p.max(initial=0.0) > 0:
+        raise ValueError(f"At least one probability must be > 0. Received: probabilities={p.tolist()}")
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    while True:
+        on = rng.random(len(p)) < p
+        if on.any() or all_off == "none":
+            return on.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- DWA
+def dwa_weights(last: Sequence[float], before: Sequence[float], temperature: float = 2.0) -> np.ndarray:
+    """Dynamic weight average: ``K * softmax_t((L_t(e-1) / L_t(e-2)) / T)``.
+
+    Args:
+        last: per-task losses of epoch ``e - 1``.
+        before: per-task losses of epoch ``e - 2``.
+
+    Returns:
+        float32 weights that sum to the number of tasks. A task whose earlier loss is 0
+        (no labels in that epoch) counts with ratio 1.
+    """
+    last = np.asarray(last, dtype=np.float64)
+    before = np.asarray(before, dtype=np.float64)
+    ratio = np.divide(last, before, out=np.ones_like(last), where=before > 0)
+    z = ratio / float(temperature)
+    z = np.exp(z - z.max())
+    return (len(last) * z / z.sum()).astype(np.float32)
+
+
+# ----------------------------------------------------------------------- methods
 class LossWeighting(Method):
-    """Per-task loss weights; ``fit`` adds `callback`'s `DynamicTaskWeights`."""
+    """Per-task loss weights, set between epochs by `kerasmtl.callbacks.DynamicTaskWeights`."""
 
     def configure(self, model) -> None:
-        """Checks that ``model``'s loss weights are of this method's kind (learned or
-        assignable), and sets what ``compile`` sets.
+        """Checks, at ``compile``, that ``model``'s loss weights are of this method's kind."""
+        self.check_kind(model.task_weighting)
 
-        Raises:
-            ValueError: the model's weights are of the other kind.
-        """
-        if model.task_weighting.learned != self.learned:
-            kind = "learned (uncertainty)" if model.task_weighting.learned else "assignable"
+    def check_kind(self, weighting) -> None:
+        """Raises a ValueError unless the model's `TaskWeighting` is of this method's kind."""
+        if weighting.learned != self.learned:
+            kind = "learned (uncertainty)" if weighting.learned else "assignable"
             raise ValueError(
                 f"method={self.name!r} does not match the model's {kind} loss weights; build the model with "
                 f"ModelBuilder(..., task_weighting={self.name!r}) or with_task_weighting(model, {self.name!r})."
             )
 
-    def callback(self, model, y=None) -> DynamicTaskWeights:
-        """The callback that sets (and logs) the weights each epoch.
+    def begin(self, weighting, tasks: Sequence[Task] | None = None, targets=None) -> None:
+        """Checks the weights before training; DST counts ``tasks``' labels in ``targets`` (fit's y)."""
+        self.check_kind(weighting)
 
-        Args:
-            model: the compiled model.
-            y: the targets ``fit`` was given (DST counts their labels when it has no counts).
-        """
-        return DynamicTaskWeights(self.name, **self.get_config())
+    def weights_for_epoch(self, weighting, epoch: int) -> dict[str, float] | None:
+        """The weights to set at the start of the 0-based ``epoch`` (None: leave them)."""
+        return None
+
+    def end_epoch(self, weighting, epoch: int, logs: Mapping[str, float]) -> None:
+        """Records what the next epochs' weights depend on (DWA: the task losses)."""
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
@@ -59,6 +154,9 @@ class Static(LossWeighting):
         if self.weights:
             model.task_weighting.assign(self.weights)
 
+    def weights_for_epoch(self, weighting, epoch: int) -> dict[str, float] | None:
+        return self.weights
+
     def get_config(self) -> dict:
         return {"weights": self.weights}
 
@@ -73,25 +171,42 @@ class DST(LossWeighting):
         targets: ``{task name: encoded targets}`` of the training set.
         count: ``"labelled"`` or ``"positives"`` (what `label_counts` counts).
         seed: seed of the on/off draws (a resumed run continues the same sequence).
-        all_off: ``"redraw"`` or ``"none"`` (see `kerasmtl.callbacks.dst_switches`).
+        all_off: ``"redraw"`` or ``"none"`` (see `dst_switches`).
+        tasks: the tasks of ``targets``, to count them now (None: the model's, at ``fit``).
     """
 
     name = "dst"
 
-    def __init__(self, counts=None, targets=None, count: str = "labelled", seed: int = 0, all_off: str = "redraw"):
+    def __init__(self, counts=None, targets=None, count: str = "labelled", seed: int = 0, all_off: str = "redraw",
+                 tasks: Sequence[Task] | None = None):
+        if all_off not in DST_ALL_OFF:
+            raise ValueError(f"all_off must be one of {DST_ALL_OFF}. Received: all_off={all_off!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int. Received: seed={seed!r}")
+        if counts is None and targets is not None and tasks is not None:
+            counts = label_counts(targets, tasks, count)
         self.counts = None if counts is None else {str(k): float(v) for k, v in dict(counts).items()}
-        self.targets, self.count, self.seed, self.all_off = targets, count, seed, all_off
-        if self.counts is not None:
-            DynamicTaskWeights("dst", counts=self.counts, count=count, seed=seed, all_off=all_off)
+        self.targets, self.count, self.seed, self.all_off = targets, count, int(seed), all_off
+        self.probabilities = None if counts is None else dst_probabilities(self.counts)
 
-    def callback(self, model, y=None) -> DynamicTaskWeights:
+    def begin(self, weighting, tasks=None, targets=None) -> None:
+        super().begin(weighting)
         if self.counts is None:
-            targets = self.targets if self.targets is not None else y
-            if not isinstance(targets, Mapping):
-                raise ValueError("DST needs each task's label count: DST(counts={task: n}), DST(targets={task: "
-                                 f"array}}), or fit(x, y) with y a dict of arrays. Received: y of type {type(y).__name__}")
-            self.counts = {k: float(v) for k, v in label_counts(targets, model.tasks, self.count).items()}
-        return super().callback(model, y)
+            targets = self.targets if self.targets is not None else targets
+            if not isinstance(targets, Mapping) or tasks is None:
+                raise ValueError("DST needs each task's label count: DST(counts={task: n}), DST(targets={task: array}, "
+                                 "tasks=...), or a MultiTaskModel's fit(x, y) with y a dict of arrays. Received: y of "
+                                 f"type {type(targets).__name__}, tasks={tasks!r}")
+            self.counts = {k: float(v) for k, v in label_counts(targets, tasks, self.count).items()}
+            self.probabilities = dst_probabilities(self.counts)
+        names = weighting.task_names
+        if set(self.counts) != set(names):
+            raise ValueError(f"DST needs a count for every output {names}. Received counts for {sorted(self.counts)}")
+
+    def weights_for_epoch(self, weighting, epoch: int) -> dict[str, float]:
+        names = weighting.task_names
+        on = dst_switches([self.probabilities[n] for n in names], epoch, self.seed, self.all_off)
+        return dict(zip(names, on.tolist()))
 
     def get_config(self) -> dict:
         return {"counts": self.counts, "count": self.count, "seed": self.seed, "all_off": self.all_off}
@@ -99,7 +214,11 @@ class DST(LossWeighting):
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class DWA(LossWeighting):
-    """Dynamic weight average (Liu et al., 2019): ``K softmax(L(e-1) / L(e-2) / T)``."""
+    """Dynamic weight average (Liu et al., 2019): ``K softmax(L(e-1) / L(e-2) / T)``.
+
+    The last two epochs' task losses are kept in the model's loss-weight layer, so a run
+    resumed from its saved model continues the same weights.
+    """
 
     name = "dwa"
 
@@ -107,6 +226,26 @@ class DWA(LossWeighting):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0. Received: temperature={temperature!r}")
         self.temperature = float(temperature)
+
+    def weights_for_epoch(self, weighting, epoch: int) -> dict[str, float]:
+        names = weighting.task_names
+        if epoch < 2 or ops.convert_to_numpy(weighting.dwa_epochs).tolist() != [epoch - 2, epoch - 1]:
+            return dict.fromkeys(names, 1.0)
+        losses = ops.convert_to_numpy(weighting.dwa_losses)
+        return dict(zip(names, dwa_weights(losses[1], losses[0], self.temperature).tolist()))
+
+    def end_epoch(self, weighting, epoch: int, logs: Mapping[str, float]) -> None:
+        """Records the epoch's task losses, read from ``<task>_loss`` in ``logs``."""
+        names = weighting.task_names
+        keys = [f"{n}_loss" for n in names] if len(names) > 1 else ["loss"]
+        missing = [k for k in keys if k not in logs]
+        if missing:
+            raise ValueError(f"DWA reads the per-task losses {missing} from the epoch logs. Received logs: {sorted(logs)}")
+        losses = np.array([float(logs[k]) for k in keys], dtype=np.float32)
+        record = ops.convert_to_numpy(weighting.dwa_losses)
+        epochs = ops.convert_to_numpy(weighting.dwa_epochs)
+        weighting.dwa_losses.assign(np.stack([record[1], losses]))
+        weighting.dwa_epochs.assign(np.array([epochs[1], epoch], dtype=np.float32))
 
     def get_config(self) -> dict:
         return {"temperature": self.temperature}
