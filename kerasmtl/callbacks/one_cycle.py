@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -93,12 +95,21 @@ class OneCycle(keras.callbacks.Callback):
     (``momentum`` being SGD's / RMSprop's ``momentum`` or the Adam family's and Lion's
     ``beta_1``). The step is read from ``optimizer.iterations`` before each batch, so a
     resumed run continues the same cycle; running past ``total_steps`` raises, as in
-    PyTorch. During ``fit`` the momentum attribute is a `_ScheduledFloat` (TensorFlow
-    backend); at the end it is a plain float again, the last momentum used.
+    PyTorch. At the end of ``fit`` the momentum attribute is a plain float, the last
+    momentum used.
 
     ``lr`` and ``momentum`` (or ``beta_1``) of the last step done go into the batch and
     epoch ``logs``, so list this callback before History, CSVLogger and TensorBoard. With
     ``steps_per_execution > 1`` the values change once per execution.
+
+    How the momentum reaches the step depends on the backend. SGD and RMSprop test the
+    attribute as a Python number inside ``update_step`` (``if self.momentum != 0``), so
+    it stays a number. PyTorch (and ``run_eagerly``) runs the step eagerly: the attribute
+    is set to the step's float before each batch. TensorFlow traces the step once: the
+    attribute is a `_ScheduledFloat`, whose tensor conversion reads a variable. JAX's
+    compiled step reads only the trainer's state, and a variable tracked in the optimizer
+    would change every optimizer it saves (a model saved mid-cycle would not load its
+    optimizer state without this callback), so there momentum cycling is off, with a warning.
 
     Args:
         total_steps: optimizer updates in the whole cycle.
@@ -214,6 +225,15 @@ class OneCycle(keras.callbacks.Callback):
         self._check_step(self._step())
         if not self.cycle_momentum:
             return
+        eager = keras.backend.backend() == "torch" or self.model.run_eagerly
+        if keras.backend.backend() == "jax" and not eager:
+            warnings.warn(
+                "OneCycle does not cycle the momentum on the JAX backend (its compiled step only reads "
+                "variables saved with the optimizer); it schedules the learning rate only. Pass "
+                "cycle_momentum=False to silence this, or train with the TensorFlow or PyTorch backend.",
+                stacklevel=2,
+            )
+            return
         name = momentum_attribute(optimizer)
         inner = _inner_optimizer(optimizer)
         if not has_momentum(optimizer):
@@ -223,6 +243,9 @@ class OneCycle(keras.callbacks.Callback):
                 f"{type(inner).__name__} with momentum={getattr(inner, 'momentum', None)!r}"
             )
         current = getattr(inner, name)
+        if eager:  # the step reads the attribute afresh: set it to a float before each batch
+            self._momentum_name = name
+            return
         if not isinstance(current, _ScheduledFloat):
             current = _ScheduledFloat(current, name=f"one_cycle_{name}")
             setattr(inner, name, current)
@@ -236,6 +259,8 @@ class OneCycle(keras.callbacks.Callback):
         self.model.optimizer.learning_rate = lr
         if self._momentum is not None:
             self._momentum.variable.assign(momentum)
+        elif self._momentum_name is not None:
+            setattr(_inner_optimizer(self.model.optimizer), self._momentum_name, float(momentum))
         self._last = self._pending[batch] = (lr, momentum)
 
     def _publish(self, values, logs):
