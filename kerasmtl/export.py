@@ -258,17 +258,22 @@ def _finish_openvino(path: Path) -> None:
 
 
 def check_backend(format: str) -> None:
-    """Refuses ONNX on the JAX backend without ``jax2onnx``, the converter Keras's
-    ``model.export`` uses there (TensorFlow uses tf2onnx, PyTorch ``torch.onnx``).
+    """Refuses ONNX where Keras's ``model.export`` does not write what serving reads: on
+    JAX without ``jax2onnx`` (its converter there), and on PyTorch, whose ``torch.onnx``
+    names the outputs after graph nodes rather than tasks.
 
     Raises:
-        ValueError: naming the backend, the missing package and the other routes.
+        ValueError: naming the backend and the route that works.
     """
     import importlib.util
 
-    if format == "onnx" and keras.backend.backend() == "jax" and importlib.util.find_spec("jax2onnx") is None:
+    backend = keras.backend.backend()
+    if format == "onnx" and backend == "jax" and importlib.util.find_spec("jax2onnx") is None:
         raise ValueError("ONNX export on the JAX backend needs the jax2onnx package (pip install jax2onnx); or export "
-                         "with --backend tensorflow or torch: a .keras model loads on every backend")
+                         "with --backend tensorflow: a .keras model loads on every backend")
+    if format == "onnx" and backend == "torch":
+        raise ValueError("ONNX export on the PyTorch backend names the outputs after graph nodes, not tasks; export "
+                         "with --backend tensorflow: a .keras model loads on every backend")
 
 
 def check_quantization(format: str, quantize: str | None) -> None:
