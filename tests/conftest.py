@@ -1,6 +1,13 @@
-"""Shared fixtures: a tiny synthetic hvc dataset and tiny tasks."""
+"""Shared fixtures (a tiny synthetic hvc dataset and tiny tasks) and the run's time budget.
+
+``KERASMTL_TEST_DEADLINE`` (seconds since the epoch, as ``date +%s`` prints) bounds a run:
+tests that would start after it are skipped, saying so, and tests marked ``long`` (slow
+ones of several minutes each) run last, so a budget cuts them first. `.ci/run` sets it
+to keep the whole CI run inside its time limit; unset, every selected test runs.
+"""
 
 import os
+import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -13,6 +20,18 @@ from kerasmtl.data.sample import make_sample  # noqa: E402
 from kerasmtl.tasks import Task  # noqa: E402
 
 TINY_TOWER = {"width": 8, "blocks": (1, 1)}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``long`` after the others (a stable sort keeps each group's order)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is not None)
+
+
+def pytest_runtest_setup(item):
+    """Skips a test that would start after ``KERASMTL_TEST_DEADLINE``."""
+    deadline = os.environ.get("KERASMTL_TEST_DEADLINE")
+    if deadline and time.time() > float(deadline):
+        pytest.skip(f"the run's time budget is spent (KERASMTL_TEST_DEADLINE={deadline})")
 
 
 @pytest.fixture(scope="session")

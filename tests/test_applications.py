@@ -52,6 +52,7 @@ def test_fast_subset_builds_at_its_smallest_size_with_the_applications_parameter
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_every_application_builds_at_its_smallest_size_with_the_applications_parameter_count():
     for name in _applications():
         _check_application(name)

@@ -58,6 +58,7 @@ def runs(hvc_folder, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_two_epoch_run_trains_saves_and_exports(architecture, runs, tmp_path):
     result, out = runs(architecture)

@@ -38,10 +38,35 @@ def test_ci_runs_the_fast_and_the_slow_suite():
 
 
 def test_every_marker_is_run_by_ci():
-    # A marker other than `slow` would need its own deselection and its own CI command.
-    assert _markers() == {"slow"}
+    # A selecting marker other than `slow` would need its own deselection and its own CI
+    # command; `long` only orders slow tests (they run last), it selects nothing.
+    assert _markers() == {"slow", "long"}
     addopts = re.search(r'addopts = "(.*)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert "-m 'not slow'" in addopts
+    for path in (ROOT / "tests").glob("test_*.py"):
+        for match in re.finditer(r"pytest\.mark\.long\b", text := path.read_text()):
+            before = text[max(0, match.start() - 300): match.start()]
+            assert "mark.slow" in before, f"{path.name}: a long test must also be marked slow"
+
+
+def test_a_spent_time_budget_skips_the_tests_it_has_left():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERASMTL_TEST_DEADLINE": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+         "tests/test_ci.py::test_ci_builds_the_documentation_strictly"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "1 skipped" in result.stdout and "time budget is spent" in result.stdout
+
+
+def test_ci_bounds_its_tests_by_a_time_budget():
+    text = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^export KERASMTL_TEST_DEADLINE=", text, flags=re.MULTILINE)
 
 
 

@@ -336,6 +336,7 @@ for name, code in json.load(open(sys.argv[1])):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("page", [_page_param(page) for page in RUNNABLE_PAGES])
 def test_page_examples_run(page, assets, tmp_path):
     page_examples = [e for e in examples(page) if e.language in ("python", "bash") and e.not_run is None]
