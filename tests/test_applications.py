@@ -105,6 +105,7 @@ def _list_backbones(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_list_backbones_prints_names_with_parameter_counts():
     result = _list_backbones("mobilenetv3*", "VGG1?")
     assert result.returncode == 0, result.stderr

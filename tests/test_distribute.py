@@ -98,6 +98,7 @@ def inputs_runs(data_folder, tmp_path_factory):
 
 
 # ---------------------------------------------------------------- 2 replicas
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 @pytest.mark.parametrize(
     "mirrored, single",
     [
@@ -117,6 +118,7 @@ def test_mirrored_matches_one_device(inputs_runs, mirrored, single):
         np.testing.assert_allclose(facts[mirrored]["history"][key], facts[single]["history"][key], rtol=1e-6)
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_mirrored_predict_and_evaluate_match_one_device(inputs_runs):
     runs, facts = inputs_runs
     n = facts["none-tfdata"]["weights"]

@@ -254,6 +254,7 @@ def builder_models(tmp_path_factory):
     return load_elsewhere(entries, folder), saved
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_builder_model_loads_in_a_fresh_process(builder_models, strategy):
     report, saved = builder_models

@@ -239,6 +239,7 @@ def _peta_split(truth):
     return {str((truth.root / p.subset / "archive" / i).resolve()): part for p, part in zip(truth.persons, partition) for i in p.images}
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_kerasmtl_train_on_a_pa100k_folder_uses_the_official_split_and_names(pa100k, tmp_path):
     tasks_file = _tasks_file(tmp_path / "tasks.yaml", [("Female", "Female"), ("Skirt_Dress", "Skirt&Dress")])
     tasks, split, metrics = _train(pa100k.folder, tmp_path / "run", tmp_path / "home", "--tasks", tasks_file)

@@ -407,6 +407,7 @@ def _args(folder, out, *extra):
             "--verbose", "0", "--no-augment", "--out", str(out), *extra]
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_non_finite_loss_exits_3_naming_where_and_keeps_the_last_good_state(hvc_folder, tmp_path, capsys, monkeypatch):
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl_cli import train as main
@@ -452,6 +453,7 @@ def test_finished_run_is_not_retrained_other_settings_are_refused_and_restart_cl
     assert not any((out / name).exists() for name in ("resume", "model.keras", "best.keras", "history.csv", "metrics.json"))
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_finished_run_continues_with_more_epochs_and_is_refused_when_its_data_changed(hvc_folder, tmp_path, capsys):
     import shutil
 

@@ -138,6 +138,7 @@ def test_restart_removes_the_package_files_and_nothing_else(tmp_path):
     assert _tree(folder) == [".kerasmtl", ".kerasmtl/lock", ".kerasmtl/manifest.json", "mine"]
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_restart_of_a_real_run_leaves_only_the_users_files(hvc_folder, tmp_path):
     from kerasmtl_cli import train as main
 

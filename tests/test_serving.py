@@ -127,6 +127,7 @@ def commands(run, tmp_path_factory):
     return out, done.stdout
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_export_command_writes_the_artifacts_and_their_labels(run, commands):
     folder = run[0]
     stdout = commands[1]
@@ -138,6 +139,7 @@ def test_export_command_writes_the_artifacts_and_their_labels(run, commands):
     assert f"openvino int8 -> {folder / 'export' / 'model_int8.xml'}" in stdout
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 @pytest.mark.parametrize("file", ["model_int8.tflite", "model_int8.xml"])
 def test_quantized_export_writes_its_test_split_accuracy_change(run, commands, hvc_folder, file):
     folder, model, tasks, _ = run
@@ -160,6 +162,7 @@ def test_quantized_export_writes_its_test_split_accuracy_change(run, commands, h
         assert abs(entry["change"]) <= 0.25
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_predict_accepts_exported_models(commands, run):
     out = commands[0]
     keras_table, onnx_table, litert_table, saved_table, openvino_table = (
@@ -173,6 +176,7 @@ def test_predict_accepts_exported_models(commands, run):
         np.testing.assert_allclose(litert_table[f"{task.name}_prob"], keras_table[f"{task.name}_prob"], atol=0.05)
 
 
+@pytest.mark.slow  # tens of seconds of training or fresh processes: CI runs it with the slow suite
 def test_predictor_without_tensorflow_gives_the_labels_of_kerasmtl_predict(run, commands, tmp_path):
     folder, _, tasks, photos = run
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
