@@ -373,3 +373,22 @@ def test_every_tower_family_exports_with_parity(family, format, tmp_path):
     tasks = model.tasks
     path = export(model, tmp_path / FILES[format], format)
     check_parity(model, tasks, format, path, uint8_batch(3, shape))
+
+
+# ------------------------------------- onnx: a keras.applications tower, each architecture
+ONNX_MODELS = {
+    "MobileNetV3Small": dict(base="MobileNetV3Small"),
+    **{architecture: dict(base="bottleneck", base_kwargs=TINY_TOWER, architecture=architecture, architecture_options=options)
+       for architecture, options in {"mmoe": {"units": 8, "num_experts": 3}, "cgc": {"units": 8}, "ple": {"units": 8},
+                                     "mtan": {"stages": 2}, "cross_stitch": {"units": 8},
+                                     "dselect_k": {"units": 8, "num_experts": 3}}.items()},
+}
+
+
+@pytest.mark.slow  # 6-20 s each on 2 shared cores
+@pytest.mark.parametrize("name", list(ONNX_MODELS))
+def test_application_tower_and_each_architecture_export_to_onnx_with_parity(name, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = ModelBuilder(TASKS, input_shape=(32, 32, 3), head="dense", **ONNX_MODELS[name]).build()
+    path = export(model, tmp_path / "model.onnx", "onnx")
+    check_parity(model, model.tasks, "onnx", path, uint8_batch(3, (32, 32, 3)))

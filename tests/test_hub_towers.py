@@ -1,6 +1,11 @@
 """keras-hub image backbones as base towers, from preset folders the tests write with
 ``save_to_preset`` (small random configurations: nothing is downloaded)."""
 
+import json
+import shutil
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -55,3 +60,27 @@ def test_preset_folder_without_an_image_converter_is_refused(tmp_path):
     _resnet().save_to_preset(str(folder))
     with pytest.raises(ValueError, match="has no image converter"):
         ModelBuilder(hvc_tasks(), base=str(folder), input_shape=(32, 32, 3)).build()
+
+
+@pytest.mark.slow  # a fresh process
+def test_saved_model_loads_in_a_fresh_process_that_never_imports_keras_hub(tmp_path):
+    preset = _write_preset(_resnet(), tmp_path / "preset")
+    model = ModelBuilder(hvc_tasks(), base=preset, input_shape=(32, 32, 3), head="dense").build()
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("uint8")
+    expected = model.predict(images, verbose=0)
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", images)
+    shutil.rmtree(preset)  # the saved model holds the backbone: the preset is not read again
+    probe = f"""
+import json, sys, keras, kerasmtl, numpy as np
+imported_before = "keras_hub" in sys.modules
+model = keras.saving.load_model({str(tmp_path / "model.keras")!r})
+outputs = model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
+print(json.dumps({{"imported_before": imported_before, "outputs": {{k: np.asarray(v).tolist() for k, v in outputs.items()}}}}))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["imported_before"] is False
+    for task in hvc_tasks():
+        np.testing.assert_allclose(np.asarray(report["outputs"][task.name]), np.asarray(expected[task.name]), rtol=1e-5, atol=1e-6)

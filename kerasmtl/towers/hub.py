@@ -7,8 +7,8 @@ so its resizing is left out) and then the backbone, with the preset's weights (o
 ``.weights.h5`` file, those). A backbone returning tokens ``(batch, tokens, channels)``
 (ViT, DINOv2) has them averaged into one vector per image, which dense heads and the
 architectures read; a feature-map backbone (ResNet, EfficientNet, MobileNet, CSPNet) keeps
-its map. Needs the ``hub`` extra (keras-hub); a saved model with such a tower loads after
-``import keras_hub``.
+its map. Needs the ``hub`` extra (keras-hub); a saved model with such a tower loads without
+``import keras_hub`` (Keras imports the keras-hub classes its file names).
 """
 
 from __future__ import annotations
