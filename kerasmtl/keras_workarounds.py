@@ -1,4 +1,4 @@
-"""The two places where kerasmtl goes around Keras, because no public route exists.
+"""The three places where kerasmtl goes around Keras, because no public route exists.
 
 Each workaround cites its upstream issue and is gated on the versions it is needed for;
 ``tests/test_keras_workarounds.py`` reproduces each bug with Keras alone and fails once a
@@ -27,6 +27,14 @@ UNEVEN_BUILD_NEEDED = UNEVEN_BUILD_FIXED_IN is None or KERAS_VERSION < version.p
 #: (onnx/tensorflow-onnx#2099) nor the LiteRT converter reads; None: not yet.
 GROUPED_CONV_FIXED_IN: str | None = None
 GROUPED_CONV_NEEDED = GROUPED_CONV_FIXED_IN is None or KERAS_VERSION < version.parse(GROUPED_CONV_FIXED_IN)
+
+#: The Keras release whose SGD and RMSprop take a variable ``momentum`` in a compiled step
+#: (they test ``momentum != 0`` in Python, so a variable fails to trace and a float is read
+#: once, at tracing; keras-team/keras#9861); None: not yet.
+SCHEDULED_MOMENTUM_FIXED_IN: str | None = None
+SCHEDULED_MOMENTUM_NEEDED = SCHEDULED_MOMENTUM_FIXED_IN is None or KERAS_VERSION < version.parse(
+    SCHEDULED_MOMENTUM_FIXED_IN
+)
 
 
 class UnevenBatchBuild(keras.Model):
@@ -90,3 +98,70 @@ def plain_grouped_convolutions():
         yield
     finally:
         nn.conv = original
+
+
+class ScheduledFloat(float):
+    """A float for Python-side checks whose value inside a TensorFlow step is a variable.
+
+    Keras optimizers read ``momentum`` / ``beta_1`` into the traced step as constants. This
+    object stays a float for comparisons, configs and pickling, while tensor conversion
+    (``__tf_tensor__``, honoured by TensorFlow only) and arithmetic read ``self.variable``,
+    so assigning the variable changes the next step without retracing.
+    """
+
+    dtype = "float32"
+
+    def __new__(cls, value: float, name: str):
+        self = super().__new__(cls, value)
+        self.variable = keras.Variable(float(value), dtype="float32", trainable=False, name=name)
+        return self
+
+    def __tf_tensor__(self, dtype=None, name=None):
+        import tensorflow as tf
+
+        value = self.variable.value
+        return value if dtype is None else tf.cast(value, dtype)
+
+    def __reduce__(self):
+        return float, (float(self),)
+
+    def __add__(self, other):
+        return keras.ops.add(self.variable, other)
+
+    def __radd__(self, other):
+        return keras.ops.add(other, self.variable)
+
+    def __sub__(self, other):
+        return keras.ops.subtract(self.variable, other)
+
+    def __rsub__(self, other):
+        return keras.ops.subtract(other, self.variable)
+
+    def __mul__(self, other):
+        return keras.ops.multiply(self.variable, other)
+
+    def __rmul__(self, other):
+        return keras.ops.multiply(other, self.variable)
+
+    def __truediv__(self, other):
+        return keras.ops.divide(self.variable, other)
+
+    def __rtruediv__(self, other):
+        return keras.ops.divide(other, self.variable)
+
+    def __pow__(self, other):
+        return keras.ops.power(self.variable, other)
+
+    def __rpow__(self, other):
+        return keras.ops.power(other, self.variable)
+
+
+def scheduled_momentum(value: float, name: str):
+    """``(attribute, variable)``: a momentum for an optimizer's attribute that a callback
+    changes every step by assigning ``variable``; a `ScheduledFloat` while
+    `SCHEDULED_MOMENTUM_NEEDED`, else the variable itself."""
+    if SCHEDULED_MOMENTUM_NEEDED:
+        momentum = ScheduledFloat(value, name)
+        return momentum, momentum.variable
+    variable = keras.Variable(float(value), dtype="float32", trainable=False, name=name)
+    return variable, variable

@@ -82,3 +82,36 @@ def test_keras_still_wraps_grouped_convolutions_in_a_compiled_function():
             return trace(layer)
 
     assert not _call_ops(plain)
+
+
+def test_keras_still_reads_sgd_momentum_only_when_tracing():
+    """keras-team/keras#9861: SGD tests ``momentum != 0`` in Python, so a variable momentum
+    cannot be traced, and a float assigned after tracing is never read: one-cycle momentum
+    needs `ScheduledFloat` on TensorFlow."""
+    x, y = tf.ones((1, 1)), tf.zeros((1, 1))
+
+    def fitted(momentum):
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+        model.optimizer.momentum = momentum
+        model.fit(x, y, verbose=0)  # loss w^2, gradient 2w: w 1 -> 0.8, velocity -0.2
+        return model
+
+    model = fitted(0.9)
+    model.optimizer.momentum = 0.0
+    model.fit(x, y, verbose=0)  # gradient 1.6; read momentum 0: w 0.64; traced 0.9: 0.8 - 0.18 - 0.16
+    kernel = float(model.layers[0].kernel.numpy()[0, 0])
+    assert keras_workarounds.SCHEDULED_MOMENTUM_NEEDED
+    assert kernel == pytest.approx(0.46), kernel
+    try:
+        fitted(keras.Variable(0.9))
+    except tf.errors.OperatorNotAllowedInGraphError:
+        pass
+    else:
+        pytest.fail(f"Keras {keras.__version__} trains SGD with a variable momentum: set SCHEDULED_MOMENTUM_FIXED_IN = "
+                    f"{keras.__version__!r} in kerasmtl/keras_workarounds.py")
+
+    model = fitted(keras_workarounds.ScheduledFloat(0.9, "momentum"))
+    model.optimizer.momentum.variable.assign(0.0)
+    model.fit(x, y, verbose=0)
+    assert float(model.layers[0].kernel.numpy()[0, 0]) == pytest.approx(0.64)

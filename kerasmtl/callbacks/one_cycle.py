@@ -5,66 +5,12 @@ from __future__ import annotations
 import warnings
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from kerasmtl.callbacks.schedules import annealing_cos, annealing_linear
+from kerasmtl.keras_workarounds import scheduled_momentum
 
 ANNEAL_STRATEGIES = {"cos": annealing_cos, "linear": annealing_linear}
-
-
-class _ScheduledFloat(float):
-    """A float for Python-side checks whose value inside the train step is a variable.
-
-    Keras 3 optimizers keep ``momentum`` / ``beta_1`` as Python floats, read into the
-    traced train step as constants. This object keeps the float behaviour for
-    comparisons, configs and pickling, while tensor conversion and arithmetic read
-    ``self.variable``, so assigning it changes the next step without retracing.
-    """
-
-    dtype = "float32"
-
-    def __new__(cls, value: float, name: str):
-        self = super().__new__(cls, value)
-        self.variable = keras.Variable(float(value), dtype="float32", trainable=False, name=name)
-        return self
-
-    def __tf_tensor__(self, dtype=None, name=None):
-        value = self.variable.value
-        return value if dtype is None else tf.cast(value, dtype)
-
-    def __reduce__(self):
-        return float, (float(self),)
-
-    def __add__(self, other):
-        return ops.add(self.variable, other)
-
-    def __radd__(self, other):
-        return ops.add(other, self.variable)
-
-    def __sub__(self, other):
-        return ops.subtract(self.variable, other)
-
-    def __rsub__(self, other):
-        return ops.subtract(other, self.variable)
-
-    def __mul__(self, other):
-        return ops.multiply(self.variable, other)
-
-    def __rmul__(self, other):
-        return ops.multiply(other, self.variable)
-
-    def __truediv__(self, other):
-        return ops.divide(self.variable, other)
-
-    def __rtruediv__(self, other):
-        return ops.divide(other, self.variable)
-
-    def __pow__(self, other):
-        return ops.power(self.variable, other)
-
-    def __rpow__(self, other):
-        return ops.power(other, self.variable)
 
 
 def _inner_optimizer(optimizer):
@@ -105,8 +51,9 @@ class OneCycle(keras.callbacks.Callback):
     How the momentum reaches the step depends on the backend. SGD and RMSprop test the
     attribute as a Python number inside ``update_step`` (``if self.momentum != 0``), so
     it stays a number. PyTorch (and ``run_eagerly``) runs the step eagerly: the attribute
-    is set to the step's float before each batch. TensorFlow traces the step once: the
-    attribute is a `_ScheduledFloat`, whose tensor conversion reads a variable. JAX's
+    is set to the step's float before each batch. TensorFlow traces the step once, reading
+    a float only then: the attribute is `kerasmtl.keras_workarounds.scheduled_momentum`,
+    whose tensor conversion reads a variable (keras-team/keras#9861). JAX's
     compiled step reads only the trainer's state, and a variable tracked in the optimizer
     would change every optimizer it saves (a model saved mid-cycle would not load its
     optimizer state without this callback), so there momentum cycling is off, with a warning.
@@ -242,15 +189,12 @@ class OneCycle(keras.callbacks.Callback):
                 f"beta_1 (Adam family, Lion); or pass cycle_momentum=False. Received: "
                 f"{type(inner).__name__} with momentum={getattr(inner, 'momentum', None)!r}"
             )
-        current = getattr(inner, name)
+        self._momentum_name = name
         if eager:  # the step reads the attribute afresh: set it to a float before each batch
-            self._momentum_name = name
             return
-        if not isinstance(current, _ScheduledFloat):
-            current = _ScheduledFloat(current, name=f"one_cycle_{name}")
-            setattr(inner, name, current)
-            self.model.make_train_function(force=True)  # retrace so the step reads the variable
-        self._momentum, self._momentum_name = current, name
+        current, self._momentum = scheduled_momentum(float(getattr(inner, name)), name=f"one_cycle_{name}")
+        setattr(inner, name, current)
+        self.model.make_train_function(force=True)  # retrace so the step reads the variable
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self._step()
@@ -258,7 +202,7 @@ class OneCycle(keras.callbacks.Callback):
         lr, momentum = self.values(step)
         self.model.optimizer.learning_rate = lr
         if self._momentum is not None:
-            self._momentum.variable.assign(momentum)
+            self._momentum.assign(momentum)
         elif self._momentum_name is not None:
             setattr(_inner_optimizer(self.model.optimizer), self._momentum_name, float(momentum))
         self._last = self._pending[batch] = (lr, momentum)
@@ -284,7 +228,7 @@ class OneCycle(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._momentum is None:
             return
-        value = float(ops.convert_to_numpy(self._momentum.variable))
+        value = float(ops.convert_to_numpy(self._momentum))
         setattr(_inner_optimizer(self.model.optimizer), self._momentum_name, value)
         self._momentum = None
         self.model.make_train_function(force=True)
