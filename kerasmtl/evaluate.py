@@ -57,8 +57,8 @@ def load_evaluation_data(data, tasks: Sequence[Task], split: str = "test", path_
             raise ValueError(f"split must be 'train', 'val' or 'test'. Received: split={split!r}")
         stored = yaml.safe_load((Path(data) / runs.CONFIG).read_text(encoding="utf-8")) or {}
         settings = DataSettings.from_mapping(stored)
-        subsets = _read_split(Path(data))
         dataset = load_dataset(settings, tasks)
+        subsets = _read_split(Path(data), stored.get("resolved_data"), dataset)
         frame = _usable_rows(dataset)
         subset = frame["path"].map(subsets)
         frame = frame[subset.notna()].reset_index(drop=True)
@@ -92,13 +92,27 @@ def check_run_tasks(run: str | os.PathLike, tasks: Sequence[Task], model) -> Non
     )
 
 
-def _read_split(run: Path) -> dict[str, str]:
-    """``{absolute image path: subset}`` from a run folder's ``split.csv``."""
+def _read_split(run: Path, trained_on: str | None, dataset) -> dict[str, str]:
+    """``{absolute image path: subset}`` from a run folder's ``split.csv``.
+
+    Args:
+        run: the run folder.
+        trained_on: its ``config.yaml``'s ``resolved_data``: where training read the data.
+        dataset: the data as it is read now.
+
+    Returns:
+        The subsets, keyed by the paths the rows have now: ``split.csv`` holds the absolute
+        paths training read, so when the data has moved since (a run folder copied with its
+        data) each path moves with it, to the same place relative to ``dataset.location``.
+    """
     path = run / runs.SPLIT
     if not path.is_file():
         raise FileNotFoundError(f"{run} has no {runs.SPLIT} (the rows of each split); retrain, or pass --data.")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return dict(zip(table["path"], table["subset"]))
+    paths = table["path"]
+    if trained_on and dataset.kind != "tfds" and os.path.isabs(trained_on) and trained_on != dataset.location:
+        paths = [os.path.normpath(os.path.join(dataset.location, os.path.relpath(p, trained_on))) for p in paths]
+    return dict(zip(paths, table["subset"]))
 
 
 def _usable_rows(dataset) -> pd.DataFrame:

@@ -341,7 +341,7 @@ def write_run_files(run: RunFolder, config, recipe: Recipe, data: PreparedData) 
     """The readable records of a run: config, tasks, split, augmentation, skipped rows."""
     resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()}
     run.write_yaml(runs.CONFIG, config.to_dict() | {"backend": keras.backend.backend(), "resolved": resolved,
-                                                    "resolved_data": data.dataset.source})
+                                                    "resolved_data": data.dataset.location})
     run.write_json(runs.TASKS, [t.to_dict() for t in data.tasks])
     split = pd.concat([pd.DataFrame({"path": s["path"], "subset": name}) for name, s in
                        (("train", data.train), ("val", data.val), ("test", data.test))], ignore_index=True)

@@ -312,8 +312,6 @@ RUNNABLE_PAGES = [page for page in PAGES if any(e.not_run is None for e in examp
 NOT_YET_RUN = {
     "README.md": "not yet run through here",
     "backends.md": "not yet run through here",
-    "deploy.md": "int8 export calibrates on the run's training split, which the copied run folder's "
-                 "absolute split.csv paths no longer match",
     "distributed.md": "its ResumeCheckpoint example is new and not yet run through here",
     "methods.md": "run through to its --dst-count line, since fixed; not yet run through to the end here",
     "training.md": "not yet run through here",

@@ -1,6 +1,8 @@
 """Evaluation: metrics against hand-computed values, reports, and the evaluate entry point."""
 
 import json
+import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -181,6 +183,43 @@ def test_evaluate_a_run_folder_reads_its_test_split(run_folder, hvc_folder):
     for name in FIGURES.values():
         assert Image.open(run_folder / name).format == "PNG"
         assert f"]({name})" in report
+
+
+def test_a_run_folder_copied_with_its_data_reads_its_split_from_the_copy(hvc_folder, tmp_path, monkeypatch):
+    # Trained on data named relative to the working folder; the folder is then copied
+    # elsewhere and the original removed: the split's absolute paths must follow the data.
+    from kerasmtl.evaluate import load_evaluation_data
+    from kerasmtl.workflow import prepare_data, resolve_recipe, write_run_files
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(hvc_folder, first / "hvc")
+    monkeypatch.chdir(first)
+    config = TrainConfig(data="hvc", image_size=32, width=8, val_fraction=0.2, test_fraction=0.25, seed=5)
+    recipe = resolve_recipe(config)
+    write_run_files(RunFolder(first / "runs" / "mine"), config, recipe, prepare_data(config, recipe))
+    shutil.copytree(first, second)
+    shutil.rmtree(first)
+    monkeypatch.chdir(second)
+    frame, tasks = load_hvc(second / "hvc")
+    train, _, test = split_table(frame, tasks, 0.2, 0.25, seed=5)
+    loaded = load_evaluation_data("runs/mine", tasks, "test")
+    assert sorted(loaded.table["path"]) == sorted(test["path"]) and len(test) > 0
+    assert sorted(loaded.train["path"]) == sorted(train["path"])
+    assert all(path.startswith(str(second.resolve())) for path in loaded.table["path"])
+
+
+def test_an_old_run_folder_reads_its_absolute_split_paths_where_its_data_is_now(tmp_path, monkeypatch):
+    # tests/data/run_2b8c55b trained on the sample under KERASMTL_HOME=/tmp/kerasmtl-home;
+    # here the sample is written under another home.
+    from kerasmtl.data.label_csv import read_tasks_file
+    from kerasmtl.evaluate import load_evaluation_data
+
+    old = Path(__file__).parent / "data" / "run_2b8c55b"
+    monkeypatch.setenv("KERASMTL_HOME", str(tmp_path / "home"))
+    loaded = load_evaluation_data(old, read_tasks_file(old / "tasks.json"), "test")
+    split = pd.read_csv(old / "split.csv")
+    expected = [p.replace("/tmp/kerasmtl-home", str((tmp_path / "home").resolve())) for p in split.loc[split["subset"] == "test", "path"]]
+    assert sorted(loaded.table["path"]) == sorted(expected) and len(expected) > 0
 
 
 def test_evaluate_a_model_on_an_hvc_folder_uses_every_row(run_folder, hvc_folder, tmp_path):

@@ -47,6 +47,12 @@ class Dataset:
         return (1.0, 1.0)
 
     @property
+    def location(self) -> str:
+        """``source`` as an absolute path (tfds: as it is), recorded in a run's ``config.yaml``:
+        a run folder copied with its data finds its rows relative to it (`kerasmtl.evaluate`)."""
+        return self.source if self.kind == "tfds" else str(Path(self.source).resolve())
+
+    @property
     def has_partitions(self) -> bool:
         """True when the rows carry official train / val / test partitions."""
         return "partition" in self.frame.columns
