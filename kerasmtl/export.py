@@ -336,18 +336,13 @@ def _export_quantized(model, path: Path, format: str, tasks, quantize: str, cali
         return quantize_artifact(float_path, path, format, quantize, calibration)
 
 
-
-
 # ---------------------------------------------------------------- the command
 def default_path(model: str | os.PathLike, format: str, quantize: str | None = None) -> Path:
     """``<run folder>/export/<file>``, or ``<name>-export/<file>`` beside a ``.keras`` file;
     a quantised file is ``model_<quantize>.<suffix>``."""
     model = Path(model)
     folder = model / "export" if model.is_dir() else model.parent / f"{model.stem}-export"
-    name = _FILE_NAMES[format]
-    if quantize is not None:
-        name = f"model_{quantize}{_SUFFIXES[format]}"
-    return folder / name
+    return folder / (_FILE_NAMES[format] if quantize is None else f"model_{quantize}{_SUFFIXES[format]}")
 
 
 def float_sibling(path: Path, format: str) -> Path:

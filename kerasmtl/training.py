@@ -6,23 +6,19 @@ from collections.abc import Mapping, Sequence
 
 import keras
 
+from kerasmtl import choices
 from kerasmtl.model import MultiTaskModel
 from kerasmtl.tasks import Task
 
-OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "adamw": keras.optimizers.AdamW,
-    "adamax": keras.optimizers.Adamax,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-}
+#: The optimizers by Keras's own names, which `keras.optimizers.get` resolves.
+OPTIMIZERS = choices.OPTIMIZERS
 
 
 def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, **kwargs) -> keras.optimizers.Optimizer:
     """Builds the optimizer ``name`` (one of `OPTIMIZERS`) with its options."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}. Received: optimizer={name!r}")
-    return OPTIMIZERS[name](learning_rate=learning_rate, **kwargs)
+    return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate, **kwargs}})
 
 
 def compile_model(
