@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-slow test-compat lint docs benchmarks clean
+.PHONY: demo test test-slow test-backends test-compat lint docs benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ docs: $(VENV)/.installed-docs
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m slow
+
+# The backend-neutral aggregation against torchjd on JAX (in float64) and PyTorch.
+test-backends: $(VENV)/.installed-dev
+	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(BIN)/python -m pytest tests/test_aggregators_torchjd.py
+	KERAS_BACKEND=torch $(BIN)/python -m pytest tests/test_aggregators_torchjd.py
 
 # The smoke suite (tests/compat/smoke.py: train with DWA and with UPGrad, save, load in a
 # fresh process, export ONNX) in one environment at the lowest keras and tensorflow that

@@ -2,13 +2,16 @@
 PCD, MoDo, SDMGrad, ExcessMTL, CR-MOGM) against torchjd itself, run in float64 on the same
 matrices: deterministic ones within 1e-6 relative on random Jacobians of 2 to 40 tasks and
 on parallel, opposite and zero rows; stateful ones call after call, over 10 calls, the
-state going through NumPy (as a checkpoint keeps it) half way."""
+state going through NumPy (as a checkpoint keeps it) half way.
+
+The file runs on every Keras backend: ``make test-backends`` runs it with
+``KERAS_BACKEND=jax`` (``JAX_ENABLE_X64=1``: float64) and ``KERAS_BACKEND=torch``."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 import torch
 import torchjd.aggregation as tja
 
@@ -206,7 +209,10 @@ def test_too_few_present_tasks_trim_and_select_fewer():
 
 # ------------------------------------------------------------ graph, options
 @pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function and XLA: TensorFlow's")
 def test_new_methods_run_in_a_graph_and_under_xla():
+    import tensorflow as tf
+
     jacobian = tf.constant(random_jacobian(5, 6, 1), tf.float32)
     present = tf.constant([True, True, False, True, True])
     options = {"trimmed_mean": {"trim_number": 1}, "krum": {"n_byzantine": 1}, "constant": {"weights": [1.0] * 5},

@@ -5,12 +5,13 @@ per-task gradients.
 ``(dims,)`` update direction; ``weights(name, gramian)`` gives the ``(tasks,)`` weights of
 the methods defined through the Gramian ``G = J J^T`` (all but ``graddrop``), so that the
 direction is ``weights @ J``. The methods follow torchjd 0.18.0 (same options, same
-results) and are written in TensorFlow ops, so they run inside a ``tf.function`` train step
-with a static number of tasks; NumPy inputs give NumPy results.
+results) and are written in ``keras.ops``, so they run on every Keras backend, inside a
+compiled train step, with a static number of tasks; NumPy inputs give NumPy results.
 
 Design:
 
-- The Gramian and the combination ``w @ J`` are computed in float64 (``J`` may be float16,
+- The Gramian and the combination ``w @ J`` are computed in float64 (float32 on JAX
+  unless ``jax_enable_x64`` is set before kerasmtl is imported; ``J`` may be float16,
   bfloat16, float32 or float64; the direction comes back in float32, or float64 for float64
   input): the tasks x tasks problems are small, and float64 keeps their rank decisions
   (pseudo-inverses, eigenvalue cut-offs) and cancellations (opposite rows) those of the
@@ -18,19 +19,20 @@ Design:
 - Solvers. UPGrad and DualProj solve their dual-cone QPs exactly with an active-set method
   (`_core.nonneg_qp`, one ``tf.while_loop`` for all rows); MGDA runs the Frank-Wolfe loop
   of its reference; Nash-MTL takes damped Newton steps on a self-concordant function. These
-  are TensorFlow ops: they work under XLA and on every device. CAGrad and FairGrad call SciPy
-  through ``tf.numpy_function`` (CAGrad's non-smooth dual and FairGrad's nonlinear least
-  squares are what their references solve with external solvers): a train step using them
-  must not be ``jit_compile``-d, and runs that part on the host; so does PCD, whose small
-  active-set QP is solved in NumPy as torchjd solves it on the CPU.
+  are ``keras.ops``: they work under XLA and on every device. CAGrad and FairGrad call SciPy
+  on the host (``tf.numpy_function``, ``jax.pure_callback``: `kerasmtl.backends`; CAGrad's
+  non-smooth dual and FairGrad's nonlinear least squares are what their references solve
+  with external solvers): a train step using them must not be ``jit_compile``-d; so does
+  PCD, whose small active-set QP is solved in NumPy as torchjd solves it on the CPU.
 - Missing tasks: every function takes ``present``, a boolean ``(tasks,)`` vector. Absent
   tasks get weight 0 and the method runs on the others exactly as on the matrix without
   their rows, so a task without a labelled sample in the batch does not reach the update (a
   zero row would make MGDA's min-norm direction zero). Shapes stay static, which keeps the
-  functions usable under ``tf.function`` and XLA.
+  functions usable in compiled steps.
 - Randomness: ``random``, ``pcgrad``, ``gradvac`` and ``graddrop`` draw afresh on each call,
-  or reproducibly with ``seed`` (an int or pair, for TensorFlow's stateless ops). On several
-  replicas pass a seed derived from the step, so that every replica takes the same draw.
+  or reproducibly with ``seed`` (an int or pair, possibly a tensor; each backend has its own
+  generator). On several replicas pass a seed derived from the step, so that every replica
+  takes the same draw.
 - State: ``gradvac`` (its cosine targets), ``nash_mtl`` (its last weights and call count),
   ``pcd`` (moving averages of the squared norms), ``modo`` and ``sdmgrad`` (their weights),
   ``excess_mtl`` (weights and sums of squared gradients) and ``cr_mogm`` (its moving
@@ -38,18 +40,18 @@ Design:
   (start from `initial_state`) and return ``(result, new_state)``: a dict of tensors that
   a training loop keeps in variables and saves, so that a resumed run continues where it
   stopped.
-- The methods added with torchjd 0.18 (`robust`, `simplex`, `running`, `priority`) are
-  written in ``keras.ops``, the step toward aggregation on any Keras backend.
 """
 
 from __future__ import annotations
 
 import inspect
 
-import tensorflow as tf
+import keras
+from keras import ops
 
+from kerasmtl import backends
 from kerasmtl.aggregation import linear, priority, robust, running, simplex, solvers, surgery
-from kerasmtl.aggregation._core import F64, as_matrix, gramian, mask, masked
+from kerasmtl.aggregation._core import F64, as_matrix, combine, dtype_of, gramian, mask, masked
 
 _GRAMIAN = {
     "mean": linear.mean,
@@ -129,14 +131,14 @@ def initial_state(name: str, tasks: int, dims: int | None = None, dtype=F64, wei
     ``dtype`` (float64 by default; float32 halves a training step's memory).
     """
     _method(name)
-    zeros = tf.zeros([tasks], F64)
-    uniform = tf.fill([tasks], tf.constant(1.0 / tasks, F64))
+    zeros = ops.zeros([tasks], F64)
+    uniform = ops.full([tasks], 1.0 / tasks, F64)
     if name == "gradvac":
-        return {"phi_hat": tf.zeros([tasks, tasks], F64)}
+        return {"phi_hat": ops.zeros([tasks, tasks], F64)}
     if name == "nash_mtl":
-        return {"weights": zeros, "step": tf.constant(0, tf.int64)}
+        return {"weights": zeros, "step": ops.convert_to_tensor(0, "int64")}
     if name == "pcd":
-        return {"sq_norm_ema": zeros, "steps": tf.zeros([tasks], tf.int64)}
+        return {"sq_norm_ema": zeros, "steps": ops.zeros([tasks], "int64")}
     if name in ("modo", "sdmgrad"):
         return {"weights": uniform}
     if name == "cr_mogm":
@@ -146,8 +148,8 @@ def initial_state(name: str, tasks: int, dims: int | None = None, dtype=F64, wei
     if name == "excess_mtl":
         if dims is None:
             raise ValueError("excess_mtl's state needs the number of columns of the Jacobian. Received: dims=None")
-        return {"weights": uniform, "sq_grad_sum": tf.zeros([tasks, int(dims)], dtype), "warmup_sum": zeros,
-                "baseline": zeros, "steps": tf.zeros([tasks], tf.int64)}
+        return {"weights": uniform, "sq_grad_sum": ops.zeros([tasks, int(dims)], dtype), "warmup_sum": zeros,
+                "baseline": zeros, "steps": ops.zeros([tasks], "int64")}
     return {}
 
 
@@ -171,8 +173,8 @@ def _run(name, g, p, state, options):
 
 
 def _output(value, numpy_in):
-    if numpy_in and tf.executing_eagerly():
-        return tf.nest.map_structure(lambda t: t.numpy(), value)
+    if numpy_in and backends.current().concrete():
+        return keras.tree.map_structure(ops.convert_to_numpy, value)
     return value
 
 
@@ -199,16 +201,17 @@ def weights(name: str, matrix, *, present=None, state=None, **options):
             f"{name} acts on the Jacobian's entries, not on its Gramian: use aggregate(). Received: name={name!r}"
         )
     function = _method(name)
+    state = None if state is None else {k: ops.convert_to_tensor(v) for k, v in state.items()}
     if name in _JACOBIAN_WEIGHTS:
         j, numpy_in = as_matrix(matrix, "jacobian")
         p = mask(present, j.shape[0])
         _check_options(name, function, options)
         if state is None:
-            state = initial_state(name, j.shape[0], j.shape[1], F64 if j.dtype == F64 else tf.float32)
+            state = initial_state(name, j.shape[0], j.shape[1], dtype_of(j))
         w, new_state = function(j, p, state, **options)
         return _output((w, new_state), numpy_in)
     g, numpy_in = as_matrix(matrix, "gramian", square=True)
-    g = tf.cast(g, F64)
+    g = ops.cast(g, F64)
     p = mask(present, g.shape[0])
     w, new_state = _run(name, g, p, state, options)
     return _output((w, new_state) if name in STATEFUL else w, numpy_in)
@@ -230,6 +233,7 @@ def aggregate(name: str, jacobian, *, present=None, state=None, **options):
         ``(direction, new_state)`` for `STATEFUL` methods.
     """
     function = _method(name)
+    state = None if state is None else {k: ops.convert_to_tensor(v) for k, v in state.items()}
     j, numpy_in = as_matrix(jacobian, "jacobian")
     p = mask(present, j.shape[0])
     if name in _JACOBIAN:
@@ -239,5 +243,5 @@ def aggregate(name: str, jacobian, *, present=None, state=None, **options):
         w, new_state = weights(name, j, present=present, state=state, **options)
     else:
         w, new_state = _run(name, gramian(j), p, state, options)
-    direction = tf.cast(tf.linalg.matvec(tf.cast(j, F64), w, transpose_a=True), j.dtype)
+    direction = combine(j, w)
     return _output((direction, new_state) if name in STATEFUL else direction, numpy_in)

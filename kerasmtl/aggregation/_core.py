@@ -1,13 +1,21 @@
 """Helpers shared by the aggregation methods: inputs, Gramian arithmetic, random draws, the
-non-negative QP behind the dual-cone projections, and host solvers."""
+non-negative QP behind the dual-cone projections, and host solvers, in ``keras.ops``."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-F64 = tf.float64
-EPS = float(np.finfo(np.float64).eps)
+from kerasmtl import backends
+
+#: The dtype of the Gramian and of the weights: float64 (float32 on JAX without x64).
+F64 = backends.wide_float()
+EPS = float(np.finfo(F64).eps)
+
+
+def dtype_of(tensor) -> str:
+    return keras.backend.standardize_dtype(tensor.dtype)
 
 
 def as_matrix(value, what: str, square: bool = False):
@@ -16,33 +24,31 @@ def as_matrix(value, what: str, square: bool = False):
     Returns ``(tensor, numpy_in)``: float64 input stays float64, anything else becomes
     float32 (float16 and bfloat16 gradients are aggregated in float32).
     """
-    numpy_in = not tf.is_tensor(value) and not isinstance(value, tf.Variable)
-    tensor = tf.convert_to_tensor(value)
-    shape = tensor.shape
+    numpy_in = not ops.is_tensor(value) and not isinstance(value, keras.Variable)
+    tensor = ops.convert_to_tensor(value)
+    shape = tuple(tensor.shape)
     wanted = "a square (tasks, tasks) matrix" if square else "a (tasks, dims) matrix"
-    if shape.rank != 2:
-        raise ValueError(f"{what} must be {wanted}. Received: shape={tuple(shape) if shape.rank is not None else None}")
+    if len(shape) != 2:
+        raise ValueError(f"{what} must be {wanted}. Received: shape={shape}")
     if shape[0] is None:
-        raise ValueError(f"{what} needs a static number of tasks (its first dimension). Received: shape={tuple(shape)}")
+        raise ValueError(f"{what} needs a static number of tasks (its first dimension). Received: shape={shape}")
     if square and shape[1] is not None and shape[1] != shape[0]:
-        raise ValueError(f"{what} must be {wanted}. Received: shape={tuple(shape)}")
-    if not tensor.dtype.is_floating:
-        tensor = tf.cast(tensor, tf.float32)
-    elif tensor.dtype != F64:
-        tensor = tf.cast(tensor, tf.float32)
+        raise ValueError(f"{what} must be {wanted}. Received: shape={shape}")
+    if dtype_of(tensor) != "float64":
+        tensor = ops.cast(tensor, "float32")
     return tensor, numpy_in
 
 
 def mask(present, tasks: int):
-    """``present`` (None: every task) as a float64 0/1 vector of length ``tasks``."""
+    """``present`` (None: every task) as a 0/1 vector of length ``tasks``."""
     if present is None:
-        return tf.ones([tasks], F64)
-    flags = tf.convert_to_tensor(present)
-    if flags.shape.rank != 1 or (flags.shape[0] is not None and flags.shape[0] != tasks):
+        return ops.ones([tasks], F64)
+    flags = ops.convert_to_tensor(present)
+    if len(flags.shape) != 1 or (flags.shape[0] is not None and flags.shape[0] != tasks):
         raise ValueError(
             f"present must be a boolean vector with one entry per task ({tasks}). Received: shape={tuple(flags.shape)}"
         )
-    return tf.cast(tf.cast(flags, tf.bool), F64)
+    return ops.cast(ops.cast(flags, "bool"), F64)
 
 
 def masked(gramian, p):
@@ -50,66 +56,89 @@ def masked(gramian, p):
     return gramian * p[:, None] * p[None, :]
 
 
+# Keras's type promotion makes 64-bit results 32-bit off TensorFlow (as JAX without x64):
+# its PyTorch backend computes matmul, dot, cumsum, maximum and minimum of float64 tensors in
+# float32 (Keras 3.15). Einsum and ``where`` keep float64, so the helpers below use them.
+def maximum(x, y):
+    """``max(x, y)`` element-wise (NaN in ``x`` kept), in the inputs' dtype."""
+    return ops.where(x < y, y, x)
+
+
+def minimum(x, y):
+    return ops.where(x > y, y, x)
+
+
+def matvec(a, v):
+    """``a @ v`` for a matrix and a vector."""
+    return ops.einsum("ij,j->i", a, v)
+
+
+def matmul(a, b):
+    """``a @ b`` for two matrices."""
+    return ops.einsum("ij,jk->ik", a, b)
+
+
+def outer(a, b):
+    """``a @ b^T``."""
+    return ops.einsum("ik,jk->ij", a, b)
+
+
 def gramian(jacobian):
     """``J J^T`` in float64: the small problems below are solved on it, and its rounding is
     what their rank tolerances have to allow for."""
-    j = tf.cast(jacobian, F64)
-    return tf.matmul(j, j, transpose_b=True)
+    j = ops.cast(jacobian, F64)
+    return outer(j, j)
+
+
+def combine(jacobian, weights):
+    """``weights @ jacobian`` in float64, in ``jacobian``'s dtype."""
+    return ops.cast(matvec(ops.transpose(ops.cast(jacobian, F64)), ops.cast(weights, F64)), dtype_of(jacobian))
 
 
 def normalize(g, norm_eps: float):
     """``G / trace(G)`` (the Gramian of ``J / ||J||_F``), or zeros when the trace is below
     ``norm_eps``."""
-    trace = tf.linalg.trace(g)
-    return tf.where(trace < norm_eps, tf.zeros_like(g), g / tf.where(trace > 0, trace, 1.0))
+    trace = ops.trace(g)
+    return ops.where(trace < norm_eps, ops.zeros_like(g), g / ops.where(trace > 0, trace, 1.0))
 
 
 def pref(pref_vector, p, default: str = "mean"):
     """The preference weights over the present tasks: ``pref_vector`` restricted to them, or
     ``1/k`` (``mean``) or ``1`` (``sum``) each."""
     if pref_vector is not None:
-        vector = tf.cast(tf.convert_to_tensor(pref_vector), F64)
-        if vector.shape.rank != 1 or vector.shape[0] != p.shape[0]:
+        vector = ops.cast(ops.convert_to_tensor(pref_vector), F64)
+        if len(vector.shape) != 1 or vector.shape[0] != p.shape[0]:
             raise ValueError(
                 f"pref_vector must be a vector with one entry per task ({p.shape[0]}). Received: shape={tuple(vector.shape)}"
             )
         return vector * p
     if default == "sum":
         return p
-    return p / tf.maximum(tf.reduce_sum(p), 1.0)
+    return p / maximum(ops.sum(p), 1.0)
 
 
 def pinv_psd(g, rtol: float):
     """Pseudo-inverse of a symmetric PSD matrix, dropping eigenvalues below ``rtol`` times
     the largest one (as ``torch.linalg.pinv`` does with singular values)."""
-    lam, vec = tf.linalg.eigh(g)
-    keep = tf.abs(lam) > rtol * tf.reduce_max(tf.abs(lam))
-    inv = tf.where(keep, 1.0 / tf.where(keep, lam, 1.0), 0.0)
-    return tf.matmul(vec * inv[None, :], vec, transpose_b=True)
-
-
-def seed_pair(seed):
-    """``seed`` (an int or a pair) as the shape-[2] seed of TensorFlow's stateless ops."""
-    value = tf.convert_to_tensor(seed)
-    if value.shape.rank == 0:
-        value = tf.stack([value, tf.zeros_like(value)])
-    if value.shape != (2,):
-        raise ValueError(f"seed must be an int or a pair of ints. Received: seed={seed!r}")
-    return tf.cast(value, tf.int64)
+    lam, vec = ops.eigh(g)
+    keep = ops.abs(lam) > rtol * ops.max(ops.abs(lam))
+    inv = ops.where(keep, 1.0 / ops.where(keep, lam, 1.0), 0.0)
+    return outer(vec * inv[None, :], vec)
 
 
 def uniform(shape, seed, dtype=F64):
-    """Uniform draws in [0, 1): with a seed, stateless Philox draws, the same on every
-    replica and device, with or without XLA."""
-    if seed is None:
-        return tf.random.uniform(shape, dtype=dtype)
-    return tf.random.stateless_uniform(shape, seed=seed_pair(seed), dtype=dtype, alg="philox")
+    """Uniform draws in [0, 1): with a seed (an int or a pair, possibly a tensor made of the
+    step), the same draws on every replica and device, with or without XLA."""
+    return backends.current().uniform(shape, seed, dtype)
 
 
 def normal(shape, seed, dtype=F64):
-    if seed is None:
-        return tf.random.normal(shape, dtype=dtype)
-    return tf.random.stateless_normal(shape, seed=seed_pair(seed), dtype=dtype, alg="philox")
+    return backends.current().normal(shape, seed, dtype)
+
+
+def hot(index, m: int):
+    """Boolean one-hot rows of ``index``."""
+    return ops.one_hot(index, m) > 0
 
 
 def nonneg_qp(q, c, max_iter: int | None = None):
@@ -120,7 +149,7 @@ def nonneg_qp(q, c, max_iter: int | None = None):
     either frees the variable with the steepest descent or steps back to the boundary and
     fixes the variables that reached it. It ends exactly (up to the float64 solves) after a
     finite number of steps, which for these small problems is a few times the number of
-    tasks; all rows are solved together in one ``tf.while_loop``.
+    tasks; all rows are solved together in one ``keras.ops.while_loop``.
 
     Args:
         q: (m, m) positive definite float64 matrix.
@@ -133,42 +162,43 @@ def nonneg_qp(q, c, max_iter: int | None = None):
     m = q.shape[0]
     b = c.shape[0]
     max_iter = 6 * m + 20 if max_iter is None else max_iter
-    tol = 1e-12 * (tf.reduce_max(tf.abs(q)) + tf.reduce_max(tf.abs(c)))
-    eye = tf.eye(m, dtype=F64)
+    tol = 1e-12 * (ops.max(ops.abs(q)) + ops.max(ops.abs(c)))
+    eye = ops.eye(m, dtype=F64)
 
     def solve(free):
-        f = tf.cast(free, F64)
-        system = q[None] * f[:, :, None] * f[:, None, :] + tf.linalg.diag(1.0 - f)
-        return tf.linalg.solve(system, (-c * f)[..., None])[..., 0] * f
+        f = ops.cast(free, F64)
+        system = q[None] * f[:, :, None] * f[:, None, :] + (1.0 - f)[:, :, None] * eye[None]
+        return ops.solve(system, (-c * f)[..., None])[..., 0] * f
 
     def body(it, x, free, done):
         s = solve(free)
-        feasible = tf.reduce_all(tf.logical_or(s > 0.0, tf.logical_not(free)), axis=1)
+        feasible = ops.all(ops.logical_or(s > 0.0, ops.logical_not(free)), axis=1)
         # s solves the free set: check the fixed variables' descent and free the best one.
-        descent = -(tf.matmul(s, q) + c)
-        candidates = tf.where(free, tf.constant(-np.inf, F64), descent)
-        best = tf.argmax(candidates, axis=1)
-        gain = tf.reduce_max(candidates, axis=1)
-        finished = tf.logical_and(feasible, gain <= tol)
-        free_add = tf.logical_or(free, tf.logical_and(tf.cast(tf.gather(eye, best), tf.bool), (gain > tol)[:, None]))
+        descent = -(matmul(s, q) + c)
+        candidates = ops.where(free, -np.inf, descent)
+        best = ops.argmax(candidates, axis=1)
+        gain = ops.max(candidates, axis=1)
+        finished = ops.logical_and(feasible, gain <= tol)
+        free_add = ops.logical_or(free, ops.logical_and(hot(best, m), (gain > tol)[:, None]))
         # s leaves the feasible set: go from x towards s up to the first bound.
-        blocking = tf.logical_and(free, s <= 0.0)
-        ratio = tf.where(blocking, x / tf.where(blocking, x - s, 1.0), np.inf)
-        alpha = tf.minimum(tf.reduce_min(ratio, axis=1), 1.0)
+        blocking = ops.logical_and(free, s <= 0.0)
+        ratio = ops.where(blocking, x / ops.where(blocking, x - s, 1.0), np.inf)
+        alpha = minimum(ops.min(ratio, axis=1), 1.0)
         x_back = x + alpha[:, None] * (s - x)
-        first = tf.cast(tf.gather(eye, tf.argmin(ratio, axis=1)), tf.bool)
-        free_back = tf.logical_and(tf.logical_and(free, x_back > 0.0), tf.logical_not(first))
-        x_back = tf.where(free_back, x_back, 0.0)
-        x_new = tf.where(feasible[:, None], s, x_back)
-        free_new = tf.where(feasible[:, None], free_add, free_back)
+        first = hot(ops.argmin(ratio, axis=1), m)
+        free_back = ops.logical_and(ops.logical_and(free, x_back > 0.0), ops.logical_not(first))
+        x_back = ops.where(free_back, x_back, 0.0)
+        x_new = ops.where(feasible[:, None], s, x_back)
+        free_new = ops.where(feasible[:, None], free_add, free_back)
         keep = done[:, None]
-        return it + 1, tf.where(keep, x, x_new), tf.where(keep, free, free_new), tf.logical_or(done, finished)
+        return it + 1, ops.where(keep, x, x_new), ops.where(keep, free, free_new), ops.logical_or(done, finished)
 
     def cond(it, x, free, done):
-        return tf.logical_and(it < max_iter, tf.logical_not(tf.reduce_all(done)))
+        return ops.logical_and(it < max_iter, ops.logical_not(ops.all(done)))
 
-    start = (tf.constant(0), tf.zeros([b, m], F64), tf.zeros([b, m], tf.bool), tf.zeros([b], tf.bool))
-    _, x, _, _ = tf.while_loop(cond, body, start)
+    start = (ops.convert_to_tensor(0, "int32"), ops.zeros([b, m], F64), ops.zeros([b, m], "bool"),
+             ops.zeros([b], "bool"))
+    _, x, _, _ = ops.while_loop(cond, body, start)
     return x
 
 
@@ -184,13 +214,11 @@ def project_dual_cone(u, g, norm_eps: float, reg_eps: float):
         u: (b, m) weights of the vectors to project.
         g: (m, m) Gramian.
     """
-    q = normalize(g, norm_eps) + reg_eps * tf.eye(g.shape[0], dtype=F64)
-    return u + nonneg_qp(q, tf.matmul(u, q))
+    q = normalize(g, norm_eps) + reg_eps * ops.eye(g.shape[0], dtype=F64)
+    return u + nonneg_qp(q, matmul(u, q))
 
 
 def host(function, *args):
     """Runs ``function`` (NumPy/SciPy on float64 arrays, returning one (m,) array) from a
-    TensorFlow graph with ``tf.numpy_function``."""
-    out = tf.numpy_function(lambda *a: np.asarray(function(*a), np.float64), list(args), F64, stateful=False)
-    out.set_shape(args[0].shape[:1])
-    return out
+    train step, compiled or not (`kerasmtl.backends`)."""
+    return backends.current().host(function, *args)

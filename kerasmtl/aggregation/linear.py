@@ -4,9 +4,9 @@ IMTL-G, Aligned-MTL and ConFIG."""
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from kerasmtl.aggregation._core import EPS, F64, normal, pinv_psd, pref
+from kerasmtl.aggregation._core import EPS, F64, matvec, maximum, normal, outer, pinv_psd, pref
 
 
 def mean(g, p):
@@ -26,18 +26,18 @@ def random(g, p, *, seed=None):
         seed: an int or pair for reproducible draws (pass one derived from the step on
             several replicas, so that each draws the same weights); None draws afresh.
     """
-    logits = tf.where(p > 0, normal(p.shape, seed), -np.inf)
-    return tf.where(p > 0, tf.nn.softmax(logits), 0.0)
+    logits = ops.where(p > 0, normal(p.shape, seed), -np.inf)
+    return ops.where(p > 0, ops.softmax(logits), 0.0)
 
 
 def imtl_g(g, p):
     """IMTL-G (Liu et al., 2021), generalised to linearly dependent rows: ``G^+ d`` with
     ``d`` the gradient norms, scaled to sum to one (zeros when the sum vanishes)."""
     m = g.shape[0]
-    d = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
-    v = tf.linalg.matvec(pinv_psd(g, m * EPS), d)
-    total = tf.reduce_sum(v)
-    return tf.where(tf.abs(total) < 1e-12, tf.zeros_like(v), v / tf.where(total == 0, tf.ones_like(total), total))
+    d = ops.sqrt(maximum(ops.diagonal(g), 0.0))
+    v = matvec(pinv_psd(g, m * EPS), d)
+    total = ops.sum(v)
+    return ops.where(ops.abs(total) < 1e-12, ops.zeros_like(v), v / ops.where(total == 0, 1.0, total))
 
 
 def aligned_mtl(g, p, *, pref_vector=None, scale_mode="min"):
@@ -52,20 +52,20 @@ def aligned_mtl(g, p, *, pref_vector=None, scale_mode="min"):
     if scale_mode not in ("min", "median", "rmse"):
         raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse'. Received: scale_mode={scale_mode!r}")
     w = pref(pref_vector, p)
-    lam, vec = tf.linalg.eigh(g)
-    tasks = tf.reduce_sum(p)
-    keep = lam > tf.reduce_max(lam) * tasks * EPS
-    rank = tf.reduce_sum(tf.cast(keep, tf.int32))
-    kept = tf.where(keep, lam, np.inf)
+    lam, vec = ops.eigh(g)
+    tasks = ops.sum(p)
+    keep = lam > ops.max(lam) * tasks * EPS
+    rank = ops.sum(ops.cast(keep, "int32"))
+    kept = ops.where(keep, lam, np.inf)
     if scale_mode == "min":
-        scale = tf.reduce_min(kept)
+        scale = ops.min(kept)
     elif scale_mode == "median":
-        scale = tf.gather(tf.sort(kept), tf.maximum(rank - 1, 0) // 2)
+        scale = ops.take(ops.sort(kept), maximum(rank - 1, 0) // 2)
     else:
-        scale = tf.reduce_sum(tf.where(keep, lam, 0.0)) / tf.maximum(tf.cast(rank, F64), 1.0)
-    inv_sqrt = tf.where(keep, 1.0 / tf.sqrt(tf.where(keep, lam, 1.0)), 0.0)
-    b = tf.sqrt(tf.where(rank > 0, scale, 0.0)) * tf.matmul(vec * inv_sqrt[None, :], vec, transpose_b=True)
-    return tf.where(rank > 0, tf.linalg.matvec(b, w), w)
+        scale = ops.sum(ops.where(keep, lam, 0.0)) / maximum(ops.cast(rank, F64), 1.0)
+    inv_sqrt = ops.where(keep, 1.0 / ops.sqrt(ops.where(keep, lam, 1.0)), 0.0)
+    b = ops.sqrt(ops.where(rank > 0, scale, 0.0)) * outer(vec * inv_sqrt[None, :], vec)
+    return ops.where(rank > 0, matvec(b, w), w)
 
 
 def config(g, p, *, pref_vector=None):
@@ -83,22 +83,22 @@ def config(g, p, *, pref_vector=None):
     """
     m = g.shape[0]
     w = pref(pref_vector, p, default="sum")
-    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
-    inv = tf.where(norms > 0, 1.0 / tf.where(norms > 0, norms, 1.0), 0.0)
+    norms = ops.sqrt(maximum(ops.diagonal(g), 0.0))
+    inv = ops.where(norms > 0, 1.0 / ops.where(norms > 0, norms, 1.0), 0.0)
     units = g * inv[:, None] * inv[None, :]
-    y = tf.linalg.matvec(pinv_psd(units, m * EPS), w)
+    y = matvec(pinv_psd(units, m * EPS), w)
     coefficients = inv * y
-    best_sq = tf.reduce_sum(y * tf.linalg.matvec(units, y))
-    length = tf.reduce_sum(tf.linalg.matvec(g, coefficients))
-    return length / tf.maximum(best_sq, 1e-24) * coefficients
+    best_sq = ops.sum(y * matvec(units, y))
+    length = ops.sum(matvec(g, coefficients))
+    return length / maximum(best_sq, 1e-24) * coefficients
 
 
 def constant(g, p, *, weights=None):
     """Constant: the given ``weights`` (required, one per task), 0 for absent tasks."""
     if weights is None:
         raise ValueError("constant needs weights, a list with one number per task. Received: weights=None")
-    vector = tf.cast(tf.convert_to_tensor(weights), F64)
-    if vector.shape.rank != 1 or vector.shape[0] != p.shape[0]:
+    vector = ops.cast(ops.convert_to_tensor(weights), F64)
+    if len(vector.shape) != 1 or vector.shape[0] != p.shape[0]:
         raise ValueError(f"weights must be a vector with one entry per task ({p.shape[0]}). "
                          f"Received: shape={tuple(vector.shape)}")
     return vector * p

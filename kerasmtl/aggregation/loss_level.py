@@ -1,6 +1,6 @@
 """Loss-level methods of the gradient step: weights from the task losses and one gradient
 norm per task (GradNorm, FAMO), or from running averages of the gradients of the log losses
-(DB-MTL), or from tracking gradients (MoCo), as pure TensorFlow functions of a ``present`` mask and a state.
+(DB-MTL), or from tracking gradients (MoCo), as pure ``keras.ops`` functions of a ``present`` mask and a state.
 
 They follow LibMTL's implementations. Absent tasks (``present`` false) get weight 0 and keep
 their state; the others are treated as the whole set of tasks.
@@ -9,9 +9,9 @@ their state; the others are treated as the whole set of tasks.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from kerasmtl.aggregation._core import F64
+from kerasmtl.aggregation._core import F64, matvec, maximum, outer
 
 #: The logarithm's offset of FAMO and DB-MTL (``1e-8`` in LibMTL).
 LOG_EPS = 1e-8
@@ -24,20 +24,20 @@ def initial_state(name: str, tasks: int, dims: int | None = None) -> dict:
     parameters (float32) and its number of updates; ``moco``: each task's tracking gradient
     (float32), the weights (``1/tasks`` each) and the call count."""
     if name == "gradnorm":
-        return {"logits": tf.ones([tasks], tf.float32), "initial_losses": tf.zeros([tasks], F64),
-                "counts": tf.zeros([tasks], tf.int64)}
+        return {"logits": ops.ones([tasks], "float32"), "initial_losses": ops.zeros([tasks], F64),
+                "counts": ops.zeros([tasks], "int64")}
     if name == "famo":
-        return {"logits": tf.zeros([tasks], F64), "m": tf.zeros([tasks], F64), "v": tf.zeros([tasks], F64),
-                "step": tf.constant(0, tf.int64)}
+        return {"logits": ops.zeros([tasks], F64), "m": ops.zeros([tasks], F64), "v": ops.zeros([tasks], F64),
+                "step": ops.convert_to_tensor(0, "int64")}
     if name == "db_mtl":
         if dims is None:
             raise ValueError("db_mtl's state needs the number of shared parameters. Received: dims=None")
-        return {"buffer": tf.zeros([tasks, int(dims)], tf.float32), "steps": tf.zeros([tasks], tf.int64)}
+        return {"buffer": ops.zeros([tasks, int(dims)], "float32"), "steps": ops.zeros([tasks], "int64")}
     if name == "moco":
         if dims is None:
             raise ValueError("moco's state needs the number of shared parameters. Received: dims=None")
-        return {"y": tf.zeros([tasks, int(dims)], tf.float32), "lambd": tf.fill([tasks], tf.constant(1.0 / tasks, F64)),
-                "step": tf.constant(0, tf.int64)}
+        return {"y": ops.zeros([tasks, int(dims)], "float32"), "lambd": ops.full([tasks], 1.0 / tasks, F64),
+                "step": ops.convert_to_tensor(0, "int64")}
     raise ValueError(f"Unknown loss-level method. Known: gradnorm, famo, db_mtl, moco. Received: name={name!r}")
 
 
@@ -65,7 +65,7 @@ def check_options(name: str, options) -> None:
 
 def _softmax(logits, on):
     """``softmax`` over the present entries, 0 elsewhere."""
-    return tf.where(on, tf.nn.softmax(tf.where(on, logits, -np.inf)), 0.0)
+    return ops.where(on, ops.softmax(ops.where(on, logits, -np.inf)), 0.0)
 
 
 def gradnorm(losses, norms, present, state, *, step, alpha=1.5, warmup_steps=0):
@@ -89,26 +89,26 @@ def gradnorm(losses, norms, present, state, *, step, alpha=1.5, warmup_steps=0):
         ``(weights, logits_gradient, new_state)``; the state holds the initial losses only
         (the logits are trained by the model's optimizer).
     """
-    losses, norms = tf.cast(losses, F64), tf.cast(norms, F64)
-    on = tf.cast(present, tf.bool)
-    p = tf.cast(on, F64)
-    count = tf.cast(state["counts"], tf.int64)
-    warm = tf.cast(step, tf.int64) < int(warmup_steps)
-    record = tf.logical_and(on, tf.logical_or(warm, count == 0))
-    n = tf.cast(count, F64)
-    initial = tf.where(record, (tf.cast(state["initial_losses"], F64) * n + losses) / (n + 1.0), state["initial_losses"])
-    count = count + tf.cast(record, tf.int64)
-    k = tf.reduce_sum(p)
-    z = _softmax(tf.cast(state["logits"], F64), on)
+    losses, norms = ops.cast(losses, F64), ops.cast(norms, F64)
+    on = ops.cast(present, "bool")
+    p = ops.cast(on, F64)
+    count = ops.cast(state["counts"], "int64")
+    warm = ops.cast(step, "int64") < int(warmup_steps)
+    record = ops.logical_and(on, ops.logical_or(warm, count == 0))
+    n = ops.cast(count, F64)
+    initial = ops.where(record, (ops.cast(state["initial_losses"], F64) * n + losses) / (n + 1.0), state["initial_losses"])
+    count = count + ops.cast(record, "int64")
+    k = ops.sum(p)
+    z = _softmax(ops.cast(state["logits"], F64), on)
     w = k * z
-    ratio = tf.where(on, losses / tf.where(initial > 0, initial, 1.0), 0.0)
-    r = ratio / tf.maximum(tf.reduce_sum(ratio) / tf.maximum(k, 1.0), 1e-300)
+    ratio = ops.where(on, losses / ops.where(initial > 0, initial, 1.0), 0.0)
+    r = ratio / maximum(ops.sum(ratio) / maximum(k, 1.0), 1e-300)
     g = w * norms
-    target = tf.reduce_sum(g) / tf.maximum(k, 1.0) * tf.pow(r, float(alpha))
-    a = tf.where(on, tf.sign(g - target) * norms, 0.0)
-    grad = k * z * (a - tf.reduce_sum(z * a))
-    weights = tf.where(warm, p, w)
-    grad = tf.where(warm, tf.zeros_like(grad), grad)
+    target = ops.sum(g) / maximum(k, 1.0) * ops.power(r, float(alpha))
+    a = ops.where(on, ops.sign(g - target) * norms, 0.0)
+    grad = k * z * (a - ops.sum(z * a))
+    weights = ops.where(warm, p, w)
+    grad = ops.where(warm, ops.zeros_like(grad), grad)
     return weights, grad, {"initial_losses": initial, "counts": count}
 
 
@@ -116,9 +116,9 @@ def famo_weights(losses, present, logits):
     """FAMO's weights of the task gradients for the step: ``z_i / (L_i + eps)`` normalised
     to sum to 1, with ``z = softmax(logits)`` over the present tasks (the gradient of
     ``sum z_i log(L_i + eps) / c`` with ``c = sum z_i / (L_i + eps)`` held constant)."""
-    on = tf.cast(present, tf.bool)
-    q = tf.where(on, _softmax(tf.cast(logits, F64), on) / (tf.cast(losses, F64) + LOG_EPS), 0.0)
-    return q / tf.maximum(tf.reduce_sum(q), 1e-300)
+    on = ops.cast(present, "bool")
+    q = ops.where(on, _softmax(ops.cast(logits, F64), on) / (ops.cast(losses, F64) + LOG_EPS), 0.0)
+    return q / maximum(ops.sum(q), 1e-300)
 
 
 def famo_update(before, after, present, state, *, lr=0.025, weight_decay=1e-3):
@@ -130,18 +130,18 @@ def famo_update(before, after, present, state, *, lr=0.025, weight_decay=1e-3):
     Returns:
         The new state (the absent tasks' entries unchanged).
     """
-    on = tf.cast(present, tf.bool)
-    logits = tf.cast(state["logits"], F64)
+    on = ops.cast(present, "bool")
+    logits = ops.cast(state["logits"], F64)
     z = _softmax(logits, on)
-    delta = tf.where(on, tf.math.log(tf.cast(before, F64) + LOG_EPS) - tf.math.log(tf.cast(after, F64) + LOG_EPS), 0.0)
-    grad = tf.where(on, z * (delta - tf.reduce_sum(z * delta)), 0.0) + float(weight_decay) * logits
-    step = tf.cast(state["step"], tf.int64) + 1
-    t = tf.cast(step, F64)
+    delta = ops.where(on, ops.log(ops.cast(before, F64) + LOG_EPS) - ops.log(ops.cast(after, F64) + LOG_EPS), 0.0)
+    grad = ops.where(on, z * (delta - ops.sum(z * delta)), 0.0) + float(weight_decay) * logits
+    step = ops.cast(state["step"], "int64") + 1
+    t = ops.cast(step, F64)
     m = 0.9 * state["m"] + 0.1 * grad
     v = 0.999 * state["v"] + 0.001 * grad * grad
-    update = float(lr) * (m / (1.0 - 0.9**t)) / (tf.sqrt(v / (1.0 - 0.999**t)) + 1e-8)
-    return {"logits": tf.where(on, logits - update, logits), "m": tf.where(on, m, state["m"]),
-            "v": tf.where(on, v, state["v"]), "step": step}
+    update = float(lr) * (m / (1.0 - 0.9**t)) / (ops.sqrt(v / (1.0 - 0.999**t)) + 1e-8)
+    return {"logits": ops.where(on, logits - update, logits), "m": ops.where(on, m, state["m"]),
+            "v": ops.where(on, v, state["v"]), "step": step}
 
 
 def db_mtl(rows, present, state, *, beta=0.9, beta_sigma=0.0):
@@ -154,18 +154,18 @@ def db_mtl(rows, present, state, *, beta=0.9, beta_sigma=0.0):
         ``(direction, scales, new_state)``: the float32 ``(dims,)`` direction and the
         ``(tasks,)`` scales of the averages.
     """
-    on = tf.cast(present, tf.bool)
-    rows = tf.cast(rows, tf.float32)
-    steps = tf.cast(state["steps"], tf.int64) + tf.cast(on, tf.int64)
-    coefficient = float(beta) / tf.pow(tf.maximum(tf.cast(steps, F64), 1.0), float(beta_sigma))
+    on = ops.cast(present, "bool")
+    rows = ops.cast(rows, "float32")
+    steps = ops.cast(state["steps"], "int64") + ops.cast(on, "int64")
+    coefficient = float(beta) / ops.power(maximum(ops.cast(steps, F64), 1.0), float(beta_sigma))
     buffer = state["buffer"]
-    moved = rows + tf.cast(coefficient, tf.float32)[:, None] * (buffer - rows)
-    buffer = tf.where(on[:, None], moved, buffer)
-    b = tf.cast(buffer, F64)
-    norms = tf.sqrt(tf.reduce_sum(b * b, axis=1))
-    largest = tf.reduce_max(tf.where(on, norms, 0.0))
-    scales = tf.where(on, largest / (norms + LOG_EPS), 0.0)
-    direction = tf.cast(tf.linalg.matvec(b, scales, transpose_a=True), tf.float32)
+    moved = rows + ops.cast(coefficient, "float32")[:, None] * (buffer - rows)
+    buffer = ops.where(on[:, None], moved, buffer)
+    b = ops.cast(buffer, F64)
+    norms = ops.sqrt(ops.sum(b * b, axis=1))
+    largest = ops.max(ops.where(on, norms, 0.0))
+    scales = ops.where(on, largest / (norms + LOG_EPS), 0.0)
+    direction = ops.cast(matvec(ops.transpose(b), scales), "float32")
     return direction, scales, {"buffer": buffer, "steps": steps}
 
 
@@ -186,19 +186,19 @@ def moco(rows, losses, present, state, *, beta=0.5, beta_sigma=0.5, gamma=0.1, g
         ``(direction, weights, new_state)``: the float32 direction and the float64
         weights of the present tasks' rows.
     """
-    on = tf.cast(present, tf.bool)
-    p = tf.cast(on, F64)
-    rows = tf.cast(rows, tf.float32)
-    step = tf.cast(state["step"], tf.int64) + 1
-    t = tf.cast(step, F64)
-    norms = tf.sqrt(tf.reduce_sum(tf.square(tf.cast(rows, F64)), axis=1))
-    target = rows * tf.cast(tf.cast(losses, F64) / (norms + LOG_EPS), tf.float32)[:, None]
-    rate = tf.cast(float(beta) / tf.pow(t, float(beta_sigma)), tf.float32)
-    y = tf.where(on[:, None], state["y"] - rate * (state["y"] - target), state["y"])
-    y64 = tf.cast(y, F64) * p[:, None]
-    lambd = tf.cast(state["lambd"], F64)
-    system = tf.matmul(y64, y64, transpose_b=True) + float(rho) * tf.linalg.diag(p)
-    moved = lambd - float(gamma) / tf.pow(t, float(gamma_sigma)) * tf.linalg.matvec(system, lambd * p)
+    on = ops.cast(present, "bool")
+    p = ops.cast(on, F64)
+    rows = ops.cast(rows, "float32")
+    step = ops.cast(state["step"], "int64") + 1
+    t = ops.cast(step, F64)
+    norms = ops.sqrt(ops.sum(ops.square(ops.cast(rows, F64)), axis=1))
+    target = rows * ops.cast(ops.cast(losses, F64) / (norms + LOG_EPS), "float32")[:, None]
+    rate = ops.cast(float(beta) / ops.power(t, float(beta_sigma)), "float32")
+    y = ops.where(on[:, None], state["y"] - rate * (state["y"] - target), state["y"])
+    y64 = ops.cast(y, F64) * p[:, None]
+    lambd = ops.cast(state["lambd"], F64)
+    system = outer(y64, y64) + float(rho) * ops.diag(p)
+    moved = lambd - float(gamma) / ops.power(t, float(gamma_sigma)) * matvec(system, lambd * p)
     weights = _softmax(moved, on)
-    direction = tf.cast(tf.linalg.matvec(y64, weights, transpose_a=True), tf.float32)
-    return direction, weights, {"y": y, "lambd": tf.where(on, weights, lambd), "step": step}
+    direction = ops.cast(matvec(ops.transpose(y64), weights), "float32")
+    return direction, weights, {"y": y, "lambd": ops.where(on, weights, lambd), "step": step}

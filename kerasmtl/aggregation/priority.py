@@ -4,7 +4,6 @@ are constraints."""
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from kerasmtl.aggregation._core import F64, host
@@ -92,7 +91,7 @@ def pcd(g, p, state, *, tau=0.02, beta=0.999, eps=1e-8):
     (decay ``beta``) of ``||g_i||^2``. The first present task is the primary one.
 
     The small quadratic program is solved exactly on the host (`solve_qp`, NumPy), as
-    torchjd solves it on the CPU; the moving average is TensorFlow state.
+    torchjd solves it on the CPU; the moving average is tensor state.
 
     Args:
         state: ``{"sq_norm_ema": (m,), "steps": (m,)}`` (`initial_state`); an absent task
@@ -119,7 +118,7 @@ def pcd(g, p, state, *, tau=0.02, beta=0.999, eps=1e-8):
     debias = 1.0 - ops.power(ops.cast(beta, F64), ops.cast(steps, F64))
     denominators = ops.sqrt(ema / ops.where(debias > 0, debias, 1.0) + eps)
     scales = ops.where(denominators > 0.0, 1.0 / ops.where(denominators > 0.0, denominators, 1.0), 0.0)
-    weights = host(lambda a, b, c: _pcd_host(a, b, c, taus), tf.where(finite, g, 0.0), p, scales)
+    weights = host(lambda a, b, c: _pcd_host(a, b, c, taus), ops.where(finite, g, 0.0), p, scales)
     new_state = {"sq_norm_ema": ops.where(finite, ema, state["sq_norm_ema"]),
                  "steps": ops.where(finite, steps, state["steps"])}
     return ops.where(finite, weights, np.nan), new_state

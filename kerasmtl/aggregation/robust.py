@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
+from kerasmtl.aggregation._core import maximum, minimum
+
 
 def _count(p):
     return ops.cast(ops.sum(p), "int32")
@@ -33,12 +35,12 @@ def trimmed_mean(j, p, *, trim_number=None):
                          f"{2 * trim_number + 1} tasks. Received: {m} tasks")
     on = ops.cast(p, "bool")
     k = _count(p)
-    t = ops.minimum(int(trim_number), (k - 1) // 2)
+    t = minimum(int(trim_number), (k - 1) // 2)
     ordered = ops.sort(ops.where(on[:, None], j, np.inf), axis=0)  # the present rows first
     index = ops.arange(m)[:, None]
     keep = ops.logical_and(index >= t, index < k - t)
     total = ops.sum(ops.where(keep, ordered, 0.0), axis=0)
-    return total / ops.cast(ops.maximum(k - 2 * t, 1), j.dtype)
+    return total / ops.cast(maximum(k - 2 * t, 1), j.dtype)
 
 
 def krum(g, p, *, n_byzantine=None, n_selected=1):
@@ -64,7 +66,7 @@ def krum(g, p, *, n_byzantine=None, n_selected=1):
                          f"tasks. Received: {m} tasks")
     on = ops.cast(p, "bool")
     norms = ops.diagonal(g)
-    distances = ops.sqrt(ops.maximum(norms[None, :] + norms[:, None] - 2.0 * g, 0.0))
+    distances = ops.sqrt(maximum(norms[None, :] + norms[:, None] - 2.0 * g, 0.0))
     ordered = ops.sort(ops.where(on[None, :], distances, np.inf), axis=1)
     closest = _count(p) - int(n_byzantine) - 2
     index = ops.arange(m)[None, :]
@@ -72,4 +74,4 @@ def krum(g, p, *, n_byzantine=None, n_selected=1):
     _, chosen = ops.top_k(-ops.where(on, scores, np.inf), int(n_selected))
     picked = ops.logical_and(ops.sum(ops.one_hot(chosen, m, dtype=g.dtype), axis=0) > 0, on)
     picked = ops.cast(picked, g.dtype)
-    return picked / ops.maximum(ops.sum(picked), 1.0)
+    return picked / maximum(ops.sum(picked), 1.0)

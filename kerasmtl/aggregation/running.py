@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from kerasmtl.aggregation._core import maximum
+
 #: Added under ExcessMTL's square root and to its baselines (as torchjd and LibMTL).
 EXCESS_EPS = 1e-7
 
@@ -55,7 +57,7 @@ def excess_mtl(j, p, state, *, robust_step_size=1.0, n_warmup_steps=0):
     new_state = {"weights": new, "sq_grad_sum": sums, "warmup_sum": warmup_sum,
                  "baseline": ops.where(on, baseline, state["baseline"]),
                  "steps": steps + ops.cast(on, "int64")}
-    return out / ops.maximum(ops.sum(out), 1e-300), new_state
+    return out / maximum(ops.sum(out), 1e-300), new_state
 
 
 def cr_mogm(hat, p, state, *, weighting="upgrad", alpha=0.9, initial_weights=None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from kerasmtl.aggregation._core import pref
+from kerasmtl.aggregation._core import matvec, maximum, pref
 
 
 def project_onto_simplex(y, p):
@@ -20,12 +20,12 @@ def project_onto_simplex(y, p):
     k = ops.cast(ops.sum(p), "int32")
     ordered = -ops.sort(-ops.where(on, y, -np.inf))  # descending, the absent entries last
     index = ops.arange(m)
-    sums = ops.cumsum(ops.where(index < k, ordered, 0.0))
+    sums = matvec(ops.cast(index[:, None] >= index[None, :], y.dtype), ops.where(index < k, ordered, 0.0))
     threshold = (sums - 1.0) / ops.cast(index + 1, y.dtype)
     following = ops.concatenate([ordered[1:], ops.full([1], -np.inf, y.dtype)])
     stop = ops.logical_or(threshold > following, index >= k - 1)
     first = ops.argmax(ops.cast(stop, "int32"))
-    return ops.where(on, ops.maximum(y - ops.take(threshold, first), 0.0), 0.0)
+    return ops.where(on, maximum(y - ops.take(threshold, first), 0.0), 0.0)
 
 
 def modo(a, p, state, *, gamma=0.1, rho=0.1):
@@ -45,7 +45,7 @@ def modo(a, p, state, *, gamma=0.1, rho=0.1):
     if gamma <= 0 or rho < 0:
         raise ValueError(f"modo needs gamma > 0 and rho >= 0. Received: gamma={gamma!r}, rho={rho!r}")
     weights = ops.cast(state["weights"], "float64")
-    step = ops.matmul(a, weights) + rho * weights
+    step = matvec(a, weights) + rho * weights
     new = project_onto_simplex(weights - gamma * step, p)
     return new, {"weights": ops.where(p > 0, new, weights)}
 
@@ -68,13 +68,13 @@ def sdmgrad(a, p, state, *, lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3, pref_
         raise ValueError("sdmgrad needs lr > 0, momentum in [0, 1), a positive integer n_iter and lambda_ >= 0. "
                          f"Received: lr={lr!r}, momentum={momentum!r}, n_iter={n_iter!r}, lambda_={lambda_!r}")
     target = pref(pref_vector, p)
-    k = ops.maximum(ops.sum(p), 1.0)
-    scale = ops.sum(ops.sqrt(ops.maximum(ops.diagonal(a), 0.0)) * p) / k
+    k = maximum(ops.sum(p), 1.0)
+    scale = ops.sum(ops.sqrt(maximum(ops.diagonal(a), 0.0)) * p) / k
     a = a / (scale * scale + 1e-8)
 
     def body(_, carry):
         w, velocity = carry
-        velocity = momentum * velocity + ops.matmul(a, w + lambda_ * target)
+        velocity = momentum * velocity + matvec(a, w + lambda_ * target)
         return project_onto_simplex(w - lr * velocity, p), velocity
 
     previous = ops.cast(state["weights"], "float64")

@@ -4,9 +4,9 @@ DualProj, CAGrad, Nash-MTL and FairGrad."""
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from kerasmtl.aggregation._core import F64, host, pref, project_dual_cone
+from kerasmtl.aggregation._core import F64, host, matvec, maximum, pref, project_dual_cone
 
 
 def mgda(g, p, *, epsilon=0.001, max_iters=100):
@@ -19,25 +19,26 @@ def mgda(g, p, *, epsilon=0.001, max_iters=100):
     if int(max_iters) <= 0:
         raise ValueError(f"max_iters must be a positive integer. Received: max_iters={max_iters!r}")
     m = g.shape[0]
-    eye = tf.eye(m, dtype=F64)
-    start = p / tf.maximum(tf.reduce_sum(p), 1.0)
+    eye = ops.eye(m, dtype=F64)
+    start = p / maximum(ops.sum(p), 1.0)
 
     def body(it, alpha, _):
-        g_alpha = tf.linalg.matvec(g, alpha)
-        t = tf.argmin(tf.where(p > 0, g_alpha, np.inf))
-        e_t = tf.gather(eye, t)
-        a = tf.reduce_sum(alpha * tf.gather(g, t))
-        b = tf.reduce_sum(alpha * g_alpha)
-        c = tf.gather(tf.gather(g, t), t)
+        g_alpha = matvec(g, alpha)
+        t = ops.argmin(ops.where(p > 0, g_alpha, np.inf))
+        e_t = ops.take(eye, t, axis=0)
+        row = ops.take(g, t, axis=0)
+        a = ops.sum(alpha * row)
+        b = ops.sum(alpha * g_alpha)
+        c = ops.take(row, t)
         curvature = b + c - 2 * a
-        ratio = (b - a) / tf.where(curvature != 0, curvature, 1.0)
-        gamma = tf.where(c <= a, tf.ones_like(a), tf.where(b <= a, tf.zeros_like(a), ratio))
+        ratio = (b - a) / ops.where(curvature != 0, curvature, 1.0)
+        gamma = ops.where(c <= a, ops.ones_like(a), ops.where(b <= a, ops.zeros_like(a), ratio))
         return it + 1, (1 - gamma) * alpha + gamma * e_t, gamma >= epsilon
 
     def cond(it, alpha, going):
-        return tf.logical_and(it < int(max_iters), going)
+        return ops.logical_and(it < int(max_iters), going)
 
-    _, alpha, _ = tf.while_loop(cond, body, (tf.constant(0), start, tf.reduce_sum(p) > 0))
+    _, alpha, _ = ops.while_loop(cond, body, (ops.convert_to_tensor(0, "int32"), start, ops.sum(p) > 0))
     return alpha
 
 
@@ -51,7 +52,7 @@ def upgrad(g, p, *, pref_vector=None, norm_eps=0.0001, reg_eps=0.0001):
         norm_eps, reg_eps: see `project_dual_cone`.
     """
     u = pref(pref_vector, p)
-    return tf.reduce_sum(project_dual_cone(tf.linalg.diag(u), g, norm_eps, reg_eps), axis=0)
+    return ops.sum(project_dual_cone(ops.diag(u), g, norm_eps, reg_eps), axis=0)
 
 
 def dualproj(g, p, *, pref_vector=None, norm_eps=0.0001, reg_eps=0.0001):
@@ -137,7 +138,7 @@ def cagrad(g, p, *, c=0.5, norm_eps=0.0001):
     ``min_w g_w . g_0 + c ||g_0|| ||g_w||`` on the trace-normalised Gramian. Zeros when
     ``||g_w||`` is below ``norm_eps`` (a Pareto-stationary point).
 
-    The dual is solved on the host (``tf.numpy_function``) with SciPy and an exact polish
+    The dual is solved on the host (`kerasmtl.backends`) with SciPy and an exact polish
     (`_cagrad_host`), as the original code uses SciPy: its objective is convex but not
     smooth where ``g_w`` vanishes, which a fixed-iteration solver would not bring within
     1e-4 reliably.
@@ -173,41 +174,41 @@ def nash_mtl(g, p, state, *, max_norm=1.0, update_weights_every=1, optim_niter=2
             "update_weights_every and optim_niter must be positive integers. "
             f"Received: update_weights_every={update_weights_every!r}, optim_niter={optim_niter!r}"
         )
-    previous = tf.cast(tf.convert_to_tensor(state["weights"]), F64)
-    step = tf.cast(tf.convert_to_tensor(state["step"]), tf.int64)
+    previous = ops.cast(ops.convert_to_tensor(state["weights"]), F64)
+    step = ops.convert_to_tensor(state["step"])
     on = p > 0
-    scale = tf.sqrt(tf.reduce_sum(g * g))
-    gn = g / tf.where(scale > 0, scale, 1.0)
-    diag = tf.linalg.diag_part(gn)
+    scale = ops.sqrt(ops.sum(g * g))
+    gn = g / ops.where(scale > 0, scale, 1.0)
+    diag = ops.diagonal(gn)
 
     def solve():
-        warm = tf.reduce_all(tf.logical_or(previous > 0, tf.logical_not(on)))
-        cold = 1.0 / tf.sqrt(tf.where(diag > 0, diag, 1.0))
-        start = tf.where(on, tf.where(warm, previous * tf.sqrt(scale), cold), 1.0)
+        warm = ops.all(ops.logical_or(previous > 0, ops.logical_not(on)))
+        cold = 1.0 / ops.sqrt(ops.where(diag > 0, diag, 1.0))
+        start = ops.where(on, ops.where(warm, previous * ops.sqrt(scale), cold), 1.0)
 
         def body(it, a, _):
-            grad = tf.where(on, tf.linalg.matvec(gn, a) - 1.0 / a, 0.0)
-            hessian = gn + tf.linalg.diag(tf.where(on, 1.0 / (a * a), 1.0))
-            delta = tf.linalg.solve(hessian, grad[:, None])[:, 0]
-            decrement = tf.sqrt(tf.maximum(tf.reduce_sum(grad * delta), 0.0))
-            damping = tf.where(decrement > 0.25, 1.0 / (1.0 + decrement), 1.0)
+            grad = ops.where(on, matvec(gn, a) - 1.0 / a, 0.0)
+            hessian = gn + ops.diag(ops.where(on, 1.0 / (a * a), 1.0))
+            delta = ops.solve(hessian, grad[:, None])[:, 0]
+            decrement = ops.sqrt(maximum(ops.sum(grad * delta), 0.0))
+            damping = ops.where(decrement > 0.25, 1.0 / (1.0 + decrement), 1.0)
             return it + 1, a - damping * delta, decrement > 1e-12
 
-        _, a, _ = tf.while_loop(
-            lambda it, a, going: tf.logical_and(it < int(optim_niter), going),
+        _, a, _ = ops.while_loop(
+            lambda it, a, going: ops.logical_and(it < int(optim_niter), going),
             body,
-            (tf.constant(0), start, tf.constant(True)),
+            (ops.convert_to_tensor(0, "int32"), start, ops.convert_to_tensor(True)),
         )
-        return tf.where(on, a / tf.sqrt(tf.where(scale > 0, scale, 1.0)), 0.0)
+        return ops.where(on, a / ops.sqrt(ops.where(scale > 0, scale, 1.0)), 0.0)
 
-    solvable = tf.logical_and(scale > 0, tf.reduce_all(tf.logical_or(diag > 0, tf.logical_not(on))))
-    fresh = tf.logical_and(tf.equal(step % every, 0), solvable)
-    alpha = tf.cond(fresh, solve, lambda: tf.where(on, previous, 0.0))
+    solvable = ops.logical_and(scale > 0, ops.all(ops.logical_or(diag > 0, ops.logical_not(on))))
+    fresh = ops.logical_and(ops.equal(step % every, 0), solvable)
+    alpha = ops.cond(fresh, solve, lambda: ops.where(on, previous, 0.0))
     clipped = alpha
     if max_norm > 0:
-        norm = tf.sqrt(tf.maximum(tf.reduce_sum(alpha * tf.linalg.matvec(g, alpha)), 0.0))
-        clipped = tf.where(norm > max_norm, alpha / tf.where(norm > 0, norm, 1.0) * max_norm, alpha)
-    return clipped, {"weights": tf.where(on, alpha, previous), "step": step + 1}
+        norm = ops.sqrt(maximum(ops.sum(alpha * matvec(g, alpha)), 0.0))
+        clipped = ops.where(norm > max_norm, alpha / ops.where(norm > 0, norm, 1.0) * max_norm, alpha)
+    return clipped, {"weights": ops.where(on, alpha, previous), "step": step + 1}
 
 
 def _fairgrad_host(g, p, alpha, max_iters):

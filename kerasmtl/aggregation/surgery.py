@@ -3,16 +3,16 @@ PCGrad, GradVac and GradDrop."""
 
 from __future__ import annotations
 
-import tensorflow as tf
+from keras import ops
 
-from kerasmtl.aggregation._core import F64, uniform
+from kerasmtl.aggregation._core import F64, dtype_of, maximum, uniform
 
 
 def _orders(p, seed):
     """For each task ``i``, the other tasks in a uniformly random order (``i`` itself last)."""
     m = p.shape[0]
-    keys = tf.where(tf.eye(m, dtype=tf.bool), tf.constant(2.0, F64), uniform([m, m], seed))
-    return tf.argsort(keys, axis=1)
+    keys = ops.where(ops.eye(m) > 0, 2.0, uniform([m, m], seed))
+    return ops.argsort(keys, axis=1)
 
 
 def pcgrad(g, p, *, seed=None):
@@ -25,15 +25,15 @@ def pcgrad(g, p, *, seed=None):
     """
     m = g.shape[0]
     order = _orders(p, seed)
-    diag = tf.linalg.diag_part(g)
-    coefficients = tf.eye(m, dtype=F64)
+    diag = ops.diagonal(g)
+    coefficients = ops.eye(m, dtype=F64)
     for k in range(m - 1):
         j = order[:, k]
-        inner = tf.reduce_sum(tf.gather(g, j) * coefficients, axis=1)
-        conflict = tf.logical_and(inner < 0.0, tf.gather(p, j) > 0)
-        step = tf.where(conflict, inner / tf.where(conflict, tf.gather(diag, j), 1.0), 0.0)
-        coefficients -= step[:, None] * tf.one_hot(j, m, dtype=F64)
-    return tf.reduce_sum(coefficients * p[:, None], axis=0)
+        inner = ops.sum(ops.take(g, j, axis=0) * coefficients, axis=1)
+        conflict = ops.logical_and(inner < 0.0, ops.take(p, j) > 0)
+        step = ops.where(conflict, inner / ops.where(conflict, ops.take(diag, j), 1.0), 0.0)
+        coefficients -= step[:, None] * ops.one_hot(j, m, dtype=F64)
+    return ops.sum(coefficients * p[:, None], axis=0)
 
 
 def gradvac(g, p, state, *, beta=0.5, eps=1e-8, seed=None):
@@ -58,29 +58,29 @@ def gradvac(g, p, state, *, beta=0.5, eps=1e-8, seed=None):
     if eps < 0.0:
         raise ValueError(f"eps must be non-negative. Received: eps={eps!r}")
     m = g.shape[0]
-    phi_hat = tf.cast(tf.convert_to_tensor(state["phi_hat"]), F64)
+    phi_hat = ops.cast(ops.convert_to_tensor(state["phi_hat"]), F64)
     order = _orders(p, seed)
-    norm_j_all = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
-    coefficients = tf.eye(m, dtype=F64)
+    norm_j_all = ops.sqrt(maximum(ops.diagonal(g), 0.0))
+    coefficients = ops.eye(m, dtype=F64)
     dots = g  # dots[i] = g_i^corrected . g_k for every k
     for k in range(m - 1):
         j = order[:, k]
-        hot = tf.one_hot(j, m, dtype=F64)
-        pair = tf.logical_and(p > 0, tf.gather(p, j) > 0)
-        dot = tf.reduce_sum(dots * hot, axis=1)
-        norm_i = tf.sqrt(tf.maximum(tf.reduce_sum(dots * coefficients, axis=1), 0.0))
-        norm_j = tf.gather(norm_j_all, j)
+        hot = ops.one_hot(j, m, dtype=F64)
+        pair = ops.logical_and(p > 0, ops.take(p, j) > 0)
+        dot = ops.sum(dots * hot, axis=1)
+        norm_i = ops.sqrt(maximum(ops.sum(dots * coefficients, axis=1), 0.0))
+        norm_j = ops.take(norm_j_all, j)
         phi = dot / (norm_i * norm_j + eps)
-        target = tf.reduce_sum(phi_hat * hot, axis=1)
-        sin_phi = tf.sqrt(tf.maximum(1.0 - phi * phi, 0.0))
-        sin_target = tf.sqrt(tf.maximum(1.0 - target * target, 0.0))
+        target = ops.sum(phi_hat * hot, axis=1)
+        sin_phi = ops.sqrt(maximum(1.0 - phi * phi, 0.0))
+        sin_target = ops.sqrt(maximum(1.0 - target * target, 0.0))
         w = norm_i * (target * sin_phi - phi * sin_target) / (norm_j * sin_target + eps)
-        w = tf.where(tf.logical_and(pair, phi < target), w, 0.0)
+        w = ops.where(ops.logical_and(pair, phi < target), w, 0.0)
         coefficients += w[:, None] * hot
-        dots += w[:, None] * tf.gather(g, j)
+        dots += w[:, None] * ops.take(g, j, axis=0)
         updated = (1.0 - beta) * target + beta * phi
-        phi_hat = tf.where(tf.logical_and(pair[:, None], hot > 0), updated[:, None], phi_hat)
-    return tf.reduce_sum(coefficients * p[:, None], axis=0), {"phi_hat": phi_hat}
+        phi_hat = ops.where(ops.logical_and(pair[:, None], hot > 0), updated[:, None], phi_hat)
+    return ops.sum(coefficients * p[:, None], axis=0), {"phi_hat": phi_hat}
 
 
 def graddrop(j, p, *, f=None, leak=None, seed=None):
@@ -98,23 +98,24 @@ def graddrop(j, p, *, f=None, leak=None, seed=None):
         The (n,) direction, in ``j``'s dtype.
     """
     m = j.shape[0]
-    rows = j * tf.cast(p, j.dtype)[:, None]
-    total = tf.reduce_sum(rows, axis=0)
-    magnitude = tf.reduce_sum(tf.abs(rows), axis=0)
-    purity = 0.5 * (1.0 + tf.math.divide_no_nan(total, magnitude))
+    dtype = dtype_of(j)
+    rows = j * ops.cast(p, dtype)[:, None]
+    total = ops.sum(rows, axis=0)
+    magnitude = ops.sum(ops.abs(rows), axis=0)
+    purity = 0.5 * (1.0 + ops.where(magnitude > 0, total / ops.where(magnitude > 0, magnitude, 1.0), 0.0))
     if f is not None:
         purity = f(purity)
-    draw = uniform(tf.shape(j)[1:], seed, dtype=j.dtype)
-    keep = tf.logical_or(
-        tf.logical_and((purity > draw)[None, :], rows > 0), tf.logical_and((purity < draw)[None, :], rows < 0)
+    draw = uniform(ops.shape(j)[1:], seed, dtype=dtype)
+    keep = ops.logical_or(
+        ops.logical_and((purity > draw)[None, :], rows > 0), ops.logical_and((purity < draw)[None, :], rows < 0)
     )
     if leak is None:
-        share = tf.cast(keep, j.dtype)
+        share = ops.cast(keep, dtype)
     else:
-        leak = tf.cast(tf.convert_to_tensor(leak), j.dtype)
-        if leak.shape.rank != 1 or leak.shape[0] != m:
+        leak = ops.cast(ops.convert_to_tensor(leak), dtype)
+        if len(leak.shape) != 1 or leak.shape[0] != m:
             raise ValueError(
                 f"leak must be a vector with one entry per task ({m}). Received: shape={tuple(leak.shape)}"
             )
-        share = leak[:, None] + (1.0 - leak[:, None]) * tf.cast(keep, j.dtype)
-    return tf.reduce_sum(share * rows, axis=0)
+        share = leak[:, None] + (1.0 - leak[:, None]) * ops.cast(keep, dtype)
+    return ops.sum(share * rows, axis=0)

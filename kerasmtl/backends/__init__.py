@@ -1,0 +1,28 @@
+"""What differs between Keras's backends, one small module each (`tensorflow`, `jax`,
+`torch`): seeded random draws that a compiled step can take from a traced seed, NumPy
+called from inside a step (`host`), sums over ``tf.distribute`` replicas, and the train
+step's task gradients (`kerasmtl.gradient_step`).
+
+Everything else in the package is written with ``keras.ops``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+
+
+def current():
+    """The module of the backend Keras runs on (``KERAS_BACKEND``)."""
+    return importlib.import_module(f"{__name__}.{keras.backend.backend()}")
+
+
+def wide_float() -> str:
+    """The dtype the small task x task problems are solved in: float64, or float32 on JAX
+    without ``jax_enable_x64`` (JAX's arrays are 32-bit unless it is set)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return "float64" if jax.config.jax_enable_x64 else "float32"
+    return "float64"
