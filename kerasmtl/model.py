@@ -74,11 +74,12 @@ def unscale(value, replicas: int):
     return value if replicas == 1 else ops.multiply(value, ops.cast(replicas, value.dtype))
 
 
-class TotalLossMean(keras.metrics.Mean):
-    """The ``loss`` tracker, weighting each replica by an equal share of the global batch.
+class ReplicaShareMean(keras.metrics.Mean):
+    """A loss tracker weighting each replica by an equal share of the global batch.
 
-    A replica's total loss is its (replica-scaled) share; weighting it by its own part of
-    the batch would misreport ``loss`` when a batch splits unevenly (5 images: 3 + 2).
+    A replica's loss (the total or a task's) is its (replica-scaled) share; weighting it by
+    its own part of the batch would misreport the loss when a batch splits unevenly
+    (5 images: 3 + 2).
     """
 
     def update_state(self, values, sample_weight=None):
@@ -103,8 +104,9 @@ class StepMetrics:
     ``<task>_loss`` (none with a single task, as Keras does)."""
 
     def __init__(self, names: Sequence[str]):
-        self.loss = TotalLossMean(name="loss") if own_step() else None
-        self.tasks = [keras.metrics.Mean(name=f"{n}_loss") for n in names] if len(names) > 1 else []
+        self.loss = ReplicaShareMean(name="loss") if own_step() else None
+        mean = ReplicaShareMean if own_step() else keras.metrics.Mean
+        self.tasks = [mean(name=f"{n}_loss") for n in names] if len(names) > 1 else []
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
