@@ -30,11 +30,6 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.best: float | None = None
         self.best_epoch: int | None = None
 
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value < self.best if self.mode == "min" else value > self.best
-
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
@@ -42,7 +37,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if non_finite_losses(logs) or not math.isfinite(value) or not weights_are_finite(self.model):
             return
-        if self._better(value):
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             save_model(self.model, self.path)
             self.best, self.best_epoch = value, epoch + 1
             if self.verbose:

@@ -408,13 +408,11 @@ def format_tasks(tasks: Sequence[Task], frame: pd.DataFrame) -> str:
         if task.kind == "regression":
             details = "columns: " + ", ".join(task.columns)
         else:
-            details = _shorten(", ".join(task.classes), len(task.classes))
+            details = ", ".join(task.classes)
+            if len(details) > 80:
+                details = f"{details[:60].rsplit(', ', 1)[0]}, ... ({len(task.classes)} classes)"
             if task.columns[0] != task.name:
                 details += f" (column {task.columns[0]!r})"
         table.append((task.name, task.kind, str(int(given.sum())), str(int((~given).sum())), details))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in table) + "\n"
-
-
-def _shorten(text: str, count: int, limit: int = 80) -> str:
-    return text if len(text) <= limit else f"{text[: limit - 20].rsplit(', ', 1)[0]}, ... ({count} classes)"

@@ -104,12 +104,6 @@ def check_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str | 
 
 
 # ---------------------------------------------------------------- row checks
-def _rows(frame: pd.DataFrame, row_column: str | None) -> list[int]:
-    if row_column and row_column in frame.columns:
-        return [int(r) for r in frame[row_column]]
-    return [int(r) + 1 for r in range(len(frame))]
-
-
 def find_path_problems(
     paths: Sequence,
     rows: Sequence[int],
@@ -355,7 +349,8 @@ def validate_table(
     if path_column not in frame.columns:
         raise DataError(f"{source}: the table has no {path_column!r} column. Received columns: {list(frame.columns)}")
     frame = frame.reset_index(drop=True)
-    rows = _rows(frame, row_column)
+    has_rows = row_column and row_column in frame.columns
+    rows = [int(r) for r in frame[row_column]] if has_rows else list(range(1, len(frame) + 1))
     found = [Problem(str(f), int(r), str(why)) for f, r, why in problems]
     rejected = {p.row for p in found}
     keep = np.array([r not in rejected for r in rows], dtype=bool)

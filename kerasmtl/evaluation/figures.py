@@ -14,12 +14,6 @@ from kerasmtl.runs import EVALUATION_FIGURES as FIGURES  # the figure files an e
 from kerasmtl.tasks import MISSING_CLASS, Task
 
 
-def _sample_rows(n: int, count: int, seed: int = 0) -> np.ndarray:
-    if n <= count:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
-
-
 def write_figures(
     out: str | os.PathLike,
     model: keras.Model,
@@ -56,7 +50,8 @@ def write_figures(
         written.append(plots.plot_accuracy_vs_baseline(reports, out / FIGURES["accuracy"], tasks))
         written.append(plots.plot_confusion_matrices(reports, out / FIGURES["confusion"], tasks))
     n = len(next(iter(targets.values())))
-    rows = _sample_rows(n, max(samples, gradcam_images), seed)
+    count = max(samples, gradcam_images)
+    rows = np.arange(n) if n <= count else np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
     images = data.read_images(rows) if hasattr(data, "read_images") else np.asarray(data)[rows]
     if samples:
         shown = rows[:samples]

@@ -149,14 +149,11 @@ def _model(spec, tower, input_shape, neck, heads) -> MultiTaskModel:
                           image_shape=input_shape, name=spec.name)
 
 
-def _activation(task):
-    # A binary task trained with MSE on -1/+1 targets needs a linear output.
-    return "linear" if task.loss == "mse" else task.activation
-
-
 def _columns(tasks) -> dict:
-    """One output per task, each a column of one Dense layer for all of them."""
-    return {t.name: TakeColumns(i, i + 1, _activation(t), name=t.name) for i, t in enumerate(tasks)}
+    """One output per task, each a column of one Dense layer for all of them (linear for a
+    binary task trained with MSE on -1/+1 targets)."""
+    return {t.name: TakeColumns(i, i + 1, "linear" if t.loss == "mse" else t.activation, name=t.name)
+            for i, t in enumerate(tasks)}
 
 
 def _build_vgg16_dst(spec, input_shape, hidden=512, dropout=0.5):
