@@ -10,16 +10,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 from kerasmtl import runs
 from kerasmtl.data.celeba import ALIGNED_SIZE, LANDMARK_COLUMNS
 from kerasmtl.data.generator import MultiOutputGenerator
 from kerasmtl.data.tables import encode_targets
 from kerasmtl.evaluate import load_evaluation_data
-from kerasmtl.evaluation.metrics import predict_outputs, regression_report
+from kerasmtl.evaluation.metrics import binary_decisions, binary_scores, predict_outputs, regression_report
 from kerasmtl.runs import RunFolder
-from kerasmtl.tasks import MISSING_CLASS, Task
+from kerasmtl.tasks import Task
 from kerasmtl.workflow import run_training
 
 #: The seed 003 multi-task model and its single-task baselines, in table order.
@@ -34,22 +33,10 @@ def celeba_summary(tasks: Sequence[Task], targets: Mapping[str, np.ndarray], out
     """
     attributes = {}
     for task in tasks:
-        if task.kind != "binary":
-            continue
-        labels = np.asarray(targets[task.name]).reshape(-1).astype(int)
-        present = labels != MISSING_CLASS
-        labels = labels[present]
-        predicted = (np.asarray(outputs[task.name]).reshape(-1)[present] > task.threshold).astype(int)
-        precision, recall, f1, _ = skm.precision_recall_fscore_support(
-            labels, predicted, average="binary", pos_label=1, zero_division=0
-        )
-        attributes[task.name] = {
-            "n": int(len(labels)),
-            "accuracy": float(np.mean(predicted == labels)) if len(labels) else float("nan"),
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-        }
+        if task.kind == "binary":  # recall 0 where no label is positive, as scikit-learn's zero_division=0
+            scores = binary_scores(targets[task.name], binary_decisions(task, outputs[task.name]))
+            attributes[task.name] = {"n": scores["n"], "accuracy": scores["accuracy"], "precision": scores["positive_precision"],
+                                     "recall": float(np.nan_to_num(scores["positive_recall"])), "f1": scores["positive_f1"]}
     summary = {"attributes": attributes or None}
     for key in ("accuracy", "precision", "recall", "f1"):
         name = "mean_accuracy" if key == "accuracy" else key
