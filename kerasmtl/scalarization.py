@@ -1,14 +1,21 @@
 """Scalarization: the task losses combined into one loss, whose ordinary gradient trains the
-model; each method a pure function (``keras.ops``; NumPy in, NumPy out) of the ``(tasks,)``
-losses, as torchjd 0.18.0's scalarizers (same names in snake_case, options and values).
+model; each method a pure function of the ``(tasks,)`` losses, as torchjd 0.18.0's
+scalarizers (same names in snake_case, same options, same values and gradients).
 
-- ``present``, a boolean ``(tasks,)`` vector: the method runs on the present tasks as on
-  the vector without the others (means, default and given preferences restricted to them).
-- Learned (`LEARNED`): ``imtl_l`` and ``uw`` take their trainable per-task parameters as
-  ``state``, which the model's optimizer trains.
-- Stateful (`STATEFUL`): ``dwa`` and ``famo`` take ``state`` (`initial_state`) and return
-  ``(loss, new_state)``; `end_epoch` ends DWA's epoch, `famo_update` moves FAMO's logits
-  after the model's step. ``random`` draws afresh, or reproducibly with ``seed``.
+``scalarize(name, losses)`` returns the scalar loss. Written in ``keras.ops`` (TensorFlow
+tensors in, as the train step has them; NumPy in, NumPy out).
+
+- Missing tasks: ``present``, a boolean ``(tasks,)`` vector: absent tasks' losses do not
+  enter (whatever they hold), and the method runs on the present ones as on the vector
+  without the others (``mean`` divides by their number, ``stch``'s default preference is
+  ``1/k`` over them, a preference vector is restricted to them).
+- Learned (`LEARNED`): ``imtl_l`` and ``uw`` take their per-task parameters as ``state``
+  (``{"log_scale"}`` / ``{"log_var"}``: trainable variables, zeros at the start); the loss
+  is differentiable with respect to them, and the model's optimizer trains them.
+- Stateful (`STATEFUL`): ``dwa`` and ``famo`` take ``state`` (from `initial_state`) and
+  return ``(loss, new_state)``. DWA's epoch ends with `end_epoch`; FAMO's logits move after
+  the model's step with `famo_update`, from the losses recomputed on the same batch.
+- Random: ``random`` draws afresh, or reproducibly with ``seed``.
 """
 
 from __future__ import annotations

@@ -38,23 +38,33 @@ class OneCycle(keras.callbacks.Callback):
     """Sets the learning rate and momentum of every training step by the one-cycle policy.
 
     The values are PyTorch's ``OneCycleLR`` closed form, with its arguments and defaults
-    (``momentum``: SGD's / RMSprop's ``momentum`` or the Adam family's ``beta_1``). The
-    step is read from ``optimizer.iterations``, so a resumed run continues the cycle;
-    running past ``total_steps`` raises, as in PyTorch. ``lr`` and the momentum go into
-    the batch and epoch ``logs``, so list this callback before CSVLogger.
+    (``momentum`` being SGD's / RMSprop's ``momentum`` or the Adam family's and Lion's
+    ``beta_1``). The step is read from ``optimizer.iterations`` before each batch, so a
+    resumed run continues the same cycle; running past ``total_steps`` raises, as in
+    PyTorch. At the end of ``fit`` the momentum attribute is a plain float, the last
+    momentum used.
 
-    PyTorch (and ``run_eagerly``) reads the momentum attribute afresh each step: it is set
-    to a float before each batch. TensorFlow reads it once, when tracing: it becomes
-    `kerasmtl.keras_workarounds.scheduled_momentum`, whose variable is assigned instead
-    (keras-team/keras#9861), and a plain float again at the end of ``fit``. JAX's compiled
-    step reads only saved optimizer state, so there momentum cycling is off, with a warning.
+    ``lr`` and ``momentum`` (or ``beta_1``) of the last step done go into the batch and
+    epoch ``logs``, so list this callback before History, CSVLogger and TensorBoard. With
+    ``steps_per_execution > 1`` the values change once per execution.
+
+    How the momentum reaches the step depends on the backend. SGD and RMSprop test the
+    attribute as a Python number inside ``update_step`` (``if self.momentum != 0``), so
+    it stays a number. PyTorch (and ``run_eagerly``) runs the step eagerly: the attribute
+    is set to the step's float before each batch. TensorFlow traces the step once, reading
+    a float only then: the attribute is `kerasmtl.keras_workarounds.scheduled_momentum`,
+    whose tensor conversion reads a variable (keras-team/keras#9861). JAX's
+    compiled step reads only the trainer's state, and a variable tracked in the optimizer
+    would change every optimizer it saves (a model saved mid-cycle would not load its
+    optimizer state without this callback), so there momentum cycling is off, with a warning.
 
     Args:
         total_steps: optimizer updates in the whole cycle.
         pct_start: fraction of the cycle spent raising the rate.
-        div_factor, final_div_factor: initial rate ``max_lr / div_factor``; final rate the
-            initial one divided by ``final_div_factor``.
-        base_momentum, max_momentum: lowest (at the peak rate) and highest momentum.
+        div_factor: initial rate is ``max_lr / div_factor``.
+        final_div_factor: final rate is the initial rate divided by this.
+        base_momentum: lowest momentum (reached at the peak rate).
+        max_momentum: highest momentum (at the start and end).
         cycle_momentum: also schedule momentum / beta_1.
         verbose: if > 0, print the values at each epoch's start.
     """
