@@ -1,7 +1,12 @@
-"""The one training workflow behind ``kerasmtl train`` and the experiments/ scripts:
-data source -> checked table -> split -> generators -> model (a preset or `ModelBuilder`)
--> compile -> fit (resumable) -> run folder. Every option works with every data source and
-model: a preset only supplies defaults that flags override.
+"""The one training workflow behind ``kerasmtl train`` and the experiments/ scripts.
+
+data source (`kerasmtl.data.sources`) -> checked table -> split -> generators -> model
+(a `kerasmtl.ports` preset, or `ModelBuilder`) -> compile -> fit (resumable) -> run folder
+(config, tasks, split, model, history, metrics.json, report.md, figures).
+
+Every option works with every data source and every model: a preset only supplies
+defaults (input size, epochs, optimizer, learning rate, loss weights, task weighting,
+early stopping, augmentation pipeline) that flags override.
 """
 
 from __future__ import annotations
@@ -89,7 +94,11 @@ def preset_spec(config):
 
 
 def resolve_recipe(config, spec=None) -> Recipe:
-    """Fills the settings a config leaves open from its preset (or the builder defaults)."""
+    """Fills the settings a config leaves open from its preset (or the builder defaults).
+
+    Raises:
+        ValueError: a registry name (tower, pipeline) that does not exist.
+    """
     if spec is None and not is_tower(config.base):
         raise ValueError(f"--base must be one of {list_towers()}. Received: {config.base!r}")
     pipeline = config.augment_pipeline or ("celeba_resize_crop" if spec is not None else "default")
@@ -156,9 +165,13 @@ def check_dataset(dataset: Dataset, settings: DataSettings) -> tuple[pd.DataFram
 
 def split_dataset(frame: pd.DataFrame, dataset: Dataset, config,
                   subsets: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The official partitions when the data has them, else a seeded stratified split;
-    ``subsets`` (``{image path: split}``) fixes it instead, so runs on other tasks of the
-    same rows train and test on the same images."""
+    """The official partitions when the data has them, else a seeded stratified split.
+
+    Args:
+        subsets: ``{image path: "train" | "val" | "test"}`` fixing the split instead (rows
+            not in it are left out), so that runs on other tasks of the same rows (the
+            stratification follows the tasks) train and test on the same images.
+    """
     if subsets is not None:
         subset = frame["path"].map(subsets)
         train, val, test = (frame[subset == name].reset_index(drop=True) for name in SPLITS)
@@ -180,11 +193,15 @@ def prepare_data(config, recipe: Recipe, tasks: list[Task] | None = None, standa
     """Loads, checks and splits the dataset and builds its generators.
 
     Args:
+        config: the run's settings.
         recipe: the resolved settings (input shape, augmentation pipeline).
         tasks: the tasks a preset needs; default the data's own.
-        standardize: give regression tasks the training split's mean / std (builder
+        standardize: give regression tasks the mean / std of the training split (builder
             models; presets keep their source's output units).
         subsets: a fixed split (`split_dataset`).
+
+    Raises:
+        DataError: for a bad dataset (before any training).
     """
     dataset = load_dataset(config, tasks)
     frame, problems = check_dataset(dataset, config)
@@ -398,10 +415,18 @@ def run_training(config, subsets: Mapping[str, str] | None = None) -> RunFolder:
     """Trains a model as ``config`` says and writes its run folder.
 
     Under ``--strategy`` the model, optimizer and callbacks are created, and ``fit`` runs,
-    inside the strategy's scope. On a multiworker cluster the chief writes the run folder
-    and each other worker its own ``workers/worker-<id>``. Rerunning the same command
-    continues an interrupted run, and a finished one when ``--epochs`` grew. ``subsets``
-    fixes the split (`split_dataset`).
+    inside the strategy's scope; ``--mixed-precision`` sets the dtype policy. On a
+    multiworker cluster the chief writes the run folder and each other worker its own
+    ``workers/worker-<id>`` inside it. Rerunning the same command continues an
+    interrupted run, and a finished one when ``--epochs`` grew.
+
+    Args:
+        config: the run's settings.
+        subsets: a fixed split (`split_dataset`), e.g. the one multi-task run's rows for
+            its single-task baselines.
+
+    Returns:
+        The run folder.
     """
     spec = preset_spec(config)
     recipe = resolve_recipe(config, spec)
@@ -457,8 +482,11 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None)
 
 
 def run_lr_find(config, options: dict) -> LRRangeTestResult:
-    """``kerasmtl lr-find``: the range test on the data and model ``train`` would use,
-    written to ``lr_find.csv`` / ``.png`` (the model is not saved); prints the suggestion."""
+    """``kerasmtl lr-find``: the range test on the data and model ``train`` would use.
+
+    Writes ``lr_find.csv`` / ``lr_find.png`` into the run folder and prints the suggestion
+    of ``options["rule"]``; the model is not saved.
+    """
     options = dict(options)
     rule = options.pop("rule", "valley")
     spec = preset_spec(config)

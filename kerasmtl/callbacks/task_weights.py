@@ -17,20 +17,27 @@ from kerasmtl.weighting import TaskWeighting, check_strategy
 class DynamicTaskWeights(keras.callbacks.Callback):
     """Sets a `kerasmtl.MultiTaskModel`'s per-task loss weights each epoch and logs them.
 
-    The model's weights must suit the strategy (learned for ``"uncertainty"``, else
-    assignable). DWA reads ``<task>_loss`` from the epoch logs, so put this callback before
-    ``CSVLogger`` and ``ModelCheckpoint``. A run resumes with ``fit(...,
-    initial_epoch=k)`` and the same arguments.
+    The model's weights must be of the strategy's kind (learned for ``"uncertainty"``,
+    assignable for the others: ``ModelBuilder(task_weighting=...)`` or
+    `kerasmtl.with_task_weighting`). DWA reads ``<task>_loss`` from the epoch logs and
+    keeps the last two epochs in the model, so put this callback before ``CSVLogger`` and
+    ``ModelCheckpoint``. A run resumes from its saved model with ``fit(...,
+    initial_epoch=k)`` and the same callback arguments.
 
     Args:
         strategy: one of `kerasmtl.weighting.STRATEGIES`, or a
             `kerasmtl.methods.weightings.LossWeighting` (then give no other option).
-        tasks: the tasks of ``targets`` (None: the model's).
-        weights: ``"static"``: ``{task name: weight}`` set at the start of training.
-        targets, counts: ``"dst"``: the encoded targets whose labels DST counts
-            (``count``: ``"labelled"`` or ``"positives"``), or ``{task name: n_t}``.
-        seed, all_off: ``"dst"``: the draws' seed, and ``"redraw"`` or ``"none"``.
-        temperature: ``"dwa"``: ``T``.
+        tasks: the tasks of ``targets`` (None: the model's); checked against the
+            model's outputs when given.
+        weights: ``"static"`` only: ``{task name: weight}`` set at the start of training
+            (tasks not named keep their value: 1, or what ``compile`` set).
+        targets: ``"dst"`` only: ``{task name: encoded targets}`` whose labels DST counts
+            (with a `LossWeighting`: ``fit``'s targets, counted if DST has no counts).
+        count: ``"dst"`` only: ``"labelled"`` or ``"positives"``; see `kerasmtl.methods.weightings.label_counts`.
+        counts: ``"dst"`` only: ``{task name: n_t}`` given directly instead of ``targets``.
+        seed: ``"dst"`` only: seed of the on/off draws.
+        all_off: ``"dst"`` only: ``"redraw"`` or ``"none"``; see `kerasmtl.methods.weightings.dst_switches`.
+        temperature: ``"dwa"`` only: ``T``.
         verbose: if > 0, print the weights at the start of each epoch.
     """
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 class DataError(ValueError):
-    """Bad input data: a malformed table, an unknown label, a missing or unreadable image;
-    ``problems`` (``(file, row, reason)``) are listed under ``message``, the first 20."""
+    """Bad input data: a malformed table, an unknown label, a missing or unreadable image.
+
+    ``problems``, the ``(file, row, reason)`` tuples of a pass that found several, are
+    listed under ``message`` (the first 20).
+    """
 
     def __init__(self, message: str, problems=None):
         self.problems = list(problems or [])
