@@ -18,31 +18,53 @@ from kerasmtl.weighting import TaskWeighting, check_strategy
 
 
 class ModelBuilder:
-    """Builds a `kerasmtl.MultiTaskModel` whose outputs are named after its tasks.
+    """Builds a multi-output Keras model whose outputs are named after its tasks.
 
-    The model takes raw 0-255 images of ``input_shape``; an `ImagePreprocessing` layer
-    applies the base tower's own scaling, so a saved model needs no outside preprocessing.
+    The model takes raw 0-255 images (uint8 or float) of ``input_shape``; a
+    `kerasmtl.layers.ImagePreprocessing` layer applies the base tower's own scaling, so a
+    saved model needs no outside preprocessing. The base tower is a nested model named
+    ``"base"``; each head's output layer is named after its task and the model returns a
+    dict keyed by task name.
+
+    Example:
 
     ```python
+    from kerasmtl import ModelBuilder, Task
     tasks = [Task("gender", "binary", ("male", "female")),
              Task("age", "multiclass", ("15-25", "25-35", "35-45"))]
     model = ModelBuilder(tasks, base="bottleneck", input_shape=(64, 64, 3)).build()
     ```
 
     Args:
-        base: a registered tower name, in any case (`kerasmtl.towers.list_towers()`).
+        tasks: the tasks, one head each (names must be unique).
+        base: a registered tower name, in any case (see `kerasmtl.towers.list_towers()`):
+            every `keras.applications` model by its function name, the custom towers
+            and the torchvision-layout ResNets.
         input_shape: ``(height, width, channels)``, channels 1 or 3.
         weights: tower weights: None, ``"imagenet"`` or a file path.
-        head: ``"dense"`` or ``"conv"`` for every task, or ``{task name: kind}``.
+        head: ``"dense"`` or ``"conv"`` for every task, or a mapping task name -> kind
+            (tasks not named use ``"dense"``).
         head_kwargs: options for every head (e.g. ``{"units": [256], "dropout": 0.3}``).
-        neck: widths of a shared Dense neck (e.g. ``[4096, 4096]``); needs dense heads.
-        freeze_layers, freeze_stages: freeze the base tower's first N layers or stages
-            (a custom tower's stem counts as one stage).
+        neck: widths of a shared Dense neck after global average pooling (e.g.
+            ``[4096, 4096]``); empty for none. Needs dense heads.
+        neck_dropout: dropout after each neck layer.
+        freeze_layers: freeze the first N layers of the base tower.
+        freeze_stages: freeze the base tower's first N stages (its stem counts as one
+            stage for the custom towers).
         base_kwargs: tower-specific options (e.g. ``{"width": 16}`` for custom towers).
-        architecture: how the tasks share the backbone (`kerasmtl.architectures`), with
-            its ``architecture_options``; ``"mtan"`` reads the last ``stages`` stages.
-        task_weighting: the loss weighting the model is made for: ``"uncertainty"`` gives
-            it learnable weights, the others assignable ones.
+        architecture: how the tasks share the backbone (`kerasmtl.architectures`):
+            ``"hps"`` (every head reads the backbone's output), ``"mmoe"``, ``"cgc"``,
+            ``"ple"``, ``"mtan"`` (over the backbone's last ``stages`` stage outputs, 4 by
+            default), ``"cross_stitch"`` or ``"dselect_k"``.
+        architecture_options: the architecture's options (e.g. ``{"num_experts": 4}``).
+        task_weighting: the loss-weighting strategy the model is made for (see
+            `kerasmtl.weighting.STRATEGIES`): ``"uncertainty"`` gives it learnable
+            weights, the others assignable ones (set by
+            `kerasmtl.callbacks.DynamicTaskWeights` or ``compile(loss_weights=...)``).
+        name: model name.
+
+    Raises:
+        ValueError: for inconsistent arguments, stating the rule and the value received.
     """
 
     def __init__(
@@ -128,7 +150,12 @@ class ModelBuilder:
         return tower
 
     def build(self) -> MultiTaskModel:
-        """Builds the `kerasmtl.MultiTaskModel`, owning its ``backbone``, ``neck`` and ``heads``."""
+        """Builds the model.
+
+        Returns:
+            A `kerasmtl.MultiTaskModel` mapping raw images to a dict of task outputs, owning
+            its ``backbone``, ``neck`` and ``heads``.
+        """
         tower = self.build_tower()
         preprocessing = ImagePreprocessing(mode=self.spec.preprocessing, output_channels=tower.input_shape[-1],
                                            name="preprocessing")
@@ -144,7 +171,11 @@ class ModelBuilder:
         )
 
     def staged_tower(self, tower: keras.Model, count: int) -> keras.Model:
-        """The tower returning the outputs of its last ``count`` stages (`TowerSpec.stage_outputs`)."""
+        """The tower returning the outputs of its last ``count`` stages (`TowerSpec.stage_outputs`).
+
+        Raises:
+            ValueError: the tower has fewer stages.
+        """
         stages = self.spec.stage_outputs(tower)
         if len(stages) < count:
             raise ValueError(f"The {self.architecture} architecture reads {count} stages; tower {self.base!r} has "

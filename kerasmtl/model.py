@@ -24,9 +24,13 @@ AUTO = "auto"
 
 
 def _loss_object(loss):
-    """A `keras.losses.Loss` for a loss given by name, function or object: Keras's
-    ``losses.get`` gives plain functions, which `FunctionLoss` gives sample weighting and
-    reduction."""
+    """A `keras.losses.Loss` for a loss given by name, function or object.
+
+    Keras's `compile` accepts ``"mse"`` or a bare function; its `losses.get` returns those as
+    plain functions of ``(y_true, y_pred)``, which take no sample weight. Wrapping them in
+    `kerasmtl.losses.FunctionLoss` gives them the sample weighting and the reduction that
+    `compile` gives them.
+    """
     loss = keras.losses.get(loss)
     if isinstance(loss, keras.losses.Loss):
         return loss
@@ -40,7 +44,12 @@ def _is_auto(value) -> bool:
 
 
 def check_tasks(model: keras.Model, tasks: Sequence[Task]) -> None:
-    """Checks (ValueError) that ``tasks`` describe exactly ``model``'s outputs and widths."""
+    """Checks that ``tasks`` describe exactly ``model``'s outputs.
+
+    Raises:
+        ValueError: an output without a task, a task without an output, or an output
+            whose width is not the task's.
+    """
     named = model.output.items() if isinstance(model.output, Mapping) else zip(model.output_names, model.outputs)
     widths = {name: tensor.shape[-1] for name, tensor in named}
     names = [t.name for t in tasks]
@@ -93,8 +102,12 @@ class ReplicaShareMean(keras.metrics.Mean):
 
 
 def own_step() -> bool:
-    """Whether the model runs its own step (TensorFlow) rather than Keras's default one
-    (JAX and PyTorch differentiate `MultiTaskModel.compute_loss` in their trainers)."""
+    """Whether the model runs its own step (TensorFlow) rather than Keras's default one.
+
+    Keras's JAX and PyTorch trainers run the default ``train_step`` / ``test_step``, which
+    differentiate `MultiTaskModel.compute_loss` with ``jax.value_and_grad`` or
+    ``torch.autograd`` and update the ``loss`` tracker themselves.
+    """
     return keras.backend.backend() == "tensorflow"
 
 
@@ -132,24 +145,34 @@ class MultiTaskModel(UnevenBatchBuild):
     model.predict_labels(images[:2])       # {"smiling": [("yes", 0.91), ...], ...}
     ```
 
-    A part given as a list of layers is applied layer by layer, so its layers are the
-    model's own and ``model.neck`` / ``model.heads[name]`` are `keras.Sequential` views of
-    them; a part given as one layer or model is called as a whole.
+    A part given as a list of layers (or built from a kind or widths) is applied layer by
+    layer, so its layers are the model's own (``model.get_layer("age_dense1")``) and
+    ``model.neck`` / ``model.heads[name]`` are `keras.Sequential` views of them; a part
+    given as one layer or model is called as a whole.
 
     Args:
         *args: the functional ``keras.Model`` arguments (inputs, outputs), without
             ``backbone``.
         backbone: the tower, a `keras.Model` from (preprocessed) images to a feature map.
         tasks: one `kerasmtl.Task` (or its ``to_dict`` mapping) per output.
-        head: a kind of `kerasmtl.heads.HEADS` for every task, or ``{task name: kind,
-            layer or list of layers}`` (others ``"dense"``); ``head_kwargs`` its options.
-        neck: None, the widths of a shared Dense neck (`kerasmtl.heads.neck_layers`, with
-            ``neck_dropout``), or a layer / list of layers.
+        head: a head kind of `kerasmtl.heads.HEADS` for every task, or ``{task name: kind,
+            layer or list of layers}`` (tasks not named get ``"dense"``).
+        head_kwargs: options of the head kinds (e.g. ``{"units": [256], "dropout": 0.3}``).
+        neck: None, the widths of a shared Dense neck after global average pooling (see
+            `kerasmtl.heads.neck_layers`), or a layer / list of layers.
+        neck_dropout: dropout after each layer of a neck given by widths.
         architecture: None, or a layer mapping the shared representation to ``{task name:
             representation}`` (MMoE and its kind), between the neck and the heads.
-        preprocessing: None or a layer applied to the raw images before the backbone.
-        image_shape: ``(height, width, channels)``; default the backbone's input shape.
-        task_weighting: a `TaskWeighting` layer (or its config); default assignable, all 1.
+        preprocessing: None or a layer applied to the raw images before the backbone
+            (`kerasmtl.layers.ImagePreprocessing`).
+        image_shape: ``(height, width, channels)`` of the raw images; default the
+            backbone's input shape.
+        task_weighting: a `TaskWeighting` layer (or its serialized config); default one
+            with assignable weights, all 1.
+        name: the model's name.
+
+    Raises:
+        ValueError: the tasks do not match the outputs, or the parts do not fit together.
     """
 
     def __init__(self, *args, backbone=None, tasks=None, head="dense", head_kwargs=None, neck=None, neck_dropout=0.5,
@@ -233,8 +256,13 @@ class MultiTaskModel(UnevenBatchBuild):
     @property
     def representation(self):
         """The shared representation in this model's graph: the neck's output (the
-        backbone's without a neck), or for a functional model the last tensor every output
-        depends on (`kerasmtl.graph.shared_representation`)."""
+        backbone's without a neck); for a functional model, the last tensor every output
+        depends on.
+
+        Raises:
+            ValueError: a functional model without such a tensor (see
+                `kerasmtl.graph.shared_representation`).
+        """
         if self.backbone is not None:
             return self._part_tensors[2]
         return layer_output(self, shared_representation(self))
@@ -245,9 +273,13 @@ class MultiTaskModel(UnevenBatchBuild):
         return list(self._task_list)
 
     def set_tasks(self, tasks: Sequence[Task]) -> None:
-        """New tasks for the same outputs (e.g. calibrated thresholds, another loss), carried
-        by the config into every saved file; ValueError when they change an output's kind,
-        classes or activation."""
+        """New tasks for the same outputs (e.g. calibrated thresholds, another loss); the
+        config, and so every file the model is saved to, carries them.
+
+        Raises:
+            ValueError: the tasks do not describe the outputs, or change an output's kind,
+                classes or activation.
+        """
         check_tasks(self, tasks)
         by_name = {t.name: t for t in tasks}
         for old in self._task_list:
@@ -259,8 +291,15 @@ class MultiTaskModel(UnevenBatchBuild):
 
     def split_at_features(self) -> tuple[keras.Model, keras.Model]:
         """``(forward, trunk)``: the model returning ``(outputs, shared representation)``,
-        and the model up to the shared representation, both on this model's own layers, so
-        a step through ``forward`` trains the model."""
+        and the model up to the shared representation (whose variables are the tower's).
+
+        Both run this model's own layers, so a step through ``forward`` trains the model.
+
+        Raises:
+            ValueError: the model has no shared representation (outputs that share no
+                layer, a single output, or heads that also read an earlier tensor of the
+                tower).
+        """
         if self.backbone is not None and len(self._task_list) < 2:
             raise ValueError("gradient_level='features' needs at least two outputs computed from a shared representation "
                              f"(the base tower's output); use gradient_level='parameters'. Received: a model with outputs "
@@ -280,14 +319,18 @@ class MultiTaskModel(UnevenBatchBuild):
 
         Args:
             optimizer: an optimizer, its name, or ``"auto"`` (Adam, learning rate 1e-3).
-            loss, metrics: ``"auto"`` (each task's missing-label aware loss / metric) or Keras's.
-            loss_weights: ``{task name: number}`` copied into the weight variables (not
-                allowed when the weights are learned).
+            loss: ``"auto"`` (each task's missing-label aware loss) or Keras losses.
+            metrics: ``"auto"`` (each task's accuracy or MAE, missing labels skipped) or
+                Keras metrics.
+            loss_weights: ``{task name: number}`` copied into the weight variables (tasks
+                not named keep theirs); not allowed when the weights are learned.
             method: None (Keras's step on the sum of the weighted task losses), a
-                `kerasmtl.methods.Method` or a method's name. A loss weighting sets the
-                weights (``fit`` adds its callback); a gradient method combines the task
-                gradients in the model's step.
-            gradient_method, gradient_level, gradient_options: the older spelling.
+                `kerasmtl.methods.Method` (``UPGrad(level="parameters")``, ``DWA()``) or
+                a method's name (``"upgrad"``, ``"dwa"``; default options). A loss
+                weighting sets the loss weights (``fit`` adds its callback); a gradient
+                method combines the task gradients in the model's step.
+            gradient_method, gradient_level, gradient_options: the older spelling of a
+                gradient method: its name, level and options.
             **kwargs: passed to `keras.Model.compile`.
         """
         method = methods.from_compile_arguments(method, gradient_method, gradient_level, gradient_options)
@@ -477,9 +520,17 @@ class MultiTaskModel(UnevenBatchBuild):
 
     # ---------------------------------------------------------------- predict
     def predict_labels(self, images, batch_size: int = 32, verbose: int = 0) -> dict[str, list | object]:
-        """Labels for raw 0-255 ``(n, height, width, channels)`` images: ``{task name:
-        value}``, per image a ``(class name, probability)`` pair for classification (binary
-        tasks at their threshold), or a regression task's ``(n, units)`` array in data units.
+        """Labels for raw 0-255 images.
+
+        Args:
+            images: an array ``(n, height, width, channels)`` (any dtype, unscaled).
+            batch_size: images per forward pass.
+            verbose: Keras verbosity.
+
+        Returns:
+            ``{task name: value}``: per image a ``(class name, probability)`` pair for a
+            classification task (binary tasks decided at the task's threshold), or the
+            ``(n, units)`` array of a regression task in the data's own units.
         """
         outputs = self.predict(images, batch_size=batch_size, verbose=verbose)
         return {t.name: t.labels(outputs[t.name]) for t in self._task_list}
@@ -558,9 +609,18 @@ def _view(part, name, source):
 
 
 def with_task_weighting(model: keras.Model, strategy: str = "static", tasks: Sequence[Task] | None = None) -> MultiTaskModel:
-    """The same layers and outputs (shared, not copied), as a new uncompiled
-    `MultiTaskModel` with fresh loss weights that suit ``strategy``: learnable for
-    ``"uncertainty"``, else assignable; ``tasks`` for a plain functional model."""
+    """The same layers and outputs, with loss weights that suit ``strategy``.
+
+    Args:
+        model: a `MultiTaskModel` or a functional model with dict outputs; its layers are
+            shared, not copied.
+        strategy: one of `kerasmtl.weighting.STRATEGIES`; ``"uncertainty"`` makes the
+            weights learnable, the others assignable.
+        tasks: the tasks of a plain functional model (a `MultiTaskModel` has its own).
+
+    Returns:
+        A new, uncompiled `MultiTaskModel` with fresh weights of all 1 (or log-variances 0).
+    """
     check_strategy(strategy)
     if tasks is None:
         if not isinstance(model, MultiTaskModel):

@@ -1,7 +1,12 @@
-"""The per-task loss weights a model owns, as variables: a float changed after ``compile``
-is baked into the traced step, so `MultiTaskModel.compute_loss` reads a `TaskWeighting`
-layer's variables on every step, and saving and loading carry them (log-variances, their
-optimizer slots, DWA's loss record), so a run resumes from a saved model.
+"""The per-task loss weights a model owns, as variables.
+
+A float loss weight changed after ``compile`` is baked into the traced train step and does
+nothing, so a `kerasmtl.MultiTaskModel` keeps its weights in a `TaskWeighting` layer and its
+``compute_loss`` reads them on every step (with ``jit_compile`` on or off). The layer's
+variables are part of ``model.weights``: saving writes them and loading restores them
+(log-variances, their optimizer slots, the current weights and DWA's loss record), so a
+run resumes from a saved ``.keras`` model. `kerasmtl.callbacks.DynamicTaskWeights` changes
+them between epochs.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ STRATEGIES = choices.WEIGHTINGS
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class LogVariancePenalty(keras.regularizers.Regularizer):
-    """The ``+ s_t`` term of uncertainty weighting, as a regularizer of the log-variances,
-    so Keras adds it to the training loss."""
+    """The ``+ s_t`` term of uncertainty weighting, as a regularizer of the log-variances.
+
+    Keras adds variable regularizers to the training loss (``model.losses``), so the
+    penalty trains with the optimizer like any other term.
+    """
 
     def __call__(self, x):
         return ops.sum(x)
@@ -32,16 +40,25 @@ class LogVariancePenalty(keras.regularizers.Regularizer):
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class TaskWeighting(keras.layers.Layer):
-    """Holds the per-task loss weights of a model, as variables; attached as
-    ``model.task_weighting`` and read by its ``compute_loss``, not part of the forward pass.
+    """Holds the per-task loss weights of a model, as variables.
+
+    Not part of the forward pass: it is attached to a `kerasmtl.MultiTaskModel` as
+    ``model.task_weighting`` and read by its ``compute_loss``.
 
     Args:
         task_names: the model's outputs, in order.
-        learned: ``False``: one non-trainable weight per task (``loss_weight_<task>``), and
-            DWA's record of the last two epochs' losses. ``True``: one trainable
-            log-variance per task (``log_variance_<task>``, starting at 0) and weights
-            ``exp(-s_t)``; AdamW's decay pulls them toward 0 unless excluded
-            (``optimizer.exclude_from_weight_decay(var_names=["log_variance_"])``).
+        learned: ``False``: one non-trainable weight per task (``loss_weight_<task>``),
+            set by `DynamicTaskWeights` (static, DST, DWA) or `compile`. ``True``: one
+            trainable log-variance per task (``log_variance_<task>``, starting at 0) and
+            weights ``exp(-s_t)`` (uncertainty weighting).
+        name: layer name.
+
+    Besides the weights, a non-learned layer keeps DWA's record of the last two epochs'
+    losses (``dwa_losses``, ``dwa_epochs``) so it is saved with the model.
+
+    An optimizer with weight decay (AdamW) also pulls learned log-variances toward 0;
+    to leave them alone, call ``optimizer.exclude_from_weight_decay(var_names=
+    ["log_variance_"])`` before training (it replaces earlier exclusions).
     """
 
     def __init__(self, task_names: Sequence[str], learned: bool = False, name: str = "task_weighting", **kwargs):
@@ -82,7 +99,11 @@ class TaskWeighting(keras.layers.Layer):
         return {n: float(ops.convert_to_numpy(v)) for n, v in zip(self.task_names, self._task_weights)}
 
     def assign(self, weights: Mapping[str, float]) -> None:
-        """Sets the weights of the named tasks (others keep theirs)."""
+        """Sets the weights of the named tasks (others keep theirs).
+
+        Raises:
+            ValueError: for a learned layer, or an unknown task name.
+        """
         if self.learned:
             raise ValueError("Uncertainty weighting learns its weights; they cannot be assigned.")
         unknown = sorted(set(weights) - set(self.task_names))
