@@ -14,10 +14,18 @@ from kerasmtl.callbacks.non_finite import non_finite_losses, weights_are_finite
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
-    """Saves the model of the best epoch so far (by ``monitor``, ``mode`` ``"min"`` or
-    ``"max"``) to the ``.keras`` file ``path``, atomically; never an epoch with non-finite
-    losses or weights. The best value is part of `ResumeCheckpoint`'s state, so a resumed
-    run does not replace a better model saved before the interruption."""
+    """Saves the model of the best epoch so far, atomically.
+
+    An epoch whose losses or weights are not finite is never saved. The best value is
+    part of `ResumeCheckpoint`'s state (``get_state`` / ``set_state``), so a resumed run
+    does not replace a better model saved before the interruption.
+
+    Args:
+        path: the ``.keras`` file.
+        monitor: the logged value to compare (e.g. ``"val_loss"``).
+        mode: ``"min"`` or ``"max"``.
+        verbose: 1 prints a line when the file is written.
+    """
 
     def __init__(self, path: str | os.PathLike, monitor: str = "val_loss", mode: str = "min", verbose: int = 0):
         super().__init__()

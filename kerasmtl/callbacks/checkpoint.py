@@ -1,6 +1,10 @@
 """`ResumeCheckpoint`: the state a rerun continues from, saved so a kill at any moment
-leaves a consistent one (Keras's ``BackupAndRestore`` writes weights and metadata in two
-steps, and restores neither data generators nor ``history.csv``)."""
+leaves a consistent one.
+
+Keras's ``BackupAndRestore`` writes its weights in place and its metadata in a second
+step (a kill can leave a broken file, or weights one epoch ahead of the metadata), and
+restores neither data generators nor ``history.csv``.
+"""
 
 from __future__ import annotations
 
@@ -28,19 +32,25 @@ __all__ = ["ResumeCheckpoint", "load_checkpoint", "save_model_atomic"]
 class ResumeCheckpoint(keras.callbacks.Callback):
     """Saves the training state after every epoch and restores it for a rerun.
 
-    Besides model and optimizer variables it saves the random states, each data
-    generator's epoch and the state of callbacks with ``get_state`` / ``set_state`` (and
-    ``get_arrays`` / ``set_arrays``), ``EarlyStopping`` and ``ReduceLROnPlateau``
-    included. The weights file is written first; replacing ``state.json`` commits. Put
-    this callback **last**, after ``CSVLogger`` and the callbacks whose state it saves. An
-    epoch with non-finite losses or weights is not saved.
+    Besides model and optimizer variables it saves the seed-generator states, Python's
+    and NumPy's random states, each data generator's epoch and the state of callbacks
+    with ``get_state`` / ``set_state`` (and optionally ``get_arrays`` / ``set_arrays``),
+    Keras's ``EarlyStopping`` and ``ReduceLROnPlateau`` included. The weights file is
+    written first, then ``state.json`` is replaced: that rename is the commit point.
+
+    Put this callback **last** in ``callbacks``: its ``on_epoch_end`` must run after
+    ``CSVLogger`` wrote the epoch's row and the other callbacks updated their state. An
+    epoch whose losses or weights are not finite is not saved.
 
     Args:
-        fingerprint: JSON-able description of the run; `restore` refuses another.
+        fingerprint: JSON-able description of the run (its config); `restore` refuses
+            a state saved under another fingerprint.
         datasets: data generators with ``epoch`` and ``set_epoch(epoch)``.
-        stateful: callbacks with ``get_state()`` / ``set_state(state)``.
+        stateful: objects (callbacks) with ``get_state()`` / ``set_state(state)``;
+            others are ignored.
         history: the ``CSVLogger`` file to trim on restore.
-        extra: JSON-able values saved with the state.
+        extra: JSON-able values saved with the state, merged with the saved ones by
+            `restore`.
 
     Attributes:
         trained: after `restore`, the saved state was written when ``fit`` had ended.
@@ -73,10 +83,17 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.saved_epochs: list[int] = []
 
     def restore(self, model: keras.Model) -> int:
-        """Puts the saved state back into the compiled ``model`` and the generators
-        (random states and epochs at the first epoch's start, callback states in
-        ``on_train_begin``) and returns the epoch to continue from (0 without a state);
-        another fingerprint or a broken state raises `ResumeError`."""
+        """Puts the saved state back into ``model`` (compiled) and the generators.
+
+        Random states and generator epochs are restored at the start of the first epoch,
+        callback states in ``on_train_begin`` (after the callbacks initialised themselves).
+
+        Returns:
+            The epoch to continue from (``fit(initial_epoch=...)``); 0 without a state.
+
+        Raises:
+            ResumeError: the state was saved under another fingerprint, or is broken.
+        """
         self.set_model(model)
         state = read_state(self.directory)
         if state is None:

@@ -15,8 +15,12 @@ SWEEP_MODES = {"exp": annealing_exp, "linear": annealing_linear}
 
 
 def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """fastai's ``valley`` rule: the learning rate about halfway into the middle third of
-    the longest decreasing stretch of the smoothed losses (start clamped at 0)."""
+    """fastai's ``valley`` rule: a point in the longest stretch of decreasing loss.
+
+    Returns the learning rate about halfway into the middle third of the longest
+    decreasing subsequence of the (smoothed) losses (fastai's arithmetic, whose start
+    index may be one before the valley; it is clamped at 0).
+    """
     losses = [float(x) for x in _check_curve(lrs, losses)[1]]
     n = len(losses)
     longest = [1] * n
@@ -61,9 +65,15 @@ def _check_curve(lrs, losses):
 
 @dataclasses.dataclass
 class LRRangeTestResult:
-    """The curve of a learning-rate range test: ``lrs``, each step's own ``losses``, their
-    bias-corrected EMA ``smoothed``, the ``steps`` asked for and the ``stop_reason``
-    (``"completed"``, ``"diverged"``, ``"nan"`` or ``"out_of_data"``)."""
+    """The curve of a learning-rate range test.
+
+    Attributes:
+        lrs: learning rate of each recorded step.
+        losses: each step's own training loss.
+        smoothed: bias-corrected exponential moving average of ``losses``.
+        steps: the number of steps asked for (sets how many points `trimmed` drops).
+        stop_reason: ``"completed"``, ``"diverged"``, ``"nan"`` or ``"out_of_data"``.
+    """
 
     lrs: np.ndarray
     losses: np.ndarray
@@ -145,13 +155,16 @@ class LRRangeTestResult:
 class LRRangeTest(keras.callbacks.Callback):
     """Sweeps the learning rate during ``fit``, records each batch's loss, then restores.
 
-    It snapshots every model and optimizer variable at the start and assigns them back,
-    bit-identical, at the end. Before each batch it sets the rate and resets the loss
-    tracker, so ``logs["loss"]`` is that batch's own. A schedule or callable learning rate
-    is swapped for a variable during the sweep.
+    At the start of training it snapshots every model and optimizer variable (building
+    the optimizer first), and at the end assigns the snapshot back, bit-identical. Before
+    each batch it sets the rate and resets the model's loss tracker, so ``logs["loss"]``
+    is that batch's own loss. A learning rate given as a ``LearningRateSchedule`` or
+    callable is swapped for a variable during the sweep and put back afterwards. With
+    ``steps_per_execution > 1`` the rate changes once per execution.
 
     Args:
-        min_lr, max_lr: first and last learning rate (``min_lr > 0`` for ``mode="exp"``).
+        min_lr: first learning rate (> 0 for ``mode="exp"``).
+        max_lr: last learning rate.
         steps: number of batches in the sweep (>= 2).
         mode: ``"exp"`` or ``"linear"``.
         smoothing: EMA coefficient (beta) for the smoothed loss, in [0, 1).
@@ -298,10 +311,20 @@ def lr_range_test(
     verbose: int = 0,
     **fit_kwargs,
 ) -> LRRangeTestResult:
-    """Runs a learning-rate range test on whatever ``model.fit`` accepts and leaves the
-    model, its optimizer and ``model.history`` as it found them. A short dataset is
-    passed over several times; a generator that runs out ends the test early. The options
-    are `LRRangeTest`'s; ``**fit_kwargs`` go to ``model.fit``."""
+    """Runs a learning-rate range test and leaves the model as it found it.
+
+    Works on whatever ``model.fit`` accepts, with any number of outputs (the sweep
+    follows the total loss). A short dataset is passed over several times; a generator
+    that runs out ends the test early (``stop_reason="out_of_data"``). Afterwards the
+    weights, every optimizer variable and ``model.history`` are as before.
+
+    Args:
+        data: training inputs, or a dataset / generator yielding ``(x, y)``.
+        y: targets when ``data`` holds only the inputs.
+        min_lr, max_lr, steps, mode, smoothing, diverge_factor, stop_on_divergence: see
+            `LRRangeTest`.
+        **fit_kwargs: passed to ``model.fit`` (e.g. ``shuffle``, ``class_weight``).
+    """
     callback = LRRangeTest(min_lr, max_lr, steps, mode, smoothing, diverge_factor, stop_on_divergence)
     history = getattr(model, "history", None)
     try:

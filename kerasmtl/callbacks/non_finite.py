@@ -36,14 +36,15 @@ def weights_are_finite(model: keras.Model) -> bool:
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops training at the first NaN / inf loss and says where it happened.
 
-    Unlike ``TerminateOnNaN`` it records the epoch, the batch (batch logs hold running
-    means, so the first non-finite one is the batch that produced it) and the task
-    losses, for `raise_if_stopped` to raise as `NonFiniteLossError`; validation losses are
-    checked at each epoch's end.
+    Unlike ``keras.callbacks.TerminateOnNaN`` it records the epoch, the batch and which
+    task losses were not finite (the batch logs hold running means, so the first batch
+    whose mean turns non-finite is the batch that produced it), and `raise_if_stopped`
+    turns it into a `NonFiniteLossError` for the workflow to report. Validation losses
+    are checked at the end of each epoch.
 
     Attributes:
-        failure: None, or ``{"epoch", "batch", "losses"}`` (epoch 1-based, batch 0-based;
-            None for a validation loss).
+        failure: None, or ``{"epoch", "batch", "losses"}`` (epoch 1-based as Keras prints
+            it, batch 0-based; batch None for a validation loss).
     """
 
     def __init__(self):

@@ -1,6 +1,10 @@
-"""Annealing schedules: pure functions of the position ``pos`` in ``[0, 1]`` of a phase,
-built from module-level functions and `functools.partial` so they pickle; `combine`
-chains them over spans of training (fastai's ``combine_scheds``)."""
+"""Annealing schedules: pure functions of the position ``pos`` in ``[0, 1]`` of a phase.
+
+The annealers take ``(start, end, pos)``; `linear`, `cos` and `exp` bind ``start`` and
+``end``, and `combine` chains schedules over spans of training (fastai's
+``combine_scheds``). They are built from module-level functions and `functools.partial`,
+so they pickle and can be sent to worker processes.
+"""
 
 from __future__ import annotations
 
@@ -54,9 +58,16 @@ def _combined(bounds: tuple, schedules: tuple, pos: float) -> float:
 
 
 def combine(pcts: Sequence[float], schedules: Sequence[Schedule]) -> Schedule:
-    """Chains ``schedules``: the i-th runs over a span ``pcts[i]`` (>= 0, summing to 1;
-    zero-length spans skipped), seeing its own position from 0 to 1. A boundary belongs to
-    the later span, as in fastai; positions outside ``[0, 1]`` extrapolate."""
+    """Chains schedules: the i-th runs over a span ``pcts[i]`` of training.
+
+    Inside its span each schedule sees its own position from 0 to 1. A position at a
+    boundary belongs to the later span (as in fastai's ``combine_scheds``); positions
+    outside ``[0, 1]`` extrapolate the first or last schedule.
+
+    Args:
+        pcts: span of each schedule; each >= 0, summing to 1. Zero-length spans are skipped.
+        schedules: one schedule per span.
+    """
     pcts = [float(p) for p in pcts]
     if len(pcts) != len(schedules) or not pcts:
         raise ValueError(

@@ -11,10 +11,16 @@ from kerasmtl.atomic import write_text
 
 
 def truncate_history(path: str | os.PathLike, epochs: int) -> int:
-    """Keeps the rows of a ``CSVLogger`` file whose ``epoch`` is below ``epochs`` (dropping
-    rows after the last checkpoint and one half-written by a kill), rewritten atomically
-    with its header's line ending; with ``epochs == 0`` the file is removed. Returns the
-    number of rows kept."""
+    """Keeps the rows of a ``CSVLogger`` file whose ``epoch`` is below ``epochs``.
+
+    Rows written after the last checkpoint and a row left half-written by a kill are
+    dropped; the file is rewritten atomically, with the line ending of its header (Keras's
+    ``CSVLogger`` ends lines with CRLF and appends after the kept rows in the same way). With
+    ``epochs == 0`` the file is removed, so the logger writes a fresh header.
+
+    Returns:
+        The number of rows kept.
+    """
     path = Path(path)
     if not path.exists():
         return 0

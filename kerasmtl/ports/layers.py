@@ -8,9 +8,17 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class TakeColumns(keras.layers.Layer):
-    """Takes columns ``[start, stop)`` of a ``(batch, units)`` tensor, then an activation:
-    one PyTorch ``Linear`` emitting several attributes keeps its exact weights while the
-    Keras model exposes one named output per attribute."""
+    """Takes columns ``[start, stop)`` of a ``(batch, units)`` tensor, then an activation.
+
+    Lets one PyTorch ``Linear`` that emits several attributes at once keep its exact
+    weights while the Keras model exposes one named output per attribute.
+
+    Args:
+        start: first column.
+        stop: one past the last column.
+        activation: Keras activation name applied to the slice.
+        **kwargs: passed to `keras.layers.Layer` (give the task name as ``name``).
+    """
 
     def __init__(self, start, stop, activation="linear", **kwargs):
         kwargs.setdefault("dtype", "float32")

@@ -1,13 +1,25 @@
-"""The four PyTorch CelebA models of the source projects as Keras presets (`PortSpec`).
+"""The four PyTorch CelebA models of the source projects as Keras presets.
 
-Models take raw 0-255 images, hold their tower as ``model.backbone`` and return outputs
-keyed by task name; a PyTorch ``Linear`` emitting several attributes stays whole, split by
-`TakeColumns`, so the source's ``state_dict`` loads exactly (``torch_key_map``).
+Each preset is a `PortSpec`: its tasks, input shape, recommended compile settings and
+callbacks, augmentation notes, and the prefix renames (``torch_key_map``) that let
+`kerasmtl.ports.load_torch_weights` load the PyTorch model's own ``state_dict`` into the
+Keras model. Models take raw 0-255 images (a ``torch`` ImagePreprocessing layer comes
+first), hold their tower as ``model.backbone`` (the nested model ``"base"``) and return a
+dict of outputs keyed by task name. Where one PyTorch ``Linear`` emits several attributes, the Keras model
+keeps that layer whole and splits its columns into one named output per attribute
+(`TakeColumns`), so the imported weights are exact.
 
-Where the source is silent (all overridable): ``vgg16_dst``'s 8 attributes, added layers
-(width 512), Adam 1e-4 and 224x224 input; ``resnext50_mse``'s Adamax default 0.002;
-``resnet18_landmarks``'s hidden width 256, 224x224 input and module names. A frozen Keras
-BatchNormalization runs in inference mode, unlike PyTorch's ``requires_grad = False``.
+Each preset's ``source`` says what it reproduces (README lists them).
+
+Choices where the source text is silent (all overridable): ``vgg16_dst``'s 8 attributes
+are those of ``resnet18_gray``, its added layers and their width 512, its optimizer (Adam
+1e-4) and input size (224x224); ``resnext50_mse``'s learning rate (PyTorch's Adamax default
+0.002); ``resnet18_landmarks``'s hidden width (256), input size (224x224) and module names
+(``backbone``, ``attr_head``, ``landmark_head``; the baselines use ``backbone`` + ``head``).
+
+Freezing differs in one respect: ``requires_grad = False`` in PyTorch leaves BatchNorm
+layers updating their running statistics in train mode, while a frozen Keras
+BatchNormalization runs in inference mode.
 """
 
 from __future__ import annotations
@@ -43,13 +55,21 @@ class PortSpec:
     """A ported model and how its source trained it.
 
     Attributes:
+        name: preset name (also the Keras model's name).
+        source: the source project and what it describes.
         build: ``build(spec, input_shape, **options) -> keras.Model``.
+        tasks: the model's tasks, in output order.
+        input_shape: default ``(H, W, C)`` of raw images.
+        optimizer: Keras optimizer class name.
+        learning_rate: its learning rate.
         loss_weights: per-task weights reproducing the source's total loss (None: all 1).
-        task_weighting: ``"static"`` or ``"dst"``.
+        task_weighting: ``"static"`` or ``"dst"`` (dynamic task scheduling).
         early_stopping_patience: epochs of patience on ``val_loss``, or None.
+        epochs: epochs the source trained for.
         augmentation: the source's input pipeline, in words.
         torch_key_map: ``(torch prefix, Keras prefix)`` renames for the source's state_dict.
-        backbone_skip: torchvision ImageNet keys not loaded by ``backbone_weights``.
+        backbone_skip: torchvision ImageNet checkpoint keys not loaded by
+            ``create(..., backbone_weights=path)`` (replaced layers).
     """
 
     name: str
@@ -109,15 +129,20 @@ def get_port_spec(name: str) -> PortSpec:
 
 
 def create(name: str, input_shape=None, weights=None, backbone_weights=None, **options) -> keras.Model:
-    """Builds the `kerasmtl.MultiTaskModel` of preset ``name``.
+    """Builds the Keras model of preset ``name``.
 
     Args:
+        name: a registered preset (see `list_ports`).
         input_shape: ``(H, W, C)`` of raw images; None uses the preset's.
         weights: None, a ``.weights.h5`` file of this Keras model, or a PyTorch checkpoint
-            (or ``state_dict``) of the source model, loaded strictly.
-        backbone_weights: a torchvision ImageNet checkpoint whose backbone keys are
-            loaded, except ``spec.backbone_skip``.
+            (or ``state_dict``) of the source model (its own module names), loaded strictly.
+        backbone_weights: a torchvision ImageNet checkpoint (complete classifier) whose
+            backbone keys are loaded, except ``spec.backbone_skip``.
         **options: preset-specific builder options (e.g. ``hidden=128``).
+
+    Returns:
+        A `kerasmtl.MultiTaskModel` named ``name`` with dict outputs keyed by task name,
+        carrying the preset's tasks.
     """
     from kerasmtl.ports.torch_weights import load_torch_weights
 

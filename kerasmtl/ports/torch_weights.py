@@ -1,8 +1,14 @@
-"""Loading PyTorch ``state_dict`` weights into Keras models by name: ``<module
-path>.<param>`` fills the Keras layer named after the module path with ``.`` -> ``_``
-(after ``key_map`` prefix renames), nested models included; `CONVERSIONS` says which torch
-parameter fills which Keras variable and how its axes move. ``torch`` is needed only to
-read ``.pth`` files.
+"""Loading PyTorch ``state_dict`` weights into Keras models by name.
+
+A torch key ``<module path>.<param>`` (e.g. ``layer1.0.conv1.weight``) belongs to the Keras
+layer named after the module path with ``.`` replaced by ``_`` (``layer1_0_conv1``), after
+optional prefix renames (``key_map``, e.g. ``("backbone.", "")``). Layers inside nested
+models (such as a port's ``"base"`` tower) are found too. One table, `CONVERSIONS`, says
+for each Keras layer kind which torch parameter fills which Keras variable and how its
+axes move.
+
+``torch`` is needed only to read ``.pth`` files (``pip install kerasmtl[torch]``); a
+``state_dict`` may also be given as a mapping of numpy arrays.
 """
 
 from __future__ import annotations
@@ -33,16 +39,25 @@ _LISTED = 25  # keys listed per kind in an error message
 
 @dataclasses.dataclass(frozen=True)
 class LoadResult:
-    """What a non-strict load left out: ``missing_keys`` (``<layer name>.<torch param>``)
-    and ``unexpected_keys``."""
+    """What a non-strict load left out.
+
+    Attributes:
+        missing_keys: Keras weights that received nothing, as ``<layer name>.<torch param>``.
+        unexpected_keys: torch keys with no Keras layer to go to.
+    """
 
     missing_keys: tuple[str, ...]
     unexpected_keys: tuple[str, ...]
 
 
 class WeightMismatchError(ValueError):
-    """A torch state_dict does not fit a Keras model: ``missing_keys``,
-    ``unexpected_keys`` and ``wrong_shape_keys`` (``"<key>: got <shape>, expected <shape>"``)."""
+    """A torch state_dict does not fit a Keras model.
+
+    Attributes:
+        missing_keys: Keras weights left empty, as ``<layer name>.<torch param>``.
+        unexpected_keys: torch keys with no Keras layer to go to.
+        wrong_shape_keys: ``"<torch key>: got <shape>, expected <shape>"`` entries.
+    """
 
     def __init__(self, model_name, missing, unexpected, wrong_shape, strict):
         self.missing_keys = tuple(missing)
@@ -81,9 +96,17 @@ def import_torch():
 
 
 def read_state_dict(state_dict_or_path) -> dict[str, np.ndarray]:
-    """A ``{key: numpy array}`` state dict (``num_batches_tracked`` dropped) from a mapping
-    or a ``torch.save`` file (``weights_only=True``), unwrapping ``state_dict``,
-    ``model_state_dict`` or ``model`` entries."""
+    """Returns a ``{key: numpy array}`` state dict.
+
+    Args:
+        state_dict_or_path: a mapping of torch tensors / arrays, or the path of a file
+            written by ``torch.save`` (read with ``weights_only=True``). A checkpoint dict
+            holding the weights under ``state_dict``, ``model_state_dict`` or ``model`` is
+            unwrapped.
+
+    Returns:
+        The state dict with numpy values (``num_batches_tracked`` dropped).
+    """
     state = state_dict_or_path
     if isinstance(state, (str, os.PathLike)):
         path = os.fspath(state)
@@ -109,7 +132,11 @@ def read_state_dict(state_dict_or_path) -> dict[str, np.ndarray]:
 
 
 def weighted_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
-    """Layers holding weights, by name, searching nested models (ValueError on two alike)."""
+    """Layers holding weights, by name, searching nested models.
+
+    Raises:
+        ValueError: if two such layers share a name.
+    """
     found: dict[str, keras.layers.Layer] = {}
     stack = list(model.layers)
     while stack:
@@ -128,8 +155,11 @@ def weighted_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
 
 
 def keras_layer_name(module_path: str, key_map: Sequence[tuple[str, str]] = ()) -> str:
-    """Keras layer name for a torch module path, after the first matching prefix rename:
-    ``("backbone.4.0.conv1", [("backbone.4.", "layer1.")])`` -> ``"layer1_0_conv1"``."""
+    """Keras layer name for a torch module path (first matching prefix rename applies).
+
+    Example: ``keras_layer_name("backbone.4.0.conv1", [("backbone.4.", "layer1.")])`` is
+    ``"layer1_0_conv1"``.
+    """
     dotted = module_path + "."
     for old, new in key_map:
         if dotted.startswith(old):
@@ -145,18 +175,29 @@ def load_torch_weights(
     key_map: Sequence[tuple[str, str]] = (),
     skip: Sequence[str] = (),
 ) -> LoadResult:
-    """Copies PyTorch weights into ``model``, converting layouts (`CONVERSIONS`); nothing
-    is assigned unless the whole load is valid.
+    """Copies PyTorch weights into ``model``, converting layouts.
+
+    Conv weights ``(out, in, kh, kw)`` become kernels ``(kh, kw, in, out)``; Linear weights
+    ``(out, in)`` become Dense kernels ``(in, out)``; BatchNorm weight / bias / running
+    statistics become gamma / beta / moving mean / variance. Nothing is assigned unless
+    the whole load is valid.
 
     Args:
+        model: a Keras model whose weighted layers are named after torch modules
+            (see the module docstring).
         state_dict_or_path: a state dict or a ``torch.save`` file path.
-        strict: every Keras weight must be filled and every torch key used (wrongly
-            shaped keys always raise `WeightMismatchError`).
-        key_map: ``(torch prefix, replacement)`` renames, e.g. ``[("backbone.", "")]``.
-        skip: torch key prefixes to leave out (e.g. ``("fc.",)`` for a headless tower).
+        strict: if True, every Keras weight must be filled and every torch key used.
+            Wrongly shaped keys always raise.
+        key_map: ``(torch prefix, replacement)`` renames, e.g. ``[("backbone.", "")]``
+            (a preset's are ``get_port_spec(name).torch_key_map``).
+        skip: torch key prefixes to leave out (e.g. ``("fc.",)`` to load a complete
+            classifier checkpoint into a headless tower).
 
     Returns:
         A `LoadResult` naming what was left out (empty when strict).
+
+    Raises:
+        WeightMismatchError: listing missing, unexpected and wrongly shaped keys.
     """
     state = read_state_dict(state_dict_or_path)
     targets = weighted_layers(model)

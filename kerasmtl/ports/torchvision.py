@@ -1,8 +1,14 @@
-"""Complete torchvision classifiers in Keras: ResNet18, ResNeXt50_32x4d, VGG16, taking
-torchvision-preprocessed channels-last images and returning the 1000 logits, each weighted
-layer named after its torchvision module so a checkpoint loads with `load_torch_weights`.
-VGG16 flattens in PyTorch's ``(C, H, W)`` order (a ``Permute`` first), so ``classifier.0``
-loads unchanged.
+"""Complete torchvision classifiers in Keras: ResNet18, ResNeXt50_32x4d, VGG16.
+
+The models take channels-last images already preprocessed the torchvision way
+(``(x / 255 - mean) / std``) and return the 1000 logits, with every weighted layer named
+after its torchvision module (``.`` -> ``_``), so a torchvision checkpoint on disk loads
+with `kerasmtl.ports.load_torch_weights` and gives PyTorch's outputs.
+
+VGG16 ends its feature extractor with ``AdaptiveAvgPool2d((7, 7))`` (Keras's
+``AdaptiveAveragePooling2D`` computes the same bins) and flattens in PyTorch's
+``(C, H, W)`` order: a ``Permute`` layer before ``Flatten`` makes ``classifier.0``'s weights
+load unchanged.
 """
 
 from __future__ import annotations
@@ -31,8 +37,16 @@ TORCHVISION_MODELS = tuple(_RESNETS) + ("vgg16",)
 
 
 def vgg16_features(inputs, prefix="features"):
-    """torchvision ``vgg16().features`` on ``inputs``: 13 conv-ReLU pairs and 5 max
-    poolings, module ``i`` named ``{prefix}_{i}``; returns the stride-32 feature map."""
+    """torchvision ``vgg16().features``: 13 conv-ReLU pairs and 5 max poolings (31 modules).
+
+    Args:
+        inputs: preprocessed image tensor.
+        prefix: name prefix; module ``i`` of the Sequential is named ``{prefix}_{i}`` (the
+            ReLU modules are the convolutions' activations).
+
+    Returns:
+        The feature map tensor (stride 32, 512 channels).
+    """
     x, index = inputs, 0
     for item in VGG16_CONFIG:
         if item == "M":
@@ -47,8 +61,16 @@ def vgg16_features(inputs, prefix="features"):
 
 
 def vgg16_classifier(num_classes=1000, dropout=0.5, prefix="classifier") -> list:
-    """torchvision VGG16 ``avgpool`` + ``classifier`` layers, in order, to apply to the
-    ``features`` map (``dropout``: ``classifier.2`` and ``.5``)."""
+    """torchvision VGG16 ``avgpool`` + ``classifier``, to apply to the ``features`` map.
+
+    Args:
+        num_classes: units of ``classifier.6``.
+        dropout: rate of ``classifier.2`` and ``classifier.5``.
+        prefix: name prefix of the classifier layers.
+
+    Returns:
+        The layers, in order (the last one gives the logits).
+    """
     return [
         layers.AdaptiveAveragePooling2D((7, 7), name="avgpool"),
         layers.Permute((3, 1, 2), name="avgpool_chw"),  # flatten in PyTorch's C, H, W order
@@ -64,8 +86,17 @@ def vgg16_classifier(num_classes=1000, dropout=0.5, prefix="classifier") -> list
 def torchvision_model(
     name: str, input_shape=(224, 224, 3), weights=None, num_classes=1000
 ) -> keras.Model:
-    """A complete torchvision classifier ``name`` in Keras returning logits, with
-    ``weights`` (a ``.pth`` checkpoint) loaded strictly."""
+    """Builds a complete torchvision classifier in Keras.
+
+    Args:
+        name: ``"resnet18"``, ``"resnext50_32x4d"`` or ``"vgg16"``.
+        input_shape: ``(H, W, C)`` of preprocessed float images.
+        weights: None or a torchvision checkpoint path (``.pth``) loaded strictly.
+        num_classes: width of the last layer.
+
+    Returns:
+        A functional `keras.Model` named ``name`` returning logits.
+    """
     if name not in TORCHVISION_MODELS:
         raise ValueError(f"name must be one of {TORCHVISION_MODELS}. Received: name={name!r}")
     inputs = keras.Input(shape=tuple(input_shape), name="images")
