@@ -1,8 +1,10 @@
 """kerasmtl: multi-output (multi-task) image models for Keras 3.
 
-Importing the package registers every custom object it saves, so ``keras.saving.load_model``
-loads them with ``safe_mode=True``; without Keras (the ``serve`` extra) `kerasmtl.serving`
-still imports.
+Importing the package registers every custom object it writes into a saved model
+(losses, metrics, layers, models), so ``keras.saving.load_model(path)`` loads any of them
+with ``safe_mode=True`` after one ``import kerasmtl``. Where Keras is not installed (a
+serving machine with only the ``serve`` extra), nothing is registered and
+`kerasmtl.serving` still imports: it needs only numpy, Pillow and the model's runtime.
 """
 
 __version__ = "0.1.0"

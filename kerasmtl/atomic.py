@@ -1,6 +1,10 @@
-"""Writing files so that a kill or a full disk never leaves a broken one: each is written
-under a temporary name in its own folder, flushed, then renamed over the old one
-(``os.replace``); on a full disk the old file stays and `DiskFullError` names the folder.
+"""Writing files so that a kill or a full disk never leaves a broken one.
+
+Every file is written under a temporary name in its own folder (a rename across file
+systems is not atomic), flushed to disk, then renamed over the old one with
+``os.replace``: a reader sees the previous file or the new one, never half of one. When
+the disk fills up, the temporary file is removed, the old file is left as it was and
+`DiskFullError` names the folder.
 """
 
 from __future__ import annotations
@@ -60,9 +64,15 @@ def _fsync(path: Path, folder: bool = False) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yields a temporary path to write (ending with ``path``'s name, so Keras's suffix
-    checks pass); on success it replaces ``path`` atomically, on an exception it is
-    removed and ``path`` left as it was."""
+    """Yields a temporary path to write; on success it replaces ``path`` atomically.
+
+    The temporary name ends with ``path``'s name, so suffix checks such as Keras's
+    ``.keras`` / ``.weights.h5`` pass. On an exception the temporary file is removed and
+    ``path`` is left as it was.
+
+    Raises:
+        DiskFullError: the disk filled up while writing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".tmp{os.getpid()}-{path.name}")

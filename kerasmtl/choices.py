@@ -1,7 +1,14 @@
-"""The names the package's settings accept: one tuple per concept, read by the module that
-implements it and by the command line. Imports nothing, so ``kerasmtl --help`` and a bad
-flag answer without TensorFlow; tests/test_cli.py keeps implementations' own tables equal
-to these tuples.
+"""The names the package's settings accept: one tuple per concept.
+
+The module that implements a concept takes its tuple from here (`kerasmtl.heads.HEADS` is
+`HEADS`), and so does the command line, which checks its flags against them. This module
+imports nothing, so ``kerasmtl --help`` and a bad flag answer without TensorFlow:
+`kerasmtl_cli` reads the file without running ``kerasmtl/__init__.py``, which imports Keras
+to register the package's objects. Where a concept's implementation is a table of its own
+(`kerasmtl.training.OPTIMIZERS`, `kerasmtl.distribute.MIXED_PRECISION`, the gradient
+methods of `kerasmtl.gradient_step`), tests/test_cli.py keeps the table's names equal to
+the tuple here. Towers, presets and augmentation pipelines are registries that fill at
+import; the command line checks those after it imports the package.
 """
 
 #: Multi-task architectures (`kerasmtl.architectures`).
@@ -54,9 +61,15 @@ METHODS = WEIGHTINGS + GRADIENT_METHODS + SCALARIZATIONS
 
 def split_method(method, task_weighting, gradient_method):
     """``(task weighting, other method)`` of ``--method`` and its older names
-    ``--task-weighting`` and ``--gradient-method`` (None: not given). The older names may
-    combine a weighting and a gradient method; ``--method`` names one, which an older name
-    may only repeat (else ValueError)."""
+    ``--task-weighting`` and ``--gradient-method`` (None: not given); the other method is a
+    gradient method or a scalarization, which the run compiles the model with.
+
+    The older names may be given together (a loss weighting and a gradient method in one
+    run); ``--method`` names one method, and either older name may only repeat it.
+
+    Raises:
+        ValueError: ``--method`` with an older name that says something else.
+    """
     if method is None:
         return task_weighting, gradient_method
     weighting = method in WEIGHTINGS

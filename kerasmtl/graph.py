@@ -1,6 +1,12 @@
-"""The structure of a functional model, read from its public config (``keras_history``)
-and ``get_layer(name).input`` / ``.output``: the shared representation of a multi-output
-model, and the tensor a nested model produces in the outer graph."""
+"""The structure of a functional model, read from its public config.
+
+A functional model's ``get_config()`` lists every layer with the layers its calls read
+(``keras_history``); ``get_layer(name).input`` / ``.output`` give the tensors of a layer's
+first call, which is its call in the model that built it. From these two public views
+this module finds the shared representation of a multi-output model (the last tensor
+every output depends on) and the tensor a nested model (the base tower) produces in the
+outer graph, whose own ``.output`` belongs to its inner graph.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +34,11 @@ def _layers(model: keras.Model) -> list[dict]:
 
 
 def layer_inputs(model: keras.Model) -> dict[str, list[str]]:
-    """``{layer name: names of the layers it reads}`` of a functional ``model``'s graph."""
+    """``{layer name: names of the layers it reads}`` of a functional ``model``'s graph.
+
+    Raises:
+        TypeError: ``model`` is not functional (its config lists no layers).
+    """
     return {layer["name"]: _histories(layer.get("inbound_nodes", [])) for layer in _layers(model)}
 
 
@@ -62,9 +72,15 @@ def _ancestors(graph: Mapping[str, list[str]], name: str) -> set[str]:
 
 
 def layer_output(model: keras.Model, name: str):
-    """The tensor layer ``name`` produces in ``model``'s graph: for a nested model, the
-    input of a layer that consumes it (its ``.output`` is its inner graph's). ValueError
-    when that is not one tensor."""
+    """The tensor layer ``name`` produces in ``model``'s graph.
+
+    A nested model's ``.output`` is its inner graph's, so its output in ``model`` is read
+    as the input of a layer that consumes it.
+
+    Raises:
+        ValueError: the layer is called more than once in ``model``, has several outputs,
+            or is read by no layer and is no output of ``model``.
+    """
     layer = model.get_layer(name)
     calls = {item["name"]: len(item.get("inbound_nodes", [])) for item in _layers(model)}
     if calls[name] > 1:
@@ -88,7 +104,11 @@ def layer_output(model: keras.Model, name: str):
 
 def layer_input(model: keras.Model, name: str):
     """The tensor layer ``name`` reads in ``model``'s graph (a nested model's ``.input``
-    is its inner graph's); ValueError when that is not one tensor."""
+    is its inner graph's).
+
+    Raises:
+        ValueError: the layer reads several tensors (or none).
+    """
     layer = model.get_layer(name)
     sources = layer_inputs(model)[name]
     if len(sources) != 1:
@@ -98,8 +118,13 @@ def layer_input(model: keras.Model, name: str):
 
 def shared_representation(model: keras.Model) -> str:
     """The name of the layer whose output is ``model``'s shared representation: the last
-    layer every output depends on, through which alone the heads reach the shared layers
-    (ValueError when there is none)."""
+    layer every output depends on, through which alone the heads reach the shared layers.
+
+    Raises:
+        ValueError: fewer than two outputs, outputs that share no layer, an output that is
+            itself the shared representation, or heads that also read an earlier layer of
+            the tower.
+    """
     graph = layer_inputs(model)
     producers = _output_layers(model)
     inputs = {name for name, sources in graph.items() if not sources}

@@ -1,7 +1,13 @@
 """The layers a `MultiTaskModel` puts around its backbone: a shared neck and one head
-per task, as lists of layers applied in order. Each head's output layer is named after its
-task, so logs read ``<task>_loss``: ``dense`` (pooling, Dense-ReLU-Dropout blocks) or
-``conv`` (3x3 Conv-BN-ReLU blocks, then pooling: the person-attributes label towers).
+("label tower") per task, as lists of layers the model applies in order.
+
+A head maps the shared representation to one task's output. Its output layer is named
+after the task so logs read ``<task>_loss`` / ``<task>_accuracy``.
+
+- ``dense``: global average pooling (for a feature map), then Dense-ReLU-Dropout blocks,
+  then the output layer.
+- ``conv``: 3x3 Conv-BN-ReLU blocks on the feature map, then global average pooling and
+  the output layer (the person-attributes project's label towers).
 """
 
 from __future__ import annotations
@@ -26,8 +32,18 @@ def _output_layers(task: Task) -> list:
 
 
 def dense_head(task: Task, feature_map: bool, units: Sequence[int] = (128,), dropout: float = 0.2) -> list:
-    """Dense head: pooling (for a ``feature_map``), a Dense-ReLU-Dropout block per
-    ``units``, then the output layer."""
+    """Dense head.
+
+    Args:
+        task: the task this head predicts.
+        feature_map: whether the head reads a 4-D feature map (pooled first) rather than a
+            feature vector.
+        units: widths of the hidden Dense layers (may be empty).
+        dropout: dropout rate after each hidden layer.
+
+    Returns:
+        The head's layers, in order.
+    """
     found = [layers.GlobalAveragePooling2D(name=f"{task.name}_gap")] if feature_map else []
     for i, width in enumerate(units):
         found.append(layers.Dense(int(width), activation="relu", name=f"{task.name}_dense{i + 1}"))
@@ -37,8 +53,20 @@ def dense_head(task: Task, feature_map: bool, units: Sequence[int] = (128,), dro
 
 
 def conv_head(task: Task, feature_map: bool, filters: Sequence[int] = (64,), dropout: float = 0.0) -> list:
-    """Convolutional label tower on a feature map (ValueError without one): a 3x3
-    Conv-BN-ReLU block per ``filters``, pooling, dropout, the output layer."""
+    """Convolutional label tower ending in global average pooling.
+
+    Args:
+        task: the task this head predicts.
+        feature_map: whether the head reads a 4-D feature map; it must.
+        filters: channels of each 3x3 Conv-BN-ReLU block.
+        dropout: dropout rate before the output layer.
+
+    Returns:
+        The head's layers, in order.
+
+    Raises:
+        ValueError: if the head reads no feature map (e.g. a shared neck flattened it).
+    """
     if not feature_map:
         raise ValueError("The conv head needs a 4-D feature map; a shared neck flattens it. Use "
                          f"head='dense' with a neck. Received: a feature vector for task {task.name!r}")
@@ -56,8 +84,17 @@ def conv_head(task: Task, feature_map: bool, filters: Sequence[int] = (64,), dro
 
 
 def head_layers(kind: str, task: Task, feature_map: bool, **kwargs) -> list:
-    """The layers of the head named ``kind`` (``"dense"`` or ``"conv"``) for ``task``;
-    ``kwargs`` are its options, None values dropped."""
+    """The layers of the head named ``kind`` for ``task``.
+
+    Args:
+        kind: ``"dense"`` or ``"conv"``.
+        task: the task.
+        feature_map: whether the head reads a 4-D feature map.
+        **kwargs: head options (``units`` / ``filters``, ``dropout``); None values dropped.
+
+    Returns:
+        The head's layers, in order.
+    """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if kind == "dense":
         return dense_head(task, feature_map, **kwargs)
@@ -67,8 +104,15 @@ def head_layers(kind: str, task: Task, feature_map: bool, **kwargs) -> list:
 
 
 def neck_layers(widths: Sequence[int], dropout: float = 0.5) -> list:
-    """A shared Dense neck: global average pooling, then Dense-ReLU(-Dropout) blocks of
-    ``widths``."""
+    """A shared Dense neck: global average pooling, then Dense-ReLU(-Dropout) blocks.
+
+    Args:
+        widths: the Dense layers' widths (e.g. ``[4096, 4096]``).
+        dropout: dropout after each Dense layer (0: none).
+
+    Returns:
+        The neck's layers, in order.
+    """
     found = [layers.GlobalAveragePooling2D(name="neck_gap")]
     for i, width in enumerate(widths):
         found.append(layers.Dense(int(width), activation="relu", name=f"neck_dense{i + 1}"))

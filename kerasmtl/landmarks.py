@@ -1,9 +1,14 @@
 """Landmark (keypoint) regression outputs: point names and normalised mean error.
 
-A keypoint task is a regression task of ``(x, y)`` pairs: columns ``<point>_x, <point>_y,
-...`` or ``flip_pairs``. NME is the mean distance between predicted and true points over
-the true distance between two reference points (CelebA's 5 points: the eyes), per image,
-averaged over images.
+A keypoint task is a regression task whose units are ``(x, y)`` pairs: its columns are
+named ``<point>_x, <point>_y, ...`` (CelebA's ``lefteye_x lefteye_y righteye_x ...``) or
+it declares ``flip_pairs`` (see `kerasmtl.tasks.Task`).
+
+NME (normalised mean error) is the mean Euclidean distance between predicted and true
+points divided, per image, by the true distance between two reference points, then
+averaged over images. For 5 points in CelebA order (left eye, right eye, nose, left mouth
+corner, right mouth corner) the reference is the inter-ocular distance (points 0 and 1);
+any other task names its two reference points.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from kerasmtl.tasks import Task
 
 
 def point_names(task: Task) -> list[str] | None:
-    """Names of the ``(x, y)`` points of a keypoint task (``a_x, a_y, b_x, b_y`` give ``["a",
-    "b"]``, other columns ``["p0", ...]``), or None for other tasks."""
+    """Names of the ``(x, y)`` points of a keypoint task, or None for other tasks.
+
+    Columns ``a_x, a_y, b_x, b_y`` give ``["a", "b"]``; a task with ``flip_pairs`` but
+    other column names gives ``["p0", "p1", ...]``.
+    """
     if task.kind != "regression" or task.units % 2:
         return None
     columns = list(task.columns)
@@ -39,12 +47,18 @@ def is_keypoint_task(task: Task) -> bool:
 
 
 def reference_points(task: Task, points: Sequence[int | str] | None = None) -> tuple[int, int] | None:
-    """The two point indices that normalise the task's NME, or None.
+    """The two point indices that normalise the task's NME.
 
     Args:
-        points: two point indices or names; naming them makes any regression task with an
-            even number of units a keypoint task. Default: the eyes for CelebA's 5 points
-            (by column name, or 10 units with CelebA's flip pairs).
+        task: a regression task.
+        points: two point indices or names (e.g. ``("lefteye", "righteye")``); naming
+            them makes any regression task with an even number of units a keypoint task
+            (points ``p0, p1, ...`` in unit order ``x0, y0, x1, y1, ...``). Default:
+            the eyes when the task has CelebA's 5 points (by column name, or 10 units with
+            CelebA's flip pairs), else None.
+
+    Returns:
+        ``(i, j)``, or None when the task has no reference points.
 
     Raises:
         ValueError: ``points`` does not name two points of the task.
@@ -83,10 +97,19 @@ def reference_points(task: Task, points: Sequence[int | str] | None = None) -> t
 
 
 def nme(targets, outputs, points: tuple[int, int], scale: Sequence[float] = (1.0, 1.0)) -> float:
-    """Normalised mean error of ``(n, 2k)`` keypoint ``outputs`` against ``targets`` (``x0,
-    y0, x1, ...``; NaN = missing row), over the distance between reference ``points``;
-    ``scale`` ``(sx, sy)`` multiplies coordinates first. NaN when no row has a non-zero
-    reference distance."""
+    """Normalised mean error of keypoint predictions.
+
+    Args:
+        targets: ``(n, 2k)`` true coordinates ``x0, y0, x1, y1, ...`` (NaN = missing row).
+        outputs: ``(n, 2k)`` predicted coordinates.
+        points: indices of the two reference points (e.g. ``(0, 1)``: the eyes).
+        scale: ``(sx, sy)`` multiplying x and y before measuring distances, e.g. the image
+            width and height when coordinates are fractions of a non-square image.
+
+    Returns:
+        The NME (a fraction of the reference distance); NaN when no row has a
+        non-zero reference distance.
+    """
     targets = np.asarray(targets, dtype=np.float64)
     outputs = np.asarray(outputs, dtype=np.float64)
     n = len(targets)

@@ -17,12 +17,23 @@ PREPROCESSING_MODES = ("unit", "caffe", "torch", "tf", "none")
 class ImagePreprocessing(keras.layers.Layer):
     """Turns raw 0-255 pixels (any dtype) into what a tower expects.
 
+    Modes:
+
+    - ``"unit"``: divide by 255 (custom towers).
+    - ``"caffe"``: RGB -> BGR and subtract the ImageNet BGR mean
+      (keras.applications ResNet50 / VGG16, same as their ``preprocess_input``).
+    - ``"torch"``: divide by 255, subtract the ImageNet mean and divide by its std
+      (torchvision models; for one channel the first channel's statistics are used).
+    - ``"tf"``: scale to [-1, 1] (keras.applications MobileNet, MobileNetV2, ResNetV2,
+      Inception, Xception, NASNet).
+    - ``"none"``: only cast to float32.
+
     Args:
-        mode: ``"unit"`` (divide by 255), ``"caffe"`` (BGR minus the ImageNet mean, as
-            keras.applications ResNet50 / VGG16), ``"torch"`` (ImageNet mean and std, as
-            torchvision), ``"tf"`` ([-1, 1], as MobileNet and others) or ``"none"``.
-        output_channels: 3 repeats a grey channel for a tower with 3-channel weights;
-            None keeps the input's channels.
+        mode: one of the modes above.
+        output_channels: if 3 and the input has 1 channel, the grey channel is repeated
+            (feeding grayscale images to a tower with 3-channel weights). None keeps
+            the input's channels.
+        **kwargs: passed to `keras.layers.Layer`.
     """
 
     def __init__(self, mode="unit", output_channels=None, **kwargs):
@@ -75,8 +86,16 @@ class ImagePreprocessing(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class Destandardize(keras.layers.Layer):
     """``outputs = inputs * std + mean``: a regression head's output in the data's units.
-    The head learns standardised targets, which keeps its outputs and gradients on the
-    scale of the other tasks. Computes in float32."""
+
+    The head before it learns standardised targets (zero mean, unit spread per unit),
+    which keeps its initial outputs and gradients on the scale of the other tasks;
+    this layer, named after the task, gives back values in the units of the data.
+
+    Args:
+        mean: one number per output unit.
+        std: one positive number per output unit.
+        **kwargs: passed to `keras.layers.Layer` (the layer computes in float32).
+    """
 
     def __init__(self, mean, std, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -101,10 +120,14 @@ class Destandardize(keras.layers.Layer):
 class GroupedConv2D(keras.layers.Conv2D):
     """A ``Conv2D`` with ``groups > 1`` (ResNeXt) run as TensorFlow's own grouped convolution.
 
-    Keras's TensorFlow backend runs grouped convolutions through an XLA ``tf.function``
-    made anew at each call, which makes ResNeXt evaluation crawl on CPU; TensorFlow 2.21
-    runs them natively (older: one convolution per group). Weights are ``Conv2D``'s;
-    other backends use its own operation.
+    Keras's TensorFlow backend runs every grouped convolution through an XLA-compiled
+    ``tf.function`` made anew at each call: each eager call and each new batch shape
+    compiles again (``_conv_xla triggered tf.function retracing``), which makes evaluation
+    and prediction of a ResNeXt crawl on CPU. TensorFlow 2.21 runs ``tf.nn.convolution``
+    with grouped kernels on CPU, gradients included; older TensorFlow gets one
+    convolution per group and a concatenation. The kernel is ``Conv2D``'s
+    ``(kh, kw, in / groups, filters)``, so weights, checkpoints and torchvision imports are
+    those of a grouped ``Conv2D``. Other backends use ``Conv2D``'s own operation.
     """
 
     def convolution_op(self, inputs, kernel):

@@ -1,4 +1,8 @@
-"""A saved model and the tasks it predicts (its own, or a tasks file's for a plain Keras model)."""
+"""A saved model and the tasks it predicts.
+
+A `kerasmtl.MultiTaskModel` carries its tasks; a model saved by plain Keras needs a tasks
+file (JSON or YAML, a list of `Task.to_dict` mappings, e.g. a run folder's ``tasks.json``).
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,12 @@ def find_run_folder(path: str | os.PathLike) -> Path | None:
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:
-    """Loads a ``.keras`` file (or a run folder's ``model.keras``) with ``safe_mode=True``,
-    uncompiled; an incomplete archive raises ValueError rather than Keras's "File not found"."""
+    """Loads a ``.keras`` file (or a run folder's ``model.keras``) with ``safe_mode=True``, uncompiled.
+
+    Raises:
+        FileNotFoundError: no model file there.
+        ValueError: the file is not a complete ``.keras`` archive (Keras would say "File not found").
+    """
     path = Path(path)
     file = path / MODEL if path.is_dir() else path
     if path.is_dir() and not file.is_file() and (is_run_folder(path) or (path / RESUME).is_dir()):
@@ -64,8 +72,11 @@ def unfinished_run_message(path: Path) -> str:
 
 
 def match_tasks(model: keras.Model, tasks: Sequence[Task]) -> list[Task]:
-    """The tasks of ``model``'s outputs (a tasks file may describe more); ValueError for an
-    output without a task or of another width."""
+    """The tasks of ``model``'s outputs (a tasks file may describe more), checked against it.
+
+    Raises:
+        ValueError: an output has no task, or an output's width differs from its task's.
+    """
     by_name = {t.name: t for t in tasks}
     missing = [name for name in model.output_names if name not in by_name]
     if missing:
@@ -76,8 +87,17 @@ def match_tasks(model: keras.Model, tasks: Sequence[Task]) -> list[Task]:
 
 
 def resolve_tasks(model: keras.Model, tasks=None, source: str | os.PathLike | None = None) -> list[Task]:
-    """The tasks of a saved model: ``tasks`` (a list, a tasks file or a run folder), else its
-    own, else the ``tasks.json`` of the run folder ``source`` is in; ValueError when none fits."""
+    """The tasks of a saved model.
+
+    Args:
+        model: the loaded model.
+        tasks: a list of `Task`, or a tasks file / run folder path; takes precedence.
+        source: where the model came from; its run folder's ``tasks.json`` serves when the
+            model does not carry its tasks.
+
+    Raises:
+        ValueError: no tasks could be found, or they do not fit the model.
+    """
     from kerasmtl.data.label_csv import read_tasks_file
 
     if tasks is None and isinstance(model, MultiTaskModel):

@@ -15,7 +15,16 @@ OPTIMIZERS = choices.OPTIMIZERS
 
 
 def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, **kwargs) -> keras.optimizers.Optimizer:
-    """Builds the optimizer ``name`` (one of `OPTIMIZERS`) with its options."""
+    """Builds an optimizer by name.
+
+    Args:
+        name: one of `OPTIMIZERS`.
+        learning_rate: initial learning rate.
+        **kwargs: optimizer options (e.g. ``momentum=0.9`` for SGD).
+
+    Returns:
+        The optimizer.
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}. Received: optimizer={name!r}")
     return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate, **kwargs}})
@@ -33,10 +42,14 @@ def compile_model(
 
     Args:
         model: a model whose outputs are named after ``tasks``.
+        tasks: the tasks.
         optimizer: optimizer or its name.
-        loss_weights: ``{task name: weight}``; tasks not named weigh 1. A plain Keras
-            model bakes floats into the traced step; a `kerasmtl.MultiTaskModel` copies
-            them into weight variables it owns and saves.
+        loss_weights: ``{task name: weight}``; tasks not named weigh 1. A float is baked
+            into the traced train step; for weights that change during ``fit``, wrap the
+            model with `kerasmtl.callbacks.with_task_weighting` first: its ``compile``
+            copies these numbers into weight variables the model owns and saves (see
+            `kerasmtl.callbacks.DynamicTaskWeights`).
+        jit_compile: passed to `keras.Model.compile`.
         **kwargs: passed to `keras.Model.compile`.
 
     Returns:

@@ -1,10 +1,13 @@
 """The files kerasmtl wrote outside run folders, so that a command replaces those and nothing else.
 
-A prediction table or an exported model can go anywhere, beside a user's files, so each is
-recorded by its SHA-256 in ``$KERASMTL_HOME/written.json``. A file is the package's to
-replace only while its content is still what the package wrote (a table edited by hand
-counts as the user's); anything else is refused, naming the file, unless ``overwrite``.
-A folder (a SavedModel) may be written into when empty or holding only such files.
+A run folder records its own files (`kerasmtl.runs`). A prediction table or an exported
+model can go anywhere, beside a user's own files, so these are recorded by content in
+``$KERASMTL_HOME/written.json``: the SHA-256 of each file as it was written. Before
+replacing an existing file a command asks `check_replaceable`: a file is the package's
+to replace only while its content is still what the package wrote there (a prediction
+table edited by hand counts as the user's). Anything else is refused, naming the file,
+unless ``overwrite`` (``--overwrite``) is given. A folder (a SavedModel) may be written
+into when it is empty or holds only such files, as ``train --out`` treats a run folder.
 """
 
 from __future__ import annotations
@@ -84,9 +87,12 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def check_replaceable(path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Raises `OutputError` (naming the file and how to go on) unless the file ``path`` may
-    be written: it does not exist, the package wrote it (unchanged since), or
-    ``overwrite``; and its folder is writable."""
+    """Raises `OutputError` unless the file ``path`` may be written: it does not exist, the
+    package wrote it (unchanged since), or ``overwrite``; and its folder is writable.
+
+    Raises:
+        OutputError: naming the file and how to go on (another ``--out``, ``--overwrite``).
+    """
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a folder; a file of that name is to be written there. Choose another --out.")
