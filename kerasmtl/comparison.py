@@ -1,5 +1,9 @@
-"""Multi-task against single-task on CelebA (the seed 003 comparison): the multi-task
-ResNet18 and its two single-task baselines trained on the same data, in one table."""
+"""Multi-task against single-task on CelebA (the seed 003 comparison).
+
+`run_comparison` trains the multi-task ResNet18 (3 attributes + 5 landmarks) and its two
+single-task baselines with the one training workflow on the same data, then scores each
+run folder's test split with `celeba_summary` and prints one table.
+"""
 
 from __future__ import annotations
 
@@ -26,10 +30,24 @@ COMPARISON_MODELS = ("resnet18_landmarks", "resnet18_attributes_only", "resnet18
 
 
 def celeba_summary(tasks: Sequence[Task], targets: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> dict:
-    """The CelebA metrics of seed 003: each attribute's accuracy and their mean, the
-    positive class's precision / recall / F1 macro-averaged over attributes; the
-    landmarks' MAE, MSE, RMSE of normalised coordinates and NME (pixels of the aligned
-    image over the inter-ocular distance). Keys of absent task kinds are None.
+    """The CelebA metrics of seed 003: attributes and landmarks.
+
+    Attributes: accuracy of each, their mean, and precision / recall / F1 of the
+    positive class of each attribute averaged over the attributes (macro over
+    attributes, as scikit-learn's ``average="macro"`` on the label matrix). Landmarks
+    (regression tasks on `LANDMARK_COLUMNS`): MAE, MSE, RMSE of the normalised
+    coordinates, and NME: the mean point-to-point distance in pixels of the aligned
+    178 x 218 image divided by the true inter-ocular distance (eye centres).
+
+    Args:
+        tasks: the tasks.
+        targets: encoded targets (`kerasmtl.tasks`).
+        outputs: model outputs for the same rows.
+
+    Returns:
+        ``{"attributes": {name: {accuracy, precision, recall, f1, n}}, "mean_accuracy",
+        "precision", "recall", "f1", "landmarks": {mae, mse, rmse, nme, n}}``; keys of
+        absent task kinds are None.
     """
     attributes = {}
     for task in tasks:
@@ -69,9 +87,16 @@ def summary_rows(summary: dict) -> dict[str, float]:
 
 
 def comparison_table(summaries: Mapping[str, dict]) -> pd.DataFrame:
-    """The multi-task model against its single-task baselines (``{preset: celeba_summary}``):
-    columns ``multi-task``, ``single-task`` (each row from the baseline of its kind) and
-    ``difference``."""
+    """One table: the multi-task model against its single-task baselines.
+
+    Args:
+        summaries: ``{preset name: celeba_summary}`` of `COMPARISON_MODELS`.
+
+    Returns:
+        Rows as in `summary_rows`; columns ``multi-task``, ``single-task`` (attribute
+        rows from the attributes-only model, landmark rows from the landmarks-only
+        model) and ``difference`` (multi-task minus single-task).
+    """
     multi = summary_rows(summaries["resnet18_landmarks"])
     single = summary_rows(summaries["resnet18_attributes_only"]) | summary_rows(summaries["resnet18_landmarks_only"])
     table = pd.DataFrame({"multi-task": pd.Series(multi), "single-task": pd.Series(single)}).loc[list(multi)]
@@ -93,8 +118,14 @@ def run_summary(run: str | Path, batch_size: int = 32) -> dict:
 
 
 def run_comparison(config) -> pd.DataFrame:
-    """Trains `COMPARISON_MODELS` on the same data with the same settings, each in a run
-    folder under ``config.out``, and writes the `comparison_table` as ``comparison.csv``."""
+    """Trains `COMPARISON_MODELS` on the same data with the same settings.
+
+    Each model gets a run folder under ``config.out`` (default
+    ``runs/celeba-compare-seed<seed>``); the table is written there as ``comparison.csv``.
+
+    Returns:
+        The `comparison_table`.
+    """
     out = Path(config.out) if config.out else Path("runs") / f"celeba-compare-seed{config.seed}"
     summaries = {}
     with RunFolder.open(out) as folder:  # the runs of the models are folders inside it

@@ -1,6 +1,10 @@
-"""Training on several devices or machines with ``tf.distribute``, and Keras's
-mixed-precision policies. Build, compile and create the callbacks inside
-``strategy.scope()``; ``docs/distributed.md`` shows how to launch ``"multiworker"``."""
+"""Training on several devices or machines with TensorFlow's own ``tf.distribute``, and
+Keras's mixed-precision policies.
+
+Build, compile and create the callbacks inside ``strategy.scope()``; ``model.fit`` then
+treats the batch it is fed as the global batch and splits it over the replicas. See
+``docs/distributed.md`` for launching ``"multiworker"`` on several machines.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,11 @@ COMMUNICATIONS = {
 # ----------------------------------------------------------------------- devices
 def split_cpu(count: int) -> list[str]:
     """Splits the host CPU into ``count`` logical devices (to try strategies without GPUs)
-    and returns their names; call it first in a process, before TensorFlow fixes them."""
+    and returns their names.
+
+    TensorFlow fixes its devices when it first initialises them (the first op, or listing
+    logical devices), so call this at the very start of a process.
+    """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be an int >= 1. Received: count={count!r}")
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -149,10 +157,16 @@ def make_strategy(
     devices: Sequence[str] | None = None,
     communication: str = "auto",
 ) -> tf.distribute.Strategy:
-    """Builds the ``tf.distribute`` strategy called ``name``: ``"none"`` (the default
-    strategy), ``"mirrored"`` (one replica per local device, or per given ``devices``) or
-    ``"multiworker"`` (cluster from ``TF_CONFIG``, ``communication`` a key of
-    `COMMUNICATIONS`)."""
+    """Builds the ``tf.distribute`` strategy called ``name``.
+
+    Args:
+        name: ``"none"`` (TensorFlow's default strategy), ``"mirrored"`` (one replica per
+            local device) or ``"multiworker"`` (cluster from ``TF_CONFIG``; without it, a
+            single worker).
+        devices: for ``"mirrored"``: the devices (default every GPU, else every logical CPU).
+        communication: for ``"multiworker"``: a key of `COMMUNICATIONS` (``"ring"``: gRPC,
+            CPUs; ``"nccl"``: GPUs).
+    """
     if name not in DISTRIBUTION_STRATEGIES:
         raise ValueError(f"strategy must be one of {DISTRIBUTION_STRATEGIES}. Received: strategy={name!r}")
     if name == "none":

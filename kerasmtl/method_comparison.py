@@ -1,8 +1,11 @@
 """Multi-task methods against single-task baselines, scored by the multi-task gain Δm.
 
-`run_method_comparison` trains the same model once per method and once per task alone,
-on one split computed once (a single-task run would otherwise stratify on its own task),
-and `delta_m` scores each method from the runs' test-split metrics.
+`run_method_comparison` trains the same model once per method (a loss weighting of
+`kerasmtl.weighting` or a gradient method of `kerasmtl.aggregation`) and once per task
+alone, with the one training workflow, on the same images: the split is computed once
+and given to every run, since a single-task run would otherwise stratify on its own task.
+Each run folder's ``metrics.json`` gives the test-split metric of each task (accuracy for
+classification, MAE for regression), and `delta_m` the gain of each method.
 """
 
 from __future__ import annotations
@@ -46,10 +49,21 @@ def metric_name(task: Task) -> str:
 
 
 def delta_m(results: Mapping[str, float], baselines: Mapping[str, float], lower_better: Mapping[str, bool]) -> float:
-    """The multi-task gain Δm in percent (LibMTL's ``count_improvement``, one metric a task):
-    ``100 / T * sum_t (-1)^{lower_better_t} * (M_t - B_t) / B_t``, positive when the method
-    does better than the single-task baselines. ValueError for mismatched tasks or a
-    baseline of 0."""
+    """The multi-task gain Δm in percent (LibMTL's ``count_improvement``, one metric a task).
+
+    ``100 / T * sum_t (-1)^{lower_better_t} * (M_t - B_t) / B_t``: the mean signed relative
+    change of each task's metric ``M_t`` against its single-task baseline ``B_t``, positive
+    when the method does better (higher accuracy, lower error).
+
+    Args:
+        results: ``{task: metric}`` of the method.
+        baselines: ``{task: metric}`` of the single-task runs, same tasks.
+        lower_better: ``{task: True}`` for errors (MAE), False for scores (accuracy).
+
+    Raises:
+        ValueError: no tasks, other tasks in the three mappings, or a baseline of 0 (the
+            relative change is undefined).
+    """
     if not baselines:
         raise ValueError("Δm needs at least one task. Received: no baselines")
     if set(results) != set(baselines) or set(lower_better) != set(baselines):
@@ -65,7 +79,11 @@ def delta_m(results: Mapping[str, float], baselines: Mapping[str, float], lower_
 
 
 def read_metrics(run: str | Path, tasks: Sequence[Task], split: str = "test") -> dict[str, float]:
-    """``{task: metric}`` (`metric_name`) from a run folder's ``metrics.json``."""
+    """``{task: metric}`` (`metric_name`) from a run folder's ``metrics.json``.
+
+    Raises:
+        FileNotFoundError / ValueError: no ``metrics.json``, or one without these tasks.
+    """
     path = Path(run) / runs.METRICS
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the run did not finish its evaluation.")
@@ -81,8 +99,17 @@ def read_metrics(run: str | Path, tasks: Sequence[Task], split: str = "test") ->
 
 def comparison_table(results: Mapping[str, Mapping[str, float]], baselines: Mapping[str, float],
                      tasks: Sequence[Task]) -> pd.DataFrame:
-    """One row per method (``{method: {task: metric}}``) and a last `SINGLE_TASK` row; a
-    column per task, then `DELTA_M` (NaN when a baseline is 0, said on stderr)."""
+    """One row per method and a last `SINGLE_TASK` row; a column per task, then `DELTA_M`.
+
+    Args:
+        results: ``{method: {task: metric}}``.
+        baselines: ``{task: metric}`` of the single-task runs.
+        tasks: the tasks, in column order.
+
+    Returns:
+        The table (index ``method``). The baselines' Δm is 0; a method's Δm is NaN when a
+        baseline is 0 (said on stderr).
+    """
     names = [t.name for t in tasks]
     lower = {t.name: lower_is_better(t) for t in tasks}
     rows = {}
@@ -159,8 +186,12 @@ def plot_comparison(table: pd.DataFrame, tasks: Sequence[Task], path: str | Path
 
 # ----------------------------------------------------------------------- runs
 def check_methods(methods: Sequence[str], config) -> list[str]:
-    """The methods, checked: known methods, each once, and a config that leaves the
-    method to the comparison."""
+    """The methods, checked: known loss weightings or gradient methods, each once, and a
+    config that leaves the method to the comparison.
+
+    Raises:
+        ValueError: naming the rule and the value received.
+    """
     methods = list(methods)
     if not methods:
         raise ValueError("--methods needs at least one method. Received: none")
@@ -197,7 +228,12 @@ def single_task_config(config, task: Task, tasks_file: Path, out: Path):
 
 
 def folder_names(tasks: Sequence[Task]) -> dict[str, str]:
-    """``{task: "single-<task>"}``: the baselines' folder names, made safe; two alike raise."""
+    """``{task: "single-<task>"}``: the baselines' folder names (characters other than
+    letters, digits, ``.``, ``_`` and ``-`` become ``_``).
+
+    Raises:
+        ValueError: two tasks with the same folder name.
+    """
     names = {t.name: "single-" + re.sub(r"[^\w.-]+", "_", t.name) for t in tasks}
     clashes = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
     if clashes:
@@ -215,10 +251,18 @@ def default_comparison_dir(config) -> Path:
 def run_method_comparison(config, methods: Sequence[str]) -> pd.DataFrame:
     """Trains one model per method and one per task alone, then writes and prints the table.
 
-    Every run is a folder inside ``config.out`` (default `default_comparison_dir`),
-    ``<method>`` or ``single-<task>``; a rerun reuses finished runs and continues an
-    interrupted one. The folder also gets ``split.csv``, ``comparison.csv``, ``.md`` and
-    ``.png``. Returns the `comparison_table`.
+    Every run is a run folder inside ``config.out`` (default `default_comparison_dir`):
+    ``<method>`` and ``single-<task>`` (trained on the tasks file
+    ``single-<task>.tasks.json`` beside it). A rerun reuses the finished runs and
+    continues an interrupted one. The folder also gets ``split.csv`` (the rows every run
+    uses), ``comparison.csv``, ``comparison.md`` and ``comparison.png``.
+
+    Args:
+        config: the training settings shared by every run (a `kerasmtl_cli.TrainConfig`).
+        methods: loss weightings and gradient methods (`check_methods`).
+
+    Returns:
+        The `comparison_table`.
     """
     methods = check_methods(methods, config)
     resolve_recipe(config)  # unknown towers and pipelines fail before any data is read

@@ -83,9 +83,10 @@ class ResumableRun:
 
     Args:
         run: the run folder, opened with `RunFolder.open` (locked).
-        fingerprint: the run's identity (`config_fingerprint`); a state saved with another
-            raises `ResumeError` here, before any data is read, as do fewer ``epochs``
-            than the state holds.
+        fingerprint: the run's identity (`config_fingerprint`); a saved state with another
+            fingerprint raises `ResumeError` here, before any data is read.
+        epochs: the epochs this run trains to; fewer than the state holds raises
+            `ResumeError` (the run folder, its ``config.yaml`` included, is left as it is).
 
     Attributes:
         callbacks: after `restore`, the callbacks to append (last) to ``fit``'s list.
@@ -168,9 +169,18 @@ class ResumableRun:
         monitor: str = "val_loss",
         extra: Mapping | None = None,
     ) -> int:
-        """Restores the saved state into the compiled ``model``, builds `callbacks` (saving
-        the workflow ``callbacks`` that have ``get_state``), and returns the epoch to
-        continue from. ``monitor`` chooses ``best.keras``; ``extra`` is saved with the state."""
+        """Restores the saved state into the compiled ``model`` and builds `callbacks`.
+
+        Args:
+            datasets: training generators (``set_epoch``).
+            callbacks: the workflow's own callbacks; those with ``get_state`` /
+                ``set_state`` are saved and restored.
+            monitor: what ``best.keras`` is chosen by (``"loss"`` without validation data).
+            extra: JSON-able values to save with the state (see `saved_extra`).
+
+        Returns:
+            The epoch to continue from.
+        """
         self.stopper = StopOnNonFiniteLoss()
         best = BestModelCheckpoint(self.run.output(BEST_MODEL), monitor=monitor)
         self.checkpoint = ResumeCheckpoint(

@@ -95,9 +95,12 @@ def _check_name(name: str) -> str:
 
 
 def foreign_entries(path: str | os.PathLike) -> list[str]:
-    """Names in ``path`` that show it is not a kerasmtl run folder (empty for a run folder,
-    an empty or missing folder); ``.kerasmtl`` and workers' ``workers/worker-<id>`` do not
-    count."""
+    """Names in ``path`` that show it is not a kerasmtl run folder (one with the manifest).
+
+    Empty for a run folder, an empty folder and a missing one; ``.kerasmtl`` and the
+    ``workers/worker-<id>`` folders that a cluster's workers may have created first do
+    not count.
+    """
     path = Path(path)
     if not path.is_dir() or (path / META / MANIFEST).is_file():
         return []
@@ -111,7 +114,11 @@ def foreign_entries(path: str | os.PathLike) -> list[str]:
 
 class RunFolder:
     """A folder (created if needed) holding a run's config, model, history, metrics and
-    figures; every write goes through `kerasmtl.atomic` and into the manifest."""
+    figures.
+
+    Training opens its folder with `RunFolder.open`. Every write goes through
+    `kerasmtl.atomic` and is recorded in the manifest.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -121,10 +128,15 @@ class RunFolder:
     @classmethod
     @contextlib.contextmanager
     def open(cls, path: str | os.PathLike, restart: bool = False):
-        """Opens ``path`` for a training run, for the duration of a ``with`` block: locked,
-        cleared of the package's files with ``restart``, removed again if this call made
-        it and nothing was written. A file, a folder of other files or one in use raises
-        `RunFolderError`."""
+        """Opens ``path`` for a training run, for the duration of a ``with`` block.
+
+        A folder holding files but no manifest is refused; the folder is locked (`lock`);
+        with ``restart``, the files the package wrote there are removed (`clear`). A folder
+        this call created is removed again when nothing was written into it.
+
+        Raises:
+            RunFolderError: a file, a folder of other files, or a folder in use.
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"{path} is a file, not a run folder. Choose a folder with --out.")
@@ -151,9 +163,12 @@ class RunFolder:
 
     @contextlib.contextmanager
     def lock(self):
-        """Holds an exclusive OS lock on ``.kerasmtl/lock`` (the holder's pid and command
-        line inside, for a second run's message) for the ``with`` block; the OS releases
-        it however the process ends (``kill -9`` included)."""
+        """Holds an exclusive OS lock on ``.kerasmtl/lock`` for the ``with`` block.
+
+        The file holds the holder's process id and command line (named in the
+        `RunFolderError` of a second run). The operating system releases the lock when the
+        process ends, however it ends (``kill -9`` included).
+        """
         (self.path / META).mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.path / META / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         try:

@@ -1,7 +1,13 @@
 """Task: one output of a multi-output model — its kind, class names, loss, metrics, output
-activation, and how raw label values are encoded into targets: ``binary`` float32 ``(n,
-1)`` of 0 / 1, ``multiclass`` int32 ``(n,)`` class indices (``MISSING_CLASS``, -1, when
-absent), ``regression`` float32 ``(n, units)`` with NaN when absent.
+activation, and how raw label values are encoded into targets.
+
+Encoded targets:
+
+- ``binary``: float32 of shape ``(n, 1)`` holding 0 / 1, ``MISSING_CLASS`` (-1) when absent.
+- ``multiclass``: int32 of shape ``(n,)`` holding the class index, -1 when absent.
+- ``regression``: float32 of shape ``(n, units)``; NaN marks an absent value.
+
+The losses and metrics a task returns ignore absent labels (see `kerasmtl.losses`).
 """
 
 from __future__ import annotations
@@ -44,29 +50,47 @@ class Task:
     """One labelled output of a multi-output model.
 
     Args:
-        name: the output layer's, the logs' (``<name>_loss``) and the targets' name.
+        name: output name; the model's output layer, its logs (``<name>_loss``) and the
+            target dict all use it.
         kind: ``"binary"``, ``"multiclass"`` or ``"regression"``.
-        classes: class names in output-unit order; binary: (negative, positive), raw labels
-            being the names, 0/1, booleans or -1/1. Required for ``multiclass``.
-        columns: table columns of the raw labels; default ``(name,)``; one per unit for
-            a wider regression task (e.g. 10 landmark coordinates).
-        units: number of regression outputs; default ``len(columns)``.
-        from_logits: a linear output layer, the loss applying sigmoid / softmax.
-        loss: ``"default"`` (BCE, sparse CE, MSE); ``"mse"``: a binary task on -1 / +1
-            targets read at 0; ``"weighted_bce"`` / ``"weighted_bce_sqrt"`` for imbalanced
-            attributes (see `loss_weights`); ``"focal"``.
-        flip_pairs: keypoint regression: ``(x, y)`` pairs in [0, 1]; these point indices
-            swap places under a horizontal flip (left eye <-> right eye).
-        threshold: a binary output's decision threshold on its own scale (default 0 for
-            logits or +-1 MSE, else 0.5); a calibrated one travels with the saved model.
-        positive_ratio: the positive share of the training labels (weighted losses).
-        gamma, alpha: focal loss's exponent (default 2) and class weights (binary: of
-            positives, negatives get ``1 - alpha``; multiclass: one per class; None: 1).
-        label_smoothing: epsilon of label smoothing for classification losses.
-        mean, std: per-unit statistics of a regression target (`with_statistics`): the
-            head learns ``(y - mean) / std`` and its output layer maps back, so predictions
-            are in data units while losses are in standard deviations (a pixel-valued
-            column would otherwise outweigh the classification losses).
+        classes: class names, in the order of the output units. For ``binary`` tasks the
+            two names are (negative, positive); raw labels may be either the names, 0/1,
+            booleans, or -1/1. Required for ``multiclass`` (at least 2 names).
+        columns: table columns holding the raw labels. Defaults to ``(name,)``; a
+            regression task with several units (e.g. 10 landmark coordinates) names one
+            column per unit.
+        units: number of regression outputs; defaults to ``len(columns)``.
+        from_logits: if True the output layer is linear and the loss applies the
+            sigmoid / softmax itself (PyTorch's ``BCEWithLogitsLoss`` convention).
+        loss: ``"default"`` (binary cross-entropy, sparse categorical cross-entropy, mean
+            squared error); ``"mse"`` to train a binary task with mean squared error on
+            -1 / +1 targets, read with threshold 0; for imbalanced binary attributes
+            ``"weighted_bce"`` (positives weighted ``exp(1 - r)``, negatives ``exp(r)``, r =
+            `positive_ratio`) or ``"weighted_bce_sqrt"`` (``sqrt(1 / (2 sqrt(r)))`` and
+            ``sqrt(1 / (2 (1 - sqrt(r))))``); ``"focal"`` (binary or multiclass).
+        flip_pairs: for keypoint regression: coordinates are ``(x, y)`` pairs normalised
+            to [0, 1]; these pairs of point indices swap places under a horizontal flip
+            (e.g. left eye <-> right eye).
+        threshold: decision threshold of a binary output, on the output's own scale;
+            default 0 for logits or +-1 MSE outputs, else 0.5 (None for other kinds). A threshold calibrated on
+            validation data is stored here, so it travels with the saved model.
+        positive_ratio: the positive share r of a binary task's training labels, which the
+            weighted losses need (`with_statistics` sets it from the training split).
+        gamma: focal loss's focusing exponent (default 2); used by ``loss="focal"``.
+        alpha: focal loss's class weights: for a binary task the weight of positives
+            (negatives get ``1 - alpha``), for a multiclass task one weight per class;
+            None weighs every class 1. Used by ``loss="focal"``.
+        label_smoothing: epsilon of label smoothing for classification losses: binary
+            targets become ``y (1 - eps) + eps / 2``, one-hot targets ``y (1 - eps) + eps / K``.
+        mean, std: per-unit statistics of a regression target (usually of the training
+            split, see `with_statistics`). When set, the model's head learns the
+            standardised target ``(y - mean) / std`` and its output layer maps back, so
+            predictions come in the data's own units while every regression loss is
+            measured in standard deviations (a pixel-valued column would otherwise
+            outweigh the classification losses). None: targets are used as they are.
+
+    Raises:
+        ValueError: if the description is inconsistent.
     """
 
     name: str
@@ -215,8 +239,12 @@ class Task:
         return alphas
 
     def with_loss(self, loss: str | None = None, **options) -> Task:
-        """This task with another loss and its options (None leaves a setting); a
-        threshold left at the old loss's default moves to the new one's."""
+        """This task with another loss and loss options (``gamma``, ``alpha``,
+        ``label_smoothing``, ``positive_ratio``); None leaves a setting as it is.
+
+        A threshold left at the old loss's default moves to the new one's (``"mse"`` reads
+        its output at 0, a probability at 0.5).
+        """
         changes = {k: v for k, v in options.items() if v is not None}
         if loss is not None and loss != self.loss:
             changes["loss"] = loss
@@ -225,10 +253,15 @@ class Task:
         return dataclasses.replace(self, **changes) if changes else self
 
     def loss_weights(self) -> tuple[float, float]:
-        """``(positive weight, negative weight)`` of this binary task's cross-entropy:
-        ``weighted_bce`` ``exp(1 - r)`` and ``exp(r)``; ``weighted_bce_sqrt``
-        ``sqrt(1 / (2 sqrt(r)))`` and ``sqrt(1 / (2 (1 - sqrt(r))))``, r clipped to
-        [1e-4, 1 - 1e-4]; otherwise ``(1, 1)``."""
+        """``(positive weight, negative weight)`` of this binary task's cross-entropy.
+
+        ``weighted_bce``: ``exp(1 - r)`` and ``exp(r)``; ``weighted_bce_sqrt``:
+        ``sqrt(1 / (2 sqrt(r)))`` and ``sqrt(1 / (2 (1 - sqrt(r))))``, with r clipped to
+        [1e-4, 1 - 1e-4] so that neither weight is infinite; otherwise ``(1, 1)``.
+
+        Raises:
+            ValueError: a weighted loss without `positive_ratio`.
+        """
         if self.loss not in RATIO_LOSSES:
             return 1.0, 1.0
         if self.positive_ratio is None:
@@ -243,10 +276,19 @@ class Task:
         return math.sqrt(1.0 / (2.0 * math.sqrt(r))), math.sqrt(1.0 / (2.0 * (1.0 - math.sqrt(r))))
 
     def with_statistics(self, targets: np.ndarray) -> Task:
-        """This task with the statistics its training needs, from encoded ``targets``
-        (the training split's, so validation and test stay unseen): a regression task's
-        ``mean`` / ``std`` (1 for a unit without spread), or a weighted-loss binary task's
-        positive share (0.5 without labels); other tasks unchanged."""
+        """This task with the statistics its training needs, taken from encoded targets:
+        ``mean`` / ``std`` of a regression task, or the positive share of a binary task
+        trained with a weighted loss (when not given already).
+
+        Args:
+            targets: encoded targets (regression: ``(n, units)`` in the data's units, NaN =
+                missing), usually the training split's, so validation and test data stay
+                unseen.
+
+        Returns:
+            A new task; a unit without spread (or without labels) gets std 1, a binary
+            task without labels the ratio 0.5, and other tasks are returned unchanged.
+        """
         if self.kind == "binary" and self.loss in RATIO_LOSSES and self.positive_ratio is None:
             labels = np.asarray(targets).reshape(-1)
             labels = labels[labels != MISSING_CLASS]
@@ -280,7 +322,11 @@ class Task:
 
     # ------------------------------------------------------------- losses etc.
     def make_loss(self):
-        """A fresh Keras loss for this task that ignores missing labels."""
+        """Returns a fresh Keras loss for this task that ignores missing labels.
+
+        Raises:
+            ValueError: a weighted loss without `positive_ratio`.
+        """
         from kerasmtl import losses
 
         gamma = FOCAL_GAMMA if self.gamma is None else self.gamma
@@ -315,9 +361,14 @@ class Task:
         """Encodes raw label values into the target array this task trains on.
 
         Args:
-            values: classification: a 1-D sequence of raw labels; regression: ``(n,
-                units)`` (or 1-D for one unit). Missing: None, NaN or empty strings.
+            values: for classification tasks a 1-D sequence of raw labels (class names,
+                indices, booleans, or -1/1 for binary); for regression a 2-D array-like of
+                shape ``(n, units)`` (or 1-D when ``units == 1``). Missing labels are None,
+                NaN or empty strings.
             where: context for error messages, e.g. the CSV file name.
+
+        Returns:
+            The encoded targets (see the module docstring).
 
         Raises:
             ValueError: naming the first row whose label is not a known class.
@@ -361,8 +412,15 @@ class Task:
         return encoded
 
     def decode(self, predictions: np.ndarray) -> list[str] | np.ndarray:
-        """Class names of a classification head's ``(n, outputs)`` predictions, or the
-        regression values (already in data units)."""
+        """Turns model outputs back into class names (classification) or values.
+
+        Args:
+            predictions: the output array of this task's head, shape ``(n, num_outputs)``.
+
+        Returns:
+            A list of class names, or the regression array (already in the data's units:
+            the model's output layer undoes the standardisation).
+        """
         predictions = np.asarray(predictions)
         if self.kind == "regression":
             return predictions
@@ -373,8 +431,14 @@ class Task:
         return [self.classes[i] for i in index]
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(n, classes)`` of a classification head's outputs: logits
-        through sigmoid / softmax, a +-1 MSE score ``s`` as ``(clip(s, -1, 1) + 1) / 2``."""
+        """Class probabilities ``(n, classes)`` from a classification head's outputs.
+
+        Logit outputs go through sigmoid / softmax; a binary output trained with MSE on
+        -1 / +1 targets maps its score ``s`` to ``(clip(s, -1, 1) + 1) / 2``.
+
+        Raises:
+            ValueError: for a regression task (it has no classes).
+        """
         if self.kind == "regression":
             raise ValueError(f"Regression task {self.name!r} has no class probabilities.")
         outputs = np.asarray(outputs, dtype=np.float64)
