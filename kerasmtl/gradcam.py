@@ -1,10 +1,14 @@
 """Grad-CAM (Selvaraju et al., 2017) for any named output head of a multi-output model.
 
-The score is the output unit's pre-activation (the logit of a Dense output, so saturated
-probabilities do not hide the gradient), negated for class 0 of a binary output. The
-default feature map is the backbone's output; ``layer`` may name another 4-D layer, or one
-inside the backbone as ``"base/<layer name>"``. TensorFlow differentiates with
-``tf.GradientTape``, JAX and PyTorch through the model split at the feature map.
+The score differentiated is the pre-activation of the output unit (the logit of a Dense
+output, which keeps saturated probabilities from hiding the gradient), or the output
+itself when the output layer is not Dense; for a binary output, class 0 uses the
+negated logit. The default feature map is the backbone's output
+(`MultiTaskModel.feature_map`; in a functional model, the nested tower ``"base"``'s);
+``layer`` may name another 4-D layer of the outer model (e.g. ``"gender_relu1"``) or one
+inside the backbone as ``"base/<layer name>"``.
+The gradient comes from ``tf.GradientTape`` on TensorFlow, and on JAX and PyTorch from
+their own autodiff through the model split at the feature map.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ BASE_LAYER = "base"
 
 def _outer_tensor(model: keras.Model, layer, attribute: str):
     """The tensor ``layer`` reads / writes in ``model``'s graph (a nested model's own
-    ``.input`` / ``.output`` belong to its inner graph); ValueError when not unique."""
+    ``.input`` / ``.output`` belong to its inner graph).
+
+    Raises:
+        ValueError: the layer is called more than once, or reads / writes several tensors.
+    """
     if getattr(model, "backbone", None) is not None:  # a MultiTaskModel that owns its parts
         if layer is model.backbone:
             preprocessing = model.preprocessing
@@ -94,8 +102,14 @@ def _heatmaps(gradients, features, size) -> np.ndarray:
 
 
 class GradCAM:
-    """Computes Grad-CAM heatmaps of one model for any of its outputs, its sub-models built
-    once; ``layer`` defaults to the backbone's output (else the last 4-D output)."""
+    """Computes Grad-CAM heatmaps of one model for any of its outputs (the sub-models are
+    built once, so maps for many outputs are cheap).
+
+    Args:
+        layer: the feature-map layer (see the module docstring); default the backbone's
+            output, or, for a functional model without a ``"base"`` layer, the last 4-D
+            layer output.
+    """
 
     def __init__(self, model: keras.Model, layer: str | None = None):
         self.model = model
@@ -160,11 +174,12 @@ class GradCAM:
         Args:
             class_index: the class (or regression unit) to explain; default each image's
                 predicted class (for regression: the sum of the units).
-            kind: ``"binary"``, ``"multiclass"`` or ``"regression"``; default guessed
-                from the output layer.
+            kind: ``"binary"``, ``"multiclass"`` or ``"regression"``; default: binary for a
+                1-unit sigmoid output, multiclass for a softmax output, else regression.
 
         Returns:
-            ``(N, H, W)`` float32 heatmaps in [0, 1] (zeros where nothing raises the score).
+            ``(N, H, W)`` float32 heatmaps in [0, 1] at the input's height and width
+            (all zeros where no location raises the score).
         """
         return self.many(images, {output_name: kind}, class_index)[output_name]
 
@@ -206,9 +221,13 @@ class GradCAM:
         return heatmaps
 
     def _many_by_backend(self, images, kinds, class_index) -> dict[str, np.ndarray]:
-        """`many` on JAX and PyTorch, by the backend's autodiff through the model split at
-        the feature map (not inside the base tower, whose later layers may read earlier
-        tensors)."""
+        """`many` on JAX and PyTorch: the model split at the feature map, and each output's
+        score differentiated with respect to the map by the backend's autodiff.
+
+        Raises:
+            ValueError: a layer inside the base tower (``"base/<layer>"``): the tower's
+                later layers may read earlier tensors than the map.
+        """
         if self._inner is not None:
             raise ValueError(f"Grad-CAM at a layer inside the base tower runs on the TensorFlow backend only; Keras "
                              f"runs on {keras.backend.backend()!r}. Received: layer={self.layer!r}")
@@ -249,7 +268,11 @@ def grad_cam(
     layer: str | None = None,
     kind: str | None = None,
 ) -> np.ndarray:
-    """Grad-CAM heatmaps of one output head: ``GradCAM(model, layer)(images, ...)``."""
+    """Grad-CAM heatmaps of one output head: ``GradCAM(model, layer)(images, ...)``.
+
+    Pass ``kind`` for outputs trained from logits (it is otherwise guessed from the
+    output layer).
+    """
     return GradCAM(model, layer)(images, output_name, class_index=class_index, kind=kind)
 
 
@@ -267,9 +290,17 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colorma
 
 
 def gradcam_mosaic(images, heatmaps: Mapping[str, np.ndarray], cell: int = 96, gap: int = 4, alpha: float = 0.45) -> np.ndarray:
-    """One uint8 picture: a row per image holding the image, then its overlay per output
-    (``heatmaps``: ``{output name: (N, H, W)}``), cells enlarged by a whole factor toward
-    ``cell`` pixels with ``gap`` white pixels between them."""
+    """One uint8 picture: a row per image holding the image, then its overlay per output.
+
+    Args:
+        heatmaps: ``{output name: (N, H, W)}``.
+        cell: target side of a cell in pixels (images are enlarged by a whole factor).
+        gap: white pixels between cells.
+
+    Returns:
+        ``(N * (h + gap) - gap, (1 + outputs) * (w + gap) - gap, 3)`` uint8, where ``h``, ``w``
+        are the enlarged image sides.
+    """
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"images must be a non-empty (N, H, W, C) array. Received: shape={images.shape}")

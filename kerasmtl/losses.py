@@ -1,6 +1,11 @@
-"""Losses and metrics that skip missing labels (-1 for classification, NaN for
-regression): each loss averages over the labels present, so a batch without labels
-contributes exactly 0; each metric passes a presence mask as sample weight."""
+"""Losses and metrics that skip missing labels.
+
+A missing label is encoded as -1 for classification targets and NaN for regression
+targets (see `kerasmtl.tasks`). Each loss here averages only over the labels that are
+present in the batch, so a batch whose labels are all missing contributes exactly 0 and
+an unlabelled sample changes no gradient. Each metric passes a 0/1 presence mask as the
+sample weight of the Keras metric it extends.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +32,13 @@ def presence_mask(y_true, kind: str):
 
 
 def _global_present(present):
-    """``(labels present in the global batch, replicas in sync)``: under ``tf.distribute``
-    the count is summed over replicas, so every replica divides by the same global count."""
+    """``(labels present in the global batch, replicas in sync)``.
+
+    Under a ``tf.distribute`` strategy each replica sees a slice of the global batch and
+    Keras sums the replicas' gradients; the count of present labels is summed over the
+    replicas so every replica divides by the same global count. Without a strategy (or
+    on other backends) this is ``(present, 1)``.
+    """
     if keras.backend.backend() != "tensorflow":
         return present, 1.0
     import tensorflow as tf
@@ -41,9 +51,13 @@ def _global_present(present):
 
 
 def _masked_mean(per_sample, mask):
-    """Mean over present samples, returned per sample: Keras reduces with ``sum /
-    batch_size`` (and divides by the replicas), so each present value is scaled by
-    ``batch_size * replicas / n_present`` (global count)."""
+    """Mean over present samples, returned per sample so Keras's mean reduction holds.
+
+    Keras reduces a per-sample loss with ``sum / batch_size`` (then divides by the number
+    of replicas under a distribution strategy); scaling each present value by
+    ``batch_size * replicas / n_present`` (``n_present`` counted over the global batch)
+    turns that into ``sum / n_present`` over the global batch.
+    """
     batch = ops.cast(ops.shape(mask)[0], "float32")
     present, replicas = _global_present(ops.sum(mask))
     scale = batch * replicas / ops.maximum(present, 1.0)
@@ -75,9 +89,18 @@ def _log_probabilities(y_pred, from_logits, axis=None):
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class MaskedBinaryCrossentropy(keras.losses.Loss):
-    """Binary cross-entropy over present labels (targets 0/1, -1 = missing): ``w_y *
-    BCE(y (1 - eps) + eps / 2, p)`` with ``w_1 = positive_weight``, ``w_0 =
-    negative_weight`` (`kerasmtl.Task.loss_weights`) and ``eps = label_smoothing``."""
+    """Binary cross-entropy over present labels (targets 0/1, -1 = missing), optionally
+    class-weighted and label-smoothed.
+
+    The loss of a label y is ``w_y * BCE(y', p)`` with ``y' = y (1 - eps) + eps / 2`` and
+    ``w_1 = positive_weight``, ``w_0 = negative_weight`` (the weighted losses of
+    `kerasmtl.Task.loss_weights`).
+
+    Args:
+        from_logits: whether predictions are logits.
+        label_smoothing: eps in [0, 1).
+        positive_weight, negative_weight: weights of positive and negative labels.
+    """
 
     def __init__(self, from_logits=False, label_smoothing=0.0, positive_weight=1.0, negative_weight=1.0,
                  name="masked_bce", reduction="sum_over_batch_size"):
@@ -104,9 +127,18 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class MaskedBinaryFocalCrossentropy(keras.losses.Loss):
-    """Binary focal loss (Lin et al. 2017) over present labels (targets 0/1, -1 = missing):
+    """Binary focal loss (Lin et al. 2017) over present labels (targets 0/1, -1 = missing).
+
     ``-(a_1 y' (1 - p)^gamma log p + a_0 (1 - y') p^gamma log(1 - p))`` with the smoothed
-    target ``y'``, ``a_1 = alpha`` and ``a_0 = 1 - alpha`` (both 1 when alpha is None)."""
+    target ``y' = y (1 - eps) + eps / 2``, ``a_1 = alpha`` and ``a_0 = 1 - alpha`` (both 1
+    when alpha is None); for a hard label that is ``-a_t (1 - p_t)^gamma log p_t``.
+
+    Args:
+        gamma: focusing exponent >= 0 (0: cross-entropy).
+        alpha: weight of positives in [0, 1], or None.
+        from_logits: whether predictions are logits.
+        label_smoothing: eps in [0, 1).
+    """
 
     def __init__(self, gamma=2.0, alpha=None, from_logits=False, label_smoothing=0.0, name="masked_focal",
                  reduction="sum_over_batch_size"):
@@ -143,8 +175,12 @@ def _sparse_targets(y_true, y_pred, smoothing):
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
-    """Sparse categorical cross-entropy over present labels (class index, -1 = missing);
-    smoothing makes the one-hot target ``y (1 - eps) + eps / K``."""
+    """Sparse categorical cross-entropy over present labels (class index, -1 = missing).
+
+    Args:
+        from_logits: whether predictions are logits.
+        label_smoothing: eps in [0, 1): the one-hot target becomes ``y (1 - eps) + eps / K``.
+    """
 
     def __init__(self, from_logits=False, label_smoothing=0.0, name="masked_sparse_cce", reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
@@ -170,8 +206,14 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class MaskedSparseCategoricalFocalCrossentropy(keras.losses.Loss):
     """Multiclass focal loss over present labels (class index, -1 = missing):
-    ``-sum_c a_c y'_c (1 - p_c)^gamma log p_c`` with the smoothed one-hot target ``y'``
-    and ``alpha`` one weight per class (None: all 1)."""
+    ``-sum_c a_c y'_c (1 - p_c)^gamma log p_c`` with the smoothed one-hot target ``y'``.
+
+    Args:
+        gamma: focusing exponent >= 0.
+        alpha: one weight per class, or None (all 1).
+        from_logits: whether predictions are logits.
+        label_smoothing: eps in [0, 1).
+    """
 
     def __init__(self, gamma=2.0, alpha=None, from_logits=False, label_smoothing=0.0, name="masked_sparse_focal",
                  reduction="sum_over_batch_size"):
@@ -196,9 +238,14 @@ class MaskedSparseCategoricalFocalCrossentropy(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class MaskedMeanSquaredError(keras.losses.Loss):
-    """Mean squared error over present regression targets (NaN = missing), of values
-    divided by ``scale`` (a task's ``std``) when given, so targets in pixels or years
-    weigh like any other task while the model predicts in the data's units."""
+    """Mean squared error over present regression targets (NaN = missing).
+
+    Args:
+        scale: optional per-unit divisor of the error (a task's ``std``): the loss is then
+            the MSE of standardised values, ``mean(((y - y_hat) / scale) ** 2)``, so targets
+            in pixels or years weigh like any other task while the model predicts in the
+            data's units.
+    """
 
     def __init__(self, scale=None, name="masked_mse", reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
@@ -221,8 +268,12 @@ class MaskedMeanSquaredError(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class MaskedSignedMeanSquaredError(keras.losses.Loss):
-    """Mean squared error of a binary task on -1 / +1 targets (0 / 1 mapped, -1 missing),
-    read at threshold 0: training attributes with MSE on CelebA's native labels."""
+    """Mean squared error of a binary task trained on -1 / +1 targets.
+
+    Targets arrive encoded as 0 / 1 (-1 = missing) and are mapped to -1 / +1, so the
+    output is read with threshold 0 (the recipe of training attributes with MSE on
+    CelebA's native +-1 labels).
+    """
 
     def __init__(self, name="masked_signed_mse", reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
@@ -258,8 +309,15 @@ def _masked_update(metric_class, kind):
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class FunctionLoss(keras.losses.Loss):
-    """A loss function of ``(y_true, y_pred)`` (or a Keras loss name) as a
-    `keras.losses.Loss`, which adds the sample weighting and reduction plain functions lack."""
+    """A loss function of ``(y_true, y_pred)`` as a `keras.losses.Loss`.
+
+    `keras.losses.get("mse")` and user functions are plain functions that take no sample
+    weight; the `Loss` base class adds the sample weighting and the reduction that
+    `Model.compile` gives them.
+
+    Args:
+        fn: the function, or the name of a Keras loss function.
+    """
 
     def __init__(self, fn, name: str | None = None, reduction: str = "sum_over_batch_size", dtype=None):
         fn = keras.losses.get(fn) if isinstance(fn, str) else fn
@@ -305,8 +363,12 @@ class MaskedMeanAbsoluteError(keras.metrics.MeanAbsoluteError):
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class MaskedBalancedAccuracy(keras.metrics.Metric):
     """Balanced accuracy of a binary output over present labels: the mean of positive and
-    negative recall at ``output > threshold``, over the epoch; a class without labels so
-    far is left out of the mean."""
+    negative recall at ``threshold``, counted over the whole epoch. A class without labels
+    so far is left out of the mean (as `kerasmtl.evaluation.metrics` does).
+
+    Args:
+        threshold: decision threshold on the output's own scale (``output > threshold``).
+    """
 
     def __init__(self, threshold=0.5, name="balanced_accuracy", dtype=None):
         super().__init__(name=name, dtype=dtype)

@@ -1,6 +1,9 @@
-"""Figures written as PNG files (matplotlib, headless): each function draws one figure,
-writes it to ``path`` at `DPI` without trimming and returns the path; the default
-``figsize`` (inches) grows with the outputs / images shown."""
+"""Figures written as PNG files (matplotlib, headless).
+
+Every function draws one figure, writes it to ``path`` at `DPI` dots per inch without
+trimming (a PNG measures exactly ``figsize * DPI`` pixels) and returns the path. The
+default ``figsize`` (inches) grows with the number of outputs / images shown.
+"""
 
 from __future__ import annotations
 
@@ -67,9 +70,15 @@ def _class_labels(classes: Sequence[str]) -> list[str]:
 
 
 def _drawable(figure) -> bool:
-    """Makes every text of ``figure`` drawable: characters the default font lacks get the
-    installed fallback fonts, those no font draws become ``?``. Returns whether something
-    was replaced (then the figure needs `UNDRAWABLE_NOTE`)."""
+    """Makes every text of ``figure`` drawable without missing-glyph boxes or warnings.
+
+    A text with characters the default font lacks gets the installed fallback fonts
+    (matplotlib draws each glyph from the first font that has it); characters no
+    installed font draws become ``?``.
+
+    Returns:
+        Whether a class name or a character was replaced (then the figure needs `UNDRAWABLE_NOTE`).
+    """
     replaced = False
     for artist in figure.findobj(matplotlib.text.Text):
         content = artist.get_text()
@@ -95,9 +104,16 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained")
 
 
 def _panels(rows: int, columns: int, figsize, margins=(0.6, 0.2, 0.6, 0.5), gaps=(0.6, 0.8), **gridspec):
-    """``(figure, axes)``: a ``rows`` x ``columns`` grid with fixed ``margins`` (left,
-    right, bottom, top) and ``gaps`` in inches; a layout engine would measure every label
-    of every panel, which costs more than drawing them."""
+    """``(figure, axes)``: a ``rows`` x ``columns`` grid of axes with fixed margins.
+
+    A layout engine measures every label of every panel, which costs more than drawing
+    them on a grid of many panels.
+
+    Args:
+        margins: ``(left, right, bottom, top)`` inches.
+        gaps: ``(between columns, between rows)`` inches.
+        **gridspec: passed to ``Figure.add_gridspec`` (e.g. ``height_ratios``).
+    """
     width, height = figsize
     left, right, bottom, top = margins
     figure = _new_figure(width, height, layout=None)
@@ -131,8 +147,13 @@ def _classified(tasks: Sequence[Task] | None, reports: Mapping[str, dict]) -> li
 
 
 def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None, figsize=None) -> str:
-    """Training curves (``history.csv``'s columns): total loss, then one panel per task
-    (default every ``<task>_loss``) with its loss and metric."""
+    """Training curves: total loss, then one panel per task (loss and its metric).
+
+    Args:
+        history: one row per epoch with Keras's log columns, e.g. ``history.csv``.
+        task_names: tasks to plot; default every ``<task>_loss`` column.
+        figsize: ``(width, height)`` inches; default 4 x 3 per panel, 4 panels a row.
+    """
     if task_names is None:
         task_names = [c[: -len("_loss")] for c in history.columns if c.endswith("_loss") and not c.startswith("val_")]
     epochs = history["epoch"] + 1 if "epoch" in history else pd.Series(range(1, len(history) + 1))
@@ -170,9 +191,16 @@ def plot_accuracy_vs_baseline(
     tasks: Sequence[Task] | None = None,
     figsize=None,
 ) -> str:
-    """Per-output accuracy next to its majority-class baseline (horizontal bars): green
-    when it beats the baseline, red otherwise; a black tick marks macro F1. ``tasks``
-    restricts and orders the outputs."""
+    """Per-output accuracy next to its majority-class baseline (horizontal bars).
+
+    The model's bar is green when it beats the baseline (always predicting the training
+    set's most frequent class), red otherwise; a black tick marks macro F1.
+
+    Args:
+        reports: ``{output: report}`` from `kerasmtl.evaluation.metrics.task_report`.
+        tasks: restricts and orders the outputs; default every classification report.
+        figsize: inches; default ``(7, 1 + 0.55 * outputs)``.
+    """
     names = _classified(tasks, reports)
     if not names:
         raise ValueError(f"No classification report to plot. Received reports for: {list(reports)}")
@@ -215,8 +243,16 @@ def plot_confusion_matrices(
     columns: int = 4,
     figsize=None,
 ) -> str:
-    """Confusion matrices of the classification outputs, one panel each: colours show the
-    share of each true class (the diagonal is its recall), numbers are counts."""
+    """Confusion matrices of the classification outputs, one panel each.
+
+    Colours show the share of each true class (the diagonal is each class's recall); the
+    numbers are counts.
+
+    Args:
+        reports: ``{output: report}`` with ``confusion_matrix`` and ``classes``.
+        tasks: restricts and orders the outputs; default every report with a matrix.
+        figsize: inches; default 3.2 x 3.0 per panel.
+    """
     names = [n for n in _classified(tasks, reports) if "confusion_matrix" in reports[n] or "confusion_matrix_top" in reports[n]]
     if not names:
         raise ValueError(f"No report with a confusion matrix. Received reports for: {list(reports)}")
@@ -298,14 +334,18 @@ def plot_sample_predictions(
     columns: int = 4,
     figsize=None,
 ) -> str:
-    """A grid of images with each output's prediction against the truth: one line per
-    output under each image (green when right, red with the truth when wrong); keypoints
-    drawn on the image (truth: green circles, predictions: red crosses).
+    """A grid of images with each output's prediction against the truth.
+
+    Under each image one line per non-keypoint output: green when right, red (with the
+    true class) when wrong. Keypoints are drawn on the image: truth as green circles,
+    predictions as red crosses joined to them.
 
     Args:
         images: ``(N, H, W, C)`` uint8 images.
         outputs: ``{task: (N, units) model outputs}``.
         targets: optional ``{task: encoded targets}`` of the same images.
+        figsize: inches; default ``3.6`` wide per image and ``2.0 + 0.2 * lines`` high
+            per row of images (``lines``: the non-keypoint outputs, 9 pt each), plus 0.5.
     """
     images = np.asarray(images)
     n = len(images)
@@ -382,9 +422,16 @@ def plot_label_distribution(
     columns: int = 4,
     figsize=None,
 ) -> str:
-    """How the labels of a dataset are distributed, one panel per task: a bar per class
-    (dashed: a uniform share; missing labels counted in the title), a box per
-    regression unit. ``targets``: ``{task: encoded targets}``."""
+    """How the labels of a dataset are distributed, one panel per task.
+
+    Classification tasks: a bar per class with its count and share (dashed: the share of
+    a uniform split), missing labels counted in the title. Regression tasks: a box plot
+    per unit.
+
+    Args:
+        targets: ``{task: encoded targets}`` (e.g. from `kerasmtl.data.encode_targets`).
+        figsize: inches; default 3.4 x 2.8 per panel.
+    """
     tasks = list(tasks)
     columns = max(1, min(columns, len(tasks)))
     rows = -(-len(tasks) // columns)
@@ -428,9 +475,15 @@ def plot_label_distribution(
 
 
 def label_correlation(targets: Mapping[str, np.ndarray], tasks: Sequence[Task]) -> pd.DataFrame:
-    """Pearson correlation between label columns (pairwise over present labels): binary
-    tasks give one 0/1 column, multiclass one indicator per class (phi coefficients),
-    regression one per unit. NaN for a constant column."""
+    """Pearson correlation between label columns (pairwise over present labels).
+
+    Binary tasks give one 0/1 column ``task=<positive class>``, multiclass tasks one
+    indicator column per class ``task=<class>`` (their correlations are phi
+    coefficients), regression tasks one column per unit.
+
+    Returns:
+        The square correlation table (NaN for a constant column).
+    """
     return _label_frame(targets, tasks).corr()
 
 
@@ -468,8 +521,12 @@ def plot_label_correlation(
 
 
 def plot_loss_weights(history: pd.DataFrame, path: str | os.PathLike, figsize=None) -> str:
-    """Per-task loss weights epoch by epoch (``loss_weight/<task>`` columns), one small
-    panel per task; each weight is a step held over its epoch."""
+    """Per-task loss weights epoch by epoch: one small panel per task, sharing the x axis.
+
+    Reads the ``loss_weight/<task>`` columns that `kerasmtl.callbacks.DynamicTaskWeights`
+    logs (e.g. a run's ``history.csv``); each weight is a step held over its epoch.
+    ``figsize`` defaults to 6 inches wide (wider for long runs) and 1.1 high per task.
+    """
     prefix = "loss_weight/"
     columns = [c for c in history.columns if c.startswith(prefix)]
     if not columns:

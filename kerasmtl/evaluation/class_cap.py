@@ -1,6 +1,10 @@
-"""How many classes a report shows one by one: past `CLASS_CAP` (a 1,000-class output) a
-per-class table or matrix stops being read, so reports show the classes with the most
-rows and the most frequent confusions; ``metrics.json`` keeps every class's scores.
+"""How many classes a report shows one by one.
+
+Past `CLASS_CAP` classes (a 1,000-class output), a table or a figure with one row, bar or
+cell per class (pair) grows with the square of the classes and stops being read: the
+confusion matrix alone would be a million cells. Reports then show the `CLASS_CAP`
+classes with the most rows and the most frequent confusions, and keep every class's
+scores in ``metrics.json`` (one entry per class: linear in the classes).
 """
 
 from __future__ import annotations

@@ -27,16 +27,25 @@ def write_figures(
     gradcam_images: int = 4,
     seed: int = 0,
 ) -> list[str]:
-    """Writes the evaluation figures that apply to ``tasks`` into ``out``: accuracy against
-    baseline, confusion matrices, sample predictions, Grad-CAM overlays, and the label
+    """Writes the evaluation figures that apply to ``tasks`` into ``out``.
+
+    Accuracy against baseline and confusion matrices (classification outputs), a grid
+    of sample predictions, Grad-CAM overlays for every output, and the label
     distribution and correlation of ``dataset_targets`` (default: ``targets``).
 
     Args:
-        data: an unshuffled `MultiOutputGenerator` of the evaluated images, or an
-            ``(N, H, W, C)`` image array.
-        outputs, reports: the model's outputs on ``data`` and `evaluate_model`'s reports.
+        out: the folder.
+        model: the model.
+        data: a `kerasmtl.data.MultiOutputGenerator` (unshuffled) of the evaluated images,
+            or an ``(N, H, W, C)`` image array.
+        tasks: the tasks.
+        targets: encoded targets of ``data``.
+        outputs: the model's outputs on ``data``.
+        reports: `evaluate_model`'s reports.
+        dataset_targets: targets of the whole dataset, for its label figures.
         samples: images in the sample grid.
         gradcam_images: images in the Grad-CAM figure (0 for none).
+        seed: picks the images shown.
 
     Returns:
         The paths written.
@@ -74,8 +83,19 @@ def write_figures(
 
 
 def write_gradcam(path, model: keras.Model, images, tasks: Sequence[Task], targets=None, layer: str | None = None) -> str:
-    """Grad-CAM overlays of every output for ``images`` (each image's predicted class),
-    ``targets`` as captions, written to ``path`` (``layer``: see `kerasmtl.gradcam`)."""
+    """Grad-CAM overlays of every output for ``images`` (each image's predicted class).
+
+    Args:
+        path: PNG file to write.
+        model: the model.
+        images: ``(N, H, W, C)`` raw images.
+        tasks: the outputs to explain.
+        targets: optional encoded targets, shown as each row's caption.
+        layer: feature-map layer (see `kerasmtl.gradcam.grad_cam`).
+
+    Returns:
+        The path written.
+    """
     from kerasmtl.gradcam import GradCAM, plot_gradcam
 
     heatmaps = GradCAM(model, layer).many(images, {task.name: task.kind for task in tasks})

@@ -1,7 +1,15 @@
-"""Per-task metrics of a trained model, missing labels left out of every count:
-classification accuracy next to the majority-class baseline, macro precision / recall /
-F1 and the confusion matrix; for binary attributes the label-based (mA) and instance-based
-scores of pedestrian- and face-attribute work; for regression MAE, MSE, RMSE and NME.
+"""Per-task metrics of a trained model.
+
+- Classification outputs: accuracy next to the majority-class baseline (the class the
+  training set holds most often), macro precision / recall / F1 and the confusion matrix
+  (scikit-learn).
+- Binary outputs (attributes), as pedestrian- and face-attribute work reports them:
+  positive and negative recall, their mean (the attribute's term of mA), the positive
+  class's precision and F1, balanced accuracy (`binary_scores`); over all binary outputs
+  mA, the mean accuracy and balanced accuracy, and the instance-based accuracy,
+  precision, recall and F1 of each image's set of positive attributes
+  (`instance_scores`). Missing labels are left out of every count.
+- Regression outputs: MAE, MSE, RMSE and, for keypoints, NME (`kerasmtl.landmarks`).
 """
 
 from __future__ import annotations
@@ -41,10 +49,16 @@ def regression_report(task: Task, targets, outputs, nme_points=None, nme_scale=(
     """MAE, MSE, RMSE (and NME for keypoint tasks) over the rows with every value present.
 
     Args:
+        task: a regression task.
+        targets: ``(n, units)`` true values (NaN = missing).
+        outputs: ``(n, units)`` predictions.
         nme_points: the two reference points of the NME (indices or point names);
             default: the eyes for CelebA's 5 landmarks, otherwise no NME.
         nme_scale: ``(sx, sy)`` applied to x and y before measuring distances, e.g.
-            ``(178, 218)`` for fractions of CelebA's aligned images.
+            ``(178, 218)`` for coordinates that are fractions of CelebA's aligned images.
+
+    Returns:
+        ``n``, ``mae``, ``mse``, ``rmse``, and ``nme`` / ``nme_points`` when NME applies.
     """
     targets = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
     outputs = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
@@ -66,11 +80,20 @@ def regression_report(task: Task, targets, outputs, nme_points=None, nme_scale=(
 
 
 def binary_scores(labels, predicted) -> dict:
-    """Label-based scores of one binary attribute from 0 / 1 ``labels`` (-1 missing) and
-    ``predicted`` decisions: ``n``, ``positives``, ``accuracy``, ``positive_recall``,
-    ``negative_recall``, ``ma`` (their mean; the other recall alone when a class has no
-    labels), ``balanced_accuracy``, ``positive_precision``, ``positive_f1`` (0 for a zero
-    denominator)."""
+    """Label-based scores of one binary attribute.
+
+    Args:
+        labels: ``(n,)`` 0 / 1 labels, -1 (``MISSING_CLASS``) where missing.
+        predicted: ``(n,)`` 0 / 1 decisions for the same rows.
+
+    Returns:
+        ``n`` (present labels), ``positives``, ``accuracy``, ``positive_recall`` TP / (TP +
+        FN), ``negative_recall`` TN / (TN + FP), ``ma`` their mean (the attribute's mA
+        term), ``balanced_accuracy`` (the same mean, scikit-learn's definition),
+        ``positive_precision`` TP / (TP + FP) and ``positive_f1`` 2 TP / (2 TP + FP + FN).
+        A recall over a class without labels is NaN and ``ma`` is then the other recall
+        alone; precision and F1 with a zero denominator are 0.
+    """
     labels = np.asarray(labels).reshape(-1).astype(int)
     predicted = np.asarray(predicted).reshape(-1).astype(int)
     present = labels != MISSING_CLASS
@@ -100,19 +123,24 @@ def binary_scores(labels, predicted) -> dict:
 def instance_scores(labels, predicted, empty: float = 1.0) -> dict:
     """Instance-based scores: each image's set of positive attributes against the truth.
 
-    Per image, over its present labels (T true, P predicted positives): accuracy
-    ``|P & T| / |P | T|``, precision ``|P & T| / |P|``, recall ``|P & T| / |T|``, averaged
-    over the images; F1 from the averaged precision and recall (the pedestrian-attribute
+    Per image, over its present labels, with T the true and P the predicted positive
+    attributes: accuracy ``|P & T| / |P | T|``, precision ``|P & T| / |P|``, recall
+    ``|P & T| / |T|``; each is averaged over the images, and F1 is ``2 prec rec / (prec +
+    rec)`` of the averaged precision and recall (the standard pedestrian-attribute
     protocol).
 
     Args:
         labels: ``(n, k)`` 0 / 1 labels of k binary attributes, -1 where missing.
-        empty: the scores of an image with no true and no predicted positive: 1 by
-            default; the published code's ``0 / (0 + eps)`` gives 0. Any other 0 / 0 is 0.
+        predicted: ``(n, k)`` 0 / 1 decisions.
+        empty: the accuracy, precision and recall of an image with no positive label and
+            no positive prediction (a correct "none of them"): 1 by default; the published
+            evaluation code divides 0 by 0 + eps there, i.e. 0. A 0 / 0 precision (nothing
+            predicted) or recall (nothing true) of any other image is 0.
 
     Returns:
-        ``images``, ``empty_images``, ``instance_accuracy``, ``instance_precision``,
-        ``instance_recall``, ``instance_f1``.
+        ``images`` (those with at least one present label), ``empty_images`` (images with
+        neither true nor predicted positives), ``instance_accuracy``,
+        ``instance_precision``, ``instance_recall``, ``instance_f1``.
     """
     labels = np.asarray(labels).astype(int)
     predicted = np.asarray(predicted).astype(int)
@@ -176,17 +204,22 @@ def task_report(
     """Metrics of one task over the present labels.
 
     Args:
-        baseline_class: the class the majority baseline predicts (from the training
+        task: the task.
+        targets: encoded targets.
+        outputs: the model's outputs for the same rows.
+        baseline_class: class index the majority baseline predicts (from the training
             set); default: the majority class of ``targets``.
         nme_points, nme_scale: for keypoint tasks, see `regression_report`.
 
     Returns:
-        Classification: ``n``, ``accuracy``, ``baseline_accuracy``, ``baseline_class``,
-        macro ``precision`` / ``recall`` / ``f1``, ``classes``, ``confusion_matrix``
-        (`confusion_summary` past `CLASS_CAP` classes) and ``per_class`` scores; binary
-        tasks add ``threshold``, `binary_scores` and, for a calibrated threshold,
-        ``at_default_threshold``. Regression: `regression_report`. No labels:
-        `without_labels`.
+        For classification: ``n``, ``accuracy``, ``baseline_accuracy``, ``baseline_class``,
+        macro ``precision`` / ``recall`` / ``f1``, ``classes``, ``confusion_matrix`` (rows:
+        true class, columns: predicted class; past `CLASS_CAP` classes
+        `confusion_summary` instead) and ``per_class`` precision / recall / F1 /
+        support. A binary task adds its ``threshold`` and `binary_scores`, and when the
+        threshold is not the default (a calibrated one) ``at_default_threshold``: those
+        scores at the default threshold. For regression: see `regression_report`.
+        Without a labelled row: `without_labels`.
     """
     if task.kind == "regression":
         report = regression_report(task, targets, outputs, nme_points, nme_scale)
@@ -245,9 +278,11 @@ def labelled_tasks(reports: Mapping[str, dict], tasks: Sequence[Task]) -> list[T
 
 
 def confusion_summary(task: Task, labels: np.ndarray, predicted: np.ndarray, support) -> dict:
-    """The confusions of an output past `CLASS_CAP` classes, counted from the rows:
-    ``confusion_matrix_top`` (of the `CLASS_CAP` classes with the most rows) and the
-    `TOP_CONFUSIONS` most frequent ``top_confusions`` pairs."""
+    """The confusions of an output past `CLASS_CAP` classes, counted from the rows (not
+    a classes x classes matrix): ``confusion_matrix_top`` (the matrix of the `CLASS_CAP`
+    classes with the most rows: ``classes``, ``matrix``, ``support`` of each) and
+    ``top_confusions`` (the `TOP_CONFUSIONS` most frequent ``true`` / ``predicted`` pairs
+    of different classes, with their ``count``)."""
     k = len(task.classes)
     pairs, counts = np.unique(labels.astype(np.int64) * k + predicted, return_counts=True)
     truth, guess = np.divmod(pairs, k)
@@ -277,16 +312,23 @@ def evaluate_model(
     outputs: Mapping[str, np.ndarray] | None = None,
     nme_scale=(1.0, 1.0),
 ) -> dict[str, dict]:
-    """Evaluates every task of ``model`` on ``data`` (images or an unshuffled generator in
-    the order of ``targets``): ``{task name: report}`` (see `task_report`).
+    """Evaluates every task of ``model`` on ``data``.
 
     Args:
-        train_targets: training targets, whose majority class the baseline predicts (the
-            honest baseline); default the evaluated data's own.
-        nme_points: two point names / indices for every keypoint task, or ``{task name:
-            points}``; see `regression_report`.
+        model: the trained model.
+        data: images (array or an unshuffled generator) in the order of ``targets``.
+        targets: ``{task name: encoded targets}`` of ``data``.
+        tasks: the tasks.
+        train_targets: training targets; the majority baseline predicts their majority
+            class (the honest baseline). Default: the evaluated data's own majority.
+        nme_points: NME reference points: two point names / indices for every keypoint
+            task, or ``{task name: points}``; see `regression_report`.
         outputs: the model's predictions for ``data`` when already computed.
-        nme_scale: ``(sx, sy)`` turning keypoint coordinates into pixels.
+        nme_scale: ``(sx, sy)`` turning keypoint coordinates into pixels before NME
+            distances are measured (e.g. CelebA's ``(178, 218)``).
+
+    Returns:
+        ``{task name: report}`` (see `task_report`).
     """
     if outputs is None:
         outputs = predict_outputs(model, data)
@@ -321,8 +363,14 @@ def attribute_summary(reports: Mapping[str, dict], tasks: Sequence[Task], at_def
 
 def summarize(reports: Mapping[str, dict], tasks: Sequence[Task], instance: Mapping[str, dict] | None = None) -> dict:
     """Mean accuracy of the classification outputs and how many beat their baseline; with
-    binary outputs also ``attributes`` (`attribute_summary` and, given, the `instance`
-    scores) and, after calibration, ``attributes_at_default_threshold``."""
+    binary outputs also ``attributes`` (`attribute_summary` and, given, `instance_reports`'
+    scores) and, when a threshold was calibrated, ``attributes_at_default_threshold``.
+
+    Args:
+        reports: ``{task name: report}``.
+        tasks: the tasks.
+        instance: `instance_reports` of the same data (needs the per-image arrays).
+    """
     classified = [t for t in labelled_tasks(reports, tasks) if t.kind != "regression"]
     unlabelled = [t.name for t in tasks if reports[t.name]["n"] == 0]
     summary = {

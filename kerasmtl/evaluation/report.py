@@ -45,8 +45,13 @@ def attribute_lines(summary: Mapping) -> list[str]:
 
 
 def format_table(reports: Mapping[str, dict], tasks: Sequence[Task], instance: Mapping | None = None) -> str:
-    """A plain-text table of the results, for the console (``instance``: see
-    `kerasmtl.evaluation.metrics.instance_reports`)."""
+    """A plain-text table of the results, for the console.
+
+    Args:
+        reports: ``{task name: report}``.
+        tasks: the tasks.
+        instance: `kerasmtl.evaluation.metrics.instance_reports` of the same data, if known.
+    """
     lines = []
     scored = labelled_tasks(reports, tasks)
     classified = [t for t in scored if t.kind != "regression"]
@@ -77,9 +82,20 @@ def report_markdown(
     figures: Sequence[str] = (),
     instance: Mapping | None = None,
 ) -> str:
-    """The evaluation as Markdown: a summary table per output kind, the binary outputs'
-    attribute scores (at the calibrated and default thresholds when they differ), a
-    section per multiclass output, then the ``figures`` (PNG names relative to the report).
+    """The evaluation as Markdown: a summary table per output kind, the attribute scores
+    of the binary outputs (at the calibrated and at the default thresholds when they
+    differ), then one section per multiclass output (confusion matrix and per-class
+    scores), then the figures.
+
+    Args:
+        reports: ``{task name: report}``.
+        tasks: the tasks, in display order.
+        title: the first heading.
+        figures: PNG file names (relative to the report) to show at the end.
+        instance: `kerasmtl.evaluation.metrics.instance_reports` of the same data, if known.
+
+    Returns:
+        The Markdown text.
     """
     lines = [f"# {title}", ""]
     unscored = [t.name for t in tasks if reports[t.name]["n"] == 0]
@@ -191,8 +207,21 @@ def write_report(
     instance: Mapping | None = None,
     extra: Mapping | None = None,
 ) -> str:
-    """Writes ``metrics.json`` (``{split: reports, "summary": ..., **extra}``) and
-    ``report.md`` into ``out``, and returns the console table (`format_table`)."""
+    """Writes ``metrics.json`` (``{split: reports, "summary": ...}``) and ``report.md``.
+
+    Args:
+        out: the folder (a run folder, or any output folder).
+        reports: ``{task name: report}``.
+        tasks: the tasks.
+        split: the name of the evaluated data (``"test"``, ``"val"``, ``"all"``).
+        figures: figure files to show in the report.
+        title: the report's heading.
+        instance: `kerasmtl.evaluation.metrics.instance_reports` of the same data.
+        extra: more top-level entries of ``metrics.json`` (e.g. ``calibration``).
+
+    Returns:
+        The console table (`format_table`).
+    """
     write_metrics(out, reports, tasks, split, instance, extra)
     RunFolder(out).write_text(REPORT, report_markdown(reports, tasks, title or f"Evaluation on the {split} split", figures, instance))
     return format_table(reports, tasks, instance)
@@ -226,16 +255,25 @@ def evaluate_and_report(
     extra: Mapping | None = None,
     **figure_kwargs,
 ) -> dict[str, dict]:
-    """Predicts once, then writes ``metrics.json``, ``report.md`` and (with ``figures``)
-    the figures; prints the console table and returns ``{task name: report}``.
+    """Predicts once, then writes ``metrics.json``, ``report.md`` and the figures.
 
     Args:
+        out: the folder to write into.
+        model: the model.
         data: an unshuffled generator (or image array) in the order of ``targets``.
+        tasks: the tasks.
+        targets: encoded targets of ``data``.
         train_targets: training targets (for the majority-class baseline).
         dataset_targets: targets of the whole dataset (for the label figures).
+        split: the name of the evaluated data.
         nme_points, nme_scale: see `evaluate_model`.
+        figures: also write the figures (`write_figures`).
+        title: the report's heading.
         extra: more top-level entries of ``metrics.json``.
-        **figure_kwargs: options of `write_figures`.
+        **figure_kwargs: options of `write_figures` (``samples``, ``gradcam_images``).
+
+    Returns:
+        ``{task name: report}``; the console table is printed.
     """
     outputs = predict_outputs(model, data)
     reports = evaluate_model(model, data, targets, tasks, train_targets, nme_points, outputs, nme_scale)

@@ -1,6 +1,11 @@
-"""Decision thresholds of binary outputs, calibrated on validation data: every cut between
-consecutive distinct scores is tried, on the output's own scale, and the one maximising F1
-or balanced accuracy kept; a saved model carries it to evaluate, predict and export.
+"""Decision thresholds of binary outputs, calibrated on validation data.
+
+A binary output decides ``output > threshold`` on its own scale (a probability, a logit,
+or a +-1 MSE score). `best_threshold` tries every cut between consecutive distinct
+scores of the validation split and keeps the one that maximises F1 of the positive class
+or balanced accuracy; `calibrate_thresholds` does so per binary task and returns the
+tasks with their new ``threshold``, which a saved model carries to evaluate, predict and
+export.
 """
 
 from __future__ import annotations
@@ -28,8 +33,18 @@ def _cuts(values: np.ndarray) -> np.ndarray:
 
 
 def criterion_values(labels, scores, thresholds, criterion: str) -> np.ndarray:
-    """The criterion (``"f1"`` or ``"balanced_accuracy"``) of the decisions ``scores > t``
-    for each t in ``thresholds``, over the present labels (0 / 1, -1 missing)."""
+    """The criterion of the decisions ``scores > t`` for each t in ``thresholds``.
+
+    Args:
+        labels: ``(n,)`` 0 / 1 labels (-1 = missing, left out).
+        scores: ``(n,)`` outputs.
+        thresholds: the thresholds to score.
+        criterion: ``"f1"`` (2 TP / (2 TP + FP + FN), 0 when nothing is positive) or
+            ``"balanced_accuracy"`` ((TP / P + TN / N) / 2).
+
+    Returns:
+        One value per threshold.
+    """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}. Received: criterion={criterion!r}")
     labels = np.asarray(labels).reshape(-1).astype(int)
@@ -54,13 +69,16 @@ def best_threshold(labels, scores, criterion: str = "f1", default: float = 0.5) 
 
     Args:
         labels: ``(n,)`` 0 / 1 labels, -1 where missing.
+        scores: ``(n,)`` outputs on their own scale (the threshold is on that scale too).
+        criterion: one of `CRITERIA`.
         default: among thresholds that score the same, the one nearest this wins.
 
     Returns:
         ``(threshold, criterion value)``.
 
     Raises:
-        ValueError: an unknown criterion, or labels without both classes.
+        ValueError: an unknown criterion, or labels without both classes (no cut is
+            better than another then).
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}. Received: criterion={criterion!r}")
@@ -85,13 +103,19 @@ def calibrate_thresholds(
     outputs: Mapping[str, np.ndarray],
     criterion: str = "f1",
 ) -> tuple[list[Task], dict]:
-    """Each binary task with the threshold that maximises ``criterion`` on these data
-    (the validation split).
+    """Each binary task with the threshold that maximises ``criterion`` on these data.
+
+    Args:
+        tasks: the tasks.
+        targets: encoded targets of the calibration data (the validation split).
+        outputs: the model's outputs for the same rows.
+        criterion: one of `CRITERIA`.
 
     Returns:
-        ``(tasks, record)``: the tasks (a task whose labels hold one class keeps its
-        threshold), and ``{"criterion", "tasks": {name: {"threshold",
-        "default_threshold", "score", "score_at_default"} or {"threshold", "skipped"}}}``.
+        ``(tasks, record)``: the tasks (binary ones with a calibrated ``threshold``; a
+        task whose labels hold one class only keeps its threshold), and ``{"criterion",
+        "tasks": {name: {"threshold", "default_threshold", "score", "score_at_default"}
+        or {"threshold", "skipped"}}}`` where the scores are the criterion on these data.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"--calibrate must be one of {CRITERIA}. Received: {criterion!r}")
