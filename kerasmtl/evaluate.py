@@ -22,9 +22,17 @@ from kerasmtl.tasks import Task
 
 @dataclasses.dataclass
 class EvaluationData:
-    """The rows to evaluate (``table``, an absolute ``path`` and the task columns), the
-    ``split``'s name, the ``train`` rows (for the baseline) and whole ``dataset`` when
-    known, their ``source`` and `Dataset.nme_scale`."""
+    """The rows to evaluate and the context of their scores.
+
+    Attributes:
+        table: rows with an absolute ``path`` column and the task columns.
+        tasks: the tasks.
+        split: the name of the rows (``"test"``, ``"val"``, ``"train"`` or ``"all"``).
+        train: the training rows (for the baseline), when known.
+        dataset: the whole dataset (for the label figures).
+        source: where the rows came from.
+        nme_scale: pixels per unit of landmark coordinates (see `Dataset.nme_scale`).
+    """
 
     table: pd.DataFrame
     tasks: list[Task]
@@ -40,13 +48,21 @@ def load_evaluation_data(data, tasks: Sequence[Task], split: str = "test", path_
     """The rows to evaluate: a run folder's split, or every usable row of any dataset.
 
     Args:
-        data: a run folder (its ``split.csv``'s ``split`` rows, read from the data its
-            ``config.yaml`` names), or anything ``kerasmtl train --data`` takes.
-        path_column, image_root: how a CSV table names its images.
+        data: a run folder (the rows its ``split.csv`` puts in ``split``, read from the
+            data its ``config.yaml`` names), or anything ``kerasmtl train --data`` takes
+            (an hvc or CelebA folder, ``tfds:celeb_a``, a CSV table of labels).
+        tasks: the model's tasks (their columns are read).
+        split: for a run folder: ``"test"``, ``"val"`` or ``"train"``.
+        path_column, image_root: for a CSV table, its image path column and the folder
+            the paths are relative to (as ``kerasmtl train`` takes them); a run folder
+            has its own in ``config.yaml``.
 
     Returns:
-        The `EvaluationData`, without the rows training would have refused (listed on
-        stderr).
+        The `EvaluationData`. Rows whose image or labels training would have refused are
+        left out, and listed on stderr.
+
+    Raises:
+        DataError / FileNotFoundError / ValueError: unknown data, a bad split name.
     """
     from kerasmtl.data.settings import SPLITS, DataSettings
     from kerasmtl.data.sources import load_dataset
@@ -76,8 +92,17 @@ def _task_key(task: Task) -> tuple:
 
 
 def check_run_tasks(run: str | os.PathLike, tasks: Sequence[Task], model) -> None:
-    """Refuses (ValueError) to write a model's evaluation into a run folder whose
-    ``tasks.json`` differs: its ``metrics.json`` and report would describe another model."""
+    """Refuses to write a model's evaluation into a run folder whose tasks are others:
+    the run's ``metrics.json`` and ``report.md`` would then describe another model.
+
+    Args:
+        run: the run folder (holding ``tasks.json``).
+        tasks: the evaluated model's tasks.
+        model: the model's file or name, for the message.
+
+    Raises:
+        ValueError: naming both task lists and what to do instead.
+    """
     from kerasmtl.data.label_csv import read_tasks_file
 
     own = read_tasks_file(Path(run) / runs.TASKS)
@@ -145,17 +170,26 @@ def evaluate(
     """Evaluates a saved model and writes ``metrics.json``, ``report.md`` and figures.
 
     Args:
-        model: a `keras.Model`, a ``.keras`` file or a run folder (``safe_mode=True``).
+        model: a `keras.Model`, a ``.keras`` file or a run folder (loaded with
+            ``safe_mode=True``).
         data: what to evaluate on (see `load_evaluation_data`); default the model's run
-            folder's test split.
+            folder, i.e. its test split.
         out: output folder; default the run folder when ``data`` is one, else
             ``<data name>-evaluation`` next to the model file.
         tasks: a list of `Task` or a tasks file; default the run folder's ``tasks.json``.
+        split: the run-folder split to evaluate.
+        batch_size: images per prediction batch.
         nme_points: NME reference points (see `evaluate_model`).
+        figures: also write the figures.
+        path_column, image_root: how a CSV table ``data`` names its images.
         **figure_kwargs: options of `write_figures`.
 
     Returns:
         ``{task name: report}``.
+
+    Raises:
+        ValueError: ``out`` is a run folder whose tasks (``tasks.json``) are not the
+            model's: its ``metrics.json`` and report belong to the run's own model.
     """
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl.saved import find_run_folder, is_run_folder, load_model, resolve_tasks

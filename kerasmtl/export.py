@@ -1,13 +1,24 @@
-"""Export for serving: SavedModel, ONNX, LiteRT and OpenVINO models that take raw uint8
-NHWC images of the model's size (any batch size) and return one output per task, named
-after it: ``binary`` ``(n, 1)`` the positive class's probability, ``multiclass``
-``(n, classes)`` the class probabilities, ``regression`` ``(n, units)`` in data units.
+"""Export for serving: SavedModel, ONNX, LiteRT and OpenVINO models that take raw uint8 images.
 
-Logit and ``loss="mse"`` outputs become probabilities inside the graph, and binary
-thresholds move with them, so a served model decides as `MultiTaskModel.predict_labels`.
-Mixed-precision models are exported from a float32 copy. Keras's ``model.export`` writes
-each format; `labels.json` beside it (and an ONNX file's ``metadata_props``) holds the
-tasks for `kerasmtl.serving`. Quantised artifacts come from `kerasmtl.quantize`.
+`export` wraps a trained model in a serving model: its input is a batch of raw uint8
+NHWC images of the model's height, width and channels (any batch size; the tower's own
+scaling stays inside, as in the Keras model), and it returns one output per task, named
+after the task:
+
+- ``binary``: ``(n, 1)``, the probability of the positive class (the second class name);
+- ``multiclass``: ``(n, classes)``, the class probabilities;
+- ``regression``: ``(n, units)``, the values in the data's units.
+
+Logit and ``loss="mse"`` outputs are turned into probabilities inside the exported graph
+(as `kerasmtl.Task.probabilities` does), and each binary threshold moves to the
+probability scale with them, so a served model gives the same decisions as
+`kerasmtl.MultiTaskModel.predict_labels`. A model trained under mixed precision is
+exported from a float32 copy with the same weights. Keras's own ``model.export`` writes
+each format (tf2onnx for ONNX, TensorFlow's converter for LiteRT, OpenVINO's model
+converter for an OpenVINO IR, whose float model is marked to run in float32); beside each
+artifact `labels.json` holds the tasks (`kerasmtl.serving` reads it without TensorFlow),
+and an ONNX file carries the same text in its ``metadata_props``. Quantised ONNX and
+OpenVINO models are made from the float artifact by `kerasmtl.quantize`.
 """
 
 from __future__ import annotations
@@ -72,8 +83,11 @@ def _probabilities(task: Task, output):
 
 
 def float32_copy(model: keras.Model) -> keras.Model:
-    """``model`` itself when it computes in float32, else a copy rebuilt from its config
-    with every mixed-precision policy set to float32, holding its weights."""
+    """``model`` itself when it computes in float32, else a float32 copy with its weights.
+
+    Mixed-precision layers store their policy (``mixed_float16``, ``mixed_bfloat16``) in
+    the config; the copy is rebuilt from the config with every policy set to float32.
+    """
     def mixed(layer):
         return layer.dtype_policy.compute_dtype != "float32"
 
@@ -95,9 +109,20 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
 
 def serving_model(model: keras.Model, tasks: Sequence[Task] | None = None) -> keras.Model:
-    """The model to export: uint8 ``(None, height, width, channels)`` images in, one
-    float32 output per task out (``tasks``: default ``model.tasks``); a model without a
-    fixed input size raises ValueError."""
+    """The model to export: uint8 images in, one float32 output per task out.
+
+    Args:
+        model: a trained model with dict outputs named after the tasks and a fixed
+            input size.
+        tasks: its tasks; default ``model.tasks``.
+
+    Returns:
+        A functional model whose input ``images`` is ``(None, height, width, channels)``
+        uint8 (see the module docstring for the outputs).
+
+    Raises:
+        ValueError: the model's input size is not fixed.
+    """
     tasks = resolve_tasks(model, tasks)
     shape = tuple(model.input_shape[1:])
     if len(shape) != 3 or None in shape:
@@ -181,9 +206,15 @@ def _finish_onnx(path: Path, text: str) -> None:
 
 
 def artifact_path(path: str | os.PathLike, format: str, quantize: str | None = None) -> Path:
-    """The artifact ``export`` writes for ``path``: the SavedModel folder itself, else the
-    file, or ``model[_<quantize>].<suffix>`` in ``path`` when it is a folder or has no
-    suffix. A suffix that does not suit the format raises ValueError."""
+    """The artifact ``export`` writes for ``path``: the SavedModel folder itself; for ONNX,
+    LiteRT and OpenVINO the file, or ``model.onnx`` / ``model.tflite`` / ``model.xml``
+    (``model_<quantize>.<suffix>``) in ``path`` when it is an existing folder or a name
+    without a suffix.
+
+    Raises:
+        kerasmtl.written_files.OutputError: a SavedModel path that is a file.
+        ValueError: a file name whose suffix does not suit the format.
+    """
     path = Path(path)
     if format == "saved_model":
         if path.exists() and not path.is_dir():
@@ -227,9 +258,13 @@ def _finish_openvino(path: Path) -> None:
 
 
 def check_backend(format: str) -> None:
-    """Refuses (ValueError) ONNX where Keras's ``model.export`` does not write what serving
-    reads: on JAX without ``jax2onnx``, and on PyTorch, whose ``torch.onnx`` names the
-    outputs after graph nodes rather than tasks."""
+    """Refuses ONNX where Keras's ``model.export`` does not write what serving reads: on
+    JAX without ``jax2onnx`` (its converter there), and on PyTorch, whose ``torch.onnx``
+    names the outputs after graph nodes rather than tasks.
+
+    Raises:
+        ValueError: naming the backend and the route that works.
+    """
     import importlib.util
 
     backend = keras.backend.backend()
@@ -261,18 +296,30 @@ def export(
 
     Args:
         model: a `keras.Model`, a ``.keras`` file or a run folder.
-        path: the artifact (`artifact_path`): a folder for ``saved_model``, a file, or a
-            folder to write ``model.<suffix>`` into; `labels.json` goes beside the file.
+        path: the artifact: a folder for ``saved_model``; a ``.onnx`` file, a ``.tflite``
+            file for ``litert``, an ``.xml`` file (and its ``.bin``) for ``openvino``, or a
+            folder to write ``model.onnx`` / ``model.tflite`` / ``model.xml`` into
+            (`artifact_path`). `labels.json` goes into the SavedModel folder, or beside
+            the file.
         format: ``"saved_model"``, ``"onnx"``, ``"litert"`` or ``"openvino"``.
         tasks: tasks (or a tasks file) for a model that does not carry its own.
-        quantize: LiteRT ``"float16"`` or ``"int8"`` (dynamic-range) weights; ONNX and
-            OpenVINO ``"int8"`` calibrated on ``calibration``; OpenVINO ``"bfloat16"``.
-        overwrite: replace files kerasmtl did not write (refused by default, before the
-            model is loaded).
-        calibration: a uint8 ``(n, height, width, channels)`` batch of training images.
+        quantize: LiteRT: ``"float16"`` weights, or ``"int8"`` dynamic-range weights
+            (activations stay float); ONNX and OpenVINO: ``"int8"`` static
+            quantisation calibrated on ``calibration``; OpenVINO: ``"bfloat16"``
+            inference (see `kerasmtl.quantize`).
+        overwrite: replace files kerasmtl did not write (by default such a file, or a
+            SavedModel folder holding one, is refused before the model is loaded).
+        calibration: a uint8 ``(n, height, width, channels)`` batch of typical images
+            (training images), for int8 ONNX and OpenVINO.
 
     Returns:
         The artifact's path.
+
+    Raises:
+        ValueError: an unknown format or quantisation, a file name that does not suit
+            the format, or int8 ONNX / OpenVINO without calibration images.
+        kerasmtl.written_files.OutputError: files in the way that kerasmtl did not
+            write, a file where a folder goes, or a folder that is not writable.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")

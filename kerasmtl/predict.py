@@ -1,6 +1,11 @@
-"""Prediction on unlabelled images: a folder (or a CSV listing image paths) -> a CSV with
-a ``path`` column, then ``<task>`` and ``<task>_prob`` (and, with ``all_probabilities``,
-``<task>_prob_<class>``) per classification task, and one column per regression unit.
+"""Prediction on unlabelled images: a folder (or a CSV listing image paths) -> a CSV.
+
+The CSV has a ``path`` column (as listed, or relative to the folder), then per output:
+
+- classification: ``<task>`` (the predicted class name) and ``<task>_prob`` (its
+  probability); with ``all_probabilities=True`` also ``<task>_prob_<class>`` per class;
+- regression: one column per unit, named after the task's columns (``lefteye_x``,
+  ``lefteye_y``, ... for landmarks), or ``<task>`` for a one-unit task.
 """
 
 from __future__ import annotations
@@ -36,13 +41,20 @@ def list_images(source: str | os.PathLike, column: str | None = None,
     """The images to predict: every image file under a folder, or those a CSV lists.
 
     Args:
-        source: a folder (searched recursively in natural order; files not of
-            ``IMAGE_SUFFIXES`` are listed on stderr as skipped), or a CSV file whose
-            ``column`` (default: the first of `PATH_COLUMNS` present, else the first)
-            holds paths relative to ``image_root`` (default the CSV's folder).
+        source: a folder (searched recursively, in natural order: ``2.jpg`` before
+            ``10.jpg``, for the names of ``IMAGE_SUFFIXES`` that training reads; other
+            files are listed on stderr as skipped), or a CSV file whose ``column``
+            (default: the first of `PATH_COLUMNS` present, else the first column) holds
+            paths relative to the CSV's folder (or absolute).
+        column: the CSV's path column.
+        image_root: the folder a CSV's paths are relative to (default the CSV's folder).
 
     Returns:
-        ``(listed, absolute)``: the paths as listed and their absolute paths.
+        ``(listed, absolute)``: the paths as listed (relative to the folder for a
+        folder) and their absolute paths.
+
+    Raises:
+        DataError: no images, a missing column, or listed files that do not exist.
     """
     source = Path(source)
     if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
@@ -77,7 +89,12 @@ def list_images(source: str | os.PathLike, column: str | None = None,
 def usable_images(listed: list[str], absolute: list[str], source: str | os.PathLike) -> tuple[list[str], list[str]]:
     """The images that decode to their end (as training requires); the others are listed
     on stderr and left out, so a truncated JPEG is not scored as a grey picture. Images
-    in training's `CheckedImages` record are not decoded again."""
+    that passed before and have not changed are not decoded again (the record training
+    keeps, `kerasmtl.data.validate.CheckedImages`).
+
+    Raises:
+        DataError: no usable image is left.
+    """
     from kerasmtl.data.validate import CheckedImages, default_cache_path, find_image_problems
 
     problems = find_image_problems(absolute, list(range(len(absolute))), str(source), cache=CheckedImages(default_cache_path(source)))
@@ -96,8 +113,17 @@ def predictions_table(
     paths: Sequence[str] | None = None,
     all_probabilities: bool = False,
 ) -> pd.DataFrame:
-    """Turns model outputs ``{task name: (n, units)}`` into the prediction table (see the
-    module docstring), ``paths`` in its leading column."""
+    """Turns model outputs into the prediction table (see the module docstring).
+
+    Args:
+        outputs: ``{task name: (n, units)}``.
+        tasks: the tasks, in column order.
+        paths: values of the leading ``path`` column.
+        all_probabilities: add a probability column per class.
+
+    Returns:
+        The table, one row per image.
+    """
     columns: dict[str, object] = {}
     if paths is not None:
         columns["path"] = list(paths)
@@ -143,15 +169,26 @@ def predict(
 
     Args:
         model: a `keras.Model`, a ``.keras`` file, a run folder (``safe_mode=True``), or
-            a model `kerasmtl.export` wrote, run by its own runtime.
+            a model `kerasmtl.export` wrote (``.onnx``, ``.tflite``, SavedModel folder),
+            run by its own runtime with the tasks of its ``labels.json``.
         source: a folder of images or a CSV of image paths (see `list_images`).
-        out: CSV file to write (a folder: `DEFAULT_OUT` in it); None writes nothing. An
-            existing file is replaced only when kerasmtl wrote it and it has not changed
-            (`kerasmtl.written_files`), or with ``overwrite``; checked before loading.
-        tasks: a list of `Task` or a tasks file; default the run folder's ``tasks.json``.
+        out: CSV file to write (an existing folder: `DEFAULT_OUT` in it); None writes
+            nothing. An existing file is replaced only when kerasmtl wrote it and it has
+            not changed since (`kerasmtl.written_files`), or with ``overwrite``; this is
+            checked before the model is loaded.
+        tasks: a list of `Task` or a tasks file; default the model's run folder's
+            ``tasks.json``. Only the tasks of the model's outputs are used.
+        batch_size: images per batch.
+        all_probabilities: add a probability column per class.
+        column: the path column of a CSV source.
+        image_root: the folder a CSV source's paths are relative to (default its folder).
+        overwrite: replace an existing ``out`` even when kerasmtl did not write it.
 
     Returns:
         The prediction table.
+
+    Raises:
+        kerasmtl.written_files.OutputError: ``out`` is another's file, or not writable.
     """
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl.evaluation.metrics import predict_outputs

@@ -1,17 +1,28 @@
 """Quantised serving models: calibration, int8 and bfloat16 artifacts, and their accuracy gate.
 
-- ONNX ``int8``: onnxruntime's static quantisation in QDQ form (uint8 activations, int8
-  per-channel weights: what x86 VNNI runs), calibrated on training images;
-- OpenVINO ``int8``: NNCF post-training quantisation, except each task's output layer,
-  which stays float (quantised, it cost the demo model 2-3 accuracy points on two outputs
-  for a small share of the work);
-- OpenVINO ``bfloat16``: the float model run at bfloat16 inference precision.
+A float artifact of `kerasmtl.export` becomes a faster one here:
 
-An OpenVINO IR records its precision in ``rt_info``, and a float one says ``f32``: the CPU
-plugin's default on bfloat16 hardware is 1e-4 away from Keras. `accuracy_report` measures
-each task on the test split for the Keras model and the artifact, and `refusals` names
-those that lost more than `DropBounds` allow: `kerasmtl export` then keeps only the float
-artifact.
+- ONNX ``int8``: onnxruntime's static quantisation in QDQ form (``QuantizeLinear`` /
+  ``DequantizeLinear`` around each convolution and matrix product; uint8 activations,
+  int8 per-channel weights, the combination x86 VNNI instructions run), its activation
+  ranges measured on calibration images;
+- OpenVINO ``int8``: NNCF post-training quantisation (``FakeQuantize`` nodes that the
+  OpenVINO CPU plugin runs as int8 kernels), calibrated the same way, except each task's
+  output layer (the layer named after the task), which stays float: quantised too, it
+  cost the trained demo model 2-3 accuracy points on two outputs, and it is a small share
+  of the work;
+- OpenVINO ``bfloat16``: the float model with the bfloat16 inference precision, which
+  the CPU plugin runs on AVX-512 BF16 / AMX where the processor has them.
+
+An OpenVINO IR carries the inference precision it was checked at in its ``rt_info``
+(``runtime_options/INFERENCE_PRECISION_HINT``); `kerasmtl.serving` compiles it with that
+precision. A float model says ``f32``: the CPU plugin's own default on processors with
+bfloat16 units is bfloat16, which is 1e-4 away from Keras.
+
+Calibration images are the run's training split (never its test split, which measures
+the change). `accuracy_report` measures each task's test-split metric for the Keras model
+and for the artifact, and `refusals` names the tasks that lost more than the bounds
+allow: `kerasmtl export` then fails and keeps only the float artifact.
 """
 
 from __future__ import annotations
@@ -40,8 +51,14 @@ class AccuracyDropError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class DropBounds:
-    """How much a quantised artifact may lose per task on the test split: accuracy in
-    percentage points (classification), MAE rise in percent (regression)."""
+    """How much a quantised artifact may lose per task on the test split.
+
+    Attributes:
+        accuracy_points: classification: the largest accepted accuracy drop, in
+            percentage points (1.0: 90.0 % may become 89.0 %).
+        mae_percent: regression: the largest accepted rise of the MAE, in percent of the
+            Keras model's MAE.
+    """
 
     accuracy_points: float = 1.0
     mae_percent: float = 5.0
@@ -49,8 +66,21 @@ class DropBounds:
 
 # ------------------------------------------------------------------ calibration
 def calibration_images(run, tasks, image_shape: Sequence[int], count: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:
-    """Up to ``count`` images of a run folder's training split (the rows training used),
-    drawn with ``seed`` and read as training reads them: a uint8 ``(n, h, w, c)`` batch."""
+    """Up to ``count`` images of a run folder's training split, read as training reads them.
+
+    Args:
+        run: the run folder.
+        tasks: the model's tasks (the rows training would have used are read).
+        image_shape: ``(height, width, channels)`` of the model.
+        count: how many images; fewer when the split is smaller.
+        seed: which ones, drawn without replacement.
+
+    Returns:
+        A uint8 ``(n, height, width, channels)`` batch.
+
+    Raises:
+        ValueError: the training split is empty.
+    """
     from kerasmtl.data.generator import read_image
     from kerasmtl.evaluate import load_evaluation_data
 
@@ -73,8 +103,14 @@ def _single_images(images: np.ndarray) -> list[np.ndarray]:
 
 # ------------------------------------------------------------------------- ONNX
 def quantize_onnx(source: str | os.PathLike, target: str | os.PathLike, images: np.ndarray) -> Path:
-    """Static int8 quantisation of an ONNX model (QDQ, per-channel weights), calibrated on
-    ``images``, keeping the input, output names, batch dimension and ``metadata_props``."""
+    """Static int8 quantisation of an ONNX model (QDQ, per-channel weights), calibrated on ``images``.
+
+    The input, the output names, the symbolic batch dimension and the ``metadata_props``
+    (labels) of ``source`` are kept.
+
+    Returns:
+        ``target``.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -112,10 +148,13 @@ def quantize_openvino(source: str | os.PathLike, target: str | os.PathLike, quan
     """An OpenVINO IR (``.xml`` and ``.bin``) in int8 or bfloat16 from the float one.
 
     Args:
-        quantize: ``"int8"`` (NNCF; the layers it leaves in float run in float32) or
-            ``"bfloat16"`` (float32 weights, bfloat16 inference).
+        source: the float ``.xml``.
+        target: the ``.xml`` to write (its ``.bin`` beside it).
+        quantize: ``"int8"`` (NNCF post-training quantisation; the layers it leaves in
+            float run in float32) or ``"bfloat16"`` (float32 weights, bfloat16 inference).
         images: the calibration batch, for ``int8``.
-        float_layers: task names whose output layers stay float in ``int8``.
+        float_layers: task names whose output layers (``<task>``, or
+            ``<task>_standardized`` for regression) stay float in ``int8``.
 
     Returns:
         ``target``.
@@ -159,13 +198,18 @@ def accuracy_report(run, float_model, artifact: str | os.PathLike, tasks, served
     """Test-split metrics of the Keras model and of an exported (quantised) artifact.
 
     Args:
-        tasks: the model's tasks; ``served_tasks`` the same as the artifact reads them.
+        run: the run folder whose test split is measured.
+        float_model: the Keras model.
+        artifact: the exported model, run by `kerasmtl.serving.Predictor`.
+        tasks: the model's tasks; ``served_tasks`` the same tasks as the artifact's
+            outputs read (probabilities, thresholds on their scale).
         bounds: the accepted losses.
 
     Returns:
         ``{"split": "test", "n", "file", "bounds", "tasks": {name: {metric, keras,
-        quantized, change, drop, allowed, within}}}``: accuracy (drop in points) or MAE
-        (drop: its rise in percent; null when the Keras MAE is 0 and the artifact's not).
+        quantized, change, drop, allowed, within}}}``: accuracy for classification (drop
+        in points), MAE in data units for regression (drop: its rise in percent; null
+        when the Keras MAE is 0 and the artifact's is not).
     """
     from kerasmtl.data.generator import read_image
     from kerasmtl.data.tables import encode_targets

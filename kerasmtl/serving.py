@@ -1,17 +1,30 @@
 """Labels from an exported model without TensorFlow: numpy, Pillow and the model's runtime.
 
 ```python
+from kerasmtl.serving import Predictor
+
 predictor = Predictor("runs/person/export/model.onnx")   # or a .tflite or OpenVINO .xml file
 predictor.predict("photo.jpg")      # {"gender": ("female", 0.93), "age": ("25-35", 0.61), ...}
+predictor.predict(["a.jpg", "b.jpg"])                     # one such dict per image
 predictor.run(batch)                # {task: raw outputs} for a uint8 (n, height, width, channels) batch
 ```
 
-ONNX runs on ``onnxruntime``, LiteRT on ``ai_edge_litert``, OpenVINO on ``openvino`` at
-the IR's stored precision; only a SavedModel imports TensorFlow. The module imports no
-other part of `kerasmtl`, so it can be copied next to a server on its own. Images are
-read as training reads them (EXIF orientation, RGB or grey), with OpenCV's resizing redone
-in numpy (area when shrinking, bilinear when enlarging; a few pixels may differ by one
-level where OpenCV rounds otherwise).
+`kerasmtl.export` writes the model and its `labels.json` (the input size and, per task,
+its kind, class names, decision threshold or regression columns). This module imports
+nothing of TensorFlow or Keras: an ONNX model runs on ``onnxruntime``, a LiteRT one on
+``ai_edge_litert``, an OpenVINO IR on ``openvino`` (the ``serve`` extra), at the inference
+precision stored in the IR (float32 unless it was exported for bfloat16). Only a SavedModel folder, whose runtime is
+TensorFlow itself, imports it. The module does not import the rest of `kerasmtl` either, so it can also be
+copied next to a server on its own; in an environment without Keras, ``import
+kerasmtl.serving`` loads no other part of the package.
+
+Images are read as training reads them (`kerasmtl.data.generator.read_image`, OpenCV):
+EXIF orientation applied, RGB (or grey for a 1-channel model), resized to the model's size
+only when they differ, with OpenCV's rules redone in numpy: the area average when
+shrinking (the same pixels for whole-number factors; otherwise a few differ by one level
+where OpenCV's float32 sums round a tie the other way), bilinear when enlarging (one level
+apart where OpenCV's fixed-point weights round), and the grey of a colour file may be one
+level apart too.
 """
 
 from __future__ import annotations
@@ -53,8 +66,12 @@ class LabelsError(ValueError):
 
 
 def read_labels(path: str | os.PathLike) -> dict:
-    """The `labels.json` of the exported model at ``path``, checked (`check_labels`);
-    FileNotFoundError when there is none."""
+    """The `labels.json` of the exported model at ``path``, checked (`check_labels`).
+
+    Raises:
+        FileNotFoundError: there is none.
+        LabelsError: it is not JSON, or a field does not hold what kerasmtl writes.
+    """
     file = labels_path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no {LABELS} beside the exported model {path} (kerasmtl export writes it).")
@@ -84,7 +101,11 @@ def task_units(task: dict) -> int:
 
 
 def check_labels(record, file: Path) -> None:
-    """Raises `LabelsError` at the first field of ``record`` that is not as kerasmtl writes it."""
+    """Raises `LabelsError` at the first field of ``record`` that is not as kerasmtl writes it:
+    ``input.shape`` ``[null, height, width, channels]``; per task a unique ``name``, a
+    ``kind``, two (binary) or more (multiclass) distinct class names and a binary
+    ``threshold`` in [0, 1]; a regression task's ``units`` / ``columns`` (and ``mean`` /
+    ``std`` of that length)."""
     def fail(field, problem, value):
         raise LabelsError(file, field, f"{problem}. Received: {value!r}")
 
@@ -247,8 +268,13 @@ def _width(shape) -> int | None:
 
 def open_runtime(path: str | os.PathLike, threads: int | None = None):
     """``(run, signature)``: a function ``uint8 batch -> {output name: array}`` running the
-    exported model, and ``{"input": [h, w, c], "outputs": {name: units}}`` (None where
-    unknown; ONNX adds the ``"embedded"`` `labels.json` text)."""
+    exported model, and what the model says of itself: ``{"input": [height, width,
+    channels], "outputs": {name: units}}`` (None where unknown) and, for ONNX, the
+    ``"embedded"`` `labels.json` text.
+
+    Raises:
+        ValueError: ``path`` is not an ``.onnx``, ``.tflite``, OpenVINO ``.xml`` or SavedModel.
+    """
     path = Path(path)
     if path.suffix == ".onnx":
         return _onnx_runner(path, threads)
@@ -269,7 +295,12 @@ class Predictor:
     Args:
         path: an ``.onnx``, ``.tflite`` or OpenVINO ``.xml`` file (or a SavedModel
             folder, which needs TensorFlow), with `labels.json` beside it.
-        threads: CPU threads of the runtime; default its own choice (all cores).
+        threads: CPU threads of onnxruntime, LiteRT or OpenVINO; default the runtime's
+            own choice (all cores).
+
+    Attributes:
+        labels: the `labels.json` record; ``tasks`` its task list.
+        image_shape: ``(height, width, channels)`` of the model's input.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
@@ -283,7 +314,11 @@ class Predictor:
     # ------------------------------------------------------------------ images
     def load_image(self, image) -> np.ndarray:
         """One image (a file path, a PIL image or an ``(h, w[, c])`` 0-255 array) as the
-        model's uint8 ``(height, width, channels)`` input."""
+        model's uint8 ``(height, width, channels)`` input.
+
+        Raises:
+            ValueError: an array of the wrong rank, or values outside 0-255 or not whole.
+        """
         height, width, channels = self.image_shape
         if isinstance(image, (str, os.PathLike)):
             with Image.open(image) as opened:
@@ -306,7 +341,11 @@ class Predictor:
 
     # ----------------------------------------------------------------- outputs
     def run(self, batch: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-        """The raw outputs ``{task: (n, units)}`` for a uint8 ``(n, height, width, channels)`` batch."""
+        """The raw outputs ``{task: (n, units)}`` for a uint8 ``(n, height, width, channels)`` batch.
+
+        Raises:
+            ValueError: the batch is not uint8 or not of the model's image shape.
+        """
         batch = np.asarray(batch)
         if batch.dtype != np.uint8 or batch.ndim != 4 or tuple(batch.shape[1:]) != self.image_shape:
             raise ValueError(f"The batch must be uint8 of shape (n, {', '.join(map(str, self.image_shape))}). "
@@ -341,10 +380,13 @@ class Predictor:
         Args:
             images: a file path, a PIL image or an ``(h, w[, c])`` array for one image;
                 a list of them or an ``(n, h, w, c)`` array for several.
+            batch_size: images per run of the model.
 
         Returns:
-            ``{task: (class name, probability)}`` for classification (binary tasks at
-            their threshold), ``{task: value}`` or ``{task: [values]}`` for regression.
+            ``{task: (class name, probability)}`` for classification (binary tasks
+            decided at their threshold), ``{task: value}`` for a one-unit regression task
+            and ``{task: [values]}`` for a wider one, in the data's units. No images (an
+            empty list or an ``(0, h, w, c)`` array) give an empty list.
         """
         single = isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4)
         if not single and len(images) == 0:
@@ -355,9 +397,11 @@ class Predictor:
 
 
 def to_uint8(image: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8 bits per channel, as training reads it: 16-bit integers by
-    their high byte (OpenCV's way), other integers scaled by 1/257, floats in [0, 1] by
-    255; other modes unchanged."""
+    """Any Pillow mode as 8 bits per channel, as training reads it
+    (`kerasmtl.data.generator.read_image`): 16-bit integer images by their high byte, as
+    OpenCV reads them; other integer images scaled by 1/257 and float images in [0, 1] by
+    255 (others clipped), as training's Pillow fallback for what OpenCV cannot read; other
+    modes unchanged (``convert`` makes them RGB or grey as OpenCV does)."""
     mode = image.mode
     if mode.startswith("I;16"):
         array = np.asarray(image).astype(np.uint16)
