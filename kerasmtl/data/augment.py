@@ -1,9 +1,17 @@
 """Augmentation pipelines for `MultiOutputGenerator`, built with albumentations.
 
+A pipeline is an ``albumentations.Compose`` working on uint8 RGB (or grayscale) images.
+`make_pipeline` builds one from a probability and a strength per augmentation; named
+pipelines (`get_pipeline`, `list_pipelines`) are ``"default"`` (`default_pipeline`),
+``"keras_channel_shift"`` (the same with Keras's single-offset channel shift) and
+``"celeba_resize_crop"`` (`celeba_resize_crop`).
+
 The channel shift is per channel by default: ``RandomBrightnessContrast`` already adds one
-offset to all channels, so Keras's ``channel_shift_range`` would mostly repeat it.
-`ChannelShift` and `Cutout` do ``RGBShift``'s and ``CoarseDropout``'s work with less
-Python per image, and are registered with albumentations' serialization.
+offset to all channels, so Keras's ``channel_shift_range`` would mostly repeat it, while a
+per-channel shift adds invariance to colour casts. `ChannelShift` and `Cutout` do the
+work of ``RGBShift`` and ``CoarseDropout`` with less Python per image; both are
+registered with albumentations' serialization, so `load_pipeline` reads pipelines using
+them once this module is imported.
 """
 
 from __future__ import annotations
@@ -24,9 +32,16 @@ CHANNEL_SHIFT_MODES = ("rgb", "keras", "rgbshift")
 
 
 class ChannelShift(A.ImageOnlyTransform):
-    """Channel shift: Keras's ``channel_shift_range`` (``per_channel=False``: one offset for
-    all channels, clipped to the image's ``[min, max]``) or ``RGBShift`` (one per channel,
-    clipped to ``[0, 255]``); ``shift_limit`` is ``(low, high)`` or ``r`` in pixel units.
+    """Channel shift in either meaning: Keras's single offset, or one offset per channel.
+
+    ``per_channel=False`` is Keras's ``channel_shift_range``: one offset drawn from
+    ``shift_limit`` (0-255 pixel units) for all channels, clipped to the image's own
+    ``[min, max]``. ``per_channel=True`` is ``RGBShift`` with one limit for all channels,
+    clipped to ``[0, 255]``; on uint8 images the offsets are rounded to whole pixel values.
+
+    Args:
+        shift_limit: ``(low, high)`` or ``r`` for ``(-r, r)``.
+        p: probability of applying the transform.
     """
 
     class InitSchema(BaseTransformInitSchema):
@@ -60,8 +75,13 @@ class ChannelShift(A.ImageOnlyTransform):
 
 
 class Cutout(A.CoarseDropout):
-    """``CoarseDropout`` with a lean image path (holes drawn with Python's random and filled
-    with ``cv2.rectangle``); masks, boxes, keypoints and other fills use its own code."""
+    """``CoarseDropout`` with a lean image path: same arguments, targets and hole distribution.
+
+    ``CoarseDropout`` spends most of its time in numpy calls on tiny arrays; this draws the
+    holes (and ``"random_uniform"`` colours) with the transform's Python random generator
+    and fills them with ``cv2.rectangle``. Masks, boxes, keypoints and other fills
+    (``"random"``, inpainting) go through ``CoarseDropout``'s own code.
+    """
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         height, width = params["shape"][:2]
@@ -103,8 +123,11 @@ class Cutout(A.CoarseDropout):
 
 
 def _saturating_shift(image: np.ndarray, shift) -> np.ndarray:
-    """``clip(image + round(shift), 0, 255)`` per channel for uint8 images, by saturating
-    add and subtract (OpenCV stays in integers only for whole non-negative scalars)."""
+    """``clip(image + round(shift), 0, 255)`` per channel for a uint8 image of <= 4 channels.
+
+    OpenCV stays in integer arithmetic only for whole non-negative scalars, hence a
+    saturating add of the positive offsets and a saturating subtract of the negative ones.
+    """
     offsets = [round(float(s)) for s in shift]  # half to even, as np.rint (no numpy calls per image)
     padding = (0,) * (4 - len(offsets))
     up, down = tuple(max(o, 0) for o in offsets), tuple(max(-o, 0) for o in offsets)
@@ -135,18 +158,22 @@ def make_pipeline(
     cutout_size: tuple[float, float] = (0.1, 0.3),
     cutout_fill: float | str = "random_uniform",
 ) -> A.Compose:
-    """Builds a flip / blur / brightness-contrast / channel shift / cutout pipeline, in that
-    order; each has a probability (0 leaves it out) and a strength.
+    """Builds a flip / blur / brightness / channel shift / cutout pipeline.
+
+    Each augmentation has its probability (0 leaves it out) and its strength. They run in
+    this order: flip, blur, brightness / contrast, channel shift, cutout.
 
     Args:
         blur_limit: ``(min, max)`` odd kernel size of the box blur.
-        brightness_limit, contrast_limit: ``(-b, b)`` of 255, factor ``(1 - c, 1 + c)``.
-        channel_shift_limit: ``(-s, s)`` in pixel units.
-        channel_shift_mode: ``"rgb"`` (per channel), ``"keras"`` (one offset) or
-            ``"rgbshift"`` (albumentations' slower ``RGBShift``).
+        brightness_limit: brightness offset range ``(-b, b)`` as a fraction of 255.
+        contrast_limit: contrast factor range ``(1 - c, 1 + c)``.
+        channel_shift_limit: offset range ``(-s, s)`` in pixel units (0-255).
+        channel_shift_mode: ``"rgb"`` (one offset per channel), ``"keras"`` (one offset for
+            all channels) or ``"rgbshift"`` (albumentations' own, slower ``RGBShift``).
         cutout_holes: ``(min, max)`` number of rectangles.
         cutout_size: ``(min, max)`` side of a rectangle as a fraction of the image side.
-        cutout_fill: a value, ``"random_uniform"`` or ``"random"``.
+        cutout_fill: fill value, ``"random_uniform"`` (one random colour per rectangle)
+            or ``"random"``.
     """
     if channel_shift_mode not in CHANNEL_SHIFT_MODES:
         raise ValueError(
@@ -193,8 +220,15 @@ def default_pipeline() -> A.Compose:
 def celeba_resize_crop(
     flip: float = 0.5, resize: tuple[int, int] = (270, 220), crop: tuple[int, int] = (218, 178)
 ) -> A.Compose:
-    """Horizontal flip, resize to 220 x 270 and random crop back to 178 x 218: the CelebA
-    ResNeXt50 recipe's random scale-and-shift (``resize`` and ``crop`` are ``(h, w)``)."""
+    """Horizontal flip, resize and random crop back (the CelebA ResNeXt50 recipe).
+
+    The aligned CelebA images (178 wide, 218 high) are resized to 220 x 270, keeping
+    their aspect ratio, and cropped back to 178 x 218: a random scale-and-shift.
+
+    Args:
+        resize: ``(height, width)`` to resize to.
+        crop: ``(height, width)`` of the crop.
+    """
     if crop[0] > resize[0] or crop[1] > resize[1]:
         raise ValueError(f"The crop must fit in the resized image. Received: resize={resize}, crop={crop}")
     transforms = [A.HorizontalFlip(p=_check_probability("flip", flip))] if flip else []

@@ -1,8 +1,14 @@
 """CelebA from its annotation files: the official text files or the Kaggle CSVs.
 
-The official files are whitespace-aligned with right-aligned values, so rows are split on
-runs of whitespace, never on fixed widths. Landmarks are divided by the aligned size, so a
-flip maps ``x`` to ``1 - x``.
+A CelebA folder holds ``img_align_celeba/`` (Kaggle: nested twice), the attribute,
+landmark and partition files and optionally the bounding-box and identity files (see
+``data/README.md``). The official text files are whitespace-aligned with right-aligned
+values, so rows are split on runs of whitespace, never on fixed widths.
+
+`load_celeba` returns the table every loader of the package returns: one row per image
+with an absolute ``path``, the attributes, the landmarks divided by the aligned size
+(``x / 178``, ``y / 218``: positions on a continuous axis, so a flip maps ``x`` to
+``1 - x``) and the official ``partition``, plus the matching `Task` s.
 """
 
 from __future__ import annotations
@@ -80,7 +86,8 @@ class AnnotationFile:
 
 # ---------------------------------------------------------------------- parsing
 def _parse_fast(rows: list[str], first_line: int, n_values: int, csv_format: bool):
-    """``(ids, values, lines)`` by pandas' C parser; None when any row needs a closer look."""
+    """``(ids, values, lines)`` of well-formed rows by pandas' C parser; None when any row
+    needs a closer look."""
     lines = np.asarray([i for i, row in enumerate(rows) if row.strip()], dtype=np.int64) + first_line
     if not len(lines):
         return None
@@ -190,15 +197,19 @@ def _check_values(table: AnnotationFile, kind: str) -> None:
 
 
 def read_annotation_file(path: str | os.PathLike, kind: str) -> AnnotationFile:
-    """Reads and validates one CelebA annotation file (``.csv``: Kaggle, else official).
+    """Reads and validates one CelebA annotation file.
 
     Args:
+        path: the file; ``.csv`` files are read as Kaggle CSVs, others as the official
+            whitespace-aligned text files.
         kind: ``"attributes"``, ``"landmarks"``, ``"partitions"``, ``"bboxes"`` or
             ``"identities"``.
 
     Raises:
-        DataError: naming the file and line of each malformed row or value, or a count
-            line that disagrees with the number of rows.
+        DataError: naming the file and line of a malformed row (wrong number of
+            fields, a value that is not an integer, an attribute other than -1 / 1, a
+            partition other than 0 / 1 / 2, a repeated image id) or a count line that
+            disagrees with the number of rows.
     """
     if kind not in _TEXT_HEADERS:
         raise ValueError(f"kind must be one of {sorted(_TEXT_HEADERS)}. Received: kind={kind!r}")
@@ -297,21 +308,30 @@ def load_celeba(
 ) -> tuple[pd.DataFrame, list[Task]]:
     """Loads a CelebA folder into a table and its tasks.
 
-    The rows are the images of the partition file, in its order; each must have an image
-    file and, where asked for, an attribute and a landmark row.
+    The rows are the images of the partition file, in its order; every one of them must
+    have an image file, an attribute row (when ``attributes`` is not empty) and a landmark
+    row (when ``landmarks``). Rows of the other files that it does not list are ignored.
 
     Args:
-        attributes: attribute names to keep, in order; None keeps all 40, ``()`` none.
-        labels: ``"binary"`` (0 / 1) or ``"signed"`` (the files' -1 / 1).
-        bboxes: add ``x_1, y_1, width, height`` (boxes of the in-the-wild images).
-        identities: add an ``identity`` column.
+        attributes: attribute names to keep, in the order wanted; None keeps all 40 in
+            file order, ``()`` none.
+        landmarks: add the 10 landmark columns and the ``landmarks`` task.
+        labels: ``"binary"`` (attributes as 0 / 1) or ``"signed"`` (the files' -1 / 1).
+        bboxes: add ``x_1, y_1, width, height`` from the bounding-box file (boxes of the
+            in-the-wild images, not of the aligned ones).
+        identities: add an ``identity`` column from the identity file.
         limit: keep only the first ``limit`` images of each partition (smoke runs).
-        layout: ``"official"``, ``"kaggle"`` or ``"auto"``.
+        partitions: partitions to keep, from ``train``, ``val``, ``test``.
+        layout: ``"official"`` (text files), ``"kaggle"`` (CSV files) or ``"auto"``.
         **task_options: passed to `celeba_tasks` (e.g. ``loss="mse"``).
 
     Returns:
-        ``(table, tasks)``: columns ``image_id``, ``path``, ``partition``, the attributes,
-        `LANDMARK_COLUMNS` and the optional bbox / identity columns.
+        ``(table, tasks)``: columns ``image_id``, ``path`` (absolute), ``partition``, the
+        attributes, `LANDMARK_COLUMNS` and the optional bbox / identity columns.
+
+    Raises:
+        DataError: a malformed annotation file or a missing image, naming file and line.
+        ValueError: unknown attribute or partition names, or bad options.
     """
     folder = Path(folder)
     check_labels(labels)
@@ -365,8 +385,12 @@ def load_celeba(
 
 
 def image_paths(ids: Sequence[str], images: Path, source: AnnotationFile, lines: Sequence[int]) -> list[str]:
-    """Absolute paths of the images ``ids`` inside ``images``, the folder listed once
-    (not 200,000 stats); bad ids and missing images raise, naming file and line."""
+    """Absolute paths of the images ``ids`` (plain file names) inside ``images``.
+
+    The folder is listed once instead of testing 200,000 paths one by one. Ids that are
+    not plain file names (``../x.jpg``), a missing folder and missing images raise,
+    naming the annotation file and line of each.
+    """
     root = images.resolve()
     problems = [
         (str(source.path), int(line), f"image id {i!r} is not a plain file name inside {root}")

@@ -1,12 +1,19 @@
 """MultiOutputGenerator: image files -> uint8 batches (originals + augmented copies) with
 a dict of targets per task.
 
-Shuffling depends on ``(seed, epoch)`` and a batch's augmentation on ``(seed, epoch, batch
-index)`` only, so batches are the same whatever order, thread or process computes them;
+Reproducibility: shuffling depends on ``(seed, epoch)`` and the augmentation draws of a
+batch on ``(seed, epoch, batch index)`` only, so the same seed gives the same batches
+whatever order Keras asks for them in and whichever thread or process computes them.
 ``__getitem__`` has no side effects (TensorFlow calls it twice for the first batches).
-Keypoint targets are ``(x, y)`` in [0, 1] continuous coordinates, so a flip maps ``x`` to
-``1 - x`` exactly; they follow every geometric transform, and an odd number of flips swaps
-each ``flip_pairs`` pair.
+Keras 3 starts a new worker pool at every epoch, after `on_epoch_end`, so worker
+processes see the current epoch; their batches come back through shared memory
+(`kerasmtl.data.shared_batches`).
+
+Keypoints: tasks named in ``keypoints`` hold ``(x, y)`` pairs normalised to [0, 1] in
+continuous image coordinates (the centre of pixel column ``i`` is ``(i + 0.5) / width``),
+so a horizontal flip maps ``x -> 1 - x`` exactly. The points follow every geometric
+transform of the pipeline, an odd number of ``HorizontalFlip``\\ s swaps each
+``flip_pairs`` pair (left eye <-> right eye), and missing (NaN) points stay NaN.
 """
 
 from __future__ import annotations
@@ -79,20 +86,29 @@ class MultiOutputGenerator(keras.utils.PyDataset):
     """Feeds a multi-output model from image files, with optional augmented copies.
 
     Each batch is ``(images, targets)`` or, with ``class_weights``, ``(images, targets,
-    sample_weights)``: uint8 ``(N, H, W, C)`` images and dicts keyed by task name. With
-    ``augment`` a batch holds the rows read, then copy 1 of all of them, copy 2, ...
+    sample_weights)``: ``images`` is uint8 ``(N, H, W, C)`` and ``targets`` a dict keyed by
+    task name (see `kerasmtl.tasks` for the encodings). Without ``augment``, ``N`` is the
+    number of rows read (``batch_size``, less in the last batch). With ``augment`` the
+    batch holds the rows read, unchanged, then copy 1 of all of them, copy 2, ...; the
+    targets and weights are repeated in the same order.
 
     Args:
         targets: ``{task name: encoded targets}``, one row per path.
         image_size: ``(height, width)`` of the emitted images (or one int for square).
-        class_weights: ``{task name: {class index: weight}}``, emitted as per-task sample
-            weights (Keras 3 takes no ``class_weight`` for multi-output models).
-        augment: None, a pipeline name of `kerasmtl.data.augment` or albumentations
-            transform(s).
-        copies: augmented copies of each image per batch.
-        keypoints: ``{task name: flip_pairs}`` of the tasks whose targets move with the image.
-        on_bad_image: ``"raise"`` a `DataError`, or ``"skip"``: warn, record it in `skipped`
-            and fill its place with the batch's readable rows, so batches keep their size.
+            Augmented images of another size (e.g. after a crop) are resized to it.
+        channels: 3 (RGB) or 1 (grayscale).
+        class_weights: optional ``{task name: {class index: weight}}``; emits per-task
+            sample weights, since Keras 3 takes no ``class_weight`` for multi-output models.
+        augment: None, a pipeline name of `kerasmtl.data.augment` (e.g. ``"default"``),
+            or an albumentations Compose / transform(s).
+        copies: augmented copies of each image per batch (>= 1; used with ``augment``).
+        include_original: put the un-augmented images first in each batch.
+        keypoints: ``{task name: flip_pairs}`` of the keypoint tasks, whose targets move
+            with the image; `from_table` fills it from the tasks that declare ``flip_pairs``.
+        on_bad_image: ``"raise"`` stops with a `DataError` naming an unreadable image;
+            ``"skip"`` warns, records it in `skipped` (shared with worker processes) and
+            fills its place with the batch's readable rows, so batches keep their size.
+        workers, use_multiprocessing, max_queue_size: as for `keras.utils.PyDataset`.
     """
 
     def __init__(

@@ -1,11 +1,17 @@
-"""Any CSV table of image labels: a column of image paths (relative to the CSV's folder)
-and one column per label, every value read as text; an empty cell is a missing label.
+"""Any CSV table of image labels: one row per image, a column of image paths and one
+column per label (``path,smiling,age`` / ``img/1.jpg,1,young``), paths relative to the
+CSV's folder.
 
-Tasks come from a tasks file (`read_tasks_file`) or are inferred per column: regression
-where named; 2 distinct values make a binary task (well-known pairs such as ``0/1``,
-``no/yes`` in (negative, positive) order, else sorted); more make a multiclass task in
-natural order (``"2" < "10"``); more than 20 distinct numbers stop the inference. Columns
-with fewer than 2 values, or an identifier, are left out with a note.
+Every value is read as text; an empty cell is a missing label (the losses skip it), while
+``NA``, ``None`` and the like are ordinary labels. Tasks come from a tasks file
+(`read_tasks_file`) or are inferred from each label column: the columns named as
+regression are regression tasks; 2 distinct values make a binary task with classes
+(negative, positive) for well-known pairs (``0/1``, ``false/true``, ``-1/1``, ``no/yes``,
+any case), else sorted; more make a multiclass task in natural order (``"2" < "10"``).
+More than 20 distinct numbers stop the inference (a measurement, or that many classes?).
+Columns with fewer than 2 distinct values, or a different text on each of more than 20
+rows (an identifier), are left out with a note. Task names are the column names with
+characters other than letters, digits, ``_``, ``-`` and ``.`` replaced by ``_``.
 """
 
 from __future__ import annotations
@@ -51,16 +57,19 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def read_csv_rows(
     csv_path: str | os.PathLike, expected: str = "a header row naming the image path and label columns"
 ) -> tuple[list[str], list[list[str]], list[int], list[tuple]]:
-    """Reads a UTF-8 CSV file as text, keeping the line number each row starts on (what a
-    user finds in an editor; a quoted line break makes a row span several lines).
+    """Reads a UTF-8 CSV file as text, keeping the line number of each row.
+
+    Line numbers (not row indices) are what a user finds in an editor; a quoted line
+    break makes a row span several lines, so the reader counts them.
 
     Args:
         expected: what the header should hold, for the message about an empty file.
 
     Returns:
-        ``(header, rows, lines, problems)``: stripped names and fields, each row's first
-        line (header = 1), and a ``(file, line, reason)`` problem per row whose field count
-        differs from the header's (left out). Blank lines and trailing commas are dropped.
+        ``(header, rows, lines, problems)``: the stripped column names, the rows (lists
+        of stripped strings), the line each row starts on (header = line 1), and a
+        ``(file, line, reason)`` problem for each row whose field count differs from
+        the header's (such rows are left out). Blank lines and trailing commas are dropped.
     """
     csv_path = Path(csv_path)
     try:
@@ -107,20 +116,33 @@ def scan_label_csv(
     regression: Sequence[str] | str = (),
     tasks: Sequence[Task] | None = None,
 ) -> tuple[pd.DataFrame, list[Task], list[tuple]]:
-    """Reads a labels CSV, returning row-level problems so that all can be listed (or the
-    rows left out) by `kerasmtl.data.validate`; file and column problems raise `DataError`.
+    """Reads a labels CSV without stopping at bad rows.
+
+    For a check of the whole table before training (`kerasmtl.data.validate`): problems
+    with the file or its columns raise, row-level ones are returned so that all of them
+    can be listed, or the rows left out.
 
     Args:
         path_column: the column of image paths, relative to the CSV's folder or to
             ``image_root`` (``/`` between folders).
-        regression: regression tasks, each ``COL`` or ``NAME=COL1,COL2,...`` (one task,
-            one unit per column): numbers cannot be told from classes by looking.
-        tasks: the tasks (e.g. from `read_tasks_file`) instead of inferring them.
+        regression: regression tasks, each ``COL`` (one unit) or ``NAME=COL1,COL2,...``
+            (one task, one unit per column, e.g. landmarks); ``A,B`` is two tasks.
+            Numbers cannot be told from classes by looking, hence the explicit list.
+        tasks: the tasks, e.g. from `read_tasks_file`, instead of inferring them (then
+            ``regression`` must be empty).
 
     Returns:
-        ``(table, tasks, problems)``: the table with an absolute, unchecked ``path``, the
-        paths as written in `WRITTEN_PATH` and CSV line numbers in ``csv_line``; the
-        tasks in CSV column order; the ``(file, line, reason)`` problems found.
+        ``(table, tasks, problems)``: the rows with the right number of fields, with an
+        absolute ``path`` column (not yet checked: it may lie outside the folder or not
+        exist), the paths as written in `WRITTEN_PATH`, CSV line numbers in
+        ``csv_line``; the tasks, in the order of their first column in the CSV; and the
+        ``(file, line, reason)`` problems found (rows with the wrong field count, an
+        empty path, a ``\\`` path that does not exist, a regression cell that is not a
+        number).
+
+    Raises:
+        DataError: no such file or image folder, an empty file or one without rows,
+            missing, repeated or unnamed columns, or no task to infer.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -280,8 +302,10 @@ def _classification_task(csv_path: Path, frame: pd.DataFrame, column: str) -> Ta
 
 
 def _match_case(values: pd.Series, classes: Sequence[str]) -> pd.Series:
-    """Rewrites labels that match a class but for letter case (``TRUE`` -> ``true``),
-    unless classes differ only in case."""
+    """Rewrites labels that match a class but for letter case (``TRUE`` -> ``true``).
+
+    Classes that differ only in case are left alone: then case tells them apart.
+    """
     folded = {c.lower(): c for c in classes}
     if len(folded) < len(classes):
         return values
@@ -338,10 +362,18 @@ def _number_problems(csv_path: Path, frame: pd.DataFrame, tasks: Sequence[Task])
 
 # ---------------------------------------------------------------- tasks files
 def read_tasks_file(path: str | os.PathLike) -> list[Task]:
-    """Reads tasks, in file order, from a YAML or JSON file (``.json``: JSON, else YAML):
-    a list of task mappings as `Task.to_dict` writes them (also under a ``tasks`` key), or
-    ``{task name: {kind, classes, ...}}``. Any problem, including unquoted YAML booleans
-    (``yes``, ``on``) as names or classes, raises `DataError` naming the file and task."""
+    """Reads tasks, in file order, from a YAML or JSON file (``.json``: JSON, else YAML).
+
+    Two shapes are accepted: a list of task mappings, as `Task.to_dict` writes them
+    (also under a top-level ``tasks`` key), or a mapping from task name to its
+    description (``{smiling: {kind: binary, classes: ["no", "yes"]}}``), shorter to
+    write by hand. ``columns`` may be one string.
+
+    Raises:
+        DataError: naming the file (and task) when it is missing, not valid YAML / JSON,
+            of another shape, or describes an invalid task; also for unquoted YAML
+            booleans (``yes``, ``no``, ``on``...) used as names, classes or columns.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: tasks file not found.")
@@ -398,8 +430,10 @@ def _task_from_entry(path: Path, index: int, entry: dict) -> Task:
 
 # ------------------------------------------------------------------- summary
 def format_tasks(tasks: Sequence[Task], frame: pd.DataFrame) -> str:
-    """A plain-text table of the tasks, their kind, labelled and missing rows of ``frame``
-    and classes or columns: to check that every column was read as meant."""
+    """A plain-text table of the tasks and how many rows of ``frame`` label each, to check
+    before training that every column was read as meant: one line per task with name,
+    kind, labelled and missing rows, and the classes (negative, positive for binary) or
+    the regression columns (a regression row is labelled when all of them hold a value)."""
     table = [("task", "kind", "labelled", "missing", "classes / columns")]
     for task in tasks:
         given = np.ones(len(frame), dtype=bool)

@@ -1,6 +1,15 @@
-"""PA100k in its published layout: ``annotation.mat`` (MATLAB v5, read with
-`scipy.io.loadmat`, never unpickled: ``attributes`` and, per split, ``<split>_images_name``
-and a 0 / 1 ``<split>_label`` matrix) and the image folder (`IMAGE_FOLDERS`).
+"""PA100k in its published layout: ``annotation.mat`` and the image folder.
+
+``annotation.mat`` (MATLAB v5, read with `scipy.io.loadmat`, never unpickled) holds
+``attributes`` (the 26 attribute names, a cell array) and, for each official split,
+``<split>_images_name`` (a cell array of file names) and ``<split>_label`` (an
+``images x attributes`` matrix of 0 / 1), for ``train``, ``val`` and ``test``. The
+images lie in ``data/`` (``release_data/release_data/`` in the official archive, or
+next to the ``.mat``).
+
+`load_pa100k` returns the table every loader of the package returns: one row per image
+with an absolute ``path``, the official ``partition`` and one 0 / 1 column per
+attribute under its official name, plus one binary `Task` per attribute in file order.
 """
 
 from __future__ import annotations
@@ -61,8 +70,10 @@ def read_annotation(path: str | os.PathLike) -> tuple[list[str], dict[str, tuple
         ``(attributes, {split: (image names, int64 labels of shape (images, attributes))})``.
 
     Raises:
-        DataError: naming each bad field, label or image name (row = position in the
-            split's name list, from 1).
+        DataError: an unreadable file, a missing field, a label matrix whose shape does
+            not match the names, a label other than 0 / 1, an empty or repeated attribute
+            name, an image name that is not a plain file name or that is listed twice
+            (row = position in the split's name list, from 1).
     """
     path = Path(path)
     if not path.is_file():
@@ -124,12 +135,20 @@ def image_folder(folder: str | os.PathLike, first: str | None = None) -> Path:
 def load_pa100k(
     folder: str | os.PathLike, limit: int | None = None, **task_options
 ) -> tuple[pd.DataFrame, list[Task]]:
-    """Loads a PA100k folder into a table (``image_id``, ``path``, ``partition``: the
-    official split, and the attributes in file order) and its tasks.
+    """Loads a PA100k folder into a table and its tasks.
 
     Args:
         limit: keep only the first ``limit`` images of each split (smoke runs).
         **task_options: passed to every task (e.g. ``from_logits=True``).
+
+    Returns:
+        ``(table, tasks)``: columns ``image_id``, ``path`` (absolute), ``partition``
+        (``train`` / ``val`` / ``test``, the official split) and the attributes under
+        their names in the file, in its order.
+
+    Raises:
+        DataError: a bad annotation file (see `read_annotation`) or an image it lists
+            that the image folder lacks.
     """
     folder = Path(folder)
     if limit is not None and limit < 1:

@@ -1,7 +1,9 @@
 """The person-attributes dataset in its published "hvc" format: ``hvc_annotations.csv``
-with the `HVC_COLUMNS`, and the images it lists under ``image_path``. ``None`` is a real
-class of ``carryingbag``, so no cell is read as missing. `HVC_CLASSES` fixes the class
-order (the dataset description's), whatever the data.
+with the `HVC_COLUMNS`, and the images it lists under ``image_path`` (relative to the
+folder). ``None`` is a real class of ``carryingbag``, so no cell is read as missing.
+
+Class order (the output units of each head) is fixed by `HVC_CLASSES`, the order in
+which the dataset's own description lists the labels; it does not depend on the data.
 """
 
 from __future__ import annotations
@@ -75,17 +77,34 @@ def _read_hvc_table(csv_path: Path) -> tuple[pd.DataFrame, list[tuple]]:
 
 
 def scan_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task], list[tuple]]:
-    """Reads a person-attributes folder without stopping at bad rows: ``(table, tasks,
-    problems)``, the table with an absolute ``path`` column not yet checked, and the
-    ``(file, row, reason)`` problems for `kerasmtl.data.validate` to list or leave out."""
-    frame, problems = _read_hvc_table(Path(folder) / ANNOTATIONS)
-    frame["path"] = [str(Path(folder).resolve() / p) for p in frame["image_path"]]
+    """Reads a person-attributes folder without stopping at bad rows.
+
+    For a check of the whole dataset before training (`kerasmtl.data.validate`):
+    file-level problems still raise, but row-level ones are returned so that all of
+    them can be listed, or the rows left out.
+
+    Returns:
+        ``(table, tasks, problems)``: the rows with the right number of fields, an
+        absolute ``path`` column (not yet checked: it may lie outside the folder or
+        not exist), the tasks, and the ``(file, row, reason)`` problems found.
+    """
+    folder = Path(folder)
+    csv_path = folder / ANNOTATIONS
+    frame, problems = _read_hvc_table(csv_path)
+    root = folder.resolve()
+    frame["path"] = [str(root / p) for p in frame["image_path"]]
     return frame, hvc_tasks(), problems
 
 
 def load_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task]]:
-    """Loads a person-attributes folder: ``(table, tasks)``, the table with the CSV's
-    columns, ``csv_line`` and an absolute ``path``; any bad row raises `DataError`."""
+    """Loads a person-attributes dataset folder: ``(table, tasks)``, the table with the CSV's
+    columns (stripped strings), its line numbers in ``csv_line`` and an absolute ``path``.
+
+    Raises:
+        DataError: naming every bad row (wrong number of fields, a label outside
+            `HVC_CLASSES`, an empty path, an image listed twice, a path outside the folder,
+            a missing image) or a missing, empty or bad CSV header.
+    """
     folder = Path(folder)
     csv_path = folder / ANNOTATIONS
     frame, problems = _read_hvc_table(csv_path)

@@ -1,6 +1,15 @@
-"""PETA in its published layout: ``PETA dataset/<sub-dataset>/archive/`` with the images
-and ``Label.txt`` (one line per person: its id and the attributes that hold). PETA has
-no official split: `split_persons` draws the common 50 / 10 / 40 % split by person, seeded.
+"""PETA in its published layout: ``PETA dataset/<sub-dataset>/archive/``.
+
+Each of the 10 sub-datasets (`SUBSETS`) has an ``archive/`` folder with the images and
+``Label.txt``: one line per person, ``<person id> attr1 attr2 ...``, naming the
+attributes that hold for that person (every other attribute is 0). A person's images
+are named ``<id>.<ext>`` or ``<id>_<anything>.<ext>``; one id may have several images.
+The file is read as plain text.
+
+PETA has no official split file. The common protocol draws a random 9,500 / 1,900 /
+7,600 train / val / test split (50 / 10 / 40 %) of the 19,000 images; `split_persons`
+draws it by person (all images of an id land in one partition, so no person is seen in
+training and testing), seeded, so every run gets the same partitions.
 """
 
 from __future__ import annotations
@@ -86,7 +95,12 @@ def find_root(folder: str | os.PathLike) -> Path | None:
 
 
 def read_labels(path: str | os.PathLike, subset: str) -> list[Person]:
-    """Reads one ``Label.txt``; unknown attributes and repeated ids raise `DataError`."""
+    """Reads one ``Label.txt``.
+
+    Raises:
+        DataError: naming the line of an attribute outside `KNOWN_ATTRIBUTES` (with the
+            close matches) and of a person id listed twice.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -122,9 +136,13 @@ def read_labels(path: str | os.PathLike, subset: str) -> list[Person]:
 
 
 def match_images(folder: Path, persons: Sequence[Person], source: Path) -> list[list[str]]:
-    """The image file names of each person in ``folder`` (``<id>.<ext>`` or
-    ``<id>_<anything>.<ext>``; an all-digit id also matches other zero padding when no
-    image has it exactly). A person without an image raises `DataError`."""
+    """The image file names of each person in ``folder``: ``<id>.<ext>`` or
+    ``<id>_<anything>.<ext>`` (sorted); an all-digit id also matches the same number
+    written with other zero padding (``1`` and ``0001``) when no image has it exactly.
+
+    Raises:
+        DataError: naming the line of each person without an image.
+    """
     by_prefix: dict[str, list[str]] = {}
     for name in sorted(os.listdir(folder)):
         stem, suffix = os.path.splitext(name)
@@ -153,7 +171,11 @@ def _number(text: str) -> bool:
 
 def split_persons(images_per_person: Sequence[int], seed: int = 0) -> list[str]:
     """The partition of each person: persons in a seeded random order fill train until
-    half of the images are placed, then val up to 60 %, then test (`SPLIT_SHARES`)."""
+    half of the images are placed, then val up to 60 %, then test (`SPLIT_SHARES`).
+
+    With one image per person this is exactly 50 / 10 / 40 % of the images (9,500 /
+    1,900 / 7,600 of 19,000); with several, each boundary is crossed by one person at most.
+    """
     counts = np.asarray(images_per_person, dtype=np.int64)
     order = np.random.default_rng(seed).permutation(len(counts))
     before = np.concatenate([[0], np.cumsum(counts[order])[:-1]])  # images placed before each person
@@ -188,14 +210,22 @@ def load_peta(
     its tasks.
 
     Args:
-        attributes: ``"35"`` (`PETA_35`), ``"all"`` (every attribute that holds for some
-            person) or a list of names.
+        attributes: the tasks: ``"35"`` (`PETA_35`, the benchmark's set), ``"all"``
+            (every attribute that holds for some person, in `KNOWN_ATTRIBUTES` order,
+            after the 35), or a list of names.
         limit: keep only the first ``limit`` images of each partition (smoke runs).
         seed: the seed of `split_persons`.
+        **task_options: passed to every task (e.g. ``from_logits=True``).
 
     Returns:
-        ``(table, tasks)``: one row per image with ``path``, ``subset``, ``person``,
-        ``partition`` and a 0 / 1 column per attribute that holds for some person.
+        ``(table, tasks)``: one row per image with ``path`` (absolute), ``subset`` (the
+        sub-dataset), ``person`` (its id), ``partition`` and a 0 / 1 column for each of
+        the 35 and every other attribute that holds for some person.
+
+    Raises:
+        DataError: a missing or malformed ``Label.txt`` (see `read_labels`) or a person
+            without an image, naming file and line.
+        ValueError: an unknown attribute set or name.
     """
     folder = Path(folder)
     if limit is not None and limit < 1:

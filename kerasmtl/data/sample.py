@@ -1,7 +1,11 @@
 """The bundled offline sample: a synthetic, deterministic person-attributes dataset in
-the hvc layout. Each attribute is drawn as class index + 1 square marks in its own colour
-(`SAMPLE_COLOURS`) and cell of a 4 x 2 grid, so a label is learnable by a tower that pools
-globally; each majority class has its share in the real dataset (`CLASS_SHARES`).
+the published hvc layout (``hvc_annotations.csv`` plus JPEGs under ``resized/``).
+
+Each picture shows a grey figure on a noisy background and, for each of the 8
+attributes, a group of square marks in the attribute's own colour (`SAMPLE_COLOURS`) and
+cell of a 4 x 2 grid; the number of marks is the class index + 1 in `HVC_CLASSES` order,
+so a label is visible, and learnable by a tower that pools globally. The majority class
+of every attribute has its share in the real dataset (`CLASS_SHARES`).
 """
 
 from __future__ import annotations
@@ -101,8 +105,11 @@ def make_sample(folder: str | os.PathLike, n_images: int = 1200, seed: int = 0, 
 
 
 def ensure_sample(folder: str | os.PathLike | None = None, n_images: int = 1200, seed: int = 0, image_size: int = 96) -> Path:
-    """A folder holding the sample (default `default_sample_dir`), written first if needed
-    under a temporary name and renamed when complete, so no half-made sample is left."""
+    """A folder holding the sample (default `default_sample_dir`), written first if needed.
+
+    The folder is written under a temporary name and renamed when complete, so an
+    interrupted write never leaves a half-made sample behind.
+    """
     folder = Path(folder) if folder is not None else default_sample_dir(n_images, seed, image_size)
     recipe = {"version": SAMPLE_VERSION, "n_images": n_images, "seed": seed, "image_size": image_size}
     marker = folder / "sample.json"

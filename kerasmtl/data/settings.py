@@ -1,6 +1,10 @@
-"""`DataSettings`: which rows a dataset yields. A run's ``config.yaml`` gives them back
-(`DataSettings.from_mapping`), so evaluation rebuilds the same table. Standard library
-only, so the command line reads it without importing TensorFlow.
+"""`DataSettings`: which rows a dataset yields, and the names its settings accept.
+
+`kerasmtl.data.sources.load_dataset` takes these settings; a command's own config extends
+them (``kerasmtl train``'s `TrainConfig`), and a run folder's ``config.yaml`` gives them
+back (`DataSettings.from_mapping`), so evaluation rebuilds the same table. Like
+`kerasmtl.choices`, this module imports only the standard library, so the command line
+reads it without importing TensorFlow.
 """
 
 from __future__ import annotations
@@ -25,14 +29,21 @@ class DataSettings:
     """The settings that say which rows a source yields and how they are checked.
 
     Attributes:
-        data: the source (see `kerasmtl.data.sources.source_kind`); None: the sample.
-        path_column, image_root, regression: a CSV table's image path column, the folder
-            its paths are relative to (default: the CSV's), its regression columns.
+        data: the source (see `kerasmtl.data.sources.source_kind`); None for the bundled
+            synthetic sample.
+        path_column: a CSV table's image path column.
+        image_root: the folder a CSV table's image paths are relative to (default: the
+            CSV's folder).
+        regression: a CSV table's regression columns, ``COL`` or ``NAME=COL1,COL2``.
         tasks: a tasks file (YAML / JSON) instead of inferring the tasks.
-        tfds_dir, tfds_cache, download: TFDS's ``data_dir``, the folder for its JPEGs,
-            and whether TFDS may download.
+        layout: one of `LAYOUTS`.
+        peta_attributes: one of `PETA_ATTRIBUTE_SETS`.
+        tfds_dir: TFDS's ``data_dir`` for ``tfds:celeb_a``.
+        tfds_cache: the folder for the JPEGs taken out of TFDS.
+        download: let TFDS download the dataset.
         limit: only the first N images of each CelebA, PA100k or PETA partition.
-        workers: threads that decode images when the rows are checked.
+        sample_size: images in the synthetic sample.
+        workers: threads that decode images when the rows are checked (at least 2).
         skip_bad: leave out unusable rows instead of stopping.
     """
 

@@ -1,11 +1,15 @@
 """Batches that cross from worker processes to the training process without a copy.
 
 With ``use_multiprocessing=True`` Keras pickles every batch back through a pipe, which
-costs about as much CPU as decoding it. A `BatchArena` is one block of shared memory in
-batch-sized slots, mapped before the pool forks: a worker fills a free slot, only
-``(arena, offset, shape, dtype)`` is pickled, and the slot is freed with the training
-process's last view of it. With no free slot, or under ``spawn`` / ``forkserver``, batches
-are pickled as usual.
+costs about as much CPU as decoding and augmenting it. A `BatchArena` is one block of
+shared memory in slots of one batch each, mapped before the pool forks and so by every
+worker: a worker fills an array in a free slot (`BatchArena.claim`), only ``(arena,
+offset, shape, dtype)`` is pickled, and the training process gets a view of the slot,
+freed when that array and every view of it (e.g. a tensor borrowing its memory) are gone.
+
+Nothing blocks: with every slot in use, a batch too big, or the ``spawn`` /
+``forkserver`` start methods (the arena cannot be inherited), batches are ordinary
+arrays, pickled as usual.
 """
 
 from __future__ import annotations

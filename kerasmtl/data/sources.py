@@ -1,6 +1,11 @@
 """Every dataset the training workflow takes, behind one function: `load_dataset`.
-Each source (`source_kind`) gives a table, its tasks, and what
-`kerasmtl.data.validate.validate_table` needs to check every row."""
+
+``--data`` names the source (`source_kind`): nothing for the bundled synthetic sample,
+a folder holding ``hvc_annotations.csv`` (person attributes), a PA100k folder
+(``annotation.mat``), a PETA folder (``<sub-dataset>/archive/Label.txt``), a CelebA
+folder, ``tfds:celeb_a``, or a ``.csv`` file of the user's own labels. Each gives a table, its
+tasks, and what `kerasmtl.data.validate.validate_table` needs to check every row.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,14 @@ class Dataset:
     """A loaded dataset, not yet validated or split.
 
     Attributes:
-        kind: a `source_kind`.
-        name: a short name for run folders.
-        frame: the table (absolute ``path``, label columns, maybe ``partition``).
+        kind: ``"sample"``, ``"hvc"``, ``"pa100k"``, ``"peta"``, ``"celeba"``, ``"tfds"``
+            or ``"csv"``.
+        name: a short name for run folders (``sample``, the folder or file stem).
+        frame: the table (absolute ``path`` column, label columns; ``partition`` when the
+            source has official splits).
+        tasks: the tasks the table is labelled for.
         source: the annotations file or dataset named in messages and reports.
-        check: keyword arguments of `validate_table`.
+        check: keyword arguments of `validate_table` (root, shown_column, row_column).
         problems: row problems the loader already found, ``(file, row, reason)``.
     """
 
@@ -106,8 +114,13 @@ def load_dataset(settings: DataSettings, tasks: Sequence[Task] | None = None) ->
     """Loads the dataset ``settings.data`` names.
 
     Args:
-        tasks: the tasks a model needs (a preset's); by default the source's own, the
-            tasks file's or those inferred from a CSV table.
+        settings: which rows the source yields (a command's config extends `DataSettings`).
+        tasks: the tasks a model needs (a preset's); by default the source's own (hvc,
+            PA100k, PETA and CelebA), the tasks file (``settings.tasks``) or those inferred from a CSV table.
+
+    Raises:
+        TypeError: ``settings`` is not a `DataSettings`.
+        DataError: a source that cannot be read.
     """
     if not isinstance(settings, DataSettings):
         raise TypeError(f"load_dataset takes a kerasmtl.data.DataSettings. Received: {type(settings).__name__}")

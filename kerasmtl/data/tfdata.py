@@ -1,11 +1,17 @@
-"""``tf.data`` input pipelines: the generator wrapped (`generator_dataset`), and a pure
-``tf.data`` file reader (`file_dataset`) that decodes, resizes, augments and batches in the
-graph. Both yield `MultiOutputGenerator`'s elements and shard for ``tf.distribute``.
+"""``tf.data`` input pipelines: the generator wrapped, and a pure ``tf.data`` file reader.
 
-Unless ``repeat=False`` a dataset runs over epochs ``initial_epoch, ...`` forever, so
-``model.fit`` needs ``steps_per_epoch``. With an ``input_context`` worker ``w`` of ``W``
-reads batches ``w, w + W, ...`` of each epoch, so a step's global batch holds the
-``W * batch_size`` consecutive rows one device would read.
+Both yield the elements of `MultiOutputGenerator` (``(images, targets)`` or ``(images,
+targets, sample_weights)``, uint8 images, dicts keyed by task name) and shard for
+``tf.distribute``. `generator_dataset` reads a PyDataset's batches on ``tf.data``'s
+threads; `file_dataset` decodes, resizes, augments (`ImageAugment`) and batches inside
+the graph, with no Python per image.
+
+Unless ``repeat=False`` a dataset runs over epochs ``initial_epoch, initial_epoch + 1,
+...`` forever, each in the generator's order, so ``model.fit`` needs ``steps_per_epoch``.
+With an ``input_context`` worker ``w`` of ``W`` reads only batches ``w, w + W, ...`` of
+each epoch, so a step's global batch holds the same ``W * batch_size`` consecutive rows
+one device would read; every worker makes ``num_batches // W`` steps and splits its
+batch into equal slices for its local replicas.
 """
 
 from __future__ import annotations
@@ -123,11 +129,15 @@ def generator_dataset(
     initial_epoch: int = 0,
     repeat: bool = True,
 ) -> tf.data.Dataset:
-    """Wraps a ``keras.utils.PyDataset`` (e.g. `MultiOutputGenerator`) in ``tf.data``: batch
-    ``i`` of epoch ``e`` is ``generator[i]`` from a copy positioned at ``e``, so batches are
-    read in parallel, in order, augmentation included.
+    """Wraps a ``keras.utils.PyDataset`` (e.g. `MultiOutputGenerator`) in ``tf.data``.
+
+    Batch ``i`` of epoch ``e`` is ``generator[i]`` read from a copy of the generator
+    positioned at ``e`` (``set_epoch``), so several batches are read at once, in order,
+    and the result is the generator's own batches, augmentation included. Structure and
+    dtypes come from ``generator[0]``.
 
     Args:
+        generator: the PyDataset; its ``batch_size`` is the per-worker batch.
         input_context: from ``strategy.distribute_datasets_from_function``: read only
             this worker's batches and split them for its replicas. None: every batch, whole.
         initial_epoch: the first epoch (e.g. when resuming).
@@ -166,15 +176,20 @@ def generator_dataset(
 # ------------------------------------------------------------------ augmentation
 @dataclasses.dataclass(frozen=True)
 class ImageAugment:
-    """Augmentations of the ``tf.data`` file pipeline, with ``tf.image`` ops; every draw is
-    stateless, seeded by ``(seed, epoch, row, copy)``, so runs and workers agree.
+    """Augmentations of the ``tf.data`` file pipeline, written with ``tf.image`` ops.
+
+    Every draw is stateless, seeded by ``(seed, epoch, row, copy)``: the same image of the
+    same epoch gets the same augmentation on every worker and in every run.
 
     Args:
-        flip: probability of a horizontal flip (keypoints follow it).
+        flip: probability of a horizontal flip; keypoint targets follow it
+            (`flip_keypoints`).
         brightness: add ``delta * 255``, ``delta`` uniform in ``[-brightness, brightness]``.
-        contrast: contrast factor uniform in ``[1 - contrast, 1 + contrast]``.
+        contrast: scale each channel's deviation from its mean by a factor uniform in
+            ``[1 - contrast, 1 + contrast]`` (``tf.image.adjust_contrast``).
         color_p: probability of the brightness / contrast change.
-        channel_shift: a per-channel offset uniform in ``[-channel_shift, channel_shift]``.
+        channel_shift: add to each channel its own offset, uniform in
+            ``[-channel_shift, channel_shift]`` pixel levels (``RGBShift``'s meaning).
         shift_p: probability of the channel shift.
     """
 
@@ -252,7 +267,11 @@ def flip_keypoints(values, flip_pairs: Sequence[Sequence[int]] = ()):
 # -------------------------------------------------------------- file pipeline
 def file_orientations(paths: Sequence[str]) -> np.ndarray:
     """The EXIF orientation (1-8) of each image, so the file pipeline turns photos upright
-    as the generator does; files ``tf.io`` cannot decode raise one `DataError`."""
+    as the generator (OpenCV / Pillow) does.
+
+    Raises:
+        DataError: listing every file ``tf.io`` cannot decode (a TIFF, say), before training.
+    """
     from PIL import Image
 
     orientations, problems = np.ones(len(paths), np.int32), []
@@ -286,8 +305,12 @@ def _upright(image, orientation):
 
 
 def decode_resize(path, image_size: tuple[int, int], channels: int = 3, orientation=1):
-    """Reads one image file to uint8 ``(H, W, C)``, turned upright, resized by the
-    generator's OpenCV rule (area when shrinking, bilinear when enlarging)."""
+    """Reads and decodes one image file (JPEG, PNG, BMP, GIF, WebP) to uint8 ``(H, W, C)``,
+    turned upright by its EXIF ``orientation`` (see `file_orientations`).
+
+    Shrinking uses area interpolation, enlarging bilinear (the generator's OpenCV rule);
+    an image already of ``image_size`` is left as decoded.
+    """
     content = tf.io.read_file(path)
     image = tf.cond(
         tf.io.is_jpeg(content),
@@ -334,10 +357,17 @@ def file_dataset(
 ) -> tf.data.Dataset:
     """A pure ``tf.data`` pipeline from image files: read, decode, resize, augment, batch.
 
-    The batches hold the rows of a `MultiOutputGenerator` with the same arguments, in its
-    layout; pixels match where no resizing is needed. The arguments are the generator's
-    and `generator_dataset`'s, except: ``sample_weights`` (``{task name: per-row weight}``)
-    adds a third element; ``augment`` is an `ImageAugment` or None.
+    The batches hold the same rows in the same order as a `MultiOutputGenerator` with the
+    same ``paths``, ``batch_size``, ``shuffle`` and ``seed``; the pixels match it for
+    images already of ``image_size`` (resizing differs from OpenCV's by rounding). With
+    ``augment`` the layout is the generator's too: the batch's originals (with
+    ``include_original``), then augmented copy 1 of every row, copy 2, ... with the
+    targets and weights repeated in that order.
+
+    The arguments are the generator's, and ``input_context``, ``initial_epoch`` and
+    ``repeat`` `generator_dataset`'s, except: ``batch_size`` is the per-worker batch;
+    ``sample_weights`` (``{task name: per-row weight}``, e.g. the generator's) adds a third
+    element; ``augment`` is an `ImageAugment` or None.
     """
     paths = np.asarray([str(p) for p in paths])
     if len(paths) == 0:

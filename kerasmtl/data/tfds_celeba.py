@@ -1,6 +1,10 @@
-"""CelebA through tensorflow-datasets (``celeb_a``) as the table of `load_celeba`: each
-example's JPEG bytes are copied, unchanged, into a cache folder. ``download=True`` fetches
-from Google Drive, which often fails on quota (then place the files by hand, as TFDS says).
+"""CelebA through tensorflow-datasets (``celeb_a``) as the table of `load_celeba`.
+
+TFDS's ``train`` / ``validation`` / ``test`` splits are the official partitions.
+`tfds_celeba_table` copies each example's JPEG bytes, unchanged, into a cache folder, so
+the rest of the package works on the table as on a CelebA folder. Needs the ``tfds``
+extra; ``download=True`` fetches from Google Drive, which often fails on quota (then place
+the files in ``data_dir`` by hand, as TFDS's manual-download instructions say).
 """
 
 from __future__ import annotations
@@ -50,8 +54,14 @@ def tfds_split(partition: str) -> str:
 
 
 def load_tfds_celeba(partition: str = "train", data_dir: str | os.PathLike | None = None, download: bool = False):
-    """``tfds.load("celeb_a", ...)`` for one partition (TFDS slicing allowed), in the
-    stored order, each image kept as its JPEG bytes."""
+    """``tfds.load("celeb_a", ...)`` for one partition, in the stored order, each image kept
+    as its JPEG bytes.
+
+    Args:
+        partition: ``train``, ``val`` or ``test`` (TFDS slicing allowed: ``train[:1%]``).
+        data_dir: TFDS data folder; default TFDS's own (``~/tensorflow_datasets``).
+        download: let TFDS download and prepare the dataset when it is not there.
+    """
     tfds = _tfds()
     return tfds.load(
         "celeb_a",
@@ -75,9 +85,14 @@ def tfds_celeba_table(
     download: bool = False,
     **task_options,
 ) -> tuple[pd.DataFrame, list[Task]]:
-    """CelebA from TFDS as the table `kerasmtl.data.celeba.load_celeba` returns, its JPEGs
-    written to ``cache_dir/<partition>/<index>.jpg`` (files already there are kept); the
-    other arguments are `load_celeba`'s and `load_tfds_celeba`'s."""
+    """CelebA from TFDS as the table `kerasmtl.data.celeba.load_celeba` returns.
+
+    Each example's JPEG bytes are written unchanged to ``cache_dir/<partition>/<index>.jpg``
+    (``index`` counts examples in TFDS order; files already there are kept).
+
+    The other arguments are `load_celeba`'s, and ``data_dir`` and ``download``
+    `load_tfds_celeba`'s.
+    """
     check_labels(labels)
     chosen = CELEBA_ATTRIBUTES if attributes is None else check_attribute_names(attributes, CELEBA_ATTRIBUTES, "TFDS celeb_a")
     cache_dir = Path(cache_dir)

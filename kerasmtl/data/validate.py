@@ -1,8 +1,10 @@
 """One pass over a dataset table before training: every row must be usable.
 
-Image modes are not a reason to reject: the generator's decode path (OpenCV, else
-`imread_pil`) converts them all. File-level problems raise `DataError` at once; row-level
-problems are collected into `Problem` s so that one run lists them all.
+Any table with an image ``path`` column and one column per task label can be checked
+(the rules are listed in the README). Image modes are not a reason to reject: the decode
+path the generator uses (OpenCV first, `imread_pil` where OpenCV cannot read a file)
+converts them all. File-level problems (no such file, a missing column) raise `DataError`
+at once; row-level problems are collected into `Problem` s so that one run lists them all.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from kerasmtl.paths import home
 from kerasmtl.serving import to_uint8
 from kerasmtl.tasks import Task, is_missing
 
-#: File endings read as images where a folder is searched (PETA, ``kerasmtl predict``).
+#: The file name endings read as images where a folder is searched for them (PETA's
+#: folders in training, ``kerasmtl predict`` on a folder); OpenCV or Pillow reads each.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 #: Largest accepted image, in pixels (Pillow's decompression-bomb limit).
@@ -45,8 +48,10 @@ class Problem(NamedTuple):
 
 # ------------------------------------------------------------------- decoding
 def _to_uint8(image: Image.Image) -> Image.Image:
-    """Converts any Pillow mode to ``RGB`` or ``L`` (8 bits per channel) as OpenCV reads,
-    via `kerasmtl.serving.to_uint8` for integer and float modes; transparency dropped."""
+    """Converts any Pillow mode to ``RGB`` or ``L`` (8 bits per channel), as OpenCV reads:
+    16-bit integers by their high byte, other integers scaled by 1/257, floats in [0, 1]
+    by 255 (others clipped; `kerasmtl.serving.to_uint8`, which the Predictor shares),
+    transparency dropped."""
     mode = image.mode
     if mode in ("RGB", "L"):
         return image
@@ -58,9 +63,9 @@ def _to_uint8(image: Image.Image) -> Image.Image:
 
 
 def imread_pil(path: str | os.PathLike, channels: int = 3) -> np.ndarray | None:
-    """Reads an image with Pillow in ``cv2.imread``'s layout (BGR, or 2-D for one channel;
-    EXIF orientation applied): the fallback for files OpenCV cannot read (float TIFFs).
-    None when the file cannot be read."""
+    """Reads an image with Pillow in ``cv2.imread``'s layout (BGR, or 2-D for ``channels=1``;
+    EXIF orientation applied): the generator's fallback for files OpenCV cannot read
+    (e.g. float TIFFs). None when the file is missing, not an image, or truncated."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -74,8 +79,11 @@ def imread_pil(path: str | os.PathLike, channels: int = 3) -> np.ndarray | None:
 
 def check_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str | None:
     """None when an image file exists, decodes to its end and has at most ``max_pixels``
-    pixels; else the reason. JPEGs decode at reduced scale (Pillow's ``draft`` still reads
-    the whole stream, so truncation is caught, at a fraction of the cost)."""
+    pixels; else the reason it does not.
+
+    JPEGs are decoded at reduced scale (Pillow's ``draft``: the whole entropy-coded
+    stream is read, so truncation is still caught, at a fraction of the cost).
+    """
     path = str(path)
     if not os.path.isfile(path):
         return missing_file(path, path)
@@ -111,10 +119,12 @@ def find_path_problems(
     root: str | os.PathLike | None = None,
     shown: Sequence | None = None,
 ) -> tuple[list[Problem], list[str | None]]:
-    """Resolves image paths and rejects empty ones and those outside ``root`` (None: any).
+    """Resolves image paths and rejects empty ones and those outside ``root``.
 
     Args:
+        paths: image paths (absolute, or relative to ``root``).
         rows: row number of each path.
+        root: the dataset folder every image must lie in; None accepts any path.
         shown: the paths as written in the annotations (for messages); default ``paths``.
 
     Returns:
@@ -199,9 +209,12 @@ def find_label_problems(frame: pd.DataFrame, tasks: Sequence[Task], rows: Sequen
 
 
 def find_duplicates(paths: Sequence[str | None], rows: Sequence[int], labels: pd.DataFrame | None, source: str) -> list[Problem]:
-    """Rejects images listed more than once (None paths are ignored): the copies after the
-    first when their ``labels`` agree, every copy when they disagree (no telling which is
-    right)."""
+    """Rejects images listed more than once (None paths are ignored).
+
+    When every copy carries the same ``labels`` (one row per path; None compares nothing)
+    the first row is kept and the others are rejected; when the labels disagree there is
+    no telling which is right, so every copy is rejected.
+    """
     seen: dict[str, list[int]] = {}
     for i, path in enumerate(paths):
         if path is not None:
@@ -223,8 +236,13 @@ def find_duplicates(paths: Sequence[str | None], rows: Sequence[int], labels: pd
 
 class CheckedImages:
     """A record of the images that passed `check_image`, so a rerun decodes only new or
-    changed files (same size and mtime: unchanged). A record made under another
-    ``max_pixels`` is ignored."""
+    changed files (a file counts as unchanged while its size and mtime are).
+
+    Args:
+        path: the JSON file holding the record (written atomically by `save`).
+        max_pixels: the limit the images were checked against; a record made under
+            another limit is ignored.
+    """
 
     def __init__(self, path: str | os.PathLike, max_pixels: int = MAX_PIXELS):
         self.path = Path(path)
@@ -330,17 +348,23 @@ def validate_table(
     max_pixels: int = MAX_PIXELS,
     cache: str | os.PathLike | None = None,
 ) -> ValidationReport:
-    """Checks every row of a dataset table.
+    """Checks every row of a dataset table (see the module docstring for the rules).
 
     Args:
+        frame: the table: an image path column and the tasks' label columns.
+        tasks: the tasks whose labels are checked.
+        source: the annotations file, named in every problem.
         root: the dataset folder images must lie in (None: anywhere).
-        shown_column: the paths as written in the annotations, for messages.
-        row_column: each row's line number in ``source`` (absent: rows count from 1).
+        path_column: the image path column (absolute, or relative to ``root``).
+        shown_column: the column with the paths as written in the annotations, for
+            messages (e.g. ``image_path``); default ``path_column``.
+        row_column: the column holding each row's line number in ``source``; when
+            absent, rows are numbered from 1 in table order.
         problems: ``(file, row, reason)`` problems a loader already found; those rows
             are rejected without further checks.
         workers, max_pixels: as for `find_image_problems`.
         cache: a `CheckedImages` file: images that passed before and have not changed
-            are not decoded again.
+            are not decoded again (e.g. `default_cache_path` of ``source``).
 
     Returns:
         The report; ``report.accept(skip_bad)`` gives the table to train on.
