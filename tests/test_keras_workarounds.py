@@ -94,12 +94,12 @@ def test_keras_still_reads_sgd_momentum_only_when_tracing():
         model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
         model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
         model.optimizer.momentum = momentum
-        model.fit(x, y, verbose=0)  # loss w^2, gradient 2w: w 1 -> 0.8, velocity -0.2
+        model.fit(x, y, verbose=0, shuffle=False)  # loss w^2, gradient 2w: w 1 -> 0.8, velocity -0.2
         return model
 
     model = fitted(0.9)
     model.optimizer.momentum = 0.0
-    model.fit(x, y, verbose=0)  # gradient 1.6; read momentum 0: w 0.64; traced 0.9: 0.8 - 0.18 - 0.16
+    model.fit(x, y, verbose=0, shuffle=False)  # gradient 1.6; read momentum 0: w 0.64; traced 0.9: 0.8 - 0.18 - 0.16
     kernel = float(model.layers[0].kernel.numpy()[0, 0])
     assert keras_workarounds.SCHEDULED_MOMENTUM_NEEDED
     assert kernel == pytest.approx(0.46), kernel
@@ -113,5 +113,5 @@ def test_keras_still_reads_sgd_momentum_only_when_tracing():
 
     model = fitted(keras_workarounds.ScheduledFloat(0.9, "momentum"))
     model.optimizer.momentum.variable.assign(0.0)
-    model.fit(x, y, verbose=0)
+    model.fit(x, y, verbose=0, shuffle=False)
     assert float(model.layers[0].kernel.numpy()[0, 0]) == pytest.approx(0.64)
