@@ -160,7 +160,7 @@ def nonneg_qp(q, c, max_iter: int | None = None):
         (b, m) solutions.
     """
     m = q.shape[0]
-    b = c.shape[0]
+    b = c.shape[0] if c.shape[0] is not None else ops.shape(c)[0]  # Keras 3.10's ops.diag drops it
     max_iter = 6 * m + 20 if max_iter is None else max_iter
     tol = 1e-12 * (ops.max(ops.abs(q)) + ops.max(ops.abs(c)))
     eye = ops.eye(m, dtype=F64)
