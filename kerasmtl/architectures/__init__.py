@@ -33,8 +33,6 @@ from kerasmtl.architectures.ple import PLE
 ARCHITECTURES = choices.ARCHITECTURES
 #: Architectures that read the backbone's stages (a list of stage outputs) rather than its output.
 STAGED = ("mtan",)
-#: Architectures whose tasks share no single representation (no ``gradient_level="features"``).
-NO_SHARED_REPRESENTATION = choices.PER_TASK_ARCHITECTURES
 _LAYERS = {"mmoe": MMoE, "cgc": CGC, "ple": PLE, "mtan": MTAN, "cross_stitch": CrossStitch, "dselect_k": DSelectK}
 
 
@@ -84,5 +82,5 @@ def stage_count(options: Mapping | None) -> int:
     return count
 
 
-__all__ = ["ARCHITECTURES", "CGC", "CrossStitch", "DSelectK", "MMoE", "MTAN", "NO_SHARED_REPRESENTATION", "PLE", "STAGED",
+__all__ = ["ARCHITECTURES", "CGC", "CrossStitch", "DSelectK", "MMoE", "MTAN", "PLE", "STAGED",
            "architecture_options", "make_architecture", "stage_count"]
