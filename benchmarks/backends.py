@@ -1,11 +1,12 @@
 """One epoch of the demo model on each Keras backend: TensorFlow, JAX and PyTorch.
 
 The model is the command line's default (bottleneck tower, conv heads, 64 px images) with
-four tasks, trained with the plain step (Adam, batch ``--batch-size``) on in-memory data
-with missing labels. Each backend runs in its own process (Keras picks its backend at
+four tasks, trained (Adam, batch ``--batch-size``) on in-memory data with missing labels
+with the plain step and with UPGrad at the features and at the parameters level. Each backend runs in its own process (Keras picks its backend at
 import); an epoch's time runs from one ``on_epoch_end`` to the next, so the first epoch
 (tracing and compiling) is left out, and each backend's time is its fastest timed epoch.
-The last line is ``jax_over_tf=<x> torch_over_tf=<y>`` (epoch time over TensorFlow's).
+The last line is ``jax_over_tf=<x> torch_over_tf=<y>`` (the plain step's epoch time over
+TensorFlow's).
 
     python benchmarks/backends.py [--steps 20] [--epochs 3] [--batch-size 32]
 """
@@ -19,15 +20,17 @@ import subprocess
 import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
+#: The steps timed: ``plain``, or ``<gradient method>:<level>``.
+STEPS = ("plain", "upgrad:features", "upgrad:parameters")
 
 
-def child(steps: int, epochs: int, batch_size: int) -> None:
+def child(steps: int, epochs: int, batch_size: int, step: str) -> None:
     """Times the fit in this process's backend and prints ``{"epoch": seconds}`` as JSON."""
     import keras
     import numpy as np
     from _timing import EpochTimer
 
-    from kerasmtl import ModelBuilder, Task
+    from kerasmtl import ModelBuilder, Task, methods
 
     tasks = [Task("gender", "binary", ("male", "female")), Task("age", "multiclass", ("a", "b", "c", "d")),
              Task("mood", "multiclass", ("x", "y", "z")), Task("glasses", "binary", ("no", "yes"))]
@@ -41,7 +44,7 @@ def child(steps: int, epochs: int, batch_size: int) -> None:
         y[task.name] = task.encode(labels)
     keras.utils.set_random_seed(0)
     model = ModelBuilder(tasks, base="bottleneck", head="conv", input_shape=(64, 64, 3)).build()
-    model.compile()
+    model.compile(method=None if step == "plain" else methods.get(*step.split(":")))
     timer = EpochTimer()
     model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[timer])
     print(json.dumps({"epoch": min(timer.times), "backend": keras.backend.backend()}))
@@ -52,24 +55,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per fit (the first is not timed)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (the first epoch compiles and is not timed). Received: {args.epochs}")
     if args.child:
-        child(args.steps, args.epochs, args.batch_size)
+        child(args.steps, args.epochs, args.batch_size, args.child)
         return
     times = {}
-    for backend in BACKENDS:
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        done = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--epochs", str(args.epochs),
-                               "--batch-size", str(args.batch_size)], env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{backend}: {done.stderr[-2000:]}")
-        times[backend] = json.loads(done.stdout.strip().splitlines()[-1])["epoch"]
-        print(f"{backend:<10} {times[backend]:.2f} s per epoch of {args.steps} steps "
-              f"({1000 * times[backend] / args.steps:.0f} ms/step)", flush=True)
-    print(f"jax_over_tf={times['jax'] / times['tensorflow']:.2f} torch_over_tf={times['torch'] / times['tensorflow']:.2f}")
+    print(f"{'step':<18} " + " ".join(f"{b:>11}" for b in BACKENDS) + f"   (s per epoch of {args.steps} steps)")
+    for step in STEPS:
+        for backend in BACKENDS:
+            env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            done = subprocess.run([sys.executable, __file__, "--child", step, "--steps", str(args.steps), "--epochs",
+                                   str(args.epochs), "--batch-size", str(args.batch_size)], env=env, capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                sys.exit(f"{backend} {step}: {done.stderr[-2000:]}")
+            times[step, backend] = json.loads(done.stdout.strip().splitlines()[-1])["epoch"]
+        print(f"{step:<18} " + " ".join(f"{times[step, b]:>11.2f}" for b in BACKENDS), flush=True)
+    plain = {b: times["plain", b] for b in BACKENDS}
+    print(f"jax_over_tf={plain['jax'] / plain['tensorflow']:.2f} torch_over_tf={plain['torch'] / plain['tensorflow']:.2f}")
 
 
 if __name__ == "__main__":

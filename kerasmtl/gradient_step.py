@@ -1,5 +1,7 @@
 """The train step of ``MultiTaskModel.compile(method=...)`` with a gradient method
-(`kerasmtl.methods.GradientMethod`): the task gradients combined instead of summed.
+(`kerasmtl.methods.GradientMethod`): the task gradients combined instead of summed, on
+every Keras backend (the task gradients from `kerasmtl.backends`: a persistent
+``tf.GradientTape``, ``torch.autograd.grad``, or ``jax.vjp`` inside Keras's JAX step).
 
 Each task's loss is the model's (`MultiTaskModel.compute_task_losses`: class weights and
 sample weights in it) times its loss weight. Levels:
@@ -53,10 +55,10 @@ from collections.abc import Mapping
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from kerasmtl import choices, methods
-from kerasmtl.aggregation._core import F64, gramian
+from kerasmtl import backends, choices, methods
+from kerasmtl.aggregation._core import F64, dtype_of, gramian, maximum
 from kerasmtl.losses import _global_present, presence_mask
 
 #: The values of ``compile(gradient_level=...)``.
@@ -89,15 +91,15 @@ class GradientState(keras.layers.Layer):
         self.keys = sorted(start)
         trainable = owner.trainable_state
         self.slots = [
-            self.add_weight(name=k, shape=tuple(start[k].shape), dtype=start[k].dtype.name, autocast=False,
-                            initializer=lambda shape, dtype, value=start[k]: tf.cast(value, dtype), trainable=k in trainable,
+            self.add_weight(name=k, shape=tuple(start[k].shape), dtype=dtype_of(start[k]), autocast=False,
+                            initializer=lambda shape, dtype, value=start[k]: ops.cast(value, dtype), trainable=k in trainable,
                             **({} if k in trainable else {"aggregation": "only_first_replica"}))
             for k in self.keys
         ]
         self.built = True
 
     def read(self) -> dict:
-        return {k: tf.convert_to_tensor(v.value) for k, v in zip(self.keys, self.slots)}
+        return {k: ops.convert_to_tensor(v.value) for k, v in zip(self.keys, self.slots)}
 
     def slot(self, key):
         return self.slots[self.keys.index(key)]
@@ -107,18 +109,11 @@ class GradientState(keras.layers.Layer):
         step) is true."""
         for key, slot in zip(self.keys, self.slots):
             if key in state:
-                slot.assign(tf.where(keep, slot.value, tf.cast(state[key], slot.dtype)))
+                slot.assign(ops.where(keep, slot.value, ops.cast(state[key], slot.dtype)))
 
     def get_config(self):
         return {**super().get_config(), "method": self.method, "tasks": self.tasks, "dims": self.dims,
                 "weighting": self.weighting}
-
-
-def _gradient(tape, target, sources, **kwargs):
-    """``tape.gradient`` with zeros for unconnected sources (Keras variables' string dtypes
-    defeat TensorFlow's own ``UnconnectedGradients.ZERO``)."""
-    grads = tape.gradient(target, sources, **kwargs)
-    return [tf.zeros(s.shape, tf.as_dtype(s.dtype)) if g is None else g for g, s in zip(grads, sources)]
 
 
 def by_output(value, names):
@@ -129,6 +124,75 @@ def by_output(value, names):
     if isinstance(value, (list, tuple)) and len(value) == len(names):
         return dict(zip(names, value))
     return {n: value for n in names}
+
+
+def flat(grads):
+    """Gradients as one float32 row."""
+    return ops.concatenate([ops.reshape(ops.cast(g, "float32"), [-1]) for g in grads], 0)
+
+
+class TapeGradients:
+    """The task gradients from one recorded forward pass, differentiated as often as
+    needed (TensorFlow's persistent ``GradientTape``, PyTorch's autograd graph kept with
+    ``retain_graph``): the backend gives ``recording()`` and ``gradient(tape, targets,
+    sources, seeds)``. JAX's `kerasmtl.backends.jax.TaskGradients` has the same methods.
+
+    Attributes (after the forward pass): ``y_pred``, ``features`` (None without a shared
+    representation), ``values`` (each task's unweighted loss), ``losses`` (times its loss
+    weight), ``present``, ``extra`` (``model.losses``, or None).
+    """
+
+    def __init__(self, step, x, y, sample_weight):
+        self.step, self.backend = step, backends.current()
+        with self.backend.recording() as self.tape:
+            if step.forward is not None:
+                self.y_pred, self.features = step.forward(x, training=True)
+            else:
+                self.y_pred, self.features = step.model(x, training=True), None
+            self.values, self.losses, self.present = step.task_losses(y, self.y_pred, sample_weight)
+            self.extra = step.model.regularization_loss()
+
+    def _grad(self, targets, sources, seeds=None):
+        grads = self.backend.gradient(self.tape, targets, sources, seeds)
+        return [ops.zeros(tuple(s.shape), dtype_of(s)) if g is None else g for g, s in zip(grads, sources)]
+
+    def rows(self, seeds):
+        """The task gradients at the level, each task's loss times ``seeds[i]`` (a list
+        of tensors per task), and the sum of the gradients of the other variables."""
+        step, losses = self.step, self.losses
+        seeds = [ops.cast(s, dtype_of(loss)) for s, loss in zip(seeds, losses)]
+        if self.features is None:
+            rows, others = [], [ops.zeros_like(v) for v in step.others]
+            for loss, seed in zip(losses, seeds):
+                grads = self._grad([loss], step.shared + step.others, [seed])
+                rows.append(grads[: len(step.shared)])
+                others = [a + ops.cast(b, dtype_of(a)) for a, b in zip(others, grads[len(step.shared):])]
+            return rows, others
+        at_features = [self._grad([loss], [self.features], [seed])[0] for loss, seed in zip(losses, seeds)]
+        others = self._grad(losses, step.others, seeds)
+        if step.level == "features":
+            return [[g] for g in at_features], others
+        return [self._grad([self.features], step.shared, [g]) for g in at_features], others
+
+    def shared(self, direction, extra_seed):
+        """The gradients of the shared variables: ``direction`` (at the features: pulled
+        back through the tower; over the parameters: as it is), plus ``extra``'s times
+        ``extra_seed``."""
+        step, extra = self.step, [] if self.extra is None else [self.extra]
+        extra_seeds = [ops.cast(extra_seed, dtype_of(e)) for e in extra]
+        if step.level == "features":
+            seed = ops.cast(ops.reshape(direction, ops.shape(self.features)), dtype_of(self.features))
+            return self._grad([self.features] + extra, step.shared, [seed] + extra_seeds)
+        grads = step.split(direction)
+        if extra:
+            grads = [a + b for a, b in zip(grads, self._grad(extra, step.shared, extra_seeds))]
+        return grads
+
+    def extra_others(self, extra_seed):
+        """The gradients of ``extra`` times ``extra_seed`` for the other variables."""
+        if self.extra is None or not self.step.others:
+            return None
+        return self._grad([self.extra], self.step.others, [ops.cast(extra_seed, dtype_of(self.extra))])
 
 
 class GradientStep:
@@ -148,12 +212,12 @@ class GradientStep:
         self.options, self.seed = method.options, getattr(method, "seed", None)
         self.kinds = {t.name: t.kind for t in model.tasks}
         try:
-            self.forward, trunk = model.split_at_features()
-            self.shared = trunk.trainable_variables
+            self.forward, self.trunk = model.split_at_features()
+            self.shared = self.trunk.trainable_variables
         except ValueError:
             if self.level == "features":
                 raise
-            self.forward, self.shared = None, shared_variables(model)
+            self.forward, self.trunk, self.shared = None, None, shared_variables(model)
         previous = getattr(model, "gradient_state", None)  # a former compile's, replaced below
         skip = {id(v) for v in self.shared} | {id(v) for v in (previous.weights if previous is not None else [])}
         self.others = [v for v in model.trainable_variables if id(v) not in skip]
@@ -162,139 +226,103 @@ class GradientStep:
         weighting = weighting if weighting is None or isinstance(weighting, str) else weighting[0]
         self.state = GradientState(self.kind, len(model.tasks), dims, weighting) if method.stateful else None
 
+    def split(self, direction):
+        """A ``(dims,)`` vector as one tensor per shared variable."""
+        sizes = np.cumsum([int(np.prod(v.shape)) for v in self.shared])[:-1].tolist()
+        return [ops.reshape(d, tuple(v.shape)) for d, v in zip(ops.split(direction, sizes), self.shared)]
+
     # ------------------------------------------------------------------ losses
-    def _task_losses(self, y, y_pred, sample_weight, record=True):
-        """Each task's loss times its loss weight (recording the unweighted ``<task>_loss``
-        metrics unless not ``record``), and the tasks present."""
+    def task_losses(self, y, y_pred, sample_weight):
+        """Each task's loss, unweighted and times its loss weight, and the tasks present."""
         model = self.model
         names = [t.name for t in model.tasks]
         values = model.compute_task_losses(y, y_pred, sample_weight)
-        if record:
-            model.record_task_losses(values, tf.shape(by_output(y_pred, names)[names[0]])[0])
         y = by_output(y, names)
         losses, present = [], []
         for name, value, weight in zip(names, values, model.task_weighting.values()):
-            losses.append(value * tf.cast(weight, value.dtype))
-            count = tf.reduce_sum(presence_mask(y[name], self.kinds[name]))
+            losses.append(value * ops.cast(weight, dtype_of(value)))
+            count = ops.sum(presence_mask(y[name], self.kinds[name]))
             present.append(_global_present(count)[0] > 0)
-        return names, losses, tf.stack(present)
+        return values, losses, ops.stack(present)
 
     @staticmethod
     def _global(values):
         """The ``(tasks,)`` float32 losses of the global batch: each replica's (already
         divided by the replica count) summed over the replicas."""
-        total = tf.stop_gradient(tf.cast(tf.stack(values), tf.float32))
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
-        return total
+        return backends.current().replica_sum(ops.stop_gradient(ops.cast(ops.stack(values), "float32")))
 
-    def _logs(self, names, w, g, present):
-        logs = {} if w is None else {f"grad_weight/{n}": tf.cast(w[i], tf.float32) for i, n in enumerate(names)}
-        norm = tf.sqrt(tf.maximum(tf.linalg.diag_part(g), 0.0))
-        valid = tf.cast(present, F64) * tf.cast(norm > 0, F64)
-        pairs = tf.linalg.band_part(valid[:, None] * valid[None, :], 0, -1) - tf.linalg.diag(valid)
-        cosine = g / tf.where(pairs > 0, norm[:, None] * norm[None, :], 1.0)
-        logs["grad_conflict"] = tf.cast(tf.reduce_sum(cosine * pairs) / tf.maximum(tf.reduce_sum(pairs), 1.0), tf.float32)
+    def _logs(self, w, g, present):
+        names = [t.name for t in self.model.tasks]
+        logs = {} if w is None else {f"grad_weight/{n}": ops.cast(w[i], "float32") for i, n in enumerate(names)}
+        norm = ops.sqrt(maximum(ops.diagonal(g), 0.0))
+        valid = ops.cast(present, F64) * ops.cast(norm > 0, F64)
+        pairs = ops.triu(valid[:, None] * valid[None, :], 1)
+        cosine = g / ops.where(pairs > 0, norm[:, None] * norm[None, :], 1.0)
+        logs["grad_conflict"] = ops.cast(ops.sum(cosine * pairs) / maximum(ops.sum(pairs), 1.0), "float32")
         return logs
 
     def _after_step_losses(self, x, y, sample_weight):
         """The global task losses of the updated model on the same batch (``training=True``;
         the moving statistics and other non-trainable variables are left unchanged)."""
         model = self.model
-        trainable = [tf.convert_to_tensor(v.value) for v in model.trainable_variables]
-        fixed = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
+        trainable = [ops.convert_to_tensor(v.value) for v in model.trainable_variables]
+        fixed = [ops.convert_to_tensor(v.value) for v in model.non_trainable_variables]
         y_pred, _ = model.stateless_call(trainable, fixed, x, training=True)
-        _, losses, _ = self._task_losses(y, y_pred, sample_weight, record=False)
-        return self._global(losses)
+        return self._global(self.task_losses(y, y_pred, sample_weight)[1])
 
     # ---------------------------------------------------------------------- step
+    def train_step(self, *args):
+        """Keras's ``train_step`` arguments: ``(data)``, or ``(state, data)`` on JAX."""
+        return backends.current().train_step(self, *args)
+
     def __call__(self, data):
         model, optimizer, method = self.model, self.model.optimizer, self.multitask_method
+        backend = backends.current()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
-        with tf.GradientTape(persistent=True) as tape:
-            if self.forward is not None:
-                y_pred, features = self.forward(x, training=True)
-            else:
-                y_pred = model(x, training=True)
-            names, losses, present = self._task_losses(y, y_pred, sample_weight)
-            extra = model.regularization_loss()
-            total = tf.add_n(losses + ([] if extra is None else [extra]))
-            scaled = [optimizer.scale_loss(loss) for loss in losses]
-            scaled_sum = tf.add_n(scaled)
-            scaled_extra = None if extra is None else optimizer.scale_loss(extra)
-        model.record_loss(total, x)
+        scale = ops.cast(optimizer.scale_loss(ops.ones((), "float32")), "float32")
+        parts = getattr(backend, "TaskGradients", TapeGradients)(self, x, y, sample_weight)
+        losses, present = parts.losses, parts.present
+        model.record_task_losses(parts.values, ops.shape(keras.tree.flatten(parts.y_pred)[0])[0])
+        model.record_loss(ops.sum(ops.stack(losses + ([] if parts.extra is None else [parts.extra]))), x)
         state = {} if self.state is None else self.state.read()
         totals = self._global(losses) if method.uses_losses else None
         factors = None if totals is None else method.loss_factors(totals, present, state)
-
-        def row(grads):
-            return tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], 0)
-
-        if self.forward is not None:  # each task's gradient at the features: a backward pass through its head
-            seeds = [None if factors is None else [tf.cast(factors[i], s.dtype)] for i, s in enumerate(scaled)]
-            at_features = [_gradient(tape, s, [features], output_gradients=seed)[0] for s, seed in zip(scaled, seeds)]
-            if factors is None:
-                other_grads = _gradient(tape, scaled_sum, self.others)
-            else:
-                other_grads = _gradient(tape, scaled, self.others, output_gradients=[seed[0] for seed in seeds])
-            if self.level == "features":
-                rows = [row([g]) for g in at_features]
-            else:
-                rows = [row(_gradient(tape, features, self.shared, output_gradients=g)) for g in at_features]
-        else:
-            rows, other_grads = [], [tf.zeros_like(v) for v in self.others]
-            for i, loss in enumerate(scaled):
-                grads = _gradient(tape, loss, self.shared + self.others)
-                factor = 1.0 if factors is None else factors[i]
-                rows.append(row(grads[: len(self.shared)]) * factor)
-                other_grads = [a + tf.cast(b, a.dtype) * tf.cast(factor, a.dtype) for a, b in zip(other_grads, grads[len(self.shared):])]
-        jacobian = tf.stack(rows) / scale
-        finite = tf.reduce_all(tf.math.is_finite(jacobian))
+        seeds = [scale * (1.0 if factors is None else ops.cast(factors[i], "float32")) for i in range(len(losses))]
+        rows, other_grads = parts.rows(seeds)
+        jacobian = ops.stack([flat(row) for row in rows]) / scale
+        finite = ops.all(ops.isfinite(jacobian))
         replicated = self.level == "features"  # each replica holds other samples' columns
-        context = tf.distribute.get_replica_context()
-        replicas = 1 if context is None else context.num_replicas_in_sync
-        if replicas > 1 and not replicated:
-            jacobian = context.all_reduce(tf.distribute.ReduceOp.SUM, jacobian)
-            finite = tf.reduce_all(tf.math.is_finite(jacobian))
-        jacobian = tf.where(finite, jacobian, 0.0)
+        replicas = backend.replicas()
+        if not replicated:
+            jacobian = backend.replica_sum(jacobian)
+            finite = ops.all(ops.isfinite(jacobian))
+        jacobian = ops.where(finite, jacobian, 0.0)
         g = gramian(jacobian)
-        if replicas > 1 and replicated:
-            g = context.all_reduce(tf.distribute.ReduceOp.SUM, g)
-        batch = tf.shape(features)[0] if self.level == "features" else None
+        if replicated:
+            g = backend.replica_sum(g)
+        batch = ops.shape(parts.features)[0] if self.level == "features" else None
         direction, w, new_state, state_grads = method.combine(
             jacobian, g, present, state, step=optimizer.iterations, totals=totals, batch=batch)
-        direction = tf.where(finite, direction, float("nan")) * scale
+        direction = ops.where(finite, direction, float("nan")) * scale
         if self.state is not None and new_state is not None:
-            self.state.write(new_state, keep=tf.logical_not(finite))
-
-        if self.level == "features":
-            ends, seeds = [features], [tf.cast(tf.reshape(direction, tf.shape(features)), features.dtype)]
-            if scaled_extra is not None:
-                ends, seeds = ends + [scaled_extra], seeds + [tf.ones_like(scaled_extra)]
-            shared_grads = _gradient(tape, ends, self.shared, output_gradients=seeds)
-        else:
-            sizes = [int(np.prod(v.shape)) for v in self.shared]
-            shared_grads = [tf.reshape(d, v.shape) / replicas for d, v in zip(tf.split(direction, sizes), self.shared)]
-            if scaled_extra is not None:
-                extra_grads = _gradient(tape, scaled_extra, self.shared)
-                shared_grads = [a + b for a, b in zip(shared_grads, extra_grads)]
-        if scaled_extra is not None and self.others:
-            extra_grads = _gradient(tape, scaled_extra, self.others)
-            other_grads = [a + tf.cast(b, a.dtype) for a, b in zip(other_grads, extra_grads)]
-        del tape
-        grads = {id(v): gr for v, gr in zip(self.shared + self.others, list(shared_grads) + other_grads)}
+            self.state.write(new_state, keep=ops.logical_not(finite))
+        if self.level == "parameters":
+            direction = direction / replicas
+        shared_grads = parts.shared(direction, scale)
+        extra_grads = parts.extra_others(scale)
+        if extra_grads is not None:
+            other_grads = [a + ops.cast(b, dtype_of(a)) for a, b in zip(other_grads, extra_grads)]
+        grads = {id(v): gr for v, gr in zip(self.shared + self.others, list(shared_grads) + list(other_grads))}
         for key, gradient in (state_grads or {}).items():  # the same on every replica, which the optimizer sums
-            grads[id(self.state.slot(key))] = tf.where(finite, tf.cast(gradient, tf.float32), float("nan")) * scale / replicas
-        variables = model.trainable_variables
-        optimizer.apply_gradients([(tf.cast(grads[id(v)], v.dtype), v) for v in variables])
+            grads[id(self.state.slot(key))] = ops.where(finite, ops.cast(gradient, "float32"), float("nan")) * scale / replicas
+        with backend.applying():
+            optimizer.apply_gradients([(ops.cast(grads[id(v)], v.dtype), v) for v in model.trainable_variables])
         if method.after_update:
             after = self._after_step_losses(x, y, sample_weight)
             new_state = method.after_step(totals, after, present, self.state.read())
-            kept = tf.logical_not(tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(after))))
+            kept = ops.logical_not(ops.logical_and(finite, ops.all(ops.isfinite(after))))
             self.state.write(new_state, keep=kept)
-        return {**model.compute_metrics(x, y, y_pred, sample_weight=sample_weight), **self._logs(names, w, g, present)}
+        return {**model.compute_metrics(x, y, parts.y_pred, sample_weight=sample_weight), **self._logs(w, g, present)}
 
 
 def shared_variables(model) -> list:

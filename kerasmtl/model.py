@@ -335,12 +335,7 @@ class MultiTaskModel(UnevenBatchBuild):
         """
         method = methods.from_compile_arguments(method, gradient_method, gradient_level, gradient_options)
         gradient = method is not None and method.needs != "losses"  # the model's gradient step
-        if gradient and not own_step():
-            raise ValueError(
-                f"Gradient methods run on the TensorFlow backend only so far; Keras runs on "
-                f"{keras.backend.backend()!r} (KERAS_BACKEND). Received: method={method.name!r}"
-            )
-        if method is not None and method.host:  # SciPy through tf.numpy_function: not under XLA
+        if method is not None and method.host:  # SciPy called from the step: not under XLA
             if kwargs.get("jit_compile") is True:
                 raise ValueError(f"{method.name} calls SciPy on the host and cannot be jit-compiled. Received: jit_compile=True")
             kwargs["jit_compile"] = False
@@ -471,13 +466,14 @@ class MultiTaskModel(UnevenBatchBuild):
     def train_step(self, *args):
         """One optimizer step on the total loss (`compute_loss`), or the gradient method's.
 
-        On JAX and PyTorch, Keras's default step (``args`` is ``(state, data)`` on JAX).
+        On JAX and PyTorch, Keras's default step without a gradient method (``args`` is
+        ``(state, data)`` on JAX).
         """
+        if self._gradient_step is not None:
+            return self._gradient_step.train_step(*args)
         if not own_step():
             return super().train_step(*args)
         (data,) = args
-        if self._gradient_step is not None:
-            return self._gradient_step(data)
         import tensorflow as tf
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

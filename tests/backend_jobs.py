@@ -11,10 +11,11 @@ generator (the same numbers on every backend, whatever each backend's own initia
 draw), and writes ``FOLDER/<backend>.npz``: the inference and training-mode outputs for a
 fixed batch, Grad-CAM's maps of every output, ``evaluate``'s results, the weights after
 one SGD step on that batch, the step's logs, the trained model's outputs, the weights
-after training with uncertainty weighting (1 step) and DWA (3 epochs of 1 step), and what
-``compile(method="upgrad")`` says; it saves that model as ``FOLDER/<backend>.keras``.
+after training with uncertainty weighting (1 step) and DWA (3 epochs of 1 step); it saves
+that model as ``FOLDER/<backend>.keras``.
 ``load`` loads every ``FOLDER/*.keras`` and writes their predictions to
-``FOLDER/<backend>-loaded.npz``.
+``FOLDER/<backend>-loaded.npz``. ``methods`` and ``methods-load`` do the same for every
+multi-task method on a tiny dense model (`methods`).
 
 The model has no dropout (each backend draws its own masks); its BatchNormalization
 layers use the batch's statistics in training mode on every backend alike.
@@ -116,13 +117,6 @@ def run(folder: Path) -> None:
     (folder / f"{backend}.json").write_text(json.dumps({
         "evaluate": evaluated, "fit": {k: v[-1] for k, v in history.items()}}))
     net.save(folder / f"{backend}.keras")
-    try:
-        model().compile(method="upgrad")
-        refusal = None
-    except ValueError as error:
-        refusal = str(error)
-    facts = json.loads((folder / f"{backend}.json").read_text())
-    (folder / f"{backend}.json").write_text(json.dumps(facts | {"upgrad_refusal": refusal}))
 
 
 def load(folder: Path) -> None:
@@ -134,5 +128,82 @@ def load(folder: Path) -> None:
     np.savez(folder / f"{keras.backend.backend()}-loaded.npz", **arrays)
 
 
+
+
+# ------------------------------------------------------------ every method, a tiny model
+#: ``(label, compile's method, level, epochs)``: the loss weightings on Keras's step, the
+#: gradient methods on the model's own step at both levels where they have two (GradNorm
+#: for two steps, the second one weighted by the logits the first one learned).
+METHODS = [("plain", None, None, 1), ("dwa", "dwa", None, 3), ("uncertainty", "uncertainty", None, 1),
+           ("upgrad_features", "upgrad", "features", 1), ("upgrad_parameters", "upgrad", "parameters", 1),
+           ("pcgrad_features", "pcgrad", "features", 1), ("pcgrad_parameters", "pcgrad", "parameters", 1),
+           ("gradnorm", "gradnorm", "features", 2), ("famo", "famo", "features", 1)]
+
+
+def tiny(weighting="static"):
+    """Two tasks on a small dense tower (no BatchNormalization, no dropout)."""
+    inputs = keras.Input((6,), name="features")
+    h = keras.layers.Dense(5, activation="tanh", name="shared1")(inputs)
+    h = keras.layers.Dense(4, activation="tanh", name="shared2")(h)
+    smiling = keras.layers.Dense(3, activation="tanh", name="smiling_hidden")(h)
+    point = keras.layers.Dense(3, activation="tanh", name="point_hidden")(h)
+    outputs = {"smiling": keras.layers.Dense(1, activation="sigmoid", name="smiling")(smiling),
+               "point": keras.layers.Dense(2, name="point")(point)}
+    tasks = [kerasmtl.Task("smiling", "binary", ("no", "yes")), kerasmtl.Task("point", "regression", columns=("x", "y"))]
+    return kerasmtl.model.with_task_weighting(keras.Model(inputs, outputs), weighting, tasks)
+
+
+def tiny_data():
+    """A batch on which the tasks' gradients conflict (negative cosine) at the features and
+    over the tower's parameters, so that PCGrad projects them."""
+    rng = np.random.default_rng(13)
+    point = rng.normal(size=(BATCH, 2)).astype("float32")
+    point[3] = np.nan
+    return rng.normal(size=(BATCH, 6)).astype("float32"), {
+        "smiling": np.array([0, 1, 1, -1, 0, 1, 0, 0], "float32"), "point": point}
+
+
+def methods(folder: Path) -> None:
+    """TensorFlow draws the weights and saves them (``tiny.weights.h5``); every backend
+    loads them, predicts, and trains one copy per method of `METHODS`, writing
+    ``methods-<backend>.npz`` and its GradNorm model, ``<backend>-gradnorm.keras``."""
+    backend = keras.backend.backend()
+    reference = tiny()
+    if backend == "tensorflow":
+        rng = np.random.default_rng(5)
+        reference.set_weights([rng.normal(size=w.shape).astype("float32") * 0.5 if not w.path.startswith("task_weighting")
+                               else np.asarray(w.numpy()) for w in reference.weights])
+        reference.save_weights(folder / "tiny.weights.h5")
+    reference.load_weights(folder / "tiny.weights.h5")
+    x, y = tiny_data()
+    arrays = as_arrays(reference.predict(x, batch_size=BATCH, verbose=0), "predict")
+    for label, method, level, epochs in METHODS:
+        net = tiny("uncertainty" if method == "uncertainty" else "static")
+        for layer in reference.layers:
+            if layer.weights and layer.name != "task_weighting":
+                net.get_layer(layer.name).set_weights(layer.get_weights())
+        chosen = method if level is None else kerasmtl.methods.get(method, level)
+        net.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), method=chosen)
+        net.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0)
+        arrays.update({f"{label}/{w.path}": np.asarray(keras.ops.convert_to_numpy(w.value)) for w in net.weights})
+        if method == "gradnorm":
+            arrays.update(as_arrays(net.predict(x, batch_size=BATCH, verbose=0), "gradnorm_predict"))
+            net.save(folder / f"{backend}-gradnorm.keras")
+    np.savez(folder / f"methods-{backend}.npz", **arrays)
+
+
+def methods_load(folder: Path) -> None:
+    """Loads every backend's GradNorm model: predictions and gradient state."""
+    x, _ = tiny_data()
+    arrays = {}
+    for path in sorted(folder.glob("*-gradnorm.keras")):
+        loaded = keras.saving.load_model(path)
+        saver = path.stem.split("-")[0]
+        arrays.update(as_arrays(loaded.predict(x, batch_size=BATCH, verbose=0), saver))
+        arrays.update({f"{saver}/{w.path}": np.asarray(keras.ops.convert_to_numpy(w.value))
+                       for w in loaded.gradient_state.weights})
+    np.savez(folder / f"methods-{keras.backend.backend()}-loaded.npz", **arrays)
+
+
 if __name__ == "__main__":
-    {"run": run, "load": load}[sys.argv[1]](Path(sys.argv[2]))
+    {"run": run, "load": load, "methods": methods, "methods-load": methods_load}[sys.argv[1]](Path(sys.argv[2]))

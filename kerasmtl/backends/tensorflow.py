@@ -3,6 +3,8 @@ the task gradients of the train step from one persistent ``tf.GradientTape``."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -52,3 +54,22 @@ def replica_sum(value):
     if replicas() > 1:
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
     return value
+
+
+def recording():
+    """The tape the train step's forward pass is recorded on, differentiated several times."""
+    return tf.GradientTape(persistent=True)
+
+
+def gradient(tape, targets, sources, seeds=None):
+    """The gradients of ``targets`` (a list), each times its ``seeds`` entry, summed, for
+    ``sources`` (variables or tensors; None where unconnected)."""
+    return tape.gradient(targets, sources, output_gradients=seeds)
+
+
+def applying():
+    return contextlib.nullcontext()
+
+
+def train_step(step, data):
+    return step(data)

@@ -3,6 +3,9 @@ the task gradients of the train step from ``torch.autograd.grad``."""
 
 from __future__ import annotations
 
+import contextlib
+
+import keras
 import numpy as np
 import torch
 from keras import ops
@@ -38,3 +41,28 @@ def concrete() -> bool:
 
 def replica_sum(value):
     return value
+
+
+def replicas() -> int:
+    return 1
+
+
+def recording():
+    """The forward pass is recorded by autograd as it runs."""
+    return contextlib.nullcontext()
+
+
+def gradient(tape, targets, sources, seeds=None):
+    """The gradients of ``targets`` (a list), each times its ``seeds`` entry, summed, for
+    ``sources`` (variables or tensors; None where unconnected), the graph kept for the next."""
+    sources = [s.value if isinstance(s, keras.Variable) else s for s in sources]
+    return torch.autograd.grad(targets, sources, grad_outputs=seeds, retain_graph=True, allow_unused=True)
+
+
+def applying():
+    """The optimizer's update, outside autograd (as Keras's own PyTorch step applies it)."""
+    return torch.no_grad()
+
+
+def train_step(step, data):
+    return step(data)

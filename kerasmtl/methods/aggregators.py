@@ -10,7 +10,7 @@ The named classes (``UPGrad()``, ``PCGrad(seed=1)``, ``CAGrad(c=0.4)``) read as 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from kerasmtl import aggregation
 from kerasmtl.aggregation.options import check_gradient_options
@@ -82,12 +82,12 @@ class Aggregator(GradientMethod):
     def initial_state(self, tasks: int, dims: int | None = None) -> dict:
         weighting = self.options.get("weighting", "upgrad")
         weighting = weighting if isinstance(weighting, str) else weighting[0]
-        return aggregation.initial_state(self._kind, tasks, dims, tf.float32, weighting)
+        return aggregation.initial_state(self._kind, tasks, dims, "float32", weighting)
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
         options = dict(self.options)
         if self.random:
-            options["seed"] = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+            options["seed"] = ops.stack([ops.convert_to_tensor(self.seed, "int64"), ops.cast(step, "int64")])
         if self.stateful:
             options["state"] = state
         if self.needs == "gramian" or self._kind in aggregation.JACOBIAN_WEIGHTED:
@@ -97,7 +97,7 @@ class Aggregator(GradientMethod):
             return combination(jacobian, weights), weights, new_state, None
         result = aggregation.aggregate(self._kind, jacobian, present=present, **options)
         direction, new_state = result if self.stateful else (result, None)
-        return tf.cast(direction, tf.float32), None, new_state, None
+        return ops.cast(direction, "float32"), None, new_state, None
 
 
 def _named(class_name: str, kind: str, doc: str):

@@ -19,10 +19,10 @@ in those references, its traits as attributes the step reads instead of testing 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from kerasmtl import choices
-from kerasmtl.aggregation._core import F64
+from kerasmtl.aggregation._core import combine
 
 #: Where a gradient method takes the task gradients.
 LEVELS = choices.GRADIENT_LEVELS
@@ -176,4 +176,4 @@ class GradientMethod(Method):
 
 def combination(jacobian, weights):
     """``weights @ jacobian`` in float64, as float32."""
-    return tf.cast(tf.linalg.matvec(tf.cast(jacobian, F64), tf.cast(weights, F64), transpose_a=True), tf.float32)
+    return ops.cast(combine(jacobian, weights), "float32")

@@ -17,10 +17,11 @@ gradient averages) lives in the model's ``gradient_state`` variables.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from kerasmtl import backends
 from kerasmtl.aggregation import loss_level
-from kerasmtl.aggregation._core import F64
+from kerasmtl.aggregation._core import F64, maximum
 from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.methods.base import GradientMethod, combination
 
@@ -49,14 +50,11 @@ class GradNorm(LossLevelMethod):
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
         if self.level == "features":
-            summed = tf.reduce_sum(tf.reshape(jacobian, [jacobian.shape[0], batch, -1]), axis=1)
-            context = tf.distribute.get_replica_context()
-            if context is not None and context.num_replicas_in_sync > 1:
-                summed = context.all_reduce(tf.distribute.ReduceOp.SUM, summed)
-            summed = tf.cast(summed, F64)
-            norms = tf.sqrt(tf.reduce_sum(summed * summed, axis=1))
+            summed = ops.sum(ops.reshape(jacobian, [jacobian.shape[0], batch, -1]), axis=1)
+            summed = ops.cast(backends.current().replica_sum(summed), F64)
+            norms = ops.sqrt(ops.sum(summed * summed, axis=1))
         else:
-            norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
+            norms = ops.sqrt(maximum(ops.diagonal(gramian), 0.0))
         weights, logits_grad, new_state = loss_level.gradnorm(totals, norms, present, state, step=step, **self.options)
         return combination(jacobian, weights), weights, new_state, {"logits": logits_grad}
 
@@ -70,11 +68,11 @@ class FAMO(LossLevelMethod):
     after_update = True
 
     def loss_factors(self, totals, present, state):
-        return tf.cast(loss_level.famo_weights(totals, present, state["logits"]), tf.float32)
+        return ops.cast(loss_level.famo_weights(totals, present, state["logits"]), "float32")
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
         weights = loss_level.famo_weights(totals, present, state["logits"])  # already in the rows
-        return combination(jacobian, tf.cast(present, F64)), weights, None, None
+        return combination(jacobian, ops.cast(present, F64)), weights, None, None
 
     def after_step(self, before, after, present, state) -> dict:
         return loss_level.famo_update(before, after, present, state, **self.options)
@@ -95,7 +93,7 @@ class DBMTL(LossLevelMethod):
         super().__init__(level, **options)
 
     def loss_factors(self, totals, present, state):
-        return tf.where(present, 1.0 / (totals + loss_level.LOG_EPS), 0.0)
+        return ops.where(present, 1.0 / (totals + loss_level.LOG_EPS), 0.0)
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
         direction, weights, new_state = loss_level.db_mtl(jacobian, present, state, **self.options)
