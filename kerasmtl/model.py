@@ -382,16 +382,15 @@ class MultiTaskModel(UnevenBatchBuild):
             self.gradient_state = state  # a layer of the model, so its variables are saved with it
 
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, with the callback of an epoch-level loss weighting (DST, DWA:
-        `kerasmtl.callbacks.DynamicTaskWeights`) first in ``callbacks`` unless they hold one."""
-        from kerasmtl.callbacks.task_weights import DynamicTaskWeights
-        from kerasmtl.methods.weightings import LossWeighting
+        """`keras.Model.fit`, with the callback the compiled method supplies (its ``callback``
+        hook: a loss weighting's `kerasmtl.callbacks.DynamicTaskWeights`) first in
+        ``callbacks``, unless they hold a `DynamicTaskWeights`."""
+        from kerasmtl.methods.weightings import DynamicTaskWeights
 
         callbacks = list(callbacks or [])
         method = getattr(self, "method", None)
         if method is not None and not any(isinstance(c, DynamicTaskWeights) for c in callbacks):
-            added = DynamicTaskWeights(method, targets=y) if isinstance(method, LossWeighting) else method.callback(self, y)
-            callbacks = [c for c in [added] if c is not None] + callbacks
+            callbacks = [c for c in [method.callback(self, y)] if c is not None] + callbacks
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------------ step

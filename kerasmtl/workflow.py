@@ -25,7 +25,6 @@ from kerasmtl.atomic import DiskFullError
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
 from kerasmtl.callbacks.non_finite import NonFiniteLossError
-from kerasmtl.callbacks.task_weights import DynamicTaskWeights
 from kerasmtl.data import tfdata
 from kerasmtl.data.augment import list_pipelines, save_pipeline
 from kerasmtl.data.errors import DataError
@@ -267,15 +266,12 @@ def learning_rate(recipe: Recipe, one_cycle: bool, steps_per_epoch: int):
     return keras.optimizers.schedules.CosineDecay(recipe.lr, decay_steps=max(1, recipe.epochs * steps_per_epoch))
 
 
-def task_weights_callback(recipe: Recipe, data: PreparedData, seed: int) -> DynamicTaskWeights:
-    """The callback that sets each epoch's per-output loss weights."""
-    if recipe.task_weighting == "dst":
-        return DynamicTaskWeights(
-            "dst", tasks=data.tasks, targets=data.train_data.targets, count=recipe.dst_count, seed=seed
-        )
-    if recipe.task_weighting == "static":
-        return DynamicTaskWeights("static", weights=recipe.loss_weights or None)
-    return DynamicTaskWeights(recipe.task_weighting)
+def task_weights_callback(recipe: Recipe, data: PreparedData, seed: int) -> keras.callbacks.Callback:
+    """The callback of the run's loss weighting (`kerasmtl.methods.WEIGHTINGS`), which sets
+    each epoch's per-output loss weights."""
+    options = {"static": {"weights": recipe.loss_weights or None},
+               "dst": {"tasks": data.tasks, "targets": data.train_data.targets, "count": recipe.dst_count, "seed": seed}}
+    return methods.WEIGHTINGS[recipe.task_weighting](**options.get(recipe.task_weighting, {})).callback(None)
 
 
 def build_callbacks(config, recipe: Recipe, run: RunFolder, session: ResumableRun, data: PreparedData, model) -> list:

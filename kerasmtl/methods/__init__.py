@@ -18,10 +18,8 @@ from kerasmtl.methods.base import LEVELS, GradientMethod, Method
 from kerasmtl.methods.loss_level import DBMTL, FAMO, GradNorm, MoCo
 from kerasmtl.methods.scalarizers import COSMOS, IMTLL, PBI, STCH, UW, GeometricMean, Scalarization
 from kerasmtl.methods.scalarizers import NAMED as SCALARIZATIONS
-from kerasmtl.methods.weightings import DST, DWA, LossWeighting, Static, Uncertainty
+from kerasmtl.methods.weightings import DST, DWA, WEIGHTINGS, LossWeighting, Static, Uncertainty
 
-#: The loss weightings by name.
-WEIGHTINGS = {cls.name: cls for cls in (Static, DST, DWA, Uncertainty)}
 #: The loss-level gradient methods by name.
 LOSS_LEVEL = {cls.name: cls for cls in (GradNorm, FAMO, DBMTL, MoCo)}
 
