@@ -165,7 +165,7 @@ def test_backslash_path_hints_at_slash(tmp_path):
 def test_non_numeric_regression_cell_is_a_row_problem(tmp_path):
     csv_path = _dataset(tmp_path, "path,score\nimg/0.png,0.5\nimg/1.png,abc\nimg/2.png,\n", images=())
     frame, tasks, problems = scan_label_csv(csv_path, regression=["score"])
-    assert problems == [(str(csv_path), 3, "column 'score': value 'abc' is not a number (regression task 'score')")]
+    assert problems == [(str(csv_path), 3, "column 'score': value 'abc' is not a finite number (regression task 'score')")]
     assert len(frame) == 3
 
 

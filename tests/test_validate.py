@@ -209,7 +209,7 @@ def test_validation_works_on_any_table_with_a_path_column(tmp_path, mixed_tasks)
     frame.loc[0, "p3"] = "inf"
     report = validate_table(frame, mixed_tasks, "table.csv", root=tmp_path, row_column=None)
     assert [(p.row, p.reason) for p in report.problems] == [
-        (1, "column 'p3': value 'inf' is not a finite number"),
+        (1, "column 'p3': value 'inf' is not a finite number (regression task 'landmarks')"),
         (3, "column 'smiling': label 'maybe' is not one of ['no', 'yes']"),
         (4, f"image path '../x.png' resolves outside {tmp_path.resolve()}"),
     ]

@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import re
 import sys
@@ -32,6 +31,7 @@ import pandas as pd
 import yaml
 
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.validate import find_label_problems, find_path_problems
 from kerasmtl.tasks import Task, is_missing
 
 #: The column of the returned table holding each image path as written in the CSV.
@@ -137,8 +137,8 @@ def scan_label_csv(
         exist), the paths as written in `WRITTEN_PATH`, CSV line numbers in
         ``csv_line``; the tasks, in the order of their first column in the CSV; and the
         ``(file, line, reason)`` problems found (rows with the wrong field count, an
-        empty path, a ``\\`` path that does not exist, a regression cell that is not a
-        number).
+        empty path, one outside the image folder, a ``\\`` path that does not exist, a
+        regression cell that is not a finite number).
 
     Raises:
         DataError: no such file or image folder, an empty file or one without rows,
@@ -171,8 +171,8 @@ def scan_label_csv(
     frame[WRITTEN_PATH] = frame[path_column]
     frame["path"] = [str(root / p) for p in frame[WRITTEN_PATH]]
     frame["csv_line"] = np.asarray(lines, dtype=np.int64)
-    problems += _path_problems(csv_path, frame, path_column, root)
-    problems += _number_problems(csv_path, frame, tasks)
+    problems += find_path_problems(frame[WRITTEN_PATH].tolist(), frame["csv_line"].tolist(), str(csv_path), root)[0]
+    problems += find_label_problems(frame, [t for t in tasks if t.kind == "regression"], frame["csv_line"], str(csv_path))
     problems.sort(key=lambda p: p[1])
     return frame, tasks, problems
 
@@ -330,34 +330,6 @@ def _unique(name: str, used: set[str]) -> str:
         n += 1
         candidate = f"{name}_{n}"
     return candidate
-
-
-# ------------------------------------------------------------------ row checks
-def _path_problems(csv_path: Path, frame: pd.DataFrame, path_column: str, root: Path) -> list[tuple]:
-    """Empty paths, and ``\\``-separated ones that name no file (a hint to use ``/``)."""
-    problems = []
-    for written, line in zip(frame[WRITTEN_PATH], frame["csv_line"]):
-        if not written:
-            problems.append((str(csv_path), int(line), f"column {path_column!r} is empty"))
-        elif "\\" in written and not os.path.exists(root / written):
-            hint = f"separate folders with '/', not '\\' (e.g. {written.replace(chr(92), '/')!r})"
-            problems.append((str(csv_path), int(line), f"image path {written!r} does not exist; {hint}"))
-    return problems
-
-
-def _number_problems(csv_path: Path, frame: pd.DataFrame, tasks: Sequence[Task]) -> list[tuple]:
-    """Regression cells that are neither empty nor a finite number."""
-    problems = []
-    for task in tasks:
-        if task.kind != "regression":
-            continue
-        for column in task.columns:
-            for value, line in zip(frame[column], frame["csv_line"]):
-                if not is_missing(value) and not (_NUMBER.fullmatch(value) and math.isfinite(float(value))):
-                    problems.append(
-                        (str(csv_path), int(line), f"column {column!r}: value {value!r} is not a number (regression task {task.name!r})")
-                    )
-    return problems
 
 
 # ---------------------------------------------------------------- tasks files

@@ -191,7 +191,7 @@ def find_label_problems(frame: pd.DataFrame, tasks: Sequence[Task], rows: Sequen
                 given = ~values.map(is_missing).to_numpy(dtype=bool)
                 bad = given & ~np.isfinite(numbers)
                 for i in np.flatnonzero(bad):
-                    reason = f"column {column!r}: value {values.iloc[i]!r} is not a finite number"
+                    reason = f"column {column!r}: value {values.iloc[i]!r} is not a finite number (regression task {task.name!r})"
                     problems.append(Problem(source, int(rows[i]), reason))
             continue
         column = task.columns[0]
