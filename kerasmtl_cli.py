@@ -124,6 +124,7 @@ class TrainConfig(_data.DataSettings):
     dst_count: str | None = None
     gradient_method: str | None = None
     gradient_level: str = "features"
+    method_options: dict[str, object] = dataclasses.field(default_factory=dict)
     early_stopping: int | None = None
     loss: str | None = None
     focal_gamma: float | None = None
@@ -247,6 +248,26 @@ class ArchitectureOptionsAction(argparse.Action):
                 parser.error(f"{option_string} takes OPTION=NUMBER pairs, each option once, e.g. num_experts=4 "
                              f"units=64. Received: {item!r}")
             options[name] = value
+        setattr(namespace, self.dest, options)
+
+
+class MethodOptionsAction(argparse.Action):
+    """Parses ``NAME=VALUE`` pairs (the flag may repeat) into ``{option: value}``, each value
+    read as JSON (``n_byzantine=1``, ``weights=[1,2]``, ``primary=["age"]``), else as text."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import json
+
+        options = dict(getattr(namespace, self.dest) or {})
+        for item in values:
+            name, equals, text = item.partition("=")
+            if not name or not equals or name in options:
+                parser.error(f"{option_string} takes NAME=VALUE pairs, each option once, e.g. n_byzantine=1 "
+                             f"weights=[1,2,1]. Received: {item!r}")
+            try:
+                options[name] = json.loads(text)
+            except ValueError:
+                options[name] = text
         setattr(namespace, self.dest, options)
 
 
@@ -394,6 +415,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(group, "gradient-method", choices=GRADIENT_METHODS, help="older name of --method for a gradient method")
     _flag(group, "gradient-level", choices=GRADIENT_LEVELS,
           help="--gradient-method at the shared features (default; one backward pass through the tower) or parameters")
+    group.add_argument("--method-options", "--method-option", nargs="+", metavar="NAME=VALUE", action=MethodOptionsAction,
+                       help="options of the --method, named as in docs/methods.md, e.g. n_byzantine=1 or weights=[2,1,1] "
+                       "(values read as JSON, else as text; the flag may repeat)")
     group = parser.add_argument_group("losses")
     _flag(group, "loss", choices=LOSSES, help="loss of every binary output (default: each task's own): weighted_bce / "
           "weighted_bce_sqrt weigh by the training split's positive share, focal, mse on -1/+1")
@@ -481,6 +505,10 @@ def check_yaml_value(action: argparse.Action, value, where: str):
     if isinstance(action, ArchitectureOptionsAction):
         if not isinstance(value, Mapping) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value.values()):
             raise ValueError(f"{where}: {key} must map option names to numbers. Received: {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if isinstance(action, MethodOptionsAction):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: {key} must be a mapping of option names to values. Received: {value!r}")
         return {str(k): v for k, v in value.items()}
     items = value if action.nargs in ("+", "*") else [value]
     if action.nargs in ("+", "*") and not isinstance(value, list):
@@ -756,9 +784,30 @@ def train(argv: Sequence[str] | None = None, defaults: Mapping | None = None, pr
     parser = training_parser("Train a multi-output image model and write its run folder.", prog)
     config, _ = parse_config(parser, argv, defaults)
     _environment(config.deterministic, config.backend)
+    weighting, gradient = _choices.split_method(config.method, config.task_weighting, config.gradient_method)
+    check_method_options(parser, config, [gradient or weighting or "static"])
     from kerasmtl.workflow import run_training, run_with_exit_codes
 
     return run_with_exit_codes(run_training, config)
+
+
+def check_method_options(parser: argparse.ArgumentParser, config: TrainConfig, names: Sequence[str]) -> None:
+    """Exits with code 2 unless every method of ``names`` but the loss weightings takes
+    ``--method-options`` (it builds them, so it runs after `_environment`)."""
+    if not config.method_options:
+        return
+    named = [name for name in names if name not in WEIGHTINGS]
+    if not named:
+        parser.error("--method-options are the options of a gradient method, a scalarization or auto_lambda; a loss "
+                     f"weighting takes --static-weights or --dst-count. Received: --method {' '.join(names)} "
+                     f"--method-options {config.method_options}")
+    from kerasmtl import methods
+
+    for name in named:
+        try:
+            methods.get(name, config.gradient_level, config.method_options)
+        except (TypeError, ValueError) as error:
+            parser.error(f"--method-options of --method {name}: {error}")
 
 
 def lr_find(argv: Sequence[str] | None = None, defaults: Mapping | None = None, prog: str | None = None) -> int:
@@ -898,7 +947,7 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
     group.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
                        help=f"loss weightings {list(WEIGHTINGS)} or gradient methods {list(GRADIENT_METHODS)} "
                        f"(default: {' '.join(DEFAULT_COMPARISON_METHODS)}); --static-weights apply to static and "
-                       "the gradient methods")
+                       "the gradient methods, --method-options to every method but the loss weightings")
     config, extra = parse_config(parser, argv)
     methods = list(extra.get("methods") or DEFAULT_COMPARISON_METHODS)
     repeated = sorted({m for m in methods if methods.count(m) > 1})
@@ -911,6 +960,7 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
     if config.model:
         parser.error(f"compare-methods trains builder models (--base); a --model preset has fixed tasks. Received: --model {config.model}")
     _environment(config.deterministic, config.backend)
+    check_method_options(parser, config, methods)
     from kerasmtl.method_comparison import run_method_comparison
     from kerasmtl.workflow import run_with_exit_codes
 

@@ -52,11 +52,11 @@ GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g
                     "config", "nash_mtl", "gradvac", "fairgrad", "constant", "krum", "pcd", "modo", "sdmgrad", "cr_mogm",
                     "excess_mtl", "graddrop", "trimmed_mean", "gradnorm", "famo", "db_mtl", "moco", "rlw")
 GRADIENT_LEVELS = ("features", "parameters")
-#: Multi-task methods (`kerasmtl.methods.names`, ``--method``): the loss weightings, the
-#: gradient methods, then the scalarizations.
 #: Scalarizations that are methods by name (`kerasmtl.methods.scalarizers.NAMES`).
 SCALARIZATIONS = ("geometric_mean", "stch", "pbi", "cosmos", "imtl_l", "uw")
-METHODS = WEIGHTINGS + GRADIENT_METHODS + SCALARIZATIONS
+#: Multi-task methods (`kerasmtl.methods.names`, ``--method``): the loss weightings, the
+#: gradient methods, the scalarizations, then the bilevel Auto-Lambda.
+METHODS = WEIGHTINGS + GRADIENT_METHODS + SCALARIZATIONS + ("auto_lambda",)
 
 
 def split_method(method, task_weighting, gradient_method):

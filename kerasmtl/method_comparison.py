@@ -216,14 +216,15 @@ def method_config(config, method: str, out: Path):
     method (with static loss weights, which ``--static-weights`` sets)."""
     if method in WEIGHTINGS:
         weights = config.static_weights if method == "static" else {}
-        return dataclasses.replace(config, task_weighting=method, gradient_method=None, static_weights=weights, out=str(out))
+        return dataclasses.replace(config, task_weighting=method, gradient_method=None, static_weights=weights,
+                                   method_options={}, out=str(out))
     return dataclasses.replace(config, task_weighting=None, gradient_method=method, out=str(out))
 
 
 def single_task_config(config, task: Task, tasks_file: Path, out: Path):
     """The config of ``task``'s baseline: the same settings on that task alone."""
     weights = {k: v for k, v in config.static_weights.items() if k == task.name}
-    return dataclasses.replace(config, tasks=str(tasks_file), task_weighting=None, gradient_method=None,
+    return dataclasses.replace(config, tasks=str(tasks_file), task_weighting=None, gradient_method=None, method_options={},
                                static_weights=weights, out=str(out))
 
 

@@ -141,6 +141,7 @@ def run_fingerprint(config) -> dict:
     folded = dataclasses.replace(config, task_weighting=weighting, gradient_method=gradient)
     default_architecture = config.architecture == "hps" and not config.architecture_options
     left_out = {"method"} | ({"architecture", "architecture_options"} if default_architecture else set())
+    left_out |= set() if config.method_options else {"method_options"}
     return {k: v for k, v in config_fingerprint(folded).items() if k not in left_out}
 
 
@@ -456,8 +457,14 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None)
     if config.lr_find:  # a resumed run keeps the rate its range test chose
         lr = session.saved_extra.get("lr")
         recipe = dataclasses.replace(recipe, lr=lr if lr is not None else find_learning_rate(recipe, data, model, run).suggest())
+    method = None if recipe.gradient_method is None else methods.get(recipe.method, config.gradient_level, config.method_options)
+    if isinstance(method, methods.AutoLambda):
+        if data.val_data is None:
+            raise ValueError("--method auto_lambda learns its task weights on the validation split, which is empty; use "
+                             f"--val-fraction > 0. Received: val_fraction={config.val_fraction}")
+        method.validation_data = tfdata.generator_dataset(data.val_data).map(lambda *batch: batch[:2])
     model.compile(optimizer=make_optimizer(recipe.optimizer, learning_rate(recipe, config.one_cycle, len(data.train_data))),
-                  method=None if recipe.gradient_method is None else methods.get(recipe.method, config.gradient_level))
+                  method=method)
     callbacks = build_callbacks(config, recipe, run, session, data, model)
     initial_epoch = session.restore(
         model, datasets=[data.train_data], callbacks=callbacks,

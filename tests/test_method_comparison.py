@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import pandas as pd
 import pytest
 from PIL import Image
@@ -134,3 +135,24 @@ def test_compare_methods_on_the_sample(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "upgrad" / "model.keras").stat().st_mtime_ns == model_time
     assert pd.read_csv(out / "comparison.csv", index_col="method").equals(table)
+
+
+@pytest.mark.slow
+def test_compare_methods_runs_auto_lambda_and_a_scalarization(tmp_path):
+    # two binary outputs over 48 images of 16 px: two method runs and two single-task runs
+    (tmp_path / "img").mkdir()
+    rows = ["path,ink,dark"]
+    for i in range(48):
+        Image.new("RGB", (16, 16), (i * 5, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{'yes' if i % 2 else 'no'},{'yes' if i > 23 else 'no'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "compare"
+    result = _command("--data", tmp_path / "labels.csv", "--image-size", 16, "--width", 8, "--epochs", 1, "--batch-size", 8,
+                      "--no-augment", "--verbose", 0, "--methods", "auto_lambda", "geometric_mean", "--out", out,
+                      home=tmp_path / "home")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = pd.read_csv(out / "comparison.csv", index_col="method")
+    assert list(table.index) == ["auto_lambda", "geometric_mean", "single-task"]
+    # Auto-Lambda's weights start at 0.1 and took Adam steps on the validation split's batches
+    weights = keras.saving.load_model(out / "auto_lambda" / "model.keras").gradient_state.slot("weights").numpy()
+    assert weights.shape == (2,) and abs(weights - 0.1).min() > 1e-6

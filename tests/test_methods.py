@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_every_aggregation_name_is_a_method():
         assert method.needs == ("gramian" if name in aggregation.GRAMIAN_METHODS else "jacobian")
         assert method.stateful == (name in aggregation.STATEFUL) and method.host == (name in aggregation.HOST)
     assert set(methods.names()) == (set(methods.WEIGHTINGS) | set(aggregation.METHODS) | {"gradnorm", "famo", "db_mtl", "moco", "rlw"}
-                                    | set(methods.SCALARIZATIONS))
+                                    | set(methods.SCALARIZATIONS) | {"auto_lambda"})
 
 
 @pytest.mark.parametrize("method", [
@@ -260,3 +261,79 @@ def test_train_with_method(tmp_path, flags, recorded):
         weights = history[[f"loss_weight/{t}" for t in tasks]].to_numpy()
         np.testing.assert_array_equal(weights[:2], 1.0)
         assert weights[2].sum() == pytest.approx(len(tasks), rel=1e-5) and not np.allclose(weights[2], 1.0)
+
+
+# ----------------------------------------------------------------- method options
+@pytest.mark.parametrize("args, message", [
+    (["--method", "krum", "--method-options", "n_byzantine"],
+     "--method-options takes NAME=VALUE pairs, each option once, e.g. n_byzantine=1 weights=[1,2,1]. Received: 'n_byzantine'"),
+    (["--method", "krum", "--method-option", "n_byzantine=1", "--method-option", "n_byzantine=2"], "Received: 'n_byzantine=2'"),
+    (["--method", "dwa", "--method-options", "temperature=3"],
+     "--method-options are the options of a gradient method, a scalarization or auto_lambda; a loss weighting takes "
+     "--static-weights or --dst-count. Received: --method dwa --method-options {'temperature': 3}"),
+    (["--method", "krum", "--method-options", "f=1"],  # checked against the method, after the import
+     "--method-options of --method krum: krum has the options ['n_byzantine', 'n_selected']. Received: f"),
+])
+def test_method_options_refusals_exit_2(tmp_path, args, message):
+    result = _train(*args, "--out", tmp_path / "run", tmp_path=tmp_path, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_method_options_read_json_repeat_and_name_the_run(tmp_path):
+    from kerasmtl.workflow import run_fingerprint
+    from kerasmtl_cli import parse_config, training_parser
+
+    parser = training_parser("t")
+    config, _ = parse_config(parser, ["--method", "pbi", "--method-option", "theta=5", "--method-option", "weights=[1, 2.5]",
+                                      "--method-options", "seed=3", "name=upgrad"])
+    assert config.method_options == {"theta": 5, "weights": [1, 2.5], "seed": 3, "name": "upgrad"}
+    (tmp_path / "run.yaml").write_text("method: stch\nmethod-options: {mu: 0.5, weights: [1, 2]}\n")
+    from_yaml, _ = parse_config(parser, ["--config", str(tmp_path / "run.yaml")])
+    assert from_yaml.method_options == {"mu": 0.5, "weights": [1, 2]}
+    # a run's identity has its options; a run without them keeps the identity it had before the flag
+    assert run_fingerprint(from_yaml)["method_options"] == {"mu": 0.5, "weights": [1, 2]}
+    assert "method_options" not in run_fingerprint(parse_config(parser, ["--method", "stch"])[0])
+
+
+def test_auto_lambda_by_name_takes_its_options():
+    method = methods.get("auto_lambda", "features", {"lr": 0.01, "primary": ["age"]})
+    assert isinstance(method, methods.AutoLambda) and (method.lr, method.primary) == (0.01, ["age"])
+    with pytest.raises(TypeError, match=r"auto_lambda has the options \['weight_init', 'lr', 'primary', 'update_every', "
+                       r"'batch_size', 'seed'\]. Received: validation_data"):
+        methods.get("auto_lambda", None, {"validation_data": None})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, options", [
+    (["--method", "krum", "--method-option", "n_byzantine=1", "--method-option", "n_selected=2"],
+     {"name": "krum", "n_byzantine": 1, "n_selected": 2}),
+    (["--config", "CONFIG"], {"name": "trimmed_mean", "trim_number": 2}),
+])
+def test_train_with_method_options(tmp_path, flags, options):
+    import yaml
+
+    (tmp_path / "run.yaml").write_text("method: trimmed_mean\nmethod-options:\n  trim_number: 2\n")
+    flags = [str(tmp_path / "run.yaml") if f == "CONFIG" else f for f in flags]
+    out = tmp_path / "run"
+    result = _train(*flags, "--image-size", 32, "--width", 8, "--epochs", 1, "--sample-size", 24, "--batch-size", 8,
+                    "--no-augment", "--verbose", 2, "--out", out, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    name, *_ = options.values()
+    assert yaml.safe_load((out / "config.yaml").read_text())["method_options"] == {k: v for k, v in options.items() if k != "name"}
+    model = keras.saving.load_model(out / "model.keras")  # the saved model's method, built from the flags
+    assert model.method.get_config() == {"name": name, "level": "features", **options}
+    assert np.isfinite(pd.read_csv(out / "history.csv")["grad_conflict"]).all()
+
+
+def test_the_methods_table_names_every_method_with_its_paper_and_use():
+    text = (ROOT / "docs" / "methods.md").read_text(encoding="utf-8")
+    header = "| method | family | paper | when to use |"
+    rows = text.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]  # after the |---| line
+    listed = {}
+    for row in rows:
+        name_cell, family, paper, use = (cell.strip() for cell in row.strip("|").split("|"))
+        assert family and paper and use, row
+        listed.update(dict.fromkeys(re.findall(r"`(\w+)`", name_cell), row))
+    assert set(methods.names()) <= set(listed), sorted(set(methods.names()) - set(listed))
+    assert set(listed) <= set(methods.names()), sorted(set(listed) - set(methods.names()))

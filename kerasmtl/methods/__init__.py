@@ -31,9 +31,9 @@ def gradient_method_names() -> tuple[str, ...]:
 
 
 def names() -> tuple[str, ...]:
-    """Every method's name: the loss weightings, the gradient methods, then the
-    scalarizations that have a name of their own."""
-    return tuple(WEIGHTINGS) + gradient_method_names() + tuple(SCALARIZATIONS)
+    """Every method's name: the loss weightings, the gradient methods, the scalarizations
+    that have a name of their own, then ``auto_lambda``."""
+    return tuple(WEIGHTINGS) + gradient_method_names() + tuple(SCALARIZATIONS) + (AutoLambda.name,)
 
 
 def get(identifier, level: str | None = None, options: Mapping | None = None, argument: str = "method") -> Method:
@@ -66,6 +66,12 @@ def get(identifier, level: str | None = None, options: Mapping | None = None, ar
         raise ValueError(f"{argument} must be one of {known}. Received: {argument}={identifier!r}")
     if identifier in SCALARIZATIONS:  # loss level: no gradient level
         return SCALARIZATIONS[identifier](**dict(options or {}))
+    if identifier == AutoLambda.name:  # its validation_data is set before training
+        known = list(AutoLambda().get_config())
+        unknown = sorted(set(options or {}) - set(known))
+        if unknown:
+            raise TypeError(f"auto_lambda has the options {known}. Received: {', '.join(unknown)}")
+        return AutoLambda(**dict(options or {}))
     keyword = {} if level is None else {"level": level}
     if identifier in LOSS_LEVEL:
         return LOSS_LEVEL[identifier](**keyword, **dict(options or {}))
