@@ -785,15 +785,19 @@ def train(argv: Sequence[str] | None = None, defaults: Mapping | None = None, pr
     config, _ = parse_config(parser, argv, defaults)
     _environment(config.deterministic, config.backend)
     weighting, gradient = _choices.split_method(config.method, config.task_weighting, config.gradient_method)
-    check_method_options(parser, config, [gradient or weighting or "static"])
+    check_method_settings(parser, config, [gradient or weighting or "static"])
     from kerasmtl.workflow import run_training, run_with_exit_codes
 
     return run_with_exit_codes(run_training, config)
 
 
-def check_method_options(parser: argparse.ArgumentParser, config: TrainConfig, names: Sequence[str]) -> None:
-    """Exits with code 2 unless every method of ``names`` but the loss weightings takes
-    ``--method-options`` (it builds them, so it runs after `_environment`)."""
+def check_method_settings(parser: argparse.ArgumentParser, config: TrainConfig, names: Sequence[str]) -> None:
+    """Exits with code 2 for auto_lambda off TensorFlow, or unless every method of ``names``
+    but the loss weightings takes ``--method-options`` (it builds them: after `_environment`)."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if "auto_lambda" in names and backend != "tensorflow":
+        parser.error("--method auto_lambda runs on the TensorFlow backend only (its step reads the validation batches "
+                     f"from tf.data). Received: backend {backend!r}")
     if not config.method_options:
         return
     named = [name for name in names if name not in WEIGHTINGS]
@@ -960,7 +964,7 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
     if config.model:
         parser.error(f"compare-methods trains builder models (--base); a --model preset has fixed tasks. Received: --model {config.model}")
     _environment(config.deterministic, config.backend)
-    check_method_options(parser, config, methods)
+    check_method_settings(parser, config, methods)
     from kerasmtl.method_comparison import run_method_comparison
     from kerasmtl.workflow import run_with_exit_codes
 

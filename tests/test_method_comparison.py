@@ -147,7 +147,7 @@ def test_compare_methods_runs_auto_lambda_and_a_scalarization(tmp_path):
         rows.append(f"img/{i}.png,{'yes' if i % 2 else 'no'},{'yes' if i > 23 else 'no'}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "compare"
-    result = _command("--data", tmp_path / "labels.csv", "--image-size", 16, "--width", 8, "--epochs", 1, "--batch-size", 8,
+    result = _command("--data", tmp_path / "labels.csv", "--image-size", 32, "--width", 8, "--epochs", 1, "--batch-size", 8,
                       "--no-augment", "--verbose", 0, "--methods", "auto_lambda", "geometric_mean", "--out", out,
                       home=tmp_path / "home")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

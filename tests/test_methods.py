@@ -271,6 +271,8 @@ def test_train_with_method(tmp_path, flags, recorded):
     (["--method", "dwa", "--method-options", "temperature=3"],
      "--method-options are the options of a gradient method, a scalarization or auto_lambda; a loss weighting takes "
      "--static-weights or --dst-count. Received: --method dwa --method-options {'temperature': 3}"),
+    (["--method", "auto_lambda", "--backend", "jax"], "--method auto_lambda runs on the TensorFlow backend only (its step "
+     "reads the validation batches from tf.data). Received: backend 'jax'"),
     (["--method", "krum", "--method-options", "f=1"],  # checked against the method, after the import
      "--method-options of --method krum: krum has the options ['n_byzantine', 'n_selected']. Received: f"),
 ])
