@@ -17,6 +17,10 @@ shrinks a run without changing the command as written. Then the page's Python bl
 order, in one namespace started by `PRELUDE`, in a fresh Python process as a user's
 script would run them (a multi-worker strategy, say, must come before any other
 TensorFlow op of its process).
+
+Each example runs once: README.md's examples that a docs page repeats word for word run
+with that page, and a page's command that trained one of the shared run folders
+(`TRAINED`) gets that folder instead of training it again.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ SHELL_REPLACEMENTS = [("--weights imagenet", "")]
 PYTHON_REPLACEMENTS = [
     (r'weights="imagenet"', "weights=None"),
     (r"\((?:224|64), (?:224|64), 3\)", "(32, 32, 3)"),
-    (r"image_size=224", "image_size=32"),
+    (r"image_size=(?:224|64)", "image_size=32"),
     (r"\bepochs=\d+", "epochs=1"),
     (r"^epochs = \d+", "epochs = 1"),
     (r"\bsteps=100\b", "steps=8"),
@@ -79,6 +83,13 @@ batch = images
 """
 #: Added to the prelude of a page whose Python uses ``model`` before it makes one.
 PRELUDE_MODEL = 'model = keras.saving.load_model("runs/sample-bottleneck-seed0/model.keras")\n'
+
+#: The run folders `assets` trains, each by its command: a page that shows the same command
+#: gets that folder (copied, as a user copies one) rather than training it again.
+TRAINED = {
+    "runs/sample-bottleneck-seed0": "kerasmtl train",
+    "runs/mine": "kerasmtl train --data labels.csv --path-column file --regression box_px --out runs/mine",
+}
 
 
 def prelude(code: str) -> str:
@@ -274,25 +285,27 @@ def _write_assets(root: Path, write_official, write_pa100k, write_peta) -> None:
                           input_shape=(32, 32, 3)).build()
     celeba.compile()
     celeba.save(root / "celeba.keras")
-    for words in (["kerasmtl", "train"], ["kerasmtl", "train", "--data", "labels.csv", "--path-column", "file",
-                                          "--regression", "box_px", "--out", "runs/mine"]):
+    for run, line in TRAINED.items():
+        words = shlex.split(line)
         command, argv = command_of(words)
         flags = fast_flags(command, words, 0)
-        if "--data" not in words:
-            flags = flags[:-2] + ["--out", "runs/sample-bottleneck-seed0"]
-        _run(argv + flags, root, shlex.join(words))
+        if "--out" not in words:  # the default run folder, as a user gets it
+            flags = flags[:-2] + ["--out", run]
+        _run(argv + flags, root, line)
 
 
 def _workdir(assets: Path, page_examples: list[Example], into: Path) -> None:
     """Copies the assets into a page's working folder, leaving out the run folders the
-    page trains itself (``--out runs/mine``) and those it never names."""
+    page never names (a command of `TRAINED` names its own)."""
     text = "".join(example.code for example in page_examples) + PRELUDE_MODEL
+    commands = {shlex.join(words) for example in page_examples if example.language == "bash"
+                for words in shell_commands(example.code)}
     for entry in assets.iterdir():
         if entry.name == "home":
             continue
         if entry.name == "runs":
             for run in entry.iterdir():
-                if f"runs/{run.name}" in text and f"--out runs/{run.name}" not in text:
+                if f"runs/{run.name}" in text or TRAINED[f"runs/{run.name}"] in commands:
                     shutil.copytree(run, into / "runs" / run.name)
         elif entry.is_dir():
             shutil.copytree(entry, into / entry.name)
@@ -307,11 +320,21 @@ def _python(example: Example) -> str:
     return code
 
 
-RUNNABLE_PAGES = [page for page in PAGES if any(e.not_run is None for e in examples(page) if e.language in ("python", "bash"))]
+def runs_elsewhere(example: Example) -> bool:
+    """True for an example of README.md that a docs page shows word for word: it runs once, with that page."""
+    return example.page.name == "README.md" and any(
+        example.code == other.code for page in PAGES[1:] for other in examples(page) if other.not_run is None)
+
+
+def page_runs(page: Path) -> list[Example]:
+    """The examples a page's run runs, in order."""
+    return [e for e in examples(page) if e.language in ("python", "bash") and e.not_run is None and not runs_elsewhere(e)]
+
+
+RUNNABLE_PAGES = [page for page in PAGES if page_runs(page)]
 #: Pages whose examples have not yet run through to the end here, skipped visibly (with why) until they do.
 NOT_YET_RUN = {
     "backends.md": "not yet run through here",
-    "methods.md": "run through to its --dst-count line, since fixed; not yet run through to the end here",
     "training.md": "not yet run through here",
 }
 
@@ -335,10 +358,12 @@ for name, code in json.load(open(sys.argv[1])):
 @pytest.mark.long
 @pytest.mark.parametrize("page", [_page_param(page) for page in RUNNABLE_PAGES])
 def test_page_examples_run(page, assets, tmp_path):
-    page_examples = [e for e in examples(page) if e.language in ("python", "bash") and e.not_run is None]
+    page_examples = page_runs(page)
     _workdir(assets, page_examples, tmp_path)
     for number, example in enumerate(e for e in page_examples if e.language == "bash"):
         for index, words in enumerate(shell_commands(example.code)):
+            if shlex.join(words) in TRAINED.values():
+                continue  # its run folder is the one `assets` trained
             command, argv = command_of(words)
             _run(argv + fast_flags(command, words, number * 100 + index), tmp_path, f"{example.name}: {shlex.join(words)}")
     blocks = [(e.name, _python(e)) for e in page_examples if e.language == "python"]
