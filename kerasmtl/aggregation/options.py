@@ -88,6 +88,9 @@ OPTION_TYPES = {
     "rho": ("a number", _is_number),
     "momentum": ("a number", _is_number),
     "lambda_": ("a number", _is_number),
+    "mu": ("a number", _is_number),
+    "theta": ("a number", _is_number),
+    "reference": ("a list of numbers, one per task", _is_vector),
 }
 
 _LOSS_LEVEL = {"gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, "db_mtl": loss_level.db_mtl,
@@ -143,7 +146,20 @@ def check_gradient_options(method: str | None, options) -> dict:
             raise ValueError("gradient_options are the options of a gradient_method; without one they would be "
                              f"ignored. Give gradient_method too. Received: gradient_options={dict(options)!r}")
         return {}
-    known = method_options(method)
+    return check_options(method, options, method_options(method))
+
+
+def check_options(method: str, options: Mapping, known: Mapping) -> dict:
+    """Checks ``options`` against ``known`` (``{option: default}`` of ``method``) and the
+    types of `OPTION_TYPES`; a gradient method's, or a scalarization's.
+
+    Returns:
+        The options as a new dict.
+
+    Raises:
+        TypeError: an option the method does not have, or a value of the wrong type,
+            naming the option, the type it takes and the value received.
+    """
     unknown = sorted(str(k) for k in options if k not in known)
     if unknown:
         raise TypeError(f"{method} has the options {list(known) or 'none'}. Received: {', '.join(unknown)}")

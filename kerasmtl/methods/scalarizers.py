@@ -20,11 +20,8 @@ import keras
 import tensorflow as tf
 
 from kerasmtl import scalarization
-from kerasmtl.aggregation.options import OPTION_TYPES
+from kerasmtl.aggregation.options import check_options
 from kerasmtl.methods.base import Method, plain
-
-#: Options of the scalarizations besides the aggregators' (`OPTION_TYPES`).
-_TYPES = {"mu": OPTION_TYPES["eps"], "theta": OPTION_TYPES["eps"], "reference": OPTION_TYPES["weights"]}
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
@@ -50,13 +47,7 @@ class Scalarization(Method):
             known = [n for n in scalarization.METHODS if n not in scalarization.STATEFUL]
             raise ValueError(f"Unknown scalarization method. Known: {', '.join(known)} (dwa and famo are the 'dwa' and "
                              f"'famo' methods). Received: name={name!r}")
-        allowed = scalarization.options(name)
-        for key, value in options.items():
-            if key not in allowed:
-                raise TypeError(f"{name} has the options {list(allowed) or 'none'}. Received: {key}")
-            wanted, check = _TYPES.get(key) or OPTION_TYPES[key]
-            if not check(value):
-                raise TypeError(f"{name}'s option {key} must be {wanted}. Received: {key}={value!r} ({type(value).__name__})")
+        options = check_options(name, options, scalarization.options(name))
         self.name, self.options = name, {k: plain(v) for k, v in options.items()}
         self.seed = self.options.pop("seed", 0) if name == "random" else None
         scalarization.scalarize(name, tf.ones([_tasks(self.options)], tf.float32), **self._call_options(0))
