@@ -319,18 +319,16 @@ class DynamicTaskWeights(keras.callbacks.Callback):
 
     @staticmethod
     def _method(strategy, tasks, weights, targets, count, counts, seed, all_off, temperature) -> LossWeighting:
-        """The method the string ``strategy`` and its options name."""
+        """The method of `WEIGHTINGS` the string ``strategy`` names, with its options."""
         if weights is not None and strategy != "static":
             raise ValueError(f"weights apply to strategy='static'. Received: strategy={strategy!r}")
         if (targets is not None or counts is not None) and strategy != "dst":
             raise ValueError(f"targets / counts apply to strategy='dst'. Received: strategy={strategy!r}")
-        if strategy == "dst":
-            if (targets is None) == (counts is None):
-                raise ValueError("strategy='dst' needs exactly one of targets (with tasks) or counts.")
-            return DST(counts=counts, targets=targets, count=count, seed=seed, all_off=all_off, tasks=tasks)
-        if strategy == "dwa":
-            return DWA(temperature)
-        return Static(weights) if strategy == "static" else Uncertainty()
+        if strategy == "dst" and (targets is None) == (counts is None):
+            raise ValueError("strategy='dst' needs exactly one of targets (with tasks) or counts.")
+        options = {"static": {"weights": weights}, "dwa": {"temperature": temperature},
+                   "dst": {"counts": counts, "targets": targets, "count": count, "seed": seed, "all_off": all_off, "tasks": tasks}}
+        return WEIGHTINGS[strategy](**options.get(strategy, {}))
 
     # The method's name and options, read as the callback's own.
     strategy = property(lambda self: self.method.name)
