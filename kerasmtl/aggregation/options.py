@@ -97,26 +97,16 @@ _LOSS_LEVEL = {"gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, 
                "moco": loss_level.moco}
 
 
-def _function(method: str):
-    """The function whose keyword-only parameters are ``method``'s options: an aggregator
-    of `kerasmtl.aggregation` (any of its `METHODS`) or a loss-level method."""
-    from kerasmtl import aggregation
-
-    if method in _LOSS_LEVEL:
-        return _LOSS_LEVEL[method]
-    if method not in aggregation.METHODS:
-        raise ValueError(f"Unknown gradient method. Known: {', '.join(aggregation.METHODS + tuple(_LOSS_LEVEL))}. "
-                         f"Received: {method!r}")
-    return aggregation._method(method)
-
-
 def method_options(method: str) -> dict[str, object]:
     """``{option: default}`` of ``method`` (an aggregation or loss-level method name).
 
     Raises:
         ValueError: an unknown method.
     """
-    parameters = inspect.signature(_function(method)).parameters.values()
+    from kerasmtl import aggregation
+
+    function = _LOSS_LEVEL[method] if method in _LOSS_LEVEL else aggregation._method(method)
+    parameters = inspect.signature(function).parameters.values()
     return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "step"}
 
 
