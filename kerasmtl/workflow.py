@@ -270,9 +270,11 @@ def learning_rate(recipe: Recipe, one_cycle: bool, steps_per_epoch: int):
 def task_weights_callback(recipe: Recipe, data: PreparedData, seed: int) -> keras.callbacks.Callback:
     """The callback of the run's loss weighting (`kerasmtl.methods.WEIGHTINGS`), which sets
     each epoch's per-output loss weights."""
-    options = {"static": {"weights": recipe.loss_weights or None},
-               "dst": {"tasks": data.tasks, "targets": data.train_data.targets, "count": recipe.dst_count, "seed": seed}}
-    return methods.WEIGHTINGS[recipe.task_weighting](**options.get(recipe.task_weighting, {})).callback(None)
+    name = recipe.task_weighting
+    options = {"weights": recipe.loss_weights or None} if name == "static" else {}
+    if name == "dst":
+        options = {"tasks": data.tasks, "targets": data.train_data.targets, "count": recipe.dst_count, "seed": seed}
+    return methods.WEIGHTINGS[name](**options).callback(None)
 
 
 def build_callbacks(config, recipe: Recipe, run: RunFolder, session: ResumableRun, data: PreparedData, model) -> list:
