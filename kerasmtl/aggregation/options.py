@@ -110,12 +110,14 @@ def method_options(method: str) -> dict[str, object]:
     return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "step"}
 
 
-def check_gradient_options(method: str | None, options) -> dict:
+def check_gradient_options(method: str | None, options, known: Mapping | None = None) -> dict:
     """Checks ``compile(gradient_options=...)`` against ``method``'s options and their types.
 
     Args:
         method: the gradient method (aliases resolved), or None for Keras's own step.
         options: None or a mapping of option names to values.
+        known: ``{option: default}`` of a method that is not a gradient method (a
+            scalarization's); None: `method_options` of ``method``.
 
     Returns:
         The options as a new dict (empty for None).
@@ -136,20 +138,7 @@ def check_gradient_options(method: str | None, options) -> dict:
             raise ValueError("gradient_options are the options of a gradient_method; without one they would be "
                              f"ignored. Give gradient_method too. Received: gradient_options={dict(options)!r}")
         return {}
-    return check_options(method, options, method_options(method))
-
-
-def check_options(method: str, options: Mapping, known: Mapping) -> dict:
-    """Checks ``options`` against ``known`` (``{option: default}`` of ``method``) and the
-    types of `OPTION_TYPES`; a gradient method's, or a scalarization's.
-
-    Returns:
-        The options as a new dict.
-
-    Raises:
-        TypeError: an option the method does not have, or a value of the wrong type,
-            naming the option, the type it takes and the value received.
-    """
+    known = method_options(method) if known is None else known
     unknown = sorted(str(k) for k in options if k not in known)
     if unknown:
         raise TypeError(f"{method} has the options {list(known) or 'none'}. Received: {', '.join(unknown)}")

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from kerasmtl import scalarization
-from kerasmtl.aggregation.options import check_options
+from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.methods.base import Method, plain
 
 
@@ -47,7 +47,7 @@ class Scalarization(Method):
             known = [n for n in scalarization.METHODS if n not in scalarization.STATEFUL]
             raise ValueError(f"Unknown scalarization method. Known: {', '.join(known)} (dwa and famo are the 'dwa' and "
                              f"'famo' methods). Received: name={name!r}")
-        options = check_options(name, options, scalarization.options(name))
+        options = check_gradient_options(name, options, scalarization.options(name))
         self.name, self.options = name, {k: plain(v) for k, v in options.items()}
         self.seed = self.options.pop("seed", 0) if name == "random" else None
         scalarization.scalarize(name, tf.ones([_tasks(self.options)], tf.float32), **self._call_options(0))
