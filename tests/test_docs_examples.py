@@ -332,17 +332,6 @@ def page_runs(page: Path) -> list[Example]:
 
 
 RUNNABLE_PAGES = [page for page in PAGES if page_runs(page)]
-#: Pages whose examples have not yet run through to the end here, skipped visibly (with why) until they do.
-NOT_YET_RUN = {
-    "training.md": "its first five commands (the sample, hvc, CelebA, PA-100K, PETA) run through here; the rest "
-                   "not yet",
-}
-
-
-def _page_param(page: Path):
-    reason = NOT_YET_RUN.get(page.name)
-    return pytest.param(page, id=page.name, marks=[pytest.mark.skip(reason=reason)] if reason else [])
-
 
 #: Runs a page's Python blocks in one namespace, each compiled under its page and line so
 #: that a traceback names the block.
@@ -356,7 +345,7 @@ for name, code in json.load(open(sys.argv[1])):
 
 @pytest.mark.slow
 @pytest.mark.long
-@pytest.mark.parametrize("page", [_page_param(page) for page in RUNNABLE_PAGES])
+@pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda page: page.name)
 def test_page_examples_run(page, assets, tmp_path):
     page_examples = page_runs(page)
     _workdir(assets, page_examples, tmp_path)
