@@ -12,9 +12,9 @@ tensors in, as the train step has them; NumPy in, NumPy out).
 - Learned (`LEARNED`): ``imtl_l`` and ``uw`` take their per-task parameters as ``state``
   (``{"log_scale"}`` / ``{"log_var"}``: trainable variables, zeros at the start); the loss
   is differentiable with respect to them, and the model's optimizer trains them.
-- Stateful (`STATEFUL`): ``dwa`` and ``famo`` take ``state`` (from `initial_state`) and
-  return ``(loss, new_state)``. DWA's epoch ends with `end_epoch`; FAMO's logits move after
-  the model's step with `famo_update`, from the losses recomputed on the same batch.
+- torchjd's stateful ``DWA`` and ``FAMO`` are the ``dwa`` loss weighting
+  (`kerasmtl.methods.DWA`) and the ``famo`` gradient method (`kerasmtl.methods.FAMO`,
+  computed by `kerasmtl.aggregation.loss_level`).
 - Random: ``random`` draws afresh, or reproducibly with ``seed``.
 """
 
@@ -26,10 +26,9 @@ import numpy as np
 from keras import ops
 
 from kerasmtl.aggregation._core import normal
-from kerasmtl.aggregation.loss_level import famo_update as _famo_adam
 
-#: Added to FAMO's shifted losses before their logarithm, and PBI's under its square root.
-FAMO_EPS, PBI_EPS = 1e-8, 1e-12
+#: Added under PBI's square root.
+PBI_EPS = 1e-12
 
 
 def _vector(value, what, m, dtype):
@@ -153,96 +152,19 @@ def uw(losses, p, state):
     return ops.sum(ops.where(p > 0, 0.5 * ops.exp(-s) * losses + 0.5 * s, 0.0))
 
 
-def dwa(losses, p, state, *, temperature=2.0):
-    """DWA (Liu et al., 2019): ``sum_k lambda_k L_k`` with ``lambda = k softmax(w / T)`` of
-    the rates ``w_k = L_k(e-1) / L_k(e-2)`` of the last two epochs' mean losses (1 each
-    before two epochs ended); this call's losses are added to the epoch's sums.
-
-    Returns:
-        ``(loss, new_state)``; `end_epoch` closes the epoch.
-    """
-    if temperature <= 0:
-        raise ValueError(f"dwa's temperature must be positive. Received: temperature={temperature!r}")
-    on = p > 0
-    k = ops.sum(p)
-    rates = state["newer"] / ops.where(state["older"] != 0, state["older"], 1.0)
-    logits = ops.where(on, ops.cast(rates, losses.dtype) / temperature, -np.inf)
-    ready = ops.logical_and(state["epochs"] >= 2, ops.any(on))
-    weights = ops.where(ready, ops.cast(k, losses.dtype) * ops.softmax(logits), ops.ones_like(losses))
-    total = ops.sum(ops.where(on, weights * losses, 0.0))
-    seen = ops.cast(ops.stop_gradient(losses), "float64")
-    return total, {**state, "loss_sum": ops.where(on, state["loss_sum"] + seen, state["loss_sum"]),
-                   "batches": state["batches"] + ops.cast(on, "float64")}
-
-
-def end_epoch(state):
-    """DWA's epoch end: each task's mean loss over the epoch's batches becomes the newer of
-    the two it keeps (a task without a batch in the epoch keeps its own)."""
-    seen = state["batches"] > 0
-    average = state["loss_sum"] / ops.where(seen, state["batches"], 1.0)
-    return {"loss_sum": ops.zeros_like(state["loss_sum"]), "batches": ops.zeros_like(state["batches"]),
-            "older": ops.where(seen, state["newer"], state["older"]), "newer": ops.where(seen, average, state["newer"]),
-            "epochs": state["epochs"] + ops.cast(ops.any(seen), "int64")}
-
-
-def famo(losses, p, state, *, min_losses=None, lr=0.025, weight_decay=1e-3):
-    """FAMO (Liu et al., 2023): ``c sum_i z_i log(L_i - b_i + eps)`` with ``z =
-    softmax(logits)`` over the present tasks and ``c = 1 / sum_i z_i / (L_i - b_i + eps)``
-    held constant; the losses are kept in the state for `famo_update`.
-
-    Args:
-        min_losses: the lower bounds ``b`` (zeros by default).
-        lr, weight_decay: the logits' Adam (used by `famo_update`).
-    """
-    if lr < 0 or weight_decay < 0:
-        raise ValueError(f"famo needs lr >= 0 and weight_decay >= 0. Received: lr={lr!r}, weight_decay={weight_decay!r}")
-    on = p > 0
-    bounds = 0.0 if min_losses is None else _vector(min_losses, "min_losses", p.shape[0], losses.dtype)
-    shifted = ops.where(on, losses - bounds + FAMO_EPS, 1.0)
-    logits = ops.cast(state["logits"], losses.dtype)
-    z = ops.stop_gradient(ops.where(on, ops.softmax(ops.where(on, logits, -np.inf)), 0.0))
-    c = ops.stop_gradient(ops.sum(z / shifted))
-    before = ops.cast(ops.stop_gradient(losses), "float64")
-    return ops.sum(z / c * ops.log(shifted)), {**state, "before": ops.where(on, before, state["before"])}
-
-
-def famo_update(losses, state, *, present=None, min_losses=None, lr=0.025, weight_decay=1e-3):
-    """FAMO's step of the logits (torchjd's ``FAMO.update``): one Adam step from the
-    decrease of the log losses between the state's ``before`` and ``losses``, recomputed on
-    the same batch after the model's step. Returns the new state."""
-    m = state["logits"].shape[0]
-    p = np.ones(m, bool) if present is None else present
-    bounds = 0.0 if min_losses is None else _vector(min_losses, "min_losses", m, "float64")
-    after = ops.cast(ops.convert_to_tensor(losses), "float64") - bounds
-    new = _famo_adam(state["before"] - bounds, after, p, state, lr=lr, weight_decay=weight_decay)
-    return {**new, "before": state["before"]}
-
-
 _FUNCTIONS = {"mean": mean, "sum": sum_, "constant": constant, "random": random, "geometric_mean": geometric_mean,
-              "stch": stch, "pbi": pbi, "cosmos": cosmos, "imtl_l": imtl_l, "uw": uw, "dwa": dwa, "famo": famo}
+              "stch": stch, "pbi": pbi, "cosmos": cosmos, "imtl_l": imtl_l, "uw": uw}
 #: Every scalarization `scalarize` accepts.
 METHODS = tuple(_FUNCTIONS)
 #: Methods whose ``state`` holds trainable per-task parameters.
 LEARNED = ("imtl_l", "uw")
-#: Methods that return ``(loss, new_state)``.
-STATEFUL = ("dwa", "famo")
 
 
 def initial_state(name: str, tasks: int) -> dict:
     """The state ``name`` starts from (empty for the stateless methods): ``imtl_l``:
-    ``{"log_scale": zeros}``; ``uw``: ``{"log_var": zeros}``; ``dwa``: the epoch's loss
-    sums and batch counts, the last two epochs' means and how many epochs ended; ``famo``:
-    the logits, their Adam moments and step, and the last losses."""
+    ``{"log_scale": zeros}``; ``uw``: ``{"log_var": zeros}``."""
     zeros = np.zeros(tasks)
-    if name == "imtl_l":
-        return {"log_scale": zeros}
-    if name == "uw":
-        return {"log_var": zeros}
-    if name == "dwa":
-        return {"loss_sum": zeros, "batches": zeros, "older": zeros, "newer": zeros, "epochs": np.int64(0)}
-    if name == "famo":
-        return {"logits": zeros, "m": zeros, "v": zeros, "step": np.int64(0), "before": zeros}
-    return {}
+    return {"imtl_l": {"log_scale": zeros}, "uw": {"log_var": zeros}}.get(name, {})
 
 
 def options(name: str) -> dict:
@@ -260,11 +182,11 @@ def scalarize(name: str, losses, *, present=None, state=None, **kwargs):
         name: one of `METHODS`.
         losses: the task losses (tensor or NumPy; float64 stays float64, others float32).
         present: optional boolean ``(tasks,)``: the tasks whose losses count.
-        state: for `LEARNED` and `STATEFUL` methods (None: `initial_state`).
+        state: for `LEARNED` methods (None: `initial_state`).
         **kwargs: the method's options, named as in torchjd (``weights``, ``mu``, ...).
 
     Returns:
-        The loss (NumPy for NumPy input), or ``(loss, new_state)`` for `STATEFUL` methods.
+        The loss (NumPy for NumPy input).
 
     Raises:
         ValueError: an unknown name, a bad shape or option value. TypeError: an option
@@ -281,13 +203,7 @@ def scalarize(name: str, losses, *, present=None, state=None, **kwargs):
         raise ValueError(f"losses must be a (tasks,) vector. Received: shape={tuple(values.shape)}")
     m = values.shape[0]
     p = ops.ones([m], values.dtype) if present is None else ops.cast(_vector(present, "present", m, "bool"), values.dtype)
-    function = _FUNCTIONS[name]
-    if name in LEARNED + STATEFUL:
-        state = initial_state(name, m) if state is None else state
-        result = function(values, p, state, **kwargs)
-    else:
-        result = function(values, p, **kwargs)
-    if numpy_in:
-        result = tuple(np.asarray(r) if i == 0 else {k: np.asarray(v) for k, v in r.items()}
-                       for i, r in enumerate(result)) if name in STATEFUL else np.asarray(result)
-    return result
+    if name in LEARNED:
+        kwargs["state"] = initial_state(name, m) if state is None else state
+    result = _FUNCTIONS[name](values, p, **kwargs)
+    return np.asarray(result) if numpy_in else result

@@ -1,6 +1,6 @@
 """kerasmtl.scalarization against torchjd 0.18.0's scalarizers: the same loss and the same
 gradient with respect to the task losses (float64, within 1e-6 relative), on random losses
-of 2 to 40 tasks, call after call for the stateful ones."""
+of 2 to 40 tasks, call after call for DWA and FAMO (the ``dwa`` and ``famo`` methods)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import tensorflow as tf
 import torch
 import torchjd.scalarization as tjs
 
-from kerasmtl import scalarization
+from kerasmtl import methods, scalarization
+from kerasmtl.aggregation import loss_level
+from kerasmtl.weighting import TaskWeighting
 
 TOL = 1e-6
 
@@ -21,13 +23,12 @@ def rel(value, reference):
 
 
 def ours(name, losses, **kwargs):
-    """``(loss, d loss / d losses, new state or None)``."""
+    """``(loss, d loss / d losses)``."""
     values = tf.constant(losses, tf.float64)
     with tf.GradientTape() as tape:
         tape.watch(values)
         result = scalarization.scalarize(name, values, **kwargs)
-        loss, state = result if name in scalarization.STATEFUL else (result, None)
-    return loss.numpy(), tape.gradient(loss, values).numpy(), state
+    return result.numpy(), tape.gradient(result, values).numpy()
 
 
 def theirs(scalarizer, losses):
@@ -38,10 +39,9 @@ def theirs(scalarizer, losses):
 
 
 def check(name, losses, scalarizer, **kwargs):
-    loss, grad, state = ours(name, losses, **kwargs)
+    loss, grad = ours(name, losses, **kwargs)
     expected_loss, expected_grad = theirs(scalarizer, losses)
     assert rel(loss, expected_loss) < TOL and rel(grad, expected_grad) < TOL, name
-    return state
 
 
 def stateless(m, seed):
@@ -106,20 +106,32 @@ def test_learned_scalarizations_match_torchjd_with_their_parameters(name, parame
 
 @pytest.mark.parametrize("tasks", [2, 5, 40])
 def test_dwa_matches_torchjd_over_four_epochs(tasks):
+    """The ``dwa`` loss weighting: each batch's loss is ``sum_t w_t L_t`` with the epoch's
+    weights (its gradient with respect to the losses is ``w``), and the epoch's mean task
+    losses are what Keras logs as ``<task>_loss`` at its end."""
     rng = np.random.default_rng(tasks)
-    reference = tjs.DWA(temperature=1.5)
-    state = None
+    reference, method = tjs.DWA(temperature=1.5), methods.DWA(temperature=1.5)
+    names = [f"t{i}" for i in range(tasks)]
+    weighting = TaskWeighting(names)
     for epoch in range(4):
+        weights = np.array([method.weights_for_epoch(weighting, epoch)[n] for n in names], np.float64)
+        seen = []
         for _ in range(3):
             losses = rng.uniform(0.5, 2.0, tasks) / (epoch + 1)
-            state = check("dwa", losses, reference, state=state, temperature=1.5)
+            expected_loss, expected_grad = theirs(reference, losses)
+            assert rel(weights @ losses, expected_loss) < TOL and rel(weights, expected_grad) < TOL, epoch
+            seen.append(losses)
         reference.step()
-        state = scalarization.end_epoch(state)
-    assert int(state["epochs"]) == 4
+        method.end_epoch(weighting, epoch, dict(zip([f"{n}_loss" for n in names], np.mean(seen, axis=0))))
+    assert weighting.dwa_epochs.numpy().tolist() == [2, 3]
 
 
 @pytest.mark.parametrize("tasks", [2, 5, 40])
 def test_famo_matches_torchjd_over_ten_steps(tasks):
+    """The ``famo`` gradient method (`kerasmtl.aggregation.loss_level`): its factors of the
+    task losses are the gradient of torchjd's FAMO loss with respect to them, and its update
+    of the logits is torchjd's; torchjd's lower bounds ``min_losses`` are subtracted from
+    the losses given to ours."""
     rng = np.random.default_rng(tasks)
     bounds = rng.uniform(0.0, 0.05, tasks)
     default = torch.get_default_dtype()
@@ -128,14 +140,15 @@ def test_famo_matches_torchjd_over_ten_steps(tasks):
         reference = tjs.FAMO(tasks, min_losses=torch.tensor(bounds), lr=0.1, weight_decay=1e-2)
     finally:
         torch.set_default_dtype(default)
-    options = {"min_losses": bounds, "lr": 0.1, "weight_decay": 1e-2}
-    state = None
+    state, present = loss_level.initial_state("famo", tasks), np.ones(tasks, bool)
     for step in range(10):
         losses = rng.uniform(0.5, 2.0, tasks)
-        state = check("famo", losses, reference, state=state, **options)
+        _, expected_grad = theirs(reference, losses)
+        grad = loss_level.famo_weights(losses - bounds, present, state["logits"])
+        assert rel(grad, expected_grad) < TOL, step
         after = losses * rng.uniform(0.5, 1.1, tasks)
         reference.update(torch.tensor(after))
-        state = scalarization.famo_update(after, state, **options)
+        state = loss_level.famo_update(losses - bounds, after - bounds, present, state, lr=0.1, weight_decay=1e-2)
         if step == 5:  # through NumPy, as a checkpoint keeps it
             state = {k: np.asarray(v) for k, v in state.items()}
         assert rel(state["logits"], reference._w.detach().numpy()) < TOL, step
@@ -147,7 +160,7 @@ def test_absent_tasks_are_left_out():
     for label, (options, reference) in stateless(3, 0).items():
         # the absent task's entries of the vectors hold junk: they do not count either
         options = {k: np.insert(np.asarray(v), 1, 9.0) if k in ("weights", "reference") else v for k, v in options.items()}
-        loss, grad, _ = ours(label.split("_weights")[0].split("_reference")[0], losses, present=present, **options)
+        loss, grad = ours(label.split("_weights")[0].split("_reference")[0], losses, present=present, **options)
         expected_loss, expected_grad = theirs(reference, losses[present])
         assert rel(loss, expected_loss) < TOL and rel(grad[present], expected_grad) < TOL and grad[1] == 0.0, label
     w = np.array([0.1, 0.5, 0.2, 0.2])
@@ -155,7 +168,7 @@ def test_absent_tasks_are_left_out():
 
 
 def test_bad_input_names_the_rule_and_the_value():
-    with pytest.raises(ValueError, match=r"Known: mean, sum, .*famo\. Received: name='avg'"):
+    with pytest.raises(ValueError, match=r"Known: mean, sum, .*uw\. Received: name='avg'"):
         scalarization.scalarize("avg", [1.0, 2.0])
     with pytest.raises(ValueError, match=r"stch needs mu\. Received: mu=None"):
         scalarization.scalarize("stch", [1.0, 2.0])
@@ -171,5 +184,5 @@ def test_geometric_mean_is_libmtls_gls():
     # LibMTL's GLS: loss = prod(L) ** (1 / m); its gradient, written out: loss / (m L_i)
     losses = np.array([0.3, 1.7, 2.5, 0.9])
     expected = np.prod(losses) ** (1 / 4)
-    loss, grad, _ = ours("geometric_mean", losses)
+    loss, grad = ours("geometric_mean", losses)
     assert rel(loss, expected) < 1e-12 and rel(grad, expected / (4 * losses)) < 1e-12

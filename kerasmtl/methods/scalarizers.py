@@ -29,8 +29,8 @@ class Scalarization(Method):
     """A scalarization of `kerasmtl.scalarization` by name, as a loss-level method.
 
     Args:
-        name: one of `kerasmtl.scalarization.METHODS` but ``dwa`` and ``famo`` (their
-            per-epoch and after-step updates are the ``dwa`` and ``famo`` methods').
+        name: one of `kerasmtl.scalarization.METHODS` (DWA and FAMO are the ``dwa`` and
+            ``famo`` methods, with their per-epoch and after-step updates).
         **options: the scalarization's options, named as in torchjd (``mu``, ``weights``,
             ``reference``, ``theta``, ``lambda_``); ``seed`` of ``random``'s draws (each
             step draws from ``(seed, step)``).
@@ -43,9 +43,8 @@ class Scalarization(Method):
     needs = "losses"
 
     def __init__(self, name: str, **options):
-        if name not in scalarization.METHODS or name in scalarization.STATEFUL:
-            known = [n for n in scalarization.METHODS if n not in scalarization.STATEFUL]
-            raise ValueError(f"Unknown scalarization method. Known: {', '.join(known)} (dwa and famo are the 'dwa' and "
+        if name not in scalarization.METHODS:
+            raise ValueError(f"Unknown scalarization method. Known: {', '.join(scalarization.METHODS)} (dwa and famo are the 'dwa' and "
                              f"'famo' methods). Received: name={name!r}")
         options = check_gradient_options(name, options, scalarization.options(name))
         self.name, self.options = name, {k: plain(v) for k, v in options.items()}
