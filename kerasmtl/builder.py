@@ -11,10 +11,11 @@ import keras
 from kerasmtl import architectures
 from kerasmtl.heads import HEADS
 from kerasmtl.layers import ImagePreprocessing
+from kerasmtl.methods.weightings import weighting_class
 from kerasmtl.model import MultiTaskModel
 from kerasmtl.tasks import Task
 from kerasmtl.towers import create_tower, get_tower_spec, tower_label
-from kerasmtl.weighting import TaskWeighting, check_strategy
+from kerasmtl.weighting import TaskWeighting
 
 
 class ModelBuilder:
@@ -58,7 +59,7 @@ class ModelBuilder:
             default), ``"cross_stitch"`` or ``"dselect_k"``.
         architecture_options: the architecture's options (e.g. ``{"num_experts": 4}``).
         task_weighting: the loss-weighting strategy the model is made for (see
-            `kerasmtl.weighting.STRATEGIES`): ``"uncertainty"`` gives it learnable
+            `kerasmtl.methods.WEIGHTINGS`): ``"uncertainty"`` gives it learnable
             weights, the others assignable ones (set by
             `kerasmtl.callbacks.DynamicTaskWeights` or ``compile(loss_weights=...)``).
         name: model name.
@@ -130,7 +131,7 @@ class ModelBuilder:
         self.freeze_layers = int(freeze_layers)
         self.freeze_stages = int(freeze_stages)
         self.base_kwargs = dict(base_kwargs or {})
-        self.task_weighting = check_strategy(task_weighting)
+        self.task_weighting = weighting_class(task_weighting).name
         architectures.make_architecture(architecture, names, architecture_options)  # checks the name and options
         if neck and architecture in architectures.STAGED:
             raise ValueError(f"The {architecture} architecture reads the backbone's stages, so no shared neck can come "
@@ -159,7 +160,7 @@ class ModelBuilder:
         tower = self.build_tower()
         preprocessing = ImagePreprocessing(mode=self.spec.preprocessing, output_channels=tower.input_shape[-1],
                                            name="preprocessing")
-        weighting = TaskWeighting([t.name for t in self.tasks], learned=self.task_weighting == "uncertainty")
+        weighting = TaskWeighting([t.name for t in self.tasks], learned=weighting_class(self.task_weighting).learned)
         names = [t.name for t in self.tasks]
         architecture = architectures.make_architecture(self.architecture, names, self.architecture_options)
         if self.architecture in architectures.STAGED:

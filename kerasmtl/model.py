@@ -18,7 +18,7 @@ from kerasmtl.heads import head_layers, neck_layers
 from kerasmtl.keras_workarounds import UnevenBatchBuild
 from kerasmtl.losses import FunctionLoss, _global_present, presence_mask
 from kerasmtl.tasks import Task
-from kerasmtl.weighting import TaskWeighting, check_strategy
+from kerasmtl.weighting import TaskWeighting
 
 AUTO = "auto"
 
@@ -609,14 +609,14 @@ def with_task_weighting(model: keras.Model, strategy: str = "static", tasks: Seq
     Args:
         model: a `MultiTaskModel` or a functional model with dict outputs; its layers are
             shared, not copied.
-        strategy: one of `kerasmtl.weighting.STRATEGIES`; ``"uncertainty"`` makes the
+        strategy: one of `kerasmtl.methods.WEIGHTINGS`; ``"uncertainty"`` makes the
             weights learnable, the others assignable.
         tasks: the tasks of a plain functional model (a `MultiTaskModel` has its own).
 
     Returns:
         A new, uncompiled `MultiTaskModel` with fresh weights of all 1 (or log-variances 0).
     """
-    check_strategy(strategy)
+    learned = methods.weightings.weighting_class(strategy).learned
     if tasks is None:
         if not isinstance(model, MultiTaskModel):
             raise ValueError(f"with_task_weighting needs the tasks of a plain {type(model).__name__}: pass tasks=[...]")
@@ -625,5 +625,5 @@ def with_task_weighting(model: keras.Model, strategy: str = "static", tasks: Seq
         inputs, outputs = model.input, model.output
     except (AttributeError, ValueError):
         raise TypeError(f"with_task_weighting needs a functional keras.Model. Received: {type(model).__name__}") from None
-    weighting = TaskWeighting([t.name for t in tasks], learned=strategy == "uncertainty")
+    weighting = TaskWeighting([t.name for t in tasks], learned=learned)
     return MultiTaskModel(inputs, outputs, name=model.name, tasks=tasks, task_weighting=weighting)

@@ -17,11 +17,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasmtl import choices
-
-#: Loss-weighting strategies; ``uncertainty`` learns its weights, the others assign them.
-STRATEGIES = choices.WEIGHTINGS
-
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
 class LogVariancePenalty(keras.regularizers.Regularizer):
@@ -121,11 +116,3 @@ class TaskWeighting(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "task_names": list(self.task_names), "learned": self.learned}
-
-
-
-def check_strategy(strategy: str) -> str:
-    """``strategy`` if it is one of `STRATEGIES`, else a ValueError naming them."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"task weighting must be one of {STRATEGIES}. Received: {strategy!r}")
-    return strategy

@@ -99,15 +99,13 @@ def test_unknown_base_exits_2_listing_the_towers(capsys):
 
 
 def test_fixed_choices_match_the_package():
-    from kerasmtl import distribute, gradient_step, heads, training, weighting, workflow
-    from kerasmtl.callbacks import task_weights
+    from kerasmtl import distribute, gradient_step, heads, methods, training, workflow
     from kerasmtl.data import celeba, peta, sources
     from kerasmtl.evaluation import thresholds
     from kerasmtl.tasks import LOSSES
 
     assert cli.HEADS == heads.HEADS
-    assert cli.WEIGHTINGS == weighting.STRATEGIES
-    assert cli.DST_COUNTS == task_weights.DST_COUNTS
+    assert cli.WEIGHTINGS == tuple(methods.WEIGHTINGS)
     assert cli.OPTIMIZERS == tuple(sorted(training.OPTIMIZERS))
     assert cli.DISTRIBUTION == distribute.DISTRIBUTION_STRATEGIES
     assert cli.MIXED_PRECISION == tuple(distribute.MIXED_PRECISION)

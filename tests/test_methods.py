@@ -207,9 +207,8 @@ def test_method_flag_refusals_exit_2(tmp_path, args, message):
 
 def test_method_choices_are_the_package_names():
     import kerasmtl_cli as cli
-    from kerasmtl import weighting
 
-    assert cli.METHODS == methods.names() and tuple(methods.WEIGHTINGS) == weighting.STRATEGIES
+    assert cli.METHODS == methods.names() and tuple(methods.WEIGHTINGS) == cli.WEIGHTINGS
 
 
 def test_the_method_names_the_recipe_and_the_fingerprint():

@@ -14,8 +14,8 @@ from kerasmtl.callbacks.lr_range_test import (
 )
 from kerasmtl.callbacks.non_finite import NonFiniteLossError, StopOnNonFiniteLoss
 from kerasmtl.callbacks.one_cycle import OneCycle, has_momentum
-from kerasmtl.callbacks.task_weights import DynamicTaskWeights
 from kerasmtl.methods.weightings import (
+    DynamicTaskWeights,
     dst_probabilities,
     dst_switches,
     dwa_weights,

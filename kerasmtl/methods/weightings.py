@@ -21,7 +21,7 @@ from keras import ops
 from kerasmtl import choices
 from kerasmtl.methods.base import Method
 from kerasmtl.tasks import MISSING_CLASS, Task
-from kerasmtl.weighting import TaskWeighting, check_strategy
+from kerasmtl.weighting import TaskWeighting
 
 DST_ALL_OFF = ("redraw", "none")
 
@@ -265,8 +265,20 @@ class Uncertainty(LossWeighting):
     learned = True
 
 
-#: The loss weightings by name.
+#: The loss weightings by name (``kerasmtl.choices.WEIGHTINGS``, which the command line reads).
 WEIGHTINGS = {cls.name: cls for cls in (Static, DST, DWA, Uncertainty)}
+
+
+def weighting_class(name: str) -> type[LossWeighting]:
+    """The loss weighting ``name`` names: ``uncertainty`` learns its weights, the others
+    assign them.
+
+    Raises:
+        ValueError: a name not in `WEIGHTINGS`; the message lists them.
+    """
+    if name not in WEIGHTINGS:
+        raise ValueError(f"task weighting must be one of {tuple(WEIGHTINGS)}. Received: {name!r}")
+    return WEIGHTINGS[name]
 
 
 class DynamicTaskWeights(keras.callbacks.Callback):
@@ -280,7 +292,7 @@ class DynamicTaskWeights(keras.callbacks.Callback):
     initial_epoch=k)`` and the same callback arguments.
 
     Args:
-        strategy: one of `kerasmtl.weighting.STRATEGIES`, or a
+        strategy: one of `WEIGHTINGS`, or a
             `kerasmtl.methods.weightings.LossWeighting` (then give no other option).
         tasks: the tasks of ``targets`` (None: the model's); checked against the
             model's outputs when given.
@@ -311,7 +323,7 @@ class DynamicTaskWeights(keras.callbacks.Callback):
     ):
         super().__init__()
         if not isinstance(strategy, LossWeighting):
-            strategy = self._method(check_strategy(strategy), tasks, weights, targets, count, counts, seed,
+            strategy = self._method(weighting_class(strategy).name, tasks, weights, targets, count, counts, seed,
                                     all_off, temperature)
         self.method, self.targets = strategy, targets
         self.task_names = [t.name for t in tasks] if tasks is not None else None
