@@ -43,11 +43,11 @@ class ModelBuilder:
             and the torchvision-layout ResNets.
         input_shape: ``(height, width, channels)``, channels 1 or 3.
         weights: tower weights: None, ``"imagenet"`` or a file path.
-        head: ``"dense"`` or ``"conv"`` for every task, or a mapping task name -> kind
-            (tasks not named use ``"dense"``).
+        head: ``"dense"`` or ``"conv"`` for every task, or a mapping task name -> kind or
+            Keras layer (tasks not named use ``"dense"``).
         head_kwargs: options for every head (e.g. ``{"units": [256], "dropout": 0.3}``).
         neck: widths of a shared Dense neck after global average pooling (e.g.
-            ``[4096, 4096]``); empty for none. Needs dense heads.
+            ``[4096, 4096]``), or its Keras layers; empty for none. Needs dense heads.
         neck_dropout: dropout after each neck layer.
         freeze_layers: freeze the first N layers of the base tower.
         freeze_stages: freeze the base tower's first N stages (its stem counts as one
@@ -74,9 +74,9 @@ class ModelBuilder:
         base: str = "resnet50",
         input_shape: Sequence[int] = (224, 224, 3),
         weights: str | None = None,
-        head: str | Mapping[str, str] = "dense",
+        head: str | Mapping[str, str | keras.Layer] = "dense",
         head_kwargs: Mapping | None = None,
-        neck: Sequence[int] = (),
+        neck: Sequence[int | keras.Layer] = (),
         neck_dropout: float = 0.5,
         freeze_layers: int = 0,
         freeze_stages: int = 0,
@@ -103,7 +103,7 @@ class ModelBuilder:
         for task_name, kind in heads.items():
             if task_name not in names:
                 raise ValueError(f"head names unknown task {task_name!r}. Tasks: {names}")
-            if kind not in HEADS:
+            if isinstance(kind, str) and kind not in HEADS:
                 raise ValueError(f"head must be one of {HEADS}. Received: head={kind!r} for {task_name!r}")
         if neck and any(kind == "conv" for kind in heads.values()):
             raise ValueError(
@@ -126,7 +126,7 @@ class ModelBuilder:
         self.weights = weights
         self.heads = {n: heads.get(n, "dense") for n in names}
         self.head_kwargs = dict(head_kwargs or {})
-        self.neck = [int(u) for u in neck]
+        self.neck = [u if isinstance(u, keras.Layer) else int(u) for u in neck]
         self.neck_dropout = float(neck_dropout)
         self.freeze_layers = int(freeze_layers)
         self.freeze_stages = int(freeze_stages)

@@ -45,7 +45,9 @@ from kerasmtl.tasks import Task
 from kerasmtl.towers import get_tower_spec, is_tower, list_towers, tower_label
 from kerasmtl.training import make_optimizer
 
-BUILDER_DEFAULTS = {"image_size": 64, "epochs": 7, "lr": 2e-3, "optimizer": "adam", "lr_schedule": "cosine"}
+#: What a builder model's open settings resolve to; a preset's recipe file replaces them.
+BUILDER_DEFAULTS = {"image_size": 64, "epochs": 7, "lr": 2e-3, "optimizer": "adam", "lr_schedule": "cosine",
+                    "task_weighting": "static", "dst_count": "labelled", "augment_pipeline": "default"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,36 +102,34 @@ def resolve_recipe(config, spec=None) -> Recipe:
     """
     if spec is None and not is_tower(config.base):
         raise ValueError(f"--base must be one of {list_towers()}. Received: {config.base!r}")
-    pipeline = config.augment_pipeline or ("celeba_resize_crop" if spec is not None else "default")
+    own = {**BUILDER_DEFAULTS, **(spec.recipe if spec is not None else {})}  # the preset's recipe file's settings
+    pipeline = config.augment_pipeline or own["augment_pipeline"]
     if pipeline not in list_pipelines():
         raise ValueError(f"--augment-pipeline must be one of {list_pipelines()}. Received: {pipeline!r}")
     if spec is not None:
         height, width, channels = spec.input_shape
-        defaults = {"epochs": spec.epochs or 1, "lr": spec.learning_rate, "optimizer": spec.optimizer.lower(), "lr_schedule": "constant"}
-        weighting, patience, loss_weights = spec.task_weighting, spec.early_stopping_patience, dict(spec.loss_weights or {})
     else:
         height = width = BUILDER_DEFAULTS["image_size"]
         channels = 1 if config.grayscale else 3
-        defaults, weighting, patience, loss_weights = BUILDER_DEFAULTS, "static", None, {}
     if config.image_size is not None:
         height = width = config.image_size
     given, gradient = choices.split_method(config.method, config.task_weighting, config.gradient_method)
-    weighting = given or weighting
+    weighting = given or own["task_weighting"]
     if config.static_weights and weighting != "static":
         raise ValueError(f"--static-weights applies to --task-weighting static. Received: task_weighting={weighting!r}")
     return Recipe(
         input_shape=(int(height), int(width), int(channels)),
-        epochs=config.epochs or defaults["epochs"],
-        lr=config.lr or defaults["lr"],
-        optimizer=config.optimizer or defaults["optimizer"],
-        lr_schedule=config.lr_schedule or defaults["lr_schedule"],
+        epochs=config.epochs or own["epochs"],
+        lr=config.lr or own["lr"],
+        optimizer=config.optimizer or own["optimizer"],
+        lr_schedule=config.lr_schedule or own["lr_schedule"],
         task_weighting=weighting,
         gradient_method=gradient,
         method=gradient or weighting,
-        dst_count=config.dst_count or ("positives" if spec is not None else "labelled"),
-        early_stopping=config.early_stopping if config.early_stopping is not None else patience,
+        dst_count=config.dst_count or own["dst_count"],
+        early_stopping=config.early_stopping if config.early_stopping is not None else own.get("early_stopping"),
         augment_pipeline=pipeline,
-        loss_weights=dict(config.static_weights) or loss_weights,
+        loss_weights=dict(config.static_weights) or dict(own.get("static_weights") or {}),
         verbose=config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2),
     )
 

@@ -134,6 +134,25 @@ def test_preset_callbacks_and_input_shapes(capsys):
     assert recipe(model="vgg16_dst", task_weighting="static").task_weighting == "static"
 
 
+def test_a_presets_recipe_file_is_a_train_config_that_trains_as_the_preset():
+    """kerasmtl/ports/recipes/NAME.yaml passes every check of ``--config`` and resolves to what ``--model NAME`` does."""
+    from kerasmtl.ports import list_ports
+    from kerasmtl.workflow import preset_spec, resolve_recipe
+    from kerasmtl_cli import TrainConfig, parse_config, training_parser
+
+    recipes = sorted(path.stem for path in (ROOT / "kerasmtl" / "ports" / "recipes").glob("*.yaml"))
+    assert recipes == list_ports()
+    for name in recipes:
+        config, _ = parse_config(training_parser("t"), ["--config", str(ROOT / "kerasmtl" / "ports" / "recipes" / f"{name}.yaml")])
+        assert config.model == name
+        preset = TrainConfig(model=name)
+        assert resolve_recipe(config, preset_spec(config)) == resolve_recipe(preset, preset_spec(preset))
+    landmarks = resolve_recipe(TrainConfig(model="resnet18_landmarks"), preset_spec(TrainConfig(model="resnet18_landmarks")))
+    assert (landmarks.epochs, landmarks.lr, landmarks.optimizer, landmarks.lr_schedule) == (15, 1e-3, "adam", "constant")
+    assert landmarks.loss_weights == {"High_Cheekbones": 50 / 3, "Mouth_Slightly_Open": 50 / 3, "Smiling": 50 / 3, "landmarks": 100.0}
+    assert (landmarks.dst_count, landmarks.augment_pipeline, landmarks.early_stopping) == ("positives", "celeba_resize_crop", 2)
+
+
 def _script(name, args, tmp_path, timeout=600):
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(

@@ -8,7 +8,8 @@ and PyTorch weight import.
   ``state_dict`` into a Keras model by name, converting layouts; refuses a mismatch with
   the list of missing / unexpected / wrongly shaped keys.
 - `create(name, **overrides)` / `get_port_spec(name)`: the ported models and their
-  recommended training settings (`PortSpec`).
+  recommended training settings (`PortSpec`), read from ``presets.yaml`` and
+  ``recipes/<name>.yaml`` (``kerasmtl train --config`` files).
 
 The towers ``resnet18`` and ``resnext50_32x4d`` (`kerasmtl.towers.resnet`) accept a
 torchvision checkpoint directly: ``ModelBuilder(tasks, base="resnet18",

@@ -1,13 +1,17 @@
 """The four PyTorch CelebA models of the source projects as Keras presets.
 
-Each preset is a `PortSpec`: its tasks, input shape, recommended compile settings and
-callbacks, augmentation notes, and the prefix renames (``torch_key_map``) that let
+The presets are data: ``presets.yaml`` (package data beside this module) holds each one's
+tasks, input shape, the `kerasmtl.ModelBuilder` options that build it (tower, neck and
+heads), augmentation notes and the prefix renames (``torch_key_map``) that let
 `kerasmtl.ports.load_torch_weights` load the PyTorch model's own ``state_dict`` into the
-Keras model. Models take raw 0-255 images (a ``torch`` ImagePreprocessing layer comes
-first), hold their tower as ``model.backbone`` (the nested model ``"base"``) and return a
-dict of outputs keyed by task name. Where one PyTorch ``Linear`` emits several attributes, the Keras model
-keeps that layer whole and splits its columns into one named output per attribute
-(`TakeColumns`), so the imported weights are exact.
+Keras model; ``recipes/<name>.yaml`` holds the source's training recipe (optimizer,
+learning rate, loss weights, task weighting, early stopping, epochs) as a
+``kerasmtl train --config`` file. Models take raw 0-255 images (a ``torch``
+ImagePreprocessing layer comes first), hold their tower as ``model.backbone`` (the nested
+model ``"base"``) and return a dict of outputs keyed by task name. Where one PyTorch
+``Linear`` emits several attributes, the Keras model keeps that layer whole and splits its
+columns into one named output per attribute (`TakeColumns`), so the imported weights are
+exact.
 
 Each preset's ``source`` says what it reproduces (README lists them).
 
@@ -25,29 +29,23 @@ BatchNormalization runs in inference mode.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from pathlib import Path
 
 import keras
-from keras import layers
+import yaml
 
 from kerasmtl.builder import ModelBuilder
-from kerasmtl.data.celeba import CELEBA_ATTRIBUTES, LANDMARK_COLUMNS, LANDMARK_FLIP_PAIRS
+from kerasmtl.data.celeba import CELEBA_ATTRIBUTES  # noqa: F401 - kerasmtl.ports exports it
 from kerasmtl.layers import ImagePreprocessing
 from kerasmtl.model import MultiTaskModel
 from kerasmtl.ports.layers import TakeColumns
-from kerasmtl.ports.torchvision import vgg16_classifier, vgg16_features
 from kerasmtl.tasks import Task
+from kerasmtl.training import make_optimizer
 
-# fmt: off
-EIGHT_ATTRIBUTES = (
-    "Eyeglasses", "Male", "Smiling", "Wearing_Hat", "Wearing_Necklace", "Wearing_Necktie",
-    "Wearing_Earrings", "Wearing_Lipstick",
-)
-SMILE_ATTRIBUTES = ("High_Cheekbones", "Mouth_Slightly_Open", "Smiling")
-# fmt: on
-#: Landmarks as (x, y) divided by the aligned image's width 178 and height 218; left and
-#: right eyes (0, 1) and mouth corners (3, 4) swap under a horizontal flip.
-LANDMARKS = Task("landmarks", "regression", columns=LANDMARK_COLUMNS, flip_pairs=LANDMARK_FLIP_PAIRS)
+#: The presets' table and the folder of their training recipes.
+PRESETS_FILE = Path(__file__).with_name("presets.yaml")
+RECIPES_FOLDER = Path(__file__).with_name("recipes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,15 +55,19 @@ class PortSpec:
     Attributes:
         name: preset name (also the Keras model's name).
         source: the source project and what it describes.
-        build: ``build(spec, input_shape, **options) -> keras.Model``.
         tasks: the model's tasks, in output order.
         input_shape: default ``(H, W, C)`` of raw images.
-        optimizer: Keras optimizer class name.
-        learning_rate: its learning rate.
-        loss_weights: per-task weights reproducing the source's total loss (None: all 1).
-        task_weighting: ``"static"`` or ``"dst"`` (dynamic task scheduling).
-        early_stopping_patience: epochs of patience on ``val_loss``, or None.
-        epochs: epochs the source trained for.
+        model: `kerasmtl.ModelBuilder` options; ``neck`` and ``head`` may hold Keras layer
+            configs (``{"layer": class name in keras.layers, **config}``), and
+            ``head: "columns"`` splits the neck's last Dense layer into one output per task.
+        recipe: the source's training settings, by `kerasmtl train` config key (``optimizer``,
+            ``lr``, ``epochs``, ``static_weights``: per-task weights reproducing the source's
+            total loss, ``task_weighting``: ``"dst"`` for dynamic task scheduling,
+            ``early_stopping``: epochs of patience on ``val_loss``, ...), read from
+            ``recipes/<name>.yaml``.
+        branches: ``[{"tasks": [...], "layers": [...]}]`` where heads of several tasks share
+            the neck's output (a functional model); each branch's output is split into its
+            tasks' columns.
         augmentation: the source's input pipeline, in words.
         torch_key_map: ``(torch prefix, Keras prefix)`` renames for the source's state_dict.
         backbone_skip: torchvision ImageNet checkpoint keys not loaded by
@@ -74,35 +76,40 @@ class PortSpec:
 
     name: str
     source: str
-    build: Callable[..., keras.Model]
     tasks: tuple[Task, ...]
     input_shape: tuple[int, int, int]
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    loss_weights: Mapping[str, float] | None = None
-    task_weighting: str = "static"
-    early_stopping_patience: int | None = None
-    epochs: int | None = None
+    model: Mapping
+    recipe: Mapping
+    branches: tuple = ()
     augmentation: str = ""
     torch_key_map: tuple[tuple[str, str], ...] = ()
     backbone_skip: tuple[str, ...] = ("fc.",)
 
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """A fresh optimizer of the recommended kind and learning rate."""
-        return keras.optimizers.get(
-            {"class_name": self.optimizer, "config": {"learning_rate": self.learning_rate}}
-        )
+    @property
+    def loss_weights(self) -> dict | None:
+        """Per-task weights reproducing the source's total loss (None: all 1)."""
+        return dict(self.recipe.get("static_weights") or {}) or None
 
     def compile_kwargs(self) -> dict:
         """``model.compile`` arguments: the source's optimizer and loss weights (losses and
         metrics come from the model's tasks)."""
-        return {"optimizer": self.make_optimizer(), "loss_weights": dict(self.loss_weights) if self.loss_weights else None}
+        return {"optimizer": make_optimizer(self.recipe["optimizer"], self.recipe["lr"]), "loss_weights": self.loss_weights}
 
     def callbacks(self) -> list:
         """Callbacks of the source's training loop (early stopping, when it used one)."""
-        if self.early_stopping_patience is None:
-            return []
-        return [keras.callbacks.EarlyStopping("val_loss", patience=self.early_stopping_patience, restore_best_weights=True)]
+        patience = self.recipe.get("early_stopping")
+        return [] if patience is None else [keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)]
+
+
+def read_port_spec(name: str, entry: Mapping, recipe: Mapping) -> PortSpec:
+    """The `PortSpec` of one ``presets.yaml`` entry and its recipe (config keys in either
+    spelling, ``early-stopping`` or ``early_stopping``)."""
+    tasks = tuple(Task.from_dict({"name": n, **{k: v for k, v in group.items() if k != "names"}})
+                  for group in entry["tasks"] for n in group["names"])
+    return PortSpec(name=name, **entry["metadata"], tasks=tasks, input_shape=tuple(entry["input_shape"]),
+                    model=entry["model"], recipe={str(k).replace("-", "_"): v for k, v in recipe.items()},
+                    branches=tuple(entry.get("branches", ())), torch_key_map=tuple(map(tuple, entry.get("torch_key_map", ()))),
+                    backbone_skip=tuple(entry["backbone_skip"]))
 
 
 _PORTS: dict[str, PortSpec] = {}
@@ -138,7 +145,8 @@ def create(name: str, input_shape=None, weights=None, backbone_weights=None, **o
             (or ``state_dict``) of the source model (its own module names), loaded strictly.
         backbone_weights: a torchvision ImageNet checkpoint (complete classifier) whose
             backbone keys are loaded, except ``spec.backbone_skip``.
-        **options: preset-specific builder options (e.g. ``hidden=128``).
+        **options: `kerasmtl.ModelBuilder` options replacing the preset's (e.g.
+            ``freeze_stages=0``, ``neck_dropout=0.2``).
 
     Returns:
         A `kerasmtl.MultiTaskModel` named ``name`` with dict outputs keyed by task name,
@@ -147,10 +155,7 @@ def create(name: str, input_shape=None, weights=None, backbone_weights=None, **o
     from kerasmtl.ports.torch_weights import load_torch_weights
 
     spec = get_port_spec(name)
-    shape = tuple(int(d) for d in (input_shape or spec.input_shape))
-    model = spec.build(spec, shape, **options)
-    if not isinstance(model, MultiTaskModel):
-        model = MultiTaskModel(model.input, model.output, name=spec.name, tasks=spec.tasks)
+    model = build(spec, tuple(int(d) for d in (input_shape or spec.input_shape)), **options)
     if backbone_weights is not None:
         result = load_torch_weights(model, backbone_weights, strict=False, skip=spec.backbone_skip)
         if result.unexpected_keys:
@@ -166,12 +171,40 @@ def create(name: str, input_shape=None, weights=None, backbone_weights=None, **o
     return model
 
 
-# ----------------------------------------------------------------------- builders
-def _model(spec, tower, input_shape, neck, heads) -> MultiTaskModel:
-    """Raw images -> torch preprocessing -> ``tower`` -> the ``neck`` layers -> ``heads``."""
-    preprocessing = ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")
-    return MultiTaskModel(backbone=tower, tasks=spec.tasks, neck=neck, head=heads, preprocessing=preprocessing,
-                          image_shape=input_shape, name=spec.name)
+def build(spec: PortSpec, input_shape, **options) -> MultiTaskModel:
+    """The model of ``spec``: `ModelBuilder` with the preset's options (``options`` replace
+    them), or, for a preset with ``branches``, its tower, neck and branches as one graph."""
+    options = {**spec.model, **options}
+    neck = [_layer(u) if isinstance(u, Mapping) else u for u in options.pop("neck", ())]
+    head = options.pop("head", "dense")
+    if head == "columns":
+        head = _columns(spec.tasks)
+    elif isinstance(head, Mapping):
+        head = {n: _layer(h) if isinstance(h, Mapping) else h for n, h in head.items()}
+    builder = ModelBuilder(spec.tasks, input_shape=input_shape, neck=() if spec.branches else neck, head=head,
+                           name=spec.name, **options)
+    if not spec.branches:
+        return builder.build()
+    tower = builder.build_tower()
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = tower(ImagePreprocessing(builder.spec.preprocessing, output_channels=tower.input_shape[-1],
+                                 name="preprocessing")(inputs))
+    for layer in neck:
+        x = layer(x)
+    outputs = {}
+    for branch in spec.branches:
+        y = x
+        for layer in branch["layers"]:
+            y = _layer(layer)(y)
+        tasks = [t for t in spec.tasks if t.name in branch["tasks"]]
+        outputs.update({tasks[0].name: y} if len(tasks) == 1 else {n: c(y) for n, c in _columns(tasks).items()})
+    return MultiTaskModel(inputs, {t.name: outputs[t.name] for t in spec.tasks}, tasks=spec.tasks, name=spec.name)
+
+
+def _layer(config: Mapping) -> keras.Layer:
+    """A `keras.layers` layer from ``{"layer": class name, **its config}``."""
+    config = dict(config)
+    return getattr(keras.layers, config.pop("layer")).from_config(config)
 
 
 def _columns(tasks) -> dict:
@@ -181,166 +214,5 @@ def _columns(tasks) -> dict:
             for i, t in enumerate(tasks)}
 
 
-def _build_vgg16_dst(spec, input_shape, hidden=512, dropout=0.5):
-    tower_input = keras.Input(shape=input_shape[:2] + (3,), name="images")
-    tower = keras.Model(tower_input, vgg16_features(tower_input), name="base")
-    neck = [*vgg16_classifier(), layers.Dense(hidden, activation="relu", name="fc_0"),
-            layers.Dropout(dropout, name="fc_2"), layers.Dense(len(spec.tasks), name="fc_3")]
-    return _model(spec, tower, input_shape, neck, _columns(spec.tasks))
-
-
-def _build_resnet18_gray(spec, input_shape, dropout=0.5):
-    return ModelBuilder(
-        spec.tasks, base="resnet18", input_shape=input_shape, neck=(4096, 4096), neck_dropout=dropout,
-        head_kwargs={"units": (512,), "dropout": 0.0}, base_kwargs={"stem": "3x3"}, name=spec.name,
-    ).build()
-
-
-def _build_resnext50_mse(spec, input_shape, freeze_stages=6):
-    tower = ModelBuilder(spec.tasks, base="resnext50_32x4d", input_shape=input_shape, freeze_stages=freeze_stages).build_tower()
-    neck = [layers.GlobalAveragePooling2D(name="avgpool"), layers.Dense(len(spec.tasks), name="fc")]
-    return _model(spec, tower, input_shape, neck, _columns(spec.tasks))
-
-
-def _mlp(units, hidden, prefix, output_name=None) -> list:
-    """``nn.Sequential(Linear(in, hidden), ReLU(), Linear(hidden, units))``."""
-    return [layers.Dense(hidden, activation="relu", name=f"{prefix}_0"),
-            layers.Dense(units, name=output_name or f"{prefix}_2", dtype="float32")]
-
-
-def _build_resnet18_landmarks(spec, input_shape, hidden=256):
-    tower = ModelBuilder(spec.tasks, base="resnet18", input_shape=input_shape).build_tower()
-    attributes = [t for t in spec.tasks if t.kind == "binary"]
-    pool = layers.GlobalAveragePooling2D(name="avgpool")
-    if not attributes:  # the landmarks baseline
-        *neck, head = _mlp(LANDMARKS.units, hidden, "head", LANDMARKS.name)
-        return _model(spec, tower, input_shape, [pool, *neck], {LANDMARKS.name: head})
-    if LANDMARKS not in spec.tasks:  # the attributes baseline
-        return _model(spec, tower, input_shape, [pool, *_mlp(len(attributes), hidden, "head")], _columns(attributes))
-    # Both heads: the attributes' MLP is shared by three outputs, which a model of parts
-    # does not express; this one stays a functional graph.
-    inputs = keras.Input(shape=input_shape, name="images")
-    x = pool(tower(ImagePreprocessing("torch", output_channels=tower.input_shape[-1], name="preprocessing")(inputs)))
-    logits = x
-    for layer in _mlp(len(attributes), hidden, "attr_head"):
-        logits = layer(logits)
-    outputs = {t.name: TakeColumns(i, i + 1, t.activation, name=t.name)(logits) for i, t in enumerate(attributes)}
-    landmarks = x
-    for layer in _mlp(LANDMARKS.units, hidden, "landmark_head", LANDMARKS.name):
-        landmarks = layer(landmarks)
-    return keras.Model(inputs, {**outputs, LANDMARKS.name: landmarks}, name=spec.name)
-
-
-# ------------------------------------------------------------------------ presets
-def _binary(names, **kwargs):
-    return tuple(Task(n, "binary", classes=("no", "yes"), **kwargs) for n in names)
-
-
-_SEED3_COMMON = {
-    "build": _build_resnet18_landmarks,
-    "input_shape": (224, 224, 3),
-    "optimizer": "adam",
-    "learning_rate": 1e-3,
-    "early_stopping_patience": 2,
-    "epochs": 15,
-    "augmentation": "Resize to the input size and ImageNet normalisation; no augmentation.",
-}
-
-register_port(
-    PortSpec(
-        name="vgg16_dst",
-        source="VGG16 (ImageNet) + added fully connected layers, 8 CelebA attributes, "
-        "per-task BCE switched on/off each epoch by dynamic task scheduling.",
-        build=_build_vgg16_dst,
-        tasks=_binary(EIGHT_ATTRIBUTES),
-        input_shape=(224, 224, 3),
-        optimizer="adam",
-        learning_rate=1e-4,
-        task_weighting="dst",
-        epochs=5,
-        augmentation="Resize to the input size and ImageNet normalisation.",
-        torch_key_map=(("vgg.", ""),),
-        backbone_skip=(),
-    )
-)
-
-register_port(
-    PortSpec(
-        name="resnet18_gray",
-        source="ResNet18 with a 1-channel 3x3 stride-1 conv1 on 128x128 grayscale, "
-        "classifier 512-4096-4096 with dropout, 8 heads, BCE with logits, Adam 0.01.",
-        build=_build_resnet18_gray,
-        tasks=_binary(EIGHT_ATTRIBUTES, from_logits=True),
-        input_shape=(128, 128, 1),
-        optimizer="adam",
-        learning_rate=0.01,
-        epochs=5,
-        augmentation="Resize to 128x128, grayscale, normalise with mean 0.485 and std 0.229.",
-        torch_key_map=(
-            ("backbone.0.", "conv1."),
-            ("backbone.1.", "bn1."),
-            ("backbone.4.", "layer1."),
-            ("backbone.5.", "layer2."),
-            ("backbone.6.", "layer3."),
-            ("backbone.7.", "layer4."),
-            ("classifier.0.", "neck_dense1."),
-            ("classifier.3.", "neck_dense2."),
-        )
-        + tuple(
-            pair
-            for i, name in enumerate(EIGHT_ATTRIBUTES)
-            for pair in ((f"heads.{i}.fc1.", f"{name}.dense1."), (f"heads.{i}.fc2.", f"{name}."))
-        ),
-        backbone_skip=("fc.", "conv1."),
-    )
-)
-
-register_port(
-    PortSpec(
-        name="resnext50_mse",
-        source="ResNeXt50_32x4d (ImageNet) with fc = Linear(2048, 40), first 6 children "
-        "frozen, MSE on -1/+1 labels read at threshold 0, Adamax.",
-        build=_build_resnext50_mse,
-        tasks=_binary(CELEBA_ATTRIBUTES, loss="mse"),
-        input_shape=(218, 178, 3),
-        optimizer="adamax",
-        learning_rate=0.002,
-        loss_weights={name: 1.0 / 40 for name in CELEBA_ATTRIBUTES},
-        epochs=12,
-        augmentation="Random horizontal flip; resize to 220 wide x 270 high, then crop back "
-        "to 178 x 218.",
-    )
-)
-
-register_port(
-    PortSpec(
-        name="resnet18_landmarks",
-        source="ResNet18 (ImageNet) with an attribute head (3 logits) and a landmark head "
-        "(10 coordinates), loss 50 x BCE + 100 x MSE, Adam 1e-3, early stopping patience 2.",
-        tasks=_binary(SMILE_ATTRIBUTES, from_logits=True) + (LANDMARKS,),
-        loss_weights={**{n: 50.0 / 3 for n in SMILE_ATTRIBUTES}, LANDMARKS.name: 100.0},
-        torch_key_map=(("backbone.", ""), ("landmark_head.2.", "landmarks.")),
-        **_SEED3_COMMON,
-    )
-)
-
-register_port(
-    PortSpec(
-        name="resnet18_attributes_only",
-        source="Baseline of resnet18_landmarks: ResNet18 with the attribute head only, BCE with logits.",
-        tasks=_binary(SMILE_ATTRIBUTES, from_logits=True),
-        loss_weights={n: 1.0 / 3 for n in SMILE_ATTRIBUTES},
-        torch_key_map=(("backbone.", ""),),
-        **_SEED3_COMMON,
-    )
-)
-
-register_port(
-    PortSpec(
-        name="resnet18_landmarks_only",
-        source="Baseline of resnet18_landmarks: ResNet18 with the landmark head only, MSE.",
-        tasks=(LANDMARKS,),
-        torch_key_map=(("backbone.", ""), ("head.2.", "landmarks.")),
-        **_SEED3_COMMON,
-    )
-)
+for _name, _entry in yaml.safe_load(PRESETS_FILE.read_text(encoding="utf-8")).items():
+    register_port(read_port_spec(_name, _entry, yaml.safe_load((RECIPES_FOLDER / f"{_name}.yaml").read_text(encoding="utf-8"))))

@@ -17,13 +17,8 @@ import keras
 from keras import layers
 
 from kerasmtl.towers.resnet import resnet_features
+from kerasmtl.towers.vgg import vgg16_features
 
-#: VGG16 ``features``: channels per 3x3 conv, "M" for 2x2 max pooling.
-# fmt: off
-VGG16_CONFIG = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
-)
-# fmt: on
 _RESNETS = {
     "resnet18": {"block": "basic", "blocks": (2, 2, 2, 2)},
     "resnext50_32x4d": {
@@ -34,30 +29,6 @@ _RESNETS = {
     },
 }
 TORCHVISION_MODELS = tuple(_RESNETS) + ("vgg16",)
-
-
-def vgg16_features(inputs, prefix="features"):
-    """torchvision ``vgg16().features``: 13 conv-ReLU pairs and 5 max poolings (31 modules).
-
-    Args:
-        inputs: preprocessed image tensor.
-        prefix: name prefix; module ``i`` of the Sequential is named ``{prefix}_{i}`` (the
-            ReLU modules are the convolutions' activations).
-
-    Returns:
-        The feature map tensor (stride 32, 512 channels).
-    """
-    x, index = inputs, 0
-    for item in VGG16_CONFIG:
-        if item == "M":
-            x = layers.MaxPooling2D(2, name=f"{prefix}_{index}")(x)
-            index += 1
-        else:  # Conv2d at index, ReLU at index + 1
-            x = layers.Conv2D(item, 3, padding="same", activation="relu", name=f"{prefix}_{index}")(
-                x
-            )
-            index += 2
-    return x
 
 
 def vgg16_classifier(num_classes=1000, dropout=0.5, prefix="classifier") -> list:

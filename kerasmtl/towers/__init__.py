@@ -1,7 +1,8 @@
 """Base towers ("backbones"): a registry of functions that build image -> feature map.
 
 Every `keras.applications` model is registered under its function name
-(`kerasmtl.towers.applications`), besides the custom and torchvision-layout towers, and
+(`kerasmtl.towers.applications`), besides the custom and torchvision-layout towers (ResNet18, ResNeXt50_32x4d, VGG16's
+``features``), and
 a keras-hub preset handle names its image backbone (`kerasmtl.towers.hub`).
 
 A tower is a functional `keras.Model` whose input is a batch of preprocessed float
@@ -15,7 +16,7 @@ Register a new tower with::
     def my_tower(input_shape, weights=None, **kwargs) -> keras.Model: ...
 """
 
-from kerasmtl.towers import applications, custom, hub, resnet  # noqa: F401 - they register the built-in towers
+from kerasmtl.towers import applications, custom, hub, resnet, vgg  # noqa: F401 - they register the built-in towers
 from kerasmtl.towers.registry import (
     STRIDE_STAGES,
     TowerSpec,

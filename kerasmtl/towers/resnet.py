@@ -149,16 +149,17 @@ def _resnet_tower(name, input_shape, weights, stem, **graph):
     return model
 
 
-def load_tower_weights(tower: keras.Model, weights: str) -> None:
+def load_tower_weights(tower: keras.Model, weights: str, skip=("fc.",)) -> None:
     """Loads a torchvision checkpoint (``.pth``/``.pt``) or a Keras ``.weights.h5`` file.
 
     A torchvision checkpoint of the complete classifier loads every tower weight; its
-    ``fc.*`` entries are left out. Any other missing, unexpected or wrongly shaped key
+    ``skip`` entries are left out. Any other missing, unexpected or wrongly shaped key
     raises.
 
     Args:
         tower: the tower model.
         weights: path to the file.
+        skip: key prefixes of the classifier's layers after the tower (ResNets: ``fc.``).
 
     Raises:
         ValueError: for ``"imagenet"`` (no download exists; pass a checkpoint path) or an
@@ -178,7 +179,7 @@ def load_tower_weights(tower: keras.Model, weights: str) -> None:
     elif path.endswith((".pth", ".pt", ".bin")):
         from kerasmtl.ports.torch_weights import load_torch_weights
 
-        load_torch_weights(tower, path, strict=True, skip=("fc.",))
+        load_torch_weights(tower, path, strict=True, skip=skip)
     else:
         raise ValueError(
             f"weights must be a torchvision checkpoint (.pth, .pt) or a Keras .weights.h5 "
