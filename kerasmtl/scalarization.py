@@ -20,12 +20,10 @@ tensors in, as the train step has them; NumPy in, NumPy out).
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 from keras import ops
 
-from kerasmtl.aggregation._core import normal
+from kerasmtl.aggregation._core import check_option_names, keyword_options, normal
 
 #: Added under PBI's square root.
 PBI_EPS = 1e-12
@@ -171,8 +169,7 @@ def options(name: str) -> dict:
     """``{option: default}`` of scalarization ``name``."""
     if name not in _FUNCTIONS:
         raise ValueError(f"Unknown scalarization. Known: {', '.join(METHODS)}. Received: name={name!r}")
-    parameters = inspect.signature(_FUNCTIONS[name]).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return keyword_options(_FUNCTIONS[name])
 
 
 def scalarize(name: str, losses, *, present=None, state=None, **kwargs):
@@ -192,10 +189,7 @@ def scalarize(name: str, losses, *, present=None, state=None, **kwargs):
         ValueError: an unknown name, a bad shape or option value. TypeError: an option
             the method does not have.
     """
-    allowed = options(name)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise TypeError(f"{name} has the options {list(allowed) or 'none'}. Received: {', '.join(unknown)}")
+    check_option_names(name, kwargs, options(name))
     numpy_in = isinstance(losses, (np.ndarray, list, tuple, float))
     values = ops.convert_to_tensor(losses)
     values = values if values.dtype == "float64" else ops.cast(values, "float32")

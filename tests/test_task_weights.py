@@ -18,6 +18,7 @@ from kerasmtl.callbacks import (
     dwa_weights,
     label_counts,
 )
+from kerasmtl.methods import DWA
 from kerasmtl.training import compile_model
 
 TASKS = [
@@ -404,17 +405,18 @@ def test_with_task_weighting_keeps_layers_outputs_and_predictions(mixed_tasks):
     "kwargs, message",
     [
         ({"strategy": "gradnorm"}, "task weighting must be one of"),
-        ({"strategy": "dst"}, "exactly one of targets"),
         ({"strategy": "dst", "counts": {"a": 0, "b": 0, "c": 0}}, "positive sum"),
         ({"strategy": "dst", "counts": {"a": 1}, "seed": -1}, "non-negative int"),
         ({"strategy": "dst", "counts": {"a": 1}, "all_off": "keep"}, "all_off must be one of"),
-        ({"strategy": "dwa", "weights": {"a": 2.0}}, "weights apply to strategy='static'"),
         ({"strategy": "dwa", "temperature": 0}, "temperature must be > 0"),
+        ({"strategy": DWA(), "temperature": 3}, r"A DWA object carries its options\. Received: \{'temperature': 3\}"),
     ],
 )
 def test_inconsistent_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DynamicTaskWeights(**kwargs)
+    with pytest.raises(TypeError, match="weights"):  # an option of static weights only
+        DynamicTaskWeights("dwa", weights={"a": 2.0})
 
 
 def test_the_callback_needs_a_matching_model():
@@ -434,6 +436,8 @@ def test_the_callback_needs_a_matching_model():
         fixed = dense_model("dst")
         compile_model(fixed, TASKS, "sgd")
         fixed.fit(x, y, verbose=0, callbacks=[DynamicTaskWeights("dst", counts={"a": 1, "b": 2})])
+    with pytest.raises(ValueError, match="DST needs each task's label count"):  # neither counts nor targets
+        fixed.fit(x, y, verbose=0, callbacks=[DynamicTaskWeights("dst")])
 
 
 # --------------------------------------------------------------- training script

@@ -44,13 +44,11 @@ Design:
 
 from __future__ import annotations
 
-import inspect
-
 import keras
 from keras import ops
 
 from kerasmtl import backends
-from kerasmtl.aggregation import linear, priority, robust, running, simplex, solvers, surgery
+from kerasmtl.aggregation import _core, linear, priority, robust, running, simplex, solvers, surgery
 from kerasmtl.aggregation._core import F64, as_matrix, combine, dtype_of, gramian, mask, masked
 
 _GRAMIAN = {
@@ -114,10 +112,7 @@ def _inner(weighting):
 
 
 def _check_options(name, function, options):
-    allowed = [k for k, v in inspect.signature(function).parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(f"{name} has the options {allowed or 'none'}. Received: {', '.join(unknown)}")
+    _core.check_option_names(name, options, _core.keyword_options(function))
 
 
 def initial_state(name: str, tasks: int, dims: int | None = None, dtype=F64, weighting="upgrad") -> dict:

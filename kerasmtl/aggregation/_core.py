@@ -3,6 +3,8 @@ non-negative QP behind the dual-cone projections, and host solvers, in ``keras.o
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
@@ -12,6 +14,20 @@ from kerasmtl import backends
 #: The dtype of the Gramian and of the weights: float64 (float32 on JAX without x64).
 F64 = backends.wide_float()
 EPS = float(np.finfo(F64).eps)
+
+
+def keyword_options(function) -> dict:
+    """``{option: default}`` of a method's function: its keyword-only parameters but
+    ``step``, which the training step passes."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "step"}
+
+
+def check_option_names(name: str, options, known) -> None:
+    """Raises a TypeError that lists ``known`` unless every key of ``options`` is one of them."""
+    unknown = sorted(str(k) for k in options if k not in known)
+    if unknown:
+        raise TypeError(f"{name} has the options {list(known) or 'none'}. Received: {', '.join(unknown)}")
 
 
 def dtype_of(tensor) -> str:

@@ -12,13 +12,13 @@ received.
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
 from kerasmtl.aggregation import loss_level
+from kerasmtl.aggregation._core import check_option_names, keyword_options
 
 
 def _is_number(value) -> bool:
@@ -105,9 +105,7 @@ def method_options(method: str) -> dict[str, object]:
     """
     from kerasmtl import aggregation
 
-    function = _LOSS_LEVEL[method] if method in _LOSS_LEVEL else aggregation._method(method)
-    parameters = inspect.signature(function).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "step"}
+    return keyword_options(_LOSS_LEVEL[method] if method in _LOSS_LEVEL else aggregation._method(method))
 
 
 def check_gradient_options(method: str | None, options, known: Mapping | None = None) -> dict:
@@ -139,9 +137,7 @@ def check_gradient_options(method: str | None, options, known: Mapping | None = 
                              f"ignored. Give gradient_method too. Received: gradient_options={dict(options)!r}")
         return {}
     known = method_options(method) if known is None else known
-    unknown = sorted(str(k) for k in options if k not in known)
-    if unknown:
-        raise TypeError(f"{method} has the options {list(known) or 'none'}. Received: {', '.join(unknown)}")
+    check_option_names(method, options, known)
     for key, value in options.items():
         if (value is None and known[key] is None) or key not in OPTION_TYPES:
             continue  # an option whose type is not declared here is checked by its method

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kerasmtl import aggregation
+from kerasmtl.aggregation._core import check_option_names
 from kerasmtl.methods import aggregators
 from kerasmtl.methods.aggregators import *  # noqa: F403  (UPGrad, PCGrad, ...: every named aggregator)
 from kerasmtl.methods.aggregators import ALIASES, Aggregator
@@ -67,10 +68,7 @@ def get(identifier, level: str | None = None, options: Mapping | None = None, ar
     if identifier in SCALARIZATIONS:  # loss level: no gradient level
         return SCALARIZATIONS[identifier](**dict(options or {}))
     if identifier == AutoLambda.name:  # its validation_data is set before training
-        known = list(AutoLambda().get_config())
-        unknown = sorted(set(options or {}) - set(known))
-        if unknown:
-            raise TypeError(f"auto_lambda has the options {known}. Received: {', '.join(unknown)}")
+        check_option_names(AutoLambda.name, options or {}, AutoLambda().get_config())
         return AutoLambda(**dict(options or {}))
     keyword = {} if level is None else {"level": level}
     if identifier in LOSS_LEVEL:

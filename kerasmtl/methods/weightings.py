@@ -292,55 +292,38 @@ class DynamicTaskWeights(keras.callbacks.Callback):
     initial_epoch=k)`` and the same callback arguments.
 
     Args:
-        strategy: one of `WEIGHTINGS`, or a
+        strategy: one of `WEIGHTINGS`, built with ``**options``, or a
             `kerasmtl.methods.weightings.LossWeighting` (then give no other option).
         tasks: the tasks of ``targets`` (None: the model's); checked against the
             model's outputs when given.
-        weights: ``"static"`` only: ``{task name: weight}`` set at the start of training
-            (tasks not named keep their value: 1, or what ``compile`` set).
-        targets: ``"dst"`` only: ``{task name: encoded targets}`` whose labels DST counts
-            (with a `LossWeighting`: ``fit``'s targets, counted if DST has no counts).
-        count: ``"dst"`` only: ``"labelled"`` or ``"positives"``; see `kerasmtl.methods.weightings.label_counts`.
-        counts: ``"dst"`` only: ``{task name: n_t}`` given directly instead of ``targets``.
-        seed: ``"dst"`` only: seed of the on/off draws.
-        all_off: ``"dst"`` only: ``"redraw"`` or ``"none"``; see `kerasmtl.methods.weightings.dst_switches`.
-        temperature: ``"dwa"`` only: ``T``.
+        targets: ``{task name: encoded targets}`` whose labels DST counts: ``"dst"``'s
+            (or give its ``counts``), or with a `LossWeighting`, ``fit``'s targets,
+            counted if DST has no counts.
         verbose: if > 0, print the weights at the start of each epoch.
+        **options: the options of the loss weighting ``strategy`` names: ``"static"``:
+            ``weights``, ``{task name: weight}`` set at the start of training (tasks not
+            named keep their value: 1, or what ``compile`` set). ``"dst"``: ``counts``
+            (``{task name: n_t}`` given directly instead of ``targets``), ``count``
+            (``"labelled"`` or ``"positives"``; see `label_counts`), ``seed`` (of the
+            on/off draws), ``all_off`` (``"redraw"`` or ``"none"``; see `dst_switches`).
+            ``"dwa"``: ``temperature``, ``T``.
+
+    Raises:
+        ValueError: an unknown strategy, options with a `LossWeighting`, or a bad option
+            value. TypeError: an option the strategy does not have.
     """
 
-    def __init__(
-        self,
-        strategy: str | LossWeighting = "static",
-        tasks: Sequence[Task] | None = None,
-        weights: Mapping[str, float] | None = None,
-        targets: Mapping[str, np.ndarray] | None = None,
-        count: str = "labelled",
-        counts: Mapping[str, float] | None = None,
-        seed: int = 0,
-        all_off: str = "redraw",
-        temperature: float = 2.0,
-        verbose: int = 0,
-    ):
+    def __init__(self, strategy: str | LossWeighting = "static", tasks: Sequence[Task] | None = None,
+                 targets: Mapping[str, np.ndarray] | None = None, verbose: int = 0, **options):
         super().__init__()
+        if isinstance(strategy, LossWeighting) and options:
+            raise ValueError(f"A {type(strategy).__name__} object carries its options. Received: {options!r}")
         if not isinstance(strategy, LossWeighting):
-            strategy = self._method(weighting_class(strategy).name, tasks, weights, targets, count, counts, seed,
-                                    all_off, temperature)
+            method = weighting_class(strategy)
+            strategy = method(**options, **({"targets": targets, "tasks": tasks} if method is DST else {}))
         self.method, self.targets = strategy, targets
         self.task_names = [t.name for t in tasks] if tasks is not None else None
         self.verbose, self._weighting = verbose, None
-
-    @staticmethod
-    def _method(strategy, tasks, weights, targets, count, counts, seed, all_off, temperature) -> LossWeighting:
-        """The method of `WEIGHTINGS` the string ``strategy`` names, with its options."""
-        if weights is not None and strategy != "static":
-            raise ValueError(f"weights apply to strategy='static'. Received: strategy={strategy!r}")
-        if (targets is not None or counts is not None) and strategy != "dst":
-            raise ValueError(f"targets / counts apply to strategy='dst'. Received: strategy={strategy!r}")
-        if strategy == "dst" and (targets is None) == (counts is None):
-            raise ValueError("strategy='dst' needs exactly one of targets (with tasks) or counts.")
-        options = {"static": {"weights": weights}, "dwa": {"temperature": temperature},
-                   "dst": {"counts": counts, "targets": targets, "count": count, "seed": seed, "all_off": all_off, "tasks": tasks}}
-        return WEIGHTINGS[strategy](**options.get(strategy, {}))
 
     # The method's name and options, read as the callback's own.
     strategy = property(lambda self: self.method.name)
