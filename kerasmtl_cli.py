@@ -439,7 +439,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 def add_distribution_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of training on several devices or machines (see docs/distributed.md)."""
     group = parser.add_argument_group("distribution")
-    _flag(group, "strategy", choices=DISTRIBUTION, help="none, mirrored (every local GPU) or multiworker (TF_CONFIG)")
+    _flag(group, "strategy", choices=DISTRIBUTION, help="none, mirrored (every local GPU; on JAX: DataParallel) or multiworker (TF_CONFIG; TensorFlow)")
     _flag(group, "mixed-precision", choices=MIXED_PRECISION, help="off, float16 (loss scaling) or bfloat16 compute")
     _flag(group, "input", choices=INPUTS, help="generator (default), tfdata or files (decoding in tf.data)")
     add_backend_argument(group)
@@ -646,7 +646,8 @@ def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = N
     if gradient and config.gradient_level == "features" and config.architecture in _choices.PER_TASK_ARCHITECTURES:
         parser.error(f"--gradient-level features needs one representation all tasks share; the {config.architecture} "
                      f"architecture gives each task its own. Use --gradient-level parameters. Received: --method {gradient}")
-    problem = batch_memory_problem(config)
+    problem = _choices.strategy_problem(config.strategy, config.backend or os.environ.get("KERAS_BACKEND", "tensorflow"))
+    problem = problem or batch_memory_problem(config)
     if problem:
         parser.error(problem)
     return config, extra

@@ -79,3 +79,18 @@ def split_method(method, task_weighting, gradient_method):
                          f"its older names. Received: --method {method}, --task-weighting {task_weighting}, "
                          f"--gradient-method {gradient_method}")
     return (method, None) if weighting else (None, method)
+
+
+def strategy_problem(strategy: str, backend: str) -> str | None:
+    """Why ``--strategy`` cannot run on ``backend`` (None: it can). TensorFlow runs every
+    strategy; JAX runs ``mirrored`` as Keras's ``DataParallel`` over one machine's devices
+    (no cluster); Keras 3's torch backend has no distribution, so PyTorch runs on one device."""
+    if strategy == "none" or backend == "tensorflow" or (backend == "jax" and strategy == "mirrored"):
+        return None
+    if backend == "jax":
+        return ("--strategy multiworker is TensorFlow's MultiWorkerMirroredStrategy (a TF_CONFIG cluster); on JAX "
+                "kerasmtl trains on one machine's devices: --strategy mirrored (Keras's DataParallel). "
+                f"Received: --strategy {strategy}, --backend jax")
+    return (f"--strategy {strategy}: Keras 3's {backend} backend has no distribution (keras.distribution runs on JAX), "
+            "so kerasmtl trains on one device there: use --strategy none, or --backend jax or tensorflow. "
+            f"Received: --strategy {strategy}, --backend {backend}")

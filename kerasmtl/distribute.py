@@ -1,5 +1,5 @@
-"""Training on several devices or machines with TensorFlow's own ``tf.distribute``, and
-Keras's mixed-precision policies.
+"""Training on several devices or machines with TensorFlow's own ``tf.distribute`` (on JAX:
+Keras's ``DataParallel`` over one machine's devices), and Keras's mixed-precision policies.
 
 Build, compile and create the callbacks inside ``strategy.scope()``; ``model.fit`` then
 treats the batch it is fed as the global batch and splits it over the replicas. See
@@ -159,6 +159,11 @@ def make_strategy(
 ) -> tf.distribute.Strategy:
     """Builds the ``tf.distribute`` strategy called ``name``.
 
+    On JAX, ``"mirrored"`` is Keras's `keras.distribution.DataParallel` over every local
+    device (or ``devices``): the step is compiled once for the global batch, which is
+    sharded over the devices, and XLA sums the gradients (and a gradient method's Gramian
+    or Jacobian) over them. Its ``scope()`` works as a strategy's does.
+
     Args:
         name: ``"none"`` (TensorFlow's default strategy), ``"mirrored"`` (one replica per
             local device) or ``"multiworker"`` (cluster from ``TF_CONFIG``; without it, a
@@ -166,14 +171,21 @@ def make_strategy(
         devices: for ``"mirrored"``: the devices (default every GPU, else every logical CPU).
         communication: for ``"multiworker"``: a key of `COMMUNICATIONS` (``"ring"``: gRPC,
             CPUs; ``"nccl"``: GPUs).
+
+    Raises:
+        ValueError: an unknown name, ``"multiworker"`` on JAX, or any strategy but
+            ``"none"`` on PyTorch (Keras 3's torch backend has no distribution).
     """
     if name not in DISTRIBUTION_STRATEGIES:
         raise ValueError(f"strategy must be one of {DISTRIBUTION_STRATEGIES}. Received: strategy={name!r}")
     if name == "none":
         return tf.distribute.get_strategy()
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(f"strategy {name!r} is TensorFlow's tf.distribute, and Keras runs on "
-                         f"{keras.backend.backend()!r}: train with --backend tensorflow. Received: strategy={name!r}")
+    backend = keras.backend.backend()
+    problem = choices.strategy_problem(name, backend)
+    if problem:
+        raise ValueError(problem)
+    if backend == "jax":
+        return keras.distribution.DataParallel(devices=list(devices or keras.distribution.list_devices()))
     if name == "mirrored":
         if not devices:
             devices = [d.name for d in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
@@ -193,6 +205,41 @@ def make_strategy(
         options = tf.distribute.experimental.CommunicationOptions(implementation=COMMUNICATIONS[communication])
         _MULTIWORKER["strategy"] = MultiWorkerMirroredStrategy(communication_options=options)
     return _MULTIWORKER["strategy"]
+
+
+def device_count(strategy) -> int:
+    """The devices ``strategy`` (from `make_strategy`) trains on."""
+    if isinstance(strategy, keras.distribution.DataParallel):
+        return int(strategy.device_mesh.devices.size)
+    return strategy.num_replicas_in_sync
+
+
+def check_even_batches(strategy, generators: Mapping) -> None:
+    """Checks that every batch of ``generators`` splits evenly over the devices of a JAX
+    ``DataParallel`` strategy, which shards each batch in equal parts (``tf.distribute``
+    splits an uneven batch itself: nothing to check).
+
+    Args:
+        strategy: from `make_strategy`.
+        generators: ``{split name: MultiOutputGenerator or None}``; with a batch size that
+            is a multiple of the device count, a split's last batch is one when the
+            split's number of images is.
+
+    Raises:
+        ValueError: the batch size or a split's size is not a multiple of the device count.
+    """
+    if not isinstance(strategy, keras.distribution.DataParallel):
+        return
+    devices = device_count(strategy)
+    sizes = {"batch_size": next(g.batch_size for g in generators.values() if g is not None)}
+    sizes.update({f"{name} images": len(g.paths) for name, g in generators.items() if g is not None})
+    uneven = {name: size for name, size in sizes.items() if size % devices}
+    if uneven:
+        raise ValueError(
+            f"--strategy mirrored on JAX (Keras's DataParallel) shards every batch over the {devices} devices in equal "
+            f"parts: --batch-size and the number of images of each split must be multiples of {devices} (or use "
+            f"--strategy none). Received: {', '.join(f'{k}={v}' for k, v in uneven.items())}"
+        )
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
@@ -250,7 +297,9 @@ __all__ = [
     "MIXED_PRECISION",
     "ClusterInfo",
     "MultiWorkerMirroredStrategy",
+    "check_even_batches",
     "cluster_info",
+    "device_count",
     "make_strategy",
     "mixed_precision",
     "num_workers",

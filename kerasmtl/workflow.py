@@ -353,11 +353,13 @@ def training_input(config, data: PreparedData, strategy, initial_epoch: int = 0,
 
 
 # ------------------------------------------------------------------------ run
-def write_run_files(run: RunFolder, config, recipe: Recipe, data: PreparedData) -> None:
-    """The readable records of a run: config, tasks, split, augmentation, skipped rows."""
+def write_run_files(run: RunFolder, config, recipe: Recipe, data: PreparedData, strategy=None) -> None:
+    """The readable records of a run: config (with the backend and the number of devices
+    ``strategy`` trains on), tasks, split, augmentation, skipped rows."""
     resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()}
-    run.write_yaml(runs.CONFIG, config.to_dict() | {"backend": keras.backend.backend(), "resolved": resolved,
-                                                    "resolved_data": data.dataset.location})
+    devices = 1 if strategy is None else distribute.device_count(strategy)
+    run.write_yaml(runs.CONFIG, config.to_dict() | {"backend": keras.backend.backend(), "devices": devices,
+                                                    "resolved": resolved, "resolved_data": data.dataset.location})
     run.write_json(runs.TASKS, [t.to_dict() for t in data.tasks])
     split = pd.concat([pd.DataFrame({"path": s["path"], "subset": name}) for name, s in
                        (("train", data.train), ("val", data.val), ("test", data.test))], ignore_index=True)
@@ -453,8 +455,10 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None)
     if session.complete:
         print(session.complete_message())
         return run
+    distribute.check_even_batches(strategy, {"training": data.train_data, "validation": data.val_data,
+                                             "test": data.test_data})
     print(format_tasks(data.tasks, data.train))
-    write_run_files(run, config, recipe, data)
+    write_run_files(run, config, recipe, data, strategy)
     model = build_model(config, recipe, data.tasks, spec)
     if config.lr_find:  # a resumed run keeps the rate its range test chose
         lr = session.saved_extra.get("lr")
@@ -499,6 +503,7 @@ def run_lr_find(config, options: dict) -> LRRangeTestResult:
     keras.utils.set_random_seed(config.seed)
     data = prepare_data(config, recipe, list(spec.tasks) if spec is not None else None, standardize=spec is None)
     strategy = distribute.make_strategy(config.strategy)
+    distribute.check_even_batches(strategy, {"training": data.train_data})
     with distribute.mixed_precision(config.mixed_precision), strategy.scope():
         model = build_model(config, recipe, data.tasks, spec)
         with RunFolder.open(config.out or default_run_dir(config)) as run:

@@ -205,5 +205,41 @@ def methods_load(folder: Path) -> None:
     np.savez(folder / f"methods-{keras.backend.backend()}-loaded.npz", **arrays)
 
 
+def devices(folder: Path) -> None:
+    """On JAX with 2 devices (``XLA_FLAGS=--xla_force_host_platform_device_count=2``): each
+    of `DEVICE_METHODS` trains the same `tiny` model 3 epochs of 2 SGD steps on one device
+    and on both (``make_strategy("mirrored")``, Keras's DataParallel); writes the initial
+    and final weights to ``devices.npz`` and the histories and device counts to
+    ``devices.json``."""
+    from kerasmtl import distribute
+
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(2 * BATCH, 6)).astype("float32")
+    y = {"smiling": rng.integers(0, 2, 2 * BATCH).astype("float32"), "point": rng.normal(size=(2 * BATCH, 2)).astype("float32")}
+    y["smiling"][3], y["point"][12] = -1, np.nan  # a missing label on each device
+    arrays, facts = {}, {}
+    for label, method, level in DEVICE_METHODS:
+        for strategy in ("none", "mirrored"):
+            with distribute.make_strategy(strategy).scope():
+                net = tiny()
+                rng = np.random.default_rng(5)
+                net.set_weights([rng.normal(size=w.shape).astype("float32") * 0.5 if not w.path.startswith("task_weighting")
+                                 else np.asarray(w.numpy()) for w in net.weights])
+                arrays.update({f"init/{w.path}": np.asarray(w.numpy()) for w in net.weights})
+                net.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE),
+                            method=method if level is None else kerasmtl.methods.get(method, level))
+                history = net.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0).history
+            arrays.update({f"{label}/{strategy}/{w.path}": np.asarray(w.numpy()) for w in net.weights})
+            facts[f"{label}/{strategy}"] = {"history": history,
+                                            "devices": len(net.trainable_variables[0].value.sharding.device_set)}
+    np.savez(folder / "devices.npz", **arrays)
+    (folder / "devices.json").write_text(json.dumps(facts))
+
+
+#: ``(label, compile's method, level)`` of `devices`.
+DEVICE_METHODS = [("plain", None, None), ("dwa", "dwa", None), ("upgrad_features", "upgrad", "features"),
+                  ("upgrad_parameters", "upgrad", "parameters")]
+
 if __name__ == "__main__":
-    {"run": run, "load": load, "methods": methods, "methods-load": methods_load}[sys.argv[1]](Path(sys.argv[2]))
+    {"run": run, "load": load, "methods": methods, "methods-load": methods_load, "devices": devices}[sys.argv[1]](
+        Path(sys.argv[2]))

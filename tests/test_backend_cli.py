@@ -96,9 +96,11 @@ def test_onnx_on_jax_and_torch_names_the_route_that_works(jax_run):
         assert not (jax_run / f"{backend}.onnx").exists()
 
 
-@pytest.mark.slow
-def test_a_tf_distribute_strategy_on_jax_names_the_backend(tmp_path):
-    done = kerasmtl("train", "--backend", "jax", *TINY, "--strategy", "mirrored", "--out", tmp_path / "run", home=tmp_path)
-    assert done.returncode == 2
-    assert "'mirrored'" in done.stderr and "'jax'" in done.stderr and "Traceback" not in done.stderr
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+@pytest.mark.parametrize("backend, strategy", [("jax", "multiworker"), ("torch", "mirrored"), ("torch", "multiworker")])
+def test_a_strategy_the_backend_lacks_is_refused_before_keras_loads(tmp_path, command, backend, strategy):
+    done = kerasmtl(command, "--backend", backend, *TINY, "--strategy", strategy, "--out", tmp_path / "run", home=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"--strategy {strategy}" in done.stderr and f"--backend {backend}" in done.stderr
+    assert ("has no distribution" in done.stderr) == (backend == "torch")
     assert not (tmp_path / "run").exists()

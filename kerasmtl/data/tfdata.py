@@ -452,11 +452,13 @@ def file_dataset_like(generator, **kwargs) -> tf.data.Dataset:
     return file_dataset(generator.paths, generator.targets, **{**options, **kwargs})
 
 
-def distribute(strategy: tf.distribute.Strategy, dataset_fn):
+def distribute(strategy, dataset_fn):
     """``dataset_fn(input_context)`` (e.g. ``lambda ctx: generator_dataset(gen,
     input_context=ctx)``) distributed by ``strategy``; a plain dataset, built with
-    ``input_context=None``, when the strategy has one replica and one worker."""
-    if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    ``input_context=None``, when the strategy has one replica and one worker, or is not a
+    ``tf.distribute`` one (Keras's JAX ``DataParallel`` shards the batches itself)."""
+    single = getattr(strategy, "num_replicas_in_sync", 1) == 1
+    if single and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return dataset_fn(None)
     return strategy.distribute_datasets_from_function(dataset_fn)
 
