@@ -6,8 +6,8 @@ imports nothing, so ``kerasmtl --help`` and a bad flag answer without TensorFlow
 `kerasmtl_cli` reads the file without running ``kerasmtl/__init__.py``, which imports Keras
 to register the package's objects. Where a concept's implementation is a table of its own
 (`kerasmtl.training.OPTIMIZERS`, `kerasmtl.distribute.MIXED_PRECISION`, the gradient
-methods of `kerasmtl.gradient_step`), tests/test_cli.py keeps the table's names equal to
-the tuple here. Towers, presets and augmentation pipelines are registries that fill at
+methods of `kerasmtl.aggregation`), tests/test_cli.py and tests/test_methods.py keep the
+table's names equal to the tuple here. Towers, presets and augmentation pipelines are registries that fill at
 import; the command line checks those after it imports the package.
 """
 
@@ -46,8 +46,9 @@ CALIBRATIONS = ("f1", "balanced_accuracy")
 #: (`kerasmtl.callbacks.lr_range_test`'s ``SWEEP_MODES`` and ``SUGGESTION_RULES``).
 LR_SWEEP_MODES = ("exp", "linear")
 LR_SUGGESTION_RULES = ("valley", "steep", "minimum")
-#: Gradient methods (`kerasmtl.gradient_step.METHODS`: the aggregators, the loss-level
-#: methods and their other names) and the levels they act at.
+#: Gradient methods (`kerasmtl.methods.gradient_method_names`: the aggregators of
+#: `kerasmtl.aggregation`, the loss-level methods and their other names) and the levels
+#: they act at.
 GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
                     "config", "nash_mtl", "gradvac", "fairgrad", "constant", "krum", "pcd", "modo", "sdmgrad", "cr_mogm",
                     "excess_mtl", "graddrop", "trimmed_mean", "gradnorm", "famo", "db_mtl", "moco", "rlw")

@@ -84,8 +84,9 @@ def test_every_aggregation_name_is_a_method():
         assert isinstance(method, Aggregator) and method.kind == name
         assert method.needs == ("gramian" if name in aggregation.GRAMIAN_METHODS else "jacobian")
         assert method.stateful == (name in aggregation.STATEFUL) and method.host == (name in aggregation.HOST)
-    assert set(methods.names()) == (set(methods.WEIGHTINGS) | set(aggregation.METHODS) | {"gradnorm", "famo", "db_mtl", "moco", "rlw"}
-                                    | set(methods.SCALARIZATIONS) | {"auto_lambda"})
+    gradient = set(aggregation.METHODS) | {"gradnorm", "famo", "db_mtl", "moco", "rlw"}
+    assert set(methods.gradient_method_names()) == gradient and set(methods.LOSS_LEVEL) | set(methods.ALIASES) < gradient
+    assert set(methods.names()) == set(methods.WEIGHTINGS) | gradient | set(methods.SCALARIZATIONS) | {"auto_lambda"}
 
 
 @pytest.mark.parametrize("method", [

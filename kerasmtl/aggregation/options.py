@@ -17,7 +17,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from kerasmtl.aggregation import loss_level
 from kerasmtl.aggregation._core import check_option_names, keyword_options
 
 
@@ -93,19 +92,15 @@ OPTION_TYPES = {
     "reference": ("a list of numbers, one per task", _is_vector),
 }
 
-_LOSS_LEVEL = {"gradnorm": loss_level.gradnorm, "famo": loss_level.famo_update, "db_mtl": loss_level.db_mtl,
-               "moco": loss_level.moco}
-
-
 def method_options(method: str) -> dict[str, object]:
-    """``{option: default}`` of ``method`` (an aggregation or loss-level method name).
+    """``{option: default}`` of ``method``, a name of `kerasmtl.aggregation.METHODS`.
 
     Raises:
         ValueError: an unknown method.
     """
     from kerasmtl import aggregation
 
-    return keyword_options(_LOSS_LEVEL[method] if method in _LOSS_LEVEL else aggregation._method(method))
+    return keyword_options(aggregation._method(method))
 
 
 def check_gradient_options(method: str | None, options, known: Mapping | None = None) -> dict:
@@ -114,8 +109,8 @@ def check_gradient_options(method: str | None, options, known: Mapping | None = 
     Args:
         method: the gradient method (aliases resolved), or None for Keras's own step.
         options: None or a mapping of option names to values.
-        known: ``{option: default}`` of a method that is not a gradient method (a
-            scalarization's); None: `method_options` of ``method``.
+        known: ``{option: default}`` of a method that is not an aggregator (a
+            scalarization's, a loss-level method's); None: `method_options` of ``method``.
 
     Returns:
         The options as a new dict (empty for None).

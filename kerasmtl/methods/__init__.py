@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kerasmtl import aggregation
+from kerasmtl import choices
 from kerasmtl.aggregation._core import check_option_names
 from kerasmtl.methods import aggregators
 from kerasmtl.methods.aggregators import *  # noqa: F403  (UPGrad, PCGrad, ...: every named aggregator)
-from kerasmtl.methods.aggregators import ALIASES, Aggregator
+from kerasmtl.methods.aggregators import Aggregator
 from kerasmtl.methods.auto_lambda import AutoLambda
 from kerasmtl.methods.base import LEVELS, GradientMethod, Method
 from kerasmtl.methods.loss_level import DBMTL, FAMO, GradNorm, MoCo
@@ -26,15 +26,16 @@ LOSS_LEVEL = {cls.name: cls for cls in (GradNorm, FAMO, DBMTL, MoCo)}
 
 
 def gradient_method_names() -> tuple[str, ...]:
-    """Every gradient method's name: the aggregators (any name of
-    `kerasmtl.aggregation.METHODS`), the loss-level methods and the aliases."""
-    return aggregation.METHODS + tuple(LOSS_LEVEL) + tuple(ALIASES)
+    """Every gradient method's name (``kerasmtl.choices.GRADIENT_METHODS``, which the
+    command line reads): the aggregators (any name of `kerasmtl.aggregation.METHODS`), the
+    loss-level methods and the aliases."""
+    return choices.GRADIENT_METHODS
 
 
 def names() -> tuple[str, ...]:
-    """Every method's name: the loss weightings, the gradient methods, the scalarizations
-    that have a name of their own, then ``auto_lambda``."""
-    return tuple(WEIGHTINGS) + gradient_method_names() + tuple(SCALARIZATIONS) + (AutoLambda.name,)
+    """Every method's name (``kerasmtl.choices.METHODS``): the loss weightings, the gradient
+    methods, the scalarizations that have a name of their own, then ``auto_lambda``."""
+    return choices.METHODS
 
 
 def get(identifier, level: str | None = None, options: Mapping | None = None, argument: str = "method") -> Method:

@@ -21,19 +21,21 @@ from keras import ops
 
 from kerasmtl import backends
 from kerasmtl.aggregation import loss_level
-from kerasmtl.aggregation._core import F64, maximum
+from kerasmtl.aggregation._core import F64, keyword_options, maximum
 from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.methods.base import GradientMethod, combination
 
 
 class LossLevelMethod(GradientMethod):
-    """A method of `kerasmtl.aggregation.loss_level`; options as its function's."""
+    """A method of `kerasmtl.aggregation.loss_level`; options as its ``function``'s."""
 
     uses_losses = True
     stateful = True
+    #: The function of `kerasmtl.aggregation.loss_level` whose keyword-only parameters are the options.
+    function = None
 
     def __init__(self, level: str = "features", **options):
-        options = check_gradient_options(self.name, options)
+        options = check_gradient_options(self.name, options, keyword_options(self.function))
         loss_level.check_options(self.name, options)
         super().__init__(level, **options)
 
@@ -46,6 +48,7 @@ class GradNorm(LossLevelMethod):
     """GradNorm (Chen et al., 2018): options ``alpha`` (1.5), ``warmup_steps`` (0)."""
 
     name = "gradnorm"
+    function = staticmethod(loss_level.gradnorm)
     trainable_state = ("logits",)
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
@@ -64,6 +67,7 @@ class FAMO(LossLevelMethod):
     """FAMO (Liu et al., 2023): options ``lr`` (0.025), ``weight_decay`` (1e-3)."""
 
     name = "famo"
+    function = staticmethod(loss_level.famo_update)
     needs = "jacobian"
     after_update = True
 
@@ -83,6 +87,7 @@ class DBMTL(LossLevelMethod):
     """DB-MTL (Lin et al., 2023): options ``beta`` (0.9), ``beta_sigma`` (0)."""
 
     name = "db_mtl"
+    function = staticmethod(loss_level.db_mtl)
     needs = "jacobian"
     levels = ("parameters",)
 
@@ -107,6 +112,7 @@ class MoCo(LossLevelMethod):
     (0.1), ``gamma_sigma`` (0.5), ``rho`` (0)."""
 
     name = "moco"
+    function = staticmethod(loss_level.moco)
     needs = "jacobian"
     levels = ("parameters",)
 

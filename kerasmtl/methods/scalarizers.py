@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from kerasmtl import scalarization
+from kerasmtl import choices, scalarization
 from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.methods.base import Method, plain
 
@@ -105,9 +105,7 @@ def _named(class_name: str, kind: str):
     return keras.saving.register_keras_serializable(package="kerasmtl")(cls)
 
 
-GeometricMean, STCH, PBI, COSMOS, IMTLL, UW = (
-    _named(c, k) for c, k in [("GeometricMean", "geometric_mean"), ("STCH", "stch"), ("PBI", "pbi"),
-                              ("COSMOS", "cosmos"), ("IMTLL", "imtl_l"), ("UW", "uw")])
-#: The scalarizations that are methods by name, with their classes (the other
-#: scalarizations' names belong to other methods).
-NAMED = {"geometric_mean": GeometricMean, "stch": STCH, "pbi": PBI, "cosmos": COSMOS, "imtl_l": IMTLL, "uw": UW}
+#: The scalarizations that are methods by name (``kerasmtl.choices.SCALARIZATIONS``), with
+#: their classes (the other scalarizations' names belong to other methods).
+NAMED = {k: _named(c, k) for c, k in zip(("GeometricMean", "STCH", "PBI", "COSMOS", "IMTLL", "UW"), choices.SCALARIZATIONS)}
+GeometricMean, STCH, PBI, COSMOS, IMTLL, UW = NAMED.values()
