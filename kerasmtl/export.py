@@ -14,8 +14,10 @@ Logit and ``loss="mse"`` outputs are turned into probabilities inside the export
 probability scale with them, so a served model gives the same decisions as
 `kerasmtl.MultiTaskModel.predict_labels`. A model trained under mixed precision is
 exported from a float32 copy with the same weights. Keras's own ``model.export`` writes
-each format (tf2onnx for ONNX, TensorFlow's converter for LiteRT, OpenVINO's model
-converter for an OpenVINO IR, whose float model is marked to run in float32); beside each
+each format (for ONNX tf2onnx on TensorFlow, torch.onnx on PyTorch; TensorFlow's converter
+for LiteRT, OpenVINO's model converter for an OpenVINO IR, whose float model is marked to
+run in float32; on JAX the SavedModel through jax2tf; `BACKEND_LIMITS` lists what another
+backend than TensorFlow does not write); beside each
 artifact `labels.json` holds the tasks (`kerasmtl.serving` reads it without TensorFlow),
 and an ONNX file carries the same text in its ``metadata_props``. Quantised ONNX and
 OpenVINO models are made from the float artifact by `kerasmtl.quantize`.
@@ -191,11 +193,21 @@ def _name_litert_tensors(path: Path) -> None:
     flatbuffer_utils.write_model(flat, str(path))
 
 
-def _finish_onnx(path: Path, text: str) -> None:
-    """Names the batch dimension and stores the labels in ``metadata_props``."""
+def _finish_onnx(path: Path, text: str, names: Sequence[str]) -> None:
+    """Names the outputs after the tasks, the batch dimension ``batch``, and stores the
+    labels in ``metadata_props``.
+
+    Args:
+        names: the task names, in the order of the exported model's outputs (each
+            converter names them its own way: tf2onnx ``output_0``, torch.onnx after graph
+            nodes, jax2onnx after operations); an ``Identity`` per output gives the name.
+    """
     import onnx
 
     model = onnx.load(str(path))
+    for output, name in zip(model.graph.output, names):
+        model.graph.node.append(onnx.helper.make_node("Identity", [output.name], [name]))
+        output.name = name
     for value in list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
@@ -257,23 +269,29 @@ def _finish_openvino(path: Path) -> None:
     os.replace(written, path)
 
 
+#: The formats Keras's ``model.export`` does not write on a backend, and why.
+BACKEND_LIMITS = {
+    ("jax", "onnx"): ("Keras's route there, jax2onnx (0.17.1 tried), writes max pooling as a MaxPool over all four "
+                      "NHWC axes, which onnxruntime refuses"),
+    ("jax", "litert"): "Keras converts to LiteRT from TensorFlow and PyTorch only",
+    ("jax", "openvino"): "OpenVINO's converter does not read the XlaCallModule operation of Keras's JAX route",
+    ("torch", "saved_model"): "Keras's route there needs torch_xla, which is built for other torch releases than 2.13",
+    ("torch", "litert"): "Keras's route there (litert-torch, not installed with kerasmtl) fixes the batch size at 1",
+    ("torch", "openvino"): "Keras's route there traces the model with torch.jit, which refuses its named outputs",
+}
+
+
 def check_backend(format: str) -> None:
-    """Refuses ONNX where Keras's ``model.export`` does not write what serving reads: on
-    JAX without ``jax2onnx`` (its converter there), and on PyTorch, whose ``torch.onnx``
-    names the outputs after graph nodes rather than tasks.
+    """Refuses a format Keras's ``model.export`` does not write on the current backend
+    (`BACKEND_LIMITS`).
 
     Raises:
-        ValueError: naming the backend and the route that works.
+        ValueError: naming the backend, the reason and the route that works.
     """
-    import importlib.util
-
     backend = keras.backend.backend()
-    if format == "onnx" and backend == "jax" and importlib.util.find_spec("jax2onnx") is None:
-        raise ValueError("ONNX export on the JAX backend needs the jax2onnx package (pip install jax2onnx); or export "
-                         "with --backend tensorflow: a .keras model loads on every backend")
-    if format == "onnx" and backend == "torch":
-        raise ValueError("ONNX export on the PyTorch backend names the outputs after graph nodes, not tasks; export "
-                         "with --backend tensorflow: a .keras model loads on every backend")
+    if (backend, format) in BACKEND_LIMITS:
+        raise ValueError(f"{format} export on the {backend} backend: {BACKEND_LIMITS[backend, format]}; export with "
+                         "--backend tensorflow: a .keras model loads on every backend")
 
 
 def check_quantization(format: str, quantize: str | None) -> None:
@@ -338,13 +356,16 @@ def export(
     tasks = resolve_tasks(model, tasks, source)
     serving = serving_model(model, tasks)
     path.parent.mkdir(parents=True, exist_ok=True)
+    names = [task.name for task in tasks]
+    if format == "onnx":  # outputs in task order, named after export
+        serving = keras.Model(serving.input, [serving.output[name] for name in names], name=serving.name)
     serving(np.zeros((1, *serving.input_shape[1:]), np.uint8))  # Keras's ONNX route exports called models only
     options = _converter_options(quantize) if format == "litert" else {}
     with plain_grouped_convolutions():
         serving.export(str(path), format=_KERAS_FORMATS[format], verbose=False, **options)
     text = json.dumps(labels_record(tasks, serving.input_shape[1:], model.name), indent=2)
     if format == "onnx":
-        _finish_onnx(path, text)
+        _finish_onnx(path, text, names)
     if format == "litert":
         _name_litert_tensors(path)
     if format == "openvino":

@@ -16,6 +16,9 @@ Keras's probabilities.
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -39,8 +42,9 @@ TASKS = [
 
 
 def expected_outputs(model, tasks, images):
-    """Keras ``predict`` read as the exported outputs: probabilities (binary: positive column)."""
-    raw = model.predict(images, verbose=0)
+    """Keras ``predict`` read as the exported outputs: probabilities (binary: positive column).
+    ``model`` is a Keras model or its raw predictions on ``images`` (made in another process)."""
+    raw = model if isinstance(model, dict) else model.predict(images, verbose=0)
     expected = {}
     for task in tasks:
         value = np.asarray(raw[task.name], np.float64)
@@ -392,3 +396,65 @@ def test_application_tower_and_each_architecture_export_to_onnx_with_parity(name
     model = ModelBuilder(TASKS, input_shape=(32, 32, 3), head="dense", **ONNX_MODELS[name]).build()
     path = export(model, tmp_path / "model.onnx", "onnx")
     check_parity(model, model.tasks, "onnx", path, uint8_batch(3, (32, 32, 3)))
+
+
+# ------------------------------------------------------- on JAX and PyTorch
+#: What Keras's ``model.export`` writes on each other backend, and what kerasmtl refuses there.
+WRITTEN = {"jax": ["saved_model"], "torch": ["onnx"]}
+REFUSED = {"jax": ["litert", "onnx", "openvino"], "torch": ["litert", "openvino", "saved_model"]}
+EXPORT_ON_BACKEND = """
+import json, sys
+from pathlib import Path
+import keras, numpy as np
+from kerasmtl import ModelBuilder, Task
+from kerasmtl.export import export
+folder, tasks = Path(sys.argv[1]), [Task.from_dict(t) for t in json.loads(sys.argv[2])]
+keras.utils.set_random_seed(0)
+model = ModelBuilder(tasks, base="bottleneck", input_shape=(32, 32, 3), head="dense", base_kwargs=json.loads(sys.argv[3])).build()
+np.savez(folder / "keras.npz", **model.predict(np.load(folder / "images.npy"), verbose=0))
+refusals = {}
+for format, name in json.loads(sys.argv[4]).items():
+    try:
+        export(model, folder / format / name, format)
+    except ValueError as error:
+        refusals[format] = str(error)
+(folder / "refusals.json").write_text(json.dumps(refusals))
+"""
+
+
+@pytest.fixture(scope="module", params=["jax", "torch"])
+def on_backend(request, tmp_path_factory):
+    """One tiny model per backend, built, predicted and exported to every format there."""
+    backend, folder = request.param, tmp_path_factory.mktemp(f"export_{request.param}")
+    images = uint8_batch(5, (32, 32, 3), seed=5)
+    np.save(folder / "images.npy", images)
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "KERASMTL_HOME": str(folder)}
+    arguments = [str(folder), json.dumps([t.to_dict() for t in TASKS]), json.dumps(TINY_TOWER), json.dumps(FILES)]
+    done = subprocess.run([sys.executable, "-c", EXPORT_ON_BACKEND, *arguments], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return backend, folder, images
+
+
+@pytest.mark.slow
+def test_jax_and_torch_exports_run_by_their_runtime_match_keras_there(on_backend):
+    from kerasmtl.serving import Predictor
+
+    backend, folder, images = on_backend
+    raw = dict(np.load(folder / "keras.npz"))
+    for format in WRITTEN[backend]:
+        print(backend, format, check_parity(raw, TASKS, format, folder / format / FILES[format], images))
+    if "onnx" in WRITTEN[backend]:  # the Predictor reads it as one exported on TensorFlow
+        served = Predictor(folder / "onnx" / FILES["onnx"]).run(images)
+        expected = expected_outputs(raw, TASKS, images)
+        assert all(np.abs(served[t.name] - expected[t.name]).max() <= 1e-5 for t in TASKS[:3])
+
+
+@pytest.mark.slow
+def test_jax_and_torch_refuse_what_keras_does_not_export_there_naming_the_backend(on_backend):
+    backend, folder, _ = on_backend
+    refusals = json.loads((folder / "refusals.json").read_text())
+    assert sorted(refusals) == REFUSED[backend]
+    for format, message in refusals.items():
+        assert message.startswith(f"{format} export on the {backend} backend: ") and "--backend tensorflow" in message
+        assert not (folder / format).exists()
