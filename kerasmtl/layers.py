@@ -59,7 +59,7 @@ class ImagePreprocessing(keras.layers.Layer):
             return x / 255.0
         if self.mode == "caffe":
             if channels == 3:
-                x = x[..., ::-1]
+                x = ops.concatenate([x[..., 2:], x[..., 1:2], x[..., :1]], axis=-1)  # BGR (torch has no ::-1)
                 return x - ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype="float32")
             return x - CAFFE_MEAN_BGR[1]
         if self.mode == "torch":

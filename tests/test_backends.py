@@ -196,3 +196,23 @@ def test_a_saved_model_keeps_jit_compile_as_compile_was_given():
     assert net.get_compile_config()["jit_compile"] == "auto"
     net.compile(jit_compile=False)
     assert net.get_compile_config()["jit_compile"] is False
+
+
+CAFFE = """
+import keras, numpy as np
+from kerasmtl.layers import ImagePreprocessing
+x = np.arange(24, dtype="float32").reshape(2, 2, 2, 3)
+print(keras.ops.convert_to_numpy(ImagePreprocessing("caffe")(x)).tolist())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caffe_preprocessing_gives_bgr_minus_the_imagenet_mean_on_every_backend(backend):
+    # ResNet50's and VGG16's input: the channels reversed, then the ImageNet BGR mean removed.
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", CAFFE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    x = np.arange(24, dtype="float64").reshape(2, 2, 2, 3)
+    expected = np.stack([x[..., 2] - 103.939, x[..., 1] - 116.779, x[..., 0] - 123.68], axis=-1)
+    np.testing.assert_allclose(np.array(json.loads(done.stdout.strip().splitlines()[-1])), expected, atol=1e-4)
