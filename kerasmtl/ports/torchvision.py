@@ -16,19 +16,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kerasmtl.towers.resnet import resnet_features
-from kerasmtl.towers.vgg import vgg16_features
+from kerasmtl.towers import create_tower
 
-_RESNETS = {
-    "resnet18": {"block": "basic", "blocks": (2, 2, 2, 2)},
-    "resnext50_32x4d": {
-        "block": "bottleneck",
-        "blocks": (3, 4, 6, 3),
-        "groups": 32,
-        "base_width": 4,
-    },
-}
-TORCHVISION_MODELS = tuple(_RESNETS) + ("vgg16",)
+#: The classifiers: torchvision-layout towers of `kerasmtl.towers` (``vgg16_features`` for
+#: VGG16) followed by torchvision's pooling and last layers.
+TORCHVISION_MODELS = ("resnet18", "resnext50_32x4d", "vgg16")
 
 
 def vgg16_classifier(num_classes=1000, dropout=0.5, prefix="classifier") -> list:
@@ -70,16 +62,13 @@ def torchvision_model(
     """
     if name not in TORCHVISION_MODELS:
         raise ValueError(f"name must be one of {TORCHVISION_MODELS}. Received: name={name!r}")
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
-    if name == "vgg16":
-        outputs = vgg16_features(inputs)
-        for layer in vgg16_classifier(num_classes):
-            outputs = layer(outputs)
-    else:
-        x = resnet_features(inputs, **_RESNETS[name])
-        x = layers.GlobalAveragePooling2D(name="avgpool")(x)
-        outputs = layers.Dense(num_classes, name="fc")(x)
-    model = keras.Model(inputs, outputs, name=name)
+    tower = create_tower("vgg16_features" if name == "vgg16" else name, tuple(input_shape))
+    x = tower.output
+    head = vgg16_classifier(num_classes) if name == "vgg16" else [
+        layers.GlobalAveragePooling2D(name="avgpool"), layers.Dense(num_classes, name="fc")]
+    for layer in head:
+        x = layer(x)
+    model = keras.Model(tower.input, x, name=name)
     if weights is not None:
         from kerasmtl.ports.torch_weights import load_torch_weights
 
