@@ -14,7 +14,7 @@ from keras import ops
 
 from kerasmtl import aggregation
 from kerasmtl.aggregation.options import check_gradient_options
-from kerasmtl.methods.base import LEVELS, GradientMethod, combination
+from kerasmtl.methods.base import LEVELS, GradientMethod, combination, named_class
 
 #: Other names of aggregators: ``rlw`` (random loss weighting) is ``random``.
 ALIASES = {"rlw": "random"}
@@ -100,16 +100,6 @@ class Aggregator(GradientMethod):
         return ops.cast(direction, "float32"), None, new_state, None
 
 
-def _named(class_name: str, kind: str, doc: str):
-    """A subclass of `Aggregator` fixed to ``kind``, registered under ``class_name``."""
-
-    def __init__(self, level: str | None = None, **options):
-        Aggregator.__init__(self, kind, level, **options)
-
-    cls = type(class_name, (Aggregator,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
-    return keras.saving.register_keras_serializable(package="kerasmtl")(cls)
-
-
 _DOC = "`Aggregator` ``{!r}``: ``{}(level='features', **options)`` (see `kerasmtl.aggregation`)."
 #: The class name of each aggregator.
 CLASS_NAMES = {
@@ -119,7 +109,7 @@ CLASS_NAMES = {
     "constant": "Constant", "krum": "Krum", "trimmed_mean": "TrimmedMean", "pcd": "PCD", "modo": "MoDo",
     "sdmgrad": "SDMGrad", "cr_mogm": "CRMOGM", "excess_mtl": "ExcessMTL",
 }
-NAMED = {kind: _named(cls, kind, _DOC.format(kind, cls)) for kind, cls in CLASS_NAMES.items()}
+NAMED = {kind: named_class(Aggregator, cls, kind, _DOC.format(kind, cls)) for kind, cls in CLASS_NAMES.items()}
 __all__ = ["ALIASES", "Aggregator", "NAMED", *CLASS_NAMES.values()]
 Mean, Sum, Random, RLW, PCGrad, MGDA = (NAMED[k] for k in ("mean", "sum", "random", "rlw", "pcgrad", "mgda"))
 CAGrad, IMTLG, AlignedMTL, UPGrad = (NAMED[k] for k in ("cagrad", "imtl_g", "aligned_mtl", "upgrad"))

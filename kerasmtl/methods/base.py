@@ -18,6 +18,7 @@ in those references, its traits as attributes the step reads instead of testing 
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -172,6 +173,17 @@ class GradientMethod(Method):
     def after_step(self, before, after, present, state) -> dict:
         """The new state from the global task losses before and after the update."""
         raise NotImplementedError
+
+
+def named_class(base: type, class_name: str, kind: str, doc: str) -> type:
+    """A subclass of ``base`` (`Aggregator`, `Scalarization`) fixed to the method ``kind``
+    (its constructor takes the rest of ``base``'s arguments), registered under ``class_name``."""
+
+    def __init__(self, *args, **options):
+        base.__init__(self, kind, *args, **options)
+
+    cls = type(class_name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": base.__module__})
+    return keras.saving.register_keras_serializable(package="kerasmtl")(cls)
 
 
 def combination(jacobian, weights):

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from kerasmtl import choices, scalarization
 from kerasmtl.aggregation.options import check_gradient_options
-from kerasmtl.methods.base import Method, plain
+from kerasmtl.methods.base import Method, named_class, plain
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
@@ -96,16 +96,8 @@ def _tasks(options) -> int:
     return 2
 
 
-def _named(class_name: str, kind: str):
-    def __init__(self, **options):
-        Scalarization.__init__(self, kind, **options)
-
-    doc = f"`Scalarization` ``{kind!r}`` (see `kerasmtl.scalarization.{kind}`)."
-    cls = type(class_name, (Scalarization,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
-    return keras.saving.register_keras_serializable(package="kerasmtl")(cls)
-
-
 #: The scalarizations that are methods by name (``kerasmtl.choices.SCALARIZATIONS``), with
 #: their classes (the other scalarizations' names belong to other methods).
-NAMED = {k: _named(c, k) for c, k in zip(("GeometricMean", "STCH", "PBI", "COSMOS", "IMTLL", "UW"), choices.SCALARIZATIONS)}
+NAMED = {k: named_class(Scalarization, c, k, f"`Scalarization` ``{k!r}`` (see `kerasmtl.scalarization.{k}`).")
+         for c, k in zip(("GeometricMean", "STCH", "PBI", "COSMOS", "IMTLL", "UW"), choices.SCALARIZATIONS)}
 GeometricMean, STCH, PBI, COSMOS, IMTLL, UW = NAMED.values()
