@@ -25,7 +25,8 @@ What the step handles:
 - ``tf.distribute``: the features Gramian (each replica holds other samples) or the
   parameters Jacobian (each replica holds a part of the same gradient) is summed over the
   replicas before the weights are computed, so every replica aggregates the global batch's
-  gradients and a step equals one device's. Random methods draw from a seed made of
+  gradients and a step equals one device's (on JAX's ``DataParallel`` the step sees the
+  global batch, and XLA sums over the devices). Random methods draw from a seed made of
   ``gradient_options["seed"]`` (default 0) and the step counter: the same draw on every
   replica. GradDrop at ``features`` level acts on each replica's own entries, with its own
   draws.

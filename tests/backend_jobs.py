@@ -238,7 +238,7 @@ def devices(folder: Path) -> None:
 
 #: ``(label, compile's method, level)`` of `devices`.
 DEVICE_METHODS = [("plain", None, None), ("dwa", "dwa", None), ("upgrad_features", "upgrad", "features"),
-                  ("upgrad_parameters", "upgrad", "parameters")]
+                  ("upgrad_parameters", "upgrad", "parameters"), ("cagrad_features", "cagrad", "features")]
 
 if __name__ == "__main__":
     {"run": run, "load": load, "methods": methods, "methods-load": methods_load, "devices": devices}[sys.argv[1]](

@@ -33,11 +33,19 @@ def normal(shape, seed, dtype):
 
 
 def host(function, *args):
-    """``function`` (NumPy on float64 arrays, returning one (m,) array) run on the host."""
+    """``function`` (NumPy on float64 arrays, returning one (m,) array) run on the host:
+    called directly on concrete arrays (the step of these methods is not compiled; a
+    callback would fail on arrays sharded by ``keras.distribution.DataParallel``), through
+    ``jax.pure_callback`` when traced."""
     dtype = args[0].dtype
-    out = jax.ShapeDtypeStruct(args[0].shape[:1], dtype)
-    return jax.pure_callback(lambda *a: np.asarray(function(*(np.asarray(v, np.float64) for v in a)), dtype), out,
-                             *args)
+
+    def call(*values):
+        return np.asarray(function(*(np.asarray(v, np.float64) for v in values)), dtype)
+
+    try:
+        return ops.convert_to_tensor(call(*args))
+    except jax.errors.TracerArrayConversionError:
+        return jax.pure_callback(call, jax.ShapeDtypeStruct(args[0].shape[:1], dtype), *args)
 
 
 def concrete() -> bool:
@@ -45,6 +53,8 @@ def concrete() -> bool:
 
 
 def replica_sum(value):
+    """``value``: under ``keras.distribution.DataParallel`` the step is one program over
+    the global batch, and XLA sums over the devices itself."""
     return value
 
 
