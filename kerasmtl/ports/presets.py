@@ -102,8 +102,19 @@ class PortSpec:
 
 
 def read_port_spec(name: str, entry: Mapping, recipe: Mapping) -> PortSpec:
-    """The `PortSpec` of one ``presets.yaml`` entry and its recipe (config keys in either
-    spelling, ``early-stopping`` or ``early_stopping``)."""
+    """The `PortSpec` of one ``presets.yaml`` entry.
+
+    Args:
+        name: the preset's name (the entry's key).
+        entry: its ``metadata``, ``tasks`` (groups of `kerasmtl.Task` fields, one task per
+            name of ``names``), ``input_shape``, ``model``, ``branches``, ``torch_key_map``
+            and ``backbone_skip``.
+        recipe: its recipe file's settings, keys in either spelling (``early-stopping`` or
+            ``early_stopping``).
+
+    Returns:
+        The spec, ready for `register_port`.
+    """
     tasks = tuple(Task.from_dict({"name": n, **{k: v for k, v in group.items() if k != "names"}})
                   for group in entry["tasks"] for n in group["names"])
     return PortSpec(name=name, **entry["metadata"], tasks=tasks, input_shape=tuple(entry["input_shape"]),
@@ -172,8 +183,17 @@ def create(name: str, input_shape=None, weights=None, backbone_weights=None, **o
 
 
 def build(spec: PortSpec, input_shape, **options) -> MultiTaskModel:
-    """The model of ``spec``: `ModelBuilder` with the preset's options (``options`` replace
-    them), or, for a preset with ``branches``, its tower, neck and branches as one graph."""
+    """The model of a preset.
+
+    Args:
+        spec: the preset.
+        input_shape: ``(H, W, C)`` of raw images.
+        **options: `kerasmtl.ModelBuilder` options replacing the preset's.
+
+    Returns:
+        `ModelBuilder`'s model, or, for a preset with ``branches``, its tower, neck and
+        branches as one functional `kerasmtl.MultiTaskModel`.
+    """
     options = {**spec.model, **options}
     neck = [_layer(u) if isinstance(u, Mapping) else u for u in options.pop("neck", ())]
     head = options.pop("head", "dense")
