@@ -46,7 +46,7 @@ def compile_model(
         optimizer: optimizer or its name.
         loss_weights: ``{task name: weight}``; tasks not named weigh 1. A float is baked
             into the traced train step; for weights that change during ``fit``, wrap the
-            model with `kerasmtl.callbacks.with_task_weighting` first: its ``compile``
+            model with `kerasmtl.with_task_weighting` first: its ``compile``
             copies these numbers into weight variables the model owns and saves (see
             `kerasmtl.callbacks.DynamicTaskWeights`).
         jit_compile: passed to `keras.Model.compile`.
@@ -57,10 +57,7 @@ def compile_model(
     """
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer)
-    if isinstance(model, MultiTaskModel):
-        unknown = sorted(set(loss_weights or {}) - {t.name for t in model.tasks})
-        if unknown:
-            raise ValueError(f"loss_weights names unknown task(s) {unknown}. Tasks: {[t.name for t in model.tasks]}")
+    if isinstance(model, MultiTaskModel):  # its loss weights refuse unknown tasks
         model.compile(optimizer=optimizer, loss_weights=loss_weights, jit_compile=jit_compile, **kwargs)
         return model
     names = [t.name for t in tasks]

@@ -44,7 +44,7 @@ def get(identifier, level: str | None = None, options: Mapping | None = None, ar
     Args:
         identifier: a `Method`, or one of `names`.
         level: a gradient method's level (None: ``"features"``, DB-MTL's ``"parameters"``).
-        options: a gradient method's options.
+        options: the method's options (its constructor's arguments).
         argument: the argument's name in error messages.
 
     Raises:
@@ -58,11 +58,8 @@ def get(identifier, level: str | None = None, options: Mapping | None = None, ar
         return identifier
     if not isinstance(identifier, str):
         raise TypeError(f"{argument} must be a kerasmtl.methods.Method or a method name. Received: {identifier!r}")
-    if identifier in WEIGHTINGS:
-        if options:
-            raise ValueError(f"The loss weighting {identifier} takes its options as an object, e.g. DWA(temperature=2). "
-                             f"Received: options={dict(options)!r}")
-        return WEIGHTINGS[identifier]()
+    if identifier in WEIGHTINGS:  # no gradient level
+        return WEIGHTINGS[identifier](**dict(options or {}))
     known = names() if argument == "method" else gradient_method_names()
     if identifier not in known:
         raise ValueError(f"{argument} must be one of {known}. Received: {argument}={identifier!r}")
