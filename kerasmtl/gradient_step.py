@@ -60,7 +60,6 @@ from keras import ops
 
 from kerasmtl import backends, choices, methods
 from kerasmtl.aggregation._core import F64, dtype_of, gramian, maximum
-from kerasmtl.losses import _global_present, presence_mask
 
 #: The values of ``compile(gradient_level=...)``.
 LEVELS = choices.GRADIENT_LEVELS
@@ -211,7 +210,6 @@ class GradientStep:
         self.model, self.multitask_method = model, method
         self.method, self.kind, self.level = method.name, method.kind, method.level
         self.options, self.seed = method.options, getattr(method, "seed", None)
-        self.kinds = {t.name: t.kind for t in model.tasks}
         try:
             self.forward, self.trunk = model.split_at_features()
             self.shared = self.trunk.trainable_variables
@@ -235,16 +233,8 @@ class GradientStep:
     # ------------------------------------------------------------------ losses
     def task_losses(self, y, y_pred, sample_weight):
         """Each task's loss, unweighted and times its loss weight, and the tasks present."""
-        model = self.model
-        names = [t.name for t in model.tasks]
-        values = model.compute_task_losses(y, y_pred, sample_weight)
-        y = by_output(y, names)
-        losses, present = [], []
-        for name, value, weight in zip(names, values, model.task_weighting.values()):
-            losses.append(value * ops.cast(weight, dtype_of(value)))
-            count = ops.sum(presence_mask(y[name], self.kinds[name]))
-            present.append(_global_present(count)[0] > 0)
-        return values, losses, ops.stack(present)
+        values = self.model.compute_task_losses(y, y_pred, sample_weight)
+        return values, self.model.weigh(values), self.model.present_tasks(y)
 
     @staticmethod
     def _global(values):
@@ -283,8 +273,8 @@ class GradientStep:
         scale = ops.cast(optimizer.scale_loss(ops.ones((), "float32")), "float32")
         parts = getattr(backend, "TaskGradients", TapeGradients)(self, x, y, sample_weight)
         losses, present = parts.losses, parts.present
-        model.record_task_losses(parts.values, ops.shape(keras.tree.flatten(parts.y_pred)[0])[0])
-        model.record_loss(ops.sum(ops.stack(losses + ([] if parts.extra is None else [parts.extra]))), x)
+        model.record_losses(parts.values, ops.sum(ops.stack(losses + ([] if parts.extra is None else [parts.extra]))),
+                            parts.y_pred)
         state = {} if self.state is None else self.state.read()
         totals = self._global(losses) if method.uses_losses else None
         factors = None if totals is None else method.loss_factors(totals, present, state)

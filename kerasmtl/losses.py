@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kerasmtl import backends
+
 #: The target of an absent class label (`kerasmtl.tasks` encodes it).
 MISSING_CLASS = -1
 
@@ -39,15 +41,10 @@ def _global_present(present):
     replicas so every replica divides by the same global count. Without a strategy (or
     on other backends) this is ``(present, 1)``.
     """
-    if keras.backend.backend() != "tensorflow":
+    backend = backends.current()
+    if backend.replicas() == 1:
         return present, 1.0
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return present, 1.0
-    total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(present))
-    return total, float(context.num_replicas_in_sync)
+    return backend.replica_sum(ops.stop_gradient(present)), float(backend.replicas())
 
 
 def _masked_mean(per_sample, mask):

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import ops
 
-from kerasmtl import methods
+from kerasmtl import backends, methods
 from kerasmtl.gradient_step import GradientState, GradientStep, by_output
 from kerasmtl.graph import layer_output, shared_representation
 from kerasmtl.heads import head_layers, neck_layers
@@ -68,58 +68,33 @@ def check_tasks(model: keras.Model, tasks: Sequence[Task]) -> None:
             )
 
 
-def replicas_in_sync() -> int:
-    """The number of replicas the current ``tf.distribute`` strategy runs the step on."""
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def unscale(value, replicas: int):
-    """A replica's share of a loss (Keras divides losses by the replica count) as the
-    whole batch's value."""
-    return value if replicas == 1 else ops.multiply(value, ops.cast(replicas, value.dtype))
-
-
 class ReplicaShareMean(keras.metrics.Mean):
-    """A loss tracker weighting each replica by an equal share of the global batch.
+    """A loss tracker for a replica's share of the global batch's loss (the total or a
+    task's: Keras's losses divide by the replica count).
 
-    A replica's loss (the total or a task's) is its (replica-scaled) share; weighting it by
-    its own part of the batch would misreport the loss when a batch splits unevenly
-    (5 images: 3 + 2).
+    It takes the share times the replica count as the batch's value and weights each
+    replica by an equal share of the global batch: weighting it by its own part of the
+    batch, as Keras's own ``loss`` tracker does, would misreport the loss when a batch
+    splits unevenly (5 images: 3 + 2).
     """
 
     def update_state(self, values, sample_weight=None):
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if sample_weight is not None and context is not None and context.num_replicas_in_sync > 1:
-            batch = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(sample_weight, "float32"))
-            sample_weight = batch / context.num_replicas_in_sync
+        backend = backends.current()
+        replicas = backend.replicas()
+        if replicas > 1:
+            values = ops.multiply(values, ops.cast(replicas, values.dtype))
+            if sample_weight is not None:
+                sample_weight = backend.replica_sum(ops.cast(sample_weight, "float32")) / replicas
         return super().update_state(values, sample_weight=sample_weight)
 
 
-def own_step() -> bool:
-    """Whether the model runs its own step (TensorFlow) rather than Keras's default one.
-
-    Keras's JAX and PyTorch trainers run the default ``train_step`` / ``test_step``, which
-    differentiate `MultiTaskModel.compute_loss` with ``jax.value_and_grad`` or
-    ``torch.autograd`` and update the ``loss`` tracker themselves.
-    """
-    return keras.backend.backend() == "tensorflow"
-
-
 class StepMetrics:
-    """The metrics the model's own step keeps: the total ``loss`` (on TensorFlow; Keras's
-    default step on the other backends keeps its own) and each task's unweighted
+    """The loss trackers the model keeps: the total ``loss`` and each task's unweighted
     ``<task>_loss`` (none with a single task, as Keras does)."""
 
     def __init__(self, names: Sequence[str]):
-        self.loss = ReplicaShareMean(name="loss") if own_step() else None
-        mean = ReplicaShareMean if own_step() else keras.metrics.Mean
-        self.tasks = [mean(name=f"{n}_loss") for n in names] if len(names) > 1 else []
+        self.loss = ReplicaShareMean(name="loss")
+        self.tasks = [ReplicaShareMean(name=f"{n}_loss") for n in names] if len(names) > 1 else []
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
@@ -395,19 +370,13 @@ class MultiTaskModel(UnevenBatchBuild):
 
     # ------------------------------------------------------------------ step
     @property
-    def loss_tracker(self) -> keras.metrics.Mean:
-        """The mean total loss of the epoch (``logs["loss"]``)."""
-        return next(m for m in self.metrics if m.name == "loss")
-
-    @property
     def metrics(self):
-        """The ``loss`` tracker, the compiled metrics, then each task's ``<task>_loss``."""
+        """The ``loss`` tracker, the compiled metrics, then each task's ``<task>_loss``: the
+        model's own `ReplicaShareMean` trackers, which `compute_loss` and the gradient step
+        update (Keras's default step also updates a ``loss`` tracker of its own, left out)."""
         step = getattr(self, "_step_metrics", None)
         if step is None:
             return super().metrics
-        if step.loss is None:  # Keras's default step updates Keras's own tracker
-            return [*super().metrics, *step.tasks]
-        # Keras's compile adds a "loss" tracker of its own, which this model's step replaces.
         compiled = [m for m in super().metrics if m.name != "loss"]
         return [step.loss, *compiled, *step.tasks]
 
@@ -421,34 +390,42 @@ class MultiTaskModel(UnevenBatchBuild):
             for n in names
         ]
 
-    def record_task_losses(self, values, batch_size) -> None:
-        """Adds each task's loss (`compute_task_losses`) to its ``<task>_loss`` metric."""
-        replicas = replicas_in_sync()
-        for metric, value in zip(self._step_metrics.tasks, values):
-            metric.update_state(unscale(value, replicas), sample_weight=batch_size)
+    def weigh(self, values) -> list:
+        """Each task's loss (`compute_task_losses`) times its loss weight."""
+        return [ops.multiply(v, ops.cast(w, v.dtype)) for v, w in zip(values, self.task_weighting.values())]
+
+    def record_losses(self, values, total, y_pred) -> None:
+        """Adds a step's ``total`` loss and each task's unweighted loss (``values``; this
+        replica's shares) to the ``loss`` and ``<task>_loss`` trackers, weighted by the
+        batch size."""
+        batch = ops.shape(keras.tree.flatten(y_pred)[0])[0]
+        step = self._step_metrics
+        for metric, value in zip([step.loss, *step.tasks], [total, *values]):
+            metric.update_state(value, sample_weight=batch)
 
     def regularization_loss(self):
         """The sum of ``model.losses`` (regularizers), this replica's share; None if none."""
         if not self.losses:
             return None
-        replicas = replicas_in_sync()
+        replicas = backends.current().replicas()
         terms = [ops.sum(ops.cast(v, "float32")) for v in self.losses]
         return ops.sum([t if replicas == 1 else ops.multiply(t, 1.0 / replicas) for t in terms])
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The total loss: each task's loss times its loss weight, plus ``model.losses``.
 
-        Each task's unweighted loss goes to its ``<task>_loss`` metric.
+        The total and each task's unweighted loss go to the ``loss`` and ``<task>_loss``
+        metrics.
         """
         del x, training
         values = self.compute_task_losses(y, y_pred, sample_weight)
-        self.record_task_losses(values, ops.shape(keras.tree.flatten(y_pred)[0])[0])
-        weights = self.task_weighting.values()
-        weighted = [ops.multiply(v, ops.cast(w, v.dtype)) for v, w in zip(values, weights)]
+        weighted = self.weigh(values)
         method = getattr(self, "method", None)
         total = sum(weighted) if method is None else method.total_loss(self, weighted, y)
         extra = self.regularization_loss()
-        return total if extra is None else ops.sum([total, extra])
+        total = total if extra is None else ops.sum([total, extra])
+        self.record_losses(values, total, y_pred)
+        return total
 
     def present_tasks(self, y):
         """Boolean ``(tasks,)``: the tasks with a labelled sample in the global batch."""
@@ -456,46 +433,15 @@ class MultiTaskModel(UnevenBatchBuild):
         counts = [ops.sum(presence_mask(y[t.name], t.kind)) for t in self._task_list]
         return ops.stack([_global_present(count)[0] > 0 for count in counts])
 
-    def record_loss(self, loss, x) -> None:
-        """Adds a step's total loss (this replica's share) to ``loss_tracker``, weighted by
-        the batch size of the inputs ``x``."""
-        batch = ops.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
-        self.loss_tracker.update_state(unscale(loss, replicas_in_sync()), sample_weight=batch)
-
     def train_step(self, *args):
-        """One optimizer step on the total loss (`compute_loss`), or the gradient method's.
-
-        On JAX and PyTorch, Keras's default step without a gradient method (``args`` is
-        ``(state, data)`` on JAX).
-        """
+        """Keras's default step on `compute_loss` after the method's ``before_step``, or
+        the gradient method's step (`kerasmtl.gradient_step`); ``args`` is Keras's:
+        ``(data)``, or ``(state, data)`` on JAX."""
         if self._gradient_step is not None:
             return self._gradient_step.train_step(*args)
-        if not own_step():
-            return super().train_step(*args)
-        (data,) = args
-        import tensorflow as tf
-
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if getattr(self, "method", None) is not None:
-            self.method.before_step(self, x, y, sample_weight)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
-            self.record_loss(loss, x)
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def test_step(self, *args):
-        if not own_step():
-            return super().test_step(*args)
-        (data,) = args
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self(x, training=False)
-        loss = self.compute_loss(x, y, y_pred, sample_weight, training=False)
-        self.record_loss(loss, x)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if self.method is not None:
+            self.method.before_step(self, *keras.utils.unpack_x_y_sample_weight(args[-1]))
+        return super().train_step(*args)
 
     def get_compile_config(self):
         config = super().get_compile_config()
