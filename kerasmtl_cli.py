@@ -954,16 +954,10 @@ def compare_methods(argv: Sequence[str] | None = None, prog: str | None = None) 
                        f"(default: {' '.join(DEFAULT_COMPARISON_METHODS)}); --static-weights apply to static and "
                        "the gradient methods, --method-options to every method but the loss weightings")
     config, extra = parse_config(parser, argv)
-    methods = list(extra.get("methods") or DEFAULT_COMPARISON_METHODS)
-    repeated = sorted({m for m in methods if methods.count(m) > 1})
-    if repeated:
-        parser.error(f"--methods names each method once. Received: {repeated} more than once")
-    if config.method or config.task_weighting or config.gradient_method:
-        parser.error("--methods sets each run's --method; leave those flags out (--method, --task-weighting, --gradient-method). "
-                     f"Received: method={config.method!r}, task_weighting={config.task_weighting!r}, "
-                     f"gradient_method={config.gradient_method!r}")
-    if config.model:
-        parser.error(f"compare-methods trains builder models (--base); a --model preset has fixed tasks. Received: --model {config.model}")
+    try:
+        methods = _choices.check_methods(extra.get("methods") or DEFAULT_COMPARISON_METHODS, config)
+    except ValueError as error:
+        parser.error(str(error))
     _environment(config.deterministic, config.backend)
     check_method_settings(parser, config, methods)
     from kerasmtl.method_comparison import run_method_comparison

@@ -95,3 +95,31 @@ def strategy_problem(strategy: str, backend: str) -> str | None:
     return (f"--strategy {strategy}: Keras 3's {backend} backend has no distribution (keras.distribution runs on JAX), "
             "so kerasmtl trains on one device there: use --strategy none, or --backend jax or tensorflow. "
             f"Received: --strategy {strategy}, --backend {backend}")
+
+
+def check_methods(methods, config) -> list[str]:
+    """The methods of a comparison (``kerasmtl compare-methods``), checked: known methods
+    (`METHODS`), each once, and a config that leaves the method to the comparison and
+    trains builder models.
+
+    Raises:
+        ValueError: naming the rule and the value received.
+    """
+    methods = list(methods)
+    if not methods:
+        raise ValueError("--methods needs at least one method. Received: none")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods takes the multi-task methods {list(METHODS)}. Received: {unknown}")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise ValueError(f"--methods names each method once. Received: {repeated} more than once")
+    if config.method or config.task_weighting or config.gradient_method:
+        raise ValueError("--methods sets each run's --method; leave those flags out (--method, --task-weighting, "
+                         "--gradient-method). "
+                         f"Received: method={config.method!r}, task_weighting={config.task_weighting!r}, "
+                         f"gradient_method={config.gradient_method!r}")
+    if config.model:
+        raise ValueError("the comparison trains builder models (--base): a --model preset has fixed tasks and "
+                         f"no single-task model of each. Received: --model {config.model}")
+    return methods

@@ -22,9 +22,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from kerasmtl import atomic, runs
+from kerasmtl import atomic, choices, runs
 from kerasmtl.data.settings import SPLITS
-from kerasmtl.methods import WEIGHTINGS, names
+from kerasmtl.methods import WEIGHTINGS
 from kerasmtl.plots import BAD, DPI, GOOD, NEUTRAL  # also selects matplotlib's headless backend
 from kerasmtl.runs import RunFolder
 from kerasmtl.tasks import Task
@@ -185,32 +185,6 @@ def plot_comparison(table: pd.DataFrame, tasks: Sequence[Task], path: str | Path
 
 
 # ----------------------------------------------------------------------- runs
-def check_methods(methods: Sequence[str], config) -> list[str]:
-    """The methods, checked: known loss weightings or gradient methods, each once, and a
-    config that leaves the method to the comparison.
-
-    Raises:
-        ValueError: naming the rule and the value received.
-    """
-    methods = list(methods)
-    if not methods:
-        raise ValueError("--methods needs at least one method. Received: none")
-    unknown = [m for m in methods if m not in names()]
-    if unknown:
-        raise ValueError(f"--methods takes the multi-task methods {list(names())}. Received: {unknown}")
-    repeated = sorted({m for m in methods if methods.count(m) > 1})
-    if repeated:
-        raise ValueError(f"--methods names each method once. Received: {repeated} more than once")
-    if config.method or config.task_weighting or config.gradient_method:
-        raise ValueError("--methods sets each run's method; leave out --method, --task-weighting and --gradient-method. "
-                         f"Received: method={config.method!r}, task_weighting={config.task_weighting!r}, "
-                         f"gradient_method={config.gradient_method!r}")
-    if config.model:
-        raise ValueError("the comparison trains builder models (--base): a --model preset has fixed tasks and "
-                         f"no single-task model of each. Received: --model {config.model}")
-    return methods
-
-
 def method_config(config, method: str, out: Path):
     """The config of one method's run: ``method`` as the loss weighting or the gradient
     method (with static loss weights, which ``--static-weights`` sets)."""
@@ -260,12 +234,12 @@ def run_method_comparison(config, methods: Sequence[str]) -> pd.DataFrame:
 
     Args:
         config: the training settings shared by every run (a `kerasmtl_cli.TrainConfig`).
-        methods: loss weightings and gradient methods (`check_methods`).
+        methods: loss weightings and gradient methods (`kerasmtl.choices.check_methods`).
 
     Returns:
         The `comparison_table`.
     """
-    methods = check_methods(methods, config)
+    methods = choices.check_methods(methods, config)
     resolve_recipe(config)  # unknown towers and pipelines fail before any data is read
     out = Path(config.out) if config.out else default_comparison_dir(config)
     with RunFolder.open(out, restart=config.restart) as folder:  # every run is a folder inside it
