@@ -111,9 +111,5 @@ CLASS_NAMES = {
 }
 NAMED = {kind: named_class(Aggregator, cls, kind, _DOC.format(kind, cls)) for kind, cls in CLASS_NAMES.items()}
 __all__ = ["ALIASES", "Aggregator", "NAMED", *CLASS_NAMES.values()]
-Mean, Sum, Random, RLW, PCGrad, MGDA = (NAMED[k] for k in ("mean", "sum", "random", "rlw", "pcgrad", "mgda"))
-CAGrad, IMTLG, AlignedMTL, UPGrad = (NAMED[k] for k in ("cagrad", "imtl_g", "aligned_mtl", "upgrad"))
-DualProj, ConFIG, NashMTL, GradVac, FairGrad, GradDrop = (
-    NAMED[k] for k in ("dualproj", "config", "nash_mtl", "gradvac", "fairgrad", "graddrop"))
-Constant, Krum, TrimmedMean, PCD = (NAMED[k] for k in ("constant", "krum", "trimmed_mean", "pcd"))
-MoDo, SDMGrad, CRMOGM, ExcessMTL = (NAMED[k] for k in ("modo", "sdmgrad", "cr_mogm", "excess_mtl"))
+(Mean, Sum, Random, RLW, PCGrad, MGDA, CAGrad, IMTLG, AlignedMTL, UPGrad, DualProj, ConFIG, NashMTL, GradVac, FairGrad,
+ GradDrop, Constant, Krum, TrimmedMean, PCD, MoDo, SDMGrad, CRMOGM, ExcessMTL) = NAMED.values()  # CLASS_NAMES' order
