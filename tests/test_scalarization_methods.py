@@ -15,6 +15,8 @@ from tests.test_gradient_training import LR, TASKS, assert_weights, batch, build
 
 def test_scalarization_names_are_the_command_lines():
     assert choices.SCALARIZATIONS == tuple(methods.SCALARIZATIONS)
+    assert all(methods.SCALARIZATIONS[n]().name == n for n in ("geometric_mean", "imtl_l", "uw"))  # no required option
+    assert set(choices.SCALARIZATIONS) <= set(scalarization.METHODS)
     assert isinstance(methods.get("stch", "features", {"mu": 0.1}), methods.STCH)  # the level does not apply
     with pytest.raises(ValueError, match=r"stch needs mu\. Received: mu=None"):
         methods.get("stch")
