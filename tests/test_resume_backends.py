@@ -112,6 +112,6 @@ def test_run_killed_on_tensorflow_continues_on_jax_close_to_an_uninterrupted_run
     pd.testing.assert_frame_equal(history, expected, check_exact=False, rtol=1e-3)
     final, reference = _variables(killed / "model.keras", "jax"), _variables(straight / "model.keras", "jax")
     assert final.keys() == reference.keys()
-    differences = {key: np.linalg.norm(final[key] - value) / max(np.linalg.norm(value), 1e-6) for key, value in reference.items()}
-    print(f"largest relative difference: {max(differences.values()):.2e}")  # pytest -rP shows it
-    assert max(differences.values()) <= 1e-3, differences
+    print(f"largest difference: {max(np.abs(final[k] - v).max() for k, v in reference.items()):.2e}")  # pytest -rP
+    for key, value in reference.items():  # atol: batch-norm offsets start at 0 and move by ~1e-2
+        np.testing.assert_allclose(final[key], value, rtol=1e-3, atol=1e-4, err_msg=key)
