@@ -78,6 +78,7 @@ def history(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_one_cycle_sets_each_steps_rate_and_momentum_as_pytorch(runs):
     backend, folder, done = runs
     epochs = history(folder / "run")
@@ -91,6 +92,7 @@ def test_one_cycle_sets_each_steps_rate_and_momentum_as_pytorch(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_early_stopping_stops_by_keras_rule_and_keeps_the_best_epochs_model(runs):
     backend, folder, _ = runs
     epochs = history(folder / "run")
@@ -135,6 +137,7 @@ def validation_losses(folder: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_calibrated_threshold_maximises_validation_f1_and_predict_uses_it(runs):
     backend, folder, _ = runs
     (gender,) = [t for t in json.loads((folder / "run" / "tasks.json").read_text()) if t["kind"] == "binary"]
@@ -155,6 +158,7 @@ def test_calibrated_threshold_maximises_validation_f1_and_predict_uses_it(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_lr_find_sweeps_its_range_and_suggests_a_rate_inside_it(runs):
     backend, folder, done = runs
     curve = list(csv.DictReader(open(folder / "lr-find" / "lr_find.csv")))
@@ -167,6 +171,7 @@ def test_lr_find_sweeps_its_range_and_suggests_a_rate_inside_it(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_training_runs_under_its_input_and_precision(runs):
     backend, folder, _ = runs
     config = yaml.safe_load((folder / "run" / "config.yaml").read_text())

@@ -84,6 +84,7 @@ def cli(tmp_path, strategies, *args):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_kerasmtl_train_strategy_mirrored_on_jax_matches_one_device(tmp_path):
     done = cli(tmp_path, "none,mirrored", "--sample-size", "40")
     assert done.returncode == 0, done.stderr[-4000:]

@@ -79,7 +79,8 @@ def _variables(path, backend):
         return dict(archive)
 
 
-@pytest.mark.slow  # three tiny training processes per backend
+@pytest.mark.slow
+@pytest.mark.long  # three tiny training processes per backend
 @pytest.mark.parametrize(("backend", "method"), [("jax", "dwa"), ("torch", "gradnorm")])
 def test_killed_run_resumes_bit_for_bit_on_jax_and_torch(tmp_path, labels, backend, method):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -100,7 +101,8 @@ def test_killed_run_resumes_bit_for_bit_on_jax_and_torch(tmp_path, labels, backe
     assert state["seed_generators"] == expected["seed_generators"] and state["random"] == expected["random"]
 
 
-@pytest.mark.slow  # three tiny training processes
+@pytest.mark.slow
+@pytest.mark.long  # three tiny training processes
 def test_run_killed_on_tensorflow_continues_on_jax_close_to_an_uninterrupted_run(tmp_path, labels):
     """The resume state written on TensorFlow loads on JAX. Conv heads (no dropout: each
     backend draws its own masks) and NumPy's augmentation make the runs comparable; the two
