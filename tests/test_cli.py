@@ -92,7 +92,8 @@ def test_yaml_values_that_pass_are_those_flags_would_give(tmp_path):
 def test_unknown_base_exits_2_listing_the_towers(capsys):
     from kerasmtl.towers import list_towers
 
-    assert cli.train(["--base", "not_a_tower"]) == 2
+    # --no-deterministic: this in-process call must not turn on op determinism for the tests after it
+    assert cli.train(["--base", "not_a_tower", "--no-deterministic"]) == 2
     err = capsys.readouterr().err
     assert "not_a_tower" in err and all(name in err for name in list_towers())
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
