@@ -137,7 +137,8 @@ def load(folder: Path) -> None:
 METHODS = [("plain", None, None, 1), ("dwa", "dwa", None, 3), ("uncertainty", "uncertainty", None, 1),
            ("upgrad_features", "upgrad", "features", 1), ("upgrad_parameters", "upgrad", "parameters", 1),
            ("pcgrad_features", "pcgrad", "features", 1), ("pcgrad_parameters", "pcgrad", "parameters", 1),
-           ("gradnorm", "gradnorm", "features", 2), ("famo", "famo", "features", 1)]
+           ("gradnorm", "gradnorm", "features", 2), ("famo", "famo", "features", 1),
+           ("geometric_mean", "geometric_mean", None, 1), ("imtl_l", "imtl_l", None, 1)]
 
 
 def tiny(weighting="static"):

@@ -161,11 +161,11 @@ def test_every_method_steps_alike_on_every_backend(method_runs, backend, label):
     for name in ("smiling", "point"):  # the same weights give the same outputs
         np.testing.assert_allclose(other[f"predict/{name}"], reference[f"predict/{name}"], rtol=1e-5, atol=1e-5)
     keys = [k for k in reference if k.startswith(f"{label}/")]
-    assert any("gradient_state" in k for k in keys) == (label in ("gradnorm", "famo"))
+    assert any("gradient_state" in k for k in keys) == (label in ("gradnorm", "famo", "imtl_l"))
     for key in keys:  # every variable after the step within 1e-4 of TensorFlow's (relative, in norm)
         after = reference[key]
         assert _relative(other[key] - after, after) <= 1e-4 if np.any(after) else not np.any(other[key]), key
-    learned = {"uncertainty": "log_variance", "dwa": "loss_weight", "gradnorm": "logits"}  # from 0 or 1
+    learned = {"uncertainty": "log_variance", "dwa": "loss_weight", "gradnorm": "logits", "imtl_l": "log_scale"}  # from 0 or 1
     if label in learned:  # the method learned its weights (the first step of each is the plain one)
         values = [reference[k] for k in keys if learned[label] in k]
         assert values and all(np.any((v != 0) & (v != 1)) for v in values), label

@@ -17,9 +17,9 @@ model's ``gradient_state`` layer, trained by the model's optimizer and saved wit
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from kerasmtl import choices, scalarization
+from kerasmtl import backends, choices, scalarization
 from kerasmtl.aggregation.options import check_gradient_options
 from kerasmtl.methods.base import Method, named_class, plain
 
@@ -49,7 +49,7 @@ class Scalarization(Method):
         options = check_gradient_options(name, options, scalarization.options(name))
         self.name, self.options = name, {k: plain(v) for k, v in options.items()}
         self.seed = self.options.pop("seed", 0) if name == "random" else None
-        scalarization.scalarize(name, tf.ones([_tasks(self.options)], tf.float32), **self._call_options(0))
+        scalarization.scalarize(name, ops.ones([_tasks(self.options)], "float32"), **self._call_options(0))
 
     stateful = property(lambda self: self.name in scalarization.LEARNED)
     random = property(lambda self: self.name == "random")
@@ -58,7 +58,7 @@ class Scalarization(Method):
     def _call_options(self, step):
         if self.seed is None:
             return dict(self.options)
-        return {**self.options, "seed": tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])}
+        return {**self.options, "seed": ops.stack([ops.convert_to_tensor(self.seed, "int64"), ops.cast(step, "int64")])}
 
     def get_config(self) -> dict:
         seed = {} if self.seed is None else {"seed": self.seed}
@@ -66,24 +66,22 @@ class Scalarization(Method):
         return {**named, **self.options, **seed}
 
     def initial_state(self, tasks: int, dims: int | None = None) -> dict:
-        return {k: tf.cast(v, tf.float32) for k, v in scalarization.initial_state(self.name, tasks).items()}
+        return {k: ops.cast(v, "float32") for k, v in scalarization.initial_state(self.name, tasks).items()}
 
     def total_loss(self, model, losses, y):
         state = model.gradient_state.read() if self.stateful else None
         step = model.optimizer.iterations if getattr(model, "optimizer", None) is not None else 0
-        return self.loss(tf.stack(losses), model.present_tasks(y), state, step=step)
+        return self.loss(ops.stack(losses), model.present_tasks(y), state, step=step)
 
     def loss(self, losses, present, state, *, step):
         """The scalar loss of this replica for its ``(tasks,)`` float32 task losses (its
         shares of the global batch's), the tasks ``present`` in the global batch and the
         state's values."""
-        context = tf.distribute.get_replica_context()
-        replicas = 1 if context is None else context.num_replicas_in_sync
-        total = tf.stop_gradient(losses)
-        if replicas > 1:
-            total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
+        backend = backends.current()
+        replicas = backend.replicas()
+        total = backend.replica_sum(ops.stop_gradient(losses))
         # the global losses' value, this replica's gradient: f(L + R (l - sg l)) / R
-        values = total + replicas * (losses - tf.stop_gradient(losses))
+        values = total + replicas * (losses - ops.stop_gradient(losses))
         state = state or None
         return scalarization.scalarize(self.name, values, present=present, state=state, **self._call_options(step)) / replicas
 
