@@ -4,6 +4,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,6 +51,7 @@ def test_every_marker_is_run_by_ci():
             assert "mark.slow" in before, f"{path.name}: a long test must also be marked slow"
 
 
+@pytest.mark.slow  # a pytest run in a subprocess, about 12 s
 def test_a_spent_time_budget_skips_the_tests_it_has_left():
     import os
     import subprocess

@@ -55,7 +55,7 @@ def weights_after_steps(steps=2, **compile_kwargs):
      {"gradient_method": "upgrad", "gradient_level": "parameters", "gradient_options": {"pref_vector": [1.0, 2.0, 3.0]}}),
     ("pcgrad", {"gradient_method": "pcgrad"}),
     (GradVac(level="parameters", seed=4), {"gradient_method": "gradvac", "gradient_level": "parameters", "gradient_options": {"seed": 4}}),
-    (FAMO(), {"gradient_method": "famo"}),
+    pytest.param(FAMO(), {"gradient_method": "famo"}, marks=pytest.mark.slow),  # about 14 s
 ])
 def test_a_method_object_steps_as_its_older_spelling(method, old):
     new = weights_after_steps(method=method)
