@@ -24,6 +24,7 @@ from kerasmtl import choices, distribute, methods, runs
 from kerasmtl.atomic import DiskFullError
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.callbacks import LRRangeTestResult, OneCycle, has_momentum, lr_range_test
+from kerasmtl.callbacks.interrupt import InterruptBetweenBatches
 from kerasmtl.callbacks.non_finite import NonFiniteLossError
 from kerasmtl.data import tfdata
 from kerasmtl.data.augment import list_pipelines, save_pipeline
@@ -480,10 +481,11 @@ def _train(run: RunFolder, config, recipe: Recipe, spec, strategy, subsets=None)
         print(f"Resuming {run.path} after epoch {initial_epoch} of {recipe.epochs}")
     if not session.trained:
         train_input, fit_kwargs = training_input(config, data, strategy, initial_epoch, recipe.augment_pipeline)
-        model.fit(
-            train_input, validation_data=data.val_data, epochs=recipe.epochs, initial_epoch=initial_epoch,
-            callbacks=callbacks + session.callbacks, verbose=recipe.verbose, **fit_kwargs,
-        )
+        with InterruptBetweenBatches() as interrupt:
+            model.fit(
+                train_input, validation_data=data.val_data, epochs=recipe.epochs, initial_epoch=initial_epoch,
+                callbacks=[interrupt, *callbacks, *session.callbacks], verbose=recipe.verbose, **fit_kwargs,
+            )
     session.raise_if_diverged()
     finish_run(run, data, model, calibrate_run(run, data, model, calibrate) if calibrate else None)
     session.mark_complete()
