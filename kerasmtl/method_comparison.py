@@ -25,7 +25,7 @@ import pandas as pd
 from kerasmtl import atomic, choices, runs
 from kerasmtl.data.settings import SPLITS
 from kerasmtl.methods import WEIGHTINGS
-from kerasmtl.plots import BAD, DPI, GOOD, NEUTRAL  # also selects matplotlib's headless backend
+from kerasmtl.plots import BAD, GOOD, NEUTRAL, _grid, _save
 from kerasmtl.runs import RunFolder
 from kerasmtl.tasks import Task
 from kerasmtl.workflow import check_dataset, default_run_dir, load_dataset, resolve_recipe, run_training, split_dataset
@@ -150,17 +150,11 @@ def comparison_markdown(table: pd.DataFrame, tasks: Sequence[Task], note: str = 
 def plot_comparison(table: pd.DataFrame, tasks: Sequence[Task], path: str | Path) -> Path:
     """One panel per task (each method's metric, the single-task baseline dashed) and one of
     Δm (green: better than the single-task runs, red: worse); written atomically."""
-    import matplotlib.pyplot as plt
-
     methods = [m for m in table.index if m != SINGLE_TASK]
     panels = [*tasks, None]
-    columns = min(3, len(panels))
-    rows = -(-len(panels) // columns)
-    height = 0.8 + 0.28 * len(table)
-    figure, axes = plt.subplots(rows, columns, squeeze=False, figsize=(4.2 * columns, height * rows), dpi=DPI,
-                                layout="constrained")
+    figure, axes = _grid(len(panels), 3, (4.2, 0.8 + 0.28 * len(table)))
     y = np.arange(len(table))[::-1]
-    for ax, task in zip(axes.flat, panels):
+    for ax, task in zip(axes, panels):
         if task is None:
             gains = table.loc[methods, DELTA_M].to_numpy(float)
             ax.barh(y[: len(methods)], np.nan_to_num(gains), color=[GOOD if g > 0 else BAD for g in gains])
@@ -174,14 +168,7 @@ def plot_comparison(table: pd.DataFrame, tasks: Sequence[Task], path: str | Path
         ax.axvline(table.loc[SINGLE_TASK, task.name], color="black", linestyle="--", linewidth=0.8)
         ax.set_yticks(y, list(table.index))
         ax.set_title(f"{task.name}: {metric_name(task).replace('mae', 'MAE')} ({'lower' if lower_is_better(task) else 'higher'} is better)")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    try:
-        with atomic.atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png", dpi=DPI)
-    finally:
-        plt.close(figure)
-    return Path(path)
+    return Path(_save(figure, path))
 
 
 # ----------------------------------------------------------------------- runs

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import font_manager, ft2font  # noqa: E402
 
+from kerasmtl import atomic  # noqa: E402
 from kerasmtl.evaluation.class_cap import capped, most_frequent  # noqa: E402
 from kerasmtl.landmarks import is_keypoint_task  # noqa: E402
 from kerasmtl.tasks import MISSING_CLASS, Task  # noqa: E402
@@ -128,14 +129,38 @@ def _panels(rows: int, columns: int, figsize, margins=(0.6, 0.2, 0.6, 0.5), gaps
     return figure, axes
 
 
+def _grid(count: int, columns: int, panel: tuple[float, float], figsize=None, **fixed):
+    """``(figure, axes)``: ``count`` panels, at most ``columns`` a row, the cells left over blank.
+
+    Args:
+        panel: ``(width, height)`` inches of one panel, which sizes the default ``figsize``.
+        **fixed: margins and gaps of `_panels` (a fixed layout); without them the layout is
+            constrained.
+
+    Returns:
+        The figure and its ``count`` panels' axes, row by row.
+    """
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    figsize = figsize or (panel[0] * columns, panel[1] * rows)
+    if fixed:
+        figure, axes = _panels(rows, columns, figsize, **fixed)
+    else:
+        figure = _new_figure(*figsize)
+        axes = figure.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return figure, axes.flat[:count]
+
+
 def _save(figure, path, replaced_names: bool = False) -> str:
-    """Writes ``figure`` to ``path`` and closes it; a note explains names drawn as their index
-    (``replaced_names``) or characters drawn as ``?``."""
+    """Writes ``figure`` to ``path`` atomically (`kerasmtl.atomic.atomic_path`) and closes it;
+    a note explains names drawn as their index (``replaced_names``) or characters drawn as ``?``."""
     if _drawable(figure) or replaced_names:
         figure.text(0.005, 0.003, UNDRAWABLE_NOTE, fontsize=7, color="dimgray", va="bottom")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        figure.savefig(path, dpi=DPI)
+        with atomic.atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=DPI)
     finally:
         plt.close(figure)
     return str(path)
@@ -158,11 +183,8 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
         task_names = [c[: -len("_loss")] for c in history.columns if c.endswith("_loss") and not c.startswith("val_")]
     epochs = history["epoch"] + 1 if "epoch" in history else pd.Series(range(1, len(history) + 1))
     panels = ["loss"] + list(task_names)
-    columns = min(4, len(panels))
-    rows = -(-len(panels) // columns)
-    figure = _new_figure(*(figsize or (4 * columns, 3 * rows)))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
+    figure, axes = _grid(len(panels), 4, (4, 3), figsize)
+    for ax, panel in zip(axes, panels):
         loss = "loss" if panel == "loss" else f"{panel}_loss"
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + loss in history:
@@ -180,8 +202,6 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, task_names=None
             twin.set_ylabel(metric, color="tab:orange")
             handles += twin.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="center right", fontsize="x-small", framealpha=0.6)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
     return _save(figure, path)
 
 
@@ -256,11 +276,9 @@ def plot_confusion_matrices(
     names = [n for n in _classified(tasks, reports) if "confusion_matrix" in reports[n] or "confusion_matrix_top" in reports[n]]
     if not names:
         raise ValueError(f"No report with a confusion matrix. Received reports for: {list(reports)}")
-    columns = max(1, min(columns, len(names)))
-    rows = -(-len(names) // columns)
-    figure, axes = _panels(rows, columns, figsize or (3.2 * columns, 3.0 * rows), margins=(0.8, 0.1, 0.7, 0.3), gaps=(0.9, 0.9))
+    figure, axes = _grid(len(names), columns, (3.2, 3.0), figsize, margins=(0.8, 0.1, 0.7, 0.3), gaps=(0.9, 0.9))
     replaced = False
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes, names):
         report, title = reports[name], f"{name} (acc {reports[name]['accuracy']:.2f})"
         every_class = [str(c) for c in report["classes"]]
         labels = _class_labels(every_class)
@@ -287,8 +305,6 @@ def plot_confusion_matrices(
         ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("true", fontsize=7)
         ax.set_title(title, fontsize=8)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
     return _save(figure, path, replaced_names=replaced)
 
 
@@ -433,11 +449,9 @@ def plot_label_distribution(
         figsize: inches; default 3.4 x 2.8 per panel.
     """
     tasks = list(tasks)
-    columns = max(1, min(columns, len(tasks)))
-    rows = -(-len(tasks) // columns)
-    figure, axes = _panels(rows, columns, figsize or (3.4 * columns, 2.8 * rows), margins=(0.5, 0.1, 0.8, 0.55), gaps=(0.55, 1.0))
+    figure, axes = _grid(len(tasks), columns, (3.4, 2.8), figsize, margins=(0.5, 0.1, 0.8, 0.55), gaps=(0.55, 1.0))
     replaced = False
-    for ax, task in zip(axes.flat, tasks):
+    for ax, task in zip(axes, tasks):
         values = np.asarray(targets[task.name])
         if task.kind == "regression":
             values = values.reshape(len(values), -1).astype(float)
@@ -468,8 +482,6 @@ def plot_label_distribution(
         missing = int(len(labels) - len(present))
         some = f"; top {len(shown)} of {len(task.classes)} classes" if len(shown) < len(task.classes) else ""
         ax.set_title(f"{task.name} (n={len(present)}" + (f", {missing} missing" if missing else "") + some + ")", fontsize=9)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.axis("off")
     figure.suptitle("Label distribution (dashed: uniform share)", fontsize=10)
     return _save(figure, path, replaced_names=replaced)
 
