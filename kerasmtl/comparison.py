@@ -70,19 +70,14 @@ def celeba_summary(tasks: Sequence[Task], targets: Mapping[str, np.ndarray], out
 def summary_rows(summary: dict) -> dict[str, float]:
     """The summary flattened to ``{row label: value}`` in table order."""
     rows = {}
-    for name, values in (summary.get("attributes") or {}).items():
-        rows[f"{name} accuracy"] = values["accuracy"]
     if summary.get("attributes"):
-        rows["mean accuracy"] = summary["mean_accuracy"]
-        rows["macro precision"] = summary["precision"]
-        rows["macro recall"] = summary["recall"]
-        rows["macro F1"] = summary["f1"]
+        rows = {f"{name} accuracy": values["accuracy"] for name, values in summary["attributes"].items()}
+        rows |= {"mean accuracy": summary["mean_accuracy"], "macro precision": summary["precision"],
+                 "macro recall": summary["recall"], "macro F1": summary["f1"]}
     if summary.get("landmarks"):
         landmarks = summary["landmarks"]
-        rows["landmarks MAE"] = landmarks["mae"]
-        rows["landmarks MSE"] = landmarks["mse"]
-        rows["landmarks RMSE"] = landmarks["rmse"]
-        rows["landmarks NME (inter-ocular)"] = landmarks["nme"]
+        rows |= {"landmarks MAE": landmarks["mae"], "landmarks MSE": landmarks["mse"], "landmarks RMSE": landmarks["rmse"],
+                 "landmarks NME (inter-ocular)": landmarks["nme"]}
     return rows
 
 

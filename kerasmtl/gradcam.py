@@ -47,9 +47,8 @@ def _outer_tensor(model: keras.Model, layer, attribute: str):
 
 
 def _score_tensor(model: keras.Model, output_name: str):
-    """(tensor to compute, Dense layer or None): the output layer's input if it is Dense."""
-    if output_name not in model.output_names:
-        raise ValueError(f"The model has no output named {output_name!r}. Its outputs: {model.output_names}")
+    """(tensor to compute, Dense layer or None): the output layer's input if it is Dense
+    (``output_name``: one of the model's outputs, which `GradCAM.many` checks)."""
     layer = model.get_layer(output_name)
     if isinstance(layer, keras.layers.Dense):
         return _outer_tensor(model, layer, "input"), layer
@@ -137,8 +136,7 @@ class GradCAM:
         else:
             if layer not in names:
                 raise ValueError(f"The model has no layer {layer!r}. Its layers: {names}")
-            chosen = model.get_layer(layer)
-            self.feature_tensor = _outer_tensor(model, chosen, "output")
+            self.feature_tensor = _outer_tensor(model, model.get_layer(layer), "output")
         if len(self.feature_tensor.shape) != 4:
             raise ValueError(
                 f"Grad-CAM needs a 4-D feature map (N, H, W, C). Received: layer {layer!r} with "

@@ -64,22 +64,20 @@ def write_figures(
     images = data.read_images(rows) if hasattr(data, "read_images") else np.asarray(data)[rows]
     if samples:
         shown = rows[:samples]
-        written.append(
-            plots.plot_sample_predictions(
-                images[:samples],
-                tasks,
-                {name: np.asarray(value)[shown] for name, value in outputs.items()},
-                out / FIGURES["samples"],
-                targets={name: np.asarray(value)[shown] for name, value in targets.items()},
-            )
-        )
+        written.append(plots.plot_sample_predictions(images[:samples], tasks, _rows(outputs, shown),
+                                                     out / FIGURES["samples"], targets=_rows(targets, shown)))
     if gradcam_images:
         written.append(write_gradcam(out / FIGURES["gradcam"], model, images[:gradcam_images], tasks,
-                                     {name: np.asarray(value)[rows[:gradcam_images]] for name, value in targets.items()}))
+                                     _rows(targets, rows[:gradcam_images])))
     labels = dataset_targets if dataset_targets is not None else targets
     written.append(plots.plot_label_distribution(labels, tasks, out / FIGURES["distribution"]))
     written.append(plots.plot_label_correlation(labels, tasks, out / FIGURES["correlation"]))
     return written
+
+
+def _rows(arrays: Mapping[str, np.ndarray], rows) -> dict[str, np.ndarray]:
+    """``{name: array[rows]}``: the images shown of each output's array."""
+    return {name: np.asarray(value)[rows] for name, value in arrays.items()}
 
 
 def write_gradcam(path, model: keras.Model, images, tasks: Sequence[Task], targets=None, layer: str | None = None) -> str:
@@ -100,13 +98,9 @@ def write_gradcam(path, model: keras.Model, images, tasks: Sequence[Task], targe
 
     heatmaps = GradCAM(model, layer).many(images, {task.name: task.kind for task in tasks})
     titles = None
-    if targets is not None:
-        titles = []
-        for i in range(len(images)):
-            parts = []
-            for task in tasks[:3]:
-                if task.kind != "regression":
-                    value = int(np.asarray(targets[task.name]).reshape(len(images), -1)[i, 0])
-                    parts.append(task.classes[value] if value != MISSING_CLASS else "?")
-            titles.append("\n".join(parts))
+    if targets is not None:  # the true classes of the first three outputs
+        labels = [(t, np.asarray(targets[t.name]).reshape(len(images), -1)[:, 0].astype(int)) for t in tasks[:3]
+                  if t.kind != "regression"]
+        titles = ["\n".join(t.classes[v[i]] if v[i] != MISSING_CLASS else "?" for t, v in labels)
+                  for i in range(len(images))]
     return plot_gradcam(images, heatmaps, path, titles=titles)

@@ -242,8 +242,8 @@ def task_report(
     per_class = skm.precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
     report = {
         "n": int(len(labels)),
-        "accuracy": float(skm.accuracy_score(labels, predicted)) if len(labels) else float("nan"),
-        "baseline_accuracy": float(np.mean(labels == baseline_class)) if len(labels) else float("nan"),
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "baseline_accuracy": float(np.mean(labels == baseline_class)),
         "baseline_class": task.classes[baseline_class],
         "precision": float(precision),
         "recall": float(recall),
