@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kerasmtl.data.errors import DataError
+from kerasmtl.data.errors import DataError, raise_problems
 from kerasmtl.data.settings import SPLITS
 from kerasmtl.tasks import Task
 
@@ -125,10 +125,8 @@ def _parse_rows(path: Path, names, rows: list[str], first_line: int, csv_format:
         ids.append(fields[0].strip())
         values.append(row)
         lines.append(number)
-    if malformed:
-        raise DataError(f"{path}: {len(malformed)} malformed line(s) (row = line number)", malformed)
-    if not_integers:
-        raise DataError(f"{path}: {len(not_integers)} value(s) are not integers (row = line number)", not_integers)
+    raise_problems(path, "malformed line(s) (row = line number)", malformed)
+    raise_problems(path, "value(s) are not integers (row = line number)", not_integers)
     return np.asarray(ids, dtype=object), np.asarray(values, dtype=np.int64).reshape(-1, n), np.asarray(lines, dtype=np.int64)
 
 
@@ -192,8 +190,7 @@ def _check_values(table: AnnotationFile, kind: str) -> None:
     duplicated = pd.Index(table.ids).duplicated()
     for r in np.nonzero(duplicated)[0]:
         problems.append((str(table.path), int(table.lines[r]), f"image id {table.ids[r]!r} is listed a second time"))
-    if problems:
-        raise DataError(f"{table.path}: {len(problems)} invalid value(s) (row = line number)", problems)
+    raise_problems(table.path, "invalid value(s) (row = line number)", problems)
 
 
 def read_annotation_file(path: str | os.PathLike, kind: str) -> AnnotationFile:
@@ -284,13 +281,11 @@ def celeba_tasks(attributes: Sequence[str] = CELEBA_ATTRIBUTES, landmarks: bool 
 def _lookup(table: AnnotationFile, ids: np.ndarray, partition: AnnotationFile, keep: np.ndarray) -> np.ndarray:
     """Rows of ``table`` for ``ids``; every id must be there."""
     position = pd.Index(table.ids).get_indexer(ids)
-    missing = np.nonzero(position < 0)[0]
-    if len(missing):
-        problems = [
-            (str(partition.path), int(partition.lines[keep[i]]), f"image {ids[i]!r} has no row in {table.path.name}")
-            for i in missing
-        ]
-        raise DataError(f"{table.path}: {len(missing)} image(s) of the partition file have no annotation row (row = line of the partition file)", problems)
+    problems = [
+        (str(partition.path), int(partition.lines[keep[i]]), f"image {ids[i]!r} has no row in {table.path.name}")
+        for i in np.nonzero(position < 0)[0]
+    ]
+    raise_problems(table.path, "image(s) of the partition file have no annotation row (row = line of the partition file)", problems)
     return table.values[position]
 
 
@@ -397,8 +392,7 @@ def image_paths(ids: Sequence[str], images: Path, source: AnnotationFile, lines:
         for i, line in zip(ids, lines)
         if os.path.basename(i) != i or i in (".", "..")
     ]
-    if problems:
-        raise DataError(f"{source.path}: {len(problems)} bad image id(s) (row = line number)", problems)
+    raise_problems(source.path, "bad image id(s) (row = line number)", problems)
     if len(ids):
         if not root.is_dir():
             raise DataError(f"{root}: image folder not found; it holds the aligned JPEGs listed in {source.path}.")
@@ -408,8 +402,7 @@ def image_paths(ids: Sequence[str], images: Path, source: AnnotationFile, lines:
             for i, line in zip(ids, lines)
             if i not in present
         ]
-        if problems:
-            raise DataError(f"{source.path}: {len(problems)} missing image(s) (row = line number)", problems)
+        raise_problems(source.path, "missing image(s) (row = line number)", problems)
     prefix = str(root) + os.sep
     return [prefix + i for i in ids]
 

@@ -19,3 +19,17 @@ class DataError(ValueError):
                 shown += f"\n  ... and {more} more"
             message = f"{message}\n{shown}"
         super().__init__(message)
+
+
+def raise_problems(source, what: str, problems) -> None:
+    """Raises a `DataError` headed ``"<source>: <number of problems> <what>"`` that lists
+    ``problems``; nothing when there are none. One pass collects every bad row before
+    raising, so a user fixes them all at once.
+
+    Args:
+        source: the file (or setting) the problems were found in.
+        what: what each problem is, e.g. ``"malformed line(s) (row = line number)"``.
+        problems: ``(file, row, reason)`` tuples.
+    """
+    if problems:
+        raise DataError(f"{source}: {len(problems)} {what}", problems)

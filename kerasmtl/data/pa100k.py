@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kerasmtl.data.errors import DataError
+from kerasmtl.data.errors import DataError, raise_problems
 from kerasmtl.data.label_csv import _safe_name
 from kerasmtl.data.settings import SPLITS
 from kerasmtl.tasks import Task
@@ -116,8 +116,7 @@ def read_annotation(path: str | os.PathLike) -> tuple[list[str], dict[str, tuple
             else:
                 seen[name] = f"{split}_images_name, row {i + 1}"
         splits[split] = (names, np.nan_to_num(numbers).astype(np.int64))
-    if problems:
-        raise DataError(f"{path}: {len(problems)} invalid value(s) (row = position in the split's lists, from 1)", problems)
+    raise_problems(path, "invalid value(s) (row = position in the split's lists, from 1)", problems)
     return attributes, splits
 
 
@@ -170,12 +169,11 @@ def load_pa100k(
     first = frame["image_id"].iloc[0] if len(frame) else None
     root = image_folder(folder, first).resolve()
     present = set(os.listdir(root))
-    absent = frame[~frame["image_id"].isin(present)]
-    if len(absent):
-        problems = [
-            (str(source), int(row), f"{split}_images_name: image file {str(root / name)!r} does not exist")
-            for name, split, row in absent[["image_id", "partition", "row"]].itertuples(index=False)
-        ]
-        raise DataError(f"{source}: {len(problems)} missing image(s) in {root} (row = position in the split's list)", problems)
+    absent = frame.loc[~frame["image_id"].isin(present), ["image_id", "partition", "row"]]
+    problems = [
+        (str(source), int(row), f"{split}_images_name: image file {str(root / name)!r} does not exist")
+        for name, split, row in absent.itertuples(index=False)
+    ]
+    raise_problems(source, f"missing image(s) in {root} (row = position in the split's list)", problems)
     frame.insert(1, "path", [str(root / name) for name in frame["image_id"]])
     return frame.drop(columns="row"), pa100k_tasks(attributes, **task_options)

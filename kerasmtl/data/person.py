@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kerasmtl.data.errors import DataError
+from kerasmtl.data.errors import DataError, raise_problems
 from kerasmtl.data.label_csv import read_csv_rows
 from kerasmtl.data.validate import find_duplicates, resolve_image_paths
 from kerasmtl.tasks import Task
@@ -44,8 +44,20 @@ def hvc_tasks() -> list[Task]:
     return [Task(name, "binary" if len(classes) == 2 else "multiclass", classes) for name, classes in HVC_CLASSES.items()]
 
 
-def _read_hvc_table(csv_path: Path) -> tuple[pd.DataFrame, list[tuple]]:
-    """Reads an hvc CSV; file-level problems raise, row-level ones are returned."""
+def scan_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task], list[tuple]]:
+    """Reads a person-attributes folder without stopping at bad rows.
+
+    For a check of the whole dataset before training (`kerasmtl.data.validate`):
+    file-level problems still raise, but row-level ones are returned so that all of
+    them can be listed, or the rows left out.
+
+    Returns:
+        ``(table, tasks, problems)``: the rows with the right number of fields, an
+        absolute ``path`` column (not yet checked: it may lie outside the folder or
+        not exist), the tasks, and the ``(file, row, reason)`` problems found.
+    """
+    folder = Path(folder)
+    csv_path = folder / ANNOTATIONS
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: annotations file not found (expected {ANNOTATIONS}).")
     header, rows, lines, problems = read_csv_rows(csv_path, expected=f"a header {','.join(HVC_COLUMNS)}")
@@ -64,33 +76,13 @@ def _read_hvc_table(csv_path: Path) -> tuple[pd.DataFrame, list[tuple]]:
     frame["csv_line"] = np.asarray(lines, dtype=np.int64)
     for column, classes in HVC_CLASSES.items():
         bad = frame.loc[~frame[column].isin(classes), [column, "csv_line"]]
-        for value, line in bad.itertuples(index=False):
-            problems.append(
-                (str(csv_path), int(line), f"column {column!r}: label {value!r} is not one of {list(classes)}")
-            )
+        problems += [(str(csv_path), int(line), f"column {column!r}: label {value!r} is not one of {list(classes)}")
+                     for value, line in bad.itertuples(index=False)]
     empty_paths = frame.loc[frame["image_path"] == "", "csv_line"]
     problems += [(str(csv_path), int(line), "column 'image_path' is empty") for line in empty_paths]
     named = frame["image_path"].map(lambda p: os.path.normpath(p) if p else None)
     problems += find_duplicates(named.tolist(), frame["csv_line"].tolist(), frame[list(HVC_CLASSES)], str(csv_path))
     problems.sort(key=lambda p: p[1])
-    return frame, problems
-
-
-def scan_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task], list[tuple]]:
-    """Reads a person-attributes folder without stopping at bad rows.
-
-    For a check of the whole dataset before training (`kerasmtl.data.validate`):
-    file-level problems still raise, but row-level ones are returned so that all of
-    them can be listed, or the rows left out.
-
-    Returns:
-        ``(table, tasks, problems)``: the rows with the right number of fields, an
-        absolute ``path`` column (not yet checked: it may lie outside the folder or
-        not exist), the tasks, and the ``(file, row, reason)`` problems found.
-    """
-    folder = Path(folder)
-    csv_path = folder / ANNOTATIONS
-    frame, problems = _read_hvc_table(csv_path)
     root = folder.resolve()
     frame["path"] = [str(root / p) for p in frame["image_path"]]
     return frame, hvc_tasks(), problems
@@ -105,10 +97,8 @@ def load_hvc(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[Task]]:
             `HVC_CLASSES`, an empty path, an image listed twice, a path outside the folder,
             a missing image) or a missing, empty or bad CSV header.
     """
-    folder = Path(folder)
-    csv_path = folder / ANNOTATIONS
-    frame, problems = _read_hvc_table(csv_path)
-    if problems:
-        raise DataError(f"{csv_path}: {len(problems)} invalid value(s) (row = CSV line number)", problems)
+    frame, tasks, problems = scan_hvc(folder)
+    csv_path = Path(folder) / ANNOTATIONS
+    raise_problems(csv_path, "invalid value(s) (row = CSV line number)", problems)
     frame["path"] = resolve_image_paths(frame["image_path"], folder, csv_path, frame["csv_line"])
-    return frame, hvc_tasks()
+    return frame, tasks

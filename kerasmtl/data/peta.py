@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.preprocessing import MultiLabelBinarizer
 
-from kerasmtl.data.errors import DataError
+from kerasmtl.data.errors import DataError, raise_problems
 from kerasmtl.data.settings import PETA_ATTRIBUTE_SETS
 from kerasmtl.data.validate import IMAGE_SUFFIXES
 from kerasmtl.tasks import Task
@@ -126,12 +127,8 @@ def read_labels(path: str | os.PathLike, subset: str) -> list[Person]:
             continue
         first[person] = number
         persons.append(Person(subset, number, person, tuple(names)))
-    if problems:
-        raise DataError(
-            f"{path}: {len(problems)} invalid line(s) (row = line number); a line is a person id and the PETA "
-            f"attributes that hold, e.g. '0001 personalLess30 personalMale lowerBodyJeans'",
-            problems,
-        )
+    raise_problems(path, "invalid line(s) (row = line number); a line is a person id and the PETA attributes that "
+                   "hold, e.g. '0001 personalLess30 personalMale lowerBodyJeans'", problems)
     return persons
 
 
@@ -160,8 +157,7 @@ def match_images(folder: Path, persons: Sequence[Person], source: Path) -> list[
             problems.append((str(source), person.line, f"person id {person.id!r} has no image in {folder} "
                              f"(expected {person.id}.<ext> or {person.id}_<anything>.<ext>)"))
         images.append(sorted(found))
-    if problems:
-        raise DataError(f"{source}: {len(problems)} person(s) without an image (row = line number)", problems)
+    raise_problems(source, "person(s) without an image (row = line number)", problems)
     return images
 
 
@@ -243,15 +239,9 @@ def load_peta(
     columns = list(PETA_35) + [a for a in KNOWN_ATTRIBUTES if a in holding and a not in PETA_35]
     partition = split_persons([len(found) for found in images], seed)
     rows = [(path, p.subset, p.id, part) for p, found, part in zip(persons, images, partition) for path in found]
-    frame = pd.DataFrame(rows, columns=list(INFO_COLUMNS))
-    labels = np.zeros((len(rows), len(columns)), dtype=np.int64)
-    position = {a: i for i, a in enumerate(columns)}
-    row = 0
-    for person, found in zip(persons, images):
-        for attribute in person.attributes:
-            labels[row:row + len(found), position[attribute]] = 1
-        row += len(found)
-    frame = pd.concat([frame, pd.DataFrame(labels, columns=columns)], axis=1)
+    held = [p.attributes for p, found in zip(persons, images) for _ in found]  # the attributes of each image
+    labels = MultiLabelBinarizer(classes=columns).fit_transform(held)
+    frame = pd.concat([pd.DataFrame(rows, columns=list(INFO_COLUMNS)), pd.DataFrame(labels, columns=columns)], axis=1)
     if limit is not None:
         frame = frame.groupby("partition", sort=False).head(limit).reset_index(drop=True)
     return frame, peta_tasks(_attribute_set(attributes, columns), **task_options)

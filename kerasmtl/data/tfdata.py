@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kerasmtl.data.errors import DataError
+from kerasmtl.data.errors import raise_problems
 from kerasmtl.data.generator import epoch_order
 
 #: What ``tf.io.decode_image`` reads (Pillow's format names); `file_dataset` refuses other files.
@@ -285,12 +285,8 @@ def file_orientations(paths: Sequence[str]) -> np.ndarray:
         if kind not in TF_IMAGE_FORMATS:
             problems.append((str(path), i + 1, f"is {kind}; tf.io decodes {', '.join(TF_IMAGE_FORMATS)}"))
         orientations[i] = orientation if 1 <= orientation <= 8 else 1
-    if problems:
-        raise DataError(
-            f"--input files decodes images with tf.io: {len(problems)} image(s) of the training split are in a format "
-            "it does not read; convert them, or use --input generator (OpenCV / Pillow)",
-            problems,
-        )
+    raise_problems("--input files decodes images with tf.io", "image(s) of the training split are in a format it does "
+                   "not read; convert them, or use --input generator (OpenCV / Pillow)", problems)
     return orientations
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kerasmtl.atomic import write_json
-from kerasmtl.data.errors import DataError
+from kerasmtl.data.errors import DataError, raise_problems
 from kerasmtl.paths import home
 from kerasmtl.serving import to_uint8
 from kerasmtl.tasks import Task, is_missing
@@ -169,8 +169,7 @@ def resolve_image_paths(paths: Sequence, folder: str | os.PathLike, source, rows
     rows = [int(r) for r in rows]
     problems, resolved = find_path_problems(list(paths), rows, str(source), folder)
     problems += [Problem(str(source), r, missing_file(p, p)) for p, r in zip(resolved, rows) if p and not os.path.isfile(p)]
-    if problems:
-        raise DataError(f"{source}: {len(problems)} bad image path(s)", sorted(problems, key=lambda p: p.row))
+    raise_problems(source, "bad image path(s)", sorted(problems, key=lambda p: p.row))
     return resolved
 
 
@@ -324,12 +323,9 @@ class ValidationReport:
     def accept(self, skip_bad: bool = False) -> pd.DataFrame:
         """The table to train on; raises `DataError` listing every problem unless
         ``skip_bad`` (leave the rejected rows out), and when no row is left."""
-        if self.problems and not skip_bad:
-            raise DataError(
-                f"{self.source}: {len(self.problems)} of {self.checked} row(s) cannot be used "
-                "(fix them, or pass --skip-bad to train without them)",
-                self.problems,
-            )
+        if not skip_bad:
+            what = f"of {self.checked} row(s) cannot be used (fix them, or pass --skip-bad to train without them)"
+            raise_problems(self.source, what, self.problems)
         if self.frame.empty:
             raise DataError(f"{self.source}: no usable row is left out of {self.checked}", self.problems)
         return self.frame
