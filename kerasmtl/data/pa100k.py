@@ -125,10 +125,7 @@ def image_folder(folder: str | os.PathLike, first: str | None = None) -> Path:
     (an image name), else the first that exists."""
     folder = Path(folder)
     candidates = [folder / name for name in IMAGE_FOLDERS if (folder / name).is_dir()]
-    for candidate in candidates:
-        if first is not None and (candidate / first).is_file():
-            return candidate
-    return candidates[0]
+    return next((c for c in candidates if first is not None and (c / first).is_file()), candidates[0])
 
 
 def load_pa100k(

@@ -80,10 +80,15 @@ def _split_for_replicas(dataset: tf.data.Dataset, replicas: int) -> tf.data.Data
     return dataset.flat_map(split)
 
 
-def _epochs(initial_epoch: int, repeat: bool) -> tf.data.Dataset:
+def _read_epochs(initial_epoch: int, repeat: bool, items, load) -> tf.data.Dataset:
+    """``load(epoch, item)`` for every item of ``items(epoch)`` (a 1-D int64 tensor: batch or
+    row indices), epoch after epoch, read in parallel and yielded in order."""
     if repeat:
-        return tf.data.Dataset.counter(int(initial_epoch), dtype=tf.int64)
-    return tf.data.Dataset.from_tensors(tf.constant(int(initial_epoch), tf.int64))
+        epochs = tf.data.Dataset.counter(int(initial_epoch), dtype=tf.int64)
+    else:
+        epochs = tf.data.Dataset.from_tensors(tf.constant(int(initial_epoch), tf.int64))
+    dataset = epochs.flat_map(lambda e: tf.data.Dataset.from_tensor_slices(items(e)).map(lambda i: (e, i)))
+    return dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def _finish(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
@@ -166,11 +171,7 @@ def generator_dataset(
         return tf.nest.pack_sequence_as(specs, values)
 
     indices = tf.constant(batches)
-    dataset = _epochs(initial_epoch, repeat).flat_map(
-        lambda e: tf.data.Dataset.from_tensor_slices(indices).map(lambda i: (e, i))
-    )
-    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(dataset, replicas)
+    return _finish(_read_epochs(initial_epoch, repeat, lambda epoch: indices, load), replicas)
 
 
 # ------------------------------------------------------------------ augmentation
@@ -412,15 +413,12 @@ def file_dataset(
     def epoch_rows(epoch):
         rows = tf.numpy_function(rows_of, [epoch], tf.int64, stateful=False)
         rows.set_shape((None,))
-        return tf.data.Dataset.from_tensor_slices(rows).map(lambda row: (epoch, row))
+        return rows
 
     # One pipeline across epochs (a parallel map restarted every epoch would stall at each
     # epoch's end); every epoch holds the same batch sizes, the last one possibly short.
-    rows_per_epoch = sum(len(range(b * batch_size, min((b + 1) * batch_size, num_rows))) for b in batches)
-    sizes = [batch_size] * (rows_per_epoch // batch_size) + ([rows_per_epoch % batch_size] if rows_per_epoch % batch_size else [])
-    dataset = _epochs(initial_epoch, repeat).flat_map(epoch_rows)
-    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(1).rebatch(np.asarray(sizes, dtype=np.int64))
+    sizes = [min(batch_size, num_rows - b * batch_size) for b in batches]  # only the last batch can be short
+    dataset = _read_epochs(initial_epoch, repeat, epoch_rows, load).batch(1).rebatch(np.asarray(sizes, dtype=np.int64))
     if augment is not None:
         dataset = dataset.map(_copies_last)
     return _finish(dataset, replicas)
