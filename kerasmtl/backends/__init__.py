@@ -1,13 +1,15 @@
 """What differs between Keras's backends, one small module each (`tensorflow`, `jax`,
 `torch`): seeded random draws that a compiled step can take from a traced seed, NumPy
 called from inside a step (`host`), sums over ``tf.distribute`` replicas, and the train
-step's task gradients (`kerasmtl.gradient_step`).
+step's task gradients (`kerasmtl.gradient_step`). The functions below are the defaults a
+backend's module imports where it has nothing of its own.
 
 Everything else in the package is written with ``keras.ops``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import keras
@@ -26,3 +28,27 @@ def wide_float() -> str:
 
         return "float64" if jax.config.jax_enable_x64 else "float32"
     return "float64"
+
+
+def concrete() -> bool:
+    """Whether values can be read now (TensorFlow's traced graphs cannot)."""
+    return True
+
+
+def replicas() -> int:
+    return 1
+
+
+def replica_sum(value):
+    """``value`` summed over the replicas: itself on one (under JAX's
+    ``keras.distribution.DataParallel`` the step is one program over the global batch, and
+    XLA sums over the devices itself)."""
+    return value
+
+
+def applying():
+    return contextlib.nullcontext()
+
+
+def train_step(step, data):
+    return step(data)

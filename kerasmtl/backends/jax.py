@@ -3,12 +3,12 @@ the task gradients of the train step from ``jax.vjp``."""
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import keras
 import numpy as np
 from keras import ops
+
+from kerasmtl.backends import applying, concrete, replica_sum, replicas  # noqa: F401  (the defaults)
 
 
 def _key(seed):
@@ -46,24 +46,6 @@ def host(function, *args):
         return ops.convert_to_tensor(call(*args))
     except jax.errors.TracerArrayConversionError:
         return jax.pure_callback(call, jax.ShapeDtypeStruct(args[0].shape[:1], dtype), *args)
-
-
-def concrete() -> bool:
-    return True
-
-
-def replica_sum(value):
-    """``value``: under ``keras.distribution.DataParallel`` the step is one program over
-    the global batch, and XLA sums over the devices itself."""
-    return value
-
-
-def replicas() -> int:
-    return 1
-
-
-def applying():
-    return contextlib.nullcontext()
 
 
 def train_step(step, state, data):

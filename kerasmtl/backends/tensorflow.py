@@ -3,10 +3,10 @@ the task gradients of the train step from one persistent ``tf.GradientTape``."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import tensorflow as tf
+
+from kerasmtl.backends import applying, train_step  # noqa: F401  (the defaults)
 
 
 def _seed(seed):
@@ -65,11 +65,3 @@ def gradient(tape, targets, sources, seeds=None):
     """The gradients of ``targets`` (a list), each times its ``seeds`` entry, summed, for
     ``sources`` (variables or tensors; None where unconnected)."""
     return tape.gradient(targets, sources, output_gradients=seeds)
-
-
-def applying():
-    return contextlib.nullcontext()
-
-
-def train_step(step, data):
-    return step(data)
