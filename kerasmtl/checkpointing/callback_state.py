@@ -6,67 +6,48 @@ from collections.abc import Iterable, Mapping
 
 import keras
 
+#: The counters of Keras's own callbacks that keep them across epochs, by class (``best``
+#: a float or None, the others ints; ``ReduceLROnPlateau``'s rate itself is an optimizer
+#: variable, restored with the weights).
+KERAS_CALLBACK_STATE = {
+    keras.callbacks.EarlyStopping: ("wait", "stopped_epoch", "best", "best_epoch"),
+    keras.callbacks.ReduceLROnPlateau: ("wait", "cooldown_counter", "best"),
+}
 
-def _number(value):
-    return None if value is None else float(value)
 
+class _KerasCallbackState:
+    """The state of one of Keras's own callbacks: its `KERAS_CALLBACK_STATE` counters, and
+    ``EarlyStopping``'s best weights with ``restore_best_weights`` (``get_arrays``)."""
 
-class _EarlyStoppingState:
-    """``keras.callbacks.EarlyStopping``: its counters, and with ``restore_best_weights``
-    the best weights (``get_arrays``)."""
-
-    def __init__(self, callback: keras.callbacks.EarlyStopping):
-        self.callback = callback
+    def __init__(self, callback: keras.callbacks.Callback, names: tuple[str, ...]):
+        self.callback, self.names = callback, names
 
     def get_state(self) -> dict:
-        c = self.callback
-        return {"wait": int(c.wait), "stopped_epoch": int(c.stopped_epoch), "best": _number(c.best), "best_epoch": int(c.best_epoch)}
+        values = {name: getattr(self.callback, name) for name in self.names}
+        return {name: None if v is None else float(v) if name == "best" else int(v) for name, v in values.items()}
 
     def set_state(self, state: Mapping) -> None:
-        c = self.callback
-        c.wait, c.stopped_epoch, c.best, c.best_epoch = state["wait"], state["stopped_epoch"], state["best"], state["best_epoch"]
+        for name in self.names:
+            setattr(self.callback, name, state[name])
 
     def get_arrays(self) -> list | None:
-        return self.callback.best_weights
+        return getattr(self.callback, "best_weights", None)
 
     def set_arrays(self, arrays: list) -> None:
         self.callback.best_weights = arrays
 
 
-class _PlateauState:
-    """``keras.callbacks.ReduceLROnPlateau`` (the rate itself is an optimizer variable,
-    restored with the weights)."""
-
-    def __init__(self, callback: keras.callbacks.ReduceLROnPlateau):
-        self.callback = callback
-
-    def get_state(self) -> dict:
-        c = self.callback
-        return {"wait": int(c.wait), "cooldown_counter": int(c.cooldown_counter), "best": _number(c.best)}
-
-    def set_state(self, state: Mapping) -> None:
-        c = self.callback
-        c.wait, c.cooldown_counter, c.best = state["wait"], state["cooldown_counter"], state["best"]
-
-
-#: State adapters for Keras's own callbacks that keep counters across epochs.
-KERAS_CALLBACK_STATE = {
-    keras.callbacks.EarlyStopping: _EarlyStoppingState,
-    keras.callbacks.ReduceLROnPlateau: _PlateauState,
-}
-
-
 def state_holders(objects: Iterable) -> dict[str, object]:
     """``{"<class>-<n>": object}`` for the objects that have ``get_state`` and ``set_state``
-    (or a `KERAS_CALLBACK_STATE` adapter); others are left out."""
+    (or a `KERAS_CALLBACK_STATE` entry); others are left out."""
     holders, counts = {}, {}
     for obj in objects:
         holder = obj
         if not (callable(getattr(obj, "get_state", None)) and callable(getattr(obj, "set_state", None))):
-            adapter = next((a for kind, a in KERAS_CALLBACK_STATE.items() if isinstance(obj, kind)), None)
-            if adapter is None:
+            names = next((n for kind, n in KERAS_CALLBACK_STATE.items() if isinstance(obj, kind)), None)
+            if names is None:
                 continue
-            holder = adapter(obj)
+            holder = _KerasCallbackState(obj, names)
         name = type(obj).__name__
         counts[name] = counts.get(name, 0) + 1
         holders[f"{name}-{counts[name] - 1}"] = holder
