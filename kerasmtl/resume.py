@@ -17,7 +17,7 @@ import keras
 
 from kerasmtl.callbacks.best_model import BestModelCheckpoint
 from kerasmtl.callbacks.checkpoint import ResumeCheckpoint
-from kerasmtl.callbacks.non_finite import NonFiniteLossError, StopOnNonFiniteLoss
+from kerasmtl.callbacks.non_finite import StopOnNonFiniteLoss
 from kerasmtl.checkpointing.state import ResumeError, check_fingerprint, read_state
 from kerasmtl.runs import BEST_MODEL, HISTORY, RESUME, RunFolder
 
@@ -33,7 +33,6 @@ __all__ = [
     "DATA_KEY",
     "IGNORED_FIELDS",
     "TrainingInterrupted",
-    "NonFiniteLossError",
     "ResumableRun",
     "ResumeError",
     "config_fingerprint",
