@@ -100,6 +100,17 @@ def plain_grouped_convolutions():
         nn.conv = original
 
 
+def _on_variable(operation: str, reflected: bool = False):
+    """An arithmetic method of `ScheduledFloat`: ``keras.ops.<operation>`` of its variable
+    and the other operand (with ``reflected``, the other operand first, as ``__radd__``)."""
+
+    def method(self, other):
+        function = getattr(keras.ops, operation)
+        return function(other, self.variable) if reflected else function(self.variable, other)
+
+    return method
+
+
 class ScheduledFloat(float):
     """A float for Python-side checks whose value inside a TensorFlow step is a variable.
 
@@ -125,35 +136,11 @@ class ScheduledFloat(float):
     def __reduce__(self):
         return float, (float(self),)
 
-    def __add__(self, other):
-        return keras.ops.add(self.variable, other)
-
-    def __radd__(self, other):
-        return keras.ops.add(other, self.variable)
-
-    def __sub__(self, other):
-        return keras.ops.subtract(self.variable, other)
-
-    def __rsub__(self, other):
-        return keras.ops.subtract(other, self.variable)
-
-    def __mul__(self, other):
-        return keras.ops.multiply(self.variable, other)
-
-    def __rmul__(self, other):
-        return keras.ops.multiply(other, self.variable)
-
-    def __truediv__(self, other):
-        return keras.ops.divide(self.variable, other)
-
-    def __rtruediv__(self, other):
-        return keras.ops.divide(other, self.variable)
-
-    def __pow__(self, other):
-        return keras.ops.power(self.variable, other)
-
-    def __rpow__(self, other):
-        return keras.ops.power(other, self.variable)
+    __add__, __radd__ = _on_variable("add"), _on_variable("add", reflected=True)
+    __sub__, __rsub__ = _on_variable("subtract"), _on_variable("subtract", reflected=True)
+    __mul__, __rmul__ = _on_variable("multiply"), _on_variable("multiply", reflected=True)
+    __truediv__, __rtruediv__ = _on_variable("divide"), _on_variable("divide", reflected=True)
+    __pow__, __rpow__ = _on_variable("power"), _on_variable("power", reflected=True)
 
 
 def scheduled_momentum(value: float, name: str):
