@@ -23,7 +23,7 @@ import pandas as pd
 from kerasmtl import written_files
 from kerasmtl.data.errors import DataError
 from kerasmtl.data.validate import IMAGE_SUFFIXES, missing_file
-from kerasmtl.serving import is_exported
+from kerasmtl.serving import LABELS, Predictor, is_exported
 from kerasmtl.tasks import Task
 
 #: The file ``predict`` writes into a folder given as ``out``.
@@ -192,21 +192,32 @@ def predict(
     """
     from kerasmtl.data.generator import MultiOutputGenerator
     from kerasmtl.evaluation.metrics import predict_outputs
+    from kerasmtl.export import tasks_from_labels
     from kerasmtl.saved import load_model, resolve_tasks
 
     out = output_path(out, overwrite)
     origin = None if isinstance(model, keras.Model) else Path(model)
-    if origin is not None and is_exported(origin):
-        return _predict_exported(origin, source, out, tasks, batch_size, all_probabilities, column, image_root)
-    if origin is not None:
-        model = load_model(origin)
-    tasks = resolve_tasks(model, tasks, origin)
+    exported = origin is not None and is_exported(origin)
+    if exported:  # run by its runtime, on the images read as for a .keras model
+        if tasks is not None:
+            raise ValueError(f"An exported model's tasks are those of its {LABELS}. Received: tasks={tasks!r}")
+        model = Predictor(origin)
+        tasks = tasks_from_labels(model.labels)
+        height, width, channels = model.image_shape
+    else:
+        if origin is not None:
+            model = load_model(origin)
+        tasks = resolve_tasks(model, tasks, origin)
+        height, width, channels = model.input_shape[1:4]
     listed, absolute = usable_images(*list_images(source, column, image_root), source)
-    height, width, channels = model.input_shape[1:4]
     if height is None or width is None:
         raise ValueError(f"The model's input size must be fixed to read images for it. Received: input_shape={model.input_shape}")
     generator = MultiOutputGenerator(absolute, {}, batch_size=batch_size, image_size=(height, width), channels=channels, shuffle=False)
-    outputs = predict_outputs(model, generator)
+    if exported:
+        parts = [model.run(generator[index][0], batch_size) for index in range(len(generator))]
+        outputs = {t.name: np.concatenate([p[t.name] for p in parts]) for t in tasks}
+    else:
+        outputs = predict_outputs(model, generator)
     return _write(predictions_table(outputs, tasks, listed, all_probabilities), out)
 
 
@@ -229,27 +240,6 @@ def _write(table: pd.DataFrame, out: Path | None) -> pd.DataFrame:
         write_text(out, table.to_csv(index=False, float_format="%.6g"))
         written_files.remember([out])
     return table
-
-
-def _predict_exported(path: Path, source, out, tasks, batch_size: int, all_probabilities: bool, column,
-                      image_root=None) -> pd.DataFrame:
-    """`predict` for an exported model: images read as for a ``.keras`` one, run by its runtime."""
-    from kerasmtl.data.generator import read_image
-    from kerasmtl.export import tasks_from_labels
-    from kerasmtl.serving import LABELS, Predictor
-
-    if tasks is not None:
-        raise ValueError(f"An exported model's tasks are those of its {LABELS}. Received: tasks={tasks!r}")
-    predictor = Predictor(path)
-    tasks = tasks_from_labels(predictor.labels)
-    listed, absolute = usable_images(*list_images(source, column, image_root), source)
-    height, width, channels = predictor.image_shape
-    parts = []
-    for start in range(0, len(absolute), batch_size):
-        batch = np.stack([read_image(p, (height, width), channels) for p in absolute[start:start + batch_size]])
-        parts.append(predictor.run(batch, batch_size))
-    outputs = {t.name: np.concatenate([p[t.name] for p in parts]) for t in tasks}
-    return _write(predictions_table(outputs, tasks, listed, all_probabilities), out)
 
 
 def predict_command(args) -> pd.DataFrame:
