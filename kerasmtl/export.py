@@ -29,13 +29,14 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from kerasmtl import choices, written_files
+from kerasmtl import atomic, choices, written_files
 from kerasmtl.graph import all_layers
 from kerasmtl.keras_workarounds import plain_grouped_convolutions
 from kerasmtl.saved import find_run_folder, load_model, resolve_tasks
@@ -256,15 +257,10 @@ def _artifact_files(path: Path) -> list[Path]:
 
 def _finish_openvino(path: Path) -> None:
     """Marks the IR to run in float32 (the CPU plugin may otherwise pick bfloat16)."""
-    import openvino as ov
+    from kerasmtl.quantize import quantize_openvino
 
-    from kerasmtl.quantize import set_openvino_precision
-
-    model = ov.Core().read_model(str(path))  # maps the .bin: written anew under another name, then moved
-    set_openvino_precision(model, "float32")
-    written = path.with_name(f"{path.stem}.marked.xml")
-    ov.save_model(model, str(written), compress_to_fp16=False)
-    del model
+    written = path.with_name(f"{path.stem}.marked.xml")  # the IR maps its .bin: written anew, then moved
+    quantize_openvino(path, written, "float32")
     os.replace(written.with_suffix(".bin"), path.with_suffix(".bin"))
     os.replace(written, path)
 
@@ -348,8 +344,10 @@ def export(
     check_backend(format)
     path = artifact_path(path, format, quantize)
     check_outputs(path, format, overwrite)
-    if quantize is not None and format != "litert":
-        return _export_quantized(model, path, format, tasks, quantize, calibration)
+    if quantize is not None and format != "litert":  # quantised from a float model in a temporary folder
+        with tempfile.TemporaryDirectory() as folder:
+            float_path = export(model, Path(folder) / _FILE_NAMES[format], format, tasks)
+            return quantize_artifact(float_path, path, format, quantize, calibration)
     source = None if isinstance(model, keras.Model) else Path(model)
     if source is not None:
         model = load_model(source)
@@ -370,7 +368,7 @@ def export(
         _name_litert_tensors(path)
     if format == "openvino":
         _finish_openvino(path)
-    labels_path(path).write_text(text + "\n", encoding="utf-8")
+    atomic.write_text(labels_path(path), text + "\n")
     written_files.remember([*_artifact_files(path), labels_path(path)])
     return path
 
@@ -390,18 +388,9 @@ def quantize_artifact(float_path: str | os.PathLike, path: str | os.PathLike, fo
         heads = [task["name"] for task in json.loads(labels_path(float_path).read_text(encoding="utf-8"))["tasks"]]
         quantization.quantize_openvino(float_path, path, quantize, calibration, float_layers=heads)
     if labels_path(path) != labels_path(float_path):
-        labels_path(path).write_text(labels_path(float_path).read_text(encoding="utf-8"), encoding="utf-8")
+        atomic.write_bytes(labels_path(path), labels_path(float_path).read_bytes())
     written_files.remember([*_artifact_files(path), labels_path(path)])
     return path
-
-
-def _export_quantized(model, path: Path, format: str, tasks, quantize: str, calibration) -> Path:
-    """`export` of a quantised ONNX / OpenVINO model, through a float one in a temporary folder."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        float_path = export(model, Path(folder) / _FILE_NAMES[format], format, tasks)
-        return quantize_artifact(float_path, path, format, quantize, calibration)
 
 
 # ---------------------------------------------------------------- the command
@@ -440,12 +429,10 @@ def export_command(args) -> Path:
     check_outputs(out, args.format, args.overwrite, extra)
     model = load_model(args.model)
     tasks = resolve_tasks(model, args.tasks, args.model)
-    if quantize is None:
-        path = export(model, out, args.format, tasks, overwrite=args.overwrite)
-        print(f"{args.format} -> {path} (labels: {labels_path(path)})")
-        return path
-    float_path = export(model, float_path, args.format, tasks, overwrite=args.overwrite)
+    float_path = export(model, out if quantize is None else float_path, args.format, tasks, overwrite=args.overwrite)
     print(f"{args.format} -> {float_path} (labels: {labels_path(float_path)})")
+    if quantize is None:
+        return float_path
     if args.format == "litert":
         path = export(model, out, args.format, tasks, quantize, overwrite=args.overwrite)
     else:
@@ -462,7 +449,7 @@ def export_command(args) -> Path:
     report = quantization.accuracy_report(run, model, path, tasks, [serving_task(t) for t in tasks], bounds)
     refused = quantization.refusals(report)
     report["refused"] = bool(refused)
-    target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic.write_json(target, report)
     written_files.remember([target])
     for name, entry in report["tasks"].items():
         print(f"  {name}: {entry['metric']} {entry['keras']:.4f} -> {entry['quantized']:.4f}")

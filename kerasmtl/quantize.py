@@ -151,7 +151,9 @@ def quantize_openvino(source: str | os.PathLike, target: str | os.PathLike, quan
         source: the float ``.xml``.
         target: the ``.xml`` to write (its ``.bin`` beside it).
         quantize: ``"int8"`` (NNCF post-training quantisation; the layers it leaves in
-            float run in float32) or ``"bfloat16"`` (float32 weights, bfloat16 inference).
+            float run in float32), ``"bfloat16"`` (float32 weights, bfloat16 inference) or
+            ``"float32"`` (the float model marked to run in float32, as `kerasmtl.export`
+            writes it).
         images: the calibration batch, for ``int8``.
         float_layers: task names whose output layers (``<task>``, or
             ``<task>_standardized`` for regression) stay float in ``int8``.
@@ -175,10 +177,10 @@ def quantize_openvino(source: str | os.PathLike, target: str | os.PathLike, quan
                                     validate=False)
         model = nncf.quantize(model, nncf.Dataset(singles), subset_size=len(singles), ignored_scope=ignored)
         set_openvino_precision(model, "float32")
-    elif quantize == "bfloat16":
-        set_openvino_precision(model, "bfloat16")
+    elif quantize in OPENVINO_PRECISIONS:
+        set_openvino_precision(model, quantize)
     else:
-        raise ValueError(f"OpenVINO quantisation is 'int8' or 'bfloat16'. Received: quantize={quantize!r}")
+        raise ValueError(f"OpenVINO quantisation is 'int8', 'bfloat16' or 'float32'. Received: quantize={quantize!r}")
     ov.save_model(model, str(target), compress_to_fp16=False)
     return Path(target)
 
