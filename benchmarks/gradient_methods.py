@@ -1,7 +1,7 @@
 """Training step time of every multi-task method (``compile(method=...)``) against a plain
 ``fit`` of the same model, measured in the same run.
 
-Every method of `kerasmtl.methods.names` (the loss weightings, the aggregators, the
+Every method of `kerasmtl.choices.METHODS` (the loss weightings, the aggregators, the
 loss-level methods, the scalarizations; aliases once) and `AutoLambda` (its validation
 batches are the training arrays) is timed at the ``features`` level, or at the one level
 it has; ``--levels features parameters`` adds the parameters level. The model is tiny, sized
@@ -39,13 +39,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kerasmtl import ModelBuilder, methods  # noqa: E402
+from kerasmtl import ModelBuilder, choices, methods  # noqa: E402
 from kerasmtl.data.person import hvc_tasks  # noqa: E402
 from kerasmtl.methods import LEVELS, AutoLambda  # noqa: E402
 
 #: Within this ratio of plain ``fit`` a method is ``ok``.
 TARGET = 1.3
-NAMES = tuple(dict.fromkeys(n for n in (*methods.names(), "auto_lambda") if n not in methods.ALIASES))
+NAMES = tuple(dict.fromkeys(n for n in (*choices.METHODS, "auto_lambda") if n not in methods.ALIASES))
 
 
 def options(name: str, tasks: int) -> dict:

@@ -46,7 +46,7 @@ CALIBRATIONS = ("f1", "balanced_accuracy")
 #: (`kerasmtl.callbacks.lr_range_test`'s ``SWEEP_MODES`` and ``SUGGESTION_RULES``).
 LR_SWEEP_MODES = ("exp", "linear")
 LR_SUGGESTION_RULES = ("valley", "steep", "minimum")
-#: Gradient methods (`kerasmtl.methods.gradient_method_names`: the aggregators of
+#: Gradient methods (`kerasmtl.methods.get`'s ``gradient_method``: the aggregators of
 #: `kerasmtl.aggregation`, the loss-level methods and their other names) and the levels
 #: they act at.
 GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj",
@@ -55,7 +55,7 @@ GRADIENT_METHODS = ("mean", "sum", "random", "pcgrad", "mgda", "cagrad", "imtl_g
 GRADIENT_LEVELS = ("features", "parameters")
 #: Scalarizations that are methods by name (`kerasmtl.methods.scalarizers.NAMES`).
 SCALARIZATIONS = ("geometric_mean", "stch", "pbi", "cosmos", "imtl_l", "uw")
-#: Multi-task methods (`kerasmtl.methods.names`, ``--method``): the loss weightings, the
+#: Multi-task methods (`kerasmtl.methods.get`, ``--method``): the loss weightings, the
 #: gradient methods, the scalarizations, then the bilevel Auto-Lambda.
 METHODS = WEIGHTINGS + GRADIENT_METHODS + SCALARIZATIONS + ("auto_lambda",)
 

@@ -58,14 +58,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasmtl import backends, choices, methods
+from kerasmtl import backends, methods
 from kerasmtl.aggregation._core import F64, dtype_of, gramian, maximum
-
-#: The values of ``compile(gradient_level=...)``.
-LEVELS = choices.GRADIENT_LEVELS
-#: The values of ``compile(gradient_method=...)``: the aggregation methods, the loss-level
-#: methods and the aliases.
-METHODS = methods.gradient_method_names()
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")

@@ -100,7 +100,7 @@ def test_unknown_base_exits_2_listing_the_towers(capsys):
 
 
 def test_fixed_choices_match_the_package():
-    from kerasmtl import distribute, gradient_step, heads, methods, training, workflow
+    from kerasmtl import distribute, heads, methods, training, workflow
     from kerasmtl.data import celeba, peta, sources
     from kerasmtl.evaluation import thresholds
     from kerasmtl.tasks import LOSSES
@@ -112,7 +112,7 @@ def test_fixed_choices_match_the_package():
     assert cli.MIXED_PRECISION == tuple(distribute.MIXED_PRECISION)
     assert cli.LAYOUTS == ("auto", *celeba.LAYOUTS, *sources.ATTRIBUTE_LAYOUTS)
     assert cli.PETA_ATTRIBUTES == peta.ATTRIBUTE_SETS and TrainConfig().peta_attributes == sources.DataSettings().peta_attributes
-    assert cli.GRADIENT_METHODS == gradient_step.METHODS and cli.GRADIENT_LEVELS == gradient_step.LEVELS
+    assert cli.GRADIENT_LEVELS == methods.LEVELS
     assert cli.LOSSES == LOSSES and cli.CALIBRATIONS == thresholds.CRITERIA
     assert workflow.BUILDER_DEFAULTS["lr_schedule"] in cli.LR_SCHEDULES
     # --input: training_input tests for each choice but the last, which is its else branch
@@ -152,10 +152,10 @@ def test_the_command_line_reads_the_package_own_choices_and_data_settings():
             except SystemExit:
                 pass
         print("tensorflow" in sys.modules)
-        import kerasmtl, kerasmtl.heads, kerasmtl.gradient_step
+        import kerasmtl, kerasmtl.heads, kerasmtl.methods
         from kerasmtl.data import pa100k, sources
         print(kerasmtl.choices is cli._choices, kerasmtl.data.settings is cli._data,
-              kerasmtl.heads.HEADS is cli.HEADS, kerasmtl.gradient_step.LEVELS is cli.GRADIENT_LEVELS,
+              kerasmtl.heads.HEADS is cli.HEADS, kerasmtl.methods.LEVELS is cli.GRADIENT_LEVELS,
               pa100k.SPLITS is cli.SPLITS, issubclass(cli.TrainConfig, sources.DataSettings))
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)

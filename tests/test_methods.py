@@ -18,7 +18,7 @@ import pytest
 from test_gradient_training import LR, batch, build
 from test_task_weights import NAMES, TASKS, dense_model, make_data
 
-from kerasmtl import aggregation, methods
+from kerasmtl import aggregation, choices, methods
 from kerasmtl.callbacks import DynamicTaskWeights
 from kerasmtl.methods import (
     DBMTL,
@@ -85,8 +85,8 @@ def test_every_aggregation_name_is_a_method():
         assert method.needs == ("gramian" if name in aggregation.GRAMIAN_METHODS else "jacobian")
         assert method.stateful == (name in aggregation.STATEFUL) and method.host == (name in aggregation.HOST)
     gradient = set(aggregation.METHODS) | {"gradnorm", "famo", "db_mtl", "moco", "rlw"}
-    assert set(methods.gradient_method_names()) == gradient and set(methods.LOSS_LEVEL) | set(methods.ALIASES) < gradient
-    assert set(methods.names()) == set(methods.WEIGHTINGS) | gradient | set(methods.SCALARIZATIONS) | {"auto_lambda"}
+    assert set(choices.GRADIENT_METHODS) == gradient and set(methods.LOSS_LEVEL) | set(methods.ALIASES) < gradient
+    assert set(choices.METHODS) == set(methods.WEIGHTINGS) | gradient | set(methods.SCALARIZATIONS) | {"auto_lambda"}
 
 
 @pytest.mark.parametrize("method", [
@@ -209,7 +209,7 @@ def test_method_flag_refusals_exit_2(tmp_path, args, message):
 def test_method_choices_are_the_package_names():
     import kerasmtl_cli as cli
 
-    assert cli.METHODS == methods.names() and tuple(methods.WEIGHTINGS) == cli.WEIGHTINGS
+    assert cli.METHODS == choices.METHODS and tuple(methods.WEIGHTINGS) == cli.WEIGHTINGS
 
 
 def test_the_method_names_the_recipe_and_the_fingerprint():
@@ -337,5 +337,5 @@ def test_the_methods_table_names_every_method_with_its_paper_and_use():
         name_cell, family, paper, use = (cell.strip() for cell in row.strip("|").split("|"))
         assert family and paper and use, row
         listed.update(dict.fromkeys(re.findall(r"`(\w+)`", name_cell), row))
-    assert set(methods.names()) <= set(listed), sorted(set(methods.names()) - set(listed))
-    assert set(listed) <= set(methods.names()), sorted(set(listed) - set(methods.names()))
+    assert set(choices.METHODS) <= set(listed), sorted(set(choices.METHODS) - set(listed))
+    assert set(listed) <= set(choices.METHODS), sorted(set(listed) - set(choices.METHODS))

@@ -25,24 +25,12 @@ from kerasmtl.methods.weightings import DST, DWA, WEIGHTINGS, LossWeighting, Sta
 LOSS_LEVEL = {cls.name: cls for cls in (GradNorm, FAMO, DBMTL, MoCo)}
 
 
-def gradient_method_names() -> tuple[str, ...]:
-    """Every gradient method's name (``kerasmtl.choices.GRADIENT_METHODS``, which the
-    command line reads): the aggregators (any name of `kerasmtl.aggregation.METHODS`), the
-    loss-level methods and the aliases."""
-    return choices.GRADIENT_METHODS
-
-
-def names() -> tuple[str, ...]:
-    """Every method's name (``kerasmtl.choices.METHODS``): the loss weightings, the gradient
-    methods, the scalarizations that have a name of their own, then ``auto_lambda``."""
-    return choices.METHODS
-
-
 def get(identifier, level: str | None = None, options: Mapping | None = None, argument: str = "method") -> Method:
     """The method ``identifier`` names (or ``identifier`` itself, a `Method`).
 
     Args:
-        identifier: a `Method`, or one of `names`.
+        identifier: a `Method`, or a name of ``kerasmtl.choices.METHODS`` (of
+            ``kerasmtl.choices.GRADIENT_METHODS`` when ``argument`` is not ``"method"``).
         level: a gradient method's level (None: ``"features"``, DB-MTL's ``"parameters"``).
         options: the method's options (its constructor's arguments).
         argument: the argument's name in error messages.
@@ -60,7 +48,7 @@ def get(identifier, level: str | None = None, options: Mapping | None = None, ar
         raise TypeError(f"{argument} must be a kerasmtl.methods.Method or a method name. Received: {identifier!r}")
     if identifier in WEIGHTINGS:  # no gradient level
         return WEIGHTINGS[identifier](**dict(options or {}))
-    known = names() if argument == "method" else gradient_method_names()
+    known = choices.METHODS if argument == "method" else choices.GRADIENT_METHODS
     if identifier not in known:
         raise ValueError(f"{argument} must be one of {known}. Received: {argument}={identifier!r}")
     if identifier in SCALARIZATIONS:  # loss level: no gradient level
@@ -103,6 +91,6 @@ def from_compile_arguments(method, gradient_method, gradient_level, gradient_opt
 
 __all__ = [
     *aggregators.__all__, "AutoLambda", "DBMTL", "DST", "DWA", "FAMO", "LEVELS", "GradNorm", "GradientMethod", "LossWeighting", "Method", "MoCo",
-    "Static", "Uncertainty", "from_compile_arguments", "get", "gradient_method_names", "names", "COSMOS", "IMTLL", "PBI",
+    "Static", "Uncertainty", "from_compile_arguments", "get", "COSMOS", "IMTLL", "PBI",
     "STCH", "UW", "GeometricMean", "Scalarization", "SCALARIZATIONS",
 ]
