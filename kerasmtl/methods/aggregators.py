@@ -43,8 +43,12 @@ class Aggregator(GradientMethod):
             raise ValueError(f"Unknown aggregator. Known: {', '.join(aggregation.METHODS + tuple(ALIASES))}. "
                              f"Received: name={name!r}")
         self.name, self._kind = name, kind
-        options = check_gradient_options(kind, options)
-        super().__init__(self.levels[0] if level is None else level, **options)
+        # the traits, from the aggregation package's tables
+        self.needs = "gramian" if kind in aggregation.GRAMIAN_METHODS else "jacobian"
+        # a state sized by the Jacobian's columns needs the same columns at every step
+        self.levels = ("parameters",) if kind in aggregation.SIZED else LEVELS
+        self.stateful, self.random, self.host = (kind in t for t in (aggregation.STATEFUL, aggregation.RANDOM, aggregation.HOST))
+        super().__init__(level, **check_gradient_options(kind, options))
         self.seed = self.options.pop("seed", 0) if self.random else None
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"{name}'s seed must be an int. Received: seed={self.seed!r}")
@@ -52,27 +56,6 @@ class Aggregator(GradientMethod):
     @property
     def kind(self) -> str:
         return self._kind
-
-    @property
-    def needs(self) -> str:
-        return "gramian" if self._kind in aggregation.GRAMIAN_METHODS else "jacobian"
-
-    @property
-    def levels(self) -> tuple[str, ...]:
-        # a state sized by the Jacobian's columns needs the same columns at every step
-        return ("parameters",) if self._kind in aggregation.SIZED else LEVELS
-
-    @property
-    def stateful(self) -> bool:
-        return self._kind in aggregation.STATEFUL
-
-    @property
-    def random(self) -> bool:
-        return self._kind in aggregation.RANDOM
-
-    @property
-    def host(self) -> bool:
-        return self._kind in aggregation.HOST
 
     def get_config(self) -> dict:
         seed = {} if self.seed is None else {"seed": self.seed}

@@ -107,7 +107,7 @@ class GradientMethod(Method):
     Args:
         level: one of `LEVELS`: ``"features"`` (the Jacobian at the shared representation,
             one backward pass through the tower) or ``"parameters"`` (over the tower's
-            variables).
+            variables); None: the first of the method's ``levels``.
         **options: the method's options.
 
     Subclasses implement `combine`, and where they need it `initial_state`,
@@ -123,7 +123,8 @@ class GradientMethod(Method):
     #: The method updates its state from the task losses after the optimizer's step (FAMO).
     after_update = False
 
-    def __init__(self, level: str = "features", **options):
+    def __init__(self, level: str | None = None, **options):
+        level = self.levels[0] if level is None else level
         if level not in self.levels:
             raise ValueError(f"{self.name} supports the levels {self.levels}. Received: level={level!r}")
         self.level = level

@@ -34,7 +34,7 @@ class LossLevelMethod(GradientMethod):
     #: The function of `kerasmtl.aggregation.loss_level` whose keyword-only parameters are the options.
     function = None
 
-    def __init__(self, level: str = "features", **options):
+    def __init__(self, level: str | None = None, **options):
         options = check_gradient_options(self.name, options, keyword_options(self.function))
         loss_level.check_options(self.name, options)
         super().__init__(level, **options)
@@ -115,9 +115,6 @@ class MoCo(LossLevelMethod):
     function = staticmethod(loss_level.moco)
     needs = "jacobian"
     levels = ("parameters",)
-
-    def __init__(self, level: str = "parameters", **options):
-        super().__init__(level, **options)
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
         direction, weights, new_state = loss_level.moco(jacobian, totals, present, state, **self.options)

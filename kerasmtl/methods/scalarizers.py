@@ -48,12 +48,10 @@ class Scalarization(Method):
                              f"'famo' methods). Received: name={name!r}")
         options = check_gradient_options(name, options, scalarization.options(name))
         self.name, self.options = name, {k: plain(v) for k, v in options.items()}
-        self.seed = self.options.pop("seed", 0) if name == "random" else None
+        self.stateful, self.random = name in scalarization.LEARNED, name == "random"
+        self.trainable_state = tuple(scalarization.initial_state(name, 1))
+        self.seed = self.options.pop("seed", 0) if self.random else None
         scalarization.scalarize(name, ops.ones([_tasks(self.options)], "float32"), **self._call_options(0))
-
-    stateful = property(lambda self: self.name in scalarization.LEARNED)
-    random = property(lambda self: self.name == "random")
-    trainable_state = property(lambda self: tuple(scalarization.initial_state(self.name, 1)))
 
     def _call_options(self, step):
         if self.seed is None:
