@@ -20,10 +20,13 @@ tensors in, as the train step has them; NumPy in, NumPy out).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from keras import ops
 
-from kerasmtl.aggregation._core import check_option_names, keyword_options, normal
+from kerasmtl.aggregation import linear
+from kerasmtl.aggregation._core import F64, check_option_names, keyword_options
 
 #: Added under PBI's square root.
 PBI_EPS = 1e-12
@@ -42,26 +45,19 @@ def _required(name, **values):
             raise ValueError(f"{name} needs {key}. Received: {key}=None")
 
 
-def mean(losses, p):
-    """The mean of the present losses."""
-    return ops.sum(losses * p) / ops.maximum(ops.sum(p), 1.0)
+def _weighted(weighting):
+    """The scalarization ``sum_i w_i L_i`` with the weights ``w`` of ``weighting``, a
+    method of `kerasmtl.aggregation.linear` whose weights do not depend on the losses (its
+    options are the scalarization's): ``mean`` (the mean of the present losses), ``sum``
+    (their sum), ``constant`` (``weights`` required) and ``random`` (RLW, Lin et al., 2022:
+    ``softmax`` of standard normal draws as the weights)."""
 
+    @functools.wraps(weighting)
+    def scalarization(losses, p, **options):
+        weights = ops.cast(weighting(None, ops.cast(p, F64), **options), losses.dtype)
+        return ops.sum(ops.where(p > 0, weights * losses, 0.0))
 
-def sum_(losses, p):
-    """The sum of the present losses."""
-    return ops.sum(losses * p)
-
-
-def constant(losses, p, *, weights=None):
-    """``sum_i weights_i L_i`` (``weights`` required)."""
-    _required("constant", weights=weights)
-    return ops.sum(_vector(weights, "weights", p.shape[0], losses.dtype) * losses * p)
-
-
-def random(losses, p, *, seed=None):
-    """RLW (Lin et al., 2022): ``softmax`` of standard normal draws as the weights."""
-    logits = ops.where(p > 0, ops.cast(normal(p.shape, seed), losses.dtype), -np.inf)
-    return ops.sum(ops.where(p > 0, ops.softmax(logits) * losses, 0.0))
+    return scalarization
 
 
 def geometric_mean(losses, p):
@@ -150,7 +146,8 @@ def uw(losses, p, state):
     return ops.sum(ops.where(p > 0, 0.5 * ops.exp(-s) * losses + 0.5 * s, 0.0))
 
 
-_FUNCTIONS = {"mean": mean, "sum": sum_, "constant": constant, "random": random, "geometric_mean": geometric_mean,
+_FUNCTIONS = {"mean": _weighted(linear.mean), "sum": _weighted(linear.sum_), "constant": _weighted(linear.constant),
+              "random": _weighted(linear.random), "geometric_mean": geometric_mean,
               "stch": stch, "pbi": pbi, "cosmos": cosmos, "imtl_l": imtl_l, "uw": uw}
 #: Every scalarization `scalarize` accepts.
 METHODS = tuple(_FUNCTIONS)
