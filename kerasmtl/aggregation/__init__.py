@@ -93,9 +93,11 @@ HOST = ("cagrad", "fairgrad", "pcd")
 SIZED = ("excess_mtl",)
 
 
-def _method(name):
+def _method(name, options=()):
+    """The function of method ``name``, once the names of its ``options`` are checked."""
     for table in (_GRAMIAN, _JACOBIAN_WEIGHTS, _JACOBIAN):
         if name in table:
+            _core.check_option_names(name, options, _core.keyword_options(table[name]))
             return table[name]
     raise ValueError(f"Unknown aggregation method. Known methods: {', '.join(METHODS)}. Received: name={name!r}")
 
@@ -109,10 +111,6 @@ def _inner(weighting):
                          f"({', '.join(n for n in GRAMIAN_METHODS if n != 'cr_mogm')}), or [name, {{options}}]. "
                          f"Received: weighting={weighting!r}")
     return name, dict(options)
-
-
-def _check_options(name, function, options):
-    _core.check_option_names(name, options, _core.keyword_options(function))
 
 
 def initial_state(name: str, tasks: int, dims: int | None = None, dtype=F64, weighting="upgrad") -> dict:
@@ -149,8 +147,7 @@ def initial_state(name: str, tasks: int, dims: int | None = None, dtype=F64, wei
 
 
 def _run(name, g, p, state, options):
-    function = _method(name)
-    _check_options(name, function, options)
+    function = _method(name, options)
     g = masked(g, p)
     if name == "cr_mogm":
         options = dict(options)
@@ -200,7 +197,7 @@ def weights(name: str, matrix, *, present=None, state=None, **options):
     if name in _JACOBIAN_WEIGHTS:
         j, numpy_in = as_matrix(matrix, "jacobian")
         p = mask(present, j.shape[0])
-        _check_options(name, function, options)
+        _method(name, options)
         if state is None:
             state = initial_state(name, j.shape[0], j.shape[1], dtype_of(j))
         w, new_state = function(j, p, state, **options)
@@ -232,7 +229,7 @@ def aggregate(name: str, jacobian, *, present=None, state=None, **options):
     j, numpy_in = as_matrix(jacobian, "jacobian")
     p = mask(present, j.shape[0])
     if name in _JACOBIAN:
-        _check_options(name, function, options)
+        _method(name, options)
         return _output(function(j, p, **options), numpy_in)
     if name in _JACOBIAN_WEIGHTS:
         w, new_state = weights(name, j, present=present, state=state, **options)

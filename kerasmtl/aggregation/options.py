@@ -50,57 +50,21 @@ def _is_weighting(value) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], Mapping)
 
 
+_NUMBER, _VECTOR = ("a number", _is_number), ("a list of numbers, one per task", _is_vector)
 #: Each option name: (the type it takes, in words; its check).
 OPTION_TYPES = {
+    **dict.fromkeys(("epsilon", "eps", "norm_eps", "reg_eps", "c", "max_norm", "alpha", "beta", "beta_sigma", "lr",
+                     "weight_decay", "robust_step_size", "gamma", "gamma_sigma", "rho", "momentum", "lambda_", "mu",
+                     "theta"), _NUMBER),
+    **dict.fromkeys(("max_iters", "update_weights_every", "optim_niter", "warmup_steps", "trim_number", "n_byzantine",
+                     "n_selected", "n_iter", "n_warmup_steps"), ("an int", _is_int)),
+    **dict.fromkeys(("pref_vector", "leak", "weights", "initial_weights", "reference"), _VECTOR),
     "seed": ("an int or a pair of ints", _is_seed),
-    "pref_vector": ("a list of numbers, one per task", _is_vector),
-    "leak": ("a list of numbers, one per task", _is_vector),
     "scale_mode": ("a string", lambda v: isinstance(v, str)),
     "f": ("a function of a tensor", callable),
-    "epsilon": ("a number", _is_number),
-    "eps": ("a number", _is_number),
-    "norm_eps": ("a number", _is_number),
-    "reg_eps": ("a number", _is_number),
-    "c": ("a number", _is_number),
-    "max_norm": ("a number", _is_number),
-    "alpha": ("a number", _is_number),
-    "beta": ("a number", _is_number),
-    "beta_sigma": ("a number", _is_number),
-    "lr": ("a number", _is_number),
-    "weight_decay": ("a number", _is_number),
-    "max_iters": ("an int", _is_int),
-    "update_weights_every": ("an int", _is_int),
-    "optim_niter": ("an int", _is_int),
-    "warmup_steps": ("an int", _is_int),
-    "weights": ("a list of numbers, one per task", _is_vector),
-    "initial_weights": ("a list of numbers, one per task", _is_vector),
     "tau": ("a number, or a list of numbers, one per task after the first", lambda v: _is_number(v) or _is_vector(v)),
     "weighting": ("a method name, or [name, {options}]", _is_weighting),
-    "trim_number": ("an int", _is_int),
-    "n_byzantine": ("an int", _is_int),
-    "n_selected": ("an int", _is_int),
-    "n_iter": ("an int", _is_int),
-    "n_warmup_steps": ("an int", _is_int),
-    "robust_step_size": ("a number", _is_number),
-    "gamma": ("a number", _is_number),
-    "gamma_sigma": ("a number", _is_number),
-    "rho": ("a number", _is_number),
-    "momentum": ("a number", _is_number),
-    "lambda_": ("a number", _is_number),
-    "mu": ("a number", _is_number),
-    "theta": ("a number", _is_number),
-    "reference": ("a list of numbers, one per task", _is_vector),
 }
-
-def method_options(method: str) -> dict[str, object]:
-    """``{option: default}`` of ``method``, a name of `kerasmtl.aggregation.METHODS`.
-
-    Raises:
-        ValueError: an unknown method.
-    """
-    from kerasmtl import aggregation
-
-    return keyword_options(aggregation._method(method))
 
 
 def check_gradient_options(method: str | None, options, known: Mapping | None = None) -> dict:
@@ -110,7 +74,8 @@ def check_gradient_options(method: str | None, options, known: Mapping | None = 
         method: the gradient method (aliases resolved), or None for Keras's own step.
         options: None or a mapping of option names to values.
         known: ``{option: default}`` of a method that is not an aggregator (a
-            scalarization's, a loss-level method's); None: `method_options` of ``method``.
+            scalarization's, a loss-level method's); None: those of ``method``, a name of
+            `kerasmtl.aggregation.METHODS` (its function's keyword-only parameters).
 
     Returns:
         The options as a new dict (empty for None).
@@ -131,7 +96,10 @@ def check_gradient_options(method: str | None, options, known: Mapping | None = 
             raise ValueError("gradient_options are the options of a gradient_method; without one they would be "
                              f"ignored. Give gradient_method too. Received: gradient_options={dict(options)!r}")
         return {}
-    known = method_options(method) if known is None else known
+    if known is None:
+        from kerasmtl import aggregation
+
+        known = keyword_options(aggregation._method(method))
     check_option_names(method, options, known)
     for key, value in options.items():
         if (value is None and known[key] is None) or key not in OPTION_TYPES:

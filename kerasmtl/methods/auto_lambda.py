@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from kerasmtl import backends
 from kerasmtl.methods.base import Method
 
 #: Adam's constants in the reference's meta optimizer (PyTorch's defaults).
@@ -123,7 +124,7 @@ class AutoLambda(Method):
             raise ValueError("AutoLambda learns its weights on validation batches: AutoLambda(validation_data=(x, y)), "
                              "a tf.data.Dataset of (x, y) batches, or model.method.validation_data = ... before training "
                              "a loaded model. Received: validation_data=None")
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        replicas = backends.current().replicas()
         if replicas > 1:
             raise ValueError(f"auto_lambda runs on one device. Received: {replicas} replicas")
         due = tf.equal(model.optimizer.iterations % self.update_every, 0)
