@@ -102,7 +102,7 @@ def resolve_tasks(model: keras.Model, tasks=None, source: str | os.PathLike | No
 
     if tasks is None and isinstance(model, MultiTaskModel):
         return model.tasks
-    if tasks is None and source is not None and find_run_folder(source) is not None:
+    if tasks is None and source is not None:
         tasks = find_run_folder(source)
     if tasks is None:
         raise ValueError(

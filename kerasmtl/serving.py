@@ -53,7 +53,7 @@ def labels_path(path: str | os.PathLike) -> Path:
 def is_exported(path: str | os.PathLike) -> bool:
     """True for an ``.onnx``, ``.tflite`` or OpenVINO ``.xml`` file, or a folder holding ``saved_model.pb``."""
     path = Path(path)
-    return path.suffix in (".onnx", ".tflite", ".xml") or (path / "saved_model.pb").is_file()
+    return path.suffix in _RUNNERS or (path / "saved_model.pb").is_file()
 
 
 class LabelsError(ValueError):
@@ -254,6 +254,10 @@ def _saved_model_runner(path: Path, threads: int | None):
     return (lambda batch: {k: v.numpy() for k, v in function(**{INPUT_NAME: tf.constant(batch)}).items()}), signature
 
 
+#: The runtime of each exported file (a SavedModel is a folder).
+_RUNNERS = {".onnx": _onnx_runner, ".tflite": _litert_runner, ".xml": _openvino_runner}
+
+
 def _dims(shape) -> list | None:
     """Whole-number dimensions, or None where any is unknown."""
     shape = [int(v) if isinstance(v, (int, np.integer)) and v >= 0 else None for v in shape]
@@ -276,14 +280,8 @@ def open_runtime(path: str | os.PathLike, threads: int | None = None):
         ValueError: ``path`` is not an ``.onnx``, ``.tflite``, OpenVINO ``.xml`` or SavedModel.
     """
     path = Path(path)
-    if path.suffix == ".onnx":
-        return _onnx_runner(path, threads)
-    if path.suffix == ".tflite":
-        return _litert_runner(path, threads)
-    if path.suffix == ".xml":
-        return _openvino_runner(path, threads)
-    if (path / "saved_model.pb").is_file():
-        return _saved_model_runner(path, threads)
+    if is_exported(path):
+        return _RUNNERS.get(path.suffix, _saved_model_runner)(path, threads)
     raise ValueError(f"An exported model is a .onnx file, a .tflite file, an OpenVINO .xml file or a SavedModel folder. "
                      f"Received: {str(path)!r}")
 
@@ -320,13 +318,12 @@ class Predictor:
             ValueError: an array of the wrong rank, or values outside 0-255 or not whole.
         """
         height, width, channels = self.image_shape
+        mode = "L" if channels == 1 else "RGB"
         if isinstance(image, (str, os.PathLike)):
             with Image.open(image) as opened:
-                image = to_uint8(ImageOps.exif_transpose(opened)).convert("L" if channels == 1 else "RGB")
-        elif isinstance(image, Image.Image):
-            image = to_uint8(image).convert("L" if channels == 1 else "RGB")
+                image = to_uint8(ImageOps.exif_transpose(opened)).convert(mode)
         else:
-            image = _pil_image(np.asarray(image), channels)
+            image = (to_uint8(image) if isinstance(image, Image.Image) else _pil_image(np.asarray(image))).convert(mode)
         array = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, channels)
         if array.shape[:2] != (height, width):
             resized = _resize_axis(_resize_axis(array, height, 0), width, 1)
@@ -444,8 +441,8 @@ def _resize_axis(array: np.ndarray, size: int, axis: int) -> np.ndarray:
     return low * (1 - fraction) + high * fraction
 
 
-def _pil_image(array: np.ndarray, channels: int) -> Image.Image:
-    """An array of 0-255 values as a PIL image of the model's colour mode."""
+def _pil_image(array: np.ndarray) -> Image.Image:
+    """An array of 0-255 values as a PIL image (grey or RGB)."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
@@ -455,8 +452,7 @@ def _pil_image(array: np.ndarray, channels: int) -> Image.Image:
             raise ValueError(f"Image arrays hold whole values 0-255 (raw pixels). Received: {array.dtype}, "
                              f"range [{array.min()}, {array.max()}]")
         array = array.astype(np.uint8)
-    image = Image.fromarray(array)
-    return image.convert("L" if channels == 1 else "RGB")
+    return Image.fromarray(array)
 
 
 __all__ = ["LABELS", "LabelsError", "Predictor", "is_exported", "labels_path", "open_runtime", "read_labels", "to_uint8"]
