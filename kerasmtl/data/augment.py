@@ -212,11 +212,6 @@ def make_pipeline(
     return A.Compose(transforms)
 
 
-def default_pipeline() -> A.Compose:
-    """The default training augmentation: `make_pipeline` with its defaults."""
-    return make_pipeline()
-
-
 def celeba_resize_crop(
     flip: float = 0.5, resize: tuple[int, int] = (270, 220), crop: tuple[int, int] = (218, 178)
 ) -> A.Compose:
@@ -237,6 +232,8 @@ def celeba_resize_crop(
     return A.Compose(transforms)
 
 
+#: The default training augmentation: `make_pipeline` with its defaults.
+default_pipeline = make_pipeline
 PIPELINES: dict[str, Callable[[], A.Compose]] = {
     "default": default_pipeline,
     "keras_channel_shift": lambda: make_pipeline(channel_shift_mode="keras"),

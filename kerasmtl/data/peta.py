@@ -183,14 +183,13 @@ def split_persons(images_per_person: Sequence[int], seed: int = 0) -> list[str]:
 
 
 def subset_folders(root: Path) -> list[tuple[str, Path]]:
-    """``(name, folder)`` of each sub-dataset with a ``Label.txt``, in `SUBSETS` order
-    (others after, by name). A folder named after a sub-dataset without one raises."""
+    """``(name, folder)`` of each sub-dataset with a ``Label.txt`` in ``root`` (a `find_root`,
+    so there is one at least), in `SUBSETS` order (others after, by name). A folder named
+    after a sub-dataset without one raises."""
     found = {child.name: child for child in root.iterdir() if child.is_dir() and (child / LABEL_FILE).is_file()}
     broken = [name for name in SUBSETS if (root / name).is_dir() and name not in found]
     if broken:
         raise DataError(f"{root}: sub-dataset folder(s) {broken} have no {LABEL_FILE}.")
-    if not found:
-        raise DataError(f"{root}: not a PETA folder; expected <sub-dataset>/{LABEL_FILE} (e.g. VIPeR/{LABEL_FILE}) there.")
     order = [n for n in SUBSETS if n in found] + sorted(set(found) - set(SUBSETS))
     return [(name, found[name]) for name in order]
 
@@ -226,7 +225,7 @@ def load_peta(
     folder = Path(folder)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 (images per partition) or None. Received: limit={limit}")
-    root = find_root(folder) if folder.is_dir() else None
+    root = find_root(folder)
     if root is None:
         raise DataError(f"{folder}: not a PETA folder; expected <sub-dataset>/{LABEL_FILE} there or under '{ROOT_FOLDER}/'.")
     persons, images = [], []

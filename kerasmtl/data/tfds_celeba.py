@@ -31,17 +31,6 @@ from kerasmtl.tasks import Task
 TFDS_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 
-def _tfds():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as error:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "Reading CelebA through tensorflow-datasets needs the 'tfds' extra: "
-            "pip install 'kerasmtl[tfds]' (tensorflow-datasets and importlib_resources)."
-        ) from error
-    return tfds
-
-
 def tfds_split(partition: str) -> str:
     """The TFDS split of a partition name (``train``, ``val`` / ``validation``, ``test``);
     TFDS slicing such as ``train[:100]`` passes through."""
@@ -62,7 +51,13 @@ def load_tfds_celeba(partition: str = "train", data_dir: str | os.PathLike | Non
         data_dir: TFDS data folder; default TFDS's own (``~/tensorflow_datasets``).
         download: let TFDS download and prepare the dataset when it is not there.
     """
-    tfds = _tfds()
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "Reading CelebA through tensorflow-datasets needs the 'tfds' extra: "
+            "pip install 'kerasmtl[tfds]' (tensorflow-datasets and importlib_resources)."
+        ) from error
     return tfds.load(
         "celeb_a",
         split=tfds_split(partition),
