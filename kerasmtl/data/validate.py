@@ -214,14 +214,10 @@ def find_duplicates(paths: Sequence[str | None], rows: Sequence[int], labels: pd
     the first row is kept and the others are rejected; when the labels disagree there is
     no telling which is right, so every copy is rejected.
     """
-    seen: dict[str, list[int]] = {}
-    for i, path in enumerate(paths):
-        if path is not None:
-            seen.setdefault(path, []).append(i)
+    named = pd.Series(list(paths), dtype=object)
+    repeated = named[named.notna() & named.duplicated(keep=False)]
     problems = []
-    for path, positions in seen.items():
-        if len(positions) < 2:
-            continue
+    for path, positions in repeated.groupby(repeated, sort=False).groups.items():
         listed = [int(rows[i]) for i in positions]
         agree = labels is None or len(labels.iloc[positions].astype(str).drop_duplicates()) == 1
         if agree:
