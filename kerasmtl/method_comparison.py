@@ -34,7 +34,6 @@ from kerasmtl.workflow import check_dataset, default_run_dir, load_dataset, reso
 SINGLE_TASK = "single-task"
 #: The Δm column of the table (percent).
 DELTA_M = "delta_m"
-COMPARISON_REPORT, COMPARISON_PLOT = runs.COMPARISON_REPORT, runs.COMPARISON_PLOT
 
 
 # --------------------------------------------------------------------- scores
@@ -143,7 +142,7 @@ def comparison_markdown(table: pd.DataFrame, tasks: Sequence[Task], note: str = 
         cells = [_cell(row[t.name], 4 if lower_is_better(t) else 3) for t in tasks]
         gain = "(baseline)" if method == SINGLE_TASK else ("n/a" if not math.isfinite(row[DELTA_M]) else f"{row[DELTA_M]:+.2f}")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {gain} |")
-    lines += ["", f"![comparison]({COMPARISON_PLOT})", ""]
+    lines += ["", f"![comparison]({runs.COMPARISON_PLOT})", ""]
     return "\n".join(lines)
 
 
@@ -255,9 +254,9 @@ def run_method_comparison(config, methods: Sequence[str]) -> pd.DataFrame:
         folder.write_text(runs.COMPARISON, table.to_csv())
         note = (f"Test split ({len(splits['test'])} images); accuracy for classification, MAE for regression; Δm: "
                 "mean over tasks of the signed relative change against the single-task run (LibMTL's count_improvement).")
-        folder.write_text(COMPARISON_REPORT, comparison_markdown(table, tasks, note))
-        plot_comparison(table, tasks, folder.output(COMPARISON_PLOT))  # recorded in the folder's manifest
+        folder.write_text(runs.COMPARISON_REPORT, comparison_markdown(table, tasks, note))
+        plot_comparison(table, tasks, folder.output(runs.COMPARISON_PLOT))  # recorded in the folder's manifest
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 160):
         print(table.to_string())
-    print(f"Wrote {out / runs.COMPARISON}, {out / COMPARISON_REPORT} and {out / COMPARISON_PLOT}")
+    print(f"Wrote {out / runs.COMPARISON}, {out / runs.COMPARISON_REPORT} and {out / runs.COMPARISON_PLOT}")
     return table

@@ -54,13 +54,14 @@ def _fallback_fonts() -> tuple[tuple[str, frozenset[int]], ...]:
     return tuple((name, _charmap(installed[name])) for name in FALLBACK_FAMILIES if name in installed)
 
 
-def _missing(text: str, properties=None) -> set[str]:
-    """The characters of ``text`` that neither the font of ``properties`` nor a fallback font draws."""
+def _missing(text: str, properties=None, fallbacks: bool = True) -> set[str]:
+    """The characters of ``text`` that neither the font of ``properties`` nor (``fallbacks``) a
+    fallback font draws."""
     if text.isascii():
         return set()
     drawn = _charmap(font_manager.findfont(properties or font_manager.FontProperties()))
     missing = {c for c in text if ord(c) not in drawn and not c.isspace()}
-    for _, fallback in _fallback_fonts():
+    for _, fallback in _fallback_fonts() if fallbacks else ():
         missing = {c for c in missing if ord(c) not in fallback}
     return missing
 
@@ -83,12 +84,7 @@ def _drawable(figure) -> bool:
     replaced = False
     for artist in figure.findobj(matplotlib.text.Text):
         content = artist.get_text()
-        if not content or content.isascii():
-            continue
-        own = _charmap(font_manager.findfont(artist.get_fontproperties()))
-        lacking = {c for c in content if ord(c) not in own and not c.isspace()}
-        if not lacking:
-            continue
+        lacking = _missing(content, artist.get_fontproperties(), fallbacks=False)
         families = [name for name, drawn in _fallback_fonts() if any(ord(c) in drawn for c in lacking)]
         if families:
             artist.set_fontfamily([*artist.get_fontproperties().get_family(), *families])
@@ -407,30 +403,6 @@ def plot_sample_predictions(
     return _save(figure, path, replaced_names=replaced)
 
 
-def _label_frame(targets: Mapping[str, np.ndarray], tasks: Sequence[Task]) -> pd.DataFrame:
-    """Numeric columns for correlation: binary 0/1, one-hot per class, regression units."""
-    columns = {}
-    for task in tasks:
-        values = np.asarray(targets[task.name])
-        if task.kind == "regression":
-            values = values.reshape(len(values), -1).astype(float)
-            names = list(task.columns) if len(task.columns) == values.shape[1] else [f"{task.name}_{k}" for k in range(values.shape[1])]
-            for k, column in enumerate(names):
-                columns[column] = values[:, k]
-            continue
-        labels = values.reshape(-1).astype(int)
-        present = labels != MISSING_CLASS
-        if task.kind == "binary":
-            columns[f"{task.name}={task.classes[1]}"] = np.where(present, labels, np.nan).astype(float)
-            continue
-        shown = range(len(task.classes))
-        if capped(len(task.classes)):  # the classes with the most labels only
-            shown = sorted(most_frequent(np.bincount(labels[present], minlength=len(task.classes))))
-        for k in shown:
-            columns[f"{task.name}={task.classes[k]}"] = np.where(present, labels == k, np.nan).astype(float)
-    return pd.DataFrame(columns)
-
-
 def plot_label_distribution(
     targets: Mapping[str, np.ndarray],
     tasks: Sequence[Task],
@@ -496,7 +468,26 @@ def label_correlation(targets: Mapping[str, np.ndarray], tasks: Sequence[Task]) 
     Returns:
         The square correlation table (NaN for a constant column).
     """
-    return _label_frame(targets, tasks).corr()
+    columns = {}
+    for task in tasks:
+        values = np.asarray(targets[task.name])
+        if task.kind == "regression":
+            values = values.reshape(len(values), -1).astype(float)
+            names = list(task.columns) if len(task.columns) == values.shape[1] else [f"{task.name}_{k}" for k in range(values.shape[1])]
+            for k, column in enumerate(names):
+                columns[column] = values[:, k]
+            continue
+        labels = values.reshape(-1).astype(int)
+        present = labels != MISSING_CLASS  # a missing label is NaN in every column of its task
+        if task.kind == "binary":
+            columns[f"{task.name}={task.classes[1]}"] = np.where(present, labels, np.nan).astype(float)
+            continue
+        shown = range(len(task.classes))
+        if capped(len(task.classes)):  # the classes with the most labels only
+            shown = sorted(most_frequent(np.bincount(labels[present], minlength=len(task.classes))))
+        for k in shown:
+            columns[f"{task.name}={task.classes[k]}"] = np.where(present, labels == k, np.nan).astype(float)
+    return pd.DataFrame(columns).corr()
 
 
 def plot_label_correlation(
