@@ -24,6 +24,7 @@ import pandas as pd
 
 from kerasmtl import atomic, choices, runs
 from kerasmtl.data.settings import SPLITS
+from kerasmtl.evaluation.report import markdown_table
 from kerasmtl.methods import WEIGHTINGS
 from kerasmtl.plots import BAD, GOOD, NEUTRAL, _grid, _save
 from kerasmtl.runs import RunFolder
@@ -137,11 +138,11 @@ def comparison_markdown(table: pd.DataFrame, tasks: Sequence[Task], note: str = 
     lines = ["# Multi-task methods against single-task baselines", ""]
     if note:
         lines += [note, ""]
-    lines += ["| method | " + " | ".join(header) + " | Δm (%) |", "|---|" + "---:|" * (len(tasks) + 1)]
+    rows = []
     for method, row in table.iterrows():
-        cells = [_cell(row[t.name], 4 if lower_is_better(t) else 3) for t in tasks]
         gain = "(baseline)" if method == SINGLE_TASK else ("n/a" if not math.isfinite(row[DELTA_M]) else f"{row[DELTA_M]:+.2f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {gain} |")
+        rows.append([method, *(_cell(row[t.name], 4 if lower_is_better(t) else 3) for t in tasks), gain])
+    lines += markdown_table(["method", *header, "Δm (%)"], "l" + "r" * (len(tasks) + 1), rows)
     lines += ["", f"![comparison]({runs.COMPARISON_PLOT})", ""]
     return "\n".join(lines)
 

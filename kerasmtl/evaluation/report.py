@@ -75,6 +75,19 @@ def _cell(value, digits=3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
+def markdown_table(header: Sequence[str], align: str, rows) -> list[str]:
+    """The lines of a Markdown table.
+
+    Args:
+        header: the column titles.
+        align: a letter per column: ``"l"`` (left-aligned, names) or ``"r"`` (right-aligned,
+            numbers).
+        rows: each row's cells (text, or values written with ``str``).
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
 def report_markdown(
     reports: Mapping[str, dict],
     tasks: Sequence[Task],
@@ -110,25 +123,17 @@ def report_markdown(
             f"majority-class baseline (mean accuracy {_cell(summary['mean_accuracy'])} against "
             f"{_cell(summary['mean_baseline_accuracy'])}).",
             "",
-            "| output | n | accuracy | baseline (class) | gain | macro precision | macro recall | macro F1 |",
-            "|---|---:|---:|---|---:|---:|---:|---:|",
         ]
-        for task in classified:
-            r = reports[task.name]
-            gain = r["accuracy"] - r["baseline_accuracy"]
-            lines.append(
-                f"| {task.name} | {r['n']} | {_cell(r['accuracy'])} | {_cell(r['baseline_accuracy'])} ({r['baseline_class']}) "
-                f"| {gain:+.3f} | {_cell(r['precision'])} | {_cell(r['recall'])} | {_cell(r['f1'])} |"
-            )
-        lines.append("")
-    regressed = [t for t in tasks if t.kind == "regression"]
+        header = ["output", "n", "accuracy", "baseline (class)", "gain", "macro precision", "macro recall", "macro F1"]
+        rows = ([t.name, r["n"], _cell(r["accuracy"]), f"{_cell(r['baseline_accuracy'])} ({r['baseline_class']})",
+                 f"{r['accuracy'] - r['baseline_accuracy']:+.3f}", _cell(r["precision"]), _cell(r["recall"]), _cell(r["f1"])]
+                for t, r in ((t, reports[t.name]) for t in classified))
+        lines += markdown_table(header, "lrrlrrrr", rows) + [""]
+    regressed = [(t, reports[t.name]) for t in tasks if t.kind == "regression"]
     if regressed:
-        lines += ["| output | n | MAE | RMSE | NME (reference points) |", "|---|---:|---:|---:|---|"]
-        for task in regressed:
-            r = reports[task.name]
-            normalised = f"{_cell(r['nme'], 4)} ({' - '.join(r['nme_points'])})" if "nme" in r else "n/a"
-            lines.append(f"| {task.name} | {r['n']} | {_cell(r['mae'], 4)} | {_cell(r['rmse'], 4)} | {normalised} |")
-        lines.append("")
+        rows = ([t.name, r["n"], _cell(r["mae"], 4), _cell(r["rmse"], 4),
+                 f"{_cell(r['nme'], 4)} ({' - '.join(r['nme_points'])})" if "nme" in r else "n/a"] for t, r in regressed)
+        lines += markdown_table(["output", "n", "MAE", "RMSE", "NME (reference points)"], "lrrrl", rows) + [""]
     lines += _attribute_section(reports, tasks, summary)
     for task in (t for t in classified if t.kind == "multiclass"):
         lines += _multiclass_section(task.name, reports[task.name])
@@ -157,18 +162,17 @@ def _multiclass_section(name: str, r: Mapping) -> list[str]:
             f"{len(r['classes'])} classes: shown are the {len(classes)} with the most rows here (every class's "
             f"scores are in metrics.json). Median per-class F1 {_cell(float(np.median(f1)))}; {absent} class(es) "
             "without a row here.", "",
-            "Most frequent confusions:", "", "| true | predicted | count |", "|---|---|---:|",
+            "Most frequent confusions:", "",
         ]
-        lines += [f"| {c['true']} | {c['predicted']} | {c['count']} |" for c in r["top_confusions"]]
+        confusions = ([c["true"], c["predicted"], c["count"]] for c in r["top_confusions"])
+        lines += markdown_table(["true", "predicted", "count"], "llr", confusions)
         lines += ["", f"Confusion matrix of those {len(classes)} classes (rows: true class, columns: predicted "
                   "class; predictions of other classes not shown):", ""]
-    lines.append("| true \\ predicted | " + " | ".join(classes) + " |")
-    lines.append("|---|" + "---:|" * len(classes))
-    for label, row in zip(classes, matrix):
-        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-    for label, scores in per_class.items():
-        lines.append(f"| {label} | {_cell(scores['precision'])} | {_cell(scores['recall'])} | {_cell(scores['f1'])} | {scores['support']} |")
+    lines += markdown_table(["true \\ predicted", *classes], "l" + "r" * len(classes),
+                            ([label, *row] for label, row in zip(classes, matrix)))
+    lines += [""] + markdown_table(["class", "precision", "recall", "F1", "support"], "lrrrr",
+                                   ([label, *map(_cell, (s["precision"], s["recall"], s["f1"])), s["support"]]
+                                    for label, s in per_class.items()))
     return lines + [""]
 
 
@@ -178,23 +182,17 @@ def _attribute_section(reports: Mapping[str, dict], tasks: Sequence[Task], summa
     binary = [t for t in tasks if t.kind == "binary"]
     if not binary:
         return []
-    lines = ["## Attributes", ""] + [f"{line}." for line in attribute_lines(summary)] + [
-        "",
-        "| output | threshold | n | positives | accuracy | positive recall | negative recall | mA term | precision | F1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = ["output", "threshold", "n", "positives", "accuracy", "positive recall", "negative recall", "mA term",
+              "precision", "F1"]
+    rows = []
     for task in binary:
         r = reports[task.name]
-        rows = [(task.name, r)]
-        if "at_default_threshold" in r:
-            rows.append((f"{task.name} (default threshold)", r["at_default_threshold"]))
-        for name, scores in rows:
-            lines.append(
-                f"| {name} | {_cell(scores['threshold'], 4)} | {r['n']} | {r['positives']} | {_cell(scores['accuracy'])} "
-                f"| {_cell(scores['positive_recall'])} | {_cell(scores['negative_recall'])} | {_cell(scores['ma'])} "
-                f"| {_cell(scores['positive_precision'])} | {_cell(scores['positive_f1'])} |"
-            )
-    return lines + [""]
+        versions = {task.name: r, f"{task.name} (default threshold)": r.get("at_default_threshold")}
+        rows += [[name, _cell(s["threshold"], 4), r["n"], r["positives"], *(_cell(s[key]) for key in (
+                  "accuracy", "positive_recall", "negative_recall", "ma", "positive_precision", "positive_f1"))]
+                 for name, s in versions.items() if s is not None]
+    return ["## Attributes", ""] + [f"{line}." for line in attribute_lines(summary)] + [""] + markdown_table(
+        header, "l" + "r" * 9, rows) + [""]
 
 
 def write_report(
