@@ -6,11 +6,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kerasmtl.architectures.experts import gate_input, make_expert, mix, pooled_shape
+from kerasmtl.architectures.experts import TaskLayer, gate_input, make_experts, mix, pooled_shape, representation_shape
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
-class CGC(layers.Layer):
+class CGC(TaskLayer):
     """Shared experts and experts of each task; each task's gate mixes the shared experts
     and its own.
 
@@ -48,13 +48,10 @@ class CGC(layers.Layer):
         self.shared_experts, self.task_experts = [], []
 
     def build(self, input_shape):
-        shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)) else input_shape
-        rank = len(shape)
-        self.shared_experts = [make_expert(self.units, self.kernel_size, rank, f"shared_expert{i}") for i in range(self.num_experts)]
-        self.task_experts = [[make_expert(self.units, self.kernel_size, rank, f"{t}_expert{i}") for i in range(self.num_task_experts)]
+        shape = representation_shape(input_shape)
+        self.shared_experts = make_experts(self.num_experts, self.units, self.kernel_size, shape, "shared_expert")
+        self.task_experts = [make_experts(self.num_task_experts, self.units, self.kernel_size, shape, f"{t}_expert")
                              for t in self.task_names]
-        for expert in self.shared_experts + [e for group in self.task_experts for e in group]:
-            expert.build(shape)
         for gate in self.gates + ([self.shared_gate] if self.shared_gate else []):
             gate.build(pooled_shape(shape))
 
@@ -74,12 +71,3 @@ class CGC(layers.Layer):
             every = shared + [e for mine in own for e in mine]
             outputs.append(mix(every, self.shared_gate(gate_input(shared_input))))
         return outputs
-
-    def compute_output_shape(self, input_shape):
-        shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)) else input_shape
-        return dict.fromkeys(self.task_names, tuple(shape[:-1]) + (self.units,))
-
-    def get_config(self):
-        return {**super().get_config(), "task_names": self.task_names, "num_experts": self.num_experts,
-                "num_task_experts": self.num_task_experts, "units": self.units, "kernel_size": self.kernel_size,
-                "shared_output": self.shared_output}

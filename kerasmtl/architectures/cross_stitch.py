@@ -4,13 +4,12 @@ CVPR 2016): one tower per task, each layer's outputs mixed linearly across the t
 from __future__ import annotations
 
 import keras
-from keras import layers
 
-from kerasmtl.architectures.experts import make_expert
+from kerasmtl.architectures.experts import TaskLayer, build_chain, make_expert
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
-class CrossStitch(layers.Layer):
+class CrossStitch(TaskLayer):
     """Per-task towers of ``num_layers`` ReLU convolutions on the backbone's output, with a
     cross-stitch unit between consecutive layers: ``y_t = sum_j alpha[t, j] * x_j``.
 
@@ -43,10 +42,7 @@ class CrossStitch(layers.Layer):
         self.towers = [[make_expert(self.units, self.kernel_size, rank, f"{task}_layer{i + 1}") for i in range(self.num_layers)]
                        for task in self.task_names]
         for tower in self.towers:
-            shape = tuple(input_shape)
-            for layer in tower:
-                layer.build(shape)
-                shape = shape[:-1] + (self.units,)
+            build_chain(tower, input_shape)
         other = (1.0 - self.self_weight) / max(1, t - 1)
         unit = [[self.self_weight if i == j else other for j in range(t)] for i in range(t)]
         self.alpha = None
@@ -66,10 +62,3 @@ class CrossStitch(layers.Layer):
             if depth < self.num_layers - 1:
                 tensors = self.stitch(depth, tensors)
         return dict(zip(self.task_names, tensors))
-
-    def compute_output_shape(self, input_shape):
-        return dict.fromkeys(self.task_names, tuple(input_shape[:-1]) + (self.units,))
-
-    def get_config(self):
-        return {**super().get_config(), "task_names": self.task_names, "num_layers": self.num_layers, "units": self.units,
-                "kernel_size": self.kernel_size, "self_weight": self.self_weight}

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from kerasmtl.architectures.experts import gate_input, make_expert, mix, pooled_shape
+from kerasmtl.architectures.experts import TaskLayer, gate_input, make_experts, mix, pooled_shape
 
 
 def smooth_step(t, gamma):
@@ -27,7 +27,7 @@ def _uniform_dense(units, limit, name):
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
-class DSelectK(layers.Layer):
+class DSelectK(TaskLayer):
     """Shared experts mixed per task by ``num_nonzeros`` binary-encoded selectors.
 
     Each of a task's ``num_nonzeros`` selectors reads ``ceil(log2 num_experts)`` smooth-step
@@ -70,9 +70,7 @@ class DSelectK(layers.Layer):
         self.experts = []
 
     def build(self, input_shape):
-        self.experts = [make_expert(self.units, self.kernel_size, len(input_shape), f"expert{i}") for i in range(self.num_experts)]
-        for expert in self.experts:
-            expert.build(input_shape)
+        self.experts = make_experts(self.num_experts, self.units, self.kernel_size, input_shape, "expert")
         for dense in self.z_logits + self.w_logits:
             dense.build(pooled_shape(input_shape))
 
@@ -93,11 +91,3 @@ class DSelectK(layers.Layer):
         outputs = [expert(features) for expert in self.experts]
         pooled = gate_input(features)
         return {name: mix(outputs, self.expert_weights(pooled, t, training)) for t, name in enumerate(self.task_names)}
-
-    def compute_output_shape(self, input_shape):
-        return dict.fromkeys(self.task_names, tuple(input_shape[:-1]) + (self.units,))
-
-    def get_config(self):
-        return {**super().get_config(), "task_names": self.task_names, "num_experts": self.num_experts,
-                "num_nonzeros": self.num_nonzeros, "kgamma": self.kgamma, "entropy_reg": self.entropy_reg,
-                "units": self.units, "kernel_size": self.kernel_size}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kerasmtl.architectures.experts import gate_input, make_expert, mix, pooled_shape
+from kerasmtl.architectures.experts import TaskLayer, gate_input, make_experts, mix, pooled_shape
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
-class MMoE(layers.Layer):
+class MMoE(TaskLayer):
     """``num_experts`` shared experts; each task mixes them with its own softmax gate.
 
     Task ``t``'s representation is ``sum_e g_t(x)_e * expert_e(x)`` with
@@ -37,10 +37,7 @@ class MMoE(layers.Layer):
         self.gates = [layers.Dense(self.num_experts, activation="softmax", name=f"gate_{t}") for t in self.task_names]
 
     def build(self, input_shape):
-        self.experts = [make_expert(self.units, self.kernel_size, len(input_shape), f"expert{i}")
-                        for i in range(self.num_experts)]
-        for expert in self.experts:
-            expert.build(input_shape)
+        self.experts = make_experts(self.num_experts, self.units, self.kernel_size, input_shape, "expert")
         for gate in self.gates:
             gate.build(pooled_shape(input_shape))
 
@@ -48,10 +45,3 @@ class MMoE(layers.Layer):
         outputs = [expert(features) for expert in self.experts]
         pooled = gate_input(features)
         return {t: mix(outputs, gate(pooled)) for t, gate in zip(self.task_names, self.gates)}
-
-    def compute_output_shape(self, input_shape):
-        return dict.fromkeys(self.task_names, tuple(input_shape[:-1]) + (self.units,))
-
-    def get_config(self):
-        return {**super().get_config(), "task_names": self.task_names, "num_experts": self.num_experts,
-                "units": self.units, "kernel_size": self.kernel_size}

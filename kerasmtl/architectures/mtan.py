@@ -6,6 +6,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from kerasmtl.architectures.experts import TaskLayer, build_chain
+
 
 def _attention(channels, reduction, name):
     """The paper's attention module g: 1x1 conv, BN, ReLU, 1x1 conv, BN, sigmoid."""
@@ -26,7 +28,7 @@ def _run(sequence, x, training):
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
-class MTAN(layers.Layer):
+class MTAN(TaskLayer):
     """Per-task attention over S stage outputs ``f_1 ... f_S`` of the backbone.
 
     Task t: ``a_1 = g_1^t(f_1) * f_1``; for later stages ``a_i = g_i^t([f_i, h_{i-1}(a_{i-1})]) * f_i``,
@@ -60,15 +62,9 @@ class MTAN(layers.Layer):
                        for i, c in enumerate(channels[1:])]
         for modules in self.attention:
             for i, (sequence, shape) in enumerate(zip(modules, input_shape)):
-                shape = tuple(shape[:-1]) + (shape[-1] * (1 if i == 0 else 2),)
-                for layer in sequence:
-                    layer.build(shape)
-                    shape = layer.compute_output_shape(shape)
+                build_chain(sequence, tuple(shape[:-1]) + (shape[-1] * (1 if i == 0 else 2),))
         for sequence, shape in zip(self.blocks, input_shape[:-1]):
-            shape = tuple(shape)
-            for layer in sequence:
-                layer.build(shape)
-                shape = layer.compute_output_shape(shape)
+            build_chain(sequence, shape)
 
     def _to_size(self, x, target):
         height, width = target.shape[1], target.shape[2]
@@ -93,6 +89,3 @@ class MTAN(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return dict.fromkeys(self.task_names, tuple(input_shape[-1]))
-
-    def get_config(self):
-        return {**super().get_config(), "task_names": self.task_names, "reduction": self.reduction}

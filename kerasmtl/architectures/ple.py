@@ -5,13 +5,13 @@ levels stacked, the lower ones with a shared gate feeding the next level's share
 from __future__ import annotations
 
 import keras
-from keras import layers
 
 from kerasmtl.architectures.cgc import CGC
+from kerasmtl.architectures.experts import TaskLayer
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
-class PLE(layers.Layer):
+class PLE(TaskLayer):
     """``num_levels`` `CGC` levels (``level1`` ...); level ``l < L`` also mixes every expert
     with a shared gate into level ``l + 1``'s shared input.
 
@@ -29,13 +29,15 @@ class PLE(layers.Layer):
         self.task_names, self.num_levels = list(task_names), int(num_levels)
         if self.num_levels < 1:
             raise ValueError(f"PLE needs num_levels >= 1. Received: num_levels={num_levels}")
-        self.options = {"num_experts": int(num_experts), "num_task_experts": int(num_task_experts), "units": int(units),
-                        "kernel_size": int(kernel_size)}
-        self.levels = [CGC(self.task_names, shared_output=level < self.num_levels, name=f"level{level}", **self.options)
+        self.num_experts, self.num_task_experts = int(num_experts), int(num_task_experts)
+        self.units, self.kernel_size = int(units), int(kernel_size)
+        options = {"num_experts": self.num_experts, "num_task_experts": self.num_task_experts, "units": self.units,
+                   "kernel_size": self.kernel_size}
+        self.levels = [CGC(self.task_names, shared_output=level < self.num_levels, name=f"level{level}", **options)
                        for level in range(1, self.num_levels + 1)]
 
     def build(self, input_shape):
-        inner = [tuple(input_shape[:-1]) + (self.options["units"],)] * (len(self.task_names) + 1)
+        inner = [tuple(input_shape[:-1]) + (self.units,)] * (len(self.task_names) + 1)
         for index, level in enumerate(self.levels):
             level.build(input_shape if index == 0 else inner)
 
@@ -45,9 +47,3 @@ class PLE(layers.Layer):
             outputs = level.route(x)
             x = [outputs[-1]] + outputs[:-1] if level.shared_output else outputs
         return dict(zip(self.task_names, x))
-
-    def compute_output_shape(self, input_shape):
-        return dict.fromkeys(self.task_names, tuple(input_shape[:-1]) + (self.options["units"],))
-
-    def get_config(self):
-        return {**super().get_config(), "task_names": self.task_names, "num_levels": self.num_levels, **self.options}
