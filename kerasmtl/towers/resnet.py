@@ -20,6 +20,7 @@ tower weight and leaves out ``fc.*``.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
@@ -74,38 +75,32 @@ def torch_batch_norm(x, name):
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
-def _basic_block(x, planes, stride, name, groups=1, base_width=64):
-    del groups, base_width  # torchvision's BasicBlock supports neither.
-    shortcut = x
-    y = torch_padded_conv(x, planes, 3, stride, f"{name}_conv1")
-    y = torch_batch_norm(y, f"{name}_bn1")
-    y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = torch_padded_conv(y, planes, 3, 1, f"{name}_conv2")
-    y = torch_batch_norm(y, f"{name}_bn2")
-    if stride != 1 or x.shape[-1] != planes:
-        shortcut = torch_padded_conv(x, planes, 1, stride, f"{name}_downsample_0")
-        shortcut = torch_batch_norm(shortcut, f"{name}_downsample_1")
-    y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return layers.ReLU(name=f"{name}_relu2")(y)
-
-
-def _bottleneck_block(x, planes, stride, name, groups=1, base_width=64):
+def _block_convolutions(block, planes, stride, groups, base_width) -> list:
+    """``(filters, kernel, stride, groups)`` of each convolution of a torchvision block:
+    ``BasicBlock`` (two 3x3, supporting neither groups nor width) or ``Bottleneck`` (1x1,
+    grouped 3x3, 1x1 expanding 4x)."""
+    if block == "basic":
+        return [(planes, 3, stride, 1), (planes, 3, 1, 1)]
     width = int(planes * (base_width / 64.0)) * groups
-    out = planes * 4
+    return [(width, 1, 1, 1), (width, 3, stride, groups), (planes * 4, 1, 1, 1)]
+
+
+def _residual_block(x, convolutions, stride, name):
+    """Conv-BN(-ReLU) for each of ``convolutions`` (see `_block_convolutions`), plus the
+    identity or downsampling shortcut, then the sum's ReLU."""
+    y = x
+    for index, (filters, kernel, conv_stride, groups) in enumerate(convolutions, start=1):
+        y = torch_padded_conv(y, filters, kernel, conv_stride, f"{name}_conv{index}", groups=groups)
+        y = torch_batch_norm(y, f"{name}_bn{index}")
+        if index < len(convolutions):
+            y = layers.ReLU(name=f"{name}_relu{index}")(y)
+    out = convolutions[-1][0]
     shortcut = x
-    y = torch_padded_conv(x, width, 1, 1, f"{name}_conv1")
-    y = torch_batch_norm(y, f"{name}_bn1")
-    y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = torch_padded_conv(y, width, 3, stride, f"{name}_conv2", groups=groups)
-    y = torch_batch_norm(y, f"{name}_bn2")
-    y = layers.ReLU(name=f"{name}_relu2")(y)
-    y = torch_padded_conv(y, out, 1, 1, f"{name}_conv3")
-    y = torch_batch_norm(y, f"{name}_bn3")
     if stride != 1 or x.shape[-1] != out:
         shortcut = torch_padded_conv(x, out, 1, stride, f"{name}_downsample_0")
         shortcut = torch_batch_norm(shortcut, f"{name}_downsample_1")
     y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return layers.ReLU(name=f"{name}_relu3")(y)
+    return layers.ReLU(name=f"{name}_relu{len(convolutions)}")(y)
 
 
 def resnet_features(inputs, block, blocks, groups=1, base_width=64, stem="7x7"):
@@ -126,7 +121,6 @@ def resnet_features(inputs, block, blocks, groups=1, base_width=64, stem="7x7"):
     """
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}. Received: stem={stem!r}")
-    make_block = {"basic": _basic_block, "bottleneck": _bottleneck_block}[block]
     kernel, stride = (7, 2) if stem == "7x7" else (3, 1)
     x = torch_padded_conv(inputs, 64, kernel, stride, "conv1")
     x = torch_batch_norm(x, "bn1")
@@ -137,15 +131,18 @@ def resnet_features(inputs, block, blocks, groups=1, base_width=64, stem="7x7"):
         planes = 64 * 2 ** (stage - 1)
         for index in range(count):
             stride = 2 if (index == 0 and stage > 1) else 1
-            x = make_block(x, planes, stride, f"layer{stage}_{index}", groups, base_width)
+            x = _residual_block(x, _block_convolutions(block, planes, stride, groups, base_width), stride,
+                                f"layer{stage}_{index}")
     return x
 
 
-def _resnet_tower(name, input_shape, weights, stem, **graph):
+def torchvision_tower(name, input_shape, weights, features, skip=("fc.",)) -> keras.Model:
+    """The tower ``name``: ``features(images)`` with ``weights`` loaded (`load_tower_weights`,
+    leaving out the ``skip`` keys)."""
     inputs = keras.Input(shape=input_shape, name="images")
-    model = keras.Model(inputs, resnet_features(inputs, stem=stem, **graph), name=name)
+    model = keras.Model(inputs, features(inputs), name=name)
     if weights is not None:
-        load_tower_weights(model, weights)
+        load_tower_weights(model, weights, skip=skip)
     return model
 
 
@@ -200,7 +197,8 @@ def resnet18(input_shape, weights=None, stem="7x7"):
     Returns:
         The tower model.
     """
-    return _resnet_tower("resnet18", input_shape, weights, stem, block="basic", blocks=(2, 2, 2, 2))
+    graph = functools.partial(resnet_features, block="basic", blocks=(2, 2, 2, 2), stem=stem)
+    return torchvision_tower("resnet18", input_shape, weights, graph)
 
 
 @register_tower("resnext50_32x4d", preprocessing="torch", stages=RESNET_STAGES, rgb_weights=True)
@@ -215,13 +213,5 @@ def resnext50_32x4d(input_shape, weights=None, stem="7x7"):
     Returns:
         The tower model.
     """
-    return _resnet_tower(
-        "resnext50_32x4d",
-        input_shape,
-        weights,
-        stem,
-        block="bottleneck",
-        blocks=(3, 4, 6, 3),
-        groups=32,
-        base_width=4,
-    )
+    graph = functools.partial(resnet_features, block="bottleneck", blocks=(3, 4, 6, 3), groups=32, base_width=4, stem=stem)
+    return torchvision_tower("resnext50_32x4d", input_shape, weights, graph)

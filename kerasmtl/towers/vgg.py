@@ -6,11 +6,10 @@ so a torchvision checkpoint loads by name through `kerasmtl.ports.load_torch_wei
 
 from __future__ import annotations
 
-import keras
 from keras import layers
 
 from kerasmtl.towers.registry import STRIDE_STAGES, register_tower
-from kerasmtl.towers.resnet import load_tower_weights
+from kerasmtl.towers.resnet import torchvision_tower
 
 #: VGG16 ``features``: channels per 3x3 conv, "M" for 2x2 max pooling.
 # fmt: off
@@ -54,8 +53,4 @@ def vgg16_tower(input_shape, weights=None):
     Returns:
         The tower model.
     """
-    inputs = keras.Input(shape=input_shape, name="images")
-    model = keras.Model(inputs, vgg16_features(inputs), name="vgg16_features")
-    if weights is not None:
-        load_tower_weights(model, weights, skip=("classifier.",))
-    return model
+    return torchvision_tower("vgg16_features", input_shape, weights, vgg16_features, skip=("classifier.",))
