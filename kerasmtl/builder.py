@@ -15,7 +15,6 @@ from kerasmtl.methods.weightings import weighting_class
 from kerasmtl.model import MultiTaskModel
 from kerasmtl.tasks import Task
 from kerasmtl.towers import create_tower, get_tower_spec, tower_label
-from kerasmtl.weighting import TaskWeighting
 
 
 class ModelBuilder:
@@ -160,7 +159,6 @@ class ModelBuilder:
         tower = self.build_tower()
         preprocessing = ImagePreprocessing(mode=self.spec.preprocessing, output_channels=tower.input_shape[-1],
                                            name="preprocessing")
-        weighting = TaskWeighting([t.name for t in self.tasks], learned=weighting_class(self.task_weighting).learned)
         names = [t.name for t in self.tasks]
         architecture = architectures.make_architecture(self.architecture, names, self.architecture_options)
         if self.architecture in architectures.STAGED:
@@ -168,7 +166,7 @@ class ModelBuilder:
         return MultiTaskModel(
             backbone=tower, tasks=self.tasks, head=self.heads, head_kwargs=self.head_kwargs, neck=self.neck or None,
             neck_dropout=self.neck_dropout, preprocessing=preprocessing, image_shape=self.input_shape,
-            architecture=architecture, task_weighting=weighting, name=self.name,
+            architecture=architecture, task_weighting=self.task_weighting, name=self.name,
         )
 
     def staged_tower(self, tower: keras.Model, count: int) -> keras.Model:

@@ -13,7 +13,7 @@ from keras import ops
 
 from kerasmtl import backends, methods
 from kerasmtl.gradient_step import GradientState, GradientStep, by_output
-from kerasmtl.graph import layer_output, shared_representation
+from kerasmtl.graph import layer_output, named_outputs, shared_representation
 from kerasmtl.heads import head_layers, neck_layers
 from kerasmtl.keras_workarounds import UnevenBatchBuild
 from kerasmtl.losses import FunctionLoss, _global_present, presence_mask
@@ -50,8 +50,7 @@ def check_tasks(model: keras.Model, tasks: Sequence[Task]) -> None:
         ValueError: an output without a task, a task without an output, or an output
             whose width is not the task's.
     """
-    named = model.output.items() if isinstance(model.output, Mapping) else zip(model.output_names, model.outputs)
-    widths = {name: tensor.shape[-1] for name, tensor in named}
+    widths = {name: tensor.shape[-1] for name, tensor in named_outputs(model).items()}
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"Task names must be unique. Received: {names}")
@@ -142,7 +141,8 @@ class MultiTaskModel(UnevenBatchBuild):
             (`kerasmtl.layers.ImagePreprocessing`).
         image_shape: ``(height, width, channels)`` of the raw images; default the
             backbone's input shape.
-        task_weighting: a `TaskWeighting` layer (or its serialized config); default one
+        task_weighting: a `TaskWeighting` layer (or its serialized config), or a strategy of
+            `kerasmtl.methods.WEIGHTINGS` (``"uncertainty"``: learned weights); default one
             with assignable weights, all 1.
         name: the model's name.
 
@@ -173,8 +173,9 @@ class MultiTaskModel(UnevenBatchBuild):
                 keras.config.set_dtype_policy(previous)
         check_tasks(self, tasks)
         self._task_list = tasks
-        if task_weighting is None:
-            task_weighting = TaskWeighting([t.name for t in tasks])
+        if task_weighting is None or isinstance(task_weighting, str):
+            learned = task_weighting is not None and methods.weightings.weighting_class(task_weighting).learned
+            task_weighting = TaskWeighting([t.name for t in tasks], learned=learned)
         elif isinstance(task_weighting, Mapping):
             task_weighting = keras.saving.deserialize_keras_object(dict(task_weighting))
         if not isinstance(task_weighting, TaskWeighting):
@@ -562,7 +563,6 @@ def with_task_weighting(model: keras.Model, strategy: str = "static", tasks: Seq
     Returns:
         A new, uncompiled `MultiTaskModel` with fresh weights of all 1 (or log-variances 0).
     """
-    learned = methods.weightings.weighting_class(strategy).learned
     if tasks is None:
         if not isinstance(model, MultiTaskModel):
             raise ValueError(f"with_task_weighting needs the tasks of a plain {type(model).__name__}: pass tasks=[...]")
@@ -571,5 +571,4 @@ def with_task_weighting(model: keras.Model, strategy: str = "static", tasks: Seq
         inputs, outputs = model.input, model.output
     except (AttributeError, ValueError):
         raise TypeError(f"with_task_weighting needs a functional keras.Model. Received: {type(model).__name__}") from None
-    weighting = TaskWeighting([t.name for t in tasks], learned=learned)
-    return MultiTaskModel(inputs, outputs, name=model.name, tasks=tasks, task_weighting=weighting)
+    return MultiTaskModel(inputs, outputs, name=model.name, tasks=tasks, task_weighting=strategy)
