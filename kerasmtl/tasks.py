@@ -477,27 +477,20 @@ class Task:
     # ----------------------------------------------------------- persistence
     def to_dict(self) -> dict:
         """A JSON/YAML-ready description; `Task.from_dict` inverts it."""
-        out = dataclasses.asdict(self)
-        out["classes"] = list(self.classes)
-        out["columns"] = list(self.columns)
-        out["flip_pairs"] = [list(p) for p in self.flip_pairs]
-        for key in ("mean", "std"):
-            out[key] = list(out[key]) if out[key] is not None else None
-        if isinstance(self.alpha, tuple):
-            out["alpha"] = list(self.alpha)
-        return out
+        return {key: _lists(value) for key, value in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, config: dict) -> Task:
         """Builds a Task from `to_dict` output."""
-        config = dict(config)
-        config["classes"] = tuple(config.get("classes", ()))
-        config["columns"] = tuple(config.get("columns", ()))
-        config["flip_pairs"] = tuple(tuple(p) for p in config.get("flip_pairs", ()))
         unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"Unknown task field(s) {unknown} in {config!r}")
         return cls(**config)
+
+
+def _lists(value):
+    """``value`` with its tuples, nested ones too, as lists (as JSON and YAML write them)."""
+    return [_lists(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _number(value) -> float | None:
