@@ -45,11 +45,7 @@ def dense_head(task: Task, feature_map: bool, units: Sequence[int] = (128,), dro
         The head's layers, in order.
     """
     found = [layers.GlobalAveragePooling2D(name=f"{task.name}_gap")] if feature_map else []
-    for i, width in enumerate(units):
-        found.append(layers.Dense(int(width), activation="relu", name=f"{task.name}_dense{i + 1}"))
-        if dropout:
-            found.append(layers.Dropout(dropout, name=f"{task.name}_dropout{i + 1}"))
-    return found + _output_layers(task)
+    return found + _dense_blocks(units, dropout, task.name) + _output_layers(task)
 
 
 def conv_head(task: Task, feature_map: bool, filters: Sequence[int] = (64,), dropout: float = 0.0) -> list:
@@ -113,9 +109,14 @@ def neck_layers(widths: Sequence[int], dropout: float = 0.5) -> list:
     Returns:
         The neck's layers, in order.
     """
-    found = [layers.GlobalAveragePooling2D(name="neck_gap")]
+    return [layers.GlobalAveragePooling2D(name="neck_gap")] + _dense_blocks(widths, dropout, "neck")
+
+
+def _dense_blocks(widths: Sequence[int], dropout: float, prefix: str) -> list:
+    """Dense-ReLU(-Dropout) blocks named ``{prefix}_dense{i}`` and ``{prefix}_dropout{i}``."""
+    found = []
     for i, width in enumerate(widths):
-        found.append(layers.Dense(int(width), activation="relu", name=f"neck_dense{i + 1}"))
+        found.append(layers.Dense(int(width), activation="relu", name=f"{prefix}_dense{i + 1}"))
         if dropout:
-            found.append(layers.Dropout(dropout, name=f"neck_dropout{i + 1}"))
+            found.append(layers.Dropout(dropout, name=f"{prefix}_dropout{i + 1}"))
     return found
