@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 import keras
 import numpy as np
 
+from kerasmtl.graph import all_layers
+
 #: Keras layer class name -> ((torch param, Keras attribute, axes of np.transpose or None), ...)
 CONVERSIONS = {
     "Conv2D": (("weight", "kernel", (2, 3, 1, 0)), ("bias", "bias", None)),
@@ -138,13 +140,8 @@ def weighted_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
         ValueError: if two such layers share a name.
     """
     found: dict[str, keras.layers.Layer] = {}
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, keras.Model):
-            stack = list(layer.layers) + stack
-            continue
-        if not layer.weights:
+    for layer in all_layers(model):
+        if isinstance(layer, keras.Model) or not layer.weights:
             continue
         if layer.name in found:
             raise ValueError(
