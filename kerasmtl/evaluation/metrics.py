@@ -236,10 +236,8 @@ def task_report(
     if baseline_class is None:
         baseline_class = majority_class(labels, task)
     classes = list(range(len(task.classes)))
-    precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        labels, predicted, labels=classes, average="macro", zero_division=0
-    )
     per_class = skm.precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
+    precision, recall, f1 = (np.mean(scores) for scores in per_class[:3])  # macro: the mean over the classes
     report = {
         "n": int(len(labels)),
         "accuracy": float(skm.accuracy_score(labels, predicted)),
