@@ -153,15 +153,11 @@ def load_pa100k(
         raise DataError(f"{folder}: PA100k folder not found.")
     source = folder / ANNOTATION_FILE
     attributes, splits = read_annotation(source)
-    parts = []
-    for split in SPLITS:
-        names, labels = splits[split]
-        rows = np.arange(len(names))[:limit]
-        part = pd.DataFrame(labels[rows], columns=attributes)
-        part.insert(0, "image_id", [names[i] for i in rows])
-        part.insert(1, "partition", split)
-        part.insert(2, "row", rows + 1)
-        parts.append(part)
+    parts = [
+        pd.DataFrame({"image_id": names[:limit], "partition": split, "row": np.arange(1, len(names) + 1)[:limit]})
+        .join(pd.DataFrame(labels[:limit], columns=attributes))
+        for split, (names, labels) in splits.items()
+    ]
     frame = pd.concat(parts, ignore_index=True)
     first = frame["image_id"].iloc[0] if len(frame) else None
     root = image_folder(folder, first).resolve()
