@@ -232,8 +232,9 @@ def celeba_resize_crop(
     return A.Compose(transforms)
 
 
-#: The default training augmentation: `make_pipeline` with its defaults.
 default_pipeline = make_pipeline
+"""The default training augmentation: `make_pipeline` with its defaults."""
+
 PIPELINES: dict[str, Callable[[], A.Compose]] = {
     "default": default_pipeline,
     "keras_channel_shift": lambda: make_pipeline(channel_shift_mode="keras"),
