@@ -225,13 +225,10 @@ def artifact_path(path: str | os.PathLike, format: str, quantize: str | None = N
     without a suffix.
 
     Raises:
-        kerasmtl.written_files.OutputError: a SavedModel path that is a file.
         ValueError: a file name whose suffix does not suit the format.
     """
     path = Path(path)
     if format == "saved_model":
-        if path.exists() and not path.is_dir():
-            raise written_files.OutputError(f"{path} is a file; a SavedModel is a folder. Choose a new or empty folder with --out.")
         return path
     suffix = _SUFFIXES[format]
     if path.is_dir() or not path.suffix:
@@ -445,7 +442,7 @@ def export_command(args) -> Path:
     if run is None:
         print("accuracy change not measured: the model is not in a run folder, so it has no test split")
         return path
-    bounds = quantization.DropBounds(getattr(args, "max_drop", 1.0), getattr(args, "max_mae_rise", 5.0))
+    bounds = quantization.DropBounds(args.max_drop, args.max_mae_rise)
     report = quantization.accuracy_report(run, model, path, tasks, [serving_task(t) for t in tasks], bounds)
     refused = quantization.refusals(report)
     report["refused"] = bool(refused)

@@ -107,7 +107,7 @@ def check_folder(folder: str | os.PathLike, overwrite: bool = False) -> None:
     missing, empty, holding only files the package wrote, or ``overwrite``."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} is a file, not a folder. Choose a folder (new or empty) with --out.")
+        raise OutputError(f"{folder} is a file; a SavedModel is a folder. Choose a new or empty folder with --out.")
     foreign = [] if overwrite else foreign_files(folder)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
