@@ -156,7 +156,7 @@ def _save(figure, path, replaced_names: bool = False) -> str:
         figure.text(0.005, 0.003, UNDRAWABLE_NOTE, fontsize=7, color="dimgray", va="bottom")
     try:
         with atomic.atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png", dpi=DPI)
+            figure.savefig(temporary, dpi=DPI)  # the format of the name's suffix, as matplotlib reads it
     finally:
         plt.close(figure)
     return str(path)
