@@ -60,6 +60,7 @@ from keras import ops
 
 from kerasmtl import backends, methods
 from kerasmtl.aggregation._core import F64, dtype_of, gramian, maximum
+from kerasmtl.graph import named_outputs
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl")
@@ -316,7 +317,7 @@ def shared_variables(model) -> list:
     Raises:
         ValueError: the outputs share none.
     """
-    outputs = model.output if isinstance(model.output, Mapping) else dict(zip(model.output_names, model.outputs))
+    outputs = named_outputs(model)
     common = set.intersection(*({id(v) for v in keras.Model(model.input, t).trainable_variables} for t in outputs.values()))
     shared = [v for v in model.trainable_variables if id(v) in common]
     if len(outputs) < 2 or not shared:

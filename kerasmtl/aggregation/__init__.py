@@ -146,9 +146,14 @@ def initial_state(name: str, tasks: int, dims: int | None = None, dtype=F64, wei
     return {}
 
 
-def _run(name, g, p, state, options):
+def _run(name, matrix, p, state, options):
+    """The weights of ``name`` and its new state (None: stateless) for the Gramian, or for
+    the Jacobian of a `JACOBIAN_WEIGHTED` method."""
     function = _method(name, options)
-    g = masked(g, p)
+    if name in _JACOBIAN_WEIGHTS:
+        state = initial_state(name, *matrix.shape, dtype_of(matrix)) if state is None else state
+        return function(matrix, p, state, **options)
+    g = masked(matrix, p)
     if name == "cr_mogm":
         options = dict(options)
         inner, inner_options = _inner(options.pop("weighting", "upgrad"))
@@ -192,20 +197,12 @@ def weights(name: str, matrix, *, present=None, state=None, **options):
         raise ValueError(
             f"{name} acts on the Jacobian's entries, not on its Gramian: use aggregate(). Received: name={name!r}"
         )
-    function = _method(name)
+    _method(name)
     state = None if state is None else {k: ops.convert_to_tensor(v) for k, v in state.items()}
-    if name in _JACOBIAN_WEIGHTS:
-        j, numpy_in = as_matrix(matrix, "jacobian")
-        p = mask(present, j.shape[0])
-        _method(name, options)
-        if state is None:
-            state = initial_state(name, j.shape[0], j.shape[1], dtype_of(j))
-        w, new_state = function(j, p, state, **options)
-        return _output((w, new_state), numpy_in)
-    g, numpy_in = as_matrix(matrix, "gramian", square=True)
-    g = ops.cast(g, F64)
-    p = mask(present, g.shape[0])
-    w, new_state = _run(name, g, p, state, options)
+    jacobian = name in _JACOBIAN_WEIGHTS
+    matrix, numpy_in = as_matrix(matrix, "jacobian" if jacobian else "gramian", square=not jacobian)
+    matrix = matrix if jacobian else ops.cast(matrix, F64)
+    w, new_state = _run(name, matrix, mask(present, matrix.shape[0]), state, options)
     return _output((w, new_state) if name in STATEFUL else w, numpy_in)
 
 
@@ -231,9 +228,6 @@ def aggregate(name: str, jacobian, *, present=None, state=None, **options):
     if name in _JACOBIAN:
         _method(name, options)
         return _output(function(j, p, **options), numpy_in)
-    if name in _JACOBIAN_WEIGHTS:
-        w, new_state = weights(name, j, present=present, state=state, **options)
-    else:
-        w, new_state = _run(name, gramian(j), p, state, options)
+    w, new_state = _run(name, j if name in _JACOBIAN_WEIGHTS else gramian(j), p, state, options)
     direction = combine(j, w)
     return _output((direction, new_state) if name in STATEFUL else direction, numpy_in)

@@ -63,9 +63,7 @@ class Aggregator(GradientMethod):
         return {**named, "level": self.level, **self.options, **seed}
 
     def initial_state(self, tasks: int, dims: int | None = None) -> dict:
-        weighting = self.options.get("weighting", "upgrad")
-        weighting = weighting if isinstance(weighting, str) else weighting[0]
-        return aggregation.initial_state(self._kind, tasks, dims, "float32", weighting)
+        return aggregation.initial_state(self._kind, tasks, dims, "float32", self.options.get("weighting", "upgrad"))
 
     def combine(self, jacobian, gramian, present, state, *, step, totals=None, batch=None):
         options = dict(self.options)
