@@ -330,8 +330,7 @@ def load_celeba(
     """
     folder = Path(folder)
     check_labels(labels)
-    unknown = sorted(set(partitions) - set(PARTITIONS.values()))
-    if unknown:
+    if not set(partitions) <= set(PARTITIONS.values()):
         raise ValueError(f"partitions are chosen from {list(PARTITIONS.values())}. Received: {list(partitions)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 (images per partition) or None. Received: limit={limit}")
