@@ -31,8 +31,7 @@ class PLE(TaskLayer):
             raise ValueError(f"PLE needs num_levels >= 1. Received: num_levels={num_levels}")
         self.num_experts, self.num_task_experts = int(num_experts), int(num_task_experts)
         self.units, self.kernel_size = int(units), int(kernel_size)
-        options = {"num_experts": self.num_experts, "num_task_experts": self.num_task_experts, "units": self.units,
-                   "kernel_size": self.kernel_size}
+        options = {n: getattr(self, n) for n in ("num_experts", "num_task_experts", "units", "kernel_size")}
         self.levels = [CGC(self.task_names, shared_output=level < self.num_levels, name=f"level{level}", **options)
                        for level in range(1, self.num_levels + 1)]
 
