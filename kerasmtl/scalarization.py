@@ -26,17 +26,10 @@ import numpy as np
 from keras import ops
 
 from kerasmtl.aggregation import linear
-from kerasmtl.aggregation._core import F64, check_option_names, keyword_options
+from kerasmtl.aggregation._core import F64, check_option_names, keyword_options, task_vector
 
 #: Added under PBI's square root.
 PBI_EPS = 1e-12
-
-
-def _vector(value, what, m, dtype):
-    vector = ops.cast(ops.convert_to_tensor(value), dtype)
-    if tuple(vector.shape) != (m,):
-        raise ValueError(f"{what} must be a vector with one entry per task ({m}). Received: shape={tuple(vector.shape)}")
-    return vector
 
 
 def _required(name, **values):
@@ -69,11 +62,11 @@ def geometric_mean(losses, p):
 def _preference(weights, p, dtype, default=None):
     if weights is None:
         return p / ops.maximum(ops.sum(p), 1.0) if default == "mean" else None
-    return _vector(weights, "weights", p.shape[0], dtype) * p
+    return task_vector(weights, "weights", p.shape[0], dtype) * p
 
 
 def _shift(losses, reference, p):
-    return losses if reference is None else losses - _vector(reference, "reference", p.shape[0], losses.dtype)
+    return losses if reference is None else losses - task_vector(reference, "reference", p.shape[0], losses.dtype)
 
 
 def stch(losses, p, *, mu=None, weights=None, reference=None):
@@ -193,7 +186,7 @@ def scalarize(name: str, losses, *, present=None, state=None, **kwargs):
     if len(values.shape) != 1:
         raise ValueError(f"losses must be a (tasks,) vector. Received: shape={tuple(values.shape)}")
     m = values.shape[0]
-    p = ops.ones([m], values.dtype) if present is None else ops.cast(_vector(present, "present", m, "bool"), values.dtype)
+    p = ops.ones([m], values.dtype) if present is None else ops.cast(task_vector(present, "present", m, "bool"), values.dtype)
     if name in LEARNED:
         kwargs["state"] = initial_state(name, m) if state is None else state
     result = _FUNCTIONS[name](values, p, **kwargs)

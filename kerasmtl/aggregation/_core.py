@@ -55,6 +55,18 @@ def as_matrix(value, what: str, square: bool = False):
     return tensor, numpy_in
 
 
+def task_vector(value, what: str, tasks: int, dtype=F64):
+    """``value`` as a ``(tasks,)`` tensor of ``dtype`` (an option or input with one entry per task).
+
+    Raises:
+        ValueError: another shape; the message names ``what``.
+    """
+    vector = ops.cast(ops.convert_to_tensor(value), dtype)
+    if tuple(vector.shape) != (tasks,):
+        raise ValueError(f"{what} must be a vector with one entry per task ({tasks}). Received: shape={tuple(vector.shape)}")
+    return vector
+
+
 def mask(present, tasks: int):
     """``present`` (None: every task) as a 0/1 vector of length ``tasks``."""
     if present is None:
@@ -122,12 +134,7 @@ def pref(pref_vector, p, default: str = "mean"):
     """The preference weights over the present tasks: ``pref_vector`` restricted to them, or
     ``1/k`` (``mean``) or ``1`` (``sum``) each."""
     if pref_vector is not None:
-        vector = ops.cast(ops.convert_to_tensor(pref_vector), F64)
-        if len(vector.shape) != 1 or vector.shape[0] != p.shape[0]:
-            raise ValueError(
-                f"pref_vector must be a vector with one entry per task ({p.shape[0]}). Received: shape={tuple(vector.shape)}"
-            )
-        return vector * p
+        return task_vector(pref_vector, "pref_vector", p.shape[0]) * p
     if default == "sum":
         return p
     return p / maximum(ops.sum(p), 1.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from kerasmtl.aggregation._core import EPS, F64, matvec, maximum, normal, outer, pinv_psd, pref
+from kerasmtl.aggregation._core import EPS, F64, matvec, maximum, normal, outer, pinv_psd, pref, task_vector
 
 
 def mean(g, p):
@@ -97,8 +97,4 @@ def constant(g, p, *, weights=None):
     """Constant: the given ``weights`` (required, one per task), 0 for absent tasks."""
     if weights is None:
         raise ValueError("constant needs weights, a list with one number per task. Received: weights=None")
-    vector = ops.cast(ops.convert_to_tensor(weights), F64)
-    if len(vector.shape) != 1 or vector.shape[0] != p.shape[0]:
-        raise ValueError(f"weights must be a vector with one entry per task ({p.shape[0]}). "
-                         f"Received: shape={tuple(vector.shape)}")
-    return vector * p
+    return task_vector(weights, "weights", p.shape[0]) * p

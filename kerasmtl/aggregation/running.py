@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from kerasmtl.aggregation._core import maximum
+from kerasmtl.aggregation._core import maximum, task_vector
 
 #: Added under ExcessMTL's square root and to its baselines (as torchjd and LibMTL).
 EXCESS_EPS = 1e-7
@@ -82,10 +82,7 @@ def cr_mogm(hat, p, state, *, weighting="upgrad", alpha=0.9, initial_weights=Non
     m = hat.shape[0]
     start = hat
     if initial_weights is not None:
-        start = ops.cast(ops.convert_to_tensor(initial_weights), "float64")
-        if tuple(start.shape) != (m,):
-            raise ValueError(f"initial_weights must be a vector with one entry per task ({m}). "
-                             f"Received: shape={tuple(start.shape)}")
+        start = task_vector(initial_weights, "initial_weights", m, "float64")
     seen = state["seen"] > 0
     previous = ops.where(seen, ops.cast(state["smoothed"], "float64"), start)
     new = alpha * previous + (1.0 - alpha) * hat

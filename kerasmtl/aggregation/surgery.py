@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from kerasmtl.aggregation._core import F64, dtype_of, maximum, uniform
+from kerasmtl.aggregation._core import F64, dtype_of, maximum, task_vector, uniform
 
 
 def _orders(p, seed):
@@ -112,10 +112,6 @@ def graddrop(j, p, *, f=None, leak=None, seed=None):
     if leak is None:
         share = ops.cast(keep, dtype)
     else:
-        leak = ops.cast(ops.convert_to_tensor(leak), dtype)
-        if len(leak.shape) != 1 or leak.shape[0] != m:
-            raise ValueError(
-                f"leak must be a vector with one entry per task ({m}). Received: shape={tuple(leak.shape)}"
-            )
+        leak = task_vector(leak, "leak", m, dtype)
         share = leak[:, None] + (1.0 - leak[:, None]) * ops.cast(keep, dtype)
     return ops.sum(share * rows, axis=0)
