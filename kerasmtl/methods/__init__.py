@@ -46,20 +46,20 @@ def get(identifier, level: str | None = None, options: Mapping | None = None, ar
         return identifier
     if not isinstance(identifier, str):
         raise TypeError(f"{argument} must be a kerasmtl.methods.Method or a method name. Received: {identifier!r}")
+    options = dict(options or {})
     if identifier in WEIGHTINGS:  # no gradient level
-        return WEIGHTINGS[identifier](**dict(options or {}))
+        return WEIGHTINGS[identifier](**options)
     known = choices.METHODS if argument == "method" else choices.GRADIENT_METHODS
     if identifier not in known:
         raise ValueError(f"{argument} must be one of {known}. Received: {argument}={identifier!r}")
     if identifier in SCALARIZATIONS:  # loss level: no gradient level
-        return SCALARIZATIONS[identifier](**dict(options or {}))
+        return SCALARIZATIONS[identifier](**options)
     if identifier == AutoLambda.name:  # its validation_data is set before training
-        check_option_names(AutoLambda.name, options or {}, AutoLambda().get_config())
-        return AutoLambda(**dict(options or {}))
-    keyword = {} if level is None else {"level": level}
+        check_option_names(AutoLambda.name, options, AutoLambda().get_config())
+        return AutoLambda(**options)
     if identifier in LOSS_LEVEL:
-        return LOSS_LEVEL[identifier](**keyword, **dict(options or {}))
-    return Aggregator(identifier, **keyword, **dict(options or {}))
+        return LOSS_LEVEL[identifier](level, **options)
+    return Aggregator(identifier, level, **options)
 
 
 def from_compile_arguments(method, gradient_method, gradient_level, gradient_options) -> Method | None:

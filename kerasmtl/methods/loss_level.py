@@ -91,7 +91,7 @@ class DBMTL(LossLevelMethod):
     needs = "jacobian"
     levels = ("parameters",)
 
-    def __init__(self, level: str = "parameters", **options):
+    def __init__(self, level: str | None = None, **options):
         if level == "features":
             raise ValueError("db_mtl averages each task's parameter gradient over the steps (the features are other "
                              "images' at every step): use gradient_level='parameters'. Received: gradient_level='features'")
