@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from kerasmtl.callbacks.checkpoint import load_checkpoint, save_model_atomic
+from kerasmtl.atomic import save_model as save_model_atomic
+from kerasmtl.callbacks.checkpoint import load_checkpoint
 from kerasmtl_cli import load_yaml_config, training_parser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,6 @@ import keras
 import numpy as np
 
 from kerasmtl.atomic import atomic_path, write_json
-from kerasmtl.atomic import save_model as save_model_atomic
 from kerasmtl.callbacks.non_finite import non_finite_losses, weights_are_finite
 from kerasmtl.checkpointing.callback_state import state_holders
 from kerasmtl.checkpointing.history import truncate_history
@@ -26,7 +25,7 @@ from kerasmtl.checkpointing.random_state import global_random_state, seed_genera
 from kerasmtl.checkpointing.state import STATE_FORMAT, ResumeError, check_fingerprint, read_state
 from kerasmtl.runs import RESUME_FILE, STATE_FILE, arrays_file, weights_file
 
-__all__ = ["ResumeCheckpoint", "load_checkpoint", "save_model_atomic"]
+__all__ = ["ResumeCheckpoint", "load_checkpoint"]
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
