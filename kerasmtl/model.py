@@ -487,7 +487,7 @@ class MultiTaskModel(UnevenBatchBuild):
             serialize = keras.saving.serialize_keras_object
             config = {"name": self.name, "trainable": self.trainable, "dtype": serialize(self.dtype_policy),
                       "backbone": serialize(self.backbone),
-                      **{k: _serialize(v) for k, v in self._parts_config.items()},
+                      **serialize(self._parts_config),
                       "architecture": serialize(self.architecture), "preprocessing": serialize(self.preprocessing)}
         config["tasks"] = [t.to_dict() for t in self._task_list]
         config["task_weighting"] = keras.saving.serialize_keras_object(self.task_weighting)
@@ -515,17 +515,6 @@ def _deserialize(part):
         return keras.saving.deserialize_keras_object(dict(part))
     if isinstance(part, (list, tuple)) and not _is_widths(part):
         return [_deserialize(p) for p in part]
-    return part
-
-
-def _serialize(part):
-    """A constructor argument for the config: layers serialized, the rest as given."""
-    if isinstance(part, keras.Layer):
-        return keras.saving.serialize_keras_object(part)
-    if isinstance(part, Mapping):
-        return {k: _serialize(v) for k, v in part.items()}
-    if isinstance(part, (list, tuple)):
-        return [_serialize(p) for p in part]
     return part
 
 
