@@ -1,5 +1,9 @@
 """MultiTaskModel's parts: the shared representation, the backbone, neck and heads."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -124,50 +128,68 @@ def test_constructor_refusals():
         _parts_model(neck=[4], head="conv")
 
 
+#: One fresh process loads every saved model below; it prints one line per model.
 LOAD_AND_PREDICT = """
 import sys, numpy as np, keras
 import kerasmtl  # registers the package's classes
-model = keras.saving.load_model(sys.argv[1])
-images = np.load(sys.argv[2])
-out = model.predict(images, verbose=0)
-np.savez(sys.argv[3], **out)
-print(type(model).__name__, model.backbone.name, model.neck is None, sorted(model.heads),
-      [layer.name for layer in model.heads["age"].layers], model.feature_map.shape[-1])
+images = np.load(sys.argv[1])
+for saved, out in zip(sys.argv[2::2], sys.argv[3::2]):
+    model = keras.saving.load_model(saved)
+    if out == "-":  # a model saved before models owned their parts
+        forward, trunk = model.split_at_features()
+        print("OLD", type(model).__name__, model.backbone, len(model.tasks), trunk.output.shape[-1] > 0)
+        continue
+    np.savez(out, **model.predict(images, verbose=0))
+    print("PARTS", type(model).__name__, model.backbone.name, model.neck is None, sorted(model.heads),
+          [layer.name for layer in model.heads["age"].layers], model.feature_map.shape[-1])
 """
-
-
-@pytest.mark.parametrize("neck, head, age_layers", [
+PARTS_CASES = [
     (None, {"age": "conv"}, "['age_conv1', 'age_bn1', 'age_relu1', 'age_gap', 'age']"),
     ([7], "dense", "['age_dense1', 'age_dropout1', 'age']"),
-])
-def test_a_saved_model_of_parts_loads_with_its_parts_in_a_fresh_process(images, tmp_path, neck, head, age_layers):
-    import subprocess
-    import sys
+]
+#: Saved with the package as it was before models owned their parts (a functional MultiTaskModel).
+OLD_MODEL = Path(__file__).parent / "data" / "run_2b8c55b" / "model.keras"
 
-    model = _parts_model(neck=neck, head=head)
-    model.save(tmp_path / "m.keras")
-    np.save(tmp_path / "images.npy", images)
-    result = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, str(tmp_path / "m.keras"), str(tmp_path / "images.npy"),
-                             str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300, check=False)
+
+@pytest.fixture(scope="module")
+def loaded_elsewhere(images, tmp_path_factory):
+    """Saves one model of parts per case and loads them, and the old model, in one fresh process.
+
+    Returns:
+        ``(models, lines, folder)``: the saved models by case index, the process's output lines
+        (``PARTS ...`` per case in order, then ``OLD ...``), so each test reads its own, and the
+        folder holding each case's ``out{case}.npz`` predictions.
+    """
+    folder = tmp_path_factory.mktemp("parts")
+    np.save(folder / "images.npy", images)
+    models, args = [], []
+    for i, (neck, head, _) in enumerate(PARTS_CASES):
+        models.append(_parts_model(neck=neck, head=head))
+        models[-1].save(folder / f"m{i}.keras")
+        args += [str(folder / f"m{i}.keras"), str(folder / f"out{i}.npz")]
+    result = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, str(folder / "images.npy"), *args, str(OLD_MODEL), "-"],
+                            capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-1].strip() == "6"
-    assert f"MultiTaskModel base {neck is None} ['age', 'height', 'smiling'] {age_layers}" in result.stdout
-    expected, got = model.predict(images, verbose=0), np.load(tmp_path / "out.npz")
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("PARTS ", "OLD "))]
+    return models, lines, folder
+
+
+@pytest.mark.parametrize("case", range(len(PARTS_CASES)), ids=[f"None-head0-{PARTS_CASES[0][2]}", f"neck1-dense-{PARTS_CASES[1][2]}"])
+def test_a_saved_model_of_parts_loads_with_its_parts_in_a_fresh_process(images, loaded_elsewhere, case):
+    neck, head, age_layers = PARTS_CASES[case]
+    models, lines, folder = loaded_elsewhere
+    line = lines[case]
+    assert line.startswith("PARTS ") and line.split()[-1] == "6", lines
+    assert f"MultiTaskModel base {neck is None} ['age', 'height', 'smiling'] {age_layers}" in line
+    expected, got = models[case].predict(images, verbose=0), np.load(folder / f"out{case}.npz")
     for name in ("smiling", "age", "height"):
         np.testing.assert_array_equal(got[name], expected[name])
 
 
-def test_a_model_saved_before_models_owned_their_parts_loads_as_a_functional_model(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = ("import sys, keras, kerasmtl\nm = keras.saving.load_model(sys.argv[1])\nf, t = m.split_at_features()\n"
-            "print(type(m).__name__, m.backbone, len(m.tasks), t.output.shape[-1] > 0)")
-    saved = Path(__file__).parent / "data" / "run_2b8c55b" / "model.keras"
-    result = subprocess.run([sys.executable, "-c", code, str(saved)], capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-4:] == ["MultiTaskModel", "None", "8", "True"]
+def test_a_model_saved_before_models_owned_their_parts_loads_as_a_functional_model(loaded_elsewhere):
+    _, lines, _ = loaded_elsewhere
+    assert lines[-1].startswith("OLD ") and len(lines) == len(PARTS_CASES) + 1, lines
+    assert lines[-1].split()[-4:] == ["MultiTaskModel", "None", "8", "True"]
 
 
 @keras.saving.register_keras_serializable(package="kerasmtl_tests")
