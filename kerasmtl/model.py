@@ -199,7 +199,7 @@ class MultiTaskModel(UnevenBatchBuild):
         inputs = keras.Input(shape=image_shape, name="images")
         backbone_input = inputs if preprocessing is None else preprocessing(inputs)
         feature_map = backbone(backbone_input)
-        representation = _apply(neck_parts, feature_map)
+        representation = apply_part(neck_parts, feature_map)
         per_task = dict.fromkeys(names, representation) if architecture is None else architecture(representation)
         head_parts = {}
         for task in tasks:
@@ -208,7 +208,7 @@ class MultiTaskModel(UnevenBatchBuild):
             if isinstance(kind, str):
                 part = head_layers(kind, task, len(per_task[task.name].shape) == 4, **head_kwargs)
             head_parts[task.name] = part
-        outputs = {n: _apply(head_parts[n], per_task[n]) for n in names}
+        outputs = {n: apply_part(head_parts[n], per_task[n]) for n in names}
         super().__init__(inputs, outputs, **kwargs)
         self.backbone, self.preprocessing, self.architecture = backbone, preprocessing, architecture
         self.neck = _view(neck_parts, "neck", feature_map)
@@ -518,7 +518,7 @@ def _deserialize(part):
     return part
 
 
-def _apply(part, x):
+def apply_part(part, x):
     """``x`` through a part: a list of layers one by one, a layer as a whole, None as is."""
     if part is None:
         return x

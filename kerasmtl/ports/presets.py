@@ -38,7 +38,7 @@ import yaml
 from kerasmtl.builder import ModelBuilder
 from kerasmtl.data.celeba import CELEBA_ATTRIBUTES  # noqa: F401 - kerasmtl.ports exports it
 from kerasmtl.layers import ImagePreprocessing
-from kerasmtl.model import MultiTaskModel
+from kerasmtl.model import MultiTaskModel, apply_part
 from kerasmtl.ports.layers import TakeColumns
 from kerasmtl.tasks import Task
 from kerasmtl.training import make_optimizer
@@ -207,15 +207,11 @@ def build(spec: PortSpec, input_shape, **options) -> MultiTaskModel:
         return builder.build()
     tower = builder.build_tower()
     inputs = keras.Input(shape=input_shape, name="images")
-    x = tower(ImagePreprocessing(builder.spec.preprocessing, output_channels=tower.input_shape[-1],
-                                 name="preprocessing")(inputs))
-    for layer in neck:
-        x = layer(x)
+    x = apply_part(neck, tower(ImagePreprocessing(builder.spec.preprocessing, output_channels=tower.input_shape[-1],
+                                                  name="preprocessing")(inputs)))
     outputs = {}
     for branch in spec.branches:
-        y = x
-        for layer in branch["layers"]:
-            y = _layer(layer)(y)
+        y = apply_part([_layer(layer) for layer in branch["layers"]], x)
         tasks = [t for t in spec.tasks if t.name in branch["tasks"]]
         outputs.update({tasks[0].name: y} if len(tasks) == 1 else {n: c(y) for n, c in _columns(tasks).items()})
     return MultiTaskModel(inputs, {t.name: outputs[t.name] for t in spec.tasks}, tasks=spec.tasks, name=spec.name)
