@@ -23,6 +23,8 @@ def initial_state(name: str, tasks: int, dims: int | None = None) -> dict:
     Adam moments and step; ``db_mtl``: each task's gradient average over the ``dims`` shared
     parameters (float32) and its number of updates; ``moco``: each task's tracking gradient
     (float32), the weights (``1/tasks`` each) and the call count."""
+    if name in ("db_mtl", "moco") and dims is None:
+        raise ValueError(f"{name}'s state needs the number of shared parameters. Received: dims=None")
     if name == "gradnorm":
         return {"logits": ops.ones([tasks], "float32"), "initial_losses": ops.zeros([tasks], F64),
                 "counts": ops.zeros([tasks], "int64")}
@@ -30,12 +32,8 @@ def initial_state(name: str, tasks: int, dims: int | None = None) -> dict:
         return {"logits": ops.zeros([tasks], F64), "m": ops.zeros([tasks], F64), "v": ops.zeros([tasks], F64),
                 "step": ops.convert_to_tensor(0, "int64")}
     if name == "db_mtl":
-        if dims is None:
-            raise ValueError("db_mtl's state needs the number of shared parameters. Received: dims=None")
         return {"buffer": ops.zeros([tasks, int(dims)], "float32"), "steps": ops.zeros([tasks], "int64")}
     if name == "moco":
-        if dims is None:
-            raise ValueError("moco's state needs the number of shared parameters. Received: dims=None")
         return {"y": ops.zeros([tasks, int(dims)], "float32"), "lambd": ops.full([tasks], 1.0 / tasks, F64),
                 "step": ops.convert_to_tensor(0, "int64")}
     raise ValueError(f"Unknown loss-level method. Known: gradnorm, famo, db_mtl, moco. Received: name={name!r}")
