@@ -63,10 +63,8 @@ class ImagePreprocessing(keras.layers.Layer):
                 return x - ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype="float32")
             return x - CAFFE_MEAN_BGR[1]
         if self.mode == "torch":
-            mean = IMAGENET_MEAN[:channels] if channels == 3 else IMAGENET_MEAN[:1]
-            std = IMAGENET_STD[:channels] if channels == 3 else IMAGENET_STD[:1]
-            mean = ops.convert_to_tensor(mean, dtype="float32")
-            std = ops.convert_to_tensor(std, dtype="float32")
+            count = 3 if channels == 3 else 1
+            mean, std = (ops.convert_to_tensor(values[:count], dtype="float32") for values in (IMAGENET_MEAN, IMAGENET_STD))
             return (x - mean) / std
         if self.mode == "tf":
             return x / 127.5 - 1.0
