@@ -57,14 +57,19 @@ def person_tasks():
     return hvc_tasks()
 
 
-@pytest.fixture()
-def mixed_tasks():
-    """A binary, a multiclass and a 10-unit landmark task."""
+def make_mixed_tasks():
+    """A binary, a multiclass and a 10-unit landmark task (for module-scoped fixtures too)."""
     return [
         Task("smiling", "binary", ("no", "yes")),
         Task("age", "multiclass", ("young", "middle", "old")),
         Task("landmarks", "regression", columns=[f"p{i}" for i in range(10)]),
     ]
+
+
+@pytest.fixture()
+def mixed_tasks():
+    """A binary, a multiclass and a 10-unit landmark task."""
+    return make_mixed_tasks()
 
 
 @pytest.fixture()

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_TOWER
+from conftest import TINY_TOWER, make_mixed_tasks
 
 from kerasmtl import distribute
 from kerasmtl.builder import ModelBuilder
@@ -11,8 +11,7 @@ from kerasmtl.callbacks import OneCycle
 from kerasmtl.training import compile_model
 
 
-@pytest.fixture()
-def batch(mixed_tasks, rng):
+def make_batch(rng):
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     targets = {
         "smiling": np.array([[1], [0], [-1], [1], [0], [-1], [1], [1]], dtype=np.float32),
@@ -21,6 +20,33 @@ def batch(mixed_tasks, rng):
     }
     targets["landmarks"][2] = np.nan
     return images, targets
+
+
+@pytest.fixture()
+def batch(rng):
+    return make_batch(rng)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """``trained(mode)``: one model per mode, built and fitted 2 epochs (OneCycle) on `batch`'s
+    data, shared by the tests that train and save it. Returns ``(model, its fit's History, the
+    global dtype policy before building, the global dtype policy after)``."""
+    models = {}
+
+    def get(mode):
+        if mode not in models:
+            tasks, (images, targets) = make_mixed_tasks(), make_batch(np.random.default_rng(0))
+            before = keras.config.dtype_policy().name
+            model = build(tasks, mode)
+            after = keras.config.dtype_policy().name
+            history = model.fit(
+                images, targets, batch_size=4, epochs=2, verbose=0, callbacks=[OneCycle(0.01, total_steps=4)]
+            )
+            models[mode] = model, history, before, after
+        return models[mode]
+
+    return get
 
 
 def build(tasks, mode):
@@ -39,10 +65,9 @@ def build(tasks, mode):
         ("bfloat16", "bfloat16", False),
     ],
 )
-def test_mixed_model_computes_low_keeps_float32_outputs_and_trains(mixed_tasks, batch, mode, compute, scaled):
-    before = keras.config.dtype_policy().name
-    model = build(mixed_tasks, mode)
-    assert keras.config.dtype_policy().name == before  # the context restored the global policy
+def test_mixed_model_computes_low_keeps_float32_outputs_and_trains(trained, mixed_tasks, batch, mode, compute, scaled):
+    model, history, policy_before, policy_after = trained(mode)
+    assert policy_after == policy_before  # the context restored the global policy
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) is scaled
     conv = model.get_layer("base").get_layer("stem_a_conv")
     assert (conv.compute_dtype, conv.variable_dtype) == (compute, "float32")
@@ -52,9 +77,6 @@ def test_mixed_model_computes_low_keeps_float32_outputs_and_trains(mixed_tasks, 
     images, targets = batch
     # ImagePreprocessing hands float32 to the tower, whose first layer casts to its compute dtype.
     assert model.get_layer("preprocessing")(images).dtype == "float32"
-    history = model.fit(
-        images, targets, batch_size=4, epochs=2, verbose=0, callbacks=[OneCycle(0.01, total_steps=4)]
-    )
     assert np.all(np.isfinite(history.history["loss"]))
     assert history.history["lr"][-1] < 1e-5  # OneCycle drives the (wrapped) optimizer
     outputs = model.predict(images, verbose=0)
@@ -74,9 +96,8 @@ def test_float16_loss_scale_skips_overflowing_steps(mixed_tasks, batch):
     assert all(np.array_equal(a, np.array(b)) for a, b in zip(weights, model.trainable_weights))
 
 
-def test_mixed_model_reloads_safely_with_its_policies(mixed_tasks, batch, tmp_path):
-    model = build(mixed_tasks, "bfloat16")
-    model.train_on_batch(*batch)
+def test_mixed_model_reloads_safely_with_its_policies(trained, batch, tmp_path):
+    model = trained("bfloat16")[0]  # trained, so its optimizer has state to save
     path = tmp_path / "mixed.keras"
     model.save(path)
     restored = keras.models.load_model(path, safe_mode=True)
