@@ -7,6 +7,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,8 @@ def test_backslash_paths_in_an_hvc_csv_get_a_separator_hint(tmp_path):
     _refused(result, "row 2: image file", "does not exist; separate folders with '/', not '\\' (e.g. 'resized/")
 
 
+# The fast suite has the refusal in process (test_tfdata.py) and a DataError's exit 2 here (backslash paths).
+@pytest.mark.slow
 def test_a_float_tiff_is_refused_before_training_with_the_files_input(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "pics").mkdir()

@@ -52,7 +52,8 @@ def broken_copy(hvc_folder, tmp_path):
     [
         pytest.param("column", "missing column(s) ['bodypose']", marks=pytest.mark.slow),
         pytest.param("label", "row 4: column 'weight': label 'huge'", marks=pytest.mark.slow),
-        ("file", "3.jpg' does not exist"),
+        # the same refusal as test_bad_input_cli.py's missing-file case (exit 2, one line) and test_person.py's
+        pytest.param("file", "3.jpg' does not exist", marks=pytest.mark.slow),
     ],
 )
 def test_bad_data_stops_before_training_with_one_clear_message(broken_copy, tmp_path, breakage, expected):
