@@ -37,7 +37,7 @@ import keras
 import numpy as np
 
 from kerasmtl import atomic, choices, written_files
-from kerasmtl.graph import all_layers
+from kerasmtl.graph import all_layers, named_outputs
 from kerasmtl.keras_workarounds import plain_grouped_convolutions
 from kerasmtl.saved import find_run_folder, load_model, resolve_tasks
 from kerasmtl.serving import INPUT_NAME, LABELS, METADATA_KEY, labels_path
@@ -132,9 +132,7 @@ def serving_model(model: keras.Model, tasks: Sequence[Task] | None = None) -> ke
         raise ValueError(f"Exporting needs a fixed (height, width, channels) input. Received: input_shape={model.input_shape}")
     model = float32_copy(model)
     images = keras.Input(shape=shape, dtype="uint8", name=INPUT_NAME)
-    outputs = model(keras.ops.cast(images, "float32"))
-    if not isinstance(outputs, dict):
-        outputs = dict(zip(model.output_names, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+    outputs = named_outputs(model, model(keras.ops.cast(images, "float32")))
     named = {t.name: _probabilities(t, outputs[t.name]) for t in tasks}
     return keras.Model(images, named, name=f"{model.name}_serving")
 

@@ -42,11 +42,12 @@ def layer_inputs(model: keras.Model) -> dict[str, list[str]]:
     return {layer["name"]: _histories(layer.get("inbound_nodes", [])) for layer in _layers(model)}
 
 
-def named_outputs(model: keras.Model) -> dict:
-    """``{output name: output tensor}`` of ``model``."""
-    if isinstance(model.output, Mapping):
-        return dict(model.output)
-    return dict(zip(model.output_names, model.outputs))
+def named_outputs(model: keras.Model, outputs=None) -> dict:
+    """``{output name: output}`` of ``model``'s output tensors, or of ``outputs`` (what calling or predicting with it gave)."""
+    outputs = model.output if outputs is None else outputs
+    if isinstance(outputs, Mapping):
+        return dict(outputs)
+    return dict(zip(model.output_names, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
 
 
 def _output_layers(model: keras.Model) -> dict[str, str]:

@@ -22,6 +22,7 @@ from sklearn import metrics as skm
 
 from kerasmtl.data.tables import majority_class
 from kerasmtl.evaluation.class_cap import TOP_CONFUSIONS, capped, most_frequent
+from kerasmtl.graph import named_outputs
 from kerasmtl.landmarks import nme, point_names, reference_points
 from kerasmtl.tasks import MISSING_CLASS, Task
 
@@ -31,9 +32,7 @@ NO_LABELS = "no labelled row in the evaluated data"
 
 def predict_outputs(model: keras.Model, data, verbose: int = 0) -> dict[str, np.ndarray]:
     """Runs ``model.predict`` and returns ``{task name: array}``."""
-    outputs = model.predict(data, verbose=verbose)
-    if not isinstance(outputs, Mapping):
-        outputs = dict(zip(model.output_names, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+    outputs = named_outputs(model, model.predict(data, verbose=verbose))
     return {name: np.asarray(value) for name, value in outputs.items()}
 
 
