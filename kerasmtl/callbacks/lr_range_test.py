@@ -119,37 +119,31 @@ class LRRangeTestResult:
     def plot(self, path, rules: Sequence[str] = tuple(SUGGESTION_RULES)) -> None:
         """Saves loss against learning rate (log axis) as PNG, with the ``rules``' suggestions
         marked (unless the curve is too short)."""
-        import matplotlib
+        from kerasmtl.plots import _new_figure, _save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        try:
-            ax.plot(self.lrs, self.losses, color="0.75", lw=1, label="loss")
-            ax.plot(self.lrs, self.smoothed, color="C0", lw=2, label="smoothed loss")
-            lrs, smoothed = self.trimmed()
-            for i, rule in enumerate(rules if len(lrs) >= 2 else ()):
-                lr = self.suggest(rule)
-                y = np.interp(np.log(lr), np.log(lrs), smoothed)
-                ax.plot([lr], [y], "o", color=f"C{i + 1}", ms=8, label=f"{rule}: {lr:.2e}")
-            values = np.concatenate([self.losses, self.smoothed])
-            values = values[np.isfinite(values)]
-            if values.size and np.isfinite(self.smoothed[0]):
-                # Keep the divergence spike from flattening the interesting part.
-                bottom = values.min()
-                top = min(values.max(), self.smoothed[0] + 2 * (self.smoothed[0] - bottom))
-                if top > bottom:
-                    ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.05 * (top - bottom))
-            ax.set_xscale("log")
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("training loss")
-            ax.set_title(f"LR range test ({len(self.lrs)} steps, {self.stop_reason})")
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(path, dpi=100)
-        finally:
-            plt.close(fig)
+        lrs, smoothed = self.trimmed()
+        marks = [(rule, self.suggest(rule)) for rule in (rules if len(lrs) >= 2 else ())]
+        fig = _new_figure(7, 4.5, layout="tight")
+        ax = fig.add_subplot()
+        ax.plot(self.lrs, self.losses, color="0.75", lw=1, label="loss")
+        ax.plot(self.lrs, self.smoothed, color="C0", lw=2, label="smoothed loss")
+        for i, (rule, lr) in enumerate(marks):
+            y = np.interp(np.log(lr), np.log(lrs), smoothed)
+            ax.plot([lr], [y], "o", color=f"C{i + 1}", ms=8, label=f"{rule}: {lr:.2e}")
+        values = np.concatenate([self.losses, self.smoothed])
+        values = values[np.isfinite(values)]
+        if values.size and np.isfinite(self.smoothed[0]):
+            # Keep the divergence spike from flattening the interesting part.
+            bottom = values.min()
+            top = min(values.max(), self.smoothed[0] + 2 * (self.smoothed[0] - bottom))
+            if top > bottom:
+                ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.05 * (top - bottom))
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"LR range test ({len(self.lrs)} steps, {self.stop_reason})")
+        ax.legend()
+        _save(fig, path)
 
 
 class LRRangeTest(keras.callbacks.Callback):
