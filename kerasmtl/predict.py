@@ -11,7 +11,6 @@ The CSV has a ``path`` column (as listed, or relative to the folder), then per o
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 from kerasmtl import written_files
 from kerasmtl.data.errors import DataError
+from kerasmtl.data.label_csv import natural_key
 from kerasmtl.data.validate import IMAGE_SUFFIXES, missing_file
 from kerasmtl.serving import LABELS, Predictor, is_exported
 from kerasmtl.tasks import Task
@@ -29,11 +29,6 @@ from kerasmtl.tasks import Task
 #: The file ``predict`` writes into a folder given as ``out``.
 DEFAULT_OUT = "predictions.csv"
 PATH_COLUMNS = ("path", "image_path", "filename", "image_id", "image")
-
-
-def _natural_key(path: Path) -> list:
-    """Sort key reading digit runs as numbers: ``2.jpg`` before ``10.jpg``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.as_posix())]
 
 
 def list_images(source: str | os.PathLike, column: str | None = None,
@@ -60,7 +55,7 @@ def list_images(source: str | os.PathLike, column: str | None = None,
     if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
         return [source.name], [str(source.resolve())]
     if source.is_dir():
-        found = sorted((p for p in source.rglob("*") if p.is_file()), key=_natural_key)
+        found = sorted((p for p in source.rglob("*") if p.is_file()), key=lambda p: natural_key(p.as_posix()))
         files = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
         for other in (p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES):
             print(f"skipped: {other.relative_to(source).as_posix()}: not an image file name ({' '.join(IMAGE_SUFFIXES)})",

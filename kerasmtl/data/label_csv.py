@@ -275,7 +275,7 @@ def _has_regression_label(csv_path: Path, frame: pd.DataFrame, name: str, column
 def _classification_task(csv_path: Path, frame: pd.DataFrame, column: str) -> Task | None:
     """The binary or multiclass task of one column; None (with a note) when it cannot be one."""
     values = [v for v in frame[column] if not is_missing(v)]
-    distinct = sorted(set(values), key=_natural_key)
+    distinct = sorted(set(values), key=natural_key)
     name = _safe_name(column)
     pair = _KNOWN_PAIRS.get(frozenset(v.lower() for v in distinct))
     if pair:
@@ -313,7 +313,7 @@ def _match_case(values: pd.Series, classes: Sequence[str]) -> pd.Series:
     return values.map(lambda v: folded.get(v.lower(), v) if isinstance(v, str) and v not in known else v)
 
 
-def _natural_key(text: str) -> list[tuple]:
+def natural_key(text: str) -> list[tuple]:
     """Sort key putting digits in numeric order: ``"a2" < "a10"``, case-insensitive first."""
     return [(0, int(part), part) if part.isdigit() else (1, part.lower(), part) for part in re.split(r"(\d+)", text)]
 
