@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from kerasmtl import written_files
-from kerasmtl.data.errors import DataError
+from kerasmtl.data.errors import DataError, raise_problems
 from kerasmtl.data.label_csv import natural_key
 from kerasmtl.data.validate import IMAGE_SUFFIXES, missing_file
 from kerasmtl.serving import LABELS, Predictor, is_exported
@@ -76,8 +76,7 @@ def list_images(source: str | os.PathLike, column: str | None = None,
     root = Path(image_root) if image_root is not None else source.parent
     absolute = [str((root / p).resolve()) for p in listed]
     problems = [(str(source), row + 2, missing_file(a, a)) for row, a in enumerate(absolute) if not Path(a).is_file()]
-    if problems:
-        raise DataError(f"{source}: {len(problems)} listed image(s) not found (row = CSV line number)", problems)
+    raise_problems(source, "listed image(s) not found (row = CSV line number)", problems)
     return listed, absolute
 
 
