@@ -29,6 +29,14 @@ class Events(keras.callbacks.Callback):
         self.events.append(f"epoch {epoch}")
 
 
+@pytest.fixture(autouse=True)
+def python_default_handler():
+    """Python's own SIGINT handler, as in a terminal (a background job starts with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def tiny_model():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
@@ -62,3 +70,10 @@ def test_a_request_after_the_last_batch_is_raised_when_fit_returns():
     with InterruptBetweenBatches() as untouched:
         pass
     assert not untouched.requested
+
+
+def test_a_sigint_the_application_ignores_stays_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with InterruptBetweenBatches() as interrupt:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert not interrupt.requested and signal.getsignal(signal.SIGINT) is signal.SIG_IGN

@@ -22,8 +22,10 @@ class InterruptBetweenBatches(keras.callbacks.Callback):
     resume point. Epoch ends are left alone, so the state save there is never cut short.
     A second Ctrl-C interrupts at once, as without it.
 
-    Use it both as a context manager around ``fit`` and as one of its callbacks. Off the
-    main thread (where Python cannot install signal handlers) it does nothing.
+    Use it both as a context manager around ``fit`` and as one of its callbacks. It does
+    nothing off the main thread (where Python cannot install signal handlers) and where
+    SIGINT has another handler than Python's default (ignored under ``nohup``, or the
+    application's own).
     """
 
     def __init__(self):
@@ -32,7 +34,8 @@ class InterruptBetweenBatches(keras.callbacks.Callback):
         self._previous = None
 
     def __enter__(self) -> InterruptBetweenBatches:
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             self._previous = signal.signal(signal.SIGINT, self._request)
         return self
 
