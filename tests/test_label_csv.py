@@ -104,6 +104,13 @@ def test_text_classes_in_natural_order(tmp_path):
     assert task.classes == ("level 1", "level 2", "level 10")
 
 
+def test_superscript_digits_sort_as_text(tmp_path):
+    """``"²"`` is a digit to ``str.isdigit`` but no decimal digit: ``int("²")`` raises."""
+    text = "path,level\na.png,level 1²2\nb.png,level 2\nc.png,level 10\n"
+    _, (task,), _ = scan_label_csv(_dataset(tmp_path, text, images=()))
+    assert task.classes == ("level 1²2", "level 2", "level 10")
+
+
 def test_frame_has_absolute_paths_written_paths_and_csv_lines(scanned, tmp_path):
     _, frame, _, _ = scanned
     assert frame["path"].tolist() == [str(tmp_path.resolve() / f"img/{i}.png") for i in range(4)]

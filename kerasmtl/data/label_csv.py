@@ -315,7 +315,7 @@ def _match_case(values: pd.Series, classes: Sequence[str]) -> pd.Series:
 
 def natural_key(text: str) -> list[tuple]:
     """Sort key putting digits in numeric order: ``"a2" < "a10"``, case-insensitive first."""
-    return [(0, int(part), part) if part.isdigit() else (1, part.lower(), part) for part in re.split(r"(\d+)", text)]
+    return [(0, int(part), part) if part.isdecimal() else (1, part.lower(), part) for part in re.split(r"(\d+)", text)]
 
 
 def _safe_name(column: str) -> str:
