@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import TINY_TOWER
 
 from kerasmtl import ModelBuilder, Task
 from kerasmtl.callbacks import (
@@ -18,7 +19,7 @@ TASKS = [Task("gender", "binary", ("male", "female")), Task("age", "multiclass",
 
 
 def _multi_output_model(optimizer):
-    model = ModelBuilder(TASKS, base="bottleneck", input_shape=(32, 32, 3), base_kwargs={"width": 8}).build()
+    model = ModelBuilder(TASKS, base="bottleneck", input_shape=(32, 32, 3), base_kwargs=TINY_TOWER).build()
     model.compile(optimizer, loss={t.name: t.make_loss() for t in TASKS})
     return model
 
