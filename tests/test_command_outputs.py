@@ -148,7 +148,9 @@ def test_an_output_folder_the_user_cannot_write_is_named(trained, tmp_path):
 def test_ctrl_c_during_training_exits_130_and_the_same_command_resumes(trained, tmp_path):
     _, csv, home = trained
     command = [sys.executable, "-m", "kerasmtl_cli", "train", "--data", str(csv), *MODEL, "--epochs", "5", "--out", str(tmp_path / "run")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(home), cwd=ROOT)
+    # Python's Ctrl-C handling, as in a terminal, even where the tests run as a background job (SIGINT ignored)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(home), cwd=ROOT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stdout:  # "Epoch 2/5" is printed once epoch 1 and its saved state are complete
         lines.append(line)
