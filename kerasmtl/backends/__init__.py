@@ -36,6 +36,7 @@ def concrete() -> bool:
 
 
 def replicas() -> int:
+    """The replicas a step's batch is split over: one, where no backend strategy splits it."""
     return 1
 
 
@@ -47,8 +48,10 @@ def replica_sum(value):
 
 
 def applying():
+    """The context the optimizer's update runs in: none needed outside PyTorch."""
     return contextlib.nullcontext()
 
 
 def train_step(step, data):
+    """Runs the multi-task ``step`` on ``data``: directly, where the backend needs no wrapper."""
     return step(data)
